@@ -1,0 +1,53 @@
+# orbitmesh — every target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+MODELS ?= models
+ARGS   ?=
+
+.PHONY: run test test-fast bench up down status models deps clean
+
+# Native packages needed to build libp2p's fastecdsa dependency (source-only).
+deps:
+	@if ! dpkg -s libgmp-dev >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then \
+	  echo "installing build dependencies (gcc, libgmp-dev) with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential libgmp-dev python3-venv; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[build,test]'
+	touch $@
+
+models: $(STAMP)
+	$(PY) -m agent.zoo build --out $(MODELS)
+
+## The main job: a local 24-satellite constellation answering real inference tasks.
+run: models
+	$(VENV)/bin/orbitmesh --models $(MODELS) run $(ARGS)
+
+## The test suite: unit tests of mesh/, real multi-process fleets, real libp2p and onnxruntime.
+test: models
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_orbit.py tests/test_wire.py tests/test_config.py tests/test_routing.py
+
+bench: models
+	$(PY) bench/task_overhead.py $(ARGS)
+
+up: models
+	$(VENV)/bin/orbitmesh --models $(MODELS) up $(ARGS)
+
+down:
+	$(VENV)/bin/orbitmesh down
+
+status:
+	$(VENV)/bin/orbitmesh status
+
+clean:
+	-$(VENV)/bin/orbitmesh down 2>/dev/null
+	rm -rf $(VENV) $(MODELS) .fleet build *.egg-info

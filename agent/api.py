@@ -1,0 +1,129 @@
+"""The node's HTTP API (Starlette on hypercorn's trio worker).
+
+Every error is JSON ``{"error": "..."}`` with a 4xx/5xx status that says whose
+fault it is; no request can take the agent down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agent.node import Node, SubmitError
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 60.0
+
+
+def error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing anything over ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise SubmitError(413, f"body of {declared} bytes exceeds the {limit}-byte limit")
+        except ValueError:
+            raise SubmitError(400, "bad Content-Length header") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise SubmitError(413, f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SubmitError(400, f"body is not valid JSON: {exc}") from None
+
+
+def build_app(node: Node) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(node.health())
+
+    async def node_info(request: Request) -> JSONResponse:
+        return JSONResponse(node.describe())
+
+    async def links(request: Request) -> JSONResponse:
+        return JSONResponse({"node": node.me.name, "links": node.link_stats()})
+
+    async def models(request: Request) -> JSONResponse:
+        out = []
+        for name in node.store.names():
+            try:
+                out.append(node.store.get(name).describe())
+            except LookupError as exc:
+                out.append({"name": name, "error": str(exc)})
+        return JSONResponse({"models": out})
+
+    async def submit(request: Request) -> JSONResponse:
+        try:
+            body = await read_json(request, node.config.limits.max_body_bytes)
+            if not isinstance(body, dict):
+                raise SubmitError(400, "body must be a JSON object")
+            unknown = set(body) - {"model", "inputs", "target", "timeout_s"}
+            if unknown:
+                raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s")
+            if "model" not in body or "inputs" not in body:
+                raise SubmitError(400, "'model' and 'inputs' are required")
+            timeout = body.get("timeout_s", 30.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+                raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
+            rec = node.submit(body["model"], body["inputs"], body.get("target"), float(timeout))
+        except SubmitError as exc:
+            headers = {"Retry-After": "1"} if exc.status == 429 else {}
+            return error(exc.status, str(exc), **headers)
+        return JSONResponse({"task_id": rec.task_id, "status": rec.status, "executor": rec.executor,
+                             "entry": rec.entry, "url": f"/v1/tasks/{rec.task_id}"}, status_code=202)
+
+    async def get_task(request: Request) -> JSONResponse:
+        rec = node.tasks.get(request.path_params["task_id"])
+        if rec is None:
+            return error(404, f"no task {request.path_params['task_id']!r} at {node.me.name}")
+        wait = request.query_params.get("wait")
+        if wait is not None:
+            try:
+                seconds = min(float(wait), MAX_WAIT_S)
+            except ValueError:
+                return error(400, "'wait' must be a number of seconds")
+            with trio.move_on_after(max(seconds, 0.0)):
+                await rec.done.wait()
+        return JSONResponse(rec.to_json())
+
+    routes = [
+        Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/links", links),
+        Route("/v1/models", models), Route("/v1/tasks", submit, methods=["POST"]),
+        Route("/v1/tasks/{task_id}", get_task),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return error(getattr(exc, "status_code", 404), f"{request.method} {request.url.path}: "
+                     f"{getattr(exc, 'detail', 'not found')}")
+
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("API handler failed: %s %s", request.method, request.url.path)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: crashed})
+
+
+async def serve_api(node: Node, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    cfg = HypercornConfig()
+    cfg.bind = [f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.graceful_timeout = 1.0
+    await serve(build_app(node), cfg, shutdown_trigger=trio.sleep_forever, task_status=task_status)

@@ -1,0 +1,360 @@
+"""The ``orbitmesh`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path(".fleet")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# -- printing ------------------------------------------------------------------
+
+def format_task(rec: dict[str, Any], expected_label: int | None = None) -> str:
+    lines = []
+    head = f"task {rec['task_id'][:8]}  {rec['entry']} → {rec['executor']}  {rec['model']}  {rec['status'].upper()}"
+    if rec["status"] == "succeeded" and rec.get("outputs"):
+        out = rec["outputs"]
+        if "label" in out:
+            label = out["label"]["data"][0]
+            head += f"  label={label}"
+            if expected_label is not None:
+                head += f" (true {expected_label}) " + ("✓" if label == expected_label else "✗")
+        else:
+            head += "  outputs: " + ", ".join(f"{k}{v['shape']}" for k, v in out.items())
+    elif rec.get("error"):
+        head += f"  error: {rec['error']}"
+    lines.append(head)
+    trace = rec.get("trace") or []
+    if trace:
+        lines.append(f"    {'node':<8} {'event':<8} {'link physics':>13} {'link measured':>14} {'dwell':>9}")
+        for h in trace:
+            phys = f"{h['link_expected_ms']:.3f} ms" if h.get("link_expected_ms") is not None else "—"
+            meas = f"{h['link_measured_ms']:.3f} ms" if h.get("link_measured_ms") is not None else "—"
+            lines.append(f"    {h['node']:<8} {h['event']:<8} {phys:>13} {meas:>14} {h['dwell_ms']:>6.2f} ms"
+                         + (f"  {h['detail']}" if h.get("detail") else ""))
+    lat = rec.get("latency")
+    if lat:
+        lines.append(f"    total {lat['total_ms']:.2f} ms = physics {lat['physics_ms']:.2f} ms "
+                     f"({lat['hops']} link crossings) + compute {lat['compute_ms']:.2f} ms "
+                     f"+ overhead {lat['overhead_ms']:.2f} ms")
+    return "\n".join(lines)
+
+
+_last_progress = [-1]
+
+
+def _progress(ready: int, total: int) -> None:
+    if ready == _last_progress[0]:
+        return
+    _last_progress[0] = ready
+    bar = "#" * ready + "." * (total - ready)
+    if sys.stdout.isatty():
+        print(f"\r  agents ready {ready:>3}/{total} [{bar}]", end="" if ready < total else "\n", flush=True)
+    else:
+        print(f"  agents ready {ready:>3}/{total} [{bar}]", flush=True)
+
+
+# -- commands --------------------------------------------------------------------
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent import daemon
+    from agent.peers import sat_name
+    name = args.node or sat_name(args.sat)
+    peers = args.peers or Path(args.config).parent / "peers.json"
+    return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models))
+
+
+def _spec(args: argparse.Namespace):
+    from agent.fleet import FleetSpec
+    return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
+                     p2p_base_port=args.p2p_port, api_base_port=args.api_port,
+                     time_scale=args.time_scale, models=args.models)
+
+
+def _start_fleet(args: argparse.Namespace):
+    import trio
+
+    from agent import fleet
+    spec = _spec(args)
+    t0 = time.monotonic()
+    cfg, peers, procs = fleet.start(spec)
+    print(f"starting {cfg.size} agents ({cfg.name}: "
+          + ", ".join(f"{s.planes}×{s.sats_per_plane} at {s.altitude_km:.0f} km, {s.inclination_deg:.0f}°" for s in cfg.shells)
+          + f"); logs in {spec.directory}/logs/")
+    try:
+        trio.run(fleet.wait_ready, peers, args.ready_timeout, _progress, procs)
+    except BaseException:
+        print()
+        fleet.stop(spec.directory)
+        raise
+    print(f"  all {cfg.size} agents up with every laser link established in {time.monotonic() - t0:.1f} s")
+    return spec, cfg, peers, procs
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from agent.fleet import FleetError
+    try:
+        spec, cfg, peers, _ = _start_fleet(args)
+    except FleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"API of sat-0: {peers['sat-0'].api}   stop with: orbitmesh down --dir {spec.directory}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from agent.fleet import stop
+    n = stop(args.dir)
+    print(f"stopped {n} agents" if n else f"no agents running from {args.dir}/")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import trio
+
+    from agent.client import ApiError, Client
+    from agent.fleet import FleetError, load_peers
+    try:
+        peers = load_peers(args.dir)
+    except FleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    results: dict[str, Any] = {}
+
+    async def one(name: str) -> None:
+        async with Client(peers[name].api, timeout=3.0) as c:
+            try:
+                results[name] = await c.node()
+            except ApiError as exc:
+                results[name] = {"error": exc.message}
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            for name in peers.names():
+                n.start_soon(one, name)
+
+    trio.run(main)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    down = 0
+    print(f"{'node':<8} {'plane/slot':<10} {'lat':>7} {'lon':>8} {'tasks':<18} links (latency ms, * = stream up)")
+    for name in peers.names():
+        r = results[name]
+        if "error" in r:
+            down += 1
+            print(f"{name:<8} DOWN  {r['error']}")
+            continue
+        pos, orb = r["position"], r["orbit"]
+        links = "  ".join(f"{n['node']}{'*' if n['link_up'] else ' '}{n['latency_ms']:.1f}" for n in r["neighbours"])
+        tasks = ",".join(f"{k}={v}" for k, v in sorted(r["tasks"].items())) or "-"
+        print(f"{name:<8} {orb['plane']}/{orb['slot']:<8} {pos['lat_deg']:>7.2f} {pos['lon_deg']:>8.2f} {tasks:<18} {links}")
+    print(f"{len(peers.names()) - down}/{len(peers.names())} nodes answering")
+    return 1 if down else 0
+
+
+def _load_samples(models: Path, model: str) -> list[dict[str, Any]]:
+    try:
+        return json.loads((models / f"{model}.json").read_text()).get("samples", [])
+    except (OSError, ValueError):
+        return []
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import trio
+
+    from agent.client import ApiError, Client
+    from agent.fleet import FleetError, load_peers
+    expected = None
+    if args.inputs:
+        raw = Path(args.inputs[1:]).read_text() if args.inputs.startswith("@") else args.inputs
+        try:
+            inputs = json.loads(raw)
+        except ValueError as exc:
+            print(f"error: --inputs is not JSON: {exc}", file=sys.stderr)
+            return 2
+    else:
+        samples = _load_samples(args.models, args.model)
+        if not samples:
+            print(f"error: no --inputs given and no sample inputs for {args.model!r} in {args.models}/", file=sys.stderr)
+            return 2
+        sample = samples[args.sample % len(samples)]
+        inputs, expected = sample["inputs"], sample.get("label")
+    try:
+        url = args.url or load_peers(args.dir)[args.node].api
+    except (FleetError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    async def main() -> dict[str, Any]:
+        async with Client(url) as c:
+            accepted = await c.submit(args.model, inputs, args.target)
+            return await c.wait(accepted["task_id"], timeout=args.timeout)
+
+    try:
+        rec = trio.run(main)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rec, indent=1) if args.json else format_task(rec, expected))
+    return 0 if rec["status"] == "succeeded" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: bring a fleet up, answer a batch of real tasks, stay up."""
+    import trio
+
+    from agent.fleet import FleetError, stop
+    try:
+        spec, cfg, peers, procs = _start_fleet(args)
+    except FleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return trio.run(_demo_batch, args, spec, peers, procs)
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+        return 130
+    finally:
+        print(f"stopping {len(procs)} agents …")
+        stop(spec.directory)
+
+
+async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: dict) -> int:
+    import trio
+
+    from agent.client import ApiError, Client
+    from mesh.config import parse_config
+    from mesh.orbit import Constellation, iso_to_jd
+    from mesh.topology import Topology
+
+    cfg = parse_config((spec.directory / "config.toml").read_text())
+    topo = Topology(Constellation(list(cfg.shells), iso_to_jd(cfg.epoch)), max_range_km=cfg.links.max_range_km)
+    snap = topo.snapshot(cfg.clock.orbit_t(time.time()))
+    names = peers.names()
+    entries = [names[i * len(names) // args.entries] for i in range(args.entries)]
+    samples = _load_samples(spec.models, "digits")
+    jobs = []
+    for k in range(args.tasks):
+        entry = entries[k % len(entries)]
+        # the farthest node from this entry, so the task crosses the mesh
+        far = max(names, key=lambda n: (snap.shortest_path(peers[entry].index, peers[n].index) or ([], -1))[1])
+        sample = samples[k % len(samples)]
+        jobs.append((entry, far, sample))
+    print(f"\nsubmitting {len(jobs)} digit-classification tasks to {len(entries)} entry nodes "
+          f"({', '.join(entries)}), each to the farthest satellite:\n")
+    results: list[tuple[dict, int]] = [None] * len(jobs)  # type: ignore[list-item]
+
+    async def one(i: int, entry: str, target: str, sample: dict) -> None:
+        async with Client(peers[entry].api) as c:
+            try:
+                acc = await c.submit("digits", sample["inputs"], target)
+                results[i] = (await c.wait(acc["task_id"], timeout=60), sample["label"])
+            except ApiError as exc:
+                results[i] = ({"task_id": "-" * 8, "entry": entry, "executor": target, "model": "digits",
+                               "status": "failed", "error": str(exc)}, sample["label"])
+
+    async with trio.open_nursery() as n:
+        for i, (entry, far, sample) in enumerate(jobs):
+            n.start_soon(one, i, entry, far, sample)
+    ok = correct = 0
+    overheads, totals = [], []
+    for rec, label in results:
+        print(format_task(rec, label) + "\n")
+        if rec["status"] == "succeeded":
+            ok += 1
+            correct += rec["outputs"]["label"]["data"][0] == label
+            overheads.append(rec["latency"]["overhead_ms"])
+            totals.append(rec["latency"]["total_ms"])
+    print(f"{ok}/{len(results)} tasks succeeded, {correct} classified correctly"
+          + (f"; median end-to-end {statistics.median(totals):.1f} ms, median overhead beyond "
+             f"physics+compute {statistics.median(overheads):.2f} ms" if totals else ""))
+    print(f"\nfleet is up — try:  orbitmesh status   |   orbitmesh submit --node sat-3 --target sat-17   "
+          f"|   curl {peers['sat-0'].api}/v1/node")
+    if args.duration is not None:
+        print(f"keeping it up for {args.duration:.0f} s (Ctrl-C stops it sooner)")
+        await trio.sleep(args.duration)
+    else:
+        print("Ctrl-C stops it")
+        await trio.sleep_forever()
+    return 0 if ok == len(results) else 1
+
+
+# -- parser ------------------------------------------------------------------------
+
+def _fleet_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=int, default=None, help="number of satellites (default: the preset's)")
+    p.add_argument("--preset", default="demo", help="constellation preset (default: demo, 4×6 at 550 km)")
+    p.add_argument("--host", default="127.0.0.1", help="address agents listen on")
+    p.add_argument("--p2p-port", type=int, default=4100, help="first libp2p port (one per agent)")
+    p.add_argument("--api-port", type=int, default=8100, help="first HTTP API port (one per agent)")
+    p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every agent")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="orbitmesh", description="Emulate an orbital compute constellation.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="fleet directory (default: .fleet)")
+    ap.add_argument("--models", type=Path, default=Path("models"), help="built models (default: models/)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("agent", help="run one satellite agent")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--sat", type=int, help="satellite index")
+    who.add_argument("--node", help="node name")
+    p.add_argument("--config", required=True, help="fleet config (TOML)")
+    p.add_argument("--peers", help="peers file (default: peers.json beside the config)")
+    p.add_argument("--data-dir", required=True, help="identity and state of this agent")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("up", help="start a local fleet in the background")
+    _fleet_args(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the local fleet")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="nodes, links and latencies of the running fleet")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("submit", help="submit a task to a node and print its result and trace")
+    p.add_argument("--node", default="sat-0", help="entry node (default: sat-0)")
+    p.add_argument("--url", help="entry node API URL (instead of --node)")
+    p.add_argument("--model", default="digits")
+    p.add_argument("--target", help="node to run it on (default: placement decides)")
+    p.add_argument("--inputs", help="inputs as JSON, or @FILE (default: a sample from the model's manifest)")
+    p.add_argument("--sample", type=int, default=0, help="which manifest sample to send")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("run", help="start a fleet, answer a batch of real tasks, stay up until Ctrl-C")
+    _fleet_args(p)
+    p.add_argument("--tasks", type=int, default=8, help="tasks in the demo batch")
+    p.add_argument("--entries", type=int, default=4, help="distinct entry nodes")
+    p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return args.func(args)

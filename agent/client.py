@@ -1,0 +1,85 @@
+"""Client SDK for a node's HTTP API.
+
+Built on httpx's async client, which runs on anyio: the same code works from
+trio (the CLI) and from asyncio/uvloop applications.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Client:
+    def __init__(self, base_url: str, *, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"error": resp.text[:200]}
+        if resp.status_code >= 400:
+            raise ApiError(resp.status_code, body.get("error", str(body)) if isinstance(body, dict) else str(body))
+        return body
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/health")
+
+    async def node(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/node")
+
+    async def links(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/links")
+
+    async def models(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/models")
+
+    async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
+                     timeout_s: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "inputs": inputs}
+        if target is not None:
+            body["target"] = target
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return await self._call("POST", "/v1/tasks", json=body)
+
+    async def task(self, task_id: str, wait: float | None = None) -> dict[str, Any]:
+        params = {"wait": wait} if wait is not None else None
+        timeout = httpx.Timeout(self._http.timeout.read + (wait or 0)) if wait else None
+        kw: dict[str, Any] = {"params": params}
+        if timeout is not None:
+            kw["timeout"] = timeout
+        return await self._call("GET", f"/v1/tasks/{task_id}", **kw)
+
+    async def wait(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Long-poll until the task is final (or ``timeout`` passes)."""
+        with anyio.move_on_after(timeout):
+            while True:
+                rec = await self.task(task_id, wait=min(10.0, timeout))
+                if rec["status"] in ("succeeded", "failed"):
+                    return rec
+        return await self.task(task_id)

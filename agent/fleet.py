@@ -1,0 +1,223 @@
+"""Local fleet launcher: every satellite an agent process on this machine.
+
+``prepare`` writes the fleet directory (config with a shared start time,
+one data dir and identity per node, the peers file); ``start`` spawns the
+agents; ``stop`` signals them.  Identities are created before the agents
+start, so the peers file can name every node's peer id up front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+
+from agent.client import ApiError, Client
+from agent.p2p import load_or_create_identity, peer_id_of
+from agent.peers import PeerEntry, Peers, sat_name
+from mesh.config import FleetConfig, config_to_toml
+from mesh.orbit import WalkerShell
+from mesh.presets import preset
+
+
+class FleetError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    directory: Path = Path(".fleet")
+    preset: str = "demo"
+    n: int | None = None             # satellites; None = the preset's size
+    host: str = "127.0.0.1"
+    p2p_base_port: int = 4100
+    api_base_port: int = 8100
+    time_scale: float | None = None
+    models: Path = Path("models")
+
+
+def walker_shape(n: int) -> tuple[int, int]:
+    """planes × sats_per_plane for n satellites, as square as n allows."""
+    planes = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+    return planes, n // planes
+
+
+def fleet_config(spec: FleetSpec) -> FleetConfig:
+    try:
+        cfg = preset(spec.preset)
+    except KeyError as exc:
+        raise FleetError(str(exc.args[0])) from None
+    if spec.n is not None and spec.n != cfg.size:
+        if spec.n < 2:
+            raise FleetError("a fleet needs at least 2 satellites")
+        base = cfg.shells[0]
+        planes, per_plane = walker_shape(spec.n)
+        shell = replace(base, planes=planes, sats_per_plane=per_plane, phasing=1 if planes > 1 else 0,
+                        name=f"{base.name}-{spec.n}")
+        cfg = replace(cfg, name=f"{cfg.name}-{spec.n}", shells=(shell,))
+    if spec.time_scale is not None:
+        cfg = replace(cfg, clock=replace(cfg.clock, time_scale=spec.time_scale))
+    return cfg
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
+    cfg = fleet_config(spec).with_start(time.time())
+    d = spec.directory
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(cfg.size):
+        name = sat_name(i)
+        p2p, api = spec.p2p_base_port + i, spec.api_base_port + i
+        for port in (p2p, api):
+            if not _port_free(spec.host, port):
+                raise FleetError(f"port {spec.host}:{port} for {name} is in use; is a fleet already up "
+                                 f"(`orbitmesh down`), or choose other base ports")
+        pid = peer_id_of(load_or_create_identity(d / "data" / name / "identity.key"))
+        entries.append(PeerEntry(name, i, pid, f"/ip4/{spec.host}/tcp/{p2p}/p2p/{pid}", f"http://{spec.host}:{api}"))
+    peers = Peers(entries)
+    (d / "config.toml").write_text(config_to_toml(cfg))
+    (d / "peers.json").write_text(peers.to_json())
+    return cfg, peers
+
+
+def peers_index(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+def agent_command(spec: FleetSpec, name: str) -> list[str]:
+    d = spec.directory
+    return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", "--sat", str(peers_index(name)),
+            "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name)]
+
+
+def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
+    log = open(spec.directory / "logs" / f"{name}.log", "ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Own session: a Ctrl-C in the launcher's terminal reaches the launcher,
+    # which then stops the agents in order, instead of killing them mid-write.
+    proc = subprocess.Popen(agent_command(spec, name), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    _record_pid(spec.directory, name, proc.pid)
+    return proc
+
+
+def _record_pid(directory: Path, name: str, pid: int) -> None:
+    """Keep fleet.json's pid list current, so `down` also stops restarted agents."""
+    path = directory / "fleet.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    state["pids"][name] = pid
+    path.write_text(json.dumps(state, indent=1))
+
+
+def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Popen]]:
+    if not (spec.models / "digits.onnx").is_file():
+        raise FleetError(f"no models in {spec.models}/: build them with `python -m agent.zoo build --out {spec.models}`")
+    if (spec.directory / "fleet.json").exists() and any(_alive(p) for p in _pids(spec.directory).values()):
+        raise FleetError(f"a fleet is already running from {spec.directory}; `orbitmesh down` first")
+    cfg, peers = prepare(spec)
+    (spec.directory / "fleet.json").write_text(json.dumps(
+        {"pids": {}, "started": time.time(), "spec": {
+            "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
+            "api_base_port": spec.api_base_port, "models": str(spec.models)}}, indent=1))
+    procs = {name: start_agent(spec, name) for name in peers.names()}
+    return cfg, peers, procs
+
+
+async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
+                     procs: dict[str, subprocess.Popen] | None = None) -> None:
+    """Until every agent answers /v1/health with all its links up."""
+    deadline = time.monotonic() + timeout
+    ready: set[str] = set()
+    clients = {n: Client(peers[n].api, timeout=2.0) for n in peers.names()}
+    try:
+        while True:
+            for name, client in clients.items():
+                if name in ready:
+                    continue
+                if procs and procs[name].poll() is not None:
+                    raise FleetError(f"{name} exited with code {procs[name].returncode}; see its log")
+                try:
+                    h = await client.health()
+                    if h.get("ready"):
+                        ready.add(name)
+                except ApiError:
+                    pass
+            if progress:
+                progress(len(ready), len(clients))
+            if len(ready) == len(clients):
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(set(clients) - ready, key=lambda n: peers[n].index)
+                raise FleetError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
+            await anyio.sleep(0.3)
+    finally:
+        for c in clients.values():
+            await c.aclose()
+
+
+def _pids(directory: Path) -> dict[str, int]:
+    try:
+        return json.loads((directory / "fleet.json").read_text())["pids"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"agent" in cmd and b"--sat" in cmd  # not a recycled pid of something else
+
+
+def stop(directory: Path, timeout: float = 10.0) -> int:
+    """SIGTERM every agent of the fleet, SIGKILL stragglers; returns how many were running."""
+    pids = {n: p for n, p in _pids(directory).items() if _alive(p)}
+    for pid in pids.values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    for pid in pids.values():
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        (directory / "fleet.json").unlink()
+    except FileNotFoundError:
+        pass
+    return len(pids)
+
+
+def load_peers(directory: Path) -> Peers:
+    path = directory / "peers.json"
+    if not path.exists():
+        raise FleetError(f"no fleet at {directory}/ (no peers.json); start one with `orbitmesh up`")
+    return Peers.load(path)

@@ -1,0 +1,96 @@
+"""The models a node can run: ONNX files in a directory, with their signatures.
+
+The signature comes from onnxruntime's own view of the graph, so a user's
+model needs no manifest to be checked; the zoo's manifests add descriptions
+and sample inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from agent.tensors import ORT_TYPES, TensorSpec
+
+
+class ModelError(LookupError):
+    """Unknown model, or a model file that onnxruntime cannot load."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    session: ort.InferenceSession
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "inputs": [s.describe() for s in self.inputs],
+                "outputs": [s.describe() for s in self.outputs],
+                "description": self.manifest.get("description", ""),
+                "sha256": self.manifest.get("sha256")}
+
+
+def _specs(args: list[Any], path: Path) -> list[TensorSpec]:
+    specs = []
+    for a in args:
+        dtype = ORT_TYPES.get(a.type)
+        if dtype is None:
+            raise ModelError(f"{path.name}: {a.name!r} has type {a.type}, which orbitmesh cannot carry")
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in a.shape)
+        specs.append(TensorSpec(a.name, dtype, shape))
+    return specs
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """One intra-op thread per session: many agents share few cores, and the
+    executor's worker pool, not onnxruntime, decides how much runs at once."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class ModelStore:
+    """Loads ``<dir>/<name>.onnx`` lazily and caches the session."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()  # sessions are created from worker threads
+
+    def names(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.stem for p in self.directory.glob("*.onnx"))
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            model = self._loaded.get(name)
+            if model is not None:
+                return model
+            if not name or "/" in name or name.startswith(".") or not (self.directory / f"{name}.onnx").is_file():
+                raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
+            path = self.directory / f"{name}.onnx"
+            try:
+                session = ort.InferenceSession(str(path), sess_options=session_options(),
+                                               providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception hierarchy
+                raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
+            manifest: dict[str, Any] = {}
+            try:
+                manifest = json.loads((self.directory / f"{name}.json").read_text())
+            except (OSError, ValueError):
+                pass
+            model = LoadedModel(name, path, session, _specs(session.get_inputs(), path),
+                                _specs(session.get_outputs(), path), manifest)
+            self._loaded[name] = model
+            return model

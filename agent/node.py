@@ -1,0 +1,301 @@
+"""The agent: one satellite's daemon, tying physics, links, tasks and inference together.
+
+Everything it owns runs in one nursery; cancelling it (SIGTERM, Ctrl-C)
+tears the links down and closes the libp2p host cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from agent.executor import ExecutionError, Executor
+from agent.models import ModelError, ModelStore
+from agent.p2p import P2PHost
+from agent.peers import Peers
+from agent.placement import choose_executor
+from agent.tasks import TaskRecord, TaskTable
+from agent.tensors import InputError, check_shape, inputs_from_json
+from agent.transport import LinkLayer
+from mesh.config import FleetConfig
+from mesh.link import LinkTiming
+from mesh.orbit import Constellation, iso_to_jd
+from mesh.routing import Router
+from mesh.topology import Topology
+from mesh.wire import Hop, Message, TaskRequest, TaskResult, Tensor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK_TIMEOUT_S = 30.0
+
+
+class SubmitError(Exception):
+    """A task the node refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    name: str
+    index: int
+    peer_id: str
+
+
+class Node:
+    def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
+                 *, workers: int = 1):
+        if name not in peers:
+            raise ValueError(f"node {name!r} is not in the peers file")
+        self.config = config
+        self.peers = peers
+        self.host = host
+        self.me = NodeIdentity(name, peers[name].index, host.peer_id)
+        if peers[name].peer_id != host.peer_id:
+            raise ValueError(f"identity mismatch: peers file says {name} is {peers[name].peer_id}, "
+                             f"but this data dir holds {host.peer_id}")
+        self.constellation = Constellation(list(config.shells), iso_to_jd(config.epoch))
+        if len(peers.by_name) > len(self.constellation):
+            raise ValueError("peers file lists more nodes than the constellation has satellites")
+        self.topology = Topology(self.constellation, max_range_km=config.links.max_range_km)
+        self.router = Router(self.topology)
+        self.store = store
+        self.executor = Executor(store, workers=workers)
+        self.tasks = TaskTable()
+        partners = [peers.by_index[i].name for i in self.topology.neighbours_of(self.me.index) if i in peers.by_index]
+        self.links = LinkLayer(
+            name, host, {p: (peers[p].multiaddr, peers[p].peer_id) for p in partners},
+            self._propagation, LinkTiming(config.links.isl_bandwidth_bps), self._on_message,
+            queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
+        )
+        self.started = time.time()
+        self._nursery: trio.Nursery | None = None
+
+    # -- physics ---------------------------------------------------------------
+
+    def orbit_t(self, wall: float | None = None) -> float:
+        return self.config.clock.orbit_t(time.time() if wall is None else wall)
+
+    def _propagation(self, a: str, b: str, sent_at: float) -> float:
+        return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
+
+    def _next_hop(self, dst: str) -> str | None:
+        if dst not in self.peers:
+            return None
+        nh = self.router.next_hop(self.me.index, self.peers[dst].index, self.orbit_t())
+        return None if nh is None else self.peers.by_index[nh].name
+
+    def position(self) -> dict[str, float]:
+        x, y, z = (float(v) for v in self.constellation.position(self.me.index, self.orbit_t()))
+        r = math.sqrt(x * x + y * y + z * z)
+        return {"x_km": x, "y_km": y, "z_km": z, "lat_deg": math.degrees(math.asin(z / r)),
+                "lon_deg": math.degrees(math.atan2(y, x)), "radius_km": r}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # Load and warm every model before reporting ready: creating a session
+        # takes tens of ms and its first run allocates onnxruntime's arena;
+        # neither may stall the event loop (and every frame it is due to
+        # release) when the first task arrives.
+        for name in self.store.names():
+            try:
+                await trio.to_thread.run_sync(self.store.get, name)
+            except ModelError as exc:
+                log.error("model %s is unusable: %s", name, exc)
+                continue
+            await self.executor.warm_up(name)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.links.run)
+            task_status.started()
+
+    # -- tasks at the entry node --------------------------------------------------
+
+    def submit(self, model: str, inputs: Any, target: str | None,
+               timeout_s: float = DEFAULT_TASK_TIMEOUT_S) -> TaskRecord:
+        """Validate and accept a task; raises SubmitError with a clear reason."""
+        if not isinstance(model, str) or not model:
+            raise SubmitError(400, "'model' must be a non-empty string")
+        if target is not None and not isinstance(target, str):
+            raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
+        try:
+            loaded = self.store.get(model)
+        except ModelError as exc:
+            raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
+        try:
+            arrays = inputs_from_json(inputs, loaded.inputs, max_elements=self.config.limits.max_frame_bytes // 4)
+        except InputError as exc:
+            raise SubmitError(400, str(exc)) from None
+        if target not in (None, "", "auto") and target not in self.peers:
+            raise SubmitError(404, f"unknown target node {target!r}; nodes are {self.peers.names()[0]} … "
+                                   f"{self.peers.names()[-1]}")
+        if self.tasks.pending() >= self.config.limits.max_pending_tasks:
+            raise SubmitError(429, f"{self.tasks.pending()} tasks pending at {self.me.name}; retry later")
+        latencies = {}
+        snap = self.router.snapshot(self.orbit_t())
+        for n, lat in snap.neighbours(self.me.index):
+            if n in self.peers.by_index:
+                latencies[self.peers.by_index[n].name] = lat
+        link_up = {n: l.up for n, l in self.links.links.items()}
+        executor = choose_executor(target, self.me.name, self.executor.running > 0, latencies, link_up)
+        if executor != self.me.name and self._next_hop(executor) is None:
+            raise SubmitError(503, f"no route from {self.me.name} to {executor} right now")
+        now = time.time()
+        rec = TaskRecord(uuid.uuid4().hex, model, self.me.name, executor, created=now)
+        self.tasks.add(rec)
+        req = TaskRequest(rec.task_id, self.me.name, executor, model,
+                          {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl)
+        assert self._nursery is not None, "node is not running"
+        self._nursery.start_soon(self._drive, rec, req, now, timeout_s)
+        return rec
+
+    async def _drive(self, rec: TaskRecord, req: TaskRequest, accepted: float, timeout_s: float) -> None:
+        await self._on_request(req, accepted, 0.0, event="entry")
+        with trio.move_on_after(timeout_s):
+            await rec.done.wait()
+            return
+        if rec.finish(ok=False, when=time.time(), error=f"no result within {timeout_s:.0f}s"):
+            log.warning("task %s timed out", rec.task_id)
+
+    # -- routed messages ------------------------------------------------------------
+
+    async def _on_message(self, msg: Message, from_node: str, arrived: float, expected: float) -> None:
+        if isinstance(msg, TaskRequest):
+            await self._on_request(msg, arrived, expected, event="forward")
+        elif isinstance(msg, TaskResult):
+            await self._on_result(msg, arrived, expected)
+
+    async def _on_request(self, req: TaskRequest, arrived: float, expected: float, *, event: str) -> None:
+        if req.executor == self.me.name:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._execute, req, arrived, expected, event)
+            return
+        problem, trace = self._forward(req, req.executor, Hop(self.me.name, arrived, 0.0, event, expected))
+        if problem:
+            await self._reply(TaskResult(req.task_id, req.entry, req.executor, ok=False, error=problem,
+                                         ttl=self.config.limits.ttl, trace=trace))
+
+    async def _execute(self, req: TaskRequest, arrived: float, expected: float, event: str) -> None:
+        rec = self.tasks.get(req.task_id) if req.entry == self.me.name else None
+        if rec is not None:
+            rec.status = "running"
+        ok, outputs, error, compute = False, {}, "", 0.0
+        try:
+            model = self.store.get(req.model)
+            arrays = {}
+            for spec in model.inputs:
+                if spec.name not in req.inputs:
+                    raise InputError(f"input {spec.name!r} missing")
+                arr = req.inputs[spec.name].to_array()
+                if arr.dtype.name != spec.dtype:
+                    raise InputError(f"input {spec.name!r}: dtype {arr.dtype.name}, model expects {spec.dtype}")
+                check_shape(arr, spec)
+                arrays[spec.name] = arr
+            result = await self.executor.run(req.model, arrays)
+            ok, compute = True, result.compute_s
+            outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
+        except (ModelError, InputError, ExecutionError) as exc:
+            error = f"{self.me.name}: {exc}"
+        hop = Hop(self.me.name, arrived, 0.0, "execute", expected,
+                  detail=f"compute {compute * 1e3:.2f} ms" if ok else error)
+        await self._reply(TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error,
+                                     self.config.limits.ttl, req.trace, compute), hop)
+
+    async def _reply(self, res: TaskResult, hop: Hop | None = None) -> None:
+        """Send a result back to its entry node; ``hop`` is this node's trace entry, if any."""
+        if res.entry == self.me.name:
+            now = time.time()
+            trace = res.trace + ((replace(hop, departed=now),) if hop else ())
+            self._complete(replace(res, trace=trace), now, 0.0)
+            return
+        if hop is None:
+            hop = Hop(self.me.name, time.time(), 0.0, "forward")
+        problem, _ = self._forward(res, res.entry, hop)
+        if problem:
+            log.warning("result of %s cannot return to %s: %s", res.task_id, res.entry, problem)
+
+    async def _on_result(self, res: TaskResult, arrived: float, expected: float) -> None:
+        if res.entry == self.me.name:
+            self._complete(res, arrived, expected)
+            return
+        problem, _ = self._forward(res, res.entry, Hop(self.me.name, arrived, 0.0, "forward", expected))
+        if problem:
+            log.warning("result of %s dropped at %s: %s", res.task_id, self.me.name, problem)
+
+    def _forward(self, msg: TaskRequest | TaskResult, dst: str, hop: Hop) -> tuple[str, tuple[Hop, ...]]:
+        """Append ``hop`` and hand ``msg`` to the next hop towards ``dst``.
+
+        Returns (reason it could not be sent or "", the trace).  The hop's
+        departure is stamped after routing, at the hand-off to the link, so
+        route computation shows as dwell time at this node, not as link time.
+        """
+        nh = self._next_hop(dst) if msg.ttl > 1 else None
+        trace = msg.trace + (replace(hop, departed=time.time()),)
+        if msg.ttl <= 1:
+            return f"TTL expired at {self.me.name}", trace
+        if nh is None:
+            return f"no route from {self.me.name} to {dst}", trace
+        if nh not in self.links.links:
+            return f"{self.me.name} has no laser link to {nh}", trace
+        if not self.links.send(nh, replace(msg, ttl=msg.ttl - 1, trace=trace)):
+            return f"link {self.me.name}→{nh} queue full", trace
+        return "", trace
+
+    def _complete(self, res: TaskResult, arrived: float, expected: float) -> None:
+        rec = self.tasks.get(res.task_id)
+        if rec is None:
+            log.warning("result for unknown task %s", res.task_id)
+            return
+        hop = Hop(self.me.name, arrived, arrived, "deliver", expected)
+        outputs = {k: t.to_array() for k, t in res.outputs.items()} if res.ok else None
+        rec.finish(ok=res.ok, when=arrived, outputs=outputs, error=res.error,
+                   trace=res.trace + (hop,) if expected else res.trace, compute_s=res.compute_s)
+
+    # -- views -------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        t = self.orbit_t()
+        snap = self.router.snapshot(t)
+        up = dict(snap.neighbours(self.me.index))
+        neighbours = []
+        for name, link in sorted(self.links.links.items(), key=lambda kv: self.peers[kv[0]].index):
+            idx = self.peers[name].index
+            neighbours.append({
+                "node": name, "peer_id": self.peers[name].peer_id, "link_up": link.up,
+                "in_sight": idx in up,
+                "latency_ms": self.topology.link_latency(self.me.index, idx, t) * 1e3,
+            })
+        shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
+        return {
+            "node": self.me.name, "index": self.me.index, "peer_id": self.me.peer_id,
+            "multiaddrs": self.host.listen_multiaddrs(),
+            "orbit": {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],
+                      "slot": self.constellation.slot_of[self.me.index], "t_s": t,
+                      "altitude_km": shell.altitude_km, "inclination_deg": shell.inclination_deg},
+            "position": self.position(), "neighbours": neighbours,
+            "models": self.store.names(),
+            "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
+        }
+
+    def health(self) -> dict[str, Any]:
+        links = self.links.links
+        return {"status": "ok", "node": self.me.name, "links_up": sum(l.up for l in links.values()),
+                "links_total": len(links), "ready": self.links.all_up()}
+
+    def link_stats(self) -> list[dict[str, Any]]:
+        return [{"peer": n, "up": l.up, **l.stats.as_dict()} for n, l in sorted(self.links.links.items())]
+
+
+def data_paths(data_dir: Path) -> dict[str, Path]:
+    return {"identity": Path(data_dir) / "identity.key"}

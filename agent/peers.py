@@ -1,0 +1,56 @@
+"""The fleet's address book: node name → index, peer id, link and API addresses.
+
+Written by the launcher (or the compose generator) before agents start, so an
+agent knows whom to dial and which Noise-authenticated peer id to expect.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    name: str
+    index: int
+    peer_id: str
+    multiaddr: str      # full libp2p address, ending in /p2p/<peer_id>
+    api: str            # base URL of the node's HTTP API
+
+
+class Peers:
+    def __init__(self, entries: list[PeerEntry]):
+        self.by_name = {e.name: e for e in entries}
+        self.by_index = {e.index: e for e in entries}
+        if len(self.by_name) != len(entries) or len(self.by_index) != len(entries):
+            raise ValueError("peers file lists a node name or index twice")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by_name
+
+    def __getitem__(self, name: str) -> PeerEntry:
+        return self.by_name[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.by_name, key=lambda n: self.by_name[n].index)
+
+    def to_json(self) -> str:
+        return json.dumps({"nodes": [asdict(self.by_name[n]) for n in self.names()]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "peers file") -> "Peers":
+        try:
+            doc = json.loads(text)
+            return cls([PeerEntry(**e) for e in doc["nodes"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{source}: not a valid peers file ({exc})") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "Peers":
+        return cls.from_json(Path(path).read_text(), str(path))
+
+
+def sat_name(index: int) -> str:
+    return f"sat-{index}"

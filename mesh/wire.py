@@ -1,0 +1,266 @@
+"""Wire format of the inter-satellite links: length-prefixed msgpack frames.
+
+Every byte between agents is one of these frames.  Messages are small frozen
+dataclasses; ``encode_frame`` turns one into bytes and ``FrameDecoder`` is a
+sans-I/O parser (feed bytes, get frames) in the manner of h11.  A malformed or
+oversized frame becomes a :class:`WireError` item in the decoder's output and
+the stream carries on: one bad frame never loses the frames behind it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgpack
+import numpy as np
+
+ISL_PROTOCOL = "/orbitmesh/isl/1.0.0"
+_LEN = struct.Struct(">I")
+
+DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
+MAX_TENSOR_DIMS = 8
+
+
+class WireError(ValueError):
+    """A frame or message that does not follow the wire format."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An n-d array as it travels: dtype name, shape, raw little-endian bytes."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise WireError(f"unsupported dtype {self.dtype!r}; supported: {', '.join(sorted(DTYPES))}")
+        if len(self.shape) > MAX_TENSOR_DIMS or any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise WireError(f"bad tensor shape {self.shape!r}")
+        need = math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        if len(self.data) != need:
+            raise WireError(f"tensor of shape {self.shape} and dtype {self.dtype} needs {need} bytes, got {len(self.data)}")
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> "Tensor":
+        arr = np.ascontiguousarray(array)
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        return cls(str(np.dtype(dt).name), tuple(int(d) for d in arr.shape), arr.astype(dt, copy=False).tobytes())
+
+    def to_array(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One stop of a routed message: where, when, what happened, and why."""
+
+    node: str
+    arrived: float            # wall time (unix s) the message was released to this node
+    departed: float           # wall time it left (or finished here)
+    event: str                # entry | forward | execute | deliver
+    link_expected_s: float = 0.0  # physics delay of the link it arrived on (0 at entry)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First frame on a link in each direction: who is on the other end."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    task_id: str
+    entry: str                # node that accepted it and awaits the result
+    executor: str             # node that runs it
+    model: str
+    inputs: dict[str, Tensor]
+    ttl: int
+    trace: tuple[Hop, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    entry: str
+    executor: str
+    ok: bool
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    error: str = ""
+    ttl: int = 64
+    trace: tuple[Hop, ...] = ()
+    compute_s: float = 0.0    # onnxruntime time at the executor
+
+
+Message = Union[Hello, TaskRequest, TaskResult]
+ROUTED = (TaskRequest, TaskResult)
+
+
+@dataclass(frozen=True)
+class LinkFrame:
+    """A message as it crosses one link, stamped with the sender's wall time."""
+
+    sent_at: float
+    msg: Message
+    wire_size: int = field(default=0, compare=False)  # bytes on the wire, set by the decoder
+
+
+# --- encoding -----------------------------------------------------------------
+
+def _enc_tensors(ts: dict[str, Tensor]) -> dict[str, list]:
+    return {k: [t.dtype, list(t.shape), t.data] for k, t in ts.items()}
+
+
+def _enc_trace(trace: tuple[Hop, ...]) -> list:
+    return [[h.node, h.arrived, h.departed, h.event, h.link_expected_s, h.detail] for h in trace]
+
+
+def _encode_msg(msg: Message) -> list:
+    if isinstance(msg, Hello):
+        return ["hello", msg.node]
+    if isinstance(msg, TaskRequest):
+        return ["task", msg.task_id, msg.entry, msg.executor, msg.model, _enc_tensors(msg.inputs),
+                msg.ttl, _enc_trace(msg.trace)]
+    if isinstance(msg, TaskResult):
+        return ["result", msg.task_id, msg.entry, msg.executor, msg.ok, _enc_tensors(msg.outputs),
+                msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s]
+    raise TypeError(f"not a wire message: {type(msg).__name__}")
+
+
+def encode_frame(frame: LinkFrame, max_frame_bytes: int) -> bytes:
+    body = msgpack.packb([1, frame.sent_at, _encode_msg(frame.msg)], use_bin_type=True)
+    if len(body) > max_frame_bytes:
+        raise WireError(f"frame of {len(body)} bytes exceeds the {max_frame_bytes}-byte limit")
+    return _LEN.pack(len(body)) + body
+
+
+# --- decoding -----------------------------------------------------------------
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise WireError(f"{what}: expected a number, got a boolean")
+    if not isinstance(value, kind):
+        raise WireError(f"{what}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _dec_tensors(raw: Any, what: str) -> dict[str, Tensor]:
+    _expect(raw, dict, what)
+    out = {}
+    for name, t in raw.items():
+        _expect(name, str, f"{what} name")
+        _expect(t, list, f"{what}[{name}]")
+        if len(t) != 3:
+            raise WireError(f"{what}[{name}]: expected [dtype, shape, data]")
+        dtype, shape, data = t
+        out[name] = Tensor(_expect(dtype, str, "dtype"), tuple(_expect(shape, list, "shape")),
+                           _expect(data, bytes, "data"))
+    return out
+
+
+def _dec_trace(raw: Any) -> tuple[Hop, ...]:
+    _expect(raw, list, "trace")
+    hops = []
+    for h in raw:
+        if not isinstance(h, list) or len(h) != 6:
+            raise WireError("trace hop: expected 6 fields")
+        hops.append(Hop(_expect(h[0], str, "hop.node"), float(_expect(h[1], (int, float), "hop.arrived")),
+                        float(_expect(h[2], (int, float), "hop.departed")), _expect(h[3], str, "hop.event"),
+                        float(_expect(h[4], (int, float), "hop.link")), _expect(h[5], str, "hop.detail")))
+    return tuple(hops)
+
+
+def _decode_msg(raw: Any) -> Message:
+    _expect(raw, list, "message")
+    if not raw:
+        raise WireError("empty message")
+    kind, args = raw[0], raw[1:]
+    try:
+        if kind == "hello" and len(args) == 1:
+            return Hello(_expect(args[0], str, "hello.node"))
+        if kind == "task" and len(args) == 7:
+            tid, entry, ex, model, inputs, ttl, trace = args
+            return TaskRequest(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
+                               _expect(model, str, "model"), _dec_tensors(inputs, "inputs"),
+                               _expect(ttl, int, "ttl"), _dec_trace(trace))
+        if kind == "result" and len(args) == 9:
+            tid, entry, ex, ok, outputs, err, ttl, trace, compute = args
+            return TaskResult(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
+                              _expect(ok, bool, "ok"), _dec_tensors(outputs, "outputs"), _expect(err, str, "error"),
+                              _expect(ttl, int, "ttl"), _dec_trace(trace),
+                              float(_expect(compute, (int, float), "compute_s")))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"{kind} message: {exc}") from None
+    raise WireError(f"unknown message kind {kind!r} with {len(args)} fields")
+
+
+def decode_body(body: bytes) -> LinkFrame:
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(raw, list) or len(raw) != 3 or raw[0] != 1:
+        raise WireError("frame: expected [version 1, sent_at, message]")
+    sent_at = float(_expect(raw[1], (int, float), "sent_at"))
+    return LinkFrame(sent_at, _decode_msg(raw[2]), wire_size=len(body) + _LEN.size)
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames; memory is bounded by ``max_frame_bytes``.
+
+    An oversized frame is skipped (its length is known) and reported, as is a
+    body that does not decode; the frames after it are still delivered.
+    """
+
+    def __init__(self, max_frame_bytes: int):
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._skip = 0
+
+    def feed(self, data: bytes) -> list[LinkFrame | WireError]:
+        out: list[LinkFrame | WireError] = []
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        self._buf += data
+        while True:
+            if self._skip:
+                dropped = min(self._skip, len(self._buf))
+                del self._buf[:dropped]
+                self._skip -= dropped
+                if self._skip:
+                    break
+            if len(self._buf) < 4:
+                break
+            (n,) = _LEN.unpack_from(self._buf)
+            if n > self.max_frame_bytes:
+                out.append(WireError(f"frame of {n} bytes exceeds the {self.max_frame_bytes}-byte limit; skipped"))
+                del self._buf[:4]
+                self._skip = n
+                continue
+            if len(self._buf) < 4 + n:
+                break
+            body = bytes(self._buf[4:4 + n])
+            del self._buf[:4 + n]
+            try:
+                out.append(decode_body(body))
+            except WireError as exc:
+                out.append(exc)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,36 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """A base port with ``n`` consecutive free ports (checked by binding)."""
+    import random
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind((host, p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    if not (MODELS / "digits.onnx").is_file():
+        from agent.zoo import build
+        build(MODELS)
+    return MODELS

@@ -1,0 +1,94 @@
+"""The link wire format: round trips, and every kind of bad frame."""
+
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.wire import (FrameDecoder, Hello, Hop, LinkFrame, TaskRequest, TaskResult, Tensor, WireError,
+                       decode_body, encode_frame)
+
+LIMIT = 1 << 20
+
+
+def request(n=64):
+    return TaskRequest("t1", "sat-0", "sat-5", "digits",
+                       {"input": Tensor.from_array(np.arange(n, dtype=np.float32).reshape(1, n))}, 64,
+                       (Hop("sat-0", 1.0, 1.001, "entry"),))
+
+
+def test_round_trip_all_messages():
+    msgs = [Hello("sat-3"), request(),
+            TaskResult("t1", "sat-0", "sat-5", True, {"label": Tensor.from_array(np.array([3]))}, "", 60,
+                       (Hop("sat-5", 2.0, 2.1, "execute", 0.03, "compute 0.1 ms"),), 0.0001),
+            TaskResult("t2", "sat-0", "sat-5", False, error="boom")]
+    dec = FrameDecoder(LIMIT)
+    for m in msgs:
+        out = dec.feed(encode_frame(LinkFrame(123.5, m), LIMIT))
+        assert len(out) == 1 and out[0] == LinkFrame(123.5, m)
+
+
+def test_tensor_round_trip_preserves_values():
+    arr = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float64)
+    assert np.array_equal(Tensor.from_array(arr).to_array(), arr)
+    big_endian = arr.astype(">f8")
+    assert np.array_equal(Tensor.from_array(big_endian).to_array(), arr)
+
+
+def test_split_anywhere_yields_same_frames():
+    data = b"".join(encode_frame(LinkFrame(float(i), request()), LIMIT) for i in range(3))
+    for cut in range(0, len(data), 37):
+        dec = FrameDecoder(LIMIT)
+        out = dec.feed(data[:cut]) + dec.feed(data[cut:])
+        assert [f.sent_at for f in out] == [0.0, 1.0, 2.0]
+
+
+def test_oversized_frame_is_skipped_and_stream_continues():
+    dec = FrameDecoder(1000)
+    good = encode_frame(LinkFrame(1.0, Hello("a")), 1000)
+    huge = struct.pack(">I", 5000) + b"x" * 5000
+    out = dec.feed(good + huge[:2000]) + dec.feed(huge[2000:] + good)
+    assert [type(x) for x in out] == [LinkFrame, WireError, LinkFrame]
+    assert "exceeds" in str(out[1])
+    assert dec.buffered == 0
+
+
+def test_encoder_refuses_oversized_frame():
+    with pytest.raises(WireError, match="exceeds"):
+        encode_frame(LinkFrame(1.0, request(10_000)), 1000)
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"\xc1", "not msgpack"),
+    (msgpack.packb([2, 1.0, ["hello", "a"]]), "version"),
+    (msgpack.packb([1, "x", ["hello", "a"]]), "sent_at"),
+    (msgpack.packb([1, 1.0, ["nope", "a"]]), "unknown message"),
+    (msgpack.packb([1, 1.0, ["hello", 5]]), "hello.node"),
+    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, []]]), "needs 8 bytes"),
+    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, []]]), "dtype"),
+    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {}, True, []]]), "ttl"),
+    (msgpack.packb([1, 1.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0]]), "ok"),
+    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]]]]), "6 fields"),
+])
+def test_malformed_bodies_give_clear_errors(body, why):
+    with pytest.raises(WireError, match=why):
+        decode_body(body)
+
+
+def test_malformed_frame_does_not_lose_the_next_one():
+    bad = struct.pack(">I", 3) + b"\xc1\xc1\xc1"
+    good = encode_frame(LinkFrame(2.0, Hello("b")), LIMIT)
+    out = FrameDecoder(LIMIT).feed(bad + good)
+    assert isinstance(out[0], WireError) and out[1] == LinkFrame(2.0, Hello("b"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_decoder_never_raises(blob):
+    dec = FrameDecoder(256)
+    for item in dec.feed(blob):
+        assert isinstance(item, (LinkFrame, WireError))
+    assert dec.buffered <= 256 + 4
