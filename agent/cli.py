@@ -76,7 +76,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from agent.peers import sat_name
     name = args.node or sat_name(args.sat)
     peers = args.peers or Path(args.config).parent / "peers.json"
-    return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models))
+    try:
+        listen = daemon.parse_hostport(args.listen) if args.listen else None
+        api = daemon.parse_hostport(args.api) if args.api else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
+                       listen=listen, api=api, realtime=not args.no_realtime)
 
 
 def _spec(args: argparse.Namespace):
@@ -321,6 +328,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="fleet config (TOML)")
     p.add_argument("--peers", help="peers file (default: peers.json beside the config)")
     p.add_argument("--data-dir", required=True, help="identity and state of this agent")
+    p.add_argument("--listen", help="HOST:PORT for laser links (default: from this node's peers entry)")
+    p.add_argument("--api", help="HOST:PORT for the HTTP API (default: from this node's peers entry)")
+    p.add_argument("--no-realtime", action="store_true",
+                   help="do not ask for real-time scheduling of the event loop (see agent/priority.py)")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("up", help="start a local fleet in the background")

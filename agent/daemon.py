@@ -62,7 +62,15 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     break
 
 
-def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path) -> int:
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
+         listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -73,7 +81,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         log.error("node %r is not in %s", name, peers_path)
         return 2
     try:
-        trio.run(run_agent, name, config, peers, data_dir, models)
+        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
