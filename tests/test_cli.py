@@ -1,0 +1,48 @@
+"""The CLI as a user runs it: up, status, submit, down, as real commands."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT, free_port_block
+
+
+def orbitmesh(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_up_status_submit_down(tmp_path, models_dir):
+    base = free_port_block(8)
+    common = ["--dir", str(tmp_path / "fleet"), "--models", str(models_dir)]
+    up = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "all 4 agents up" in up.stdout
+        again = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4))
+        assert again.returncode == 1 and "already running" in again.stderr
+        status = orbitmesh(*common, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "4/4 nodes answering" in status.stdout
+        sub = orbitmesh(*common, "submit", "--node", "sat-0", "--target", "sat-3", "--sample", "2")
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        assert "SUCCEEDED" in sub.stdout and "sat-0 → sat-3" in sub.stdout and "execute" in sub.stdout
+        bad = orbitmesh(*common, "submit", "--node", "sat-0", "--model", "nope", "--inputs", "{}")
+        assert bad.returncode == 1 and "unknown model" in bad.stderr
+    finally:
+        down = orbitmesh(*common, "down")
+    assert down.returncode == 0 and "stopped 4 agents" in down.stdout
+    assert "no agents running" in orbitmesh(*common, "down").stdout
+
+
+def test_agent_with_bad_config_exits_with_a_reason(tmp_path, models_dir):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('name = "x"\nepoch = "2026-01-01T00:00:00Z"\nshells = []\n')
+    (tmp_path / "peers.json").write_text('{"nodes": []}')
+    r = orbitmesh("--models", str(models_dir), "agent", "--sat", "0", "--config", str(cfg),
+                  "--data-dir", str(tmp_path / "d"), timeout=60)
+    assert r.returncode == 2 and "at least one shell" in r.stderr
+
+
+def test_status_without_a_fleet(tmp_path):
+    r = orbitmesh("--dir", str(tmp_path / "none"), "status")
+    assert r.returncode == 1 and "no fleet" in r.stderr
