@@ -15,10 +15,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.metrics import render as render_metrics
 from agent.node import Node, SubmitError
+from mesh.chaos import FaultError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,52 @@ def build_app(node: Node) -> Starlette:
                 await rec.done.wait()
         return JSONResponse(rec.to_json())
 
+    async def chaos_list(request: Request) -> JSONResponse:
+        import time
+        return JSONResponse({"node": node.me.name, "faults": node.chaos.listing(time.time())})
+
+    async def chaos_apply(request: Request) -> JSONResponse:
+        try:
+            spec = await read_json(request, 1 << 20)
+            fault, changed = node.apply_fault(spec)
+        except SubmitError as exc:
+            return error(exc.status, str(exc))
+        except FaultError as exc:
+            return error(400, str(exc))
+        return JSONResponse({"fault": fault, "created": changed}, status_code=201 if changed else 200)
+
+    async def chaos_clear(request: Request) -> JSONResponse:
+        fid = request.path_params.get("fault_id")
+        try:
+            cleared = node.clear_fault(fid)
+        except KeyError:
+            return error(404, f"no fault {fid!r} at {node.me.name}")
+        return JSONResponse({"cleared": cleared})
+
+    async def probe(request: Request) -> JSONResponse:
+        try:
+            body = await read_json(request, 4096)
+            if not isinstance(body, dict) or not isinstance(body.get("peer"), str):
+                raise SubmitError(400, "body: {\"peer\": NODE, \"rate_hz\", \"size\", \"duration_s\"}")
+            nums = {}
+            for k, default in (("rate_hz", 100.0), ("size", 1024), ("duration_s", 5.0)):
+                v = body.get(k, default)
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise SubmitError(400, f"{k} must be a number")
+                nums[k] = v
+            out = node.start_probe(body["peer"], float(nums["rate_hz"]), int(nums["size"]), float(nums["duration_s"]))
+        except SubmitError as exc:
+            return error(exc.status, str(exc))
+        return JSONResponse(out, status_code=202)
+
+    async def metrics(request: Request) -> Response:
+        return Response(render_metrics(node), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     routes = [
+        Route("/v1/chaos", chaos_list, methods=["GET"]), Route("/v1/chaos", chaos_apply, methods=["POST"]),
+        Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
+        Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
+        Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
         Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),

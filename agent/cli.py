@@ -362,6 +362,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--entries", type=int, default=4, help="distinct entry nodes")
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
+
+    from agent import chaos_cli
+    chaos_cli.register(sub)
     return ap
 
 

@@ -67,6 +67,19 @@ class Client:
             body["timeout_s"] = timeout_s
         return await self._call("POST", "/v1/tasks", json=body)
 
+    async def faults(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/chaos")
+
+    async def apply_fault(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/v1/chaos", json=spec)
+
+    async def clear_faults(self, fault_id: str | None = None) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/chaos/{fault_id}" if fault_id else "/v1/chaos")
+
+    async def probe(self, peer: str, rate_hz: float = 100.0, size: int = 1024, duration_s: float = 5.0) -> dict[str, Any]:
+        return await self._call("POST", "/v1/probe",
+                                json={"peer": peer, "rate_hz": rate_hz, "size": size, "duration_s": duration_s})
+
     async def task(self, task_id: str, wait: float | None = None) -> dict[str, Any]:
         params = {"wait": wait} if wait is not None else None
         timeout = httpx.Timeout(self._http.timeout.read + (wait or 0)) if wait else None

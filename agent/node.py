@@ -25,16 +25,20 @@ from agent.placement import choose_executor
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_json
 from agent.transport import LinkLayer
+from mesh.chaos import Entry, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
-from mesh.link import LinkTiming
+from mesh.link import LinkProfile, link_seed
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.routing import Router
 from mesh.topology import Topology
-from mesh.wire import Hop, Message, TaskRequest, TaskResult, Tensor
+from mesh.wire import ChaosUpdate, Hop, Message, Probe, TaskRequest, TaskResult, Tensor, WireError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK_TIMEOUT_S = 30.0
+MAX_PROBE_RATE_HZ = 2000
+MAX_PROBE_SECONDS = 120
+MAX_PROBE_BYTES = 256 * 1024
 
 
 class SubmitError(Exception):
@@ -73,10 +77,15 @@ class Node:
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
         partners = [peers.by_index[i].name for i in self.topology.neighbours_of(self.me.index) if i in peers.by_index]
+        self.chaos = FaultTable(self._chaos_topo())
+        self.base_profile = LinkProfile(bandwidth_bps=config.links.isl_bandwidth_bps,
+                                        queue_frames=config.limits.link_queue_frames)
         self.links = LinkLayer(
             name, host, {p: (peers[p].multiaddr, peers[p].peer_id) for p in partners},
-            self._propagation, LinkTiming(config.links.isl_bandwidth_bps), self._on_message,
+            self._propagation, self._link_profile, self._on_message,
+            seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
+            on_link_up=self._sync_chaos,
         )
         self.started = time.time()
         self._nursery: trio.Nursery | None = None
@@ -90,10 +99,30 @@ class Node:
         return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
 
     def _next_hop(self, dst: str) -> str | None:
+        """Next hop on the shortest path that avoids links cut by faults."""
         if dst not in self.peers:
             return None
-        nh = self.router.next_hop(self.me.index, self.peers[dst].index, self.orbit_t())
-        return None if nh is None else self.peers.by_index[nh].name
+        src, dst_i = self.me.index, self.peers[dst].index
+        if src == dst_i:
+            return None
+        cut = self.chaos.cut_now(time.time())
+        down = frozenset((min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
+                         for a, b in cut)
+        found = self.router.snapshot(self.orbit_t()).shortest_path(src, dst_i, down_links=down)
+        if found is None or len(found[0]) < 2:
+            return None
+        return self.peers.by_index[found[0][1]].name
+
+    def _link_profile(self, peer: str, now: float) -> LinkProfile:
+        return self.chaos.profile(self.me.name, peer, now, self.base_profile)
+
+    def _chaos_topo(self) -> Topo:
+        names = {i: e.name for i, e in self.peers.by_index.items()}
+        links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in self.topology.candidates.tolist()
+                          if int(a) in names and int(b) in names)
+        planes = {n: (self.constellation.shell_of[i], self.constellation.plane_of[i]) for i, n in names.items()
+                  if i < len(self.constellation)}
+        return Topo(frozenset(names.values()), links, planes)
 
     def position(self) -> dict[str, float]:
         x, y, z = (float(v) for v in self.constellation.position(self.me.index, self.orbit_t()))
@@ -118,7 +147,13 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.links.run)
+            nursery.start_soon(self._expire_faults)
             task_status.started()
+
+    async def _expire_faults(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.chaos.expire(time.time())
 
     # -- tasks at the entry node --------------------------------------------------
 
@@ -175,6 +210,80 @@ class Node:
             await self._on_request(msg, arrived, expected, event="forward")
         elif isinstance(msg, TaskResult):
             await self._on_result(msg, arrived, expected)
+        elif isinstance(msg, ChaosUpdate):
+            self._on_chaos(msg, from_node)
+        elif isinstance(msg, Probe):
+            self.links.links[from_node].stats.probes_received += 1
+
+    # -- chaos ------------------------------------------------------------------------
+
+    def apply_fault(self, spec: Any) -> tuple[dict[str, Any], bool]:
+        """Validate, record and flood a fault; raises FaultError with the reason."""
+        now = time.time()
+        entry, changed = self.chaos.issue(spec, now, self.me.name)
+        if changed:
+            self._flood([entry], exclude=None)
+        fault = next(f for f in self.chaos.listing(now) if f["id"] == entry.id)
+        return fault, changed
+
+    def clear_fault(self, fid: str | None) -> list[str]:
+        """Remove one fault (KeyError if unknown) or, with None, all of them."""
+        now = time.time()
+        tombs = self.chaos.remove_all(now, self.me.name) if fid is None else [self.chaos.remove(fid, now, self.me.name)]
+        if tombs:
+            self._flood(tombs, exclude=None)
+        return [t.id for t in tombs]
+
+    def _flood(self, entries: list[Entry], exclude: str | None) -> None:
+        msg = ChaosUpdate(tuple(e.to_wire() for e in entries))
+        for peer in self.links.links:
+            if peer != exclude:
+                self.links.send(peer, msg)
+
+    def _on_chaos(self, msg: ChaosUpdate, from_node: str) -> None:
+        news = []
+        for raw in msg.entries:
+            try:
+                entry = Entry.from_wire(raw)
+            except (FaultError, WireError) as exc:
+                log.warning("bad chaos entry from %s: %s", from_node, exc)
+                continue
+            if self.chaos.merge(entry):
+                news.append(entry)
+        if news:
+            self._flood(news, exclude=from_node)
+
+    def _sync_chaos(self, peer: str) -> None:
+        """A (re)connected neighbour gets the whole table: it may have missed floods."""
+        entries = self.chaos.entries()
+        if entries:
+            self.links.send(peer, ChaosUpdate(tuple(e.to_wire() for e in entries)))
+
+    # -- probes -----------------------------------------------------------------------
+
+    def start_probe(self, peer: str, rate_hz: float, size: int, duration_s: float) -> dict[str, Any]:
+        if peer not in self.links.links:
+            raise SubmitError(404, f"{self.me.name} has no laser link to {peer!r}; its links: "
+                                   f"{', '.join(sorted(self.links.links))}")
+        if not 0 < rate_hz <= MAX_PROBE_RATE_HZ:
+            raise SubmitError(400, f"rate_hz must be in (0, {MAX_PROBE_RATE_HZ}]")
+        if not 0 <= size <= MAX_PROBE_BYTES:
+            raise SubmitError(400, f"size must be in [0, {MAX_PROBE_BYTES}] bytes")
+        if not 0 < duration_s <= MAX_PROBE_SECONDS:
+            raise SubmitError(400, f"duration_s must be in (0, {MAX_PROBE_SECONDS}]")
+        count = max(1, int(rate_hz * duration_s))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._probe, peer, 1.0 / rate_hz, size, count)
+        return {"peer": peer, "frames": count, "rate_hz": rate_hz, "size": size}
+
+    async def _probe(self, peer: str, interval: float, size: int, count: int) -> None:
+        padding = b"\0" * max(0, size - 30)  # ≈ size bytes on the wire with headers
+        stats = self.links.links[peer].stats
+        start = trio.current_time()
+        for seq in range(count):
+            await trio.sleep_until(start + seq * interval)
+            stats.probes_sent += 1
+            self.links.send(peer, Probe(seq, padding))
 
     async def _on_request(self, req: TaskRequest, arrived: float, expected: float, *, event: str) -> None:
         if req.executor == self.me.name:

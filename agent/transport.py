@@ -1,11 +1,18 @@
 """Emulated laser links: one long-lived libp2p stream per neighbour.
 
-Each link has a bounded outbound queue (frames wait there while the stream is
-being (re)established), a writer that stamps each frame with its wall-clock
-send time, a reader that decodes frames, and a releaser that hands each frame
-to the node at ``sent + distance/c + size/bandwidth``.  Releasing at the
-receiver cancels the real transport's latency out, as long as that latency is
-below the emulated one (loopback: ~0.3 ms; a laser hop: ≥ 2 ms).
+Sending: the link's :class:`mesh.link.LinkEmulator` (with any faults laid
+over its profile) decides each frame's fate at the moment the node hands it
+over: dropped (cut, loss, full transmit queue), or put on the wire once or
+twice, stamped with its emulated send time and extra delay (serialization,
+jitter, injected delay), possibly corrupted.  A writer task then carries the
+bytes over libp2p.
+
+Receiving: each frame's CRC is checked, its due time computed as
+``sent_at + distance(t_sent)/c + extra``, and a releaser hands frames to the
+node in due-time order, each exactly when due.  Releasing at the receiver
+cancels the real transport's latency out, as long as that latency is below
+the emulated one (loopback: ~0.3–1 ms; a laser hop: ≥ 2 ms).  A frame that
+arrives after its due time is released at once and counted as late.
 
 The lower-named end of a link dials; the other accepts.  The first frame each
 way is ``Hello``, and the claimed node name must match the Noise-authenticated
@@ -14,6 +21,9 @@ peer id listed for it in the peers file.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,9 +32,10 @@ from typing import Awaitable, Callable
 import trio
 
 from agent.p2p import P2PError, P2PHost, P2PStream
-from agent.timer import PreciseTimer
-from mesh.link import LinkTiming
-from mesh.wire import ISL_PROTOCOL, FrameDecoder, Hello, LinkFrame, Message, WireError, encode_frame
+from agent.timer import COARSE_MARGIN_S, PreciseTimer
+from mesh.link import Dropped, LinkEmulator, LinkProfile
+from mesh.wire import (ISL_PROTOCOL, ChecksumError, FrameDecoder, Hello, LinkFrame, Message, WireError, corrupt_frame,
+                       encode_frame, encode_message, frame_from_message, frame_size)
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +43,14 @@ log = logging.getLogger(__name__)
 DeliverFn = Callable[[Message, str, float, float], Awaitable[None]]
 # (from_node, to_node, sent_at_wall) -> one-way propagation delay in seconds
 PropagationFn = Callable[[str, str, float], float]
+# (to_node, now) -> the profile of the link direction me→to_node, faults included
+ProfileFn = Callable[[str, float], LinkProfile]
 
 HELLO_TIMEOUT_S = 5.0
 REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
+# Upper bounds (seconds) of the delay-error histogram: release time − due time.
+ERROR_BUCKETS_S = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, float("inf"))
+DROP_CAUSES = ("cut", "loss", "queue_full", "corrupt", "malformed", "overflow")
 
 
 @dataclass
@@ -43,23 +59,38 @@ class LinkStats:
     bytes_sent: int = 0
     frames_received: int = 0
     bytes_received: int = 0
-    dropped_queue_full: int = 0
-    dropped_malformed: int = 0
-    late_frames: int = 0           # arrived after their due time (transport slower than physics)
+    probes_sent: int = 0
+    probes_received: int = 0
+    duplicates_sent: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_CAUSES, 0))
+    late_frames: int = 0           # arrived after their due time (transport slower than the emulated link)
     max_lateness_s: float = 0.0
+    error_buckets: list[int] = field(default_factory=lambda: [0] * len(ERROR_BUCKETS_S))
+    error_sum_s: float = 0.0
+    error_max_s: float = 0.0
     connects: int = 0
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+    def record_error(self, err: float) -> None:
+        self.error_buckets[bisect.bisect_left(ERROR_BUCKETS_S, err)] += 1
+        self.error_sum_s += err
+        self.error_max_s = max(self.error_max_s, err)
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("error_buckets",)}
+        out["dropped"] = dict(self.dropped)
+        out["delay_error_histogram"] = {("+Inf" if b == float("inf") else f"{b:g}"): n
+                                        for b, n in zip(ERROR_BUCKETS_S, self.error_buckets)}
+        return out
 
 
 @dataclass
 class Link:
-    """One direction pair to a neighbour."""
+    """Both directions of the link to one neighbour."""
 
     peer: str
     multiaddr: str
     dialer: bool
+    emulator: LinkEmulator
     outbound_send: trio.MemorySendChannel
     outbound_recv: trio.MemoryReceiveChannel
     release_send: trio.MemorySendChannel
@@ -76,37 +107,58 @@ class Link:
 
 class LinkLayer:
     def __init__(self, me: str, host: P2PHost, neighbours: dict[str, tuple[str, str]],
-                 propagation: PropagationFn, timing: LinkTiming, deliver: DeliverFn,
-                 *, queue_frames: int, max_frame_bytes: int):
+                 propagation: PropagationFn, profile: ProfileFn, deliver: DeliverFn,
+                 *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
+                 on_link_up: Callable[[str], None] | None = None):
         """``neighbours`` maps node name → (multiaddr with /p2p/, peer id)."""
         self.me = me
         self.host = host
         self.propagation = propagation
-        self.timing = timing
+        self.profile = profile
         self.deliver = deliver
         self.max_frame_bytes = max_frame_bytes
+        self.queue_frames = queue_frames
+        self.on_link_up = on_link_up
         self._peer_ids = {name: pid for name, (_, pid) in neighbours.items()}
+        self._seq = itertools.count()
         self.links: dict[str, Link] = {}
+        now = time.time()
         for name, (addr, _) in sorted(neighbours.items()):
-            out_s, out_r = trio.open_memory_channel(queue_frames)
+            # The real transport's buffers are bounded too: the emulated queue
+            # drops first, these only hold what the emulator let through.
+            out_s, out_r = trio.open_memory_channel(queue_frames * 2)
             rel_s, rel_r = trio.open_memory_channel(queue_frames)
-            self.links[name] = Link(name, addr, dialer=me < name, outbound_send=out_s, outbound_recv=out_r,
-                                    release_send=rel_s, release_recv=rel_r)
+            self.links[name] = Link(name, addr, dialer=me < name, emulator=LinkEmulator(profile(name, now), seeds[name]),
+                                    outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
 
     # -- public -------------------------------------------------------------
 
     def send(self, peer: str, msg: Message) -> bool:
-        """Queue ``msg`` on the link to ``peer``; False (and counted) if the queue is full."""
+        """Hand ``msg`` to the link towards ``peer``; False if the link dropped it.
+
+        The emulated transmission starts now; the writer task's scheduling
+        delay is transport latency that the receiver cancels out.
+        """
         link = self.links[peer]
-        try:
-            # The emulated transmission starts now, when the frame reaches the
-            # laser terminal; the writer task's scheduling delay is transport
-            # latency that the receiver cancels out like any other.
-            link.outbound_send.send_nowait((time.time(), msg))
-            return True
-        except trio.WouldBlock:
-            link.stats.dropped_queue_full += 1
+        now = time.time()
+        link.emulator.set_profile(self.profile(peer, now))
+        message = encode_message(msg)
+        fate = link.emulator.transmit(now, frame_size(message))
+        if isinstance(fate, Dropped):
+            link.stats.dropped[fate.cause] += 1
             return False
+        for i, emission in enumerate(fate):
+            frame = frame_from_message(emission.sent_at, emission.extra_s, message, self.max_frame_bytes)
+            if emission.corrupt:
+                frame = corrupt_frame(frame, next(self._seq))
+            try:
+                link.outbound_send.send_nowait(frame)
+            except trio.WouldBlock:  # the real transport is stalled (e.g. peer restarting)
+                link.stats.dropped["overflow"] += 1
+                return False
+            if i:
+                link.stats.duplicates_sent += 1
+        return True
 
     def all_up(self) -> bool:
         return all(link.up for link in self.links.values())
@@ -175,12 +227,15 @@ class LinkLayer:
             old = link.stream
             link.stream = None
             await old.aclose()
+        # Hello is the real transport's handshake, not an emulated frame.
         await stream.send_all(encode_frame(LinkFrame(time.time(), Hello(self.me)), self.max_frame_bytes))
         link.stream = stream
         link.up_since = time.time()
         link.stats.connects += 1
         self._signal(link)
         log.info("link %s–%s up (%s)", self.me, link.peer, "dialled" if hello_first else "accepted")
+        if self.on_link_up:
+            self.on_link_up(link.peer)
         decoder = decoder or FrameDecoder(self.max_frame_bytes)
         try:
             if not hello_first and leftover:
@@ -217,21 +272,22 @@ class LinkLayer:
     async def _accept_frames(self, link: Link, items: list) -> None:
         for item in items:
             if isinstance(item, WireError):
-                link.stats.dropped_malformed += 1
-                log.warning("link %s→%s: dropped a malformed frame: %s", link.peer, self.me, item)
+                cause = "corrupt" if isinstance(item, ChecksumError) else "malformed"
+                link.stats.dropped[cause] += 1
+                (log.debug if cause == "corrupt" else log.warning)("link %s→%s: dropped a frame: %s",
+                                                                    link.peer, self.me, item)
                 continue
             if isinstance(item.msg, Hello):
                 continue
-            expected = self.propagation(link.peer, self.me, item.sent_at)
-            due = self.timing.due(item.sent_at, expected, item.wire_size)
+            expected = self.propagation(link.peer, self.me, item.sent_at) + item.extra_s
             link.stats.frames_received += 1
             link.stats.bytes_received += item.wire_size
-            await link.release_send.send((due, expected, item))
+            await link.release_send.send((item.sent_at + expected, next(self._seq), expected, item))
 
     # -- data path ------------------------------------------------------------
 
     async def _write_loop(self, link: Link) -> None:
-        pending: tuple[float, Message] | None = None
+        pending: bytes | None = None
         while True:
             if pending is None:
                 pending = await link.outbound_recv.receive()
@@ -239,11 +295,8 @@ class LinkLayer:
             if stream is None:
                 await link.stream_changed.wait()
                 continue
-            # A frame that waited for the stream to come back is sent when it did.
-            sent_at = max(pending[0], link.up_since or 0.0)
-            frame = encode_frame(LinkFrame(sent_at, pending[1]), self.max_frame_bytes)
             try:
-                await stream.send_all(frame)
+                await stream.send_all(pending)
             except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("link %s→%s: write failed (%s); will resend on the next stream", self.me, link.peer, exc)
                 if link.stream is stream:
@@ -253,28 +306,44 @@ class LinkLayer:
                         await stream.aclose()
                 continue
             link.stats.frames_sent += 1
-            link.stats.bytes_sent += len(frame)
+            link.stats.bytes_sent += len(pending)
             pending = None
 
     async def _release_loop(self, link: Link) -> None:
+        """Hand frames to the node in due-time order, each exactly when due.
+
+        A heap, not a FIFO: a frame held back (reordering) or a duplicate may
+        be due after frames that arrived behind it.
+        """
         timer = PreciseTimer()
+        heap: list[tuple[float, int, float, LinkFrame]] = []
         try:
-            await self._release_frames(link, timer)
+            while True:
+                if not heap:
+                    heapq.heappush(heap, await link.release_recv.receive())
+                while len(heap) < self.queue_frames:
+                    try:
+                        heapq.heappush(heap, link.release_recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                due = heap[0][0]
+                now = time.time()
+                if due - now > COARSE_MARGIN_S and len(heap) < self.queue_frames:
+                    # Sleep, but wake for a newly arrived frame that may be due sooner.
+                    with trio.move_on_after(due - now - COARSE_MARGIN_S):
+                        heapq.heappush(heap, await link.release_recv.receive())
+                    continue
+                if due > now:
+                    await timer.sleep_until(due)
+                else:
+                    link.stats.late_frames += 1
+                    link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
+                due, _, expected, frame = heapq.heappop(heap)
+                released = time.time()
+                link.stats.record_error(released - due)
+                try:
+                    await self.deliver(frame.msg, link.peer, released, expected)
+                except Exception:  # a bug in one handler must not take the link down
+                    log.exception("handler failed for a frame from %s", link.peer)
         finally:
             timer.close()
-
-    async def _release_frames(self, link: Link, timer: PreciseTimer) -> None:
-        async for due, expected, frame in link.release_recv:
-            now = time.time()
-            if due > now:
-                await timer.sleep_until(due)
-            else:
-                lateness = now - due
-                link.stats.late_frames += 1
-                link.stats.max_lateness_s = max(link.stats.max_lateness_s, lateness)
-            try:
-                await self.deliver(frame.msg, link.peer, time.time(), expected)
-            except Exception:  # a bug in one handler must not take the link down
-                log.exception("handler failed for a frame from %s", link.peer)
-
-

@@ -1,6 +1,8 @@
-"""Wire format of the inter-satellite links: length-prefixed msgpack frames.
+"""Wire format of the inter-satellite links: length-prefixed, checksummed msgpack frames.
 
-Every byte between agents is one of these frames.  Messages are small frozen
+Every byte between agents is one of these frames: ``u32 length, u32 CRC32 of
+the body, body``.  The checksum lets a receiver detect (emulated or real)
+corruption and drop the frame instead of acting on it.  Messages are small frozen
 dataclasses; ``encode_frame`` turns one into bytes and ``FrameDecoder`` is a
 sans-I/O parser (feed bytes, get frames) in the manner of h11.  A malformed or
 oversized frame becomes a :class:`WireError` item in the decoder's output and
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -19,6 +22,7 @@ import numpy as np
 
 ISL_PROTOCOL = "/orbitmesh/isl/1.0.0"
 _LEN = struct.Struct(">I")
+_HEADER = struct.Struct(">II")  # body length, CRC32 of the body
 
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
 MAX_TENSOR_DIMS = 8
@@ -26,6 +30,10 @@ MAX_TENSOR_DIMS = 8
 
 class WireError(ValueError):
     """A frame or message that does not follow the wire format."""
+
+
+class ChecksumError(WireError):
+    """A frame whose body does not match its CRC32."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,22 @@ class TaskResult:
     compute_s: float = 0.0    # onnxruntime time at the executor
 
 
-Message = Union[Hello, TaskRequest, TaskResult]
+@dataclass(frozen=True)
+class ChaosUpdate:
+    """Fault-table entries (mesh.chaos.Entry.to_wire), flooded hop by hop."""
+
+    entries: tuple[list, ...]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Measurement traffic: a numbered frame padded to a chosen size."""
+
+    seq: int
+    padding: bytes = b""
+
+
+Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe]
 ROUTED = (TaskRequest, TaskResult)
 
 
@@ -112,6 +135,7 @@ class LinkFrame:
 
     sent_at: float
     msg: Message
+    extra_s: float = 0.0      # sender's emulated delay beyond propagation (serialization, jitter, faults)
     wire_size: int = field(default=0, compare=False)  # bytes on the wire, set by the decoder
 
 
@@ -134,14 +158,45 @@ def _encode_msg(msg: Message) -> list:
     if isinstance(msg, TaskResult):
         return ["result", msg.task_id, msg.entry, msg.executor, msg.ok, _enc_tensors(msg.outputs),
                 msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s]
+    if isinstance(msg, ChaosUpdate):
+        return ["chaos", list(msg.entries)]
+    if isinstance(msg, Probe):
+        return ["probe", msg.seq, msg.padding]
     raise TypeError(f"not a wire message: {type(msg).__name__}")
 
 
 def encode_frame(frame: LinkFrame, max_frame_bytes: int) -> bytes:
-    body = msgpack.packb([1, frame.sent_at, _encode_msg(frame.msg)], use_bin_type=True)
+    body = msgpack.packb([1, float(frame.sent_at), float(frame.extra_s), _encode_msg(frame.msg)], use_bin_type=True)
     if len(body) > max_frame_bytes:
         raise WireError(f"frame of {len(body)} bytes exceeds the {max_frame_bytes}-byte limit")
-    return _LEN.pack(len(body)) + body
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def encode_message(msg: Message) -> bytes:
+    """A message's msgpack bytes, encoded once however many copies are sent."""
+    return msgpack.packb(_encode_msg(msg), use_bin_type=True)
+
+
+_FLOAT = struct.Struct(">d")
+
+
+def frame_from_message(sent_at: float, extra_s: float, message: bytes, max_frame_bytes: int) -> bytes:
+    """``encode_frame`` for a pre-encoded message (same bytes, no re-encoding)."""
+    body = b"\x94\x01\xcb" + _FLOAT.pack(sent_at) + b"\xcb" + _FLOAT.pack(extra_s) + message
+    if len(body) > max_frame_bytes:
+        raise WireError(f"frame of {len(body)} bytes exceeds the {max_frame_bytes}-byte limit")
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def frame_size(message: bytes) -> int:
+    return _HEADER.size + 20 + len(message)
+
+
+def corrupt_frame(frame: bytes, position: int) -> bytes:
+    """Flip one bit of an encoded frame's body (emulated corruption; the CRC catches it)."""
+    body_len = len(frame) - _HEADER.size
+    i = _HEADER.size + position % max(body_len, 1)
+    return frame[:i] + bytes([frame[i] ^ 0x01]) + frame[i + 1:]
 
 
 # --- decoding -----------------------------------------------------------------
@@ -199,6 +254,13 @@ def _decode_msg(raw: Any) -> Message:
                               _expect(ok, bool, "ok"), _dec_tensors(outputs, "outputs"), _expect(err, str, "error"),
                               _expect(ttl, int, "ttl"), _dec_trace(trace),
                               float(_expect(compute, (int, float), "compute_s")))
+        if kind == "chaos" and len(args) == 1:
+            entries = _expect(args[0], list, "chaos entries")
+            if len(entries) > 4096:
+                raise WireError("chaos: too many entries")
+            return ChaosUpdate(tuple(_expect(e, list, "chaos entry") for e in entries))
+        if kind == "probe" and len(args) == 2:
+            return Probe(_expect(args[0], int, "probe.seq"), _expect(args[1], bytes, "probe.padding"))
     except (TypeError, ValueError) as exc:
         if isinstance(exc, WireError):
             raise
@@ -211,10 +273,13 @@ def decode_body(body: bytes) -> LinkFrame:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"not msgpack: {type(exc).__name__}") from None
-    if not isinstance(raw, list) or len(raw) != 3 or raw[0] != 1:
-        raise WireError("frame: expected [version 1, sent_at, message]")
+    if not isinstance(raw, list) or len(raw) != 4 or raw[0] != 1:
+        raise WireError("frame: expected [version 1, sent_at, extra_s, message]")
     sent_at = float(_expect(raw[1], (int, float), "sent_at"))
-    return LinkFrame(sent_at, _decode_msg(raw[2]), wire_size=len(body) + _LEN.size)
+    extra = float(_expect(raw[2], (int, float), "extra_s"))
+    if not (math.isfinite(sent_at) and math.isfinite(extra)) or extra < 0:
+        raise WireError("frame: sent_at and extra_s must be finite, extra_s ≥ 0")
+    return LinkFrame(sent_at, _decode_msg(raw[3]), extra, wire_size=len(body) + _HEADER.size)
 
 
 class FrameDecoder:
@@ -243,18 +308,21 @@ class FrameDecoder:
                 self._skip -= dropped
                 if self._skip:
                     break
-            if len(self._buf) < 4:
+            if len(self._buf) < _HEADER.size:
                 break
-            (n,) = _LEN.unpack_from(self._buf)
+            n, crc = _HEADER.unpack_from(self._buf)
             if n > self.max_frame_bytes:
                 out.append(WireError(f"frame of {n} bytes exceeds the {self.max_frame_bytes}-byte limit; skipped"))
-                del self._buf[:4]
+                del self._buf[:_HEADER.size]
                 self._skip = n
                 continue
-            if len(self._buf) < 4 + n:
+            if len(self._buf) < _HEADER.size + n:
                 break
-            body = bytes(self._buf[4:4 + n])
-            del self._buf[:4 + n]
+            body = bytes(self._buf[_HEADER.size:_HEADER.size + n])
+            del self._buf[:_HEADER.size + n]
+            if zlib.crc32(body) != crc:
+                out.append(ChecksumError("checksum mismatch: frame corrupted in transit; dropped"))
+                continue
             try:
                 out.append(decode_body(body))
             except WireError as exc:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.wire import (FrameDecoder, Hello, Hop, LinkFrame, TaskRequest, TaskResult, Tensor, WireError,
-                       decode_body, encode_frame)
+from mesh.wire import (ChaosUpdate, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+                       Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
 
@@ -24,11 +24,12 @@ def test_round_trip_all_messages():
     msgs = [Hello("sat-3"), request(),
             TaskResult("t1", "sat-0", "sat-5", True, {"label": Tensor.from_array(np.array([3]))}, "", 60,
                        (Hop("sat-5", 2.0, 2.1, "execute", 0.03, "compute 0.1 ms"),), 0.0001),
-            TaskResult("t2", "sat-0", "sat-5", False, error="boom")]
+            TaskResult("t2", "sat-0", "sat-5", False, error="boom"),
+            ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100)]
     dec = FrameDecoder(LIMIT)
     for m in msgs:
-        out = dec.feed(encode_frame(LinkFrame(123.5, m), LIMIT))
-        assert len(out) == 1 and out[0] == LinkFrame(123.5, m)
+        out = dec.feed(encode_frame(LinkFrame(123.5, m, 0.25), LIMIT))
+        assert len(out) == 1 and out[0] == LinkFrame(123.5, m, 0.25)
 
 
 def test_tensor_round_trip_preserves_values():
@@ -49,7 +50,7 @@ def test_split_anywhere_yields_same_frames():
 def test_oversized_frame_is_skipped_and_stream_continues():
     dec = FrameDecoder(1000)
     good = encode_frame(LinkFrame(1.0, Hello("a")), 1000)
-    huge = struct.pack(">I", 5000) + b"x" * 5000
+    huge = struct.pack(">II", 5000, 0) + b"x" * 5000
     out = dec.feed(good + huge[:2000]) + dec.feed(huge[2000:] + good)
     assert [type(x) for x in out] == [LinkFrame, WireError, LinkFrame]
     assert "exceeds" in str(out[1])
@@ -63,23 +64,33 @@ def test_encoder_refuses_oversized_frame():
 
 @pytest.mark.parametrize("body, why", [
     (b"\xc1", "not msgpack"),
-    (msgpack.packb([2, 1.0, ["hello", "a"]]), "version"),
-    (msgpack.packb([1, "x", ["hello", "a"]]), "sent_at"),
-    (msgpack.packb([1, 1.0, ["nope", "a"]]), "unknown message"),
-    (msgpack.packb([1, 1.0, ["hello", 5]]), "hello.node"),
-    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, []]]), "needs 8 bytes"),
-    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, []]]), "dtype"),
-    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {}, True, []]]), "ttl"),
-    (msgpack.packb([1, 1.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0]]), "ok"),
-    (msgpack.packb([1, 1.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]]]]), "6 fields"),
+    (msgpack.packb([2, 1.0, 0.0, ["hello", "a"]]), "version"),
+    (msgpack.packb([1, "x", 0.0, ["hello", "a"]]), "sent_at"),
+    (msgpack.packb([1, 1.0, -1.0, ["hello", "a"]]), "extra_s"),
+    (msgpack.packb([1, 1.0, 0.0, ["nope", "a"]]), "unknown message"),
+    (msgpack.packb([1, 1.0, 0.0, ["hello", 5]]), "hello.node"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, []]]), "needs 8 bytes"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, []]]), "dtype"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, True, []]]), "ttl"),
+    (msgpack.packb([1, 1.0, 0.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0]]), "ok"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]]]]), "6 fields"),
+    (msgpack.packb([1, 1.0, 0.0, ["probe", "x", b""]]), "probe.seq"),
 ])
 def test_malformed_bodies_give_clear_errors(body, why):
     with pytest.raises(WireError, match=why):
         decode_body(body)
 
 
+def test_corrupted_frame_fails_its_checksum_and_the_next_one_survives():
+    good = encode_frame(LinkFrame(2.0, request()), LIMIT)
+    bad = corrupt_frame(good, 17)
+    out = FrameDecoder(LIMIT).feed(bad + good)
+    assert isinstance(out[0], ChecksumError) and out[1] == LinkFrame(2.0, request())
+
+
 def test_malformed_frame_does_not_lose_the_next_one():
-    bad = struct.pack(">I", 3) + b"\xc1\xc1\xc1"
+    import zlib
+    bad = struct.pack(">II", 3, zlib.crc32(b"\xc1\xc1\xc1")) + b"\xc1\xc1\xc1"
     good = encode_frame(LinkFrame(2.0, Hello("b")), LIMIT)
     out = FrameDecoder(LIMIT).feed(bad + good)
     assert isinstance(out[0], WireError) and out[1] == LinkFrame(2.0, Hello("b"))

@@ -1,0 +1,69 @@
+"""Prometheus exposition of a node's links and tasks.
+
+prometheus_client's exposition format and metric families are used rather
+than hand-written text (a well-kept library, already installed with libp2p);
+the values are read from the node at scrape time by a custom collector, so
+nothing is double-counted or kept twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from agent.transport import ERROR_BUCKETS_S
+
+
+class NodeCollector:
+    def __init__(self, node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[object]:
+        me = self.node.me.name
+        links = self.node.links.links
+        labels = ["src", "dst"]
+        sent = CounterMetricFamily("orbitmesh_link_frames_sent", "Frames written to the link", labels=labels)
+        sent_b = CounterMetricFamily("orbitmesh_link_bytes_sent", "Bytes written to the link", labels=labels)
+        recv = CounterMetricFamily("orbitmesh_link_frames_received", "Frames received from the link", labels=labels)
+        recv_b = CounterMetricFamily("orbitmesh_link_bytes_received", "Bytes received", labels=labels)
+        dropped = CounterMetricFamily("orbitmesh_link_frames_dropped", "Frames dropped, by cause",
+                                      labels=labels + ["cause"])
+        late = CounterMetricFamily("orbitmesh_link_frames_late", "Frames that arrived after their due time",
+                                   labels=labels)
+        up = GaugeMetricFamily("orbitmesh_link_up", "1 while the link's stream is established", labels=labels)
+        err = HistogramMetricFamily("orbitmesh_link_delay_error_seconds",
+                                    "Release time minus due time (measured minus emulated delay)", labels=labels)
+        for peer, link in sorted(links.items()):
+            st = link.stats
+            out_l, in_l = [me, peer], [peer, me]
+            sent.add_metric(out_l, st.frames_sent)
+            sent_b.add_metric(out_l, st.bytes_sent)
+            recv.add_metric(in_l, st.frames_received)
+            recv_b.add_metric(in_l, st.bytes_received)
+            for cause, n in st.dropped.items():
+                # sender-side causes belong to me→peer; receiver-side ones to peer→me
+                dropped.add_metric((in_l if cause in ("corrupt", "malformed") else out_l) + [cause], n)
+            late.add_metric(in_l, st.late_frames)
+            up.add_metric(out_l, 1.0 if link.up else 0.0)
+            cumulative, buckets = 0, []
+            for bound, n in zip(ERROR_BUCKETS_S, st.error_buckets):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            err.add_metric(in_l, buckets, st.error_sum_s)
+        tasks = GaugeMetricFamily("orbitmesh_tasks", "Tasks known to this entry node, by status",
+                                  labels=["node", "status"])
+        for status, n in sorted(self.node.tasks.counts().items()):
+            tasks.add_metric([me, status], n)
+        faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
+        faults.add_metric([me], len(self.node.chaos.listing(time.time())))
+        yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
+
+
+def render(node) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return generate_latest(registry)
