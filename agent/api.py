@@ -60,7 +60,8 @@ def build_app(node: Node) -> Starlette:
         return JSONResponse(node.describe())
 
     async def links(request: Request) -> JSONResponse:
-        return JSONResponse({"node": node.me.name, "links": node.link_stats()})
+        samples = request.query_params.get("samples") in ("1", "true")
+        return JSONResponse({"node": node.me.name, "links": node.link_stats(samples)})
 
     async def models(request: Request) -> JSONResponse:
         out = []

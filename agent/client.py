@@ -52,8 +52,8 @@ class Client:
     async def node(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/node")
 
-    async def links(self) -> dict[str, Any]:
-        return await self._call("GET", "/v1/links")
+    async def links(self, samples: bool = False) -> dict[str, Any]:
+        return await self._call("GET", "/v1/links", params={"samples": "1"} if samples else None)
 
     async def models(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/models")

@@ -402,8 +402,14 @@ class Node:
         return {"status": "ok", "node": self.me.name, "links_up": sum(l.up for l in links.values()),
                 "links_total": len(links), "ready": self.links.all_up()}
 
-    def link_stats(self) -> list[dict[str, Any]]:
-        return [{"peer": n, "up": l.up, **l.stats.as_dict()} for n, l in sorted(self.links.links.items())]
+    def link_stats(self, samples: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for n, link in sorted(self.links.links.items()):
+            row = {"peer": n, "up": link.up, **link.stats.as_dict()}
+            if samples:
+                row["probe_errors_s"] = list(link.stats.probe_errors)
+            out.append(row)
+        return out
 
 
 def data_paths(data_dir: Path) -> dict[str, Path]:
