@@ -87,7 +87,7 @@ def build_app(node: Node) -> Starlette:
                 raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
             rec = node.submit(body["model"], body["inputs"], body.get("target"), float(timeout))
         except SubmitError as exc:
-            headers = {"Retry-After": "1"} if exc.status == 429 else {}
+            headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)
         return JSONResponse({"task_id": rec.task_id, "status": rec.status, "executor": rec.executor,
                              "entry": rec.entry, "url": f"/v1/tasks/{rec.task_id}"}, status_code=202)

@@ -1,19 +1,29 @@
 """Runs inference in worker threads so the trio loop keeps serving links.
 
-onnxruntime releases the GIL while it computes, so ``trio.to_thread`` with a
-capacity limiter gives real parallelism up to the worker count.
+- A bounded queue: a full one refuses work (the API answers 429 with
+  Retry-After) instead of letting latency grow without limit.
+- A worker pool sized to the cores: onnxruntime releases the GIL while it
+  computes, so each worker thread really runs in parallel.
+- Dynamic batching: tasks for the same model that wait together are run as
+  one batch (inputs concatenated along a dynamic first dimension), which
+  amortises per-call overhead; ``batch_wait_s`` bounds the extra wait.
+- A per-task timeout that stops onnxruntime itself (``RunOptions.terminate``),
+  not just the caller's wait.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 import trio
 
-from agent.models import ModelStore
+from agent.models import LoadedModel, ModelStore
 from agent.priority import normal_priority_for_this_thread
 
 log = logging.getLogger(__name__)
@@ -23,26 +33,77 @@ log = logging.getLogger(__name__)
 class Execution:
     outputs: dict[str, np.ndarray]
     compute_s: float
+    batch_size: int = 1       # tasks that shared this onnxruntime call
 
 
 class ExecutionError(RuntimeError):
-    """onnxruntime rejected the inputs or failed while running."""
+    """onnxruntime rejected the inputs, failed, or ran past its timeout."""
+
+
+class ExecutorBusy(RuntimeError):
+    """The queue is full; retry later."""
+
+
+@dataclass
+class _Job:
+    model: str
+    inputs: dict[str, np.ndarray]
+    timeout_s: float
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Execution | None = None
+    error: Exception | None = None
+
+
+def _batchable(model: LoadedModel) -> bool:
+    """Every input and output has a dynamic first (batch) dimension."""
+    return all(s.shape and s.shape[0] is None for s in model.inputs + model.outputs)
 
 
 class Executor:
-    def __init__(self, store: ModelStore, workers: int = 1):
+    def __init__(self, store: ModelStore, workers: int | None = None, *, queue_limit: int = 64,
+                 max_batch: int = 16, batch_wait_s: float = 0.002, default_timeout_s: float = 30.0):
         self.store = store
-        self._limiter = trio.CapacityLimiter(workers)
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.queue_limit = queue_limit
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.default_timeout_s = default_timeout_s
+        self._queues: dict[str, deque[_Job]] = {}
+        self._tokens_send, self._tokens_recv = trio.open_memory_channel(queue_limit)
+        self.queued = 0
         self.running = 0
         self.completed = 0
+        self.batches = 0
+        self.batched_tasks = 0
 
-    async def run(self, model_name: str, inputs: dict[str, np.ndarray]) -> Execution:
-        self.running += 1
-        try:
-            return await trio.to_thread.run_sync(self._run_sync, model_name, inputs, limiter=self._limiter)
-        finally:
-            self.running -= 1
-            self.completed += 1
+    @property
+    def full(self) -> bool:
+        return self.queued >= self.queue_limit
+
+    def retry_after_s(self) -> int:
+        """A hint for clients: about how long the current queue takes to drain."""
+        return max(1, int(self.queued / max(self.workers, 1) * 0.05) + 1)
+
+    async def run(self, model_name: str, inputs: dict[str, np.ndarray], timeout_s: float | None = None) -> Execution:
+        """Queue one task and wait for its result; ExecutorBusy if the queue is full."""
+        if self.full:
+            raise ExecutorBusy(f"{self.queued} tasks queued (limit {self.queue_limit})")
+        job = _Job(model_name, inputs, timeout_s or self.default_timeout_s)
+        self._queues.setdefault(model_name, deque()).append(job)
+        self.queued += 1
+        self._tokens_send.send_nowait(model_name)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The worker pool; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            task_status.started()
 
     async def warm_up(self, model_name: str) -> None:
         """One inference on zeros (symbolic dimensions = 1), so the first real
@@ -50,17 +111,92 @@ class Executor:
         model = self.store.get(model_name)
         zeros = {s.name: np.zeros([d or 1 for d in s.shape], dtype=s.dtype) for s in model.inputs}
         try:
-            await trio.to_thread.run_sync(self._run_sync, model_name, zeros, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._run_sync, model, zeros, ort.RunOptions())
         except ExecutionError as exc:  # a model may reject zeros; it still loaded
             log.debug("warm-up of %s skipped: %s", model_name, exc)
 
-    def _run_sync(self, model_name: str, inputs: dict[str, np.ndarray]) -> Execution:
+    async def _worker(self) -> None:
+        while True:
+            name = await self._tokens_recv.receive()
+            queue = self._queues.get(name)
+            if not queue:
+                continue  # its job was taken into an earlier batch
+            try:
+                model = await trio.to_thread.run_sync(self.store.get, name)
+            except Exception as exc:
+                self._fail_all(queue, ExecutionError(f"{name}: {exc}"))
+                continue
+            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0:
+                await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
+            jobs = self._take_batch(model, queue)
+            if jobs:
+                await self._execute(model, jobs)
+
+    def _take_batch(self, model: LoadedModel, queue: deque[_Job]) -> list[_Job]:
+        if not queue:
+            return []
+        first = queue.popleft()
+        jobs = [first]
+        if _batchable(model):
+            shape_of = lambda j: {k: v.shape[1:] for k, v in j.inputs.items()}  # noqa: E731
+            want = shape_of(first)
+            keep: deque[_Job] = deque()
+            while queue and len(jobs) < self.max_batch:
+                job = queue.popleft()
+                (jobs if shape_of(job) == want else keep).append(job)
+            queue.extendleft(reversed(keep))
+        self.queued -= len(jobs)
+        return jobs
+
+    def _fail_all(self, queue: deque[_Job], error: Exception) -> None:
+        while queue:
+            job = queue.popleft()
+            self.queued -= 1
+            job.error = error
+            job.done.set()
+
+    async def _execute(self, model: LoadedModel, jobs: list[_Job]) -> None:
+        sizes = [next(iter(j.inputs.values())).shape[0] if j.inputs else 1 for j in jobs]
+        feeds = jobs[0].inputs if len(jobs) == 1 else {
+            name: np.concatenate([j.inputs[name] for j in jobs], axis=0) for name in jobs[0].inputs}
+        options = ort.RunOptions()
+        timeout = min(j.timeout_s for j in jobs)
+        self.running += len(jobs)
+        try:
+            async with trio.open_nursery() as nursery:
+                async def watchdog() -> None:
+                    await trio.sleep(timeout)
+                    options.terminate = True  # onnxruntime stops the run from its side
+                nursery.start_soon(watchdog)
+                try:
+                    result = await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
+                except ExecutionError as exc:
+                    if options.terminate:
+                        exc = ExecutionError(f"{model.name}: timed out after {timeout:g}s")
+                    for j in jobs:
+                        j.error = exc
+                    return
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.running -= len(jobs)
+            self.completed += len(jobs)
+            for j in jobs:
+                j.done.set()
+        if len(jobs) > 1:
+            self.batches += 1
+            self.batched_tasks += len(jobs)
+        offsets = np.cumsum([0] + sizes)
+        for j, lo, hi in zip(jobs, offsets[:-1], offsets[1:]):
+            outs = result.outputs if len(jobs) == 1 else {k: v[lo:hi] for k, v in result.outputs.items()}
+            j.result = Execution(outs, result.compute_s, len(jobs))
+
+    def _run_sync(self, model: LoadedModel, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> Execution:
         normal_priority_for_this_thread()
-        model = self.store.get(model_name)
         t0 = time.perf_counter()
         try:
-            values = model.session.run(None, inputs)
+            values = model.session.run(None, inputs, options)
         except Exception as exc:
-            raise ExecutionError(f"{model_name}: {str(exc).splitlines()[0][:300]}") from None
+            raise ExecutionError(f"{model.name}: {str(exc).splitlines()[0][:300]}") from None
         compute = time.perf_counter() - t0
         return Execution({spec.name: np.asarray(v) for spec, v in zip(model.outputs, values)}, compute)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from agent.executor import ExecutionError, Executor
+from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
@@ -58,7 +58,7 @@ class NodeIdentity:
 
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
-                 *, workers: int = 1):
+                 *, workers: int | None = None):
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -114,7 +114,16 @@ class Node:
         return self.peers.by_index[found[0][1]].name
 
     def _link_profile(self, peer: str, now: float) -> LinkProfile:
-        return self.chaos.profile(self.me.name, peer, now, self.base_profile)
+        profile = self.chaos.profile(self.me.name, peer, now, self.base_profile)
+        if not self._in_sight(peer, now):
+            profile = replace(profile, in_sight=False)
+        return profile
+
+    def _in_sight(self, peer: str, now: float) -> bool:
+        """Whether physics has this link up now (line of sight, range)."""
+        snap = self.router.snapshot(self.orbit_t(now))
+        idx = self.peers[peer].index
+        return any(n == idx for n, _ in snap.neighbours(self.me.index))
 
     def _chaos_topo(self) -> Topo:
         names = {i: e.name for i, e in self.peers.by_index.items()}
@@ -146,6 +155,7 @@ class Node:
             await self.executor.warm_up(name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.executor.serve)
             nursery.start_soon(self.links.run)
             nursery.start_soon(self._expire_faults)
             task_status.started()
@@ -183,7 +193,11 @@ class Node:
             if n in self.peers.by_index:
                 latencies[self.peers.by_index[n].name] = lat
         link_up = {n: l.up for n, l in self.links.links.items()}
-        executor = choose_executor(target, self.me.name, self.executor.running > 0, latencies, link_up)
+        executor = choose_executor(target, self.me.name, self.executor.full or self.executor.queued > 0,
+                                   latencies, link_up)
+        if executor == self.me.name and self.executor.full:
+            raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
+                                   f"retry in {self.executor.retry_after_s()}s")
         if executor != self.me.name and self._next_hop(executor) is None:
             raise SubmitError(503, f"no route from {self.me.name} to {executor} right now")
         now = time.time()
@@ -314,10 +328,13 @@ class Node:
             result = await self.executor.run(req.model, arrays)
             ok, compute = True, result.compute_s
             outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
+        except ExecutorBusy as exc:
+            error = f"{self.me.name}: executor busy ({exc}); retry later"
         except (ModelError, InputError, ExecutionError) as exc:
             error = f"{self.me.name}: {exc}"
+        batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
         hop = Hop(self.me.name, arrived, 0.0, "execute", expected,
-                  detail=f"compute {compute * 1e3:.2f} ms" if ok else error)
+                  detail=f"compute {compute * 1e3:.2f} ms{batch}" if ok else error)
         await self._reply(TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error,
                                      self.config.limits.ttl, req.trace, compute), hop)
 

@@ -51,7 +51,7 @@ HELLO_TIMEOUT_S = 5.0
 REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
 # Upper bounds (seconds) of the delay-error histogram: release time − due time.
 ERROR_BUCKETS_S = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, float("inf"))
-DROP_CAUSES = ("cut", "loss", "queue_full", "corrupt", "malformed", "overflow")
+DROP_CAUSES = ("out_of_sight", "cut", "loss", "queue_full", "corrupt", "malformed", "overflow")
 
 
 @dataclass
@@ -102,6 +102,9 @@ class Link:
     stream: P2PStream | None = None
     up_since: float | None = None
     stream_changed: trio.Event = field(default_factory=trio.Event)
+    retiring: bool = False
+    retire_at: float = 0.0
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def up(self) -> bool:
@@ -112,8 +115,13 @@ class LinkLayer:
     def __init__(self, me: str, host: P2PHost, neighbours: dict[str, tuple[str, str]],
                  propagation: PropagationFn, profile: ProfileFn, deliver: DeliverFn,
                  *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
-                 on_link_up: Callable[[str], None] | None = None):
-        """``neighbours`` maps node name → (multiaddr with /p2p/, peer id)."""
+                 on_link_up: Callable[[str], None] | None = None,
+                 accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None):
+        """``neighbours`` maps node name → (multiaddr with /p2p/, peer id).
+
+        ``accept_unknown(name, peer_id)`` decides about an inbound stream from a
+        node that is not (yet) a partner: (its multiaddr, link seed) to add it.
+        """
         self.me = me
         self.host = host
         self.propagation = propagation
@@ -122,17 +130,43 @@ class LinkLayer:
         self.max_frame_bytes = max_frame_bytes
         self.queue_frames = queue_frames
         self.on_link_up = on_link_up
+        self.accept_unknown = accept_unknown
         self._peer_ids = {name: pid for name, (_, pid) in neighbours.items()}
         self._seq = itertools.count()
+        self._nursery: trio.Nursery | None = None
         self.links: dict[str, Link] = {}
-        now = time.time()
-        for name, (addr, _) in sorted(neighbours.items()):
-            # The real transport's buffers are bounded too: the emulated queue
-            # drops first, these only hold what the emulator let through.
-            out_s, out_r = trio.open_memory_channel(queue_frames * 2)
-            rel_s, rel_r = trio.open_memory_channel(queue_frames)
-            self.links[name] = Link(name, addr, dialer=me < name, emulator=LinkEmulator(profile(name, now), seeds[name]),
-                                    outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
+        for name, (addr, pid) in sorted(neighbours.items()):
+            self._new_link(name, addr, pid, seeds[name])
+
+    def _new_link(self, name: str, addr: str, peer_id: str, seed: int) -> Link:
+        # The real transport's buffers are bounded too: the emulated queue
+        # drops first, these only hold what the emulator let through.
+        out_s, out_r = trio.open_memory_channel(self.queue_frames * 2)
+        rel_s, rel_r = trio.open_memory_channel(self.queue_frames)
+        link = Link(name, addr, dialer=self.me < name, emulator=LinkEmulator(self.profile(name, time.time()), seed),
+                    outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
+        self._peer_ids[name] = peer_id
+        self.links[name] = link
+        return link
+
+    def add_link(self, name: str, addr: str, peer_id: str, seed: int) -> None:
+        """Start a link to a new partner (e.g. a satellite that came into view)."""
+        link = self.links.get(name)
+        if link is not None:
+            link.retiring = False  # back in view before it was closed
+            return
+        link = self._new_link(name, addr, peer_id, seed)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_link, link)
+
+    def retire_link(self, name: str, grace_s: float) -> None:
+        """Close a link once it went out of view, without losing frames in flight:
+        the node stops routing over it now; frames already sent are still
+        written and released; after ``grace_s`` (≫ a link's delay) it closes."""
+        link = self.links.get(name)
+        if link is not None and not link.retiring:
+            link.retiring = True
+            link.retire_at = time.time() + grace_s
 
     # -- public -------------------------------------------------------------
 
@@ -170,11 +204,34 @@ class LinkLayer:
         """Keep every link up until cancelled."""
         self.host.set_stream_handler(ISL_PROTOCOL, self._on_inbound)
         async with trio.open_nursery() as nursery:
-            for link in self.links.values():
+            self._nursery = nursery
+            for link in list(self.links.values()):
+                nursery.start_soon(self._run_link, link)
+
+    async def _run_link(self, link: Link) -> None:
+        """All of one link's tasks, under its own cancel scope (closed on retirement)."""
+        with link.scope:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._release_loop, link)
                 nursery.start_soon(self._write_loop, link)
+                nursery.start_soon(self._retire_watch, link)
                 if link.dialer:
                     nursery.start_soon(self._dial_loop, link)
+        if link.stream is not None:
+            with trio.CancelScope(shield=True):
+                await link.stream.aclose()
+        if self.links.get(link.peer) is link:
+            del self.links[link.peer]
+        log.info("link %s–%s closed (out of view)", self.me, link.peer)
+
+    async def _retire_watch(self, link: Link) -> None:
+        while True:
+            await trio.sleep(0.5)
+            if (link.retiring and time.time() >= link.retire_at
+                    and link.outbound_recv.statistics().current_buffer_used == 0
+                    and link.release_recv.statistics().current_buffer_used == 0):
+                link.scope.cancel()
+                return
 
     # -- connection management ------------------------------------------------
 
@@ -199,6 +256,9 @@ class LinkLayer:
             await stream.aclose()
             return
         link = self.links[peer]
+        if link.retiring and time.time() >= link.retire_at:
+            await stream.aclose()
+            return
         await self._serve_stream(link, stream, hello_first=False, decoder=decoder, leftover=leftover)
 
     async def _read_hello(self, stream: P2PStream, decoder: FrameDecoder) -> tuple[str | None, list]:
@@ -213,7 +273,11 @@ class LinkLayer:
                 first, rest = items[0], items[1:]
                 if isinstance(first, LinkFrame) and isinstance(first.msg, Hello):
                     name = first.msg.node
-                    if self._peer_ids.get(name) != stream.remote_peer_id:
+                    if name not in self.links and self.accept_unknown is not None:
+                        found = self.accept_unknown(name, stream.remote_peer_id)
+                        if found is not None:
+                            self.add_link(name, found[0], stream.remote_peer_id, found[1])
+                    if name not in self.links or self._peer_ids.get(name) != stream.remote_peer_id:
                         log.warning("rejecting stream: %s claims to be %r, which is not a neighbour with that peer id",
                                     stream.remote_peer_id, name)
                         return None, []

@@ -72,6 +72,7 @@ class LinkProfile:
     reorder_gap_s: float = 0.002
     corrupt: float = 0.0
     cut: bool = False
+    in_sight: bool = True            # physics: line of sight clear and range within reach
 
     def __post_init__(self) -> None:
         if not self.bandwidth_bps > 0:
@@ -99,7 +100,7 @@ class Emission:
 
 @dataclass(frozen=True)
 class Dropped:
-    cause: str            # cut | loss | queue_full
+    cause: str            # out_of_sight | cut | loss | queue_full
 
 
 def link_seed(fleet_seed: int | str, src: str, dst: str) -> int:
@@ -147,6 +148,8 @@ class LinkEmulator:
     def transmit(self, now: float, nbytes: int) -> list[Emission] | Dropped:
         """The fate of a frame of ``nbytes`` handed to this link at ``now``."""
         p = self.profile
+        if not p.in_sight:
+            return Dropped("out_of_sight")
         if p.cut:
             return Dropped("cut")
         while self._tx_ends and self._tx_ends[0] <= now:

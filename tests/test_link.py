@@ -32,6 +32,10 @@ def test_full_transmit_queue_drops():
     assert not isinstance(em.transmit(1.5, 1000), Dropped)  # the queue drained
 
 
+def test_out_of_sight_drops_everything():
+    assert all(f == Dropped("out_of_sight") for f in run(LinkProfile(in_sight=False), n=50))
+
+
 def test_cut_drops_everything():
     assert all(f == Dropped("cut") for f in run(LinkProfile(cut=True), n=100))
 

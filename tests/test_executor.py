@@ -1,0 +1,104 @@
+"""The executor: batching gives the same answers, a full queue refuses, timeouts stop onnxruntime."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper
+
+from agent.executor import ExecutionError, Executor, ExecutorBusy
+from agent.models import ModelError, ModelStore
+
+
+def slow_model(path, size=600, depth=40):
+    """A chain of MatMuls: ~size³·depth FLOPs, long enough to time out."""
+    nodes, prev = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"y{i}"]))
+        prev = f"y{i}"
+    w = helper.make_tensor("w", TensorProto.FLOAT, [size, size],
+                           (np.eye(size, dtype=np.float32) * 0.5).ravel().tolist())
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["n", size])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.fixture
+def store(tmp_path, models_dir):
+    shutil.copy(models_dir / "digits.onnx", tmp_path / "digits.onnx")
+    slow_model(tmp_path / "slow.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"this is not a protobuf")
+    return ModelStore(tmp_path)
+
+
+def digits_inputs(models_dir, k):
+    sample = json.loads((models_dir / "digits.json").read_text())["samples"][k % 16]
+    return {"input": np.array(sample["inputs"]["input"], dtype=np.float32)}
+
+
+async def test_batched_results_equal_single_runs(store, models_dir):
+    ex = Executor(store, workers=1, batch_wait_s=0.02)
+    results = {}
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+
+        async def one(k):
+            results[k] = await ex.run("digits", digits_inputs(models_dir, k))
+
+        async with trio.open_nursery() as jobs:
+            for k in range(12):
+                jobs.start_soon(one, k)
+        n.cancel_scope.cancel()
+    assert ex.batches >= 1 and max(r.batch_size for r in results.values()) > 1
+    sess = store.get("digits").session
+    for k, r in results.items():
+        want = sess.run(None, digits_inputs(models_dir, k))
+        assert np.array_equal(r.outputs["label"], want[0]) and np.allclose(r.outputs["probabilities"], want[1])
+
+
+async def test_full_queue_refuses(store):
+    ex = Executor(store, workers=1, queue_limit=2, batch_wait_s=0)
+    x = {"x": np.ones((1, 600), np.float32)}
+    errors = []
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+
+        async def one():
+            try:
+                await ex.run("slow", x, timeout_s=5)
+            except ExecutorBusy as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as jobs:
+            for _ in range(6):
+                jobs.start_soon(one)
+                await trio.sleep(0)
+        n.cancel_scope.cancel()
+    assert errors and "queued" in str(errors[0])
+
+
+async def test_timeout_stops_onnxruntime(store):
+    ex = Executor(store, workers=1)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        t0 = trio.current_time()
+        with pytest.raises(ExecutionError, match="timed out after 0.05s"):
+            await ex.run("slow", {"x": np.ones((512, 600), np.float32)}, timeout_s=0.05)
+        assert trio.current_time() - t0 < 1.0  # it stopped; it did not run to the end
+        n.cancel_scope.cancel()
+
+
+async def test_broken_and_unknown_models(store):
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        store.get("broken")
+    with pytest.raises(ModelError, match="unknown model"):
+        store.get("nope")
+    ex = Executor(store, workers=1)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        with pytest.raises(ExecutionError, match="broken"):
+            await ex.run("broken", {"x": np.ones((1, 1), np.float32)})
+        n.cancel_scope.cancel()
