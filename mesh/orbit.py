@@ -1,8 +1,9 @@
 """Satellite positions from orbital mechanics.
 
-Walker shells are turned into SGP4 element sets and propagated with sgp4's
-vectorised ``SatrecArray``; positions are rotated from TEME into an Earth-fixed
-frame (GMST rotation) so that ground links computed later are right.  Time is
+Walker shells are turned into SGP4 element sets (TLE shells arrive as element
+sets already, see ``mesh.tle``) and propagated with sgp4's vectorised
+``SatrecArray``; positions are rotated from TEME into an Earth-fixed frame
+(GMST rotation) so that ground links computed later are right.  Time is
 always passed in as seconds since the constellation epoch: this module never
 reads a clock.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Union
 
 import numpy as np
 from sgp4.api import WGS72, Satrec, SatrecArray
@@ -66,6 +68,67 @@ class WalkerShell:
         return EARTH_RADIUS_KM + self.altitude_km
 
 
+@dataclass(frozen=True)
+class TleRecord:
+    """One two-line element set (``name`` is the optional title line)."""
+
+    name: str
+    line1: str
+    line2: str
+
+    @property
+    def catalog(self) -> str:
+        return self.line1[2:7].strip()
+
+
+@dataclass(frozen=True)
+class TleShell:
+    """Satellites from a TLE file, grouped into planes by ``mesh.tle.group_tles``.
+
+    ``records`` are plane-major: plane 0's satellites in order of argument of
+    latitude, then plane 1's, ...  ``cross_shift[p]`` says which slot of plane
+    p+1 (plane 0 across the seam) sits beside slot 0 of plane p.  ``kind`` is
+    ``delta`` or ``star`` for a regular grid (every plane the same size), or
+    ``irregular``: those satellites get nearest-neighbour laser links.
+    """
+
+    name: str
+    records: tuple[TleRecord, ...]
+    plane_sizes: tuple[int, ...]
+    cross_shift: tuple[int, ...]
+    kind: str
+    altitude_km: float
+    inclination_deg: float
+    line_of_sight: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("delta", "star", "irregular"):
+            raise ValueError(f"TLE shell {self.name!r}: kind must be delta, star or irregular")
+        if sum(self.plane_sizes) != len(self.records):
+            raise ValueError(f"TLE shell {self.name!r}: plane sizes do not add up to the satellites")
+        if self.kind != "irregular" and (len(set(self.plane_sizes)) != 1 or len(self.cross_shift) != len(self.plane_sizes)):
+            raise ValueError(f"TLE shell {self.name!r}: a {self.kind} grid needs equal planes and one shift per plane")
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    @property
+    def planes(self) -> int:
+        return len(self.plane_sizes)
+
+    @property
+    def sats_per_plane(self) -> int | None:
+        return self.plane_sizes[0] if self.kind != "irregular" else None
+
+    @property
+    def radius_km(self) -> float:
+        return EARTH_RADIUS_KM + self.altitude_km
+
+
+Shell = Union[WalkerShell, TleShell]
+
+
 def iso_to_jd(iso: str) -> float:
     """Julian date (UTC treated as UT1) of an ISO-8601 timestamp."""
     dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
@@ -73,6 +136,16 @@ def iso_to_jd(iso: str) -> float:
         dt = dt.replace(tzinfo=timezone.utc)
     unix = dt.timestamp()
     return unix / 86400.0 + 2440587.5
+
+
+def jd_to_iso(jd: float) -> str:
+    """ISO-8601 UTC timestamp of a Julian date, to the millisecond; inverse of :func:`iso_to_jd`.
+
+    A JD double resolves ~20 µs and a TLE epoch ~0.9 ms, so finer digits are noise.
+    """
+    base = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    dt = base + timedelta(milliseconds=round((jd - 2440587.5) * 86400e3))
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def gmst_rad(jd_ut1: float) -> float:
@@ -100,9 +173,11 @@ class Constellation:
 
     Satellite ``i`` is global index ``i``; shells are laid out one after the
     other, each plane-major (plane 0 slots 0..S-1, then plane 1, ...).
+    Shells are :class:`WalkerShell` (built from parameters) or
+    :class:`TleShell` (element sets from a file, each at its own epoch).
     """
 
-    def __init__(self, shells: list[WalkerShell], epoch_jd: float):
+    def __init__(self, shells: list[Shell] | tuple[Shell, ...], epoch_jd: float):
         if not shells:
             raise ValueError("a constellation needs at least one shell")
         self.shells = list(shells)
@@ -112,8 +187,12 @@ class Constellation:
         self.plane_of: list[int] = []
         self.slot_of: list[int] = []
         self.shell_offset: list[int] = []
+        self.labels: list[str] = []      # human names: TLE title lines, or shell/plane/slot
         for si, shell in enumerate(self.shells):
             self.shell_offset.append(len(self._sats))
+            if isinstance(shell, TleShell):
+                self._add_tle_shell(si, shell)
+                continue
             n_rad_min = math.sqrt(MU_KM3_S2 / shell.radius_km**3) * 60.0
             for k, (raan, m) in enumerate(_walker_elements(shell)):
                 sat = Satrec()
@@ -126,7 +205,26 @@ class Constellation:
                 self.shell_of.append(si)
                 self.plane_of.append(k // shell.sats_per_plane)
                 self.slot_of.append(k % shell.sats_per_plane)
+                self.labels.append(f"{shell.name}-p{k // shell.sats_per_plane}-s{k % shell.sats_per_plane}")
         self._array = SatrecArray(self._sats)
+        # Orbital period from the Kozai mean motion (rad/min): what eclipse
+        # fractions and contact-plan horizons are measured in.
+        self.period_s = np.array([2 * math.pi / s.no_kozai * 60.0 for s in self._sats])
+
+    def _add_tle_shell(self, si: int, shell: TleShell) -> None:
+        k = 0
+        for p, size in enumerate(shell.plane_sizes):
+            for slot in range(size):
+                rec = shell.records[k]
+                sat = Satrec.twoline2rv(rec.line1, rec.line2, WGS72)
+                if sat.error:
+                    raise ValueError(f"TLE {rec.name or rec.catalog}: sgp4 rejected the element set (error {sat.error})")
+                self._sats.append(sat)
+                self.shell_of.append(si)
+                self.plane_of.append(p)
+                self.slot_of.append(slot)
+                self.labels.append(rec.name or rec.catalog)
+                k += 1
 
     def __len__(self) -> int:
         return len(self._sats)
@@ -147,11 +245,42 @@ class Constellation:
 
     def position(self, i: int, t: float) -> np.ndarray:
         """Earth-fixed position (km) of one satellite; cheap enough per frame."""
-        jd, fr = self._jd(t)
-        err, r, _ = self._sats[i].sgp4(float(jd[0]), float(fr[0]))
+        return np.array(self.position_xyz(i, t))
+
+    def position_xyz(self, i: int, t: float) -> tuple[float, float, float]:
+        """Like :meth:`position` as plain floats (~3 µs): for root finding in loops."""
+        whole = math.floor(self.epoch_jd)
+        fr = (self.epoch_jd - whole) + t / 86400.0
+        err, r, _ = self._sats[i].sgp4(float(whole), fr)
         if err:
             raise ValueError(f"SGP4 failed for satellite {i} at t={t} (error {err})")
-        return teme_to_ecef(np.asarray(r)[None, :], float(jd[0] + fr[0]))[0]
+        g = gmst_rad(float(whole) + fr)
+        c, s = math.cos(g), math.sin(g)
+        return (c * r[0] + s * r[1], -s * r[0] + c * r[1], r[2])
+
+    def propagate_teme(self, times: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+        """TEME positions (km), shape (n, T, 3), of some satellites at several times."""
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        whole = math.floor(self.epoch_jd)
+        jd = np.full(len(times), float(whole))
+        fr = (self.epoch_jd - whole) + times / 86400.0
+        arr = self._array if indices is None else SatrecArray([self._sats[int(i)] for i in indices])
+        err, r, _ = arr.sgp4(jd, fr)
+        if np.any(err):
+            bad, when = (int(x[0]) for x in np.nonzero(err))
+            who = bad if indices is None else int(indices[bad])
+            raise ValueError(f"SGP4 failed for satellite {who} at t={times[when]} (error {int(err[bad, when])})")
+        return r
+
+    def positions_at(self, times: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+        """Earth-fixed positions (km), shape (n, T, 3): one sgp4 call for many instants."""
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        r = self.propagate_teme(times, indices)
+        whole = math.floor(self.epoch_jd)
+        g = np.array([gmst_rad(float(whole) + ((self.epoch_jd - whole) + t / 86400.0)) for t in times])
+        c, s = np.cos(g)[None, :], np.sin(g)[None, :]
+        x, y = r[..., 0], r[..., 1]
+        return np.stack([c * x + s * y, -s * x + c * y, r[..., 2]], axis=-1)
 
 
 def teme_to_ecef(r_teme: np.ndarray, jd_ut1: float) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Next hop towards a node, from the physics every agent shares.
 
 All agents compute the same snapshot for the same orbital time, so hop-by-hop
-forwarding follows one shortest-latency path.  Snapshots are cached per
+forwarding follows one shortest-latency path: every node reads its next hop
+from the same shortest-path tree rooted at the destination
+(``Snapshot.next_hop``), so the hops walk exactly ``path(src, dst)``.  Snapshots are cached per
 ``step_s`` of orbital time: a 550 km satellite moves ~7.6 km in a second,
 changing a link's latency by < 30 µs, well below what routing must resolve.
 """
@@ -35,7 +37,4 @@ class Router:
 
     def next_hop(self, here: int, dst: int, t: float) -> int | None:
         """The neighbour to hand a message for ``dst`` to, or None if unreachable."""
-        found = self.path(here, dst, t)
-        if found is None or len(found[0]) < 2:
-            return None
-        return found[0][1]
+        return self.snapshot(t).next_hop(here, dst)

@@ -1,48 +1,133 @@
-"""The laser mesh at an instant: which +Grid links exist and what they cost.
+"""The mesh at an instant: which laser and ground links exist and what they cost.
 
 +Grid gives each satellite four laser terminals: fore and aft in its own
 plane, and one to each adjacent plane (same slot; across the seam of a delta
-shell the slot shifts by the phasing F so the neighbour is still beside it).
-A link exists only while its line of sight clears the grazing altitude and its
-range is within the terminal's reach.  Latency is distance / c.
+shell the slot shifts by the phasing F so the neighbour is still beside it; a
+star shell's counter-rotating seam gets no links).  Satellites of irregular
+TLE shells instead get up to four nearest neighbours, chosen once at the
+epoch.  A laser link exists only while its line of sight clears the grazing
+altitude and its range is within the terminal's reach.
+
+Ground stations are nodes ``n_sats + k``.  A ground link exists while the
+satellite is above the station's elevation mask; under a handover policy only
+the satellite the station is connected to counts (see :class:`Topology`).
+Latency is distance / c, exact at any t through :meth:`Topology.link_latency`.
 """
 
 from __future__ import annotations
 
-import heapq
+import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+# Imported up front (~0.3 s) on purpose: a lazy import would stall an agent's
+# event loop the first time it routes a frame.
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
-from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation
+from mesh.ground import DEFAULT_ELEVATION_MASK_DEG, GroundStation, StationSet
+from mesh.nodes import NodeNames
+from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation, TleShell
 
 GRAZING_ALTITUDE_KM = 80.0  # below this the beam crosses too much atmosphere
+HANDOVER_POLICIES = ("all", "highest_elevation", "longest_visibility")
+# Starlink re-assigns user terminals to satellites on a global 15 s schedule;
+# a fixed schedule also lets every agent derive the same assignment from t alone.
+DEFAULT_HANDOVER_INTERVAL_S = 15.0
+# Two paths whose latencies differ by less than this are a tie (broken on
+# the lower node index); it only absorbs float rounding of equal sums.
+TIE_EPSILON_S = 1e-12
+LASER_TERMINALS = 4
+# longest_visibility handover chains restart every 40 slots (10 min at 15 s):
+# longer than any LEO pass above a 25° mask, short enough to compute cold.
+HANDOVER_ANCHOR_SLOTS = 40
 
 
-def grid_pairs(constellation: Constellation) -> np.ndarray:
-    """Every candidate +Grid link as sorted index pairs, shape (M, 2)."""
+def _walker_grid(base: int, planes: int, per_plane: int, kind: str, seam_shift: int,
+                 shifts: tuple[int, ...] | None, pairs: set[tuple[int, int]]) -> None:
+    P, S = planes, per_plane
+
+    def idx(p: int, s: int) -> int:
+        return base + p * S + (s % S)
+
+    def add(a: int, b: int) -> None:
+        if a != b:
+            pairs.add((a, b) if a < b else (b, a))
+
+    for p in range(P):
+        for s in range(S):
+            if S >= 2:
+                add(idx(p, s), idx(p, s + 1))
+            shift = 0 if shifts is None else shifts[p]
+            if p + 1 < P:
+                add(idx(p, s), idx(p + 1, s + shift))
+            elif kind == "delta" and P > 2:
+                # Across the seam plane P-1 meets plane 0 shifted by F slots.
+                add(idx(p, s), idx(0, s + (seam_shift if shifts is None else shift)))
+    # P == 2 delta: the seam neighbour is the other plane again; the
+    # in-plane-sequence link already covers it, so no seam pairs.
+
+
+def grid_pairs(constellation: Constellation, *, max_range_km: float | None = None,
+               grazing_km: float = GRAZING_ALTITUDE_KM) -> np.ndarray:
+    """Every candidate laser link as sorted index pairs, shape (M, 2), sorted.
+
+    Range and grazing only matter for irregular TLE shells, whose
+    nearest-neighbour partners are chosen once from the positions at t = 0.
+    """
     pairs: set[tuple[int, int]] = set()
+    loose: list[int] = []
     for si, shell in enumerate(constellation.shells):
         base = constellation.shell_offset[si]
-        P, S = shell.planes, shell.sats_per_plane
-
-        def idx(p: int, s: int) -> int:
-            return base + p * S + (s % S)
-
-        for p in range(P):
-            for s in range(S):
-                if S >= 2:
-                    pairs.add(tuple(sorted((idx(p, s), idx(p, s + 1)))))
-                if p + 1 < P:
-                    pairs.add(tuple(sorted((idx(p, s), idx(p + 1, s)))))
-                elif shell.kind == "delta" and P > 2:
-                    # Across the seam plane P-1 meets plane 0 shifted by F slots.
-                    pairs.add(tuple(sorted((idx(p, s), idx(0, s + shell.phasing)))))
-        # P == 2 delta: the seam neighbour is the other plane again; the
-        # in-plane-sequence link already covers it, so no seam pairs.
-    pairs.discard(tuple())  # type: ignore[arg-type]
-    arr = np.array(sorted(p for p in pairs if p[0] != p[1]), dtype=np.int64)
+        if isinstance(shell, TleShell):
+            if shell.kind == "irregular":
+                loose.extend(range(base, base + shell.size))
+            else:
+                _walker_grid(base, shell.planes, shell.plane_sizes[0], shell.kind, 0, shell.cross_shift, pairs)
+        else:
+            _walker_grid(base, shell.planes, shell.sats_per_plane, shell.kind, shell.phasing, None, pairs)
+    if loose:
+        pairs |= nearest_pairs(constellation, np.array(loose), max_range_km=max_range_km, grazing_km=grazing_km)
+    arr = np.array(sorted(pairs), dtype=np.int64)
     return arr.reshape(-1, 2)
+
+
+def nearest_pairs(constellation: Constellation, members: np.ndarray, *, max_range_km: float | None,
+                  grazing_km: float, k: int = 8) -> set[tuple[int, int]]:
+    """Greedy nearest-neighbour laser pairing at t = 0, at most four terminals each.
+
+    Shortest candidate first (ties on indices), skipping pairs out of range or
+    below the grazing altitude: a deterministic matching every agent repeats.
+    """
+    from scipy.spatial import cKDTree
+
+    pos = constellation.positions(0.0)[members]
+    if len(members) < 2:
+        return set()
+    dist, nb = cKDTree(pos).query(pos, k=min(k + 1, len(members)))
+    a = np.repeat(np.arange(len(members)), nb.shape[1] - 1)
+    b = nb[:, 1:].ravel()
+    d = dist[:, 1:].ravel()
+    ok = np.isfinite(d) & (b < len(members))
+    a, b, d = a[ok], b[ok], d[ok]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((hi, lo, d))
+    degree = np.zeros(len(members), dtype=int)
+    out: set[tuple[int, int]] = set()
+    for j in order:
+        x, y = int(lo[j]), int(hi[j])
+        key = (int(members[x]), int(members[y]))
+        if key in out or degree[x] >= LASER_TERMINALS or degree[y] >= LASER_TERMINALS:
+            continue
+        if max_range_km is not None and d[j] > max_range_km:
+            continue
+        if segment_clearance_km(pos[[x]], pos[[y]])[0] < grazing_km:
+            continue
+        out.add(key)
+        degree[x] += 1
+        degree[y] += 1
+    return out
 
 
 def segment_clearance_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,97 +143,451 @@ def latency_s(distance_km: float) -> float:
     return distance_km / SPEED_OF_LIGHT_KM_S
 
 
+_EMPTY_PAIRS = np.empty((0, 2), dtype=np.int64)
+
+
 @dataclass
 class Snapshot:
-    """The mesh at time ``t``: positions and the links that are up."""
+    """The mesh at time ``t``: positions and the links that are up.
+
+    Nodes ``0 .. n_sats-1`` are satellites, the rest ground stations;
+    ``positions`` has a row per node.  Ground stations never relay: a path
+    may start or end at one but not pass through it.
+    """
 
     t: float
     positions: np.ndarray
-    pairs: np.ndarray          # links that are up, (M, 2)
+    pairs: np.ndarray          # laser links that are up, (M, 2), a < b
     distance_km: np.ndarray    # per link in ``pairs``
-    _adj: list[list[tuple[int, float]]] = field(default_factory=list, repr=False)
+    ground_pairs: np.ndarray = field(default_factory=lambda: _EMPTY_PAIRS)     # (G, 2): (ground node, sat)
+    ground_distance_km: np.ndarray = field(default_factory=lambda: np.empty(0))
+    ground_elevation_deg: np.ndarray = field(default_factory=lambda: np.empty(0))
+    n_sats: int | None = None
+    _csr: tuple | None = field(default=None, repr=False)
+    _trees: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
-        self._adj = [[] for _ in range(len(self.positions))]
-        for (a, b), d in zip(self.pairs.tolist(), self.distance_km.tolist()):
-            lat = latency_s(d)
-            self._adj[a].append((b, lat))
-            self._adj[b].append((a, lat))
+        if self.n_sats is None:
+            self.n_sats = len(self.positions)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.positions)
+
+    # -- graph ------------------------------------------------------------------
+
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both directions of every link, sorted by (from, to): the CSR layout."""
+        if self._csr is None:
+            a = np.concatenate([self.pairs[:, 0], self.ground_pairs[:, 0]]).astype(np.int64)
+            b = np.concatenate([self.pairs[:, 1], self.ground_pairs[:, 1]]).astype(np.int64)
+            w = np.concatenate([self.distance_km, self.ground_distance_km]) / SPEED_OF_LIGHT_KM_S
+            u, v, ww = np.r_[a, b], np.r_[b, a], np.r_[w, w]
+            order = np.lexsort((v, u))
+            u, v, ww = u[order], v[order], ww[order]
+            indptr = np.searchsorted(u, np.arange(self.n_nodes + 1))
+            self._csr = (u, v, ww, indptr)
+        return self._csr[0], self._csr[1], self._csr[2]
 
     def neighbours(self, i: int) -> list[tuple[int, float]]:
-        """(neighbour, latency in s) of every link of ``i`` that is up."""
-        return list(self._adj[i])
+        """(neighbour, latency in s) of every link of ``i`` that is up, by neighbour index."""
+        self._edges()
+        _, v, w, indptr = self._csr  # type: ignore[misc]
+        lo, hi = indptr[i], indptr[i + 1]
+        return list(zip(v[lo:hi].tolist(), w[lo:hi].tolist()))
 
     def latency(self, a: int, b: int) -> float:
-        for n, lat in self._adj[a]:
+        for n, lat in self.neighbours(a):
             if n == b:
                 return lat
         raise KeyError(f"no link {a}–{b} at t={self.t}")
+
+    def _tree(self, dst: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Latency to ``dst`` and next hop towards it, for every node.
+
+        Dijkstra (scipy) from ``dst`` over reversed edges; an edge may enter a
+        ground node only if that node is ``dst``, so stations never relay.
+        The next hop of u is the lowest-index neighbour on a shortest path:
+        a rule every agent applies to the same numbers, and loop-free since
+        each hop strictly lowers the remaining latency.
+        """
+        n = self.n_nodes
+        gs = self.n_sats
+        # Links are symmetric and sorted by (u, v), so the reversed graph is the
+        # same CSR with the rows of ground nodes other than dst left empty
+        # (a reversed edge u→v is the real edge v→u, which may enter u only if
+        # u is a satellite or dst).  Built from (data, indices, indptr)
+        # directly: the COO constructor was most of a small graph's cost.
+        rows = (u < gs) | (u == dst)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(u[rows], minlength=n), out=indptr[1:])
+        m = csr_matrix((np.maximum(w[rows], 1e-15), v[rows], indptr), shape=(n, n))
+        dist = dijkstra(m, directed=True, indices=dst)
+        allowed = (v < gs) | (v == dst)
+        ok = allowed & (dist[v] + w <= dist[u] + TIE_EPSILON_S) & np.isfinite(dist[u])
+        nxt = np.full(n, -1, dtype=np.int64)
+        uu, vv = u[ok], v[ok]
+        first_u, first = np.unique(uu, return_index=True)   # edges are sorted by (u, v): first = lowest v
+        nxt[first_u] = vv[first]
+        nxt[dst] = dst
+        return dist, nxt
+
+    def tree(self, dst: int) -> tuple[np.ndarray, np.ndarray]:
+        """(latency to ``dst``, next hop) for every node; cached per destination."""
+        hit = self._trees.get(dst)
+        if hit is None:
+            u, v, w = self._edges()
+            hit = self._tree(dst, u, v, w)
+            self._trees[dst] = hit
+            if len(self._trees) > 256:
+                self._trees.popitem(last=False)
+        return hit
+
+    def next_hop(self, here: int, dst: int) -> int | None:
+        """The neighbour to hand a message for ``dst`` to, or None (unreachable or here)."""
+        if here == dst:
+            return None
+        _, nxt = self.tree(dst)
+        h = int(nxt[here])
+        return None if h < 0 else h
 
     def shortest_path(
         self, src: int, dst: int, *, down_nodes: frozenset[int] = frozenset(),
         down_links: frozenset[tuple[int, int]] = frozenset(),
     ) -> tuple[list[int], float] | None:
-        """Lowest-latency path (Dijkstra), or None if ``dst`` is unreachable.
+        """Lowest-latency path, or None if ``dst`` is unreachable.
 
-        Ties break on the lower node index so every agent picks the same path.
+        Ties break on the lower node index so every agent picks the same
+        path, and following :meth:`next_hop` from ``src`` walks exactly it.
         """
         if src == dst:
             return [src], 0.0
-        dist = {src: 0.0}
-        prev: dict[int, int] = {}
-        heap = [(0.0, src)]
-        while heap:
-            d, u = heapq.heappop(heap)
-            if u == dst:
-                break
-            if d > dist.get(u, float("inf")):
-                continue
-            for v, lat in self._adj[u]:
-                if v in down_nodes or (min(u, v), max(u, v)) in down_links:
-                    continue
-                nd = d + lat
-                if nd < dist.get(v, float("inf")) or (nd == dist.get(v) and u < prev.get(v, u + 1)):
-                    dist[v] = nd
-                    prev[v] = u
-                    heapq.heappush(heap, (nd, v))
-        if dst not in dist:
+        u, v, w = self._edges()
+        if down_nodes or down_links:
+            keep = np.ones(len(u), dtype=bool)
+            dead = np.array(sorted(set(down_nodes) - {src}), dtype=np.int64)
+            if len(dead):
+                keep &= ~np.isin(u, dead) & ~np.isin(v, dead)
+            if down_links:
+                n = self.n_nodes
+                cut = np.array([min(x, y) * n + max(x, y) for x, y in down_links], dtype=np.int64)
+                keep &= ~np.isin(np.minimum(u, v) * n + np.maximum(u, v), cut)
+            u, v, w = u[keep], v[keep], w[keep]
+            _, nxt = self._tree(dst, u, v, w)
+        else:
+            _, nxt = self.tree(dst)
+        if nxt[src] < 0:
             return None
-        path = [dst]
-        while path[-1] != src:
-            path.append(prev[path[-1]])
-        return path[::-1], dist[dst]
+        path = [src]
+        while path[-1] != dst:
+            path.append(int(nxt[path[-1]]))
+        cost = sum(self._weight(a, b) for a, b in zip(path, path[1:]))
+        return path, cost
+
+    def _weight(self, a: int, b: int) -> float:
+        _, v, w, indptr = self._csr  # type: ignore[misc]
+        lo, hi = indptr[a], indptr[a + 1]
+        j = lo + int(np.searchsorted(v[lo:hi], b))
+        return float(w[j])
+
+
+@dataclass(frozen=True)
+class Visible:
+    """One satellite as a ground station sees it."""
+
+    sat: int
+    elevation_deg: float
+    azimuth_deg: float
+    range_km: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.range_km / SPEED_OF_LIGHT_KM_S
+
+
+@dataclass(frozen=True)
+class GroundView:
+    """What station ``node`` sees at ``t`` and which satellite it is connected to."""
+
+    node: int
+    station: GroundStation
+    t: float
+    visible: tuple[Visible, ...]      # highest elevation first
+    serving: int | None               # the handover policy's pick (None: nothing in view)
+    policy: str
+    slot: tuple[float, float]         # handover slot holding t: serving is fixed within it
+
+    @property
+    def linked(self) -> list[int]:
+        """Satellites this station has a link to at ``t`` under the policy."""
+        if self.policy == "all":
+            return sorted(v.sat for v in self.visible)
+        return [] if self.serving is None or all(v.sat != self.serving for v in self.visible) else [self.serving]
 
 
 class Topology:
-    """Computes mesh snapshots of one constellation; candidate pairs are cached."""
+    """Computes mesh snapshots of one constellation and its ground stations.
+
+    ``handover`` picks which satellites a station links to: ``all`` (every
+    one above the mask), ``highest_elevation`` or ``longest_visibility`` (one
+    satellite).  Single-satellite policies decide at the start of each
+    ``handover_interval_s`` slot of orbital time, preferring satellites that
+    stay above the mask through the whole slot, and keep that choice until
+    the slot ends.  ``highest_elevation`` re-picks the highest satellite every
+    slot; ``longest_visibility`` keeps its satellite while it stays in view
+    and then picks the one that will stay longest (set times to 10 s).  Both
+    are pure functions of t, so every agent agrees without talking.
+    """
 
     def __init__(self, constellation: Constellation, *, max_range_km: float | None = None,
-                 grazing_km: float = GRAZING_ALTITUDE_KM):
+                 grazing_km: float = GRAZING_ALTITUDE_KM, stations: tuple[GroundStation, ...] | list[GroundStation] = (),
+                 elevation_mask_deg: float = DEFAULT_ELEVATION_MASK_DEG, handover: str = "all",
+                 handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S):
+        if handover not in HANDOVER_POLICIES:
+            raise ValueError(f"handover must be one of {HANDOVER_POLICIES}, not {handover!r}")
+        if not 0.0 <= elevation_mask_deg < 90.0:
+            raise ValueError(f"elevation_mask_deg must be in [0, 90), not {elevation_mask_deg}")
+        if not handover_interval_s > 0:
+            raise ValueError(f"handover_interval_s must be > 0, not {handover_interval_s}")
         self.constellation = constellation
-        self.candidates = grid_pairs(constellation)
         self.max_range_km = max_range_km
         self.grazing_km = grazing_km
+        self.candidates = grid_pairs(constellation, max_range_km=max_range_km, grazing_km=grazing_km)
         los = [constellation.shells[constellation.shell_of[int(a)]].line_of_sight for a in self.candidates[:, 0]]
         self._check_los = np.array(los, dtype=bool)
+        self.n_sats = len(constellation)
+        self.stations = StationSet(tuple(stations))
+        self.names = NodeNames(self.n_sats, tuple(s.name for s in self.stations.stations))
+        self.elevation_mask_deg = elevation_mask_deg
+        self.handover = handover
+        self.handover_interval_s = handover_interval_s
+        self._serving: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._sin_mask = math.sin(math.radians(elevation_mask_deg))
+        self._gs_xyz = [(tuple(map(float, p)), tuple(map(float, u))) for p, u in zip(self.stations.pos, self.stations.up)]
+        code = self.candidates[:, 0] * self.n_sats + self.candidates[:, 1]
+        self._candidate_code = {int(c): j for j, c in enumerate(code.tolist())}
 
-    def snapshot(self, t: float) -> Snapshot:
-        pos = self.constellation.positions(t)
-        a, b = pos[self.candidates[:, 0]], pos[self.candidates[:, 1]]
-        dist = np.linalg.norm(a - b, axis=1)
+    @property
+    def n_nodes(self) -> int:
+        return self.n_sats + len(self.stations)
+
+    # -- laser links --------------------------------------------------------------
+
+    def _isl_up(self, pos: np.ndarray, pairs: np.ndarray, check_los: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = pos[pairs[:, 0]], pos[pairs[:, 1]]
+        d = a - b
+        dist = np.sqrt(np.einsum("ij,ij->i", d, d))
         up = np.ones(len(dist), dtype=bool)
-        if self._check_los.any():
-            up &= ~self._check_los | (segment_clearance_km(a, b) >= self.grazing_km)
+        if check_los.any():
+            up &= ~check_los | (segment_clearance_km(a, b) >= self.grazing_km)
         if self.max_range_km is not None:
             up &= dist <= self.max_range_km
-        return Snapshot(t, pos, self.candidates[up], dist[up])
+        return up, dist
+
+    # -- ground links -------------------------------------------------------------
+
+    def _ground_links(self, t: float, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(station k, sat, range km, elevation deg) of the ground links up at ``t``."""
+        k, i, sin_e, rng = self.stations.visible(pos, self.elevation_mask_deg)
+        if self.handover != "all" and len(k):
+            keep = self.serving(t)[k] == i
+            k, i, sin_e, rng = k[keep], i[keep], sin_e[keep], rng[keep]
+        return k, i, rng, np.degrees(np.arcsin(np.clip(sin_e, -1, 1)))
+
+    def slot_of(self, t: float) -> tuple[float, float]:
+        """The handover slot [start, end) holding ``t``."""
+        h = self.handover_interval_s
+        n = math.floor(t / h)
+        return n * h, (n + 1) * h
+
+    def serving(self, t: float) -> np.ndarray:
+        """Satellite each station is connected to in the slot holding ``t`` (−1: none in view)."""
+        return self._serving_slot(math.floor(t / self.handover_interval_s))
+
+    def _serving_slot(self, n: int) -> np.ndarray:
+        hit = self._serving.get(n)
+        if hit is not None:
+            self._serving.move_to_end(n)
+            return hit
+        if self.handover != "longest_visibility":      # highest_elevation (and "all": the top pick)
+            hit = self._choose(n, None)
+        else:
+            # Sticky: keep the satellite until it would set within the slot.
+            # The chain restarts every HANDOVER_ANCHOR_SLOTS slots, so serving(t)
+            # stays a pure function of t that costs at most that many steps.
+            anchor = n - n % HANDOVER_ANCHOR_SLOTS
+            m = n - 1
+            while m >= anchor and m not in self._serving:
+                m -= 1
+            hit = self._serving[m] if m >= anchor else None
+            for j in range(max(m, anchor - 1) + 1, n + 1):
+                hit = self._choose(j, hit if j > anchor else None)
+                self._remember(j, hit)
+        self._remember(n, hit)
+        return hit
+
+    def _remember(self, n: int, value: np.ndarray) -> None:
+        self._serving[n] = value
+        self._serving.move_to_end(n)
+        while len(self._serving) > 2 * HANDOVER_ANCHOR_SLOTS:
+            self._serving.popitem(last=False)
+
+    def _choose(self, n: int, prev: np.ndarray | None) -> np.ndarray:
+        """The pick for slot n, keeping ``prev``'s satellite where it stays in view all slot."""
+        ts, te = n * self.handover_interval_s, (n + 1) * self.handover_interval_s
+        K, N = len(self.stations), self.n_sats
+        out = np.full(K, -1, dtype=np.int64)
+        if K == 0:
+            return out
+        both = self.constellation.positions_at(np.array([ts, te]))
+        k0, i0, s0, _ = self.stations.visible(both[:, 0, :], self.elevation_mask_deg)
+        k1, i1, _, _ = self.stations.visible(both[:, 1, :], self.elevation_mask_deg)
+        if not len(k0):
+            return out
+        stays = np.isin(k0 * N + i0, k1 * N + i1)
+        if prev is not None:
+            kept = stays & (prev[k0] == i0)
+            out[k0[kept]] = i0[kept]
+            todo = out[k0] < 0
+            k0, i0, s0, stays = k0[todo], i0[todo], s0[todo], stays[todo]
+            if not len(k0):
+                return out
+        # prefer satellites that stay in view all slot; stations with none take what is there now
+        has_stayer = np.zeros(K, dtype=bool)
+        has_stayer[k0[stays]] = True
+        cand = stays | ~has_stayer[k0]
+        k, i, s = k0[cand], i0[cand], s0[cand]
+        if self.handover != "longest_visibility":
+            score = s
+        else:
+            score = self._set_times(te, k, i) + 1e-6 * s   # latest set time; elevation breaks ties
+        order = np.lexsort((i, -score, k))                   # per station: best score, then lowest index
+        k, i = k[order], i[order]
+        first_k, first = np.unique(k, return_index=True)
+        out[first_k] = i[first]
+        return out
+
+    def _set_times(self, t_from: float, k: np.ndarray, i: np.ndarray, step_s: float = 10.0,
+                   horizon_s: float = 7200.0) -> np.ndarray:
+        """When each (station, satellite) pair drops below the mask, to ``step_s`` (capped at the horizon)."""
+        out = np.full(len(k), t_from + horizon_s)
+        alive = np.ones(len(k), dtype=bool)
+        sin_m = math.sin(math.radians(self.elevation_mask_deg))
+        chunk = 12
+        t = t_from
+        while alive.any() and t < t_from + horizon_s:
+            times = t + step_s * np.arange(1, chunk + 1)
+            live_sats = np.unique(i[alive])
+            pos = self.constellation.positions_at(times, live_sats)          # (s, T, 3)
+            rows = np.searchsorted(live_sats, i)
+            for j, tt in enumerate(times):
+                idx = np.nonzero(alive)[0]
+                d = pos[rows[idx], j, :] - self.stations.pos[k[idx]]
+                h = np.einsum("ij,ij->i", d, self.stations.up[k[idx]])
+                gone = h < sin_m * np.sqrt(np.einsum("ij,ij->i", d, d))
+                out[idx[gone]] = tt
+                alive[idx[gone]] = False
+            t = float(times[-1])
+        return out
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def snapshot(self, t: float) -> Snapshot:
+        """Positions and every link up at ``t`` (laser, then ground under the handover policy)."""
+        pos = self.constellation.positions(t)
+        up, dist = self._isl_up(pos, self.candidates, self._check_los)
+        if len(self.stations):
+            k, i, rng, el = self._ground_links(t, pos)
+            gp = np.stack([k + self.n_sats, i], axis=1).astype(np.int64)
+            allpos = np.vstack([pos, self.stations.pos])
+            return Snapshot(t, allpos, self.candidates[up], dist[up], gp, rng, el, self.n_sats)
+        return Snapshot(t, pos, self.candidates[up], dist[up], n_sats=self.n_sats)
 
     def neighbours_of(self, i: int) -> list[int]:
-        """Every +Grid partner of ``i``, whether or not the link is up now."""
+        """Every laser partner of satellite ``i``, whether or not the link is up now.
+
+        Ground links come and go with the sky: see :meth:`ground_view`,
+        :meth:`partners_of` and :meth:`contact_plan`.  Empty for a ground node.
+        """
         mask = (self.candidates[:, 0] == i) | (self.candidates[:, 1] == i)
         return sorted(int(x) for x in self.candidates[mask].ravel() if x != i)
 
+    def node_position(self, i: int, t: float) -> np.ndarray:
+        """Earth-fixed position (km) of any node at ``t``."""
+        if i < self.n_sats:
+            return self.constellation.position(i, t)
+        return self.stations.pos[self.names.station_index(i)]
+
     def link_latency(self, a: int, b: int, t: float) -> float:
-        """Exact one-way propagation delay a→b at ``t`` (continuous in t)."""
-        c = self.constellation
-        return latency_s(float(np.linalg.norm(c.position(a, t) - c.position(b, t))))
+        """Exact one-way propagation delay a→b at ``t`` (continuous in t); any two nodes."""
+        return latency_s(float(np.linalg.norm(self.node_position(a, t) - self.node_position(b, t))))
+
+    def link_up(self, a: int, b: int, t: float) -> bool:
+        """Whether the link a–b exists at ``t``, by the same rules as :meth:`snapshot`.
+
+        Plain-float arithmetic (a few µs), so contact-plan root finding can
+        call it thousands of times.
+        """
+        if a > b:
+            a, b = b, a
+        if b >= self.n_sats:                      # ground link: a must be a satellite
+            return a < self.n_sats and self._ground_up(self.names.station_index(b), a, t)
+        j = self._candidate_code.get(a * self.n_sats + b)
+        if j is None:
+            return False
+        ax, ay, az = self.constellation.position_xyz(a, t)
+        bx, by, bz = self.constellation.position_xyz(b, t)
+        dx, dy, dz = bx - ax, by - ay, bz - az
+        dd = dx * dx + dy * dy + dz * dz
+        if self.max_range_km is not None and math.sqrt(dd) > self.max_range_km:
+            return False
+        if self._check_los[j]:
+            u = min(1.0, max(0.0, -(ax * dx + ay * dy + az * dz) / dd)) if dd > 0 else 0.0
+            cx, cy, cz = ax + u * dx, ay + u * dy, az + u * dz
+            if math.sqrt(cx * cx + cy * cy + cz * cz) - EARTH_RADIUS_KM < self.grazing_km:
+                return False
+        return True
+
+    def _ground_up(self, k: int, i: int, t: float) -> bool:
+        sx, sy, sz = self.constellation.position_xyz(i, t)
+        (gx, gy, gz), (ux, uy, uz) = self._gs_xyz[k]
+        dx, dy, dz = sx - gx, sy - gy, sz - gz
+        height = ux * dx + uy * dy + uz * dz
+        if not (height > 0 and height >= self._sin_mask * math.sqrt(dx * dx + dy * dy + dz * dz)):
+            return False
+        return self.handover == "all" or int(self.serving(t)[k]) == i
+
+    def ground_view(self, node: int, t: float) -> GroundView:
+        """Every satellite station ``node`` sees at ``t`` and the one it is connected to."""
+        k = self.names.station_index(node)
+        pos = self.constellation.positions(t)
+        kk, ii, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+        sats = ii[kk == k]
+        el, az, rng = self.stations.look(k, pos[sats]) if len(sats) else (np.empty(0),) * 3
+        order = np.lexsort((sats, -el))
+        vis = tuple(Visible(int(sats[j]), float(el[j]), float(az[j]), float(rng[j])) for j in order)
+        if self.handover == "all":
+            serving = vis[0].sat if vis else None
+        else:
+            s = int(self.serving(t)[k])
+            serving = None if s < 0 else s
+        return GroundView(node, self.stations.stations[k], t, vis, serving, self.handover, self.slot_of(t))
+
+    def partners_of(self, i: int, t: float) -> list[int]:
+        """Nodes ``i`` has a link to at ``t`` (laser and ground), by index."""
+        if i >= self.n_sats:
+            return self.ground_view(i, t).linked
+        out = [j for j in self.neighbours_of(i) if self.link_up(i, j, t)]
+        if len(self.stations):
+            pos = self.constellation.position(i, t)[None, :]
+            k, _, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+            if self.handover != "all" and len(k):
+                k = k[self.serving(t)[k] == i]
+            out += [int(x) + self.n_sats for x in k]
+        return sorted(out)
+
+    def contact_plan(self, t0: float, duration_s: float, *, step_s: float = 10.0, tol_s: float = 0.1,
+                     nodes: list[int] | tuple[int, ...] | None = None):
+        """Predicted up-windows of every link in [t0, t0 + duration_s]; see :mod:`mesh.contacts`."""
+        from mesh.contacts import contact_plan
+        return contact_plan(self, t0, duration_s, step_s=step_s, tol_s=tol_s, nodes=nodes)

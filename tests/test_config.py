@@ -56,3 +56,86 @@ def test_orbital_clock():
     assert clock.wall_at(65.0) == 1001.0
     with pytest.raises(ValueError):
         OrbitalClock(start_unix=0, time_scale=-1)
+
+
+# -- presets, ground stations, links ------------------------------------------------------------
+
+from mesh.config import GroundConfig  # noqa: E402
+from mesh.ground import BUILTIN_STATIONS, GroundStation  # noqa: E402
+from mesh.presets import PRESETS  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips(name):
+    cfg = preset(name)
+    assert parse_config(config_to_toml(cfg)) == cfg
+
+
+def test_ground_stations_builtin_and_custom_keep_their_order():
+    text = GOOD + """
+[ground]
+elevation_mask_deg = 30
+handover = "longest_visibility"
+stations = ["tokyo", {name = "base", lat_deg = 10.5, lon_deg = -20, alt_km = 0.2}, "London"]
+"""
+    cfg = parse_config(text)
+    assert [s.name for s in cfg.ground.stations] == ["tokyo", "base", "london"]
+    assert cfg.ground.stations[1] == GroundStation("base", 10.5, -20.0, 0.2)
+    assert cfg.ground.elevation_mask_deg == 30.0 and cfg.ground.handover == "longest_visibility"
+    again = parse_config(config_to_toml(cfg))
+    assert again == cfg
+    assert 'name = "tokyo"\n\n' in config_to_toml(cfg)         # built-ins are written by name only
+
+
+def test_ground_defaults():
+    assert parse_config(GOOD).ground == GroundConfig()
+    assert GroundConfig().elevation_mask_deg == 25.0 and GroundConfig().handover == "all"
+
+
+@pytest.mark.parametrize("ground, field", [
+    ('stations = ["atlantis"]', r"ground.stations\[0\]: unknown ground station 'atlantis'"),
+    ('stations = ["lndon"]', "did you mean london"),
+    ('stations = [{name = "x", lat_deg = 95, lon_deg = 0}]', r"ground.stations\[0\].*lat_deg"),
+    ('stations = [{name = "x", lon_deg = 0, alt_km = 0}]', r"ground.stations\[0\].lat_deg: missing"),
+    ('stations = [{name = "x y", lat_deg = 1, lon_deg = 0}]', "station name"),
+    ('stations = ["tokyo", "tokyo"]', "duplicate names"),
+    ('stations = [3]', r"ground.stations\[0\]: expected"),
+    ("elevation_mask_deg = 90", "ground.elevation_mask_deg"),
+    ('handover = "random"', "ground.handover"),
+    ("handover_interval_s = 0", "ground.handover_interval_s"),
+    ("bogus = 1", "ground: unknown keys"),
+])
+def test_bad_ground_config_names_the_field(ground, field):
+    with pytest.raises(ConfigError, match=field):
+        parse_config(GOOD + "[ground]\n" + ground + "\n")
+
+
+@pytest.mark.parametrize("links, field", [
+    ("max_range_km = -5", "links.max_range_km"),
+    ("grazing_km = -1", "links.grazing_km"),
+    ('grazing_km = "high"', "links.grazing_km"),
+])
+def test_bad_links_name_the_field(links, field):
+    with pytest.raises(ConfigError, match=field):
+        parse_config(GOOD + "[links]\n" + links + "\n")
+
+
+def test_several_shells():
+    text = GOOD + """
+[[shells]]
+name = "polar"
+kind = "star"
+planes = 4
+sats_per_plane = 5
+altitude_km = 1015
+inclination_deg = 98.98
+"""
+    cfg = parse_config(text)
+    assert cfg.size == 32 and [s.kind for s in cfg.shells] == ["delta", "star"]
+    assert parse_config(config_to_toml(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config(text.replace('name = "polar"', 'name = "shell0"'))
+
+
+def test_builtin_list_is_large_enough_for_a_hundred_links():
+    assert len(BUILTIN_STATIONS) >= 60

@@ -154,3 +154,80 @@ def test_bad_shells_are_rejected():
         WalkerShell(planes=2, sats_per_plane=2, altitude_km=5, inclination_deg=53)
     with pytest.raises(ValueError, match="phasing"):
         WalkerShell(planes=2, sats_per_plane=2, altitude_km=550, inclination_deg=53, phasing=3)
+
+
+# -- presets, several shells, grazing limit -------------------------------------------------
+
+def test_presets_have_the_filed_geometry():
+    from mesh.presets import preset
+    expect = {"starlink-s1": (1584, [(72, 22, 550, 53)]), "kuiper-k1": (1156, [(34, 34, 630, 51.9)]),
+              "telesat-t1": (351, [(27, 13, 1015, 98.98)])}
+    for name, (size, shells) in expect.items():
+        cfg = preset(name)
+        assert cfg.size == size
+        assert [(s.planes, s.sats_per_plane, s.altitude_km, s.inclination_deg) for s in cfg.shells] == shells
+    assert preset("telesat-t1").shells[0].kind == "star"
+    assert preset("starlink-gen1").size == 4408
+
+
+def test_several_shells_are_numbered_one_after_another():
+    a = WalkerShell(planes=3, sats_per_plane=4, altitude_km=550, inclination_deg=53, name="a", line_of_sight=False)
+    b = WalkerShell(planes=2, sats_per_plane=5, altitude_km=1200, inclination_deg=87, name="b", line_of_sight=False)
+    c = Constellation([a, b], EPOCH)
+    assert len(c) == 22 and c.shell_offset == [0, 12]
+    assert c.shell_of[12] == 1 and c.plane_of[12] == 0 and c.slot_of[21] == 4
+    alt = np.linalg.norm(c.positions(0.0), axis=1) - EARTH_RADIUS_KM
+    assert np.all(np.abs(alt[:12] - 550) < 15) and np.all(np.abs(alt[12:] - 1200) < 15)
+    pairs = grid_pairs(c)
+    assert not np.any((pairs[:, 0] < 12) & (pairs[:, 1] >= 12)), "no laser links between shells"
+
+
+def test_positions_at_many_times_match_single_calls(starlink):
+    many = starlink.positions_at(np.array([0.0, 60.0, 3600.0]), np.array([3, 500]))
+    for j, t in enumerate((0.0, 60.0, 3600.0)):
+        np.testing.assert_allclose(many[:, j, :], starlink.positions(t)[[3, 500]], atol=1e-9)
+        np.testing.assert_allclose(starlink.position_xyz(500, t), starlink.positions(t)[500], atol=1e-9)
+
+
+@pytest.mark.parametrize("per_plane, up", [(8, False), (9, True)])
+def test_grazing_limit_decides_in_plane_links(per_plane, up):
+    # one plane at 550 km: the chord midpoint sits r·cos(π/S) from the centre;
+    # S = 8 → 23 km above the Earth (blocked), S = 9 → 132 km (clear of 80 km)
+    c = Constellation([WalkerShell(planes=1, sats_per_plane=per_plane, altitude_km=550, inclination_deg=53,
+                                   phasing=0)], EPOCH)
+    topo = Topology(c)
+    for t in (0.0, 1000.0, 4000.0):
+        assert len(topo.snapshot(t).pairs) == (per_plane if up else 0)
+        assert topo.link_up(0, 1, t) is up
+
+
+def test_max_grazing_range_matches_geometry():
+    # Two satellites at 550 km whose chord just touches 80 km: 2·√(r² − (R+80)²) ≈ 5,016 km.
+    r, g = EARTH_RADIUS_KM + 550, EARTH_RADIUS_KM + 80
+    half = math.sqrt(r * r - g * g)
+    ang = math.atan2(half, g)
+    a = np.array([[r * math.cos(ang), r * math.sin(ang), 0.0]])
+    b = np.array([[r * math.cos(ang), -r * math.sin(ang), 0.0]])
+    assert np.linalg.norm(a - b) == pytest.approx(5016.5, abs=1)
+    assert segment_clearance_km(a, b)[0] == pytest.approx(80.0, abs=1e-6)
+
+
+def test_max_range_cuts_long_links(starlink):
+    snap = Topology(starlink, max_range_km=1500).snapshot(0.0)
+    assert len(snap.pairs) < 2 * len(starlink)
+    assert snap.distance_km.max() <= 1500
+    assert all(starlink.plane_of[a] != starlink.plane_of[b] for a, b in snap.pairs.tolist())
+
+
+def test_star_shell_has_no_seam_links():
+    shell = WalkerShell(planes=6, sats_per_plane=10, altitude_km=1015, inclination_deg=98.98, kind="star")
+    topo = Topology(Constellation([shell], EPOCH))
+    planes = {(topo.constellation.plane_of[a], topo.constellation.plane_of[b]) for a, b in topo.candidates.tolist()}
+    assert (0, 5) not in planes and (5, 0) not in planes
+    assert (0, 1) in planes and (4, 5) in planes
+
+
+def test_in_plane_latency_is_the_reference_value(starlink):
+    topo = Topology(starlink)
+    assert topo.link_latency(0, 1, 0.0) * 1e3 == pytest.approx(6.58, abs=0.05)
+    assert topo.link_latency(0, 1, 50.0) == topo.link_latency(1, 0, 50.0)

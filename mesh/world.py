@@ -1,0 +1,44 @@
+"""Everything a config implies, built once: constellation, stations, topology, router.
+
+Agents, the CLI and the simulator all build through here, so a config means
+the same mesh everywhere (same node numbering, same link rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.config import FleetConfig
+from mesh.ground import GroundStation
+from mesh.nodes import NodeNames
+from mesh.orbit import Constellation
+from mesh.routing import Router
+from mesh.topology import Topology
+
+
+@dataclass
+class World:
+    config: FleetConfig
+    constellation: Constellation
+    topology: Topology
+    router: Router
+
+    @classmethod
+    def from_config(cls, cfg: FleetConfig, *, extra_stations: tuple[GroundStation, ...] = (),
+                    router_step_s: float = 1.0) -> "World":
+        """``extra_stations`` (e.g. a CLI's ``lat,lon`` endpoints) are numbered after the config's."""
+        constellation = Constellation(list(cfg.all_shells), cfg.epoch_jd)
+        have = {s.name for s in cfg.ground.stations}
+        stations = tuple(cfg.ground.stations) + tuple(s for s in extra_stations if s.name not in have)
+        topology = Topology(
+            constellation, max_range_km=cfg.links.max_range_km, grazing_km=cfg.links.grazing_km,
+            stations=stations, elevation_mask_deg=cfg.ground.elevation_mask_deg,
+            handover=cfg.ground.handover, handover_interval_s=cfg.ground.handover_interval_s)
+        return cls(cfg, constellation, topology, Router(topology, step_s=router_step_s))
+
+    @property
+    def names(self) -> NodeNames:
+        return self.topology.names
+
+    def orbit_t(self, wall_unix: float) -> float:
+        return self.config.clock.orbit_t(wall_unix)
