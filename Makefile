@@ -51,3 +51,12 @@ status:
 clean:
 	-$(VENV)/bin/orbitmesh down 2>/dev/null
 	rm -rf $(VENV) $(MODELS) .fleet build *.egg-info
+
+## Containers (docs/docker.md): the agent image, built offline with no registry.
+.PHONY: image test-docker
+image: models
+	deploy/build-image.sh
+
+## The compose constellation tested for real: engine, image, up, tasks, kill/restart, teardown.
+test-docker: models
+	deploy/test-compose.sh

@@ -67,7 +67,7 @@ def build_app(node: Node) -> Starlette:
         out = []
         for name in node.store.names():
             try:
-                out.append(node.store.get(name).describe())
+                out.append((await trio.to_thread.run_sync(node.store.get, name)).describe())
             except LookupError as exc:
                 out.append({"name": name, "error": str(exc)})
         return JSONResponse({"models": out})
@@ -85,7 +85,7 @@ def build_app(node: Node) -> Starlette:
             timeout = body.get("timeout_s", 30.0)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
                 raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
-            rec = node.submit(body["model"], body["inputs"], body.get("target"), float(timeout))
+            rec = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout))
         except SubmitError as exc:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)

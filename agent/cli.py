@@ -363,8 +363,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli
+    from agent import chaos_cli, compose
     chaos_cli.register(sub)
+    compose.register(sub)
     return ap
 
 

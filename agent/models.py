@@ -59,11 +59,18 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     return opts
 
 
+# Models up to this size are loaded and warmed before an agent reports ready;
+# larger ones (a 40 MB U-Net, an embedding model) load on first use, in a
+# worker thread, so 24 agents on one machine don't each hold every model.
+PRELOAD_MAX_BYTES = 8 * 1024 * 1024
+
+
 class ModelStore:
     """Loads ``<dir>/<name>.onnx`` lazily and caches the session."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, preload_max_bytes: int = PRELOAD_MAX_BYTES):
         self.directory = Path(directory)
+        self.preload_max_bytes = preload_max_bytes
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # sessions are created from worker threads
 
@@ -71,6 +78,12 @@ class ModelStore:
         if not self.directory.is_dir():
             return []
         return sorted(p.stem for p in self.directory.glob("*.onnx"))
+
+    def preloadable(self) -> list[str]:
+        return [n for n in self.names() if (self.directory / f"{n}.onnx").stat().st_size <= self.preload_max_bytes]
+
+    def loaded(self, name: str) -> bool:
+        return name in self._loaded
 
     def get(self, name: str) -> LoadedModel:
         with self._lock:

@@ -146,7 +146,7 @@ class Node:
         # takes tens of ms and its first run allocates onnxruntime's arena;
         # neither may stall the event loop (and every frame it is due to
         # release) when the first task arrives.
-        for name in self.store.names():
+        for name in self.store.preloadable():
             try:
                 await trio.to_thread.run_sync(self.store.get, name)
             except ModelError as exc:
@@ -167,15 +167,17 @@ class Node:
 
     # -- tasks at the entry node --------------------------------------------------
 
-    def submit(self, model: str, inputs: Any, target: str | None,
-               timeout_s: float = DEFAULT_TASK_TIMEOUT_S) -> TaskRecord:
+    async def submit(self, model: str, inputs: Any, target: str | None,
+                     timeout_s: float = DEFAULT_TASK_TIMEOUT_S) -> TaskRecord:
         """Validate and accept a task; raises SubmitError with a clear reason."""
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
         if target is not None and not isinstance(target, str):
             raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
         try:
-            loaded = self.store.get(model)
+            # Loading a large model takes a while: never on the event loop.
+            loaded = self.store.get(model) if self.store.loaded(model) else \
+                await trio.to_thread.run_sync(self.store.get, model)
         except ModelError as exc:
             raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
         try:
@@ -315,7 +317,8 @@ class Node:
             rec.status = "running"
         ok, outputs, error, compute = False, {}, "", 0.0
         try:
-            model = self.store.get(req.model)
+            model = self.store.get(req.model) if self.store.loaded(req.model) else \
+                await trio.to_thread.run_sync(self.store.get, req.model)
             arrays = {}
             for spec in model.inputs:
                 if spec.name not in req.inputs:

@@ -53,6 +53,21 @@ around here (paths relative to the installed ``libp2p`` package):
   connection's nursery (``SwarmConn._handle_muxed_stream``) and tears the
   whole connection down; our handler adapter logs it and resets only that
   stream.
+* **Names.**  ``TCP.dial`` hands ``/dns4`` addresses to
+  ``multiaddr.resolvers.DNSResolver`` (dnspython): it reads no ``/etc/hosts``,
+  asks the nameservers of ``resolv.conf`` itself, retries three times with a
+  5 s per-attempt timeout, and when that yields nothing it passes the name on
+  unresolved, so the dial fails with "IP address not found in multiaddr"
+  (measured: ``/dns4/localhost/...`` cannot be dialled).  Containers dial each
+  other by service name (``/dns4/sat-3/tcp/4001/p2p/...``), so
+  :class:`_NameCache` resolves ``/dns``, ``/dns4`` and ``/dns6`` addresses
+  before libp2p sees them: through the system resolver (``/etc/hosts``,
+  Docker's and Kubernetes' DNS), in a worker thread bounded by
+  ``DNS_LOOKUP_TIMEOUT_S`` (an unknown name on a Docker network takes 10 s to
+  fail), one lookup per name at a time, and the answer is cached for
+  ``DNS_CACHE_TTL_S``.  After a failed dial the name is looked up again on the
+  next one (a restarted container may have a new address); when that lookup
+  fails the last known address is used.
 * **Logging.**  ``import libp2p`` runs ``libp2p.utils.logging.setup_logging``,
   which sets ``propagate = False`` on the ``"libp2p"`` logger.  Unless
   ``LIBP2P_DEBUG`` asked libp2p to install its own handlers, we let it
@@ -76,6 +91,8 @@ import ipaddress
 import logging
 import os
 import pathlib
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -122,6 +139,12 @@ _SEED_BYTES = 32
 _HOST_CLOSE_TIMEOUT = 5.0
 # Upper bound on a shielded stream close (one yamux FIN frame).
 _STREAM_CLOSE_TIMEOUT = 1.0
+# Upper bound on one name lookup (``/dns4/NAME/...``).  Names on a compose
+# network or in a cluster answer in about a millisecond; an unknown one takes
+# 10 s to fail, which must not eat a whole dial attempt.
+DNS_LOOKUP_TIMEOUT_S = 2.0
+# A resolved address is reused this long without asking again.
+DNS_CACHE_TTL_S = 30.0
 
 
 class P2PError(Exception):
@@ -247,6 +270,104 @@ class P2PStream:
         await self.aclose()
 
 
+# --------------------------------------------------------------------------
+# names
+
+
+_DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
+
+
+def _system_lookup(name: str, family: int) -> list[str]:
+    """The addresses of ``name`` from the system resolver, in its order."""
+    infos = socket.getaddrinfo(name, None, family, socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class _NameCache:
+    """Resolves ``/dns*/NAME/...`` multiaddrs to ``/ip4`` or ``/ip6`` ones.
+
+    ``getaddrinfo`` cannot be cancelled, so a lookup that outlives its timeout
+    is abandoned and keeps its worker thread until the system resolver gives
+    up; at most one lookup per name runs at a time (a later call while one is
+    still pending falls back at once), and lookups get their own thread
+    limiter instead of trio's default one, which inference work shares.
+    """
+
+    def __init__(
+        self,
+        timeout: float = DNS_LOOKUP_TIMEOUT_S,
+        ttl: float = DNS_CACHE_TTL_S,
+        lookup: Callable[[str, int], list[str]] | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.ttl = ttl
+        self._lookup = lookup or _system_lookup
+        # (name, family) -> (address, resolved at (monotonic), still trusted)
+        self._cache: dict[tuple[str, int], tuple[str, float, bool]] = {}
+        self._pending: set[tuple[str, int]] = set()
+        self._limiter = trio.CapacityLimiter(8)
+
+    async def resolve(self, addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+        """``addr`` with its leading ``/dns*/NAME`` replaced by an IP address."""
+        parts = str(addr).split("/")
+        if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
+            return addr
+        name, family = parts[2], _DNS_FAMILIES[parts[1]]
+        ip = await self.lookup(name, family)
+        parts[1:3] = ["ip6" if ":" in ip else "ip4", ip]
+        return multiaddr.Multiaddr("/".join(parts))
+
+    def forget(self, addr: multiaddr.Multiaddr) -> None:
+        """Distrust the cached address of ``addr``'s name (a dial to it failed)."""
+        parts = str(addr).split("/")
+        if len(parts) >= 3 and parts[1] in _DNS_FAMILIES:
+            key = (parts[2], _DNS_FAMILIES[parts[1]])
+            if key in self._cache:
+                ip, when, _ = self._cache[key]
+                self._cache[key] = (ip, when, False)
+
+    async def lookup(self, name: str, family: int = socket.AF_INET) -> str:
+        key = (name, family)
+        cached = self._cache.get(key)
+        if cached and cached[2] and time.monotonic() - cached[1] < self.ttl:
+            return cached[0]
+        problem = await self._ask(key)
+        if problem is None:
+            return self._cache[key][0]
+        if cached:
+            logger.debug("%s; using its last known address %s", problem, cached[0])
+            return cached[0]
+        raise P2PError(problem)
+
+    async def _ask(self, key: tuple[str, int]) -> str | None:
+        """Look ``key`` up into the cache; a description of the failure, or None."""
+        name, family = key
+        if key in self._pending:
+            return f"lookup of {name!r} is still pending"
+        self._pending.add(key)
+
+        def run() -> list[str]:
+            try:
+                return self._lookup(name, family)
+            finally:
+                self._pending.discard(key)  # set ops are atomic under the GIL
+
+        addrs: list[str] = []
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                addrs = await trio.to_thread.run_sync(
+                    run, abandon_on_cancel=True, limiter=self._limiter
+                )
+        except (OSError, UnicodeError) as exc:
+            return f"cannot resolve {name!r}: {exc}"
+        if scope.cancelled_caught:
+            return f"lookup of {name!r} timed out after {self.timeout:g}s"
+        if not addrs:
+            return f"cannot resolve {name!r}: no addresses"
+        self._cache[key] = (addrs[0], time.monotonic(), True)
+        return None
+
+
 StreamHandler = Callable[[P2PStream], Awaitable[None]]
 
 
@@ -264,6 +385,7 @@ class P2PHost:
         # Serialises dials per peer: Swarm.dial_addr, unlike dial_peer, does
         # not merge concurrent dials to the same peer.
         self._dial_locks: dict[ID, trio.Lock] = {}
+        self._names = _NameCache()
 
     def listen_multiaddrs(self) -> list[str]:
         """Our listen addresses with the real bound port and ``/p2p/<id>``."""
@@ -299,9 +421,11 @@ class P2PHost:
         """Open a ``protocol`` stream to the peer at ``peer_multiaddr``.
 
         ``peer_multiaddr`` must end in ``/p2p/<peer id>``; the peer is dialled
-        on that one address unless a connection already exists.  Everything
-        (dial, Noise, yamux, protocol negotiation) is bounded by ``timeout``;
-        any failure raises :class:`P2PError`.
+        on that one address unless a connection already exists.  It may start
+        with ``/dns4/NAME`` (or ``/dns``, ``/dns6``): the name is resolved by
+        the system resolver and cached (see the module notes).  Everything
+        (name lookup, dial, Noise, yamux, protocol negotiation) is bounded by
+        ``timeout``; any failure raises :class:`P2PError`.
         """
         addr, peer = _split_peer_multiaddr(peer_multiaddr)
         try:
@@ -312,6 +436,8 @@ class P2PHost:
             raise P2PError(
                 f"timed out after {timeout:g}s opening {protocol} to {peer_multiaddr}"
             ) from None
+        except P2PError as exc:
+            raise P2PError(f"cannot open {protocol} to {peer_multiaddr}: {exc}") from exc
         except Exception as exc:
             raise P2PError(
                 f"cannot open {protocol} to {peer_multiaddr}: {_describe(exc)}"
@@ -326,7 +452,12 @@ class P2PHost:
             # Workarounds: clear the 60 s negative cache, then dial this one
             # address directly (no happy-eyeballs stagger, no cache update).
             self._swarm.unblock_peer(peer)
-            await self._swarm.dial_addr(addr, peer)
+            target = await self._names.resolve(addr)
+            try:
+                await self._swarm.dial_addr(target, peer)
+            except BaseException:
+                self._names.forget(addr)  # ask again next time: it may have moved
+                raise
 
     def _is_connected(self, peer: ID) -> bool:
         return any(not c.is_closed for c in self._swarm.get_connections(peer))

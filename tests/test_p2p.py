@@ -345,3 +345,85 @@ async def test_cancellation_leaks_no_sockets(keys):
             cancel_scope.cancel()
             await trio.sleep_forever()
     assert set(os.listdir("/proc/self/fd")) <= before  # no gc.collect() needed
+
+
+# --------------------------------------------------------------------------
+# names: /dns4 multiaddrs (containers dial each other by service name)
+
+
+def _dns_addr(host: P2PHost, name: str) -> str:
+    port = multiaddr.Multiaddr(host.listen_multiaddrs()[0]).value_for_protocol("tcp")
+    return f"/dns4/{name}/tcp/{port}/p2p/{host.peer_id}"
+
+
+async def test_dns4_multiaddr_is_dialled(keys):
+    # py-libp2p 0.8.1's own /dns4 path cannot dial this (no /etc/hosts)
+    async with two_hosts(keys) as (a, b):
+        b.set_stream_handler(PROTO, echo)
+        async with await a.open_stream(_dns_addr(b, "localhost"), PROTO) as s:
+            await s.send_all(b"by name")
+            assert await recv_exactly(s, 7) == b"by name"
+        assert a._names._cache[("localhost", socket.AF_INET)][0] == "127.0.0.1"
+
+
+async def test_unknown_name_fails_fast_and_clearly(keys):
+    async with two_hosts(keys) as (a, b):
+        start = trio.current_time()
+        with pytest.raises(P2PError, match="no-such-satellite.invalid"):
+            await a.open_stream(_dns_addr(b, "no-such-satellite.invalid"), PROTO)
+        assert trio.current_time() - start < 5.0
+
+
+async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
+    from agent.p2p import _NameCache
+
+    calls = []
+
+    def hanging(name: str, family: int) -> list[str]:
+        calls.append(name)
+        import time
+        time.sleep(1.0)  # a resolver that never answers in time
+        return ["127.0.0.1"]
+
+    names = _NameCache(timeout=0.2, lookup=hanging)
+    start = trio.current_time()
+    with pytest.raises(P2PError, match="timed out after 0.2s"):
+        await names.lookup("sat-3")
+    assert trio.current_time() - start < 0.6
+    # the abandoned lookup still holds its thread: no second one is started
+    with pytest.raises(P2PError, match="still pending"):
+        await names.lookup("sat-3")
+    assert calls == ["sat-3"]
+    await trio.sleep(1.0)  # let the abandoned thread finish
+
+
+async def test_cached_address_is_reused_and_kept_when_lookups_fail(keys):
+    from agent.p2p import _NameCache
+
+    answers = {"sat-3": ["127.0.0.1"]}
+    calls = []
+
+    def lookup(name: str, family: int) -> list[str]:
+        calls.append(name)
+        if name not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answers[name]
+
+    names = _NameCache(ttl=60.0, lookup=lookup)
+    addr = multiaddr.Multiaddr("/dns4/sat-3/tcp/4001")
+    assert str(await names.resolve(addr)) == "/ip4/127.0.0.1/tcp/4001"
+    assert str(await names.resolve(addr)) == "/ip4/127.0.0.1/tcp/4001"
+    assert calls == ["sat-3"]  # cached
+    # a failed dial makes the next one ask again; a container that is gone
+    # (its name no longer resolves) keeps its last known address
+    names.forget(addr)
+    del answers["sat-3"]
+    assert str(await names.resolve(addr)) == "/ip4/127.0.0.1/tcp/4001"
+    assert calls == ["sat-3", "sat-3"]
+    # ... and a restarted one with a new address is found again
+    names.forget(addr)
+    answers["sat-3"] = ["127.0.0.2"]
+    assert str(await names.resolve(addr)) == "/ip4/127.0.0.2/tcp/4001"
+    # IP addresses pass through untouched
+    ip = multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/1")
+    assert await names.resolve(ip) is ip

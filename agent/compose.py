@@ -1,0 +1,688 @@
+"""Containers: the compose generator, the in-container entry points, chaos through Docker.
+
+Three parts, one module:
+
+* **Generator** (host side, no Docker needed): :func:`compose_document` builds
+  the compose file for a preset (or ``-n`` satellites) as plain data and
+  :func:`to_yaml` writes it.  The top-level ``docker-compose.yml`` is its
+  output for the ``demo`` preset.  ``orbitmesh compose`` runs it (the CLI
+  hooks :func:`register` in).
+* **Entry points** (inside the image): ``python -m agent.compose init`` runs
+  once per ``up`` in the ``init`` service and ``python -m agent.compose node``
+  starts every satellite (also in Kubernetes pods).
+* **Chaos through the engine**: :class:`EngineChaos` kills, pauses, resumes,
+  restarts and starts node containers with the ``docker`` SDK (the optional
+  extra ``orbitmesh[docker]``).
+
+Identity scheme: one secret per deployment, every node key derived from it
+---------------------------------------------------------------------------
+Every agent must know every peer id before the first dial (the peers file
+lists ``/dns4/<service>/tcp/4001/p2p/<peer id>``).  A node's Ed25519 seed is
+``HMAC-SHA256(fleet secret, "orbitmesh/identity/v1/" + node name)``, so the
+whole peers file is a function of the secret, the config and the address
+pattern, and each container computes it at start with no shared writable
+state:
+
+* compose: the one-shot ``init`` service creates ``secret`` (32 random bytes,
+  hex, mode 0600) and ``config.toml`` (with the fleet's shared start time) in
+  the ``fleet`` volume on the first ``up`` and keeps them afterwards; each
+  satellite mounts ``fleet`` read-only and its own ``<node>-data`` volume;
+* Kubernetes: the secret is a ``Secret``, the config a ``ConfigMap``; pods of
+  a StatefulSet cannot share a volume, which rules out "create random keys
+  in a shared volume" there, and the same scheme serves both.
+
+The derived seed is written to the node's data volume as ``identity.key`` on
+first start and checked on every later one, so a changed secret over an old
+volume fails loudly instead of silently changing a satellite's peer id.  The
+secret is the fleet's root credential (whoever reads it can act as any node);
+nothing is committed: the generated compose file holds no keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("orbitmesh.compose")
+
+DEFAULT_IMAGE = "orbitmesh:latest"
+P2P_PORT = 4001                  # libp2p links, inside every container
+API_PORT = 8080                  # HTTP API, inside every container
+FLEET_DIR = "/fleet"             # the fleet volume: secret, config.toml, peers.json
+DATA_DIR = "/data"               # a node's own volume: identity.key
+MODELS_DIR = "/opt/orbitmesh/models"
+NETWORK = "constellation"
+LABEL_NODE = "org.orbitmesh.node"
+LABEL_ROLE = "org.orbitmesh.role"
+IDENTITY_CONTEXT = b"orbitmesh/identity/v1/"
+MIN_SECRET_BYTES = 16
+
+
+class ComposeError(Exception):
+    """Bad generator options or a broken fleet volume; the message says what to do."""
+
+
+# =============================================================================
+# identities derived from the fleet secret
+
+
+def read_secret(path: Path) -> bytes:
+    """The fleet secret: the file's bytes without surrounding whitespace."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except FileNotFoundError:
+        raise ComposeError(f"no fleet secret at {path}; the init service (compose) or the Secret "
+                           f"(Kubernetes) provides it") from None
+    if len(data) < MIN_SECRET_BYTES:
+        raise ComposeError(f"fleet secret {path} is too short ({len(data)} bytes; at least {MIN_SECRET_BYTES})")
+    return data
+
+
+def derive_seed(secret: bytes, node: str) -> bytes:
+    """The 32-byte Ed25519 seed of ``node`` in the fleet keyed by ``secret``."""
+    return hmac.new(secret, IDENTITY_CONTEXT + node.encode(), hashlib.sha256).digest()
+
+
+def derived_peer_id(secret: bytes, node: str) -> str:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from agent.p2p import peer_id_of
+    return peer_id_of(create_new_key_pair(derive_seed(secret, node)))
+
+
+def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
+    """Write ``node``'s derived identity into ``data_dir`` (or check it); its peer id."""
+    from agent.p2p import load_or_create_identity, peer_id_of
+    path = Path(data_dir) / "identity.key"
+    seed = derive_seed(secret, node)
+    if path.exists():
+        if path.read_bytes() != seed:
+            raise ComposeError(
+                f"{path} holds another identity than the fleet secret derives for {node}: the secret "
+                f"changed while this volume was kept.  Restore the secret, or remove the node's volume "
+                f"(docker compose down -v) to start the fleet with new identities")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(seed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return peer_id_of(load_or_create_identity(path))
+
+
+def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int = P2P_PORT,
+                api_port: int = API_PORT):
+    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``."""
+    from agent.peers import PeerEntry, Peers, sat_name
+    entries = []
+    for i in range(size):
+        name = sat_name(i)
+        host = address.format(name=name, index=i)
+        pid = derived_peer_id(secret, name)
+        entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}"))
+    return Peers(entries)
+
+
+# =============================================================================
+# in-container entry points
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
+               time_scale: float | None = None, now: float | None = None) -> list[str]:
+    """Create the fleet volume's secret and config (kept if present); what it did, as lines."""
+    from agent.fleet import FleetError, FleetSpec, fleet_config
+    from mesh.config import ConfigError, config_to_toml, parse_config
+    fleet_dir = Path(fleet_dir)
+    done = []
+    secret_path = fleet_dir / "secret"
+    if not secret_path.exists():
+        _write_atomic(secret_path, secrets.token_hex(32) + "\n", 0o600)
+        done.append(f"created a new fleet secret in {secret_path}")
+    secret = read_secret(secret_path)
+    try:
+        want = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale))
+    except FleetError as exc:
+        raise ComposeError(str(exc)) from None
+    config_path = fleet_dir / "config.toml"
+    keep = False
+    if config_path.exists():
+        try:
+            have = parse_config(config_path.read_text())
+            # same constellation: keep the first start time, so a restarted
+            # service and its still-running peers share one clock
+            keep = config_to_toml(have.with_start(0.0)) == config_to_toml(want.with_start(0.0))
+        except (OSError, ConfigError):
+            keep = False
+    if keep:
+        cfg = parse_config(config_path.read_text())
+        done.append(f"kept {config_path} ({cfg.name}, {cfg.size} satellites, started {cfg.clock.start_unix:.0f})")
+    else:
+        cfg = want.with_start(time.time() if now is None else now)
+        _write_atomic(config_path, config_to_toml(cfg))
+        done.append(f"wrote {config_path} ({cfg.name}, {cfg.size} satellites)")
+    # For people and tools; every node derives the same file itself.
+    _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size).to_json())
+    done.append(f"wrote {fleet_dir / 'peers.json'}")
+    return done
+
+
+@dataclass
+class NodeLaunch:
+    node: str
+    argv: list[str]      # ``orbitmesh`` CLI arguments that run the agent
+    peer_id: str
+
+
+def preset_config_at_epoch(preset: str, n: int | None = None, time_scale: float | None = None):
+    """The preset's config with its clock started at the preset's epoch.
+
+    Every pod computes the same config from the same image, with no shared
+    file and no coordinator: the orbital clock then reads real time since
+    the element sets' epoch (NTP-synced nodes agree to a millisecond).
+    """
+    from agent.fleet import FleetError, FleetSpec, fleet_config
+    from mesh.orbit import iso_to_jd
+    try:
+        cfg = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale))
+    except FleetError as exc:
+        raise ComposeError(str(exc)) from None
+    return cfg.with_start(round((iso_to_jd(cfg.epoch) - 2440587.5) * 86400.0, 3))
+
+
+def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | None, data_dir: Path,
+                 peers_path: Path, address: str = "{name}", p2p_port: int = P2P_PORT,
+                 api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
+                 hostname: str | None = None, preset: str = "demo", n: int | None = None,
+                 time_scale: float | None = None) -> NodeLaunch:
+    """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
+
+    ``node`` None takes the node from a StatefulSet pod's hostname
+    (``orbitmesh-7`` → ``sat-7``).  ``config_path`` None computes the config
+    from ``preset`` (see :func:`preset_config_at_epoch`) and writes it beside
+    the peers file.
+    """
+    from agent.peers import sat_name
+    from mesh.config import ConfigError, parse_config
+    if node is None:
+        hostname = hostname or os.environ.get("HOSTNAME") or os.uname().nodename
+        m = re.search(r"-(\d+)$", hostname)
+        if not m:
+            raise ComposeError(f"cannot take a satellite index from hostname {hostname!r} "
+                               f"(expected a StatefulSet pod name such as orbitmesh-7)")
+        node = sat_name(int(m.group(1)))
+    secret = read_secret(secret_path)
+    if config_path is None:
+        from mesh.config import config_to_toml
+        cfg = preset_config_at_epoch(preset, n, time_scale)
+        config_path = Path(peers_path).with_name("config.toml")
+        _write_atomic(config_path, config_to_toml(cfg))
+    else:
+        try:
+            cfg = parse_config(Path(config_path).read_text())
+        except FileNotFoundError:
+            raise ComposeError(f"no fleet config at {config_path}") from None
+        except ConfigError as exc:
+            raise ComposeError(f"{config_path}: {exc}") from None
+    peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port)
+    if node not in peers:
+        raise ComposeError(f"{node} is not in this fleet ({cfg.name} has {cfg.size} satellites: "
+                           f"{peers.names()[0]} … {peers.names()[-1]})")
+    peer_id = ensure_identity(data_dir, secret, node)
+    _write_atomic(Path(peers_path), peers.to_json())
+    argv = ["--models", models, "agent", "--node", node,
+            "--config", str(config_path), "--peers", str(peers_path), "--data-dir", str(data_dir),
+            "--listen", f"0.0.0.0:{p2p_port}", "--api", f"0.0.0.0:{api_port}"]
+    if not realtime:
+        argv.append("--no-realtime")
+    return NodeLaunch(node, argv, peer_id)
+
+
+# =============================================================================
+# the compose file
+
+
+@dataclass(frozen=True)
+class ComposeSpec:
+    preset: str = "demo"
+    n: int | None = None                 # satellites; None = the preset's size
+    time_scale: float | None = None
+    image: str = DEFAULT_IMAGE
+    api_host: str = "127.0.0.1"          # where published API ports listen on the host
+    api_base_port: int = 8100            # sat-i's API is published on api_base_port + i
+    publish: str = "all"                 # all | first | none
+    realtime: bool = True                # cap_add SYS_NICE (else --no-realtime)
+    ground: tuple[str, ...] = field(default_factory=tuple)
+
+
+PUBLISH_CHOICES = ("all", "first", "none")
+
+
+def _check(spec: ComposeSpec) -> int:
+    """Validate ``spec``; the number of satellites."""
+    from agent.fleet import FleetError, FleetSpec, fleet_config
+    if spec.ground:
+        # Ground stations will be agents too (`orbitmesh agent --ground NAME`);
+        # until that exists there is nothing honest to put in their services.
+        raise ComposeError(f"ground stations ({', '.join(spec.ground)}) are not yet supported: "
+                           f"`orbitmesh agent --ground` does not exist yet")
+    if spec.publish not in PUBLISH_CHOICES:
+        raise ComposeError(f"--publish must be one of {', '.join(PUBLISH_CHOICES)}, not {spec.publish!r}")
+    try:
+        cfg = fleet_config(FleetSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale))
+    except FleetError as exc:
+        raise ComposeError(str(exc)) from None
+    if spec.publish != "none" and not 0 < spec.api_base_port <= 65535 - (cfg.size - 1):
+        raise ComposeError(f"--api-port {spec.api_base_port}: the {cfg.size} published ports must fit below 65536")
+    if not spec.image or any(c.isspace() for c in spec.image):
+        raise ComposeError(f"bad image name {spec.image!r}")
+    return cfg.size
+
+
+# A container is healthy once its API answers and every laser link is up.
+_HEALTHCHECK = ("import json,sys,urllib.request as u; "
+                f"h=json.load(u.urlopen('http://127.0.0.1:{API_PORT}/v1/health',timeout=2)); "
+                "sys.exit(0 if h.get('ready') else 1)")
+
+
+def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
+    """The compose file for ``spec`` as plain data (valid for Compose 1.29 and v2)."""
+    from agent.peers import sat_name
+    size = _check(spec)
+    init_cmd = ["python", "-m", "agent.compose", "init", "--fleet", FLEET_DIR, "--preset", spec.preset]
+    if spec.n is not None:
+        init_cmd += ["-n", str(size)]
+    if spec.time_scale is not None:
+        init_cmd += ["--time-scale", repr(float(spec.time_scale))]
+    services: dict[str, Any] = {
+        "init": {
+            "image": spec.image,
+            "command": init_cmd,
+            "network_mode": "none",
+            "volumes": [f"fleet:{FLEET_DIR}"],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "labels": {LABEL_ROLE: "init"},
+            "restart": "no",
+        },
+    }
+    volumes: dict[str, Any] = {"fleet": {}}
+    for i in range(size):
+        name = sat_name(i)
+        cmd = ["python", "-m", "agent.compose", "node", "--node", name, "--fleet", FLEET_DIR, "--data", DATA_DIR]
+        if not spec.realtime:
+            cmd.append("--no-realtime")
+        svc: dict[str, Any] = {
+            "image": spec.image,
+            "hostname": name,
+            "command": cmd,
+            "depends_on": {"init": {"condition": "service_completed_successfully"}},
+            "networks": [NETWORK],
+            "volumes": [f"fleet:{FLEET_DIR}:ro", f"{name}-data:{DATA_DIR}"],
+        }
+        if spec.publish == "all" or (spec.publish == "first" and i == 0):
+            svc["ports"] = [f"{spec.api_host}:{spec.api_base_port + i}:{API_PORT}"]
+        svc["cap_drop"] = ["ALL"]
+        if spec.realtime:
+            # SCHED_RR for the event loop (agent/priority.py); nothing else.
+            svc["cap_add"] = ["SYS_NICE"]
+        svc.update({
+            "security_opt": ["no-new-privileges:true"],
+            "labels": {LABEL_NODE: name, LABEL_ROLE: "satellite"},
+            # a killed satellite stays down until chaos (or you) start it again
+            "restart": "no",
+            "stop_grace_period": "5s",
+            "healthcheck": {"test": ["CMD", "python", "-c", _HEALTHCHECK], "interval": "30s",
+                            "timeout": "5s", "retries": 3, "start_period": "60s"},
+            "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+        })
+        services[name] = svc
+        volumes[f"{name}-data"] = {}
+    # Ground stations go here, one service each, once `orbitmesh agent --ground`
+    # exists (see _check); they join the same network and derive their
+    # identities from the same secret.
+    return {"services": services, "networks": {NETWORK: {"driver": "bridge"}}, "volumes": volumes}
+
+
+def compose_header(spec: ComposeSpec) -> str:
+    """The file's opening comment, naming the command that regenerates it."""
+    d = ComposeSpec()
+    how = ["orbitmesh compose", f"--preset {spec.preset}"]
+    how += [f"-n {spec.n}"] if spec.n is not None else []
+    how += [f"--time-scale {spec.time_scale:g}"] if spec.time_scale is not None else []
+    how += [f"--image {spec.image}"] if spec.image != d.image else []
+    how += [f"--publish {spec.publish}"] if spec.publish != d.publish else []
+    how += [f"--api-host {spec.api_host}"] if spec.api_host != d.api_host else []
+    how += [f"--api-port {spec.api_base_port}"] if spec.api_base_port != d.api_base_port else []
+    how += ["--no-realtime"] if not spec.realtime else []
+    ports = {"all": f"Satellite sat-i's API is published on {spec.api_host}:{spec.api_base_port}+i.",
+             "first": f"sat-0's API is published on {spec.api_host}:{spec.api_base_port}.",
+             "none": "No API port is published."}[spec.publish]
+    return (f"# Generated by `{' '.join(how)}`; regenerate rather than edit.\n"
+            "# Build the image first (`make image`), then: docker compose up -d   (or: docker-compose up -d)\n"
+            f"# {ports}  See docs/docker.md.\n")
+
+
+# -- a small YAML writer (block style; strings double-quoted, JSON-escaped) ------------
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    raise TypeError(f"cannot write {type(v).__name__} as YAML")
+
+
+def _key(k: str) -> str:
+    if not isinstance(k, str):
+        raise TypeError("mapping keys must be strings")
+    return k if _PLAIN_KEY.match(k) and k.lower() not in _YAML_WORDS else json.dumps(k, ensure_ascii=False)
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _lines(v: Any, indent: int) -> list[str]:
+    pad = "  " * indent
+    out: list[str] = []
+    if isinstance(v, dict):
+        for k, item in v.items():
+            if _is_scalar(item):
+                out.append(f"{pad}{_key(k)}: {_scalar(item)}")
+            elif not item:
+                out.append(f"{pad}{_key(k)}: {'{}' if isinstance(item, dict) else '[]'}")
+            elif isinstance(item, list) and all(_is_scalar(x) for x in item):
+                flow = f"{pad}{_key(k)}: [" + ", ".join(_scalar(x) for x in item) + "]"
+                if len(flow) <= 120:
+                    out.append(flow)
+                else:
+                    out.append(f"{pad}{_key(k)}:")
+                    out += [f"{pad}  - {_scalar(x)}" for x in item]
+            else:
+                out.append(f"{pad}{_key(k)}:")
+                out += _lines(item, indent + 1)
+    elif isinstance(v, list):
+        for item in v:
+            if _is_scalar(item):
+                out.append(f"{pad}- {_scalar(item)}")
+            else:
+                sub = _lines(item, indent + 1)
+                out.append(f"{pad}- {sub[0].lstrip()}")
+                out += sub[1:]
+    else:
+        raise TypeError(f"cannot write {type(v).__name__} as a YAML block")
+    return out
+
+
+def to_yaml(doc: dict[str, Any], header: str = "") -> str:
+    """``doc`` as block-style YAML that Compose 1.29 (PyYAML) and v2 (go-yaml) read alike."""
+    return header + "\n".join(_lines(doc, 0)) + "\n"
+
+
+def generate(spec: ComposeSpec) -> str:
+    return to_yaml(compose_document(spec), compose_header(spec))
+
+
+# =============================================================================
+# chaos through the Docker engine
+
+
+class ChaosError(Exception):
+    """A chaos action could not be done; the message says why."""
+
+
+class EngineChaos:
+    """Kill, pause, resume, restart and start node containers through the Docker engine.
+
+    Containers are found by the labels the generator puts on every service
+    (``org.orbitmesh.node``), within one compose project when ``project`` is
+    given (Compose 1.29 and v2 both label ``com.docker.compose.project``).
+    Link faults stay with the agents' own chaos API: they are frames on links.
+    """
+
+    ACTIONS = ("kill", "pause", "resume", "restart", "start", "stop", "state")
+
+    def __init__(self, project: str | None = None, client: Any = None):
+        self.project = project
+        if client is None:
+            try:
+                import docker
+            except ImportError:
+                raise ChaosError("the Docker SDK is not installed: pip install 'orbitmesh[docker]'") from None
+            try:
+                client = docker.from_env()
+                client.ping()
+            except Exception as exc:  # docker.errors.DockerException and connection errors
+                raise ChaosError(f"no Docker engine answers: {exc}") from None
+        self.client = client
+
+    def _filters(self, node: str | None = None) -> dict[str, Any]:
+        labels = [f"{LABEL_NODE}={node}" if node else LABEL_NODE]
+        if self.project:
+            labels.append(f"com.docker.compose.project={self.project}")
+        return {"label": labels}
+
+    def nodes(self) -> dict[str, Any]:
+        """node name → container (running or not)."""
+        out: dict[str, Any] = {}
+        for c in self.client.containers.list(all=True, filters=self._filters()):
+            node = c.labels.get(LABEL_NODE)
+            if node in out:
+                raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
+            out[node] = c
+        return out
+
+    def container(self, node: str) -> Any:
+        found = self.client.containers.list(all=True, filters=self._filters(node))
+        if not found:
+            where = f" in compose project {self.project!r}" if self.project else ""
+            raise ChaosError(f"no container for {node}{where}; is the constellation up?")
+        if len(found) > 1:
+            raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
+        return found[0]
+
+    def state(self, node: str) -> str:
+        c = self.container(node)
+        c.reload()
+        return c.status            # running, paused, exited, created, restarting
+
+    def _do(self, node: str, what: str, fn) -> str:
+        c = self.container(node)
+        try:
+            fn(c)
+        except Exception as exc:
+            raise ChaosError(f"cannot {what} {node}: {getattr(exc, 'explanation', None) or exc}") from None
+        c.reload()
+        return c.status
+
+    def kill(self, node: str, signal: str = "SIGKILL") -> str:
+        """Crash ``node`` (SIGKILL: no shutdown, no goodbye on its links)."""
+        return self._do(node, "kill", lambda c: c.kill(signal=signal))
+
+    def pause(self, node: str) -> str:
+        """Freeze ``node`` (cgroup freezer): its links stay open but silent, like SIGSTOP."""
+        return self._do(node, "pause", lambda c: c.pause())
+
+    def resume(self, node: str) -> str:
+        return self._do(node, "resume", lambda c: c.unpause())
+
+    def stop(self, node: str, timeout: int = 5) -> str:
+        return self._do(node, "stop", lambda c: c.stop(timeout=timeout))
+
+    def start(self, node: str) -> str:
+        """Start a killed or stopped ``node`` again (same volume, so the same peer id)."""
+        return self._do(node, "start", lambda c: c.start())
+
+    def restart(self, node: str, timeout: int = 5) -> str:
+        return self._do(node, "restart", lambda c: c.restart(timeout=timeout))
+
+    def run(self, action: str, node: str) -> str:
+        if action not in self.ACTIONS:
+            raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
+        return getattr(self, action)(node)
+
+
+# =============================================================================
+# command line
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="demo", help="constellation preset (default: demo, 4×6 at 550 km)")
+    p.add_argument("-n", type=int, default=None, help="number of satellites (default: the preset's)")
+    p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
+    p.add_argument("--image", default=DEFAULT_IMAGE,
+                   help=f"agent image (default: {DEFAULT_IMAGE}, built by `make image`)")
+    p.add_argument("-o", "--out", default="docker-compose.yml",
+                   help="file to write, - for stdout (default: docker-compose.yml)")
+    p.add_argument("--publish", choices=PUBLISH_CHOICES, default="all",
+                   help="whose API ports to publish on the host (default: all)")
+    p.add_argument("--api-host", default="127.0.0.1",
+                   help="host address of published API ports (default: 127.0.0.1)")
+    p.add_argument("--api-port", type=int, default=8100,
+                   help="host port of sat-0's API; sat-i gets this + i (default: 8100)")
+    p.add_argument("--no-realtime", action="store_true",
+                   help="run agents with --no-realtime instead of granting CAP_SYS_NICE for SCHED_RR")
+    p.add_argument("--ground", action="append", default=[], metavar="NAME",
+                   help="a ground station service (not yet supported: needs `orbitmesh agent --ground`)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    spec = ComposeSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
+                       api_host=args.api_host, api_base_port=args.api_port, publish=args.publish,
+                       realtime=not args.no_realtime, ground=tuple(args.ground))
+    try:
+        text = generate(spec)
+    except ComposeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        n = len(compose_document(spec)["services"]) - 1
+        print(f"wrote {args.out}: {n} satellites on network {NETWORK!r}; build the image (`make image`), "
+              f"then `docker compose -f {args.out} up -d`", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``orbitmesh compose`` (writes a compose file) to the CLI's subparsers."""
+    p = subparsers.add_parser("compose", help="write a docker compose file for a constellation",
+                              description="Write a compose file: every satellite a container on one network, "
+                                          "identities in volumes.  See docs/docker.md.")
+    add_generate_args(p)
+    p.set_defaults(func=cmd_generate)
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m agent.compose",
+                                 description="orbitmesh containers: generator, entry points, chaos")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a compose file (same as `orbitmesh compose`)")
+    add_generate_args(p)
+
+    p = sub.add_parser("init", help="(in the init service) create the fleet secret and config if absent")
+    p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR))
+    p.add_argument("--preset", default="demo")
+    p.add_argument("-n", type=int, default=None)
+    p.add_argument("--time-scale", type=float, default=None)
+
+    p = sub.add_parser("node", help="(in a satellite container) derive identity and peers, then run the agent")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--node", help="node name, e.g. sat-3")
+    who.add_argument("--node-from-hostname", action="store_true",
+                     help="take the index from a StatefulSet pod name (orbitmesh-7 → sat-7)")
+    p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR), help="directory with secret and config.toml")
+    p.add_argument("--secret", type=Path, help="fleet secret file (default: FLEET/secret)")
+    p.add_argument("--config", type=Path, help="fleet config (default: FLEET/config.toml, unless --preset)")
+    p.add_argument("--preset", help="compute the config from this preset, clock started at its epoch "
+                                    "(Kubernetes: every pod derives the same one)")
+    p.add_argument("-n", type=int, default=None, help="with --preset: number of satellites")
+    p.add_argument("--time-scale", type=float, default=None, help="with --preset: orbital seconds per wall second")
+    p.add_argument("--data", type=Path, default=Path(DATA_DIR), help="this node's volume")
+    p.add_argument("--peers-out", type=Path, default=Path("/tmp/orbitmesh/peers.json"))
+    p.add_argument("--address", default="{name}",
+                   help="DNS name of node {name} / {index} (default: {name}, the compose service)")
+    p.add_argument("--p2p-port", type=int, default=P2P_PORT)
+    p.add_argument("--api-port", type=int, default=API_PORT)
+    p.add_argument("--models", default=MODELS_DIR)
+    p.add_argument("--no-realtime", action="store_true")
+
+    p = sub.add_parser("chaos", help="kill, pause, resume, restart, start or stop a node's container")
+    p.add_argument("action", choices=EngineChaos.ACTIONS)
+    p.add_argument("node")
+    p.add_argument("-p", "--project", default=os.environ.get("COMPOSE_PROJECT_NAME"),
+                   help="compose project (default: $COMPOSE_PROJECT_NAME, else any)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "init":
+            for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale):
+                log.info("%s", line)
+            return 0
+        if args.command == "node":
+            launch = prepare_node(None if args.node_from_hostname else args.node,
+                                  secret_path=args.secret or args.fleet / "secret",
+                                  config_path=(args.config or (None if args.preset else args.fleet / "config.toml")),
+                                  preset=args.preset or "demo", n=args.n, time_scale=args.time_scale,
+                                  data_dir=args.data, peers_path=args.peers_out, address=args.address,
+                                  p2p_port=args.p2p_port, api_port=args.api_port, models=args.models,
+                                  realtime=not args.no_realtime)
+            log.info("%s: peer %s; starting the agent", launch.node, launch.peer_id)
+            # In this process (PID 1 of the container, so SIGTERM reaches the
+            # agent), which has already imported libp2p: a fresh interpreter
+            # would pay ~1 s of CPU per container again.
+            from agent import cli
+            return cli.main(launch.argv)
+        if args.command == "chaos":
+            print(EngineChaos(args.project).run(args.action, args.node))
+            return 0
+    except (ComposeError, ChaosError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

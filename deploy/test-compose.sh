@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# The docker compose constellation, tested for real (`make test-docker`, and CI after `make test`):
+#   engine from Debian's packages (dockerd started by hand when none runs), the
+#   image built offline (deploy/build-image.sh), the committed docker-compose.yml
+#   checked against the generator and by Compose itself, the Kubernetes
+#   manifests validated against the Kubernetes schemas, the 24-satellite
+#   constellation brought up, real tasks to several containers, a container
+#   killed while tasks flow, started again (same peer id), paused and resumed;
+#   numbers measured; everything torn down, whatever happens.
+# Only loopback and compose-internal traffic.  Environment: PROJECT
+# (orbitmesh-ci), READY_TIMEOUT (s, 600), KEEP_UP=1 (leave the fleet running),
+# METRICS (JSON file to write the measurements to).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PROJECT=${PROJECT:-orbitmesh-ci}
+READY_TIMEOUT=${READY_TIMEOUT:-600}
+PY=${PY:-$ROOT/.venv/bin/python}
+COMPOSE_FILE_PATH=$ROOT/docker-compose.yml
+API_BASE=8100
+SIZE=24
+WORK=$(mktemp -d /tmp/orbitmesh-compose.XXXXXX)
+METRICS=${METRICS:-$WORK/metrics.json}
+T0=$(date +%s)
+DOCKERD_PID=""
+FAILED_STEP=""
+
+step() { printf '[test-docker +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { FAILED_STEP="$*"; echo "error: $*" >&2; exit 1; }
+
+# -- 1. engine -------------------------------------------------------------------
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get update failed"; }
+  apt-get install -y -qq "${need[@]}" >>"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get install failed"; }
+fi
+# Debian's client matches Debian's engine (another docker on PATH may be newer).
+DOCKER=/usr/bin/docker
+[ -x "$DOCKER" ] || DOCKER=docker
+export DOCKER
+COMPOSE=(docker-compose -p "$PROJECT" -f "$COMPOSE_FILE_PATH")
+step "$("$DOCKER" --version); $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /')"
+
+teardown() {
+  local rc=$?
+  set +e
+  if [ $rc -ne 0 ]; then
+    echo "---- FAILED${FAILED_STEP:+: $FAILED_STEP} — container states and logs ----" >&2
+    "${COMPOSE[@]}" ps >&2 2>/dev/null
+    for svc in init sat-0 sat-2 sat-9 sat-15; do
+      echo "---- logs of $svc (last 40 lines) ----" >&2
+      "${COMPOSE[@]}" logs --no-color --tail=40 "$svc" >&2 2>/dev/null
+    done
+    [ -n "$DOCKERD_PID" ] && { echo "---- dockerd log (last 20 lines) ----" >&2; tail -20 "$WORK/dockerd.log" >&2; }
+  fi
+  if [ "${KEEP_UP:-0}" = 1 ] && [ $rc -eq 0 ]; then
+    step "KEEP_UP=1: leaving project $PROJECT running (docker-compose -p $PROJECT down -v to stop)"
+  elif "$DOCKER" info >/dev/null 2>&1; then
+    step "tearing down project $PROJECT"
+    timeout 120 "${COMPOSE[@]}" down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
+      || { echo "compose down failed:" >&2; tail -5 "$WORK/down.log" >&2; }
+  fi
+  if [ -n "$DOCKERD_PID" ] && [ "${KEEP_UP:-0}" != 1 ]; then
+    step "stopping the dockerd this script started (pid $DOCKERD_PID)"
+    kill "$DOCKERD_PID" 2>/dev/null
+    for _ in $(seq 1 40); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+  fi
+  if [ $rc -eq 0 ]; then step "docker compose test passed"; else step "docker compose test FAILED (exit $rc)"; fi
+  exit $rc
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+if ! "$DOCKER" info >/dev/null 2>&1; then
+  step "starting dockerd (log: $WORK/dockerd.log)"
+  # no systemd here: run it in the background, wait for its socket
+  dockerd --log-level=warn >"$WORK/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 1 60); do
+    "$DOCKER" info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd exited"; }
+    sleep 1
+  done
+  "$DOCKER" info >/dev/null 2>&1 || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd did not answer within 60 s"; }
+fi
+# a previous run that was cut short
+"${COMPOSE[@]}" down -v -t 2 --remove-orphans >/dev/null 2>&1 || true
+
+# -- 2. host tools: the project's venv with the docker extra ---------------------------
+if [ ! -x "$PY" ]; then
+  step "no venv yet: make models (creates .venv, builds the model zoo)"
+  make --no-print-directory models >"$WORK/make.log" 2>&1 || { tail -30 "$WORK/make.log"; die "make models failed"; }
+fi
+if ! "$PY" -c "import docker, kubernetes_validate, yaml" 2>/dev/null; then
+  step "installing the docker extra (Docker SDK, Kubernetes schemas) into .venv"
+  "$PY" -m pip install -q -e "$ROOT[docker]" >"$WORK/pip.log" 2>&1 || { grep -v "is ignored" "$WORK/pip.log" | tail -20; die "pip install .[docker] failed"; }
+fi
+
+# -- 3. static checks: generator, committed compose file, Compose, Kubernetes schemas --------
+step "unit tests of the generator and manifests (tests/test_compose.py)"
+if ! "$PY" -m pytest -q -p no:cacheprovider tests/test_compose.py >"$WORK/pytest.log" 2>&1; then
+  tail -40 "$WORK/pytest.log"; die "tests/test_compose.py failed"
+fi
+tail -1 "$WORK/pytest.log"
+step "docker-compose config: Compose 1.29 accepts docker-compose.yml"
+docker-compose -f "$COMPOSE_FILE_PATH" config -q || die "docker-compose config rejected docker-compose.yml"
+if "$DOCKER" compose version >/dev/null 2>&1; then
+  "$DOCKER" compose -f "$COMPOSE_FILE_PATH" config -q || die "docker compose (v2) config rejected docker-compose.yml"
+  step "docker compose (v2) config accepts it too"
+fi
+step "Kubernetes manifests against the Kubernetes 1.30 schemas (strict)"
+"$ROOT/.venv/bin/kubernetes-validate" --strict --quiet -k 1.30.0 deploy/k8s/service.yaml deploy/k8s/statefulset.yaml \
+  || die "deploy/k8s manifests are not valid Kubernetes resources"
+
+# -- 4. image ------------------------------------------------------------------------
+step "building the image offline (deploy/build-image.sh)"
+tb=$(date +%s)
+"$ROOT/deploy/build-image.sh" || die "image build failed"
+BUILD_S=$(( $(date +%s) - tb ))
+IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
+
+# -- 5. up ---------------------------------------------------------------------------
+step "docker-compose up -d: init + $SIZE satellites (project $PROJECT)"
+tu=$(date +%s.%N)
+timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log"; die "docker-compose up failed"; }
+UP_RETURNED_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
+step "up returned after ${UP_RETURNED_S} s; waiting for every agent's links (at most ${READY_TIMEOUT} s)"
+ready=0; last=-1
+deadline=$(( $(date +%s) + READY_TIMEOUT ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+  ready=0
+  for i in $(seq 0 $((SIZE - 1))); do
+    curl -s -m 2 "http://127.0.0.1:$((API_BASE + i))/v1/health" 2>/dev/null | grep -q '"ready":true' && ready=$((ready + 1))
+  done
+  [ "$ready" != "$last" ] && step "agents ready: $ready/$SIZE"
+  last=$ready
+  [ "$ready" -eq "$SIZE" ] && break
+  exited=$("$DOCKER" ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite" --filter status=exited -q | wc -l)
+  [ "$exited" -eq 0 ] || die "$exited satellite containers exited during start-up"
+  sleep 2
+done
+[ "$ready" -eq "$SIZE" ] || die "only $ready/$SIZE agents ready after ${READY_TIMEOUT} s"
+READY_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
+step "all $SIZE agents ready ${READY_S} s after up"
+"$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
+  $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
+  >"$WORK/mem-ready.txt"
+
+# -- 6. tasks and chaos --------------------------------------------------------------------
+step "tasks to several containers; kill/start, pause/resume through the engine (deploy/compose_e2e.py)"
+"$PY" deploy/compose_e2e.py --project "$PROJECT" --size "$SIZE" --api-base "$API_BASE" --models models \
+  --metrics "$WORK/e2e.json" || die "end-to-end checks failed"
+"$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
+  $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
+  >"$WORK/mem-after.txt"
+
+# -- 7. numbers ------------------------------------------------------------------------------
+"$PY" - "$WORK" "$METRICS" "$BUILD_S" "$IMAGE_MB" "$UP_RETURNED_S" "$READY_S" <<'EOF'
+import json, re, statistics, sys
+from pathlib import Path
+work, out, build_s, image_mb, up_s, ready_s = sys.argv[1:]
+def mem(path):
+    vals = []
+    for line in Path(path).read_text().splitlines():
+        m = re.search(r"\s([\d.]+)(KiB|MiB|GiB) /", line)
+        if m:
+            vals.append(float(m.group(1)) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[m.group(2)])
+    return {"n": len(vals), "min": min(vals), "median": statistics.median(vals), "max": max(vals)} if vals else {}
+e2e = json.loads((Path(work) / "e2e.json").read_text()) if (Path(work) / "e2e.json").exists() else {}
+m = {"build_s": int(build_s), "image_mb": int(image_mb), "up_returned_s": float(up_s), "up_to_ready_s": float(ready_s),
+     "mem_mib_ready": mem(Path(work) / "mem-ready.txt"), "mem_mib_after_tasks": mem(Path(work) / "mem-after.txt"), **e2e}
+Path(out).write_text(json.dumps(m, indent=1))
+r, a = m["mem_mib_ready"], m["mem_mib_after_tasks"]
+print(f"measured: build {m['build_s']} s, image {m['image_mb']} MB, up→ready {m['up_to_ready_s']} s, "
+      f"memory per agent container {r.get('median', 0):.0f} MiB median ({r.get('min', 0):.0f}–{r.get('max', 0):.0f}) "
+      f"at ready, {a.get('median', 0):.0f} MiB after tasks; written to {out}")
+EOF

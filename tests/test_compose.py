@@ -1,0 +1,383 @@
+"""The compose generator, derived identities, the in-container entry points, engine chaos (faked).
+
+Fast: no Docker needed.  Tests that parse YAML or validate schemas need PyYAML,
+jsonschema and kubernetes-validate (the ``docker`` extra) and skip without
+them; ``make test-docker`` installs the extra and runs this file again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent import compose
+from agent.compose import (
+    ChaosError,
+    ComposeError,
+    ComposeSpec,
+    EngineChaos,
+    compose_document,
+    derive_seed,
+    derived_peer_id,
+    ensure_identity,
+    fleet_peers,
+    generate,
+    init_fleet,
+    prepare_node,
+    to_yaml,
+)
+from agent.p2p import load_or_create_identity, peer_id_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+# Service keys that both Compose 1.29 (its compose_spec.json) and Compose v2 accept.
+PORTABLE_SERVICE_KEYS = {
+    "image", "command", "hostname", "depends_on", "networks", "volumes", "ports", "cap_add", "cap_drop",
+    "security_opt", "labels", "restart", "stop_grace_period", "healthcheck", "logging", "network_mode",
+    "environment",
+}
+
+
+def sats(doc):
+    return {k: v for k, v in doc["services"].items() if k != "init"}
+
+
+# -- the compose document ---------------------------------------------------------------
+
+
+def test_demo_document_runs_every_satellite_on_one_network():
+    doc = compose_document()
+    # no `version` (v2 warns it is obsolete) and no top-level `name` (1.29 rejects it)
+    assert set(doc) == {"services", "networks", "volumes"}
+    assert doc["networks"] == {"constellation": {"driver": "bridge"}}
+    s = sats(doc)
+    assert list(s) == [f"sat-{i}" for i in range(24)]
+    assert set(doc["volumes"]) == {"fleet"} | {f"sat-{i}-data" for i in range(24)}
+    init = doc["services"]["init"]
+    assert init["command"][:4] == ["python", "-m", "agent.compose", "init"]
+    assert init["network_mode"] == "none" and init["volumes"] == ["fleet:/fleet"]
+    for i, (name, svc) in enumerate(s.items()):
+        assert svc["hostname"] == name
+        assert svc["command"][:4] == ["python", "-m", "agent.compose", "node"]
+        assert svc["command"][svc["command"].index("--node") + 1] == name
+        assert svc["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+        assert svc["networks"] == ["constellation"]
+        assert svc["volumes"] == ["fleet:/fleet:ro", f"{name}-data:/data"]
+        assert svc["ports"] == [f"127.0.0.1:{8100 + i}:8080"]
+        assert svc["cap_drop"] == ["ALL"] and svc["cap_add"] == ["SYS_NICE"]
+        assert svc["labels"] == {"org.orbitmesh.node": name, "org.orbitmesh.role": "satellite"}
+        assert svc["restart"] == "no"   # a killed satellite stays down until started
+    for svc in doc["services"].values():
+        assert set(svc) <= PORTABLE_SERVICE_KEYS, set(svc) - PORTABLE_SERVICE_KEYS
+
+
+def test_other_sizes_and_options():
+    doc = compose_document(ComposeSpec(n=12, time_scale=10.0, image="reg.local/om:1", publish="first",
+                                       api_base_port=9000, realtime=False))
+    s = sats(doc)
+    assert len(s) == 12
+    assert doc["services"]["init"]["command"][-4:] == ["-n", "12", "--time-scale", "10.0"]
+    assert s["sat-0"]["ports"] == ["127.0.0.1:9000:8080"]
+    assert all("ports" not in svc for name, svc in s.items() if name != "sat-0")
+    assert all("cap_add" not in svc and svc["command"][-1] == "--no-realtime" for svc in s.values())
+    assert {svc["image"] for svc in doc["services"].values()} == {"reg.local/om:1"}
+    assert all("ports" not in svc for svc in sats(compose_document(ComposeSpec(publish="none"))).values())
+
+
+@pytest.mark.parametrize("spec, match", [
+    (ComposeSpec(ground=("svalbard",)), "not yet supported"),
+    (ComposeSpec(preset="nope"), "unknown preset"),
+    (ComposeSpec(n=1), "at least 2"),
+    (ComposeSpec(publish="some"), "--publish"),
+    (ComposeSpec(api_base_port=65530), "below 65536"),
+    (ComposeSpec(image="bad image"), "image"),
+])
+def test_bad_options_are_clear_errors(spec, match):
+    with pytest.raises(ComposeError, match=match):
+        compose_document(spec)
+
+
+def test_committed_compose_file_is_the_generators_demo():
+    assert (ROOT / "docker-compose.yml").read_text() == generate(ComposeSpec()), \
+        "docker-compose.yml is stale: python -m agent.compose generate -o docker-compose.yml"
+
+
+# -- the YAML writer ----------------------------------------------------------------------
+
+
+def test_yaml_writer_quotes_every_string():
+    text = to_yaml({"a": {"b": ["x", 1, True, None], "c": "no", "d": {}, "e": []}, "yes": "it's \"q\" \\ é"})
+    assert text == ('a:\n  b: ["x", 1, true, null]\n  c: "no"\n  d: {}\n  e: []\n'
+                    '"yes": "it\'s \\"q\\" \\\\ é"\n')
+
+
+def test_yaml_round_trip():
+    yaml = pytest.importorskip("yaml")
+    tricky = {"k": ["no", "on", "1:2", "a: b", "#x", "- y", "", "ünï", "12", "1e3", "null", "\t\n"],
+              "n": [{"a": 1, "b": [1, 2]}, {"c": {"d": "e"}}], "long": ["x" * 40] * 4}
+    assert yaml.safe_load(to_yaml(tricky)) == tricky
+    for spec in (ComposeSpec(), ComposeSpec(n=6, realtime=False, publish="first")):
+        assert yaml.safe_load(generate(spec)) == compose_document(spec)
+
+
+def test_compose_1_29_schema_accepts_it():
+    """Validate against the Compose Specification schema that Debian's docker-compose 1.29 ships."""
+    yaml = pytest.importorskip("yaml")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_path = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
+    if not schema_path.exists():
+        pytest.skip("Debian's docker-compose is not installed")
+    validator = jsonschema.Draft201909Validator(json.loads(schema_path.read_text()))
+    for spec in (ComposeSpec(), ComposeSpec(n=6, realtime=False, publish="none")):
+        validator.validate(yaml.safe_load(generate(spec)))
+    bad = compose_document()
+    bad["services"]["sat-0"]["no_such_key"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(bad)
+
+
+# -- identities derived from the fleet secret ------------------------------------------------
+
+
+def test_derived_identities_are_stable_and_distinct(tmp_path):
+    assert derive_seed(SECRET, "sat-1") == derive_seed(SECRET, "sat-1")
+    assert len(derive_seed(SECRET, "sat-1")) == 32
+    assert derive_seed(SECRET, "sat-1") != derive_seed(SECRET, "sat-2")
+    assert derive_seed(SECRET, "sat-1") != derive_seed(SECRET[::-1], "sat-1")
+    pid = ensure_identity(tmp_path / "d", SECRET, "sat-1")
+    key = tmp_path / "d" / "identity.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert pid == derived_peer_id(SECRET, "sat-1") == peer_id_of(load_or_create_identity(key))
+    assert ensure_identity(tmp_path / "d", SECRET, "sat-1") == pid       # checked, kept
+    with pytest.raises(ComposeError, match="secret changed"):
+        ensure_identity(tmp_path / "d", SECRET[::-1], "sat-1")
+
+
+def test_peers_file_is_a_function_of_the_secret():
+    peers = fleet_peers(SECRET, 4, "orbitmesh-{index}.orbitmesh")
+    assert peers.to_json() == fleet_peers(SECRET, 4, "orbitmesh-{index}.orbitmesh").to_json()
+    e = peers["sat-3"]
+    assert e.multiaddr == f"/dns4/orbitmesh-3.orbitmesh/tcp/4001/p2p/{e.peer_id}"
+    assert e.api == "http://orbitmesh-3.orbitmesh:8080"
+    assert fleet_peers(SECRET, 4)["sat-3"].multiaddr.startswith("/dns4/sat-3/tcp/4001/p2p/")
+
+
+def test_short_or_missing_secret_is_refused(tmp_path):
+    (tmp_path / "s").write_text("short\n")
+    with pytest.raises(ComposeError, match="too short"):
+        compose.read_secret(tmp_path / "s")
+    with pytest.raises(ComposeError, match="no fleet secret"):
+        compose.read_secret(tmp_path / "missing")
+
+
+# -- entry points -------------------------------------------------------------------------
+
+
+def test_init_creates_once_and_keeps_the_start_time(tmp_path):
+    fleet = tmp_path / "fleet"
+    init_fleet(fleet, now=1000.0)
+    secret = (fleet / "secret").read_text()
+    assert stat.S_IMODE((fleet / "secret").stat().st_mode) == 0o600
+    assert "start_unix = 1000.0" in (fleet / "config.toml").read_text()
+    done = init_fleet(fleet, now=2000.0)                  # a second `up`
+    assert (fleet / "secret").read_text() == secret
+    assert "start_unix = 1000.0" in (fleet / "config.toml").read_text()
+    assert any("kept" in line for line in done)
+    peers = json.loads((fleet / "peers.json").read_text())["nodes"]
+    assert len(peers) == 24 and peers[5]["multiaddr"].startswith("/dns4/sat-5/tcp/4001/p2p/")
+    init_fleet(fleet, n=12, now=3000.0)                    # another constellation: new config
+    assert "start_unix = 3000.0" in (fleet / "config.toml").read_text()
+    assert len(json.loads((fleet / "peers.json").read_text())["nodes"]) == 12
+
+
+def test_node_entry_prepares_identity_peers_and_agent_args(tmp_path):
+    fleet = tmp_path / "fleet"
+    init_fleet(fleet)
+    launch = prepare_node("sat-4", secret_path=fleet / "secret", config_path=fleet / "config.toml",
+                          data_dir=tmp_path / "data", peers_path=tmp_path / "run" / "peers.json", realtime=False)
+    assert launch.peer_id == json.loads((fleet / "peers.json").read_text())["nodes"][4]["peer_id"]
+    assert (tmp_path / "run" / "peers.json").read_text() == (fleet / "peers.json").read_text()
+    args = launch.argv
+    assert args[2:5] == ["agent", "--node", "sat-4"]
+    assert args[args.index("--listen") + 1] == "0.0.0.0:4001" and args[args.index("--api") + 1] == "0.0.0.0:8080"
+    assert args[-1] == "--no-realtime"
+    from agent.cli import parser
+    ns = parser().parse_args(args)                         # the CLI accepts what we hand it
+    assert ns.node == "sat-4" and ns.no_realtime
+
+
+def test_statefulset_pod_entry_derives_everything(tmp_path):
+    (tmp_path / "secret").write_text(SECRET.decode() + "\n")
+    launch = prepare_node(None, hostname="orbitmesh-7", secret_path=tmp_path / "secret", config_path=None,
+                          data_dir=tmp_path / "data", peers_path=tmp_path / "run" / "peers.json",
+                          address="orbitmesh-{index}.orbitmesh", preset="demo")
+    assert launch.node == "sat-7" and launch.peer_id == derived_peer_id(SECRET, "sat-7")
+    from mesh.config import parse_config
+    cfg = parse_config((tmp_path / "run" / "config.toml").read_text())
+    assert cfg.clock.start_unix == 1767225600.0            # the demo epoch: every pod agrees
+    with pytest.raises(ComposeError, match="not in this fleet"):
+        prepare_node(None, hostname="orbitmesh-24", secret_path=tmp_path / "secret", config_path=None,
+                     data_dir=tmp_path / "d2", peers_path=tmp_path / "r2" / "peers.json")
+    with pytest.raises(ComposeError, match="hostname"):
+        prepare_node(None, hostname="orbitmesh", secret_path=tmp_path / "secret", config_path=None,
+                     data_dir=tmp_path / "d3", peers_path=tmp_path / "r3" / "peers.json")
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def test_register_adds_the_compose_subcommand(tmp_path, capsys):
+    ap = argparse.ArgumentParser()
+    compose.register(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["compose", "-n", "6", "-o", "-"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out == generate(ComposeSpec(n=6)) and "sat-5:" in out and "sat-6:" not in out
+    args = ap.parse_args(["compose", "--ground", "svalbard", "-o", str(tmp_path / "x.yml")])
+    assert args.func(args) == 2
+    assert "not yet supported" in capsys.readouterr().err and not (tmp_path / "x.yml").exists()
+
+
+def test_module_entry_generates_and_inits(tmp_path):
+    assert compose.main(["generate", "-o", str(tmp_path / "c.yml"), "-n", "4"]) == 0
+    assert (tmp_path / "c.yml").read_text() == generate(ComposeSpec(n=4))
+    assert compose.main(["init", "--fleet", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "secret").exists()
+    assert compose.main(["node", "--node", "sat-1", "--fleet", str(tmp_path / "nope")]) == 2
+
+
+# -- chaos through the engine (a fake Docker client) ------------------------------------------------
+
+
+class FakeContainer:
+    def __init__(self, node, project="p"):
+        self.labels = {"org.orbitmesh.node": node, "com.docker.compose.project": project}
+        self.status = "running"
+        self.calls = []
+
+    def reload(self):
+        pass
+
+    def kill(self, signal):
+        self.calls.append(("kill", signal))
+        self.status = "exited"
+
+    def pause(self):
+        self.status = "paused"
+
+    def unpause(self):
+        self.status = "running"
+
+    def start(self):
+        self.status = "running"
+
+    def stop(self, timeout):
+        self.status = "exited"
+
+    def restart(self, timeout):
+        self.calls.append(("restart", timeout))
+        self.status = "running"
+
+
+class FakeClient:
+    def __init__(self, containers):
+        self.all = containers
+        self.containers = self
+        self.queries = []
+
+    def list(self, all, filters):
+        self.queries.append(filters)
+        want = [lab.split("=", 1) for lab in filters["label"]]
+        return [c for c in self.all
+                if all and all_match(c, want)]
+
+
+def all_match(c, want):
+    return all((c.labels.get(k[0]) == k[1]) if len(k) == 2 else k[0] in c.labels for k in want)
+
+
+def test_engine_chaos_kills_pauses_resumes_restarts_by_label():
+    cs = [FakeContainer(f"sat-{i}") for i in range(3)] + [FakeContainer("sat-1", project="other")]
+    chaos = EngineChaos("p", client=FakeClient(cs))
+    assert sorted(chaos.nodes()) == ["sat-0", "sat-1", "sat-2"]
+    assert chaos.kill("sat-1") == "exited" and cs[1].calls == [("kill", "SIGKILL")]
+    assert cs[3].status == "running"                        # the other project's sat-1 untouched
+    assert chaos.start("sat-1") == "running"
+    assert chaos.pause("sat-2") == "paused" and chaos.state("sat-2") == "paused"
+    assert chaos.resume("sat-2") == "running"
+    assert chaos.run("restart", "sat-0") == "running" and cs[0].calls == [("restart", 5)]
+    assert chaos.client.queries[-1] == {"label": ["org.orbitmesh.node=sat-0", "com.docker.compose.project=p"]}
+    with pytest.raises(ChaosError, match="no container for sat-9 in compose project 'p'"):
+        chaos.kill("sat-9")
+    with pytest.raises(ChaosError, match="unknown action"):
+        chaos.run("explode", "sat-0")
+    with pytest.raises(ChaosError, match="more than one compose project"):
+        EngineChaos(None, client=FakeClient(cs)).kill("sat-1")
+
+
+def test_engine_failure_is_a_chaos_error():
+    class Broken(FakeContainer):
+        def pause(self):
+            raise RuntimeError("cannot pause a stopped container")
+
+    chaos = EngineChaos("p", client=FakeClient([Broken("sat-0")]))
+    with pytest.raises(ChaosError, match="cannot pause sat-0: cannot pause a stopped container"):
+        chaos.pause("sat-0")
+
+
+# -- Kubernetes manifests ---------------------------------------------------------------------
+
+
+def k8s_docs():
+    yaml = pytest.importorskip("yaml")
+    docs = []
+    for name in ("service.yaml", "statefulset.yaml"):
+        docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()) if d]
+    return docs
+
+
+def test_k8s_statefulset_matches_its_headless_service_and_the_entry_point():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_docs()}
+    sts = docs[("StatefulSet", "orbitmesh")]
+    svc = docs[("Service", sts["spec"]["serviceName"])]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    from mesh.presets import preset
+    assert sts["spec"]["replicas"] == preset("demo").size
+    pod = sts["spec"]["template"]["spec"]
+    cmd = pod["containers"][0]["command"]
+    assert cmd[:4] == ["python", "-m", "agent.compose", "node"] and "--node-from-hostname" in cmd
+    assert cmd[cmd.index("--address") + 1] == f"{sts['metadata']['name']}-{{index}}.{svc['metadata']['name']}"
+    secret_vol = next(v for v in pod["volumes"] if "secret" in v)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == secret_vol["name"])
+    assert cmd[cmd.index("--secret") + 1].startswith(mount["mountPath"] + "/")
+    assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {compose.P2P_PORT, compose.API_PORT}
+    # the entry point accepts the pod's command line
+    assert compose._parser().parse_args(cmd[3:]).node_from_hostname
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas():
+    kv = pytest.importorskip("kubernetes_validate")
+    docs = k8s_docs()
+    for doc in docs:
+        kv.validate(doc, "1.30.0", strict=True)
+    broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "StatefulSet")))
+    broken["spec"]["replicas"] = "many"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, "1.30.0", strict=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/docker-compose"), reason="Debian's docker-compose not installed")
+def test_docker_compose_1_29_reads_the_generated_file(tmp_path):
+    import subprocess
+    (tmp_path / "docker-compose.yml").write_text(generate(ComposeSpec(n=6, publish="first")))
+    out = subprocess.run(["docker-compose", "-f", str(tmp_path / "docker-compose.yml"), "config", "--services"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split()) == sorted(["init"] + [f"sat-{i}" for i in range(6)])
