@@ -74,7 +74,8 @@ def _progress(ready: int, total: int) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent import daemon
     from agent.peers import sat_name
-    name = args.node or sat_name(args.sat)
+    from mesh.nodes import ground_name
+    name = args.node or (ground_name(args.ground) if args.ground else sat_name(args.sat))
     peers = args.peers or Path(args.config).parent / "peers.json"
     try:
         listen = daemon.parse_hostport(args.listen) if args.listen else None
@@ -90,7 +91,7 @@ def _spec(args: argparse.Namespace):
     from agent.fleet import FleetSpec
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port,
-                     time_scale=args.time_scale, models=args.models)
+                     time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()))
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -100,7 +101,8 @@ def _start_fleet(args: argparse.Namespace):
     spec = _spec(args)
     t0 = time.monotonic()
     cfg, peers, procs = fleet.start(spec)
-    print(f"starting {cfg.size} agents ({cfg.name}: "
+    n_ground = len(peers.names()) - cfg.size
+    print(f"starting {cfg.size} satellite{'' if not n_ground else f' and {n_ground} ground-station'} agents ({cfg.name}: "
           + ", ".join(f"{s.planes}×{s.sats_per_plane} at {s.altitude_km:.0f} km, {s.inclination_deg:.0f}°" for s in cfg.shells)
           + f"); logs in {spec.directory}/logs/")
     try:
@@ -109,7 +111,7 @@ def _start_fleet(args: argparse.Namespace):
         print()
         fleet.stop(spec.directory)
         raise
-    print(f"  all {cfg.size} agents up with every laser link established in {time.monotonic() - t0:.1f} s")
+    print(f"  all {len(peers.names())} agents up with every link established in {time.monotonic() - t0:.1f} s")
     return spec, cfg, peers, procs
 
 
@@ -312,6 +314,8 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-port", type=int, default=8100, help="first HTTP API port (one per agent)")
     p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every agent")
+    p.add_argument("--ground", action="append", metavar="STATION",
+                   help="also run a ground-station agent (a built-in name such as london, or lat,lon); repeatable")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -324,7 +328,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", help="run one satellite agent")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--sat", type=int, help="satellite index")
-    who.add_argument("--node", help="node name")
+    who.add_argument("--node", help="node name (sat-N or gs-NAME)")
+    who.add_argument("--ground", help="ground station name, as listed in the config (runs node gs-NAME)")
     p.add_argument("--config", required=True, help="fleet config (TOML)")
     p.add_argument("--peers", help="peers file (default: peers.json beside the config)")
     p.add_argument("--data-dir", required=True, help="identity and state of this agent")
@@ -363,9 +368,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, compose
+    from agent import chaos_cli, compose, topo_cli
     chaos_cli.register(sub)
     compose.register(sub)
+    topo_cli.register(sub)
     return ap
 
 

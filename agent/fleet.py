@@ -25,6 +25,8 @@ from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
 from agent.peers import PeerEntry, Peers, sat_name
 from mesh.config import FleetConfig, config_to_toml
+from mesh.ground import parse_station
+from mesh.world import World
 from mesh.orbit import WalkerShell
 from mesh.presets import preset
 
@@ -43,6 +45,7 @@ class FleetSpec:
     api_base_port: int = 8100
     time_scale: float | None = None
     models: Path = Path("models")
+    ground: tuple[str, ...] = ()       # extra ground-station agents: built-in names or lat,lon
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -66,6 +69,14 @@ def fleet_config(spec: FleetSpec) -> FleetConfig:
         cfg = replace(cfg, name=f"{cfg.name}-{spec.n}", shells=(shell,))
     if spec.time_scale is not None:
         cfg = replace(cfg, clock=replace(cfg.clock, time_scale=spec.time_scale))
+    if spec.ground:
+        try:
+            extra = tuple(parse_station(g) for g in spec.ground)
+        except (KeyError, ValueError) as exc:
+            raise FleetError(f"--ground: {exc.args[0] if exc.args else exc}") from None
+        have = {st.name for st in cfg.ground.stations}
+        cfg = replace(cfg, ground=replace(cfg.ground, stations=cfg.ground.stations + tuple(
+            st for st in extra if st.name not in have)))
     return cfg
 
 
@@ -84,8 +95,9 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
     d = spec.directory
     (d / "logs").mkdir(parents=True, exist_ok=True)
     entries = []
-    for i in range(cfg.size):
-        name = sat_name(i)
+    names = World.from_config(cfg).names
+    for i in range(len(names)):
+        name = names.name(i)
         p2p, api = spec.p2p_base_port + i, spec.api_base_port + i
         for port in (p2p, api):
             if not _port_free(spec.host, port):
@@ -99,19 +111,18 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
     return cfg, peers
 
 
-def peers_index(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
-
-
 def agent_command(spec: FleetSpec, name: str) -> list[str]:
     d = spec.directory
-    return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", "--sat", str(peers_index(name)),
+    who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
+    return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
             "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name)]
 
 
 def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
     log = open(spec.directory / "logs" / f"{name}.log", "ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # One BLAS thread per agent: many agents share few cores, and multi-threaded
+    # BLAS in each made the ground-visibility check 5–10× slower here.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     # Own session: a Ctrl-C in the launcher's terminal reaches the launcher,
     # which then stops the agents in order, instead of killing them mid-write.
     proc = subprocess.Popen(agent_command(spec, name), stdout=log, stderr=subprocess.STDOUT,
@@ -189,7 +200,7 @@ def _alive(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"agent" in cmd and b"--sat" in cmd  # not a recycled pid of something else
+    return b"agent" in cmd and (b"--sat" in cmd or b"--node" in cmd)  # not a recycled pid of something else
 
 
 def stop(directory: Path, timeout: float = 10.0) -> int:

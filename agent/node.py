@@ -28,9 +28,7 @@ from agent.transport import LinkLayer
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
 from mesh.link import LinkProfile, link_seed
-from mesh.orbit import Constellation, iso_to_jd
-from mesh.routing import Router
-from mesh.topology import Topology
+from mesh.world import World
 from mesh.wire import ChaosUpdate, Hop, Message, Probe, TaskRequest, TaskResult, Tensor, WireError
 
 log = logging.getLogger(__name__)
@@ -68,15 +66,20 @@ class Node:
         if peers[name].peer_id != host.peer_id:
             raise ValueError(f"identity mismatch: peers file says {name} is {peers[name].peer_id}, "
                              f"but this data dir holds {host.peer_id}")
-        self.constellation = Constellation(list(config.shells), iso_to_jd(config.epoch))
-        if len(peers.by_name) > len(self.constellation):
-            raise ValueError("peers file lists more nodes than the constellation has satellites")
-        self.topology = Topology(self.constellation, max_range_km=config.links.max_range_km)
-        self.router = Router(self.topology)
+        self.world = World.from_config(config)
+        self.constellation = self.world.constellation
+        self.topology = self.world.topology
+        self.router = self.world.router
+        if self.topology.names.index(name) != self.me.index:
+            raise ValueError(f"peers file numbers {name} as {self.me.index}, the config as "
+                             f"{self.topology.names.index(name)}")
+        if len(peers.by_name) > self.topology.n_nodes:
+            raise ValueError("peers file lists more nodes than the config has satellites and stations")
+        self.is_ground = self.topology.names.is_ground(self.me.index)
         self.store = store
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
-        partners = [peers.by_index[i].name for i in self.topology.neighbours_of(self.me.index) if i in peers.by_index]
+        partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
         self.chaos = FaultTable(self._chaos_topo())
         self.base_profile = LinkProfile(bandwidth_bps=config.links.isl_bandwidth_bps,
                                         queue_frames=config.limits.link_queue_frames)
@@ -85,7 +88,7 @@ class Node:
             self._propagation, self._link_profile, self._on_message,
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
-            on_link_up=self._sync_chaos,
+            on_link_up=self._sync_chaos, accept_unknown=self._accept_ground,
         )
         self.started = time.time()
         self._nursery: trio.Nursery | None = None
@@ -134,7 +137,7 @@ class Node:
         return Topo(frozenset(names.values()), links, planes)
 
     def position(self) -> dict[str, float]:
-        x, y, z = (float(v) for v in self.constellation.position(self.me.index, self.orbit_t()))
+        x, y, z = (float(v) for v in self.topology.node_position(self.me.index, self.orbit_t()))
         r = math.sqrt(x * x + y * y + z * z)
         return {"x_km": x, "y_km": y, "z_km": z, "lat_deg": math.degrees(math.asin(z / r)),
                 "lon_deg": math.degrees(math.atan2(y, x)), "radius_km": r}
@@ -158,7 +161,50 @@ class Node:
             await nursery.start(self.executor.serve)
             nursery.start_soon(self.links.run)
             nursery.start_soon(self._expire_faults)
+            nursery.start_soon(self._follow_the_sky)
             task_status.started()
+
+    # -- live topology ---------------------------------------------------------------
+
+    LINK_GRACE_S = 2.0  # ≫ any link's delay: frames in flight land before a retired link closes
+    REWIRE_EVERY_S = 0.5
+
+    def _wanted_partners(self, wall: float) -> set[int]:
+        """Laser partners always (their streams stay up; physics drops frames
+        while out of sight), plus the ground links physics gives at t."""
+        i = self.me.index
+        wanted = set(self.topology.partners_of(i, self.orbit_t(wall)))
+        if not self.is_ground:
+            wanted |= set(self.topology.neighbours_of(i))
+        return wanted
+
+    async def _follow_the_sky(self) -> None:
+        """Open and close ground links as satellites rise, set and hand over."""
+        while True:
+            await trio.sleep(self.REWIRE_EVERY_S)
+            now = time.time()
+            wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
+            for name in wanted - set(self.links.links):
+                if name < self.me.name:
+                    continue  # the other end dials; _accept_ground takes it
+                entry = self.peers[name]
+                log.info("%s: %s came into view", self.me.name, name)
+                self.links.add_link(name, entry.multiaddr, entry.peer_id, link_seed(self.config.name, self.me.name, name))
+            for name, link in list(self.links.links.items()):
+                if name not in wanted and not link.retiring:
+                    log.info("%s: %s out of view; closing the link in %.0fs", self.me.name, name, self.LINK_GRACE_S)
+                    self.links.retire_link(name, self.LINK_GRACE_S)
+                elif name in wanted and link.retiring:
+                    self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
+
+    def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
+        """An inbound stream from a node we don't link to yet: accept it if
+        physics says the link exists now (a station that just saw us rise)."""
+        if name not in self.peers or self.peers[name].peer_id != peer_id:
+            return None
+        if self.peers[name].index not in self._wanted_partners(time.time()):
+            return None
+        return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
 
     async def _expire_faults(self) -> None:
         while True:
@@ -405,13 +451,22 @@ class Node:
                 "in_sight": idx in up,
                 "latency_ms": self.topology.link_latency(self.me.index, idx, t) * 1e3,
             })
-        shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
+        if self.is_ground:
+            view = self.topology.ground_view(self.me.index, t)
+            orbit: dict[str, Any] = {"ground_station": True, "t_s": t,
+                                     "serving": None if view.serving is None or view.serving < 0
+                                     else self.topology.names.name(view.serving),
+                                     "visible": len(view.visible)}
+        else:
+            shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
+            orbit = {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],
+                     "slot": self.constellation.slot_of[self.me.index], "t_s": t,
+                     "altitude_km": shell.altitude_km, "inclination_deg": shell.inclination_deg}
         return {
             "node": self.me.name, "index": self.me.index, "peer_id": self.me.peer_id,
+            "kind": "ground" if self.is_ground else "satellite",
             "multiaddrs": self.host.listen_multiaddrs(),
-            "orbit": {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],
-                      "slot": self.constellation.slot_of[self.me.index], "t_s": t,
-                      "altitude_km": shell.altitude_km, "inclination_deg": shell.inclination_deg},
+            "orbit": orbit,
             "position": self.position(), "neighbours": neighbours,
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,

@@ -207,6 +207,9 @@ class LinkLayer:
             self._nursery = nursery
             for link in list(self.links.values()):
                 nursery.start_soon(self._run_link, link)
+            # Stay open: links are added later as partners come into view (a
+            # ground station may start with none).
+            await trio.sleep_forever()
 
     async def _run_link(self, link: Link) -> None:
         """All of one link's tasks, under its own cancel scope (closed on retirement)."""

@@ -1,0 +1,87 @@
+"""Ground stations as agents, and a mesh that re-wires live as satellites fly.
+
+12 satellites and one ground station (London) at 60× real time: a pass lasts
+a few wall seconds, so within the test the station gains a link when a
+satellite rises, carries a task over it, and closes it when the satellite
+sets, while the satellites keep their laser links.
+"""
+
+import json
+import time
+
+import pytest
+import trio
+
+from agent import fleet
+from agent.client import ApiError, Client
+from tests.conftest import free_port_block
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def ground_fleet(tmp_path_factory, models_dir):
+    d = tmp_path_factory.mktemp("groundfleet")
+    base = free_port_block(2 * (N + 1))
+    spec = fleet.FleetSpec(directory=d, n=N, p2p_base_port=base, api_base_port=base + N + 1, models=models_dir,
+                           time_scale=60.0, ground=("london",))
+    cfg, peers, procs = fleet.start(spec)
+    try:
+        trio.run(fleet.wait_ready, peers, 90.0, None, procs)
+        yield spec, cfg, peers
+    finally:
+        fleet.stop(d)
+
+
+async def ground_links(peers):
+    async with Client(peers["gs-london"].api) as c:
+        info = await c.node()
+    return info, [n["node"] for n in info["neighbours"] if n["link_up"]]
+
+
+async def test_station_links_follow_the_sky_and_carry_tasks(ground_fleet, models_dir):
+    spec, cfg, peers = ground_fleet
+    assert "gs-london" in peers and peers["gs-london"].index == N
+    sample = json.loads((models_dir / "digits.json").read_text())["samples"][3]
+    seen_links, task = set(), None
+    with trio.fail_after(45):
+        while task is None:
+            info, up = await ground_links(peers)
+            assert info["kind"] == "ground"
+            if up:
+                seen_links.update(up)
+                async with Client(peers["gs-london"].api) as c:
+                    try:
+                        acc = await c.submit("digits", sample["inputs"], "sat-7")
+                    except ApiError as exc:  # the satellite set between our look and the submit
+                        assert exc.status == 503 and "no route" in exc.message
+                        continue
+                    rec = await c.wait(acc["task_id"], timeout=15)
+                if rec["status"] == "succeeded":
+                    task = rec
+                else:
+                    assert "no result" in rec["error"] or "no route" in rec["error"], rec
+            await trio.sleep(0.2)
+    hops = [h["node"] for h in task["trace"]]
+    assert hops[0] == "gs-london" and hops[1] in seen_links and hops[-1] == "gs-london"
+    assert "gs-london" not in hops[1:-1]  # a ground station never relays
+    assert task["outputs"]["label"]["data"][0] == sample["label"]
+
+    # the link closes when the satellite sets, and another pass opens one again
+    with trio.fail_after(45):
+        while (await ground_links(peers))[1]:
+            await trio.sleep(0.2)
+        closed_at = time.time()
+        while not (await ground_links(peers))[1]:
+            await trio.sleep(0.2)
+    log = (spec.directory / "logs" / "gs-london.log").read_text()
+    assert "out of view; closing the link" in log and "closed (out of view)" in log
+    assert time.time() > closed_at
+
+
+async def test_satellites_keep_their_laser_links_while_the_ground_rewires(ground_fleet):
+    _, _, peers = ground_fleet
+    async with Client(peers["sat-4"].api) as c:
+        info = await c.node()
+    lasers = [n for n in info["neighbours"] if not n["node"].startswith("gs-")]
+    assert len(lasers) == 4 and all(n["link_up"] for n in lasers)
