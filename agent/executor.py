@@ -55,8 +55,15 @@ class _Job:
 
 
 def _batchable(model: LoadedModel) -> bool:
-    """Every input and output has a dynamic first (batch) dimension."""
-    return all(s.shape and s.shape[0] is None for s in model.inputs + model.outputs)
+    """Only models whose manifest says so: a dynamic first dimension is not
+    always a batch (matmul's ``b``), and some models' outputs depend on their
+    batch-mates (int8 activations quantised per batch), so batching is opt-in."""
+    opted_in = (model.manifest.get("batching") or {}).get("batchable") is True
+    return opted_in and all(s.shape and s.shape[0] is None for s in model.inputs + model.outputs)
+
+
+def _batch_element_budget(model: LoadedModel) -> int | None:
+    return (model.manifest.get("batching") or {}).get("max_elements")
 
 
 class Executor:
@@ -139,11 +146,18 @@ class Executor:
         jobs = [first]
         if _batchable(model):
             shape_of = lambda j: {k: v.shape[1:] for k, v in j.inputs.items()}  # noqa: E731
-            want = shape_of(first)
+            size_of = lambda j: max((v.size for v in j.inputs.values()), default=0)  # noqa: E731
+            want, budget = shape_of(first), _batch_element_budget(model)
+            total = size_of(first)
             keep: deque[_Job] = deque()
             while queue and len(jobs) < self.max_batch:
                 job = queue.popleft()
-                (jobs if shape_of(job) == want else keep).append(job)
+                fits = budget is None or total + size_of(job) <= budget
+                if shape_of(job) == want and fits:
+                    jobs.append(job)
+                    total += size_of(job)
+                else:
+                    keep.append(job)
             queue.extendleft(reversed(keep))
         self.queued -= len(jobs)
         return jobs

@@ -25,6 +25,7 @@ from agent.placement import choose_executor
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_json
 from agent.transport import LinkLayer
+from agent.zoo import LimitError, check_limits
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
 from mesh.link import LinkProfile, link_seed
@@ -228,7 +229,8 @@ class Node:
             raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
         try:
             arrays = inputs_from_json(inputs, loaded.inputs, max_elements=self.config.limits.max_frame_bytes // 4)
-        except InputError as exc:
+            check_limits(model, arrays, loaded.manifest)
+        except (InputError, LimitError) as exc:
             raise SubmitError(400, str(exc)) from None
         if target not in (None, "", "auto") and target not in self.peers:
             raise SubmitError(404, f"unknown target node {target!r}; nodes are {self.peers.names()[0]} … "
@@ -374,12 +376,13 @@ class Node:
                     raise InputError(f"input {spec.name!r}: dtype {arr.dtype.name}, model expects {spec.dtype}")
                 check_shape(arr, spec)
                 arrays[spec.name] = arr
+            check_limits(req.model, arrays, model.manifest)
             result = await self.executor.run(req.model, arrays)
             ok, compute = True, result.compute_s
             outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
         except ExecutorBusy as exc:
             error = f"{self.me.name}: executor busy ({exc}); retry later"
-        except (ModelError, InputError, ExecutionError) as exc:
+        except (ModelError, InputError, LimitError, ExecutionError) as exc:
             error = f"{self.me.name}: {exc}"
         batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
         hop = Hop(self.me.name, arrived, 0.0, "execute", expected,

