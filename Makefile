@@ -31,7 +31,7 @@ run: models
 
 ## The test suite: unit tests of mesh/, real multi-process fleets, real libp2p and onnxruntime.
 test: models
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not engine" $(ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_orbit.py tests/test_wire.py tests/test_config.py tests/test_routing.py

@@ -373,7 +373,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
         kv.validate(broken, "1.30.0", strict=True)
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/docker-compose"), reason="Debian's docker-compose not installed")
+@pytest.mark.engine  # run by `make test-docker`, which installs docker-compose first
 def test_docker_compose_1_29_reads_the_generated_file(tmp_path):
     import subprocess
     (tmp_path / "docker-compose.yml").write_text(generate(ComposeSpec(n=6, publish="first")))

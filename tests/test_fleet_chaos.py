@@ -132,6 +132,7 @@ async def test_configured_loss_is_measured_loss(chaos_fleet):
     assert 100 - 32 <= lost <= 100 + 32, lost
     async with Client(peers["sat-0"].api) as c:
         await c.clear_faults(fid)
+    await wait_for_faults(peers, peers.names(), lambda fs: not fs)  # the clear reached everyone
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -144,9 +145,10 @@ async def test_configured_loss_is_measured_loss(chaos_fleet):
 async def test_bad_faults_are_refused_and_nothing_is_applied(chaos_fleet, spec, words):
     _, peers = chaos_fleet
     async with httpx.AsyncClient(base_url=peers["sat-2"].api) as http:
+        before = (await http.get("/v1/chaos")).json()["faults"]
         r = await http.post("/v1/chaos", json=spec)
         assert r.status_code == 400 and words in r.json()["error"], r.text
-        assert (await http.get("/v1/chaos")).json()["faults"] == []
+        assert (await http.get("/v1/chaos")).json()["faults"] == before
         assert (await http.delete("/v1/chaos/doesnotexist")).status_code == 404
 
 
