@@ -1,0 +1,226 @@
+"""Epidemic dissemination: the broadcast queue, node-state records and link-state records.
+
+Pure data structures that :class:`mesh.membership.Membership` composes; the
+agent reaches them through it (``set_state``, ``node_state``, ``down_links``,
+``piggyback``, ``absorb``).
+
+**Broadcast queue** (memberlist's transmit-limited queue, adapted to a mesh).
+memberlist sends each update λ·log(n) times to random members of a full
+mesh: that is what an epidemic needs to reach everyone w.h.p.  Satellites only
+talk to their ≤ 4 laser neighbours, so the same total budget is spread over
+neighbours: each update goes to each neighbour at most
+``ceil(λ·log10(n+1) / degree)`` times, never to a neighbour it came from or
+that already sent it to us (it has it).  Within a frame's byte budget, the
+updates sent to that neighbour the fewest times go first, newest first, as in
+memberlist.  A newer update about the same subject (a node's liveness, a
+node's state, a link) replaces the queued one.  The queue is bounded: when
+full, the oldest update is dropped (anti-entropy sync repairs what gossip
+dropped).
+
+**Node state**: a small dict (load, queue depth, models, battery, sunlit, ...)
+per node with a version only its owner increments; last writer wins by
+version.  Bounded: at most 16 keys and ``max_bytes`` encoded.
+
+**Link state**: per undirected link, the newest report (``seq``) of whether it
+is up, flooded like OSPF link-state advertisements.  Down wins a tie, so
+concurrent reports err on the side of routing around a link.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from mesh.gossip_msgs import GossipWireError, LinkState, NodeState, Update, check_state_values
+
+
+def per_neighbour_limit(retransmit_mult: float, n_nodes: int, degree: int, floor: int = 2) -> int:
+    """memberlist's λ·log10(n+1) total transmissions, spread over ``degree`` neighbours.
+
+    At least ``floor`` (2) per neighbour: one copy lost to 10% link loss is
+    then re-sent, and the other neighbours' copies make a miss ~1e-6.
+    """
+    total = retransmit_mult * math.log10(max(n_nodes, 1) + 1)
+    return max(floor, math.ceil(total / max(degree, 1)))
+
+
+class _Item:
+    __slots__ = ("update", "size", "sent", "have")
+
+    def __init__(self, update: Update, size: int, have: Iterable[int]):
+        self.update = update
+        self.size = size
+        self.sent: dict[int, int] = {}
+        self.have: set[int] = set(have)
+
+
+class BroadcastQueue:
+    """Updates waiting to be gossiped, with per-neighbour transmit counts."""
+
+    def __init__(self, max_items: int = 1024):
+        if max_items < 1:
+            raise ValueError("a broadcast queue holds at least one item")
+        self.max_items = max_items
+        self._items: dict[tuple, _Item] = {}   # insertion order = age; newest last
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, update: Update, have: Iterable[int] = ()) -> None:
+        """Queue ``update``, replacing any queued update about the same subject."""
+        key = update.key
+        self._items.pop(key, None)
+        self._items[key] = _Item(update, update.wire_size, have)
+        if len(self._items) > self.max_items:
+            self._items.pop(next(iter(self._items)))
+            self.dropped += 1
+
+    def mark_have(self, update: Update, neighbour: int) -> None:
+        """``neighbour`` sent us ``update``: if that is what we hold queued, it needs no copy."""
+        item = self._items.get(update.key)
+        if item is not None and item.update == update:
+            item.have.add(neighbour)
+
+    def pending_for(self, to: int, limit: int) -> bool:
+        for item in self._items.values():
+            if to not in item.have and item.sent.get(to, 0) < limit:
+                return True
+        return False
+
+    def take(self, to: int | None, budget: int, limit: int) -> list[Update]:
+        """Updates for neighbour ``to`` within ``budget`` bytes; counts them as sent.
+
+        Fewest transmissions to ``to`` first, newest first.  ``to=None`` counts
+        transmissions in total, as memberlist does (``limit`` is then the total).
+        """
+        if budget <= 0 or not self._items:
+            return []
+        out: list[Update] = []
+        left = budget
+        key = -1 if to is None else to
+        # newest first, then (stable) fewest transmissions to this neighbour first
+        cand = [(item.sent.get(key, 0), item) for item in reversed(self._items.values())
+                if to is None or to not in item.have]
+        cand.sort(key=lambda x: x[0])
+        for n, item in cand:
+            if n >= limit:
+                break
+            if item.size > left:
+                continue
+            out.append(item.update)
+            item.sent[key] = n + 1
+            left -= item.size
+            if left < 8:
+                break
+        return out
+
+    def prune(self, neighbours: Iterable[int], limit: int, total_limit: int) -> None:
+        """Drop items every current neighbour has, or has been sent ``limit`` times."""
+        nbrs = list(neighbours)
+        done = []
+        for key, item in self._items.items():
+            if item.sent.get(-1, 0) >= total_limit:
+                done.append(key)
+                continue
+            for n in nbrs:
+                if n not in item.have and item.sent.get(n, 0) < limit:
+                    break
+            else:
+                done.append(key)
+        for key in done:
+            del self._items[key]
+
+    def updates(self) -> list[Update]:
+        return [i.update for i in self._items.values()]
+
+
+class StateTable:
+    """Every node's latest state record; this node's own record is authored here."""
+
+    def __init__(self, me: int, max_bytes: int = 512):
+        self.me = me
+        self.max_bytes = max_bytes
+        self._records: dict[int, NodeState] = {}
+        self._floor = 0
+
+    def raise_floor(self, version: int) -> None:
+        """Our next own version must exceed ``version`` (a record from before a restart)."""
+        self._floor = max(self._floor, version)
+
+    def set_own(self, values: dict[str, Any], *, at_least: int = 0) -> NodeState:
+        """A new version of this node's state; ValueError if too big or malformed."""
+        try:
+            pairs = check_state_values(values)
+        except GossipWireError as exc:
+            raise ValueError(str(exc)) from None
+        cur = self._records.get(self.me)
+        version = max(cur.version if cur else 0, at_least, self._floor) + 1
+        rec = NodeState(self.me, version, pairs)
+        if rec.wire_size > self.max_bytes:
+            raise ValueError(f"node state of {rec.wire_size} bytes exceeds the {self.max_bytes}-byte limit")
+        self._records[self.me] = rec
+        return rec
+
+    def merge(self, rec: NodeState) -> bool:
+        """Apply a record; True if it is newer than what we hold (and should spread)."""
+        if rec.wire_size > self.max_bytes:
+            return False
+        cur = self._records.get(rec.node)
+        if cur is not None and cur.version >= rec.version:
+            return False
+        self._records[rec.node] = rec
+        return True
+
+    def get(self, node: int) -> NodeState | None:
+        return self._records.get(node)
+
+    def version(self, node: int) -> int:
+        rec = self._records.get(node)
+        return rec.version if rec else 0
+
+    def records(self) -> list[NodeState]:
+        return list(self._records.values())
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class LinkStateTable:
+    """The newest report about each link; the set of links reported down."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[int, int], LinkState] = {}
+        self._down: frozenset[tuple[int, int]] | None = frozenset()
+
+    def merge(self, rec: LinkState) -> bool:
+        cur = self._records.get((rec.a, rec.b))
+        if cur is not None and cur.order() >= rec.order():
+            return False
+        self._records[(rec.a, rec.b)] = rec
+        if cur is None or cur.up != rec.up:
+            self._down = None
+        return True
+
+    def report(self, a: int, b: int, up: bool, origin: int) -> LinkState:
+        """A new report by ``origin`` (an endpoint) that supersedes the current one."""
+        a, b = min(a, b), max(a, b)
+        cur = self._records.get((a, b))
+        rec = LinkState(a, b, up, (cur.seq + 1) if cur else 1, origin)
+        self.merge(rec)
+        return rec
+
+    def get(self, a: int, b: int) -> LinkState | None:
+        return self._records.get((min(a, b), max(a, b)))
+
+    def is_down(self, a: int, b: int) -> bool:
+        rec = self._records.get((min(a, b), max(a, b)))
+        return rec is not None and not rec.up
+
+    def down(self) -> frozenset[tuple[int, int]]:
+        if self._down is None:
+            self._down = frozenset(k for k, r in self._records.items() if not r.up)
+        return self._down
+
+    def records(self) -> list[LinkState]:
+        return list(self._records.values())

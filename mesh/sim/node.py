@@ -1,0 +1,250 @@
+"""One simulated satellite: the same Membership and delivery objects an agent drives.
+
+This is what ``agent/node.py`` does with real time and real links, done
+with virtual time: feed messages and time into ``mesh.membership`` and
+``mesh.delivery``, send what they return, route tasks with
+``mesh.healing``.  Task frames here carry only sizes (no tensors) and execute
+instantly; everything else is the production code path.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from mesh.delivery import (DedupWindow, ExecutionCache, Expired, HopFailed, HopSender, StoreAndForward, TaskFailed,
+                           TaskLedger, Transmit)
+from mesh.gossip_msgs import HopAck
+from mesh.membership import Membership
+
+if TYPE_CHECKING:
+    from mesh.sim.engine import Simulator
+
+
+@dataclass(frozen=True)
+class TaskFrame:
+    """A routed task request or result as the simulator carries it (sizes only)."""
+
+    kind: str            # "req" | "res"
+    task_id: str
+    attempt: int
+    entry: int
+    dst: int
+    deadline: float
+    ttl: int
+    size: int            # payload bytes
+    hop_id: str
+
+    @property
+    def wire_size(self) -> int:
+        return self.size + 48 + len(self.task_id)
+
+
+class SimNode:
+    """Membership + per-hop reliability + store-and-forward + end-to-end retry, for one node."""
+
+    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+        self.sim = sim
+        self.me = me
+        net = sim.net
+        rng = random.Random(f"{sim.seed}:{me}:{incarnation}")
+        self.m = Membership(me, range(sim.n), net.neighbours, sim.membership_config, rng,
+                            incarnation=incarnation, link_down_expected=net.link_down_expected)
+        dcfg = sim.delivery_config
+        self.hops = HopSender(dcfg, lambda to, now: 2.0 * (net.latency(me, to, now) or 0.01))
+        self.dedup = DedupWindow(dcfg.dedup_capacity, dcfg.dedup_ttl_s)
+        self.store = StoreAndForward(dcfg.store_capacity, dcfg.store_recheck_s)
+        self.ledger = TaskLedger(dcfg)
+        self.exec = ExecutionCache(dcfg.exec_cache)
+        self.avoid: dict[tuple[int, int], float] = {}   # links a hop failed on, until when
+        self.avoid_s = 5.0
+        self._view = -1
+        self.ttl = 64
+        self._tasks: dict[str, tuple[float, int]] = {}   # entry side: task id -> (deadline, size)
+
+    # -- driver interface -----------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        self._send_all(self.m.start(now))
+
+    def take_events(self) -> list[Any]:
+        return self.m.take_events()
+
+    def set_state(self, now: float, values: dict[str, Any]) -> None:
+        self._send_all(self.m.set_state(now, values))
+
+    def next_deadline(self) -> float:
+        t = self.m.next_deadline()
+        if self.hops._out:
+            t = min(t, self.hops.next_deadline())
+        if len(self.store):
+            t = min(t, self.store.next_deadline())
+        if len(self.ledger):
+            t = min(t, self.ledger.next_deadline())
+        if self.avoid:
+            t = min(t, min(self.avoid.values()))
+        return t
+
+    def handle(self, now: float, frm: int, msg: Any) -> None:
+        if isinstance(msg, TaskFrame):
+            self._on_task(now, frm, msg)
+        elif isinstance(msg, HopAck):
+            for mid in msg.ids:
+                self.hops.on_ack(now, mid, frm)
+        else:
+            self._send_all(self.m.on_message(now, frm, msg))
+        self._check_view(now)
+
+    def tick(self, now: float) -> None:
+        self._send_all(self.m.tick(now))
+        if self.avoid:
+            for k in [k for k, u in self.avoid.items() if u <= now]:
+                del self.avoid[k]
+                self._view = -1
+        for x in self.hops.tick(now):
+            if isinstance(x, Transmit):
+                self.sim.send(self.me, x.to, x.item)
+            else:
+                self._hop_failed(now, x)
+        for e in self.store.expire(now):
+            self._expired(now, e)
+        for x in self.ledger.tick(now):
+            if isinstance(x, TaskFailed):
+                self.sim.task_failed(now, x.task_id, x.reason)
+            else:
+                self._send_request(now, x.task_id, x.dst, x.attempt)
+        self._check_view(now, force=self.store.next_deadline() <= now)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def submit(self, now: float, task_id: str, dst: int, deadline: float, size: int = 1024) -> None:
+        a = self.ledger.submit(now, task_id, dst, deadline)
+        self._tasks[task_id] = (deadline, size)
+        self._send_request(now, task_id, dst, a.attempt)
+
+    def _send_request(self, now: float, task_id: str, dst: int, attempt: int) -> None:
+        deadline, size = self._tasks[task_id]
+        f = TaskFrame("req", task_id, attempt, self.me, dst, deadline, self.ttl, size, f"req:{task_id}:{attempt}")
+        self.dedup.first(now, f.hop_id)
+        self._deliver_or_forward(now, f, None)
+
+    def route(self, now: float, dst: int, came_from: int | None = None) -> int | None:
+        m = self.m
+        dl = m.down_links()
+        if self.avoid or self.sim.net.announced:
+            dl = dl | frozenset(self.avoid) | frozenset(self.sim.net.announced)
+        return self.sim.router.next_hop(self.me, dst, self.sim.net.orbit_t(now), down_nodes=m.dead_nodes(),
+                                        down_links=dl, came_from=came_from)
+
+    def _on_task(self, now: float, frm: int, f: TaskFrame) -> None:
+        self.sim.send(self.me, frm, HopAck((f.hop_id,)))
+        if not self.dedup.first(now, f.hop_id):
+            return
+        self._deliver_or_forward(now, f, frm)
+
+    def _deliver_or_forward(self, now: float, f: TaskFrame, came_from: int | None) -> None:
+        if f.dst == self.me:
+            if f.kind == "req":
+                state, _ = self.exec.begin(f.task_id)
+                if state == "running":
+                    return
+                if state == "new":
+                    self.exec.finish(f.task_id, True)
+                    self.sim.task_executed(now, f.task_id)
+                res = TaskFrame("res", f.task_id, f.attempt, f.entry, f.entry, f.deadline, self.ttl, 256,
+                                f"res:{f.task_id}:{f.attempt}")
+                self.dedup.first(now, res.hop_id)
+                self._deliver_or_forward(now, res, None)
+            elif self.ledger.on_result(now, f.task_id):
+                self.sim.task_delivered(now, f.task_id)
+            return
+        if f.ttl <= 0:
+            self.sim.task_trouble(f.task_id, f"ttl exceeded at node {self.me}")
+            self.ledger.note(f.task_id, f"ttl exceeded at node {self.me}")
+            return
+        nh = self.route(now, f.dst, came_from)
+        if nh is None:
+            why = (f"node {f.dst} is dead" if f.dst in self.m.dead_nodes() else f"no route to node {f.dst}")
+            e = self.store.hold(now, f.hop_id, f, f.dst, f.deadline, why=why)
+            self.sim.task_held(f.task_id)
+            if e is not None:
+                self._expired(now, e)
+            return
+        f2 = replace(f, ttl=f.ttl - 1)
+        tx = self.hops.send(now, f2.hop_id, nh, f2, f2.size)
+        self.sim.send(self.me, tx.to, f2)
+
+    def _hop_failed(self, now: float, x: HopFailed) -> None:
+        """Local repair: avoid that link for a while and route the frame again."""
+        self.avoid[(min(self.me, x.to), max(self.me, x.to))] = now + self.avoid_s
+        self.sim.task_trouble(x.item.task_id, x.reason)
+        self._deliver_or_forward(now, replace(x.item, ttl=x.item.ttl + 1), None)
+
+    def _expired(self, now: float, e: Expired) -> None:
+        self.sim.task_trouble(e.item.task_id, e.reason)
+        self.ledger.note(e.item.task_id, e.reason)   # our own task: its failure says why
+
+    def _check_view(self, now: float, force: bool = False) -> None:
+        v = self.m.view_version
+        if v == self._view and not force:
+            return
+        self._view = v
+        if not len(self.store):
+            return
+        for h in self.store.release_ready(now, lambda dst: self.route(now, dst) is not None):
+            self._deliver_or_forward(now, h.item, None)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _send_all(self, sends: list) -> None:
+        send = self.sim.send
+        me = self.me
+        for s in sends:
+            send(me, s.to, s.msg)
+
+
+class FloodNode:
+    """Baseline: naive flooding.  Every new state record is forwarded at once,
+    as its own frame, to every neighbour but the one it came from; no
+    batching, no retransmission, no budget."""
+
+    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+        from mesh.dissemination import StateTable
+        self.sim = sim
+        self.me = me
+        self.states = StateTable(me, 4096)
+        self._events: list[Any] = []
+
+    def start(self, now: float) -> None:
+        pass
+
+    def take_events(self) -> list[Any]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        return math.inf
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def set_state(self, now: float, values: dict[str, Any]) -> None:
+        from mesh.membership import StateChanged
+        rec = self.states.set_own(values)
+        self._events.append(StateChanged(self.me, rec.version, now))
+        self._flood(now, rec, None)
+
+    def _flood(self, now: float, rec: Any, exclude: int | None) -> None:
+        from mesh.gossip_msgs import Gossip
+        for n, _ in self.sim.net.neighbours(self.me, now):
+            if n != exclude:
+                self.sim.send(self.me, n, Gossip((rec,)))
+
+    def handle(self, now: float, frm: int, msg: Any) -> None:
+        from mesh.membership import StateChanged
+        for rec in msg.updates:
+            if rec.node != self.me and self.states.merge(rec):
+                self._events.append(StateChanged(rec.node, rec.version, now))
+                self._flood(now, rec, frm)

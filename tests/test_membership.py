@@ -1,0 +1,400 @@
+"""Membership, gossip messages and dissemination: the pure core, driven by a tiny in-memory twin."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+
+import msgpack
+import pytest
+
+from mesh.dissemination import BroadcastQueue, LinkStateTable, StateTable, per_neighbour_limit
+from mesh.gossip_msgs import (Ack, Alive, Dead, Gossip, GossipWireError, HopAck, LinkState, Nack, NodeState, Ping,
+                              Suspect, SyncReply, SyncRequest, decode, encode, message_from_wire, roster_id,
+                              update_from_wire)
+from mesh.membership import (LinkDown, LinkUp, Membership, MembershipConfig, NodeAlive, NodeDead, NodeSuspect, Send,
+                             StateChanged, _Suspicion, constellation_config, fleet_config, small_config)
+
+# -- a 4×4 torus (a +Grid in miniature: every link is on two squares) --------------------------
+
+W = 4
+N = W * W
+
+
+def torus() -> dict[int, list[int]]:
+    adj = {}
+    for i in range(N):
+        r, c = divmod(i, W)
+        adj[i] = sorted({((r + 1) % W) * W + c, ((r - 1) % W) * W + c, r * W + (c + 1) % W, r * W + (c - 1) % W})
+    return adj
+
+
+class Twin:
+    """An in-memory transport: fixed latency, optional loss and cut links, virtual time."""
+
+    def __init__(self, cfg: MembershipConfig, *, lat: float = 0.005, loss: float = 0.0, seed: int = 0,
+                 expected: set[tuple[int, int]] | None = None):
+        self.adj = torus()
+        self.lat = lat
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.cut: set[tuple[int, int]] = set()
+        self.expected = expected or set()
+        self.now = 0.0
+        self.cfg = cfg
+        self.heap: list = []
+        self.seq = 0
+        self.events: list = []
+        self.sent: list[tuple[int, int, object]] = []
+        self.nodes: dict[int, Membership | None] = {}
+        for i in range(N):
+            self.boot(i)
+
+    def neighbours(self, node: int, now: float) -> list[tuple[int, float]]:
+        return [(j, self.lat) for j in self.adj[node]]
+
+    def down_expected(self, a: int, b: int, now: float) -> bool:
+        return (min(a, b), max(a, b)) in self.expected
+
+    def boot(self, i: int, incarnation: int = 0) -> Membership:
+        m = Membership(i, range(N), self.neighbours, self.cfg, random.Random(100 + i), incarnation=incarnation,
+                       link_down_expected=self.down_expected)
+        self.nodes[i] = m
+        self.out(i, m.start(self.now))
+        return m
+
+    def kill(self, i: int) -> None:
+        self.nodes[i] = None
+
+    def out(self, src: int, sends: list[Send]) -> None:
+        for s in sends:
+            assert s.to in self.adj[src], "membership only sends to laser neighbours"
+            self.sent.append((src, s.to, s.msg))
+            if (src, s.to) in self.cut or (self.loss and self.rng.random() < self.loss):
+                continue
+            self.seq += 1
+            heapq.heappush(self.heap, (self.now + self.lat, self.seq, s.to, src, s.msg))
+
+    def run(self, until: float, step: float = 0.005) -> None:
+        while self.now < until:
+            nxt = min(self.now + step, until)
+            while self.heap and self.heap[0][0] <= nxt:
+                t, _, dst, src, msg = heapq.heappop(self.heap)
+                self.now = t
+                m = self.nodes.get(dst)
+                if m is not None:
+                    self.out(dst, m.on_message(t, src, msg))
+            self.now = nxt
+            for i, m in self.nodes.items():
+                if m is not None and m.next_deadline() <= self.now:
+                    self.out(i, m.tick(self.now))
+            for i, m in self.nodes.items():
+                if m is not None:
+                    self.events += [(i, e) for e in m.take_events()]
+
+    def live(self) -> list[int]:
+        return [i for i, m in self.nodes.items() if m is not None]
+
+
+def cfg() -> MembershipConfig:
+    from dataclasses import replace
+    return replace(small_config(), rto_margin_s=0.01, start_grace_s=0.2)
+
+
+# -- wire forms --------------------------------------------------------------------------------
+
+UPDATES = [Alive(3, 7), Suspect(3, 7, 4), Dead(3, 7, 4),
+           NodeState(5, 2, (("battery", 0.8), ("load", 0.25), ("models", ("digits", "cloudmask")), ("sunlit", True))),
+           LinkState(2, 9, False, 4, 2)]
+
+
+@pytest.mark.parametrize("msg", [
+    Ping(1, 0, 5, (0, 1, 5), tuple(UPDATES)),
+    Ack(1, 0, 5, (5, 1, 0), (Alive(5, 1),)),
+    Nack(1, 0, 5, 1),
+    Gossip(tuple(UPDATES)),
+    SyncRequest(roster_id([0, 1, 2]), (), (0, 3, 1), b"\x00\x01\x02", (0, 0, 4), (0, 1, 3, 0), (UPDATES[3],)),
+    SyncReply(roster_id([0, 1, 2]), (0, 1, 2), (0, 3, 1), b"\x00\x01\x02", (0, 0, 4)),
+    HopAck(("req:abc:0", "res:abc:1")),
+])
+def test_every_message_round_trips_through_msgpack(msg):
+    raw = msgpack.unpackb(encode(msg), raw=False, strict_map_key=True)
+    assert isinstance(raw, list) and isinstance(raw[0], str)
+    assert message_from_wire(raw) == msg
+    assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("ping", "expected a list"),
+    ([], "kind"),
+    (["ping", 1, 0, 5, [0, 5]], "unknown"),
+    (["ping", 1, 0, 5, [0, 0], []], "twice"),
+    (["ping", 1, 0, 5, [0], []], "at least 2"),
+    (["ping", 1, 0, 5, [1, 5], []], "origin to target"),
+    (["ping", -1, 0, 5, [0, 5], []], "outside"),
+    (["ping", True, 0, 5, [0, 5], []], "integer"),
+    (["ack", 1, 0, 5, [0, 5], []], "target to origin"),
+    (["gossip", [["a", 1]]], "unknown update"),
+    (["gossip", [["n", 1, 2, {"k": object.__name__ * 40}]]], "longer"),
+    (["gossip", [["n", 1, 2, {str(i): i for i in range(20)}]]], "keys"),
+    (["gossip", [["n", 1, 2, {"k": float("nan")}]]], "finite"),
+    (["gossip", [["l", 5, 2, False, 1, 5]]], "a must be < b"),
+    (["gossip", [["l", 2, 5, 0, 1, 5]]], "boolean"),
+    (["sync", 1, [0, 1], [0], b"\x00", [0], [], []], "differ"),
+    (["sync", 1, [], [0], b"\x07", [0], [], []], "statuses"),
+    (["sync", 1, [], [0], b"\x00", [0], [1, 0, 1, 1], []], "bad entry"),
+    (["hopack", [""]], "strings"),
+    (["hopack", [1]], "strings"),
+])
+def test_malformed_messages_raise_value_errors_with_a_reason(raw, why):
+    with pytest.raises(GossipWireError, match=why):
+        message_from_wire(raw)
+    assert issubclass(GossipWireError, ValueError)
+
+
+def test_each_class_decodes_its_own_wire_form_only():
+    assert Ping.from_wire(Ping(1, 0, 5, (0, 5)).to_wire()) == Ping(1, 0, 5, (0, 5))
+    assert Dead.from_wire(["d", 1, 2, 3]) == Dead(1, 2, 3)
+    with pytest.raises(GossipWireError, match="expected a Ack"):
+        Ack.from_wire(Ping(1, 0, 5, (0, 5)).to_wire())
+    with pytest.raises(GossipWireError, match="expected a Alive"):
+        Alive.from_wire(["d", 1, 2, 3])
+
+
+def test_garbage_bytes_are_a_wire_error():
+    with pytest.raises(GossipWireError):
+        decode(b"\xc1\xff\x00")
+
+
+def test_update_wire_sizes_are_their_msgpack_sizes():
+    for u in UPDATES:
+        assert u.wire_size == len(msgpack.packb(u.to_wire(), use_bin_type=True))
+        assert update_from_wire(u.to_wire()) == u
+
+
+# -- dissemination structures --------------------------------------------------------------------
+
+def test_queue_sends_fewest_transmitted_first_then_newest_without_repeats():
+    q = BroadcastQueue()
+    for n in range(5):
+        q.push(Alive(n, 1))
+    first = q.take(to=9, budget=10_000, limit=2)
+    assert [u.node for u in first] == [4, 3, 2, 1, 0]          # newest first, each once per frame
+    q.push(Alive(7, 1))
+    second = q.take(to=9, budget=10_000, limit=2)
+    assert [u.node for u in second] == [7, 4, 3, 2, 1, 0]       # the unsent one leads
+    assert q.take(to=9, budget=10_000, limit=2) == [Alive(7, 1)]
+    assert q.take(to=9, budget=10_000, limit=2) == []           # limit reached for this neighbour
+    assert len(q.take(to=8, budget=10_000, limit=2)) == 6       # another neighbour still gets all
+
+
+def test_queue_respects_the_byte_budget_and_replaces_by_subject():
+    q = BroadcastQueue()
+    q.push(Alive(1, 1))
+    q.push(Suspect(1, 1, 2))       # same subject (node 1's liveness): replaces
+    q.push(Alive(2, 1))
+    assert len(q) == 2
+    one = q.take(to=5, budget=Alive(2, 1).wire_size, limit=3)
+    assert one == [Alive(2, 1)]
+
+
+def test_queue_skips_neighbours_that_have_the_update_and_is_bounded():
+    q = BroadcastQueue(max_items=3)
+    q.push(Alive(1, 1), have=(5,))
+    assert q.take(to=5, budget=1000, limit=3) == []
+    q.mark_have(Alive(1, 0), 6)                     # it sent us something older: it still needs ours
+    assert q.take(to=6, budget=1000, limit=3) == [Alive(1, 1)]
+    q.mark_have(Alive(1, 1), 4)
+    assert q.take(to=4, budget=1000, limit=3) == []
+    for n in range(2, 6):
+        q.push(Alive(n, 1))
+    assert len(q) == 3 and q.dropped == 2
+    q.prune([7], limit=1, total_limit=10**9)
+    assert len(q) == 3
+    q.take(to=7, budget=1000, limit=1)
+    q.prune([7], limit=1, total_limit=10**9)
+    assert len(q) == 0
+
+
+def test_transmit_limit_spreads_lambda_log_n_over_neighbours_with_a_floor():
+    assert per_neighbour_limit(4.0, 1584, 4) == math.ceil(4 * math.log10(1585) / 4)
+    assert per_neighbour_limit(2.0, 24, 4) == 2
+    assert per_neighbour_limit(2.0, 10**6, 1) == math.ceil(2 * math.log10(10**6 + 1))
+
+
+def test_state_table_is_last_writer_wins_and_bounded():
+    t = StateTable(me=0, max_bytes=200)
+    r1 = t.set_own({"load": 0.5})
+    r2 = t.set_own({"load": 0.7})
+    assert (r1.version, r2.version) == (1, 2)
+    assert t.merge(NodeState(3, 2, (("load", 0.1),)))
+    assert not t.merge(NodeState(3, 2, (("load", 0.9),)))
+    assert not t.merge(NodeState(3, 1, (("load", 0.9),)))
+    assert t.merge(NodeState(3, 3, (("load", 0.9),))) and t.get(3).as_dict() == {"load": 0.9}
+    with pytest.raises(ValueError, match="exceeds"):
+        t.set_own({"models": ["m" * 60] * 8})
+    with pytest.raises(ValueError, match="unsupported"):
+        t.set_own({"x": object()})
+    t.raise_floor(10)
+    assert t.set_own({"load": 0}).version == 11
+
+
+def test_link_state_newest_report_wins_and_down_wins_ties():
+    t = LinkStateTable()
+    assert t.merge(LinkState(1, 2, False, 1, 1))
+    assert t.down() == {(1, 2)}
+    assert t.merge(LinkState(1, 2, False, 1, 2)) is True       # same seq, higher origin
+    assert not t.merge(LinkState(1, 2, True, 1, 9))            # up never beats down at the same seq
+    up = t.report(2, 1, True, 2)
+    assert up.seq == 2 and not t.is_down(1, 2) and t.down() == frozenset()
+
+
+def test_lifeguard_suspicion_timeout_falls_with_confirmations():
+    s = _Suspicion(start=10.0, incarnation=0, by=1, k=3, min_t=2.0, max_t=8.0)
+    assert s.deadline == pytest.approx(18.0)
+    deadlines = [s.deadline]
+    for by in (2, 3, 4):
+        assert s.confirm(by)
+        deadlines.append(s.deadline)
+    assert deadlines == sorted(deadlines, reverse=True)
+    assert deadlines[-1] == pytest.approx(12.0)                # k confirmations: the minimum
+    assert not s.confirm(2)                                    # the same confirmer twice counts once
+
+
+def test_presets_are_valid_and_explain_their_scale():
+    for f in (fleet_config, constellation_config, small_config):
+        c = f()
+        assert c.probe_interval_s > 0 and c.suspicion_max_mult >= 1
+    assert fleet_config().probe_interval_s < constellation_config().probe_interval_s
+    with pytest.raises(ValueError):
+        MembershipConfig(probe_interval_s=0)
+
+
+# -- incarnation rules (one node, messages fed by hand) ----------------------------------------------
+
+def lone(me: int = 0, incarnation: int = 0) -> Membership:
+    nb = {0: [1, 2], 1: [0, 2], 2: [0, 1]}
+    m = Membership(me, range(3), lambda n, t: [(x, 0.005) for x in nb[n]], cfg(), random.Random(1),
+                   incarnation=incarnation)
+    m.start(0.0)
+    return m
+
+
+def test_a_suspected_node_refutes_with_a_higher_incarnation():
+    m = lone()
+    sends = m.on_message(1.0, 1, Gossip((Suspect(0, 0, 1),)))
+    assert m.incarnation == 1
+    assert any(isinstance(u, Alive) and u.node == 0 and u.incarnation == 1
+               for s in sends for u in getattr(s.msg, "updates", ()))
+    m.on_message(1.1, 1, Gossip((Dead(0, 1, 2),)))
+    assert m.incarnation == 2
+    m.on_message(1.2, 1, Gossip((Suspect(0, 1, 2),)))            # stale: below our incarnation
+    assert m.incarnation == 2
+
+
+def test_alive_needs_a_higher_incarnation_to_override_death():
+    m = lone()
+    m.on_message(1.0, 1, Gossip((Dead(2, 3, 1),)))
+    assert m.status(2) == "dead" and 2 in m.dead_nodes()
+    m.on_message(1.1, 1, Gossip((Alive(2, 3),)))
+    assert m.status(2) == "dead"
+    m.on_message(1.2, 1, Gossip((Alive(2, 4),)))
+    assert m.status(2) == "alive" and m.incarnation_of(2) == 4
+    evs = m.take_events()
+    assert [type(e) for e in evs] == [NodeDead, NodeAlive]
+    assert m.view_version >= 2
+
+
+def test_a_restarted_node_outbids_the_incarnation_the_fleet_remembers():
+    m = lone(incarnation=0)
+    # A neighbour's digest: node 0 (us) is dead at incarnation 5 from our previous life.
+    req = SyncRequest(roster_id((0, 1, 2)), (), (5, 0, 0), bytes([2, 0, 0]), (0, 0, 0))
+    sends = m.on_message(2.0, 1, req)
+    assert m.incarnation == 6
+    assert any(isinstance(s.msg, SyncReply) for s in sends)
+
+
+def test_state_spreads_by_version_and_piggyback_absorb_carry_it_on_foreign_frames():
+    a, b = lone(0), lone(1)
+    a.set_state(1.0, {"load": 0.4, "queue": 2, "models": ["digits"]})
+    ups = a.piggyback(512, to=1)
+    assert any(isinstance(u, NodeState) for u in ups)
+    b.absorb(1.1, ups, from_node=0)
+    assert b.node_state(0) == {"load": 0.4, "queue": 2, "models": ["digits"]}
+    assert any(isinstance(e, StateChanged) and e.node == 0 for e in b.take_events())
+    assert a.piggyback(0, to=1) == []
+
+
+def test_nothing_to_do_before_the_deadline():
+    m = lone()
+    t = m.next_deadline()
+    assert t < math.inf
+    assert m.tick(t - 1e-6) == [] or t - 1e-6 < 0
+
+
+# -- protocol runs on the twin -----------------------------------------------------------------------
+
+def test_a_death_is_detected_and_known_everywhere():
+    tw = Twin(cfg())
+    tw.run(3.0)
+    tw.kill(5)
+    tw.run(8.0)
+    for i in tw.live():
+        assert tw.nodes[i].status(5) == "dead", i
+    deaths = [e for _, e in tw.events if isinstance(e, NodeDead)]
+    assert {e.node for e in deaths} == {5}
+
+
+def test_a_cut_link_is_reported_down_and_no_node_dies():
+    tw = Twin(cfg())
+    tw.run(2.0)
+    tw.cut |= {(0, 1), (1, 0)}
+    tw.run(8.0)
+    assert not any(isinstance(e, NodeDead) for _, e in tw.events)
+    for i in tw.live():
+        assert tw.nodes[i].down_links() == {(0, 1)}, i
+        assert tw.nodes[i].dead_nodes() == frozenset()
+    tw.cut.clear()
+    tw.run(14.0)
+    assert any(isinstance(e, LinkUp) for _, e in tw.events)
+    for i in tw.live():
+        assert tw.nodes[i].down_links() == frozenset(), i
+
+
+def test_a_link_that_is_expected_down_is_neither_probed_nor_blamed():
+    tw = Twin(cfg(), expected={(0, 1)})
+    tw.cut |= {(0, 1), (1, 0)}
+    tw.run(6.0)
+    assert not [m for s, d, m in tw.sent if {s, d} == {0, 1}]
+    assert not any(isinstance(e, (LinkDown, NodeSuspect, NodeDead)) for _, e in tw.events)
+
+
+def test_no_false_death_under_ten_percent_loss():
+    tw = Twin(cfg(), loss=0.1, seed=4)
+    tw.run(40.0)
+    assert not any(isinstance(e, NodeDead) for _, e in tw.events)
+    assert all(tw.nodes[i].dead_nodes() == frozenset() for i in tw.live())
+
+
+def test_a_restarted_node_rejoins_with_a_higher_incarnation():
+    tw = Twin(cfg())
+    tw.run(2.0)
+    tw.kill(6)
+    tw.run(7.0)
+    assert all(tw.nodes[i].status(6) == "dead" for i in tw.live())
+    m = tw.boot(6, incarnation=0)
+    tw.run(12.0)
+    assert m.incarnation >= 1
+    for i in tw.live():
+        assert tw.nodes[i].status(6) == "alive", i
+        assert tw.nodes[i].incarnation_of(6) == m.incarnation
+
+
+def test_state_changes_reach_every_node():
+    tw = Twin(cfg(), loss=0.1, seed=2)
+    tw.run(1.0)
+    tw.out(3, tw.nodes[3].set_state(tw.now, {"load": 0.9}))
+    tw.run(2.0)
+    for i in tw.live():
+        assert tw.nodes[i].node_state(3) == {"load": 0.9}, i
