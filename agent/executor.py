@@ -184,7 +184,7 @@ class Executor:
                 nursery.start_soon(watchdog)
                 try:
                     result = await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
-                except ExecutionError as exc:
+                except ExecutionError:
                     if options.terminate:
                         exc = ExecutionError(f"{model.name}: timed out after {timeout:g}s")
                     for j in jobs:

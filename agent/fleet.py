@@ -23,11 +23,10 @@ import anyio
 
 from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
-from agent.peers import PeerEntry, Peers, sat_name
+from agent.peers import PeerEntry, Peers
 from mesh.config import FleetConfig, config_to_toml
 from mesh.ground import parse_station
 from mesh.world import World
-from mesh.orbit import WalkerShell
 from mesh.presets import preset
 
 

@@ -16,7 +16,6 @@ import argparse
 import math
 from functools import partial
 import platform
-import statistics
 import sys
 import tempfile
 import time

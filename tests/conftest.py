@@ -1,3 +1,4 @@
+import contextlib
 import socket
 from pathlib import Path
 
@@ -34,3 +35,22 @@ def models_dir() -> Path:
         from agent.zoo import build
         build(MODELS)
     return MODELS
+
+
+@contextlib.contextmanager
+def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...] = (), ready_timeout: float = 120.0,
+                **spec_fields):
+    """A real local fleet for a test module: started on free ports, ready, always stopped."""
+    import trio
+
+    from agent import fleet
+    nodes = n + len(ground)
+    base = free_port_block(2 * nodes)
+    spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes, models=models,
+                           ground=tuple(ground), **spec_fields)
+    cfg, peers, procs = fleet.start(spec)
+    try:
+        trio.run(fleet.wait_ready, peers, ready_timeout, None, procs)
+        yield spec, cfg, peers, procs
+    finally:
+        fleet.stop(directory)

@@ -6,7 +6,6 @@ path's measured latency must be at least, and within 2 ms of, the physics.
 """
 
 import json
-import os
 import signal
 import time
 
@@ -19,25 +18,17 @@ import trio
 from agent import fleet
 from agent.client import ApiError, Client
 from agent.models import session_options
-from mesh.config import parse_config
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
-from tests.conftest import free_port_block
+from tests.conftest import local_fleet
 
 N = 12
 
 
 @pytest.fixture(scope="module")
 def running_fleet(tmp_path_factory, models_dir):
-    d = tmp_path_factory.mktemp("fleet")
-    base = free_port_block(2 * N)
-    spec = fleet.FleetSpec(directory=d, n=N, p2p_base_port=base, api_base_port=base + N, models=models_dir)
-    cfg, peers, procs = fleet.start(spec)
-    try:
-        trio.run(fleet.wait_ready, peers, 90.0, None, procs)
-        yield spec, cfg, peers, procs
-    finally:
-        fleet.stop(d)
+    with local_fleet(tmp_path_factory.mktemp("fleet"), models_dir, N) as running:
+        yield running
 
 
 def samples(models_dir):

@@ -13,31 +13,20 @@ import httpx
 import pytest
 import trio
 
-from agent import fleet
 from agent.client import ApiError, Client
-from tests.conftest import ROOT, free_port_block
+from tests.conftest import ROOT, local_fleet
 
 N = 12
 
-
 @pytest.fixture(scope="module")
 def chaos_fleet(tmp_path_factory, models_dir):
-    d = tmp_path_factory.mktemp("chaosfleet")
-    base = free_port_block(2 * N)
-    spec = fleet.FleetSpec(directory=d, n=N, p2p_base_port=base, api_base_port=base + N, models=models_dir)
-    cfg, peers, procs = fleet.start(spec)
-    try:
-        trio.run(fleet.wait_ready, peers, 90.0, None, procs)
+    with local_fleet(tmp_path_factory.mktemp("chaosfleet"), models_dir, N) as (spec, _, peers, _):
         yield spec, peers
-    finally:
-        fleet.stop(d)
-
 
 async def link_stats(peers, node, peer):
     async with Client(peers[node].api) as c:
         links = (await c.links())["links"]
     return next(link for link in links if link["peer"] == peer)
-
 
 async def wait_for_faults(peers, nodes, predicate, timeout=5.0):
     with trio.fail_after(timeout):
@@ -50,7 +39,6 @@ async def wait_for_faults(peers, nodes, predicate, timeout=5.0):
                 return
             await trio.sleep(0.05)
 
-
 async def probe_count(peers, src, dst, frames=100, rate=200.0):
     """Send ``frames`` probes src→dst; returns how many dst received."""
     before = (await link_stats(peers, dst, src))["probes_received"]
@@ -58,7 +46,6 @@ async def probe_count(peers, src, dst, frames=100, rate=200.0):
         await c.probe(dst, rate_hz=rate, size=1024, duration_s=frames / rate)
     await trio.sleep(frames / rate + 0.3)  # + a laser hop and release
     return (await link_stats(peers, dst, src))["probes_received"] - before
-
 
 async def test_cut_issued_far_away_stops_a_link_until_restored(chaos_fleet, models_dir):
     _, peers = chaos_fleet
@@ -87,7 +74,6 @@ async def test_cut_issued_far_away_stops_a_link_until_restored(chaos_fleet, mode
     await wait_for_faults(peers, ["sat-6", "sat-10"], lambda fs: not fs)
     assert await probe_count(peers, "sat-6", "sat-10") == 100
 
-
 async def test_fault_with_a_duration_reverts_by_itself(chaos_fleet):
     _, peers = chaos_fleet
     async with Client(peers["sat-5"].api) as c:
@@ -96,7 +82,6 @@ async def test_fault_with_a_duration_reverts_by_itself(chaos_fleet):
     await wait_for_faults(peers, ["sat-1", "sat-8"], lambda fs: any(f["active"] for f in fs))
     await trio.sleep(1.2)
     assert await probe_count(peers, "sat-1", "sat-8") == 100
-
 
 async def test_partition_splits_the_fleet_and_heals(chaos_fleet, models_dir):
     _, peers = chaos_fleet
@@ -119,7 +104,6 @@ async def test_partition_splits_the_fleet_and_heals(chaos_fleet, models_dir):
         rec = await c.wait((await c.submit("digits", sample["inputs"], "sat-8"))["task_id"], timeout=20)
     assert rec["status"] == "succeeded", rec
 
-
 async def test_configured_loss_is_measured_loss(chaos_fleet):
     _, peers = chaos_fleet
     async with Client(peers["sat-0"].api) as c:
@@ -133,7 +117,6 @@ async def test_configured_loss_is_measured_loss(chaos_fleet):
     async with Client(peers["sat-0"].api) as c:
         await c.clear_faults(fid)
     await wait_for_faults(peers, peers.names(), lambda fs: not fs)  # the clear reached everyone
-
 
 @pytest.mark.parametrize("spec, words", [
     ({"kind": "cut", "a": "sat-0", "b": "sat-99"}, "unknown node"),
@@ -151,7 +134,6 @@ async def test_bad_faults_are_refused_and_nothing_is_applied(chaos_fleet, spec, 
         assert (await http.get("/v1/chaos")).json()["faults"] == before
         assert (await http.delete("/v1/chaos/doesnotexist")).status_code == 404
 
-
 async def test_metrics_expose_link_counters(chaos_fleet):
     _, peers = chaos_fleet
     async with httpx.AsyncClient(base_url=peers["sat-6"].api) as http:
@@ -159,11 +141,9 @@ async def test_metrics_expose_link_counters(chaos_fleet):
     assert 'orbitmesh_link_frames_dropped_total{cause="cut",dst="sat-10",src="sat-6"}' in text
     assert "orbitmesh_link_delay_error_seconds_bucket" in text
 
-
 def cli(spec, *args):
     return subprocess.run([sys.executable, "-m", "agent", "--dir", str(spec.directory), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-
 
 def test_cli_and_scenarios(chaos_fleet, tmp_path):
     spec, peers = chaos_fleet

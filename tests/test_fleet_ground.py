@@ -12,32 +12,21 @@ import time
 import pytest
 import trio
 
-from agent import fleet
 from agent.client import ApiError, Client
-from tests.conftest import free_port_block
+from tests.conftest import local_fleet
 
 N = 12
 
-
 @pytest.fixture(scope="module")
 def ground_fleet(tmp_path_factory, models_dir):
-    d = tmp_path_factory.mktemp("groundfleet")
-    base = free_port_block(2 * (N + 1))
-    spec = fleet.FleetSpec(directory=d, n=N, p2p_base_port=base, api_base_port=base + N + 1, models=models_dir,
-                           time_scale=60.0, ground=("london",))
-    cfg, peers, procs = fleet.start(spec)
-    try:
-        trio.run(fleet.wait_ready, peers, 90.0, None, procs)
+    with local_fleet(tmp_path_factory.mktemp("groundfleet"), models_dir, N, ground=("london",),
+                     time_scale=60.0) as (spec, cfg, peers, _):
         yield spec, cfg, peers
-    finally:
-        fleet.stop(d)
-
 
 async def ground_links(peers):
     async with Client(peers["gs-london"].api) as c:
         info = await c.node()
     return info, [n["node"] for n in info["neighbours"] if n["link_up"]]
-
 
 async def test_station_links_follow_the_sky_and_carry_tasks(ground_fleet, models_dir):
     spec, cfg, peers = ground_fleet
@@ -77,7 +66,6 @@ async def test_station_links_follow_the_sky_and_carry_tasks(ground_fleet, models
     log = (spec.directory / "logs" / "gs-london.log").read_text()
     assert "out of view; closing the link" in log and "closed (out of view)" in log
     assert time.time() > closed_at
-
 
 async def test_satellites_keep_their_laser_links_while_the_ground_rewires(ground_fleet):
     _, _, peers = ground_fleet

@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 import trio
 
-from agent import fleet, zoo
+from agent import zoo
 from agent.client import ApiError, Client
 from agent.models import session_options
-from tests.conftest import free_port_block
+from tests.conftest import local_fleet
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -49,15 +49,8 @@ def zoo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def running_fleet(tmp_path_factory, zoo_dir):
-    d = tmp_path_factory.mktemp("fleet")
-    base = free_port_block(2 * N)
-    spec = fleet.FleetSpec(directory=d, n=N, p2p_base_port=base, api_base_port=base + N, models=zoo_dir)
-    cfg, peers, procs = fleet.start(spec)
-    try:
-        trio.run(fleet.wait_ready, peers, 120.0, None, procs)
-        yield spec, cfg, peers, procs
-    finally:
-        fleet.stop(d)
+    with local_fleet(tmp_path_factory.mktemp("fleet"), zoo_dir, N) as running:
+        yield running
 
 
 def _local(zoo_dir: Path, name: str, inputs: dict) -> dict[str, np.ndarray]:

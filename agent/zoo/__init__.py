@@ -255,6 +255,18 @@ def _dump_manifest(manifest: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
+def base_manifest(model: Any, recipe: int, description: str) -> dict:
+    """The manifest fields every zoo model has: recipe, description, I/O signature, opsets."""
+    inputs, outputs = io_signature(model)
+    return {
+        "recipe": recipe,
+        "description": description,
+        "inputs": inputs,
+        "outputs": outputs,
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+    }
+
+
 def io_signature(model: Any) -> tuple[list[dict], list[dict]]:
     """Inputs/outputs as JSON-able dicts; dynamic dims become None."""
     import onnx

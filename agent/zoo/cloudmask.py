@@ -187,7 +187,7 @@ def build(out_dir: Path) -> dict:
     import onnxruntime as ort
     import tifffile
 
-    from . import io_signature, write_model
+    from . import base_manifest, write_model
 
     src_bytes, meta, version = _source_model()
     src_sha = hashlib.sha256(src_bytes).hexdigest()
@@ -220,13 +220,8 @@ def build(out_dir: Path) -> dict:
         raise RuntimeError(f"{NAME}: wrapped model disagrees with {SOURCE_MODEL} on a 256x256 tile")
 
     stats = meta["data"]["dataset_statistics"]
-    inputs, outputs = io_signature(model)
     manifest = {
-        "recipe": RECIPE,
-        "description": DESCRIPTION,
-        "inputs": inputs,
-        "outputs": outputs,
-        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        **base_manifest(model, RECIPE, DESCRIPTION),
         "classes": {str(k): v for k, v in CLASSES.items()},
         "preprocess": {
             "bands": stats["band_names"],

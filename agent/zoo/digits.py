@@ -47,7 +47,7 @@ def build(out_dir: Path) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from . import canonicalize_onnx, io_signature, write_model
+    from . import canonicalize_onnx, base_manifest, write_model
 
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)  # train on exactly what the ONNX model will see
@@ -81,13 +81,8 @@ def build(out_dir: Path) -> dict:
     labels, _ = sess.run(["label", "probabilities"], {"input": X_te})
     accuracy = float(np.mean(labels == y_te))
 
-    inputs, outputs = io_signature(model)
     manifest = {
-        "recipe": RECIPE,
-        "description": DESCRIPTION,
-        "inputs": inputs,
-        "outputs": outputs,
-        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        **base_manifest(model, RECIPE, DESCRIPTION),
         "dataset": {
             "source": "sklearn.datasets.load_digits",
             "train": int(len(y_tr)),

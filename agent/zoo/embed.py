@@ -150,7 +150,7 @@ def build(out_dir: Path) -> dict:
     import torch
     import transformers
 
-    from . import canonicalize_onnx, io_signature, write_model
+    from . import canonicalize_onnx, base_manifest, write_model
     from .textprep import encode
 
     threads = torch.get_num_threads()
@@ -205,13 +205,8 @@ def build(out_dir: Path) -> dict:
         for (group, text), one in zip(SENTENCES, singles)
     ]
 
-    inputs, outputs = io_signature(model)
     manifest = {
-        "recipe": RECIPE,
-        "description": DESCRIPTION,
-        "inputs": inputs,
-        "outputs": outputs,
-        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        **base_manifest(model, RECIPE, DESCRIPTION),
         "preprocess": {
             "kind": "tokenize",
             "tokenizer": TOKENIZER_FILE,

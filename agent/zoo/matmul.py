@@ -78,7 +78,7 @@ def build(out_dir: Path) -> dict:
     import numpy as np
     import onnx
 
-    from . import io_signature, write_model
+    from . import base_manifest, write_model
 
     model = make_model()
     model_bytes = model.SerializeToString()
@@ -93,13 +93,8 @@ def build(out_dir: Path) -> dict:
             "expected": {"c": (a @ b).tolist()},
             "flops": flops(n, k, m),
         })
-    inputs, outputs = io_signature(model)
     manifest = {
-        "recipe": RECIPE,
-        "description": DESCRIPTION,
-        "inputs": inputs,
-        "outputs": outputs,
-        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        **base_manifest(model, RECIPE, DESCRIPTION),
         "flops": "2*n*k*m",
         "limits": {
             "max_elements": MAX_ELEMENTS,
