@@ -184,11 +184,11 @@ class Executor:
                 nursery.start_soon(watchdog)
                 try:
                     result = await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
-                except ExecutionError:
-                    if options.terminate:
-                        exc = ExecutionError(f"{model.name}: timed out after {timeout:g}s")
+                except ExecutionError as failure:
+                    reason = (ExecutionError(f"{model.name}: timed out after {timeout:g}s")
+                              if options.terminate else failure)
                     for j in jobs:
-                        j.error = exc
+                        j.error = reason
                     return
                 finally:
                     nursery.cancel_scope.cancel()

@@ -115,6 +115,15 @@ async def test_timeout_stops_onnxruntime(store):
         n.cancel_scope.cancel()
 
 
+async def test_onnxruntime_errors_reach_the_caller(store):
+    ex = Executor(store, workers=1)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        with pytest.raises(ExecutionError, match="matmul"):  # inner dimensions 3 vs 2
+            await ex.run("matmul", {"a": np.ones((1, 3), np.float32), "b": np.ones((2, 1), np.float32)})
+        n.cancel_scope.cancel()
+
+
 async def test_broken_and_unknown_models(store):
     with pytest.raises(ModelError, match="cannot be loaded"):
         store.get("broken")
