@@ -21,13 +21,21 @@ A scenario is a TOML timeline::
 The whole file is checked against the fleet's topology before anything is
 applied, so a bad event halfway down never leaves half a scenario behind.
 Same file, same seed: same faults at the same offsets.
+
+Node faults (``kill``, ``pause``, ``resume``, ``restart``) act on the node's
+process, not on its links: on a compose constellation through the Docker
+engine (``--compose PROJECT``, or ``$COMPOSE_PROJECT_NAME`` where ``--dir``
+holds no fleet), otherwise on the local fleet in ``--dir`` (signals to the
+pids in its ``fleet.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import sys
 import time
 import tomllib
@@ -142,6 +150,186 @@ def describe(f: dict[str, Any]) -> str:
     return f"[{f['id']}] {k} {where} {what}{dur}".replace("  ", " ")
 
 
+# -- node faults: processes of the local fleet, or containers through the engine -------
+
+NODE_ACTIONS = ("kill", "pause", "resume", "restart")
+
+
+class NodeChaosError(RuntimeError):
+    """A node fault could not be done; the message says why."""
+
+
+def _proc_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (R, S, T, Z, …); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+class LocalNodeChaos:
+    """Kill, pause, resume and restart agents of a local fleet (``orbitmesh up``) by signal.
+
+    kill = SIGKILL (no shutdown, no goodbye on its links); pause = SIGSTOP
+    (links stay open but silent); resume = SIGCONT; restart = SIGKILL, then
+    the same agent command again (same data dir, so the same peer id).
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        path = self.directory / "fleet.json"
+        try:
+            self.state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NodeChaosError(f"no local fleet at {self.directory}/ (no fleet.json): start one with "
+                                 f"`orbitmesh up`, or name a compose project with --compose") from None
+        except ValueError as exc:
+            raise NodeChaosError(f"{path}: {exc}") from None
+        from agent.fleet import FleetError, load_peers
+        try:
+            self.nodes = load_peers(self.directory).names()
+        except FleetError as exc:
+            raise NodeChaosError(str(exc)) from None
+
+    def _pid(self, node: str) -> int | None:
+        if node not in self.nodes:
+            raise NodeChaosError(f"unknown node {node!r}: this fleet has {self.nodes[0]} … {self.nodes[-1]}")
+        from agent.fleet import _alive, _pids
+        pid = _pids(self.directory).get(node)          # current: a restart records its new pid
+        return pid if pid and _alive(pid) and _proc_state(pid) not in (None, "Z", "X") else None
+
+    def status(self, node: str) -> str:
+        pid = self._pid(node)
+        return "down" if pid is None else "paused" if _proc_state(pid) == "T" else "running"
+
+    def _signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, node: str) -> str:
+        pid = self._pid(node)
+        if pid is None:
+            raise NodeChaosError(f"{node} is already down")
+        self._signal(pid, signal.SIGKILL)
+        self._wait_gone(node, pid)
+        return f"killed {node} (pid {pid}, SIGKILL)"
+
+    def pause(self, node: str) -> str:
+        pid = self._pid(node)
+        if pid is None:
+            raise NodeChaosError(f"{node} is down; cannot pause it")
+        if _proc_state(pid) == "T":
+            raise NodeChaosError(f"{node} is already paused (`orbitmesh chaos resume {node}`)")
+        self._signal(pid, signal.SIGSTOP)
+        return f"paused {node} (pid {pid}, SIGSTOP)"
+
+    def resume(self, node: str) -> str:
+        pid = self._pid(node)
+        if pid is None:
+            raise NodeChaosError(f"{node} is down; `orbitmesh chaos restart {node}` starts it again")
+        if _proc_state(pid) != "T":
+            raise NodeChaosError(f"{node} is not paused")
+        self._signal(pid, signal.SIGCONT)
+        return f"resumed {node} (pid {pid}, SIGCONT)"
+
+    def restart(self, node: str) -> str:
+        from agent.fleet import FleetSpec, start_agent
+        pid = self._pid(node)
+        if pid is not None:
+            self._signal(pid, signal.SIGKILL)
+            self._wait_gone(node, pid)
+        spec = self.state.get("spec", {})
+        models = Path(spec.get("models", "models"))
+        if not models.is_absolute() and not models.is_dir() and (self.directory.parent / models).is_dir():
+            models = self.directory.parent / models      # relative to where `up` ran
+        proc = start_agent(FleetSpec(directory=self.directory, models=models), node)
+        what = f"killed pid {pid}, " if pid is not None else "was down, "
+        return f"restarted {node} ({what}new pid {proc.pid})"
+
+    def _wait_gone(self, node: str, pid: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while _proc_state(pid) not in (None, "Z", "X"):
+            if time.monotonic() > deadline:
+                raise NodeChaosError(f"{node} (pid {pid}) did not die within {timeout:.0f} s of SIGKILL")
+            time.sleep(0.02)
+
+    def run(self, action: str, node: str) -> str:
+        if action not in NODE_ACTIONS:
+            raise NodeChaosError(f"unknown action {action!r}; one of {', '.join(NODE_ACTIONS)}")
+        return getattr(self, action)(node)
+
+
+class ComposeNodeChaos:
+    """The same four faults on a compose constellation, through :class:`agent.compose.EngineChaos`."""
+
+    def __init__(self, project: str | None, engine=None):
+        from agent.compose import ChaosError, EngineChaos
+        try:
+            self.engine = engine or EngineChaos(project or None)
+        except ChaosError as exc:
+            raise NodeChaosError(str(exc)) from None
+        self.project = project
+
+    def _state(self, node: str) -> str:
+        from agent.compose import ChaosError
+        try:
+            return self.engine.state(node)
+        except ChaosError as exc:
+            raise NodeChaosError(str(exc)) from None
+
+    def run(self, action: str, node: str) -> str:
+        from agent.compose import ChaosError
+        state = self._state(node)
+        up = state in ("running", "paused", "restarting")
+        if action == "kill" and not up:
+            raise NodeChaosError(f"{node} is already down (container {state})")
+        if action == "pause" and state == "paused":
+            raise NodeChaosError(f"{node} is already paused (`orbitmesh chaos resume {node}`)")
+        if action == "pause" and not up:
+            raise NodeChaosError(f"{node} is down (container {state}); cannot pause it")
+        if action == "resume" and state != "paused":
+            raise NodeChaosError(f"{node} is not paused (container {state})")
+        try:
+            if action == "kill" and state == "paused":
+                self.engine.resume(node)      # the engine refuses to kill a frozen container
+            if action == "restart" and state == "paused":
+                self.engine.resume(node)
+            if action == "restart":
+                # kill then start: a crash and a cold start, like the local fleet's restart
+                if state in ("running", "restarting", "paused"):
+                    self.engine.kill(node)
+                new = self.engine.start(node)
+            else:
+                new = self.engine.run(action, node)
+        except ChaosError as exc:
+            raise NodeChaosError(str(exc)) from None
+        where = f" (compose project {self.project})" if self.project else ""
+        past = {"kill": "killed", "pause": "paused", "resume": "resumed", "restart": "restarted"}[action]
+        return f"{past} {node}{where}: container {new}"
+
+
+def node_chaos(args: argparse.Namespace):
+    """The backend for a node fault: compose when named or configured, else the local fleet."""
+    if args.compose is not None:                       # --compose [PROJECT]
+        return ComposeNodeChaos(args.compose)
+    env = os.environ.get("COMPOSE_PROJECT_NAME")
+    if env and not (Path(args.dir) / "fleet.json").exists():
+        return ComposeNodeChaos(env)                     # configured, and no local fleet here
+    return LocalNodeChaos(args.dir)
+
+
+def cmd_node_chaos(args: argparse.Namespace) -> int:
+    try:
+        print(node_chaos(args).run(args.chaos_cmd, args.target))
+    except NodeChaosError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- command line -----------------------------------------------------------------
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,6 +372,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = cs.add_parser("run", help="run a scenario file (TOML timeline)")
     q.add_argument("scenario", type=Path)
     q.add_argument("--dry-run", action="store_true", help="check the file and print the timeline only")
+    node_help = {"kill": "crash a node (SIGKILL / docker kill)", "pause": "freeze a node (SIGSTOP / docker pause)",
+                 "resume": "thaw a paused node (SIGCONT / docker unpause)",
+                 "restart": "kill a node and start it again (same identity)"}
+    for action in NODE_ACTIONS:
+        q = cs.add_parser(action, help=node_help[action])
+        q.add_argument("target", metavar="NODE", help="e.g. sat-9 or gs-london")
+        q.add_argument("--compose", nargs="?", const="", metavar="PROJECT",
+                       help="act on the container in this compose project through the Docker engine "
+                            "(no PROJECT: any project).  Without it: the local fleet in --dir, or, "
+                            "where there is none, the project $COMPOSE_PROJECT_NAME")
     p.set_defaults(func=cmd_chaos)
 
 
@@ -220,6 +418,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
     from agent.client import ApiError, Client
     from agent.fleet import FleetError, load_peers
+    if args.chaos_cmd in NODE_ACTIONS:
+        return cmd_node_chaos(args)
     try:
         url = args.url or load_peers(args.dir)[args.node].api
     except (FleetError, KeyError) as exc:

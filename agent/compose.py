@@ -9,7 +9,8 @@ Three parts, one module:
   hooks :func:`register` in).
 * **Entry points** (inside the image): ``python -m agent.compose init`` runs
   once per ``up`` in the ``init`` service and ``python -m agent.compose node``
-  starts every satellite (also in Kubernetes pods).
+  starts every satellite (also in Kubernetes pods) and every ground station
+  (``gs-<name>``, node ``n_sats + k``, listed in the config by ``init --ground``).
 * **Chaos through the engine**: :class:`EngineChaos` kills, pauses, resumes,
   restarts and starts node containers with the ``docker`` SDK (the optional
   extra ``orbitmesh[docker]``).
@@ -26,7 +27,8 @@ state:
 * compose: the one-shot ``init`` service creates ``secret`` (32 random bytes,
   hex, mode 0600) and ``config.toml`` (with the fleet's shared start time) in
   the ``fleet`` volume on the first ``up`` and keeps them afterwards; each
-  satellite mounts ``fleet`` read-only and its own ``<node>-data`` volume;
+  node (satellite or ground station) mounts ``fleet`` read-only and its own
+  ``<node>-data`` volume;
 * Kubernetes: the secret is a ``Secret``, the config a ``ConfigMap``; pods of
   a StatefulSet cannot share a volume, which rules out "create random keys
   in a shared volume" there, and the same scheme serves both.
@@ -50,7 +52,7 @@ import re
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +127,19 @@ def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
 
 
 def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int = P2P_PORT,
-                api_port: int = API_PORT):
-    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``."""
-    from agent.peers import PeerEntry, Peers, sat_name
+                api_port: int = API_PORT, stations: tuple[str, ...] = ()):
+    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``.
+
+    ``size`` satellites ``sat-0`` … and then the ground stations ``stations``
+    (in config order): station k is node ``size + k`` named ``gs-<station>``,
+    as in :class:`mesh.nodes.NodeNames`.
+    """
+    from agent.peers import PeerEntry, Peers
+    from mesh.nodes import NodeNames
+    names = NodeNames(size, tuple(stations))
     entries = []
-    for i in range(size):
-        name = sat_name(i)
+    for i in range(len(names)):
+        name = names.name(i)
         host = address.format(name=name, index=i)
         pid = derived_peer_id(secret, name)
         entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}"))
@@ -151,8 +160,13 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
-               time_scale: float | None = None, now: float | None = None) -> list[str]:
-    """Create the fleet volume's secret and config (kept if present); what it did, as lines."""
+               time_scale: float | None = None, now: float | None = None,
+               ground: tuple[str, ...] = ()) -> list[str]:
+    """Create the fleet volume's secret and config (kept if present); what it did, as lines.
+
+    ``ground``: stations added to the preset's config (as ``orbitmesh up
+    --ground`` does), each then run by its own ``gs-<name>`` service.
+    """
     from agent.fleet import FleetError, FleetSpec, fleet_config
     from mesh.config import ConfigError, config_to_toml, parse_config
     fleet_dir = Path(fleet_dir)
@@ -163,7 +177,7 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
         done.append(f"created a new fleet secret in {secret_path}")
     secret = read_secret(secret_path)
     try:
-        want = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale))
+        want = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale, ground=tuple(ground)))
     except FleetError as exc:
         raise ComposeError(str(exc)) from None
     config_path = fleet_dir / "config.toml"
@@ -178,15 +192,26 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
             keep = False
     if keep:
         cfg = parse_config(config_path.read_text())
-        done.append(f"kept {config_path} ({cfg.name}, {cfg.size} satellites, started {cfg.clock.start_unix:.0f})")
+        done.append(f"kept {config_path} ({cfg.name}, {cfg.size} satellites{_stations_note(cfg)}, "
+                    f"started {cfg.clock.start_unix:.0f})")
     else:
         cfg = want.with_start(time.time() if now is None else now)
         _write_atomic(config_path, config_to_toml(cfg))
-        done.append(f"wrote {config_path} ({cfg.name}, {cfg.size} satellites)")
+        done.append(f"wrote {config_path} ({cfg.name}, {cfg.size} satellites{_stations_note(cfg)})")
     # For people and tools; every node derives the same file itself.
-    _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size).to_json())
+    _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
     done.append(f"wrote {fleet_dir / 'peers.json'}")
     return done
+
+
+def station_names(cfg) -> tuple[str, ...]:
+    """The config's ground stations, in node order (station k is node n_sats + k)."""
+    return tuple(st.name for st in cfg.ground.stations)
+
+
+def _stations_note(cfg) -> str:
+    names = station_names(cfg)
+    return f" and ground stations {', '.join(names)}" if names else ""
 
 
 @dataclass
@@ -246,10 +271,11 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
             raise ComposeError(f"no fleet config at {config_path}") from None
         except ConfigError as exc:
             raise ComposeError(f"{config_path}: {exc}") from None
-    peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port)
+    peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port, stations=station_names(cfg))
     if node not in peers:
+        gs = [n for n in peers.names() if not n.startswith("sat-")]
         raise ComposeError(f"{node} is not in this fleet ({cfg.name} has {cfg.size} satellites: "
-                           f"{peers.names()[0]} … {peers.names()[-1]})")
+                           f"sat-0 … sat-{cfg.size - 1}; ground stations: {', '.join(gs) or 'none'})")
     peer_id = ensure_identity(data_dir, secret, node)
     _write_atomic(Path(peers_path), peers.to_json())
     argv = ["--models", models, "agent", "--node", node,
@@ -264,6 +290,10 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
 # the compose file
 
 
+# The committed docker-compose.yml runs these two beside the demo satellites.
+DEMO_GROUND = ("london", "tokyo")
+
+
 @dataclass(frozen=True)
 class ComposeSpec:
     preset: str = "demo"
@@ -274,31 +304,47 @@ class ComposeSpec:
     api_base_port: int = 8100            # sat-i's API is published on api_base_port + i
     publish: str = "all"                 # all | first | none
     realtime: bool = True                # cap_add SYS_NICE (else --no-realtime)
-    ground: tuple[str, ...] = field(default_factory=tuple)
+    # ground-station services gs-<name>, nodes size+k; built-in station names
+    ground: tuple[str, ...] = DEMO_GROUND
 
 
 PUBLISH_CHOICES = ("all", "first", "none")
+# DNS label: a service name other containers resolve (gs-<name>)
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$")
 
 
-def _check(spec: ComposeSpec) -> int:
-    """Validate ``spec``; the number of satellites."""
+def _check(spec: ComposeSpec):
+    """Validate ``spec``; the fleet config it runs (ground stations included)."""
     from agent.fleet import FleetError, FleetSpec, fleet_config
-    if spec.ground:
-        # Ground stations will be agents too (`orbitmesh agent --ground NAME`);
-        # until that exists there is nothing honest to put in their services.
-        raise ComposeError(f"ground stations ({', '.join(spec.ground)}) are not yet supported: "
-                           f"`orbitmesh agent --ground` does not exist yet")
+    from mesh.ground import parse_station
     if spec.publish not in PUBLISH_CHOICES:
         raise ComposeError(f"--publish must be one of {', '.join(PUBLISH_CHOICES)}, not {spec.publish!r}")
+    seen = set()
+    for g in spec.ground:
+        try:
+            st = parse_station(g)
+        except (KeyError, ValueError) as exc:
+            raise ComposeError(f"--ground: {exc.args[0] if exc.args else exc}") from None
+        if st.name in seen:
+            raise ComposeError(f"--ground {g}: ground station {st.name!r} given twice")
+        seen.add(st.name)
     try:
-        cfg = fleet_config(FleetSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale))
+        cfg = fleet_config(FleetSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale,
+                                     ground=tuple(spec.ground)))
     except FleetError as exc:
         raise ComposeError(str(exc)) from None
-    if spec.publish != "none" and not 0 < spec.api_base_port <= 65535 - (cfg.size - 1):
-        raise ComposeError(f"--api-port {spec.api_base_port}: the {cfg.size} published ports must fit below 65536")
+    for name in station_names(cfg):       # the preset's own stations and the added ones
+        if not _SERVICE_NAME.match(name):
+            # lat,lon stations are named after their coordinates ("51.5000N,0.1200W"),
+            # which is no DNS name: other containers could not resolve the service.
+            raise ComposeError(f"ground station {name!r} cannot be a compose service (gs-<name> must be "
+                               f"a DNS name); use a built-in station such as london")
+    nodes = cfg.size + len(cfg.ground.stations)
+    if spec.publish != "none" and not 0 < spec.api_base_port <= 65535 - (nodes - 1):
+        raise ComposeError(f"--api-port {spec.api_base_port}: the {nodes} published ports must fit below 65536")
     if not spec.image or any(c.isspace() for c in spec.image):
         raise ComposeError(f"bad image name {spec.image!r}")
-    return cfg.size
+    return cfg
 
 
 # A container is healthy once its API answers and every laser link is up.
@@ -308,14 +354,22 @@ _HEALTHCHECK = ("import json,sys,urllib.request as u; "
 
 
 def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
-    """The compose file for ``spec`` as plain data (valid for Compose 1.29 and v2)."""
-    from agent.peers import sat_name
-    size = _check(spec)
+    """The compose file for ``spec`` as plain data (valid for Compose 1.29 and v2).
+
+    One service per node: satellites ``sat-0`` … then ground stations
+    ``gs-<name>`` (node ``size + k``), all alike but for their role label.
+    """
+    from mesh.nodes import NodeNames
+    cfg = _check(spec)
+    size = cfg.size
+    names = NodeNames(size, station_names(cfg))
     init_cmd = ["python", "-m", "agent.compose", "init", "--fleet", FLEET_DIR, "--preset", spec.preset]
     if spec.n is not None:
         init_cmd += ["-n", str(size)]
     if spec.time_scale is not None:
         init_cmd += ["--time-scale", repr(float(spec.time_scale))]
+    for g in spec.ground:
+        init_cmd += ["--ground", g]
     services: dict[str, Any] = {
         "init": {
             "image": spec.image,
@@ -329,8 +383,9 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
         },
     }
     volumes: dict[str, Any] = {"fleet": {}}
-    for i in range(size):
-        name = sat_name(i)
+    for i in range(len(names)):
+        name = names.name(i)
+        role = "ground" if names.is_ground(i) else "satellite"
         cmd = ["python", "-m", "agent.compose", "node", "--node", name, "--fleet", FLEET_DIR, "--data", DATA_DIR]
         if not spec.realtime:
             cmd.append("--no-realtime")
@@ -350,19 +405,18 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
             svc["cap_add"] = ["SYS_NICE"]
         svc.update({
             "security_opt": ["no-new-privileges:true"],
-            "labels": {LABEL_NODE: name, LABEL_ROLE: "satellite"},
-            # a killed satellite stays down until chaos (or you) start it again
+            "labels": {LABEL_NODE: name, LABEL_ROLE: role},
+            # a killed node stays down until chaos (or you) start it again
             "restart": "no",
             "stop_grace_period": "5s",
+            # ready = API answers and every link up; a ground station with no
+            # satellite in view has no links, so it is ready too
             "healthcheck": {"test": ["CMD", "python", "-c", _HEALTHCHECK], "interval": "30s",
                             "timeout": "5s", "retries": 3, "start_period": "60s"},
             "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
         })
         services[name] = svc
         volumes[f"{name}-data"] = {}
-    # Ground stations go here, one service each, once `orbitmesh agent --ground`
-    # exists (see _check); they join the same network and derive their
-    # identities from the same secret.
     return {"services": services, "networks": {NETWORK: {"driver": "bridge"}}, "volumes": volumes}
 
 
@@ -372,17 +426,27 @@ def compose_header(spec: ComposeSpec) -> str:
     how = ["orbitmesh compose", f"--preset {spec.preset}"]
     how += [f"-n {spec.n}"] if spec.n is not None else []
     how += [f"--time-scale {spec.time_scale:g}"] if spec.time_scale is not None else []
+    if spec.ground != d.ground:
+        how += [f"--ground {g}" for g in spec.ground] or ["--no-ground"]
     how += [f"--image {spec.image}"] if spec.image != d.image else []
     how += [f"--publish {spec.publish}"] if spec.publish != d.publish else []
     how += [f"--api-host {spec.api_host}"] if spec.api_host != d.api_host else []
     how += [f"--api-port {spec.api_base_port}"] if spec.api_base_port != d.api_base_port else []
     how += ["--no-realtime"] if not spec.realtime else []
+    cfg = _check(spec)
+    gs = station_names(cfg)
+    ground = ""
+    if gs:
+        ground = (f"\n# Ground station{'s' if len(gs) > 1 else ''} "
+                  + ", ".join(f"gs-{g}" + (f" ({spec.api_base_port + cfg.size + k})" if spec.publish == "all" else "")
+                              for k, g in enumerate(gs))
+                  + ": links only to satellites in view, often none.")
     ports = {"all": f"Satellite sat-i's API is published on {spec.api_host}:{spec.api_base_port}+i.",
              "first": f"sat-0's API is published on {spec.api_host}:{spec.api_base_port}.",
              "none": "No API port is published."}[spec.publish]
     return (f"# Generated by `{' '.join(how)}`; regenerate rather than edit.\n"
             "# Build the image first (`make image`), then: docker compose up -d   (or: docker-compose up -d)\n"
-            f"# {ports}  See docs/docker.md.\n")
+            f"# {ports}{ground}  See docs/docker.md.\n")
 
 
 # -- a small YAML writer (block style; strings double-quoted, JSON-escaped) ------------
@@ -573,14 +637,18 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="host port of sat-0's API; sat-i gets this + i (default: 8100)")
     p.add_argument("--no-realtime", action="store_true",
                    help="run agents with --no-realtime instead of granting CAP_SYS_NICE for SCHED_RR")
-    p.add_argument("--ground", action="append", default=[], metavar="NAME",
-                   help="a ground station service (not yet supported: needs `orbitmesh agent --ground`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ground", action="append", default=None, metavar="NAME",
+                   help="a ground-station service gs-NAME (a built-in station such as london); repeatable; "
+                        f"default: {' and '.join(DEMO_GROUND)}")
+    g.add_argument("--no-ground", action="store_true", help="satellites only, no ground stations")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     spec = ComposeSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
                        api_host=args.api_host, api_base_port=args.api_port, publish=args.publish,
-                       realtime=not args.no_realtime, ground=tuple(args.ground))
+                       realtime=not args.no_realtime,
+                       ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND)
     try:
         text = generate(spec)
     except ComposeError as exc:
@@ -590,9 +658,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         Path(args.out).write_text(text)
-        n = len(compose_document(spec)["services"]) - 1
-        print(f"wrote {args.out}: {n} satellites on network {NETWORK!r}; build the image (`make image`), "
-              f"then `docker compose -f {args.out} up -d`", file=sys.stderr)
+        roles = [svc["labels"][LABEL_ROLE] for svc in compose_document(spec)["services"].values()]
+        n, g = roles.count("satellite"), roles.count("ground")
+        print(f"wrote {args.out}: {n} satellites{f' and {g} ground station' + 's' * (g > 1) if g else ''} on network "
+              f"{NETWORK!r}; build the image (`make image`), then `docker compose -f {args.out} up -d`",
+              file=sys.stderr)
     return 0
 
 
@@ -619,10 +689,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo")
     p.add_argument("-n", type=int, default=None)
     p.add_argument("--time-scale", type=float, default=None)
+    p.add_argument("--ground", action="append", default=[], metavar="NAME",
+                   help="add this ground station to the config (repeatable)")
 
     p = sub.add_parser("node", help="(in a satellite container) derive identity and peers, then run the agent")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--node", help="node name, e.g. sat-3")
+    who.add_argument("--node", help="node name, e.g. sat-3 or gs-london")
     who.add_argument("--node-from-hostname", action="store_true",
                      help="take the index from a StatefulSet pod name (orbitmesh-7 → sat-7)")
     p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR), help="directory with secret and config.toml")
@@ -658,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "init":
-            for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale):
+            for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale, ground=tuple(args.ground)):
                 log.info("%s", line)
             return 0
         if args.command == "node":

@@ -1,4 +1,4 @@
-"""Drive a running compose constellation: real tasks, a container killed while tasks flow.
+"""Drive a running compose constellation: real tasks, a link cut, a container killed while tasks flow.
 
 Run by deploy/test-compose.sh once every agent is ready; talks only to the
 APIs published on the host's loopback and to the local Docker engine.  Every
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +24,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from agent.compose import EngineChaos  # noqa: E402
 
@@ -50,10 +53,21 @@ class Checks:
 
 
 class Fleet:
-    def __init__(self, size: int, api_host: str, api_base: int):
+    def __init__(self, size: int, api_host: str, api_base: int, ground: list[str] = ()):
         self.size = size
         self.urls = {f"sat-{i}": f"http://{api_host}:{api_base + i}" for i in range(size)}
+        # ground station k is node size + k, published on api_base + size + k
+        self.urls.update({f"gs-{g}": f"http://{api_host}:{api_base + size + k}" for k, g in enumerate(ground)})
         self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+
+    def post(self, node: str, path: str, body: dict[str, Any], timeout: float = 5.0) -> httpx.Response:
+        return self.http.post(self.urls[node] + path, json=body, timeout=timeout)
+
+    def link(self, node: str, peer: str) -> dict[str, Any]:
+        return next(row for row in self.get(node, "/v1/links")["links"] if row["peer"] == peer)
+
+    def faults(self, node: str) -> list[dict[str, Any]]:
+        return self.get(node, "/v1/chaos")["faults"]
 
     def get(self, node: str, path: str, timeout: float = 5.0) -> dict[str, Any]:
         r = self.http.get(self.urls[node] + path, timeout=timeout)
@@ -153,6 +167,86 @@ def routes(fleet: Fleet, chaos: EngineChaos) -> Any:
     return route
 
 
+def ground_checks(checks: Checks, fleet: Fleet, gs_names: list[str], names: list[str],
+                  samples: list[dict[str, Any]]) -> None:
+    """Each station is a healthy ground agent; one with a satellite in view carries a task up."""
+    for gs in gs_names:
+        info = fleet.get(gs, "/v1/node")
+        up = [nb["node"] for nb in info["neighbours"] if nb.get("link_up")]
+        checks.check(info.get("kind") == "ground" and fleet.ready(gs) and all(n.startswith("sat-") for n in up),
+                     f"{gs} is a ground agent, healthy, linked to {', '.join(up) or 'no satellite (none in view)'}",
+                     "lat {lat_deg:.1f}°, lon {lon_deg:.1f}°".format(**info["position"]) if not up else "")
+        if not up:
+            continue
+        target = names[(int(up[0].split("-")[1]) + len(names) // 2) % len(names)]
+        rec = fleet.run_task(gs, target, samples[4])
+        if rec.get("status") == "error" and "no route" in str(rec.get("error")):
+            checks.note(f"{gs}: its satellite set before the task left ({rec['error'][:80]})")
+            continue
+        checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[4]["label"],
+                     f"task {gs} → {target} through the station's link: {rec.get('status')}",
+                     " → ".join(path_of(rec)) if rec.get("status") == "succeeded" else str(rec.get("error")))
+
+
+def cut_link(checks: Checks, fleet: Fleet, names: list[str], entry: str, target: str,
+             samples: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """Cut a link on the path of an entry → target task, issued at a third container.
+
+    Tasks on the same pair must still succeed around the cut; both endpoints
+    count the frames the cut drops (probes sent across it, and whatever else
+    tries the link) in GET /v1/links; DELETE heals it.
+    """
+    rec = fleet.run_task(entry, target, samples[0])
+    path = path_of(rec)
+    if not checks.check(rec.get("status") == "succeeded" and len(path) >= 2,
+                        f"task {entry} → {target} before the cut", " → ".join(path) or str(rec.get("error"))):
+        return
+    i = (len(path) - 2) // 2                        # a link in the middle of the path
+    a, b = path[i], path[i + 1]
+    issuer = next(n for n in names if n not in path)  # neither endpoint, not even on the route
+    before = {(a, b): fleet.link(a, b)["dropped"]["cut"], (b, a): fleet.link(b, a)["dropped"]["cut"]}
+    r = fleet.post(issuer, "/v1/chaos", {"kind": "cut", "a": a, "b": b})
+    if not checks.check(r.status_code == 201, f"POST /v1/chaos cut {a}–{b} at {issuer} (on {entry} → {target}'s "
+                                              f"path)", f"HTTP {r.status_code} {r.text[:200]}"):
+        return
+    fid = r.json()["fault"]["id"]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10.0:
+        if all(any(f["id"] == fid and f["active"] for f in fleet.faults(n)) for n in (a, b)):
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    checks.check(took < 10.0, f"the cut reached {a} and {b} (flooded from {issuer})", f"in force after {took:.1f} s")
+    metrics["cut_in_force_s"] = took
+    # frames across the cut: probes both ways, 50 Hz for 1 s
+    for src, dst in ((a, b), (b, a)):
+        fleet.post(src, "/v1/probe", {"peer": dst, "rate_hz": 50, "size": 256, "duration_s": 1.0})
+    pairs = [(entry, target), (target, entry)] * 3
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        recs = list(pool.map(lambda j: fleet.run_task(j[0], j[1], samples[5]), pairs))
+    crossed = [p for p in map(path_of, recs) if any({x, y} == {a, b} for x, y in zip(p, p[1:]))]
+    ok = [r for r in recs if r.get("status") == "succeeded" and label_of(r) == samples[5]["label"]]
+    checks.check(len(ok) == len(recs) and not crossed,
+                 f"{len(ok)}/{len(recs)} tasks {entry} ⇄ {target} succeeded around the cut, none across it",
+                 "; ".join(" → ".join(path_of(r)) or str(r.get("error")) for r in recs[:2]))
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - t0 - took)))
+    after = {(a, b): fleet.link(a, b)["dropped"]["cut"], (b, a): fleet.link(b, a)["dropped"]["cut"]}
+    checks.check(all(after[k] > before[k] for k in before),
+                 "GET /v1/links at both ends counts dropped[\"cut\"] rising",
+                 ", ".join(f"{x}→{y}: {before[(x, y)]} → {after[(x, y)]}" for x, y in before))
+    r = fleet.http.delete(f"{fleet.urls[issuer]}/v1/chaos/{fid}", timeout=5.0)
+    checks.check(r.status_code == 200 and r.json().get("cleared") == [fid], f"DELETE /v1/chaos/{fid} at {issuer}",
+                 r.text[:200])
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 10.0 and any(any(f["id"] == fid for f in fleet.faults(n)) for n in (a, b)):
+        time.sleep(0.1)
+    got = fleet.link(b, a)["probes_received"]
+    fleet.post(a, "/v1/probe", {"peer": b, "rate_hz": 50, "size": 256, "duration_s": 0.5})
+    time.sleep(1.0)
+    got = fleet.link(b, a)["probes_received"] - got
+    checks.check(got >= 20, f"{a}–{b} carries frames again after the clear", f"{got}/25 probes arrived")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--project", required=True, help="compose project name")
@@ -160,28 +254,34 @@ def main() -> int:
     ap.add_argument("--api-host", default="127.0.0.1")
     ap.add_argument("--api-base", type=int, default=8100)
     ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--ground", default="london,tokyo", help="ground stations of the file, comma-separated")
     ap.add_argument("--victim", default="sat-9")
     ap.add_argument("--rejoin-timeout", type=float, default=150.0)
     ap.add_argument("--metrics", type=Path, help="write measured numbers here (JSON)")
     args = ap.parse_args()
 
     checks = Checks()
-    fleet = Fleet(args.size, args.api_host, args.api_base)
+    grounds = [g for g in args.ground.split(",") if g]
+    fleet = Fleet(args.size, args.api_host, args.api_base, grounds)
     chaos = EngineChaos(args.project)
     samples = json.loads((args.models / "digits.json").read_text())["samples"]
     for sample, label in zip(samples, reference_labels(args.models, samples)):
         sample["label"] = label   # the model's answer, which every satellite must give
     names = [f"sat-{i}" for i in range(args.size)]
+    gs_names = [f"gs-{g}" for g in grounds]
     victim = args.victim
     metrics: dict[str, Any] = {}
 
     # -- 0. the engine sees every node; each answers with its identity -----------------
     nodes = chaos.nodes()
-    checks.check(sorted(nodes) == sorted(names), f"Docker engine lists {len(nodes)} node containers",
-                 ", ".join(sorted(set(names) - set(nodes))) or "")
-    ids = {n: fleet.get(n, "/v1/node")["peer_id"] for n in names}
-    checks.check(len(set(ids.values())) == len(names), "every node has its own peer id")
+    checks.check(sorted(nodes) == sorted(names + gs_names), f"Docker engine lists {len(nodes)} node containers",
+                 ", ".join(sorted(set(names + gs_names) - set(nodes))) or "")
+    ids = {n: fleet.get(n, "/v1/node")["peer_id"] for n in names + gs_names}
+    checks.check(len(set(ids.values())) == len(ids), f"every node has its own peer id ({len(ids)} nodes)")
     route = routes(fleet, chaos)
+
+    # -- 0b. ground stations: agents of their own, linked only to satellites in view ----------
+    ground_checks(checks, fleet, gs_names, names, samples)
 
     # -- 1. tasks entering at several containers, each to the farthest satellite ------------
     entries = ["sat-0", "sat-5", "sat-11", "sat-17", "sat-22"]
@@ -209,6 +309,9 @@ def main() -> int:
     rec = fleet.run_task("sat-3", None, samples[0])
     checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[0]["label"],
                  f"task at sat-3 placed by the fleet ran on {rec.get('executor')}", str(rec.get("error") or ""))
+
+    # -- 1b. cut a link on a task's path through the agents' chaos API -------------------
+    cut_link(checks, fleet, names, jobs[0][0], jobs[0][1], samples, metrics)
 
     # -- 2. kill a container while tasks flow --------------------------------------------
     # Pairs whose route avoids the victim: they must keep succeeding.  Tasks
@@ -289,20 +392,28 @@ def main() -> int:
             checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[2]["label"],
                          f"task {entry} → restarted {victim}: {rec.get('status')}", str(rec.get("error") or ""))
 
-    # -- 4. pause and resume (cgroup freezer) ---------------------------------------------
+    # -- 4. pause and resume (cgroup freezer), with `orbitmesh chaos pause|resume --compose` ------
     other = "sat-2"
-    state = chaos.pause(other)
-    checks.check(state == "paused", f"docker pause {other}", f"state {state}")
+
+    def orbitmesh_chaos(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent", "--dir", "/nonexistent", "chaos", *argv,
+                               "--compose", args.project], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    r = orbitmesh_chaos("pause", other)
+    checks.check(r.returncode == 0 and chaos.state(other) == "paused",
+                 f"orbitmesh chaos pause {other} --compose {args.project}", (r.stdout + r.stderr).strip())
+    r = orbitmesh_chaos("pause", other)
+    checks.check(r.returncode == 1 and "already paused" in r.stderr, f"pausing {other} again is refused",
+                 r.stderr.strip())
     time.sleep(2.0)
-    state = chaos.resume(other)
-    checks.check(state == "running", f"docker unpause {other}", f"state {state}")
+    r = orbitmesh_chaos("resume", other)
+    checks.check(r.returncode == 0 and chaos.state(other) == "running",
+                 f"orbitmesh chaos resume {other} --compose {args.project}", (r.stdout + r.stderr).strip())
     took = fleet.wait_ready(other, 60.0)
     rec = fleet.run_task("sat-0", other, samples[3]) if took is not None else {"status": "not ready"}
     checks.check(rec.get("status") == "succeeded", f"task sat-0 → resumed {other}: {rec.get('status')}",
                  str(rec.get("error") or ""))
-
-    # -- 5. link cuts: through the agents' chaos API, which does not exist yet -----------
-    checks.note("SKIP link cut: the agents' chaos API does not exist yet")
 
     if args.metrics:
         args.metrics.write_text(json.dumps(metrics, indent=1))

@@ -4,9 +4,11 @@
 #   image built offline (deploy/build-image.sh), the committed docker-compose.yml
 #   checked against the generator and by Compose itself, the Kubernetes
 #   manifests validated against the Kubernetes schemas, the 24-satellite
-#   constellation brought up, real tasks to several containers, a container
-#   killed while tasks flow, started again (same peer id), paused and resumed;
-#   numbers measured; everything torn down, whatever happens.
+#   constellation and its 2 ground stations brought up, real tasks to several
+#   containers, a link on a task's path cut through the agents' chaos API, a
+#   container killed while tasks flow, started again (same peer id), paused
+#   and resumed with `orbitmesh chaos`; numbers measured; everything torn
+#   down, whatever happens.
 # Only loopback and compose-internal traffic.  Environment: PROJECT
 # (orbitmesh-ci), READY_TIMEOUT (s, 600), KEEP_UP=1 (leave the fleet running),
 # METRICS (JSON file to write the measurements to).
@@ -19,6 +21,8 @@ PY=${PY:-$ROOT/.venv/bin/python}
 COMPOSE_FILE_PATH=$ROOT/docker-compose.yml
 API_BASE=8100
 SIZE=24
+GROUND=london,tokyo            # the committed file's ground stations: nodes SIZE, SIZE+1
+NODES=$(( SIZE + $(tr ',' '\n' <<<"$GROUND" | grep -c .) ))
 WORK=$(mktemp -d /tmp/orbitmesh-compose.XXXXXX)
 METRICS=${METRICS:-$WORK/metrics.json}
 T0=$(date +%s)
@@ -52,7 +56,7 @@ teardown() {
   if [ $rc -ne 0 ]; then
     echo "---- FAILED${FAILED_STEP:+: $FAILED_STEP} — container states and logs ----" >&2
     "${COMPOSE[@]}" ps >&2 2>/dev/null
-    for svc in init sat-0 sat-2 sat-9 sat-15; do
+    for svc in init sat-0 sat-2 sat-9 sat-15 gs-london; do
       echo "---- logs of $svc (last 40 lines) ----" >&2
       "${COMPOSE[@]}" logs --no-color --tail=40 "$svc" >&2 2>/dev/null
     done
@@ -125,7 +129,7 @@ BUILD_S=$(( $(date +%s) - tb ))
 IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
 
 # -- 5. up ---------------------------------------------------------------------------
-step "docker-compose up -d: init + $SIZE satellites (project $PROJECT)"
+step "docker-compose up -d: init + $SIZE satellites + ground stations $GROUND (project $PROJECT)"
 tu=$(date +%s.%N)
 timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log"; die "docker-compose up failed"; }
 UP_RETURNED_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
@@ -134,26 +138,31 @@ ready=0; last=-1
 deadline=$(( $(date +%s) + READY_TIMEOUT ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
   ready=0
-  for i in $(seq 0 $((SIZE - 1))); do
+  # satellites sat-i on API_BASE+i, then the ground stations (a station with no
+  # satellite in view has no links, and is ready once its API answers)
+  for i in $(seq 0 $((NODES - 1))); do
     curl -s -m 2 "http://127.0.0.1:$((API_BASE + i))/v1/health" 2>/dev/null | grep -q '"ready":true' && ready=$((ready + 1))
   done
-  [ "$ready" != "$last" ] && step "agents ready: $ready/$SIZE"
+  [ "$ready" != "$last" ] && step "agents ready: $ready/$NODES"
   last=$ready
-  [ "$ready" -eq "$SIZE" ] && break
-  exited=$("$DOCKER" ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite" --filter status=exited -q | wc -l)
-  [ "$exited" -eq 0 ] || die "$exited satellite containers exited during start-up"
+  [ "$ready" -eq "$NODES" ] && break
+  exited=$("$DOCKER" ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.node" --filter status=exited -q | wc -l)
+  [ "$exited" -eq 0 ] || die "$exited node containers exited during start-up"
   sleep 2
 done
-[ "$ready" -eq "$SIZE" ] || die "only $ready/$SIZE agents ready after ${READY_TIMEOUT} s"
+[ "$ready" -eq "$NODES" ] || die "only $ready/$NODES agents ready after ${READY_TIMEOUT} s"
 READY_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
-step "all $SIZE agents ready ${READY_S} s after up"
+step "all $NODES agents ($SIZE satellites, ground stations $GROUND) ready ${READY_S} s after up"
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
   >"$WORK/mem-ready.txt"
+"$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
+  $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=ground") \
+  >"$WORK/mem-ground.txt"
 
 # -- 6. tasks and chaos --------------------------------------------------------------------
-step "tasks to several containers; kill/start, pause/resume through the engine (deploy/compose_e2e.py)"
-"$PY" deploy/compose_e2e.py --project "$PROJECT" --size "$SIZE" --api-base "$API_BASE" --models models \
+step "tasks to several containers; a link cut; kill/start, pause/resume through the engine (deploy/compose_e2e.py)"
+"$PY" deploy/compose_e2e.py --project "$PROJECT" --size "$SIZE" --ground "$GROUND" --api-base "$API_BASE" --models models \
   --metrics "$WORK/e2e.json" || die "end-to-end checks failed"
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
@@ -173,10 +182,12 @@ def mem(path):
     return {"n": len(vals), "min": min(vals), "median": statistics.median(vals), "max": max(vals)} if vals else {}
 e2e = json.loads((Path(work) / "e2e.json").read_text()) if (Path(work) / "e2e.json").exists() else {}
 m = {"build_s": int(build_s), "image_mb": int(image_mb), "up_returned_s": float(up_s), "up_to_ready_s": float(ready_s),
-     "mem_mib_ready": mem(Path(work) / "mem-ready.txt"), "mem_mib_after_tasks": mem(Path(work) / "mem-after.txt"), **e2e}
+     "mem_mib_ready": mem(Path(work) / "mem-ready.txt"), "mem_mib_after_tasks": mem(Path(work) / "mem-after.txt"),
+     "mem_mib_ground_ready": mem(Path(work) / "mem-ground.txt"), **e2e}
 Path(out).write_text(json.dumps(m, indent=1))
 r, a = m["mem_mib_ready"], m["mem_mib_after_tasks"]
 print(f"measured: build {m['build_s']} s, image {m['image_mb']} MB, up→ready {m['up_to_ready_s']} s, "
       f"memory per agent container {r.get('median', 0):.0f} MiB median ({r.get('min', 0):.0f}–{r.get('max', 0):.0f}) "
-      f"at ready, {a.get('median', 0):.0f} MiB after tasks; written to {out}")
+      f"at ready, {a.get('median', 0):.0f} MiB after tasks; ground stations "
+      f"{m['mem_mib_ground_ready'].get('median', 0):.0f} MiB; written to {out}")
 EOF
