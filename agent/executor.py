@@ -129,7 +129,10 @@ class Executor:
             if not queue:
                 continue  # its job was taken into an earlier batch
             try:
-                model = await trio.to_thread.run_sync(self.store.get, name)
+                # Loading happens in a thread, but only once: a loaded model
+                # costs no thread round trip per task.
+                model = self.store.get(name) if self.store.loaded(name) else \
+                    await trio.to_thread.run_sync(self.store.get, name)
             except Exception as exc:
                 self._fail_all(queue, ExecutionError(f"{name}: {exc}"))
                 continue
