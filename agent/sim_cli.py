@@ -81,14 +81,3 @@ def cmd_sim(args: argparse.Namespace) -> int:
     else:
         print(format_report(rep))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="orbitmesh")
-    register(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

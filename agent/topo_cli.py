@@ -389,15 +389,3 @@ def cmd_contacts(args: argparse.Namespace) -> int:
             print(f"{len(rows)} window(s)")
         return 0
     return _run(args, body)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agent.topo_cli topo …``), for tests and until wired into the CLI."""
-    ap = argparse.ArgumentParser(prog="orbitmesh")
-    register(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

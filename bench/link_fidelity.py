@@ -26,9 +26,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import fleet  # noqa: E402
+
 from agent.client import Client  # noqa: E402
-from tests.conftest import free_port_block  # noqa: E402
+from tests.conftest import local_fleet  # noqa: E402
 
 
 async def raw_socket_one_way(size: int, rate: float, seconds: float) -> list[float]:
@@ -108,12 +108,7 @@ def main() -> int:
     print(f"machine: {platform.node()} {platform.machine()} cores {__import__('os').cpu_count()} "
           f"python {platform.python_version()} date {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as d:
-        base = free_port_block(2 * args.n)
-        spec = fleet.FleetSpec(directory=Path(d), n=args.n, p2p_base_port=base, api_base_port=base + args.n,
-                               models=args.models)
-        cfg, peers, procs = fleet.start(spec)
-        try:
-            trio.run(fleet.wait_ready, peers, 180.0, None, procs)
+        with local_fleet(Path(d), args.models, args.n, ready_timeout=180.0) as (_, cfg, peers, _):
             from agent.chaos_cli import fleet_topo
             topo = fleet_topo(Path(d))
             links = sorted(tuple(sorted(link)) for link in topo.links)
@@ -166,8 +161,6 @@ def main() -> int:
             print(f"  overall {total_lost}/{total_sent} = {total_lost / total_sent * 100:.2f}% "
                   f"(measured / configured = {total_lost / total_sent / args.loss:.3f}); {inside}/{len(results)} "
                   f"links inside their 95% interval (expect ~95%)")
-        finally:
-            fleet.stop(Path(d))
     return 0
 
 

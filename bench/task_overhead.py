@@ -25,12 +25,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import fleet  # noqa: E402
+
 from agent.client import Client  # noqa: E402
 from agent.models import session_options  # noqa: E402
 from mesh.orbit import Constellation, iso_to_jd  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
-from tests.conftest import free_port_block  # noqa: E402
+from tests.conftest import local_fleet  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -84,17 +84,10 @@ def main() -> int:
     samples = json.loads((args.models / "digits.json").read_text())["samples"]
     raw_ms = raw_onnxruntime_ms(args.models, samples[0]["inputs"])
     with tempfile.TemporaryDirectory() as d:
-        base = free_port_block(2 * args.n)
-        spec = fleet.FleetSpec(directory=Path(d), n=args.n, p2p_base_port=base, api_base_port=base + args.n,
-                               models=args.models)
-        cfg, peers, procs = fleet.start(spec)
-        try:
-            t0 = time.monotonic()
-            trio.run(fleet.wait_ready, peers, 180.0, None, procs)
-            ready_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        with local_fleet(Path(d), args.models, args.n, ready_timeout=180.0) as (_, cfg, peers, _):
+            ready_s = time.monotonic() - t0  # from spawning the processes to every link up
             records = trio.run(workload, peers, cfg, samples, args.tasks, args.concurrency)
-        finally:
-            fleet.stop(Path(d))
     ok = [r for r in records if r["status"] == "succeeded"]
     crossings = [r for r in ok if r["latency"]["hops"] >= 4]
     overhead = [r["latency"]["total_ms"] - r["latency"]["physics_ms"] - raw_ms for r in crossings]

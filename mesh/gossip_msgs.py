@@ -148,8 +148,30 @@ def _packed_size(wire: Any) -> int:
 
 # -- piggybacked updates ---------------------------------------------------------------
 
+class _Update:
+    """What every piggybacked update has: its encoded size, computed once (budgets
+    are checked for every outbound frame)."""
+
+    def to_wire(self) -> list:
+        raise NotImplementedError
+
+    @cached_property
+    def wire_size(self) -> int:
+        return _packed_size(self.to_wire())
+
+
+class _MemberUpdate(_Update):
+    """Alive, Suspect and Dead about one node supersede each other: one key per node."""
+
+    node: int
+
+    @property
+    def key(self) -> tuple:
+        return ("m", self.node)
+
+
 @dataclass(frozen=True)
-class Alive:
+class Alive(_MemberUpdate):
     """``node`` is alive at ``incarnation``: refutes suspicion/death at lower incarnations."""
 
     node: int
@@ -157,20 +179,12 @@ class Alive:
 
     kind = "a"
 
-    @property
-    def key(self) -> tuple:
-        return ("m", self.node)
-
     def to_wire(self) -> list:
         return ["a", self.node, self.incarnation]
 
-    @cached_property
-    def wire_size(self) -> int:
-        return _packed_size(self.to_wire())
-
 
 @dataclass(frozen=True)
-class Suspect:
+class Suspect(_MemberUpdate):
     """``by`` could not reach ``node`` at ``incarnation`` (directly or indirectly)."""
 
     node: int
@@ -179,20 +193,12 @@ class Suspect:
 
     kind = "s"
 
-    @property
-    def key(self) -> tuple:
-        return ("m", self.node)
-
     def to_wire(self) -> list:
         return ["s", self.node, self.incarnation, self.by]
 
-    @cached_property
-    def wire_size(self) -> int:
-        return _packed_size(self.to_wire())
-
 
 @dataclass(frozen=True)
-class Dead:
+class Dead(_MemberUpdate):
     """``node`` at ``incarnation`` was declared dead by ``by`` when its suspicion expired."""
 
     node: int
@@ -201,20 +207,12 @@ class Dead:
 
     kind = "d"
 
-    @property
-    def key(self) -> tuple:
-        return ("m", self.node)
-
     def to_wire(self) -> list:
         return ["d", self.node, self.incarnation, self.by]
 
-    @cached_property
-    def wire_size(self) -> int:
-        return _packed_size(self.to_wire())
-
 
 @dataclass(frozen=True)
-class NodeState:
+class NodeState(_Update):
     """A node's small self-description (load, queue depth, models, battery, sunlit, ...).
 
     Last writer wins by ``version``, which only the node itself increments.
@@ -237,13 +235,9 @@ class NodeState:
     def to_wire(self) -> list:
         return ["n", self.node, self.version, self.as_dict()]
 
-    @cached_property
-    def wire_size(self) -> int:
-        return _packed_size(self.to_wire())
-
 
 @dataclass(frozen=True)
-class LinkState:
+class LinkState(_Update):
     """Link a–b (a < b) seen ``up`` or down by ``origin``; newest ``seq`` wins, down wins ties."""
 
     a: int
@@ -263,10 +257,6 @@ class LinkState:
 
     def to_wire(self) -> list:
         return ["l", self.a, self.b, self.up, self.seq, self.origin]
-
-    @cached_property
-    def wire_size(self) -> int:
-        return _packed_size(self.to_wire())
 
 
 Update = Union[Alive, Suspect, Dead, NodeState, LinkState]

@@ -182,16 +182,16 @@ def test_scenario_rejects_a_plan_that_does_not_fit():
 
 
 def test_cli_prints_figures_and_json(capsys):
-    from agent import sim_cli
-    assert sim_cli.main(["sim", "--preset", "demo", "--seconds", "25", "--loss", "0.1", "--seed", "2"]) == 0
+    from agent.cli import main as cli_main
+    assert cli_main(["sim", "--preset", "demo", "--seconds", "25", "--loss", "0.1", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "kill node" in text and "cut link" in text and "bytes/node/s" in text
-    assert sim_cli.main(["sim", "--planes", "4", "--per-plane", "6", "--seconds", "25", "--json"]) == 0
+    assert cli_main(["sim", "--planes", "4", "--per-plane", "6", "--seconds", "25", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["nodes"] == 24 and rep["deaths"][0]["reached"] == 23
-    assert sim_cli.main(["sim", "--seconds", "3"]) == 2
-    assert sim_cli.main(["sim", "--loss", "2"]) == 2
-    assert sim_cli.main(["sim", "--planes", "4"]) == 2
+    assert cli_main(["sim", "--seconds", "3"]) == 2
+    assert cli_main(["sim", "--loss", "2"]) == 2
+    assert cli_main(["sim", "--planes", "4"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
