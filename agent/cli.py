@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import json
 import logging
 import statistics
@@ -106,7 +107,8 @@ def _start_fleet(args: argparse.Namespace):
           + ", ".join(f"{s.planes}×{s.sats_per_plane} at {s.altitude_km:.0f} km, {s.inclination_deg:.0f}°" for s in cfg.shells)
           + f"); logs in {spec.directory}/logs/")
     try:
-        trio.run(fleet.wait_ready, peers, args.ready_timeout, _progress, procs)
+        trio.run(partial(fleet.wait_ready, peers, args.ready_timeout, _progress, procs,
+                         log_dir=spec.directory / "logs"))
     except BaseException:
         print()
         fleet.stop(spec.directory)

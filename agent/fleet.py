@@ -156,8 +156,12 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
 
 
 async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
-                     procs: dict[str, subprocess.Popen] | None = None) -> None:
-    """Until every agent answers /v1/health with all its links up."""
+                     procs: dict[str, subprocess.Popen] | None = None, log_dir: Path | None = None) -> None:
+    """Until every agent answers /v1/health with all its links up.
+
+    An agent that exits instead is reported with the end of its log, so the
+    cause survives even when the fleet directory is temporary.
+    """
     deadline = time.monotonic() + timeout
     ready: set[str] = set()
     clients = {n: Client(peers[n].api, timeout=2.0) for n in peers.names()}
@@ -167,7 +171,8 @@ async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
                 if name in ready:
                     continue
                 if procs and procs[name].poll() is not None:
-                    raise FleetError(f"{name} exited with code {procs[name].returncode}; see its log")
+                    raise FleetError(f"{name} exited with code {procs[name].returncode}"
+                                     + _log_tail(log_dir, name))
                 try:
                     h = await client.health()
                     if h.get("ready"):
@@ -185,6 +190,16 @@ async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
     finally:
         for c in clients.values():
             await c.aclose()
+
+
+def _log_tail(log_dir: Path | None, name: str, lines: int = 15) -> str:
+    if log_dir is None:
+        return "; see its log"
+    try:
+        tail = (log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"; no log at {log_dir / f'{name}.log'}"
+    return ":\n    " + "\n    ".join(tail)
 
 
 def _pids(directory: Path) -> dict[str, int]:

@@ -1,4 +1,5 @@
 import contextlib
+from functools import partial
 import socket
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
                            ground=tuple(ground), **spec_fields)
     cfg, peers, procs = fleet.start(spec)
     try:
-        trio.run(fleet.wait_ready, peers, ready_timeout, None, procs)
+        trio.run(partial(fleet.wait_ready, peers, ready_timeout, None, procs, log_dir=directory / "logs"))
         yield spec, cfg, peers, procs
     finally:
         fleet.stop(directory)

@@ -46,3 +46,22 @@ def test_agent_with_bad_config_exits_with_a_reason(tmp_path, models_dir):
 def test_status_without_a_fleet(tmp_path):
     r = orbitmesh("--dir", str(tmp_path / "none"), "status")
     assert r.returncode == 1 and "no fleet" in r.stderr
+
+
+def test_an_agent_that_dies_at_start_is_reported_with_its_log(tmp_path):
+    import pytest
+    import trio
+
+    from agent.fleet import FleetError, wait_ready
+    from agent.peers import PeerEntry, Peers
+
+    class Exited:
+        returncode = 1
+
+        def poll(self):
+            return 1
+
+    (tmp_path / "sat-0.log").write_text("starting\nOSError: [Errno 98] address already in use\n")
+    peers = Peers([PeerEntry("sat-0", 0, "id", "/ip4/127.0.0.1/tcp/1/p2p/id", "http://127.0.0.1:1")])
+    with pytest.raises(FleetError, match=r"(?s)sat-0 exited with code 1.*address already in use"):
+        trio.run(wait_ready, peers, 5.0, None, {"sat-0": Exited()}, tmp_path)
