@@ -9,12 +9,26 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel may hand out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(n: int, host: str = "127.0.0.1") -> int:
-    """A base port with ``n`` consecutive free ports (checked by binding)."""
+    """A base port with ``n`` consecutive free ports (checked by binding).
+
+    The block lies below the kernel's ephemeral range: a port taken from
+    inside it can be handed to some outgoing connection (an agent dialling
+    its neighbours, say) between this check and the agent's bind.
+    """
     import random
     rng = random.Random()
+    low = _ephemeral_low()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - n)
+        base = rng.randrange(10000, low - n)
         socks = []
         try:
             for p in range(base, base + n):

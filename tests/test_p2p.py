@@ -14,6 +14,7 @@ import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from tests.conftest import free_port_block
 from agent.p2p import (
     P2PError,
     P2PHost,
@@ -58,9 +59,7 @@ async def echo(stream: P2PStream) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_block(1)
 
 
 # --------------------------------------------------------------------------
