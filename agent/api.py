@@ -59,6 +59,9 @@ def build_app(node: Node) -> Starlette:
     async def node_info(request: Request) -> JSONResponse:
         return JSONResponse(node.describe())
 
+    async def membership(request: Request) -> JSONResponse:
+        return JSONResponse(node.describe_membership())
+
     async def links(request: Request) -> JSONResponse:
         samples = request.query_params.get("samples") in ("1", "true")
         return JSONResponse({"node": node.me.name, "links": node.link_stats(samples)})
@@ -152,7 +155,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
-        Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/links", links),
+        Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),
     ]

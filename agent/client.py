@@ -52,6 +52,10 @@ class Client:
     async def node(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/node")
 
+    async def membership(self) -> dict[str, Any]:
+        """This node's view of the fleet: members, their state, links reported down, delivery counters."""
+        return await self._call("GET", "/v1/membership")
+
     async def links(self, samples: bool = False) -> dict[str, Any]:
         return await self._call("GET", "/v1/links", params={"samples": "1"} if samples else None)
 

@@ -41,7 +41,7 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         url = urlparse(entry.api)
         api = (url.hostname or "127.0.0.1", url.port or 80)
     async with open_host(keypair, lhost, lport) as host:
-        node = Node(name, config, peers, host, ModelStore(models))
+        node = Node(name, config, peers, host, ModelStore(models), incarnation=next_incarnation(Path(data_dir)))
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
@@ -60,6 +60,21 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def next_incarnation(data_dir: Path) -> int:
+    """One more than the last run's: a restarted agent outranks what the fleet
+    remembers of its previous life (suspect or dead), so it rejoins at once."""
+    path = data_dir / "incarnation"
+    try:
+        last = int(path.read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    inc = max(0, last) + 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{inc}\n")
+    tmp.replace(path)
+    return inc
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -157,7 +157,8 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
 
 async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
                      procs: dict[str, subprocess.Popen] | None = None, log_dir: Path | None = None) -> None:
-    """Until every agent answers /v1/health with all its links up.
+    """Until every agent answers /v1/health with all its links up and every
+    member of the fleet known alive (membership has converged).
 
     An agent that exits instead is reported with the end of its log, so the
     cause survives even when the fleet directory is temporary.
@@ -175,7 +176,7 @@ async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
                                      + _log_tail(log_dir, name))
                 try:
                     h = await client.health()
-                    if h.get("ready"):
+                    if h.get("ready") and h.get("members_alive", 0) >= h.get("members_total", 0):
                         ready.add(name)
                 except ApiError:
                     pass

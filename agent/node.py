@@ -18,19 +18,24 @@ import numpy as np
 import trio
 
 from agent.executor import ExecutionError, Executor, ExecutorBusy
+from agent.membership import MembershipService
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import choose_executor
+from agent.relay import Relay
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_json
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
+from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
+from mesh.gossip_msgs import HopAck
+from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import ChaosUpdate, Hop, Message, Probe, TaskRequest, TaskResult, Tensor, WireError
+from mesh.wire import ChaosUpdate, Control, Hop, Message, Probe, TaskRequest, TaskResult, Tensor, WireError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,13 @@ DEFAULT_TASK_TIMEOUT_S = 30.0
 MAX_PROBE_RATE_HZ = 2000
 MAX_PROBE_SECONDS = 120
 MAX_PROBE_BYTES = 256 * 1024
+EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried task without running it again
+STATE_EVERY_S = 1.0             # how often this node's gossiped state is refreshed (when it changed)
+CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected down", not a failure
+PREWARM_EVERY_S = 0.25
+PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
+PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
+OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
 
 
 class SubmitError(Exception):
@@ -57,7 +69,7 @@ class NodeIdentity:
 
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
-                 *, workers: int | None = None):
+                 *, workers: int | None = None, incarnation: int = 0):
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -91,6 +103,20 @@ class Node:
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
             on_link_up=self._sync_chaos, accept_unknown=self._accept_ground,
         )
+        self.healing = HealingRouter(self.router.snapshot)
+        self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
+        self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
+        self.membership = MembershipService(
+            name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=lambda: self.relay.release())
+        self.delivery_config = fleet_delivery()
+        self.relay = Relay(name, peers, self.links, self._route,
+                           lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
+                           self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
+        self.ledger = TaskLedger(self.delivery_config)
+        self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
+        self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
+        self._wake = trio.Event()
         self.started = time.time()
         self._nursery: trio.Nursery | None = None
 
@@ -102,20 +128,78 @@ class Node:
     def _propagation(self, a: str, b: str, sent_at: float) -> float:
         return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
 
+    def _cut_links(self, now: float) -> frozenset[tuple[int, int]]:
+        """Links chaos cuts now, as undirected index pairs (cached for 50 ms: asked per probe)."""
+        at, cut = self._cut_cache
+        if now - at > 0.05 or now < at:
+            pairs = self.chaos.cut_now(now)
+            cut = frozenset((min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
+                            for a, b in pairs if a in self.peers and b in self.peers)
+            self._cut_cache = (now, cut)
+        return cut
+
+    def _link_down_expected(self, a: int, b: int, now: float) -> bool:
+        """A link that is down for a known reason is not a failure: a chaos cut, a
+        contact physics closes within a second, or a ground contact still opening."""
+        if (min(a, b), max(a, b)) in self._cut_links(now):
+            return True
+        if (min(a, b), max(a, b)) not in self._pairs_up(now + CLOSING_LOOKAHEAD_S):
+            return True
+        names = self.topology.names
+        if names.is_ground(a) or names.is_ground(b):
+            return (min(a, b), max(a, b)) not in self._pairs_up(now - OPENING_SETTLE_S)
+        return False
+
+    def _pairs_up(self, wall: float) -> frozenset[tuple[int, int]]:
+        """Links (laser and ground) physics has up at ``wall``, from the shared snapshot."""
+        snap = self.router.snapshot(self.orbit_t(wall))
+        hit = self._pairs_cache.get(snap.t)
+        if hit is None:
+            pairs = [(int(a), int(b)) for a, b in snap.pairs.tolist()]
+            pairs += [(min(int(g), int(s)), max(int(g), int(s))) for g, s in snap.ground_pairs.tolist()]
+            hit = frozenset(pairs)
+            if len(self._pairs_cache) >= 8:
+                self._pairs_cache.pop(next(iter(self._pairs_cache)))
+            self._pairs_cache[snap.t] = hit
+        return hit
+
+    async def _prewarm_routes(self) -> None:
+        """Compute the next snapshot's routes before they are needed (one Dijkstra call
+        for every destination), so forwarding a frame finds them cached instead of
+        running Dijkstra while other frames are due."""
+        warmed = None
+        while True:
+            await trio.sleep(PREWARM_EVERY_S)
+            ahead = time.time() + PREWARM_AHEAD_S
+            t = self.orbit_t(ahead)
+            key = math.floor(t / self.router.step_s)
+            if key == warmed or self.orbit_t(ahead + 1.0) - t > PREWARM_MAX_RATE:
+                continue      # done already, or the clock runs so fast that steps outpace warming
+            warmed = key
+            down = self.membership.down_links() | self._cut_links(time.time())
+            dead = self.membership.dead_nodes()
+            self._pairs_up(ahead)
+            await trio.sleep(0)
+            self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
+                              down_nodes=dead, down_links=down)
+
+    def _route(self, dst: str, came_from: str | None = None, avoid: frozenset = frozenset()) -> str | None:
+        """Next hop towards ``dst`` over the physics mesh minus dead nodes, links
+        reported down, links chaos cuts, and links this node saw fail (``avoid``)."""
+        if dst not in self.peers or dst == self.me.name:
+            return None
+        now = time.time()
+        down = self.membership.down_links() | self._cut_links(now)
+        if avoid:
+            down = down | {(min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
+                           for a, b in avoid}
+        prev = self.peers[came_from].index if came_from in self.peers else None
+        nh = self.healing.next_hop(self.me.index, self.peers[dst].index, self.orbit_t(now),
+                                   down_nodes=self.membership.dead_nodes(), down_links=down, came_from=prev)
+        return None if nh is None or nh not in self.peers.by_index else self.peers.by_index[nh].name
+
     def _next_hop(self, dst: str) -> str | None:
-        """Next hop on the shortest path that avoids links cut by faults."""
-        if dst not in self.peers:
-            return None
-        src, dst_i = self.me.index, self.peers[dst].index
-        if src == dst_i:
-            return None
-        cut = self.chaos.cut_now(time.time())
-        down = frozenset((min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
-                         for a, b in cut)
-        found = self.router.snapshot(self.orbit_t()).shortest_path(src, dst_i, down_links=down)
-        if found is None or len(found[0]) < 2:
-            return None
-        return self.peers.by_index[found[0][1]].name
+        return self.relay.next_hop(dst)
 
     def _link_profile(self, peer: str, now: float) -> LinkProfile:
         profile = self.chaos.profile(self.me.name, peer, now, self.base_profile)
@@ -157,12 +241,20 @@ class Node:
                 log.error("model %s is unusable: %s", name, exc)
                 continue
             await self.executor.warm_up(name)
+        # The first route pays scipy's and the view cache's start-up (~4 ms):
+        # not while a frame is due.
+        for peer in self.peers.by_index.values():
+            self._route(peer.name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.executor.serve)
             nursery.start_soon(self.links.run)
             nursery.start_soon(self._expire_faults)
             nursery.start_soon(self._follow_the_sky)
+            nursery.start_soon(self.membership.run)
+            nursery.start_soon(self._delivery_loop)
+            nursery.start_soon(self._publish_state)
+            nursery.start_soon(self._prewarm_routes)
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------
@@ -207,6 +299,26 @@ class Node:
             return None
         return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
 
+    def _own_state(self) -> dict[str, Any]:
+        """What the rest of the fleet should know about this node (gossiped; small)."""
+        workers = max(1, self.executor.workers)
+        return {"load": round(min(1.0, (self.executor.running + self.executor.queued) / workers), 2),
+                "queue": self.executor.queued, "tasks": len(self._requests),
+                "models": sorted(self.store.names())[:16]}
+
+    async def _publish_state(self) -> None:
+        """Gossip this node's state when it changed (checked every STATE_EVERY_S)."""
+        last: dict[str, Any] | None = None
+        while True:
+            state = self._own_state()
+            if state != last:
+                try:
+                    self.membership.set_state(state)
+                    last = state
+                except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
+                    log.error("state not published: %s", exc)
+            await trio.sleep(STATE_EVERY_S)
+
     async def _expire_faults(self) -> None:
         while True:
             await trio.sleep(1.0)
@@ -235,12 +347,16 @@ class Node:
         if target not in (None, "", "auto") and target not in self.peers:
             raise SubmitError(404, f"unknown target node {target!r}; nodes are {self.peers.names()[0]} … "
                                    f"{self.peers.names()[-1]}")
-        if self.tasks.pending() >= self.config.limits.max_pending_tasks:
-            raise SubmitError(429, f"{self.tasks.pending()} tasks pending at {self.me.name}; retry later")
+        if target in self.peers and self.peers[target].index in self.membership.dead_nodes():
+            raise SubmitError(503, f"{target} is down (declared dead by the fleet's membership); "
+                                   f"submit with target 'auto' or to another node")
+        if len(self._requests) >= self.config.limits.max_pending_tasks:
+            raise SubmitError(429, f"{len(self._requests)} tasks pending at {self.me.name}; retry later")
         latencies = {}
         snap = self.router.snapshot(self.orbit_t())
+        dead = self.membership.dead_nodes()
         for n, lat in snap.neighbours(self.me.index):
-            if n in self.peers.by_index:
+            if n in self.peers.by_index and n not in dead:
                 latencies[self.peers.by_index[n].name] = lat
         link_up = {n: l.up for n, l in self.links.links.items()}
         executor = choose_executor(target, self.me.name, self.executor.full or self.executor.queued > 0,
@@ -248,36 +364,81 @@ class Node:
         if executor == self.me.name and self.executor.full:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
-        if executor != self.me.name and self._next_hop(executor) is None:
-            raise SubmitError(503, f"no route from {self.me.name} to {executor} right now")
         now = time.time()
         rec = TaskRecord(uuid.uuid4().hex, model, self.me.name, executor, created=now)
         self.tasks.add(rec)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
-                          {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl)
+                          {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
+                          deadline=now + timeout_s)
+        # A local task is not retried end to end (nothing can lose it); a remote one
+        # is re-sent under the same id if no result came back in time.
+        self.ledger.submit(now, rec.task_id, self.peers[executor].index, req.deadline,
+                           retry_after=math.inf if executor == self.me.name else None)
+        self._requests[rec.task_id] = req
         assert self._nursery is not None, "node is not running"
-        self._nursery.start_soon(self._drive, rec, req, now, timeout_s)
+        self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
+        self._wake.set()
         return rec
 
-    async def _drive(self, rec: TaskRecord, req: TaskRequest, accepted: float, timeout_s: float) -> None:
-        await self._on_request(req, accepted, 0.0, event="entry")
-        with trio.move_on_after(timeout_s):
-            await rec.done.wait()
-            return
-        if rec.finish(ok=False, when=time.time(), error=f"no result within {timeout_s:.0f}s"):
-            log.warning("task %s timed out", rec.task_id)
+    async def _delivery_loop(self) -> None:
+        """Hop retransmissions, held frames, end-to-end retries and task deadlines."""
+        while True:
+            now = time.time()
+            wait = min(self.relay.next_deadline(), self.ledger.next_deadline()) - now
+            if wait > 0:
+                with trio.move_on_after(min(wait, 0.5)):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+            self.relay.tick()
+            for x in self.ledger.tick(time.time()):
+                if isinstance(x, TaskFailed):
+                    self._fail(x.task_id, x.reason)
+                else:
+                    req = self._requests.get(x.task_id)
+                    if req is not None:
+                        log.info("%s: no result for task %s yet; attempt %d", self.me.name, x.task_id, x.attempt)
+                        await self._on_request(replace(req, attempt=x.attempt), time.time(), 0.0, None, "retry")
+
+    def _fail(self, task_id: str, reason: str) -> None:
+        self._requests.pop(task_id, None)
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.finish(ok=False, when=time.time(), error=reason):
+            log.warning("task %s failed: %s", task_id, reason)
+
+    def _undeliverable(self, msg: TaskRequest | TaskResult, reason: str) -> None:
+        """A frame held past its deadline: the task fails with the reason, never silently."""
+        if isinstance(msg, TaskRequest):
+            if msg.entry == self.me.name:
+                self.ledger.note(msg.task_id, reason)
+                failed = self.ledger.fail(time.time(), msg.task_id, reason)
+                if failed is not None:
+                    self._fail(msg.task_id, reason)
+                return
+            self._send_result(TaskResult(msg.task_id, msg.entry, msg.executor, ok=False, error=reason,
+                                         ttl=self.config.limits.ttl, trace=msg.trace, attempt=msg.attempt,
+                                         deadline=time.time() + DEFAULT_TASK_TIMEOUT_S))
+        else:
+            log.warning("result of %s could not return to %s: %s", msg.task_id, msg.entry, reason)
 
     # -- routed messages ------------------------------------------------------------
 
     async def _on_message(self, msg: Message, from_node: str, arrived: float, expected: float) -> None:
-        if isinstance(msg, TaskRequest):
-            await self._on_request(msg, arrived, expected, event="forward")
+        if isinstance(msg, Control):
+            self.membership.on_control(msg, from_node)
+        elif isinstance(msg, TaskRequest):
+            if self.relay.received(msg, from_node):
+                await self._on_request(msg, arrived, expected, from_node, "forward")
         elif isinstance(msg, TaskResult):
-            await self._on_result(msg, arrived, expected)
+            if self.relay.received(msg, from_node):
+                self._on_result(msg, arrived, expected, from_node)
         elif isinstance(msg, ChaosUpdate):
             self._on_chaos(msg, from_node)
         elif isinstance(msg, Probe):
             self.links.links[from_node].stats.probes_received += 1
+
+    def _on_hop_ack(self, ack: HopAck, from_node: str) -> None:
+        for hop_id in ack.ids:
+            self.relay.on_ack(hop_id, from_node)
 
     # -- chaos ------------------------------------------------------------------------
 
@@ -349,17 +510,29 @@ class Node:
             stats.probes_sent += 1
             self.links.send(peer, Probe(seq, padding))
 
-    async def _on_request(self, req: TaskRequest, arrived: float, expected: float, *, event: str) -> None:
+    async def _on_request(self, req: TaskRequest, arrived: float, expected: float, came_from: str | None,
+                          event: str) -> None:
         if req.executor == self.me.name:
             assert self._nursery is not None
             self._nursery.start_soon(self._execute, req, arrived, expected, event)
             return
-        problem, trace = self._forward(req, req.executor, Hop(self.me.name, arrived, 0.0, event, expected))
+        hop = Hop(self.me.name, arrived, 0.0, event, expected)
+        if event in ("entry", "retry"):
+            self.relay.seen(req)
+        problem = self._forward(req, req.executor, hop, came_from)
         if problem:
-            await self._reply(TaskResult(req.task_id, req.entry, req.executor, ok=False, error=problem,
-                                         ttl=self.config.limits.ttl, trace=trace))
+            self._send_result(TaskResult(req.task_id, req.entry, req.executor, ok=False, error=problem,
+                                         ttl=self.config.limits.ttl, trace=req.trace + (hop,), attempt=req.attempt,
+                                         deadline=req.deadline))
 
     async def _execute(self, req: TaskRequest, arrived: float, expected: float, event: str) -> None:
+        state, cached = self.exec_cache.begin(req.task_id)
+        if state == "running":
+            return          # a retry overtook the first attempt; that one's result answers both
+        if state == "done":
+            self._send_result(replace(cached, attempt=req.attempt, trace=req.trace + (
+                Hop(self.me.name, arrived, time.time(), "execute", expected, detail="repeat: answered from cache"),)))
+            return
         rec = self.tasks.get(req.task_id) if req.entry == self.me.name else None
         if rec is not None:
             rec.status = "running"
@@ -385,56 +558,51 @@ class Node:
         except (ModelError, InputError, LimitError, ExecutionError) as exc:
             error = f"{self.me.name}: {exc}"
         batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
-        hop = Hop(self.me.name, arrived, 0.0, "execute", expected,
+        hop = Hop(self.me.name, arrived, time.time(), "execute", expected,
                   detail=f"compute {compute * 1e3:.2f} ms{batch}" if ok else error)
-        await self._reply(TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error,
-                                     self.config.limits.ttl, req.trace, compute), hop)
+        res = TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error, self.config.limits.ttl,
+                         req.trace + (hop,), compute, req.attempt, req.deadline)
+        self.exec_cache.finish(req.task_id, res)
+        self._send_result(res)
 
-    async def _reply(self, res: TaskResult, hop: Hop | None = None) -> None:
-        """Send a result back to its entry node; ``hop`` is this node's trace entry, if any."""
+    def _send_result(self, res: TaskResult) -> None:
+        """Send a result (its trace already ends with this node's hop) back to its entry node."""
         if res.entry == self.me.name:
-            now = time.time()
-            trace = res.trace + ((replace(hop, departed=now),) if hop else ())
-            self._complete(replace(res, trace=trace), now, 0.0)
+            self._complete(res, time.time(), 0.0)
             return
-        if hop is None:
-            hop = Hop(self.me.name, time.time(), 0.0, "forward")
-        problem, _ = self._forward(res, res.entry, hop)
+        self.relay.seen(res)
+        last = res.trace[-1] if res.trace and res.trace[-1].node == self.me.name else None
+        trace = res.trace[:-1] if last else res.trace
+        hop = last or Hop(self.me.name, time.time(), 0.0, "forward")
+        problem = self._forward(replace(res, trace=trace), res.entry, hop, None)
         if problem:
             log.warning("result of %s cannot return to %s: %s", res.task_id, res.entry, problem)
 
-    async def _on_result(self, res: TaskResult, arrived: float, expected: float) -> None:
+    def _on_result(self, res: TaskResult, arrived: float, expected: float, came_from: str) -> None:
         if res.entry == self.me.name:
             self._complete(res, arrived, expected)
             return
-        problem, _ = self._forward(res, res.entry, Hop(self.me.name, arrived, 0.0, "forward", expected))
+        problem = self._forward(res, res.entry, Hop(self.me.name, arrived, 0.0, "forward", expected), came_from)
         if problem:
             log.warning("result of %s dropped at %s: %s", res.task_id, self.me.name, problem)
 
-    def _forward(self, msg: TaskRequest | TaskResult, dst: str, hop: Hop) -> tuple[str, tuple[Hop, ...]]:
-        """Append ``hop`` and hand ``msg`` to the next hop towards ``dst``.
+    def _forward(self, msg: TaskRequest | TaskResult, dst: str, hop: Hop, came_from: str | None) -> str:
+        """Hand ``msg`` and this node's ``hop`` to the relay towards ``dst``; "" or why it cannot go.
 
-        Returns (reason it could not be sent or "", the trace).  The hop's
-        departure is stamped after routing, at the hand-off to the link, so
-        route computation shows as dwell time at this node, not as link time.
+        No route is not a failure here: the relay holds the frame until one appears.
         """
-        nh = self._next_hop(dst) if msg.ttl > 1 else None
-        trace = msg.trace + (replace(hop, departed=time.time()),)
-        if msg.ttl <= 1:
-            return f"TTL expired at {self.me.name}", trace
-        if nh is None:
-            return f"no route from {self.me.name} to {dst}", trace
-        if nh not in self.links.links:
-            return f"{self.me.name} has no laser link to {nh}", trace
-        if not self.links.send(nh, replace(msg, ttl=msg.ttl - 1, trace=trace)):
-            return f"link {self.me.name}→{nh} queue full", trace
-        return "", trace
+        problem = self.relay.send(msg, dst, came_from, hop)
+        self._wake.set()
+        return problem
 
     def _complete(self, res: TaskResult, arrived: float, expected: float) -> None:
         rec = self.tasks.get(res.task_id)
         if rec is None:
             log.warning("result for unknown task %s", res.task_id)
             return
+        if not self.ledger.on_result(arrived, res.task_id) and rec.status in ("succeeded", "failed"):
+            return      # a repeat (retried task whose first result also arrived)
+        self._requests.pop(res.task_id, None)
         hop = Hop(self.me.name, arrived, arrived, "deliver", expected)
         outputs = {k: t.to_array() for k, t in res.outputs.items()} if res.ok else None
         rec.finish(ok=res.ok, when=arrived, outputs=outputs, error=res.error,
@@ -473,12 +641,20 @@ class Node:
             "position": self.position(), "neighbours": neighbours,
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
+            "incarnation": self.membership.m.incarnation, "members_alive": self.membership.alive_count(),
         }
+
+    def describe_membership(self) -> dict[str, Any]:
+        out = self.membership.describe()
+        out["delivery"] = {**self.relay.describe(), "tasks_in_flight": len(self.ledger),
+                           "end_to_end_retries": self.ledger.retries, "duplicate_results": self.ledger.duplicates}
+        return out
 
     def health(self) -> dict[str, Any]:
         links = self.links.links
         return {"status": "ok", "node": self.me.name, "links_up": sum(l.up for l in links.values()),
-                "links_total": len(links), "ready": self.links.all_up()}
+                "links_total": len(links), "ready": self.links.all_up(),
+                "members_alive": self.membership.alive_count(), "members_total": len(self.peers.by_index)}
 
     def link_stats(self, samples: bool = False) -> list[dict[str, Any]]:
         out = []

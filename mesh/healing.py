@@ -44,32 +44,61 @@ def _norm_links(links: Iterable[tuple[int, int]]) -> frozenset[tuple[int, int]]:
 
 
 class _View:
-    """One snapshot with some nodes and links removed; next-hop trees per destination."""
+    """One snapshot with some nodes and links removed; next-hop trees per destination.
 
-    __slots__ = ("u", "v", "w", "n", "gs", "trees")
+    Paths may not pass through ground stations, so the graph towards a
+    satellite is the same for every satellite destination: it is built once
+    per view, and trees for many destinations come from one Dijkstra call
+    (``warm``).  A ground destination gets its own graph (its in-edges).
+    """
+
+    __slots__ = ("u", "v", "w", "n", "gs", "trees", "_sat_graph")
 
     def __init__(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, n: int, gs: int):
         self.u, self.v, self.w, self.n, self.gs = u, v, w, n, gs
         self.trees: dict[int, np.ndarray] = {}
+        self._sat_graph: tuple | None = None
 
-    def tree(self, dst: int) -> np.ndarray:
-        nxt = self.trees.get(dst)
-        if nxt is not None:
-            return nxt
+    def _graph_to(self, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, csr_matrix]:
+        if dst < self.gs and self._sat_graph is not None:
+            return self._sat_graph
         u, v, w, n = self.u, self.v, self.w, self.n
         if self.gs < n:
             keep = (v < self.gs) | (v == dst)
             u, v, w = u[keep], v[keep], w[keep]
         m = csr_matrix((np.maximum(w, 1e-15), (v, u)), shape=(n, n))   # reversed: row = to
-        dist = dijkstra(m, directed=True, indices=dst)
+        graph = (u, v, w, m)
+        if dst < self.gs:
+            self._sat_graph = graph
+        return graph
+
+    def _tree_from(self, dst: int, dist: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         ok = np.isfinite(dist[u]) & (dist[v] + w <= dist[u] + TIE_EPSILON_S)
-        nxt = np.full(n, -1, dtype=np.int64)
+        nxt = np.full(self.n, -1, dtype=np.int64)
         uu, vv = u[ok], v[ok]
         first_u, first = np.unique(uu, return_index=True)     # edges sorted by (u, v): first = lowest v
         nxt[first_u] = vv[first]
         nxt[dst] = dst
         self.trees[dst] = nxt
         return nxt
+
+    def tree(self, dst: int) -> np.ndarray:
+        nxt = self.trees.get(dst)
+        if nxt is not None:
+            return nxt
+        u, v, w, m = self._graph_to(dst)
+        return self._tree_from(dst, dijkstra(m, directed=True, indices=dst), u, v, w)
+
+    def warm(self, dsts: list[int]) -> int:
+        """Trees for many satellite destinations in one Dijkstra call; returns how many were new."""
+        todo = [d for d in dsts if d < self.gs and d not in self.trees]
+        if not todo:
+            return 0
+        u, v, w, m = self._graph_to(todo[0])
+        dist = dijkstra(m, directed=True, indices=todo)
+        for d, row in zip(todo, np.atleast_2d(dist)):
+            self._tree_from(d, row, u, v, w)
+        return len(todo)
 
 
 class HealingRouter:
@@ -146,6 +175,15 @@ class HealingRouter:
             if len(view.trees) >= self.cache_trees:
                 view.trees.pop(next(iter(view.trees)))
         return int(view.tree(dst)[here])
+
+    def warm(self, dsts: list[int], t: float, *, down_nodes: Iterable[int] = frozenset(),
+             down_links: Iterable[tuple[int, int]] = frozenset()) -> int:
+        """Compute the trees towards ``dsts`` at ``t`` ahead of need (one Dijkstra call
+        for all satellite destinations); returns how many were computed."""
+        view = self._view(self.snapshot_fn(t), frozenset(down_nodes), _norm_links(down_links))
+        done = view.warm(dsts)
+        self.computations += done
+        return done
 
     def next_hop(self, here: int, dst: int, t: float, *, down_nodes: Iterable[int] = frozenset(),
                  down_links: Iterable[tuple[int, int]] = frozenset(), came_from: int | None = None) -> int | None:

@@ -20,6 +20,8 @@ from typing import Any, Union
 import msgpack
 import numpy as np
 
+from mesh.gossip_msgs import GossipWireError, Message as GossipMessage, message_from_wire, message_to_wire
+
 ISL_PROTOCOL = "/orbitmesh/isl/1.0.0"
 _LEN = struct.Struct(">I")
 _HEADER = struct.Struct(">II")  # body length, CRC32 of the body
@@ -95,6 +97,13 @@ class TaskRequest:
     inputs: dict[str, Tensor]
     ttl: int
     trace: tuple[Hop, ...] = ()
+    attempt: int = 0          # end-to-end retry number (same task id): hop ids differ per attempt
+    deadline: float = 0.0     # wall time after which nobody waits for it (store-and-forward expiry)
+
+    @property
+    def hop_id(self) -> str:
+        """Same at every hop of one attempt, so each node's dedup window knows a repeat."""
+        return f"q:{self.task_id}:{self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,19 @@ class TaskResult:
     ttl: int = 64
     trace: tuple[Hop, ...] = ()
     compute_s: float = 0.0    # onnxruntime time at the executor
+    attempt: int = 0          # the request attempt this answers
+    deadline: float = 0.0
+
+    @property
+    def hop_id(self) -> str:
+        return f"r:{self.task_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class Control:
+    """Membership, gossip and hop acknowledgements: one ``mesh.gossip_msgs`` message."""
+
+    msg: GossipMessage
 
 
 @dataclass(frozen=True)
@@ -125,7 +147,7 @@ class Probe:
     padding: bytes = b""
 
 
-Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe]
+Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control]
 ROUTED = (TaskRequest, TaskResult)
 
 
@@ -154,10 +176,12 @@ def _encode_msg(msg: Message) -> list:
         return ["hello", msg.node]
     if isinstance(msg, TaskRequest):
         return ["task", msg.task_id, msg.entry, msg.executor, msg.model, _enc_tensors(msg.inputs),
-                msg.ttl, _enc_trace(msg.trace)]
+                msg.ttl, _enc_trace(msg.trace), msg.attempt, msg.deadline]
     if isinstance(msg, TaskResult):
         return ["result", msg.task_id, msg.entry, msg.executor, msg.ok, _enc_tensors(msg.outputs),
-                msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s]
+                msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s, msg.attempt, msg.deadline]
+    if isinstance(msg, Control):
+        return ["ctl", message_to_wire(msg.msg)]
     if isinstance(msg, ChaosUpdate):
         return ["chaos", list(msg.entries)]
     if isinstance(msg, Probe):
@@ -235,6 +259,19 @@ def _dec_trace(raw: Any) -> tuple[Hop, ...]:
     return tuple(hops)
 
 
+def _attempt(v: Any) -> int:
+    if not 0 <= _expect(v, int, "attempt") < 1 << 31:
+        raise WireError("attempt out of range")
+    return v
+
+
+def _deadline(v: Any) -> float:
+    d = float(_expect(v, (int, float), "deadline"))
+    if not math.isfinite(d) or d < 0:
+        raise WireError("deadline must be finite and ≥ 0")
+    return d
+
+
 def _decode_msg(raw: Any) -> Message:
     _expect(raw, list, "message")
     if not raw:
@@ -243,17 +280,23 @@ def _decode_msg(raw: Any) -> Message:
     try:
         if kind == "hello" and len(args) == 1:
             return Hello(_expect(args[0], str, "hello.node"))
-        if kind == "task" and len(args) == 7:
-            tid, entry, ex, model, inputs, ttl, trace = args
+        if kind == "task" and len(args) == 9:
+            tid, entry, ex, model, inputs, ttl, trace, attempt, deadline = args
             return TaskRequest(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
                                _expect(model, str, "model"), _dec_tensors(inputs, "inputs"),
-                               _expect(ttl, int, "ttl"), _dec_trace(trace))
-        if kind == "result" and len(args) == 9:
-            tid, entry, ex, ok, outputs, err, ttl, trace, compute = args
+                               _expect(ttl, int, "ttl"), _dec_trace(trace), _attempt(attempt), _deadline(deadline))
+        if kind == "result" and len(args) == 11:
+            tid, entry, ex, ok, outputs, err, ttl, trace, compute, attempt, deadline = args
             return TaskResult(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
                               _expect(ok, bool, "ok"), _dec_tensors(outputs, "outputs"), _expect(err, str, "error"),
                               _expect(ttl, int, "ttl"), _dec_trace(trace),
-                              float(_expect(compute, (int, float), "compute_s")))
+                              float(_expect(compute, (int, float), "compute_s")), _attempt(attempt),
+                              _deadline(deadline))
+        if kind == "ctl" and len(args) == 1:
+            try:
+                return Control(message_from_wire(args[0]))
+            except GossipWireError as exc:
+                raise WireError(f"control message: {exc}") from None
         if kind == "chaos" and len(args) == 1:
             entries = _expect(args[0], list, "chaos entries")
             if len(entries) > 4096:

@@ -248,3 +248,14 @@ def test_split_horizon_never_hands_a_frame_straight_back_when_there_is_another_w
     # The frame came from `onward` (its view differed): b must not bounce it straight back.
     alt = hr.next_hop(b, 15, 10.0, came_from=onward)
     assert alt is not None and alt != onward
+
+
+def test_warmed_trees_equal_trees_computed_on_demand(demo_router):
+    cold, warm = HealingRouter(demo_router.snapshot), HealingRouter(demo_router.snapshot)
+    view = {"down_nodes": frozenset({7}), "down_links": frozenset({(0, 1)})}
+    assert warm.warm(list(range(24)), 10.0, **view) == 24
+    computed = warm.computations
+    for src in [s for s in range(24) if s != 7]:     # the dead node routes in a view without itself
+        for dst in range(24):
+            assert warm.next_hop(src, dst, 10.0, **view) == cold.next_hop(src, dst, 10.0, **view)
+    assert warm.computations == computed, "every tree was already there"

@@ -91,17 +91,24 @@ async def test_partition_splits_the_fleet_and_heals(chaos_fleet, models_dir):
         res = await c.apply_fault({"kind": "partition", "groups": [plane0]})
     await trio.sleep(res["fault"]["start"] - time.time() + 0.2)  # settle, then in force everywhere
     async with Client(peers["sat-0"].api) as c:
-        with pytest.raises(ApiError) as err:
-            await c.submit("digits", sample["inputs"], "sat-8")
-        assert err.value.status == 503 and "no route" in err.value.message
+        # Across the partition: accepted and held (store-and-forward), not refused.
+        held = (await c.submit("digits", sample["inputs"], "sat-8"))["task_id"]
+        # One with a short deadline fails with the reason, never silently.
+        short = (await c.submit("digits", sample["inputs"], "sat-8", timeout_s=1.5))["task_id"]
         inside = await c.wait((await c.submit("digits", sample["inputs"], "sat-2"))["task_id"], timeout=20)
         assert inside["status"] == "succeeded"  # each side still works
+        failed = await c.wait(short, timeout=10)
+        assert failed["status"] == "failed" and "sat-8" in failed["error"], failed
+        assert (await c.task(held))["status"] not in ("succeeded", "failed")
+        assert (await c.membership())["delivery"]["held"] >= 1
     assert await probe_count(peers, "sat-1", "sat-8") == 0
     async with Client(peers["sat-8"].api) as c:  # cleared from the other side of the cut
         await c.clear_faults()
     await wait_for_faults(peers, peers.names(), lambda fs: not fs)
     async with Client(peers["sat-0"].api) as c:
+        released = await c.wait(held, timeout=20)   # the held task goes on once a route is back
         rec = await c.wait((await c.submit("digits", sample["inputs"], "sat-8"))["task_id"], timeout=20)
+    assert released["status"] == "succeeded", released
     assert rec["status"] == "succeeded", rec
 
 async def test_configured_loss_is_measured_loss(chaos_fleet):

@@ -1,6 +1,7 @@
 """The link wire format: round trips, and every kind of bad frame."""
 
 import struct
+from dataclasses import replace
 
 import msgpack
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.wire import (ChaosUpdate, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+from mesh.gossip_msgs import Alive, HopAck, Ping
+from mesh.wire import (ChaosUpdate, Control, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
                        Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
@@ -24,12 +26,20 @@ def test_round_trip_all_messages():
     msgs = [Hello("sat-3"), request(),
             TaskResult("t1", "sat-0", "sat-5", True, {"label": Tensor.from_array(np.array([3]))}, "", 60,
                        (Hop("sat-5", 2.0, 2.1, "execute", 0.03, "compute 0.1 ms"),), 0.0001),
-            TaskResult("t2", "sat-0", "sat-5", False, error="boom"),
+            TaskResult("t2", "sat-0", "sat-5", False, error="boom", attempt=3, deadline=1e9),
+            replace(request(), attempt=2, deadline=1.7e9),
+            Control(Ping(5, 1, 2, (1, 3, 2), (Alive(1, 4),))), Control(HopAck(("q:t1:0", "r:t1:0"))),
             ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100)]
     dec = FrameDecoder(LIMIT)
     for m in msgs:
         out = dec.feed(encode_frame(LinkFrame(123.5, m, 0.25), LIMIT))
         assert len(out) == 1 and out[0] == LinkFrame(123.5, m, 0.25)
+
+
+def test_hop_ids_name_the_attempt_and_direction():
+    req = replace(request(), attempt=2)
+    res = TaskResult("t1", "sat-0", "sat-5", True, attempt=2)
+    assert req.hop_id == "q:t1:2" and res.hop_id == "r:t1:2" and req.hop_id != replace(req, attempt=3).hop_id
 
 
 def test_tensor_round_trip_preserves_values():
@@ -69,11 +79,15 @@ def test_encoder_refuses_oversized_frame():
     (msgpack.packb([1, 1.0, -1.0, ["hello", "a"]]), "extra_s"),
     (msgpack.packb([1, 1.0, 0.0, ["nope", "a"]]), "unknown message"),
     (msgpack.packb([1, 1.0, 0.0, ["hello", 5]]), "hello.node"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, []]]), "needs 8 bytes"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, []]]), "dtype"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, True, []]]), "ttl"),
-    (msgpack.packb([1, 1.0, 0.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0]]), "ok"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]]]]), "6 fields"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, [], 0, 0.0]]), "needs 8 bytes"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, [], 0, 0.0]]), "dtype"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, True, [], 0, 0.0]]), "ttl"),
+    (msgpack.packb([1, 1.0, 0.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0, 0, 0.0]]), "ok"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]], 0, 0.0]]), "6 fields"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], -1, 0.0]]), "attempt"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, float("nan")]]), "deadline"),
+    (msgpack.packb([1, 1.0, 0.0, ["ctl", ["ping", 1]]]), "control message"),
+    (msgpack.packb([1, 1.0, 0.0, ["ctl", ["hopack", [""]]]]), "hopack"),
     (msgpack.packb([1, 1.0, 0.0, ["probe", "x", b""]]), "probe.seq"),
 ])
 def test_malformed_bodies_give_clear_errors(body, why):
