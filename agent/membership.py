@@ -49,6 +49,7 @@ class MembershipService:
                             random.Random(), incarnation=incarnation, link_down_expected=link_down_expected)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
+        self.state_at: dict[int, tuple[int, float]] = {}   # node -> (state version, wall time it arrived here)
         self._view = self.m.view_version
         self._wake = trio.Event()
         self._adj_key: float | None = None
@@ -113,6 +114,7 @@ class MembershipService:
         name = self.names.get
         if isinstance(ev, StateChanged):
             self.counts["state_changes"] += 1
+            self.state_at[ev.node] = (ev.version, ev.t)
             return
         row: dict[str, Any] = {"event": type(ev).__name__, "t": ev.t}
         if isinstance(ev, (NodeAlive, NodeSuspect, NodeDead)):
@@ -158,8 +160,10 @@ class MembershipService:
     def describe(self) -> dict[str, Any]:
         members = []
         for i in sorted(self.names):
+            version, at = self.state_at.get(i, (0, None))
             members.append({"node": self.names[i], "status": self.m.status(i),
-                            "incarnation": self.m.incarnation_of(i), "state": self.m.node_state(i)})
+                            "incarnation": self.m.incarnation_of(i), "state": self.m.node_state(i),
+                            "state_version": version, "state_received_at": at})
         return {
             "node": self.names[self.me], "incarnation": self.m.incarnation, "view_version": self.m.view_version,
             "alive": self.alive_count(), "members": members,

@@ -35,7 +35,7 @@ import trio
 from agent.p2p import P2PError, P2PHost, P2PStream
 from agent.timer import COARSE_MARGIN_S, PreciseTimer
 from mesh.link import Dropped, LinkEmulator, LinkProfile
-from mesh.wire import (ISL_PROTOCOL, ChecksumError, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
+from mesh.wire import (ISL_PROTOCOL, ChecksumError, Control, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
                        encode_frame, encode_message, frame_from_message, frame_size)
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ DROP_CAUSES = ("out_of_sight", "cut", "loss", "queue_full", "corrupt", "malforme
 class LinkStats:
     frames_sent: int = 0
     bytes_sent: int = 0
+    control_frames_sent: int = 0   # membership, gossip and hop acks (a subset of the frames above)
+    control_bytes_sent: int = 0
     frames_received: int = 0
     bytes_received: int = 0
     probes_sent: int = 0
@@ -184,6 +186,9 @@ class LinkLayer:
         if isinstance(fate, Dropped):
             link.stats.dropped[fate.cause] += 1
             return False
+        if isinstance(msg, Control):
+            link.stats.control_frames_sent += len(fate)
+            link.stats.control_bytes_sent += len(fate) * frame_size(message)
         for i, emission in enumerate(fate):
             frame = frame_from_message(emission.sent_at, emission.extra_s, message, self.max_frame_bytes)
             if emission.corrupt:
