@@ -93,7 +93,8 @@ def build_app(node: Node) -> Starlette:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)
         return JSONResponse({"task_id": rec.task_id, "status": rec.status, "executor": rec.executor,
-                             "entry": rec.entry, "url": f"/v1/tasks/{rec.task_id}"}, status_code=202)
+                             "entry": rec.entry, "placement": rec.placement,
+                             "url": f"/v1/tasks/{rec.task_id}"}, status_code=202)
 
     async def get_task(request: Request) -> JSONResponse:
         rec = node.tasks.get(request.path_params["task_id"])

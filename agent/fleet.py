@@ -25,6 +25,7 @@ from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
 from agent.peers import PeerEntry, Peers
 from mesh.config import FleetConfig, config_to_toml
+from mesh.energy import EnergyConfig
 from mesh.ground import parse_station
 from mesh.world import World
 from mesh.presets import preset
@@ -45,6 +46,7 @@ class FleetSpec:
     time_scale: float | None = None
     models: Path = Path("models")
     ground: tuple[str, ...] = ()       # extra ground-station agents: built-in names or lat,lon
+    energy: EnergyConfig | None = None  # battery model; None = the preset's
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -68,6 +70,8 @@ def fleet_config(spec: FleetSpec) -> FleetConfig:
         cfg = replace(cfg, name=f"{cfg.name}-{spec.n}", shells=(shell,))
     if spec.time_scale is not None:
         cfg = replace(cfg, clock=replace(cfg.clock, time_scale=spec.time_scale))
+    if spec.energy is not None:
+        cfg = replace(cfg, energy=spec.energy)
     if spec.ground:
         try:
             extra = tuple(parse_station(g) for g in spec.ground)

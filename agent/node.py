@@ -7,6 +7,7 @@ tears the links down and closes the libp2p host cleanly.
 from __future__ import annotations
 
 import logging
+import collections
 import math
 import time
 import uuid
@@ -22,7 +23,7 @@ from agent.membership import MembershipService
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
-from agent.placement import choose_executor
+from agent.placement import ComputeTable, candidates, compute_to_state
 from agent.relay import Relay
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_json
@@ -30,6 +31,9 @@ from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
+from mesh.energy import Battery
+from mesh.placement import TARGETS, PlacementError, choose
+from mesh.sun import sunlit
 from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
 from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
@@ -49,7 +53,12 @@ CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected
 PREWARM_EVERY_S = 0.25
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
+POWER_STEP_S = 1.0
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
+
+
+class PowerError(RuntimeError):
+    """Work refused to protect the battery's reserve."""
 
 
 class SubmitError(Exception):
@@ -108,13 +117,19 @@ class Node:
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
-            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=lambda: self.relay.release())
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed)
         self.delivery_config = fleet_delivery()
         self.relay = Relay(name, peers, self.links, self._route,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
         self.ledger = TaskLedger(self.delivery_config)
         self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
+        self.executed = 0                              # inferences run here (gossiped)
+        self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
+        self.compute_table = ComputeTable()            # compute time per (node, model), from results
+        self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
+        self._in_flight: collections.Counter[str] = collections.Counter()   # tasks placed per executor, unfinished
+        self._busy_s = 0.0                             # compute seconds run here (drives the battery)
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self.started = time.time()
@@ -198,6 +213,18 @@ class Node:
                                    down_nodes=self.membership.dead_nodes(), down_links=down, came_from=prev)
         return None if nh is None or nh not in self.peers.by_index else self.peers.by_index[nh].name
 
+    def _view_changed(self) -> None:
+        """A death or a link reported down: frames on their way to it go around now."""
+        dead, down = self.membership.dead_nodes(), self.membership.down_links()
+        me = self.me.index
+
+        def gone(peer: str) -> bool:
+            i = self.peers[peer].index
+            return i in dead or (min(me, i), max(me, i)) in down
+
+        self.relay.view_changed(gone)
+        self._wake.set()
+
     def _next_hop(self, dst: str) -> str | None:
         return self.relay.next_hop(dst)
 
@@ -254,6 +281,7 @@ class Node:
             nursery.start_soon(self.membership.run)
             nursery.start_soon(self._delivery_loop)
             nursery.start_soon(self._publish_state)
+            nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
             task_status.started()
 
@@ -302,9 +330,31 @@ class Node:
     def _own_state(self) -> dict[str, Any]:
         """What the rest of the fleet should know about this node (gossiped; small)."""
         workers = max(1, self.executor.workers)
-        return {"load": round(min(1.0, (self.executor.running + self.executor.queued) / workers), 2),
-                "queue": self.executor.queued, "tasks": len(self._requests),
-                "models": sorted(self.store.names())[:16]}
+        backlog = (self.executor.running + self.executor.queued) / workers
+        state: dict[str, Any] = {
+            "load": round(min(1.0, backlog), 2), "backlog": round(backlog, 2), "workers": workers,
+            "queue": self.executor.queued, "tasks": len(self._requests), "executed": self.executed,
+            "models": sorted(self.store.names())[:16],
+            "cm": compute_to_state(self.compute_table.of_node(self.me.name))}
+        if self.battery is not None:
+            state.update(battery=round(self.battery.fraction, 3), sunlit=self.battery.sunlit, low=self.battery.low())
+        return state
+
+    async def _power(self) -> None:
+        """Step the battery with orbital time: sunlight from the shared ephemeris,
+        load from the compute seconds actually run here."""
+        if self.battery is None:
+            return
+        wall, busy_s = time.time(), self._busy_s
+        while True:
+            t = self.orbit_t()
+            pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
+            lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
+            now = time.time()
+            busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
+            self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
+            wall, busy_s = now, self._busy_s
+            await trio.sleep(POWER_STEP_S)
 
     async def _publish_state(self) -> None:
         """Gossip this node's state when it changed (checked every STATE_EVERY_S)."""
@@ -344,23 +394,20 @@ class Node:
             check_limits(model, arrays, loaded.manifest)
         except (InputError, LimitError) as exc:
             raise SubmitError(400, str(exc)) from None
-        if target not in (None, "", "auto") and target not in self.peers:
+        placed = target in (None, "") or target in TARGETS
+        if not placed and target not in self.peers:
             raise SubmitError(404, f"unknown target node {target!r}; nodes are {self.peers.names()[0]} … "
-                                   f"{self.peers.names()[-1]}")
+                                   f"{self.peers.names()[-1]}, or one of {', '.join(TARGETS)}")
         if target in self.peers and self.peers[target].index in self.membership.dead_nodes():
             raise SubmitError(503, f"{target} is down (declared dead by the fleet's membership); "
                                    f"submit with target 'auto' or to another node")
         if len(self._requests) >= self.config.limits.max_pending_tasks:
             raise SubmitError(429, f"{len(self._requests)} tasks pending at {self.me.name}; retry later")
-        latencies = {}
-        snap = self.router.snapshot(self.orbit_t())
-        dead = self.membership.dead_nodes()
-        for n, lat in snap.neighbours(self.me.index):
-            if n in self.peers.by_index and n not in dead:
-                latencies[self.peers.by_index[n].name] = lat
-        link_up = {n: l.up for n, l in self.links.links.items()}
-        executor = choose_executor(target, self.me.name, self.executor.full or self.executor.queued > 0,
-                                   latencies, link_up)
+        why = "target chosen by the client"
+        if placed:
+            executor, why = self._place(model, target or "auto", arrays, loaded, timeout_s)
+        else:
+            executor = target
         if executor == self.me.name and self.executor.full:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
@@ -376,9 +423,42 @@ class Node:
                            retry_after=math.inf if executor == self.me.name else None)
         self._requests[rec.task_id] = req
         assert self._nursery is not None, "node is not running"
+        rec.placement = why
+        self._in_flight[executor] += 1
         self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
         self._wake.set()
         return rec
+
+    def _place(self, model: str, target: str, arrays: dict[str, np.ndarray], loaded: Any,
+               timeout_s: float) -> tuple[str, str]:
+        """Executor by expected completion (``mesh.placement``); SubmitError(503) if none fits."""
+        in_bytes = sum(a.nbytes for a in arrays.values())
+        own = self._own_state()
+        local = self.compute_table.get(self.me.name, model)
+        heavy_default = 0.1 if loaded.path.stat().st_size > 1 << 20 else 0.005
+        default = local if local is not None else heavy_default
+        dead = self.membership.dead_nodes()
+        names = [e.name for i, e in self.peers.by_index.items() if i not in dead]
+        cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
+                           self.compute_table, self._in_flight, own)
+        try:
+            choice = choose(target, cands, in_bytes=in_bytes, out_bytes=self._out_bytes.get(model, in_bytes),
+                            bandwidth_bps=self.config.links.isl_bandwidth_bps, default_compute_s=default,
+                            heavy_s=self.config.energy.heavy_ms / 1e3, time_left_s=timeout_s)
+        except PlacementError as exc:
+            raise SubmitError(503, f"cannot place a {model!r} task ({target}): {exc}") from None
+        return choice.node, f"{target}: {choice.why}"
+
+    def _path_to(self, dst: str) -> tuple[float, int] | None:
+        """One-way latency and hop count of the route to ``dst`` as routing sees it now."""
+        now = time.time()
+        t = self.orbit_t(now)
+        path = self.healing.path(self.me.index, self.peers[dst].index, t, down_nodes=self.membership.dead_nodes(),
+                                 down_links=self.membership.down_links() | self._cut_links(now))
+        if path is None:
+            return None
+        snap = self.router.snapshot(t)
+        return sum(snap.latency(a, b) for a, b in zip(path, path[1:])), len(path) - 1
 
     async def _delivery_loop(self) -> None:
         """Hop retransmissions, held frames, end-to-end retries and task deadlines."""
@@ -402,6 +482,8 @@ class Node:
     def _fail(self, task_id: str, reason: str) -> None:
         self._requests.pop(task_id, None)
         rec = self.tasks.get(task_id)
+        if rec is not None and rec.status not in ("succeeded", "failed") and self._in_flight.get(rec.executor):
+            self._in_flight[rec.executor] -= 1
         if rec is not None and rec.finish(ok=False, when=time.time(), error=reason):
             log.warning("task %s failed: %s", task_id, reason)
 
@@ -538,6 +620,7 @@ class Node:
             rec.status = "running"
         ok, outputs, error, compute = False, {}, "", 0.0
         try:
+            self._check_power(req.model)
             model = self.store.get(req.model) if self.store.loaded(req.model) else \
                 await trio.to_thread.run_sync(self.store.get, req.model)
             arrays = {}
@@ -552,18 +635,33 @@ class Node:
             check_limits(req.model, arrays, model.manifest)
             result = await self.executor.run(req.model, arrays)
             ok, compute = True, result.compute_s
+            self._busy_s += compute
+            self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
             outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
         except ExecutorBusy as exc:
             error = f"{self.me.name}: executor busy ({exc}); retry later"
-        except (ModelError, InputError, LimitError, ExecutionError) as exc:
+        except (ModelError, InputError, LimitError, ExecutionError, PowerError) as exc:
             error = f"{self.me.name}: {exc}"
         batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
         hop = Hop(self.me.name, arrived, time.time(), "execute", expected,
                   detail=f"compute {compute * 1e3:.2f} ms{batch}" if ok else error)
+        self.executed += 1
         res = TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error, self.config.limits.ttl,
                          req.trace + (hop,), compute, req.attempt, req.deadline)
         self.exec_cache.finish(req.task_id, res)
         self._send_result(res)
+
+    def _check_power(self, model: str) -> None:
+        """In eclipse below the reserve, heavy work is refused: the bus needs the charge."""
+        if self.battery is None or not self.battery.low():
+            return
+        expected = self.compute_table.get(self.me.name, model)
+        if expected is None:
+            expected = math.inf     # never measured here: assume the worst
+        if not self.battery.accepts(expected):
+            b = self.battery
+            raise PowerError(f"battery at {b.fraction:.0%} in eclipse, below its {b.config.reserve:.0%} reserve: "
+                             f"heavy work refused (expected {expected * 1e3:.0f} ms > {b.config.heavy_ms:g} ms)")
 
     def _send_result(self, res: TaskResult) -> None:
         """Send a result (its trace already ends with this node's hop) back to its entry node."""
@@ -603,6 +701,12 @@ class Node:
         if not self.ledger.on_result(arrived, res.task_id) and rec.status in ("succeeded", "failed"):
             return      # a repeat (retried task whose first result also arrived)
         self._requests.pop(res.task_id, None)
+        if self._in_flight.get(rec.executor):
+            self._in_flight[rec.executor] -= 1
+        if res.ok:
+            if res.compute_s > 0 and rec.executor != self.me.name:
+                self.compute_table.observe(rec.executor, rec.model, res.compute_s)
+            self._out_bytes[rec.model] = sum(t.nbytes for t in res.outputs.values())
         hop = Hop(self.me.name, arrived, arrived, "deliver", expected)
         outputs = {k: t.to_array() for k, t in res.outputs.items()} if res.ok else None
         rec.finish(ok=res.ok, when=arrived, outputs=outputs, error=res.error,
@@ -642,6 +746,8 @@ class Node:
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
             "incarnation": self.membership.m.incarnation, "members_alive": self.membership.alive_count(),
+            "energy": self.battery.describe() if self.battery is not None else None,
+            "compute_ms": {m: round(s * 1e3, 3) for m, s in self.compute_table.of_node(self.me.name).items()},
         }
 
     def describe_membership(self) -> dict[str, Any]:

@@ -1,18 +1,91 @@
-"""Where a task runs when the client does not say.
+"""What the entry node knows about every possible executor, for ``mesh.placement``.
 
-For now: on the entry node, unless its executor is already busy, then on the
-nearest neighbour whose link is up.  Load- and sky-aware placement replaces
-this once node state is gossiped.
+The decision is pure (``mesh.placement.choose``); this module gathers its
+inputs: path latency and hop count from the healing router (physics minus
+what is known down), each node's gossiped state (backlog, models, battery,
+sunlight, learned compute times), and what this entry node itself has
+learned from results and has in flight (gossip lags by up to a second, so a
+burst of submissions would otherwise all pick the same idle node).
 """
 
 from __future__ import annotations
 
+import collections
+from typing import Any, Callable, Iterable
 
-def choose_executor(target: str | None, me: str, busy: bool,
-                    neighbour_latency: dict[str, float], link_up: dict[str, bool]) -> str:
-    if target not in (None, "", "auto"):
-        return target  # type: ignore[return-value]
-    if not busy:
-        return me
-    candidates = [(lat, n) for n, lat in neighbour_latency.items() if link_up.get(n)]
-    return min(candidates)[1] if candidates else me
+from mesh.placement import Candidate
+
+EWMA = 0.2
+
+
+class ComputeTable:
+    """Compute time per (node, model), learned from results (exponentially weighted)."""
+
+    def __init__(self, capacity: int = 4096):
+        self._s: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        self.capacity = capacity
+
+    def observe(self, node: str, model: str, seconds: float) -> None:
+        key = (node, model)
+        old = self._s.get(key)
+        self._s[key] = seconds if old is None else (1 - EWMA) * old + EWMA * seconds
+        self._s.move_to_end(key)
+        if len(self._s) > self.capacity:
+            self._s.popitem(last=False)
+
+    def get(self, node: str, model: str) -> float | None:
+        return self._s.get((node, model))
+
+    def of_node(self, node: str) -> dict[str, float]:
+        return {m: s for (n, m), s in self._s.items() if n == node}
+
+
+def compute_from_state(state: dict[str, Any] | None, model: str) -> float | None:
+    """A node's own learned compute time for ``model``, from its gossiped ``cm`` list
+    (``[model, microseconds, model, microseconds, ...]``)."""
+    if not state:
+        return None
+    cm = state.get("cm") or ()
+    for i in range(0, len(cm) - 1, 2):
+        if cm[i] == model and isinstance(cm[i + 1], int):
+            return cm[i + 1] / 1e6
+    return None
+
+
+def compute_to_state(times: dict[str, float], limit: int = 8) -> list:
+    """The ``cm`` list for this node's state: its models' compute times in µs."""
+    out: list = []
+    for model, s in sorted(times.items())[:limit]:
+        out += [model, max(1, int(s * 1e6))]
+    return out
+
+
+def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str], tuple[float, int] | None],
+               state_of: Callable[[str], dict[str, Any] | None], learned: ComputeTable,
+               in_flight: collections.Counter, own: dict[str, Any]) -> list[Candidate]:
+    """Every live node with a route, as ``mesh.placement`` sees it; ``own`` is this node's
+    current state (fresher than what it gossiped)."""
+    out = []
+    for name in names:
+        if name == me:
+            state, latency, hops = own, 0.0, 0
+        else:
+            path = path_of(name)
+            if path is None:
+                continue
+            latency, hops = path
+            state = state_of(name)
+            if state is None:
+                continue          # not heard of yet: nothing to base an estimate on
+        models = state.get("models") or ()
+        workers = max(1, int(state.get("workers") or 1))
+        backlog = float(state.get("backlog") or 0.0) + in_flight.get(name, 0) / workers
+        compute = learned.get(name, model)
+        if compute is None:
+            compute = compute_from_state(state, model)
+        battery = state.get("battery")
+        out.append(Candidate(
+            node=name, latency_s=latency, hops=hops, has_model=model in models, backlog=backlog,
+            compute_s=compute, sunlit=state.get("sunlit") if battery is not None else None,
+            low_battery=bool(state.get("low"))))
+    return out

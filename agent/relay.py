@@ -134,8 +134,18 @@ class Relay:
     # -- timers -----------------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self._handle(self.hops.tick(time.time()))
         now = time.time()
-        for x in self.hops.tick(now):
+        for e in self.store.expire(now):
+            msg, _, _ = e.item
+            self.counts["expired"] += 1
+            self.on_expired(msg, f"{self.me}: {e.reason.replace(f'node {e.dst}', self.names.get(e.dst, '?'))}")
+        if len(self.store) and self.store.next_deadline() <= now:
+            self.release()
+
+    def _handle(self, actions: list) -> None:
+        now = time.time()
+        for x in actions:
             msg, dst, came_from, hop, out = x.item
             to = self.names[x.to]
             if isinstance(x, Transmit):
@@ -148,15 +158,15 @@ class Relay:
                             x.reason)
                 self.avoid[(self.me, to)] = now + AVOID_S
                 self.send(msg, dst, came_from, hop)
-        for e in self.store.expire(now):
-            msg, _, _ = e.item
-            self.counts["expired"] += 1
-            self.on_expired(msg, f"{self.me}: {e.reason.replace(f'node {e.dst}', self.names.get(e.dst, '?'))}")
-        if len(self.store) and self.store.next_deadline() <= now:
-            self.release()
+
+    def view_changed(self, gone: Callable[[str], bool]) -> None:
+        """Membership's view changed: take back transfers to next hops now known dead
+        or cut off (``gone``) and route them again; release held frames that have a route."""
+        self._handle(self.hops.abandon(time.time(), lambda to: gone(self.names[to])))
+        self.release()
 
     def release(self) -> None:
-        """Forward held frames whose destination is reachable again (called on a view change too)."""
+        """Forward held frames whose destination is reachable again."""
         if not len(self.store):
             return
         now = time.time()

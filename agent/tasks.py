@@ -32,6 +32,7 @@ class TaskRecord:
     error: str = ""
     trace: tuple[Hop, ...] = ()
     compute_s: float = 0.0
+    placement: str = ""           # why this executor (placement's reason, or the client's choice)
     done: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def finish(self, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
@@ -74,6 +75,7 @@ class TaskRecord:
             prev = h
         return {
             "task_id": self.task_id, "model": self.model, "entry": self.entry, "executor": self.executor,
+            "placement": self.placement,
             "status": self.status, "created": self.created, "finished": self.finished,
             "error": self.error or None,
             "outputs": {k: to_json(v) for k, v in self.outputs.items()} if self.outputs is not None else None,

@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 from mesh.clock import OrbitalClock
+from mesh.energy import EnergyConfig
 from mesh.ground import (BUILTIN_STATIONS, DEFAULT_ELEVATION_MASK_DEG, GroundStation, builtin_station)
 from mesh.orbit import Shell, TleShell, WalkerShell, iso_to_jd, jd_to_iso
 from mesh.topology import HANDOVER_POLICIES
@@ -99,6 +100,7 @@ class FleetConfig:
     limits: Limits = field(default_factory=Limits)
     ground: GroundConfig = field(default_factory=GroundConfig)
     tle: TleConfig | None = None
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
     @property
     def epoch_jd(self) -> float:
@@ -275,7 +277,7 @@ def _parse_tle(doc: dict[str, Any], read_file: Callable[[str], str] | None) -> T
 
 
 def config_from_dict(doc: dict[str, Any], *, read_file: Callable[[str], str] | None = None) -> FleetConfig:
-    _check_keys(doc, {"name", "epoch", "shells", "clock", "links", "limits", "ground", "tle"}, "config")
+    _check_keys(doc, {"name", "epoch", "shells", "clock", "links", "limits", "ground", "tle", "energy"}, "config")
     name = _take(doc, "name", str, "config")
     tle = _parse_tle(doc, read_file)
     if tle is not None and "epoch" not in doc:
@@ -324,7 +326,20 @@ def config_from_dict(doc: dict[str, Any], *, read_file: Callable[[str], str] | N
         if v <= 0:
             raise ConfigError(f"limits.{k}: must be > 0, not {v}")
     return FleetConfig(name=name, epoch=epoch, shells=tuple(shells), clock=clock, links=links, limits=limits,
-                       ground=_parse_ground(doc), tle=tle)
+                       ground=_parse_ground(doc), tle=tle, energy=_parse_energy(doc))
+
+
+def _parse_energy(doc: dict[str, Any]) -> EnergyConfig:
+    table = _take(doc, "energy", dict, "config", {})
+    defaults = EnergyConfig()
+    _check_keys(table, set(defaults.__dataclass_fields__), "energy")
+    try:
+        return EnergyConfig(**{k: _num(table, k, "energy", getattr(defaults, k))
+                               for k in defaults.__dataclass_fields__})
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
 
 
 def _toml_value(v: Any) -> str:
@@ -360,6 +375,7 @@ def config_to_toml(cfg: FleetConfig) -> str:
     if cfg.links.max_range_km is not None:
         lines.append(f"max_range_km = {cfg.links.max_range_km!r}")
     lines += ["", "[limits]"] + [f"{k} = {v}" for k, v in cfg.limits.__dict__.items()]
+    lines += ["", "[energy]"] + [f"{k} = {v!r}" for k, v in cfg.energy.__dict__.items()]
     g = cfg.ground
     lines += ["", "[ground]", f"elevation_mask_deg = {g.elevation_mask_deg!r}", f"handover = {val(g.handover)}",
               f"handover_interval_s = {g.handover_interval_s!r}"]

@@ -151,6 +151,17 @@ class HopSender:
     def cancel(self, msg_id: str) -> None:
         self._out.pop(msg_id, None)
 
+    def abandon(self, now: float, gone: Callable[[int], bool]) -> list[HopFailed]:
+        """Give up at once on transfers to neighbours ``gone`` says are dead or cut off
+        (membership knows before the retransmissions run out): route them again."""
+        out = []
+        for o in [o for o in self._out.values() if gone(o.to)]:
+            del self._out[o.msg_id]
+            self.failures += 1
+            out.append(HopFailed(o.msg_id, o.to, o.item, o.attempts,
+                                 f"node {o.to} declared unreachable after {now - o.first_at:.2f} s"))
+        return out
+
     def tick(self, now: float) -> list[Transmit | HopFailed]:
         c = self.config
         out: list[Transmit | HopFailed] = []

@@ -26,6 +26,13 @@ def test_demo_preset_round_trips():
 def test_defaults_fill_in():
     cfg = parse_config(GOOD)
     assert cfg.size == 12 and cfg.clock.time_scale == 1.0 and cfg.shells[0].phasing == 1
+    assert cfg.energy.capacity_wh == 1200.0 and cfg.energy.reserve == 0.25
+
+
+def test_energy_section_is_read_and_round_trips():
+    cfg = parse_config(GOOD + "[energy]\ncapacity_wh = 500\nreserve = 0.4\n")
+    assert cfg.energy.capacity_wh == 500.0 and cfg.energy.reserve == 0.4
+    assert parse_config(config_to_toml(cfg)) == cfg
 
 
 @pytest.mark.parametrize("text, field", [
@@ -38,6 +45,9 @@ def test_defaults_fill_in():
     (GOOD + "[clock]\ntime_scale = 0\n", "time_scale"),
     (GOOD + "[limits]\nttl = -1\n", "limits.ttl"),
     (GOOD + "[links]\nisl_bandwidth_bps = 0\n", "isl_bandwidth_bps"),
+    (GOOD + "[energy]\nreserve = 1.5\n", "energy.reserve"),
+    (GOOD + "[energy]\ncapacity_wh = \"big\"\n", "energy.capacity_wh"),
+    (GOOD + "[energy]\nsolar_kw = 3\n", "unknown keys"),
     ('name = "x"\nepoch = "2026-01-01T00:00:00Z"\nshells = []\n', "at least one shell"),
 ])
 def test_bad_config_names_the_field(text, field):

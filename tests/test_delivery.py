@@ -259,3 +259,14 @@ def test_warmed_trees_equal_trees_computed_on_demand(demo_router):
         for dst in range(24):
             assert warm.next_hop(src, dst, 10.0, **view) == cold.next_hop(src, dst, 10.0, **view)
     assert warm.computations == computed, "every tree was already there"
+
+
+def test_transfers_to_a_neighbour_declared_gone_are_given_back_at_once():
+    hs = sender()
+    hs.send(0.0, "req:t1:0", 7, "one")
+    hs.send(0.0, "req:t2:0", 8, "two")
+    failed = hs.abandon(0.05, lambda to: to == 7)
+    assert [(f.msg_id, f.to, f.item) for f in failed] == [("req:t1:0", 7, "one")]
+    assert "declared unreachable" in failed[0].reason
+    assert len(hs) == 1 and hs.on_ack(0.06, "req:t2:0", 8) == "two"
+    assert hs.abandon(0.1, lambda to: True) == []
