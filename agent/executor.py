@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -76,7 +77,11 @@ class Executor:
         self.batch_wait_s = batch_wait_s
         self.default_timeout_s = default_timeout_s
         self._queues: dict[str, deque[_Job]] = {}
-        self._tokens_send, self._tokens_recv = trio.open_memory_channel(queue_limit)
+        self._stale: dict[str, int] = {}
+        # One token per job.  A batch of k takes one token and marks k − 1 more
+        # of its model stale; workers skip stale tokens, so tokens never outgrow
+        # the jobs (queued + one batch per worker).
+        self._tokens_send, self._tokens_recv = trio.open_memory_channel(queue_limit + max_batch * self.workers)
         self.queued = 0
         self.running = 0
         self.completed = 0
@@ -125,6 +130,9 @@ class Executor:
     async def _worker(self) -> None:
         while True:
             name = await self._tokens_recv.receive()
+            if self._stale.get(name):
+                self._stale[name] -= 1     # its job went out in an earlier batch
+                continue
             queue = self._queues.get(name)
             if not queue:
                 continue  # its job was taken into an earlier batch
@@ -139,6 +147,12 @@ class Executor:
             if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0:
                 await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
             jobs = self._take_batch(model, queue)
+            if len(jobs) > 1:
+                self._stale[name] = self._stale.get(name, 0) + len(jobs) - 1
+            elif not jobs and self._stale.get(name):
+                # Another worker batched our job while we waited, and counted our
+                # token as stale: it was this one.
+                self._stale[name] -= 1
             if jobs:
                 await self._execute(model, jobs)
 
@@ -153,7 +167,10 @@ class Executor:
             want, budget = shape_of(first), _batch_element_budget(model)
             total = size_of(first)
             keep: deque[_Job] = deque()
-            while queue and len(jobs) < self.max_batch:
+            # A fair share of what is queued, so a batch never leaves the other
+            # workers idle: parallel workers beat one bigger batch on a CPU.
+            limit = min(self.max_batch, max(1, math.ceil((len(queue) + 1) / self.workers)))
+            while queue and len(jobs) < limit:
                 job = queue.popleft()
                 fits = budget is None or total + size_of(job) <= budget
                 if shape_of(job) == want and fits:
@@ -166,6 +183,9 @@ class Executor:
         return jobs
 
     def _fail_all(self, queue: deque[_Job], error: Exception) -> None:
+        if queue:
+            name = queue[0].model
+            self._stale[name] = self._stale.get(name, 0) + len(queue) - 1
         while queue:
             job = queue.popleft()
             self.queued -= 1

@@ -65,6 +65,30 @@ async def test_batched_results_equal_single_runs(store, models_dir):
         assert np.array_equal(r.outputs["label"], want[0]) and np.allclose(r.outputs["probabilities"], want[1])
 
 
+async def test_sustained_batched_load_neither_jams_nor_starves(store, models_dir):
+    """Clients resubmit as soon as they are answered, more of them than the queue
+    limit holds tokens for: every task completes, the last one included, and
+    every worker gets a share (no batch leaves a worker idle)."""
+    ex = Executor(store, workers=2, queue_limit=8, max_batch=8, batch_wait_s=0.001)
+    done = 0
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+
+        async def client(k):
+            nonlocal done
+            for i in range(40):
+                await ex.run("digits", digits_inputs(models_dir, k + i))
+                done += 1
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as clients:
+                for k in range(8):
+                    clients.start_soon(client, k)
+        n.cancel_scope.cancel()
+    assert done == 320 and ex.queued == 0 and ex.running == 0
+    assert ex.batches > 0 and ex.batched_tasks / ex.batches <= 4.5, "a fair share: about half the queue each"
+
+
 async def test_models_that_opt_out_are_never_batched(store):
     ex = Executor(store, workers=1, batch_wait_s=0.02)
     a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
