@@ -356,7 +356,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node", default="sat-0", help="entry node (default: sat-0)")
     p.add_argument("--url", help="entry node API URL (instead of --node)")
     p.add_argument("--model", default="digits")
-    p.add_argument("--target", help="node to run it on (default: placement decides)")
+    p.add_argument("--target", help="a node to run it on, or auto (the default), nearest or sunlit: placement decides")
     p.add_argument("--inputs", help="inputs as JSON, or @FILE (default: a sample from the model's manifest)")
     p.add_argument("--sample", type=int, default=0, help="which manifest sample to send")
     p.add_argument("--timeout", type=float, default=60.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class ModelStore:
         self.directory = Path(directory)
         self.preload_max_bytes = preload_max_bytes
         self._loaded: dict[str, LoadedModel] = {}
+        self.load_s: dict[str, float] = {}      # how long each session took to create here
         self._lock = threading.Lock()  # sessions are created from worker threads
 
     def names(self) -> list[str]:
@@ -93,6 +95,7 @@ class ModelStore:
             if not name or "/" in name or name.startswith(".") or not (self.directory / f"{name}.onnx").is_file():
                 raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
             path = self.directory / f"{name}.onnx"
+            started = time.perf_counter()
             try:
                 session = ort.InferenceSession(str(path), sess_options=session_options(),
                                                providers=["CPUExecutionProvider"])
@@ -106,4 +109,8 @@ class ModelStore:
             model = LoadedModel(name, path, session, _specs(session.get_inputs(), path),
                                 _specs(session.get_outputs(), path), manifest)
             self._loaded[name] = model
+            self.load_s[name] = time.perf_counter() - started
             return model
+
+    def loaded_names(self) -> list[str]:
+        return sorted(self._loaded)

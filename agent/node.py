@@ -334,8 +334,8 @@ class Node:
         state: dict[str, Any] = {
             "load": round(min(1.0, backlog), 2), "backlog": round(backlog, 2), "workers": workers,
             "queue": self.executor.queued, "tasks": len(self._requests), "executed": self.executed,
-            "models": sorted(self.store.names())[:16],
-            "cm": compute_to_state(self.compute_table.of_node(self.me.name))}
+            "models": sorted(self.store.names())[:12], "loaded": self.store.loaded_names()[:8],
+            "cm": compute_to_state(self.compute_table.of_node(self.me.name), limit=6)}
         if self.battery is not None:
             state.update(battery=round(self.battery.fraction, 3), sunlit=self.battery.sunlit, low=self.battery.low())
         return state
@@ -435,12 +435,13 @@ class Node:
         in_bytes = sum(a.nbytes for a in arrays.values())
         own = self._own_state()
         local = self.compute_table.get(self.me.name, model)
-        heavy_default = 0.1 if loaded.path.stat().st_size > 1 << 20 else 0.005
-        default = local if local is not None else heavy_default
+        big = loaded.path.stat().st_size > 1 << 20
+        default = local if local is not None else (0.1 if big else 0.005)
+        load_s = self.store.load_s.get(model, 0.5 if big else 0.01)
         dead = self.membership.dead_nodes()
         names = [e.name for i, e in self.peers.by_index.items() if i not in dead]
         cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
-                           self.compute_table, self._in_flight, own)
+                           self.compute_table, self._in_flight, own, load_s)
         try:
             choice = choose(target, cands, in_bytes=in_bytes, out_bytes=self._out_bytes.get(model, in_bytes),
                             bandwidth_bps=self.config.links.isl_bandwidth_bps, default_compute_s=default,

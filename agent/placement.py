@@ -62,9 +62,10 @@ def compute_to_state(times: dict[str, float], limit: int = 8) -> list:
 
 def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str], tuple[float, int] | None],
                state_of: Callable[[str], dict[str, Any] | None], learned: ComputeTable,
-               in_flight: collections.Counter, own: dict[str, Any]) -> list[Candidate]:
+               in_flight: collections.Counter, own: dict[str, Any], load_s: float) -> list[Candidate]:
     """Every live node with a route, as ``mesh.placement`` sees it; ``own`` is this node's
-    current state (fresher than what it gossiped)."""
+    current state (fresher than what it gossiped); ``load_s`` is what creating the
+    model's session costs where it is not loaded yet."""
     out = []
     for name in names:
         if name == me:
@@ -87,5 +88,6 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
         out.append(Candidate(
             node=name, latency_s=latency, hops=hops, has_model=model in models, backlog=backlog,
             compute_s=compute, sunlit=state.get("sunlit") if battery is not None else None,
-            low_battery=bool(state.get("low"))))
+            low_battery=bool(state.get("low")),
+            load_s=0.0 if model in (state.get("loaded") or ()) else load_s))
     return out

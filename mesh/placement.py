@@ -8,6 +8,7 @@ battery, sunlight, learned compute time per model)::
              + (input + output bytes) × 8 / bandwidth × hops   (serialization per hop)
              + 2 × hops × per-hop processing
              + backlog × compute                      (queue wait: tasks ahead per worker)
+             + session load                           (if the model is not loaded there yet)
              + compute                                (learned per model per node)
 
 Targets: a node name (run there, whatever it costs), ``auto`` (earliest
@@ -41,6 +42,7 @@ class Candidate:
     compute_s: float | None = None   # learned compute time of this model at this node
     sunlit: bool | None = None   # None: no battery (a ground station)
     low_battery: bool = False    # in eclipse below its reserve: refuses heavy work
+    load_s: float = 0.0          # creating the model's session there first (0 if already loaded)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def expected_completion(c: Candidate, in_bytes: int, out_bytes: int, bandwidth_b
                         default_compute_s: float) -> float:
     compute = c.compute_s if c.compute_s is not None else default_compute_s
     transfer = 2 * c.latency_s + (in_bytes + out_bytes) * 8.0 / bandwidth_bps * c.hops
-    return transfer + 2 * c.hops * PER_HOP_S + max(c.backlog, 0.0) * compute + compute
+    return transfer + 2 * c.hops * PER_HOP_S + c.load_s + max(c.backlog, 0.0) * compute + compute
 
 
 def choose(target: str, candidates: list[Candidate], *, in_bytes: int, out_bytes: int, bandwidth_bps: float,
