@@ -36,22 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.client import Client  # noqa: E402
 from mesh.orbit import Constellation, iso_to_jd  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
-from tests.conftest import local_fleet  # noqa: E402
+from tests.conftest import local_fleet, member, membership_views  # noqa: E402
 
 SERF_30_NODES_S = 1.8
 DETECTION_GOAL_S = 3.0
 
 
-async def views(peers, names):
-    out = {}
-    for n in names:
-        async with Client(peers[n].api) as c:
-            out[n] = await c.membership()
-    return out
-
-
-def member(view, node):
-    return next(m for m in view["members"] if m["node"] == node)
 
 
 async def control_bytes(peers):
@@ -67,20 +57,20 @@ async def state_convergence(peers, node, samples, repeats=5):
     out = []
     others = [n for n in peers.names() if n != node]
     for _ in range(repeats):
-        before = member((await views(peers, [node]))[node], node)["state_version"]
+        before = member((await membership_views(peers, [node]))[node], node)["state_version"]
         async with Client(peers[node].api) as c:
             for s in samples[:3]:       # local tasks change its task count and load
                 await c.submit("digits", s["inputs"], node)
         with trio.fail_after(30):
             while True:
-                own = member((await views(peers, [node]))[node], node)
+                own = member((await membership_views(peers, [node]))[node], node)
                 if own["state_version"] > before:
                     break
                 await trio.sleep(0.05)
         version, t0 = own["state_version"], own["state_received_at"]
         with trio.fail_after(30):
             while True:
-                vs = await views(peers, others)
+                vs = await membership_views(peers, others)
                 got = [member(v, node) for v in vs.values()]
                 if all(m["state_version"] >= version for m in got):
                     break
@@ -119,7 +109,7 @@ async def detection_and_reroute(peers, procs, cfg, samples, entry, target):
         dead_at: dict[str, float] = {}
         with trio.fail_after(60):
             while len(dead_at) < len(others):
-                for n, v in (await views(peers, [n for n in others if n not in dead_at])).items():
+                for n, v in (await membership_views(peers, [n for n in others if n not in dead_at])).items():
                     if member(v, victim)["status"] == "dead":
                         ev = [e for e in v["events"] if e["event"] == "NodeDead" and e.get("node") == victim]
                         dead_at[n] = (ev[-1]["t"] if ev else time.time()) - killed_at
@@ -133,7 +123,7 @@ async def loss_everywhere(peers, samples, seconds, tasks):
         async with Client(peers[n].api) as c:
             for nb in (await c.node())["neighbours"]:
                 links.add(tuple(sorted((n, nb["node"]))))
-    before = await views(peers, peers.names())
+    before = await membership_views(peers, peers.names())
     async with Client(peers["sat-0"].api) as c:
         for a, b in sorted(links):
             await c.apply_fault({"kind": "loss", "a": a, "b": b, "loss": 0.1, "duration_s": seconds + 30})
@@ -151,7 +141,7 @@ async def loss_everywhere(peers, samples, seconds, tasks):
         for i in range(tasks):
             nursery.start_soon(one, i)
     await trio.sleep(max(0.0, seconds - (time.time() - started)))
-    after = await views(peers, peers.names())
+    after = await membership_views(peers, peers.names())
     async with Client(peers["sat-0"].api) as c:
         await c.clear_faults()
 

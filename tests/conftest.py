@@ -69,3 +69,18 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
         yield spec, cfg, peers, procs
     finally:
         fleet.stop(directory)
+
+
+async def membership_views(peers, names) -> dict:
+    """``GET /v1/membership`` of each named node."""
+    from agent.client import Client
+    out = {}
+    for n in names:
+        async with Client(peers[n].api) as c:
+            out[n] = await c.membership()
+    return out
+
+
+def member(view: dict, node: str) -> dict:
+    """One member's row (status, incarnation, state) in a membership view."""
+    return next(m for m in view["members"] if m["node"] == node)

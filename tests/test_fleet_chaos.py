@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from agent.client import ApiError, Client
+from agent.client import Client
 from tests.conftest import ROOT, local_fleet
 
 N = 12

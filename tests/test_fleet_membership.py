@@ -16,7 +16,7 @@ from agent import fleet
 from agent.client import ApiError, Client
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
-from tests.conftest import local_fleet
+from tests.conftest import local_fleet, member, membership_views
 
 N = 12
 
@@ -37,16 +37,6 @@ def shortest_path(cfg, peers, a, b):
     return [peers.by_index[i].name for i in path]
 
 
-async def views(peers, nodes):
-    out = {}
-    for n in nodes:
-        async with Client(peers[n].api) as c:
-            out[n] = await c.membership()
-    return out
-
-
-def status_of(view, node):
-    return next(m for m in view["members"] if m["node"] == node)
 
 
 async def run_tasks(peers, jobs, models_dir, timeout=60):
@@ -66,7 +56,7 @@ async def run_tasks(peers, jobs, models_dir, timeout=60):
 
 async def test_every_node_knows_every_node_and_its_state(mfleet):
     _, _, peers, _ = mfleet
-    for name, view in (await views(peers, ["sat-0", "sat-7", "sat-11"])).items():
+    for name, view in (await membership_views(peers, ["sat-0", "sat-7", "sat-11"])).items():
         assert view["alive"] == N, view
         for m in view["members"]:
             assert m["status"] == "alive" and m["incarnation"] >= 1
@@ -87,7 +77,7 @@ async def test_a_cut_on_the_path_in_use_is_routed_around(mfleet, models_dir):
             hops = [h["node"] for h in rec["trace"]]
             assert all({x, y} != {a, b} for x, y in zip(hops, hops[1:])), (hops, a, b)
         # A cut announced by chaos is known: no node suspects anyone for it.
-        for view in (await views(peers, [a, b])).values():
+        for view in (await membership_views(peers, [a, b])).values():
             assert view["alive"] == N and view["protocol"]["suspicions"] == 0, view
     finally:
         async with Client(peers["sat-0"].api) as c:
@@ -104,13 +94,13 @@ async def test_ten_percent_loss_on_every_link_loses_no_task_and_kills_no_node(mf
     async with Client(peers["sat-0"].api) as c:
         for a, b in sorted(topo_links):
             await c.apply_fault({"kind": "loss", "a": a, "b": b, "loss": 0.1, "duration_s": 60})
-    before = await views(peers, peers.names())
+    before = await membership_views(peers, peers.names())
     try:
         entries = ["sat-0", "sat-3", "sat-5", "sat-9"]
         jobs = [(entries[i % 4], peers.names()[(i * 5 + 6) % N]) for i in range(24)]
         recs = await run_tasks(peers, jobs, models_dir)
         assert [r["status"] for r in recs] == ["succeeded"] * len(jobs), [r["error"] for r in recs]
-        after = await views(peers, peers.names())
+        after = await membership_views(peers, peers.names())
         retrans = sum(v["delivery"]["counts"].get("retransmissions", 0) for v in after.values())
         assert retrans > 0, "10% loss must have cost some hop retransmissions"
         for name, view in after.items():
@@ -127,7 +117,7 @@ async def test_kill_9_is_detected_everywhere_routed_around_and_the_restart_rejoi
     victim = path[len(path) // 2]
     assert victim not in ("sat-0", "sat-6")
     others = [n for n in peers.names() if n != victim]
-    old_inc = status_of((await views(peers, ["sat-0"]))["sat-0"], victim)["incarnation"]
+    old_inc = member((await membership_views(peers, ["sat-0"]))["sat-0"], victim)["incarnation"]
 
     killed = time.monotonic()
     procs[victim].send_signal(signal.SIGKILL)
@@ -135,8 +125,8 @@ async def test_kill_9_is_detected_everywhere_routed_around_and_the_restart_rejoi
     known: dict[str, float] = {}
     with trio.fail_after(20):
         while len(known) < len(others):
-            for n, view in (await views(peers, [n for n in others if n not in known])).items():
-                if status_of(view, victim)["status"] == "dead":
+            for n, view in (await membership_views(peers, [n for n in others if n not in known])).items():
+                if member(view, victim)["status"] == "dead":
                     known[n] = time.monotonic() - killed
             await trio.sleep(0.1)
     # Goal < 3 s (bench/membership_fleet.py measures it on a quiet machine);
@@ -155,9 +145,9 @@ async def test_kill_9_is_detected_everywhere_routed_around_and_the_restart_rejoi
     procs[victim] = fleet.start_agent(spec, victim)
     with trio.fail_after(60):
         while True:
-            vs = await views(peers, ["sat-0", "sat-6", victim] if await _answers(peers, victim) else ["sat-0"])
-            if len(vs) == 3 and all(status_of(v, victim)["status"] == "alive"
-                                    and status_of(v, victim)["incarnation"] > old_inc for v in vs.values()):
+            vs = await membership_views(peers, ["sat-0", "sat-6", victim] if await _answers(peers, victim) else ["sat-0"])
+            if len(vs) == 3 and all(member(v, victim)["status"] == "alive"
+                                    and member(v, victim)["incarnation"] > old_inc for v in vs.values()):
                 break
             await trio.sleep(0.2)
     recs = await run_tasks(peers, [("sat-0", victim)], models_dir)

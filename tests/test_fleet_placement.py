@@ -6,7 +6,6 @@ any time of the year) must refuse work and placement must avoid them.
 """
 
 import json
-import time
 
 import pytest
 import trio
