@@ -6,6 +6,7 @@ fault it is; no request can take the agent down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.metrics import render as render_metrics
+from agent.models import UploadError
 from agent.node import Node, SubmitError
 from mesh.chaos import FaultError
 
@@ -33,6 +35,15 @@ def error(status: int, message: str, **headers: str) -> JSONResponse:
 
 async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing anything over ``limit`` bytes before reading it all."""
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SubmitError(400, f"body is not valid JSON: {exc}") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -46,10 +57,7 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise SubmitError(413, f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SubmitError(400, f"body is not valid JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 def build_app(node: Node) -> Starlette:
@@ -74,6 +82,21 @@ def build_app(node: Node) -> Starlette:
             except LookupError as exc:
                 out.append({"name": name, "error": str(exc)})
         return JSONResponse({"models": out})
+
+    async def upload_model(request: Request) -> JSONResponse:
+        """PUT /v1/models/{name}: the ONNX bytes as the body; ``X-Content-SHA256`` (or
+        ``?sha256=``) makes the node check the body against the hash the client has."""
+        name = request.path_params["name"]
+        expect = request.headers.get("x-content-sha256") or request.query_params.get("sha256")
+        try:
+            data = await read_body(request, node.store.max_model_bytes)
+            existed = node.store.has(name, hashlib.sha256(data).hexdigest())
+            info = await trio.to_thread.run_sync(node.store.put, name, data, expect)
+        except SubmitError as exc:
+            return error(exc.status, str(exc))
+        except UploadError as exc:
+            return error(exc.status, str(exc))
+        return JSONResponse(info, status_code=200 if existed else 201)
 
     async def submit(request: Request) -> JSONResponse:
         try:
@@ -157,7 +180,8 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
         Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
-        Route("/v1/models", models), Route("/v1/tasks", submit, methods=["POST"]),
+        Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),
+        Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),
     ]
 

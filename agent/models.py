@@ -7,7 +7,10 @@ and sample inputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,23 +69,140 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 PRELOAD_MAX_BYTES = 8 * 1024 * 1024
 
 
-class ModelStore:
-    """Loads ``<dir>/<name>.onnx`` lazily and caches the session."""
+MAX_MODEL_BYTES = 64 * 1024 * 1024      # an uploaded model; the zoo's largest is 40 MB
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
-    def __init__(self, directory: Path, preload_max_bytes: int = PRELOAD_MAX_BYTES):
+
+class UploadError(ValueError):
+    """A model upload refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelStore:
+    """Loads ``<dir>/<name>.onnx`` lazily and caches the session.
+
+    Two sources: the zoo directory (built, read-only) and, when ``uploads`` is
+    given, a content-addressed store of users' models: ``blobs/<sha256>.onnx``
+    written once, and ``names/<name>.json`` pointing a name at a blob.  A name
+    re-uploaded with other content points at the new blob; the zoo's names
+    cannot be replaced.
+    """
+
+    def __init__(self, directory: Path, preload_max_bytes: int = PRELOAD_MAX_BYTES, *, uploads: Path | None = None,
+                 max_model_bytes: int = MAX_MODEL_BYTES):
         self.directory = Path(directory)
+        self.uploads = Path(uploads) if uploads is not None else None
+        self.max_model_bytes = max_model_bytes
         self.preload_max_bytes = preload_max_bytes
+        self._sha: dict[str, str] = {}
         self._loaded: dict[str, LoadedModel] = {}
         self.load_s: dict[str, float] = {}      # how long each session took to create here
         self._lock = threading.Lock()  # sessions are created from worker threads
 
-    def names(self) -> list[str]:
+    def zoo_names(self) -> list[str]:
         if not self.directory.is_dir():
             return []
         return sorted(p.stem for p in self.directory.glob("*.onnx"))
 
+    def uploaded_names(self) -> list[str]:
+        if self.uploads is None or not (self.uploads / "names").is_dir():
+            return []
+        return sorted(p.stem for p in (self.uploads / "names").glob("*.json"))
+
+    def names(self) -> list[str]:
+        return sorted(set(self.zoo_names()) | set(self.uploaded_names()))
+
+    def path_of(self, name: str) -> Path | None:
+        """The ONNX file behind a name, or None."""
+        if not NAME_RE.match(name or ""):
+            return None
+        zoo = self.directory / f"{name}.onnx"
+        if zoo.is_file():
+            return zoo
+        if self.uploads is not None:
+            try:
+                ref = json.loads((self.uploads / "names" / f"{name}.json").read_text())
+                blob = self.uploads / "blobs" / f"{ref['sha256']}.onnx"
+                return blob if blob.is_file() else None
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return None
+
+    def sha256(self, name: str) -> str:
+        """Content hash of a model (cached; uploaded blobs are named by it)."""
+        path = self.path_of(name)
+        if path is None:
+            raise ModelError(f"unknown model {name!r}")
+        if path.parent.name == "blobs":
+            return path.stem
+        key = f"{name}:{path.stat().st_mtime_ns}"
+        if key not in self._sha:
+            try:   # the zoo's manifest records it (checked by tests/test_zoo.py)
+                sha = json.loads((self.directory / f"{name}.json").read_text())["sha256"]
+            except (OSError, ValueError, KeyError, TypeError):
+                sha = None
+            self._sha[key] = sha if isinstance(sha, str) and SHA_RE.match(sha) else \
+                hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._sha[key]
+
+    def has(self, name: str, sha256: str | None = None) -> bool:
+        if self.path_of(name) is None:
+            return False
+        return sha256 is None or not sha256 or self.sha256(name) == sha256
+
+    def read(self, name: str) -> bytes:
+        path = self.path_of(name)
+        if path is None:
+            raise ModelError(f"unknown model {name!r}")
+        return path.read_bytes()
+
+    def put(self, name: str, data: bytes, expect_sha256: str | None = None) -> dict[str, Any]:
+        """Validate and store a model under ``name``; UploadError with a status and reason.
+
+        Checks, in order: the name, the size limit, the hash the client (or the
+        mesh) expects, and that onnxruntime can load it with tensor types the
+        wire carries.  Nothing is written unless all pass.
+        """
+        if self.uploads is None:
+            raise UploadError(503, "this node has no model store for uploads")
+        if not NAME_RE.match(name or ""):
+            raise UploadError(400, f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', "
+                                   f"starting with a letter or digit")
+        if (self.directory / f"{name}.onnx").is_file():
+            raise UploadError(409, f"{name!r} is a zoo model and cannot be replaced; upload under another name")
+        if len(data) > self.max_model_bytes:
+            raise UploadError(413, f"model of {len(data)} bytes exceeds the {self.max_model_bytes}-byte limit")
+        if not data:
+            raise UploadError(400, "empty model")
+        sha = hashlib.sha256(data).hexdigest()
+        if expect_sha256 is not None and expect_sha256.lower() != sha:
+            raise UploadError(400, f"sha256 mismatch: expected {expect_sha256.lower()}, the body hashes to {sha}")
+        try:
+            session = ort.InferenceSession(data, sess_options=session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception hierarchy
+            raise UploadError(400, f"not a loadable ONNX model: {str(exc).splitlines()[0][:300]}") from None
+        try:
+            inputs, outputs = _specs(session.get_inputs(), Path(name)), _specs(session.get_outputs(), Path(name))
+        except ModelError as exc:
+            raise UploadError(400, str(exc)) from None
+        blobs, names = self.uploads / "blobs", self.uploads / "names"
+        blobs.mkdir(parents=True, exist_ok=True)
+        names.mkdir(parents=True, exist_ok=True)
+        blob = blobs / f"{sha}.onnx"
+        if not blob.is_file():
+            _write_atomic(blob, data)
+        _write_atomic(names / f"{name}.json", json.dumps({"sha256": sha, "size": len(data)}).encode())
+        with self._lock:
+            self._loaded.pop(name, None)      # a new version replaces the old session
+        return {"name": name, "sha256": sha, "size": len(data),
+                "inputs": [x.describe() for x in inputs], "outputs": [x.describe() for x in outputs]}
+
     def preloadable(self) -> list[str]:
-        return [n for n in self.names() if (self.directory / f"{n}.onnx").stat().st_size <= self.preload_max_bytes]
+        return [n for n in self.zoo_names() if (self.directory / f"{n}.onnx").stat().st_size <= self.preload_max_bytes]
 
     def loaded(self, name: str) -> bool:
         return name in self._loaded
@@ -92,9 +212,9 @@ class ModelStore:
             model = self._loaded.get(name)
             if model is not None:
                 return model
-            if not name or "/" in name or name.startswith(".") or not (self.directory / f"{name}.onnx").is_file():
+            path = self.path_of(name)
+            if path is None:
                 raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
-            path = self.directory / f"{name}.onnx"
             started = time.perf_counter()
             try:
                 session = ort.InferenceSession(str(path), sess_options=session_options(),
@@ -102,10 +222,13 @@ class ModelStore:
             except Exception as exc:  # onnxruntime raises its own exception hierarchy
                 raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
             manifest: dict[str, Any] = {}
-            try:
-                manifest = json.loads((self.directory / f"{name}.json").read_text())
-            except (OSError, ValueError):
-                pass
+            if path.parent == self.directory:
+                try:
+                    manifest = json.loads((self.directory / f"{name}.json").read_text())
+                except (OSError, ValueError):
+                    pass
+            else:
+                manifest = {"sha256": path.stem, "uploaded": True}
             model = LoadedModel(name, path, session, _specs(session.get_inputs(), path),
                                 _specs(session.get_outputs(), path), manifest)
             self._loaded[name] = model
@@ -114,3 +237,9 @@ class ModelStore:
 
     def loaded_names(self) -> list[str]:
         return sorted(self._loaded)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -20,6 +20,7 @@ import trio
 
 from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.membership import MembershipService
+from agent.model_fetch import ModelFetcher
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
@@ -39,7 +40,8 @@ from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import ChaosUpdate, Control, Hop, Message, Probe, TaskRequest, TaskResult, Tensor, WireError
+from mesh.wire import (ChaosUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskRequest, TaskResult,
+                       Tensor, WireError)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class Node:
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
         self.ledger = TaskLedger(self.delivery_config)
+        self.fetcher = ModelFetcher(name, store, self._send_routed, config.limits.ttl)
         self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
         self.executed = 0                              # inferences run here (gossiped)
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
@@ -416,7 +419,7 @@ class Node:
         self.tasks.add(rec)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
-                          deadline=now + timeout_s)
+                          deadline=now + timeout_s, model_sha256=self.store.sha256(model))
         # A local task is not retried end to end (nothing can lose it); a remote one
         # is re-sent under the same id if no result came back in time.
         self.ledger.submit(now, rec.task_id, self.peers[executor].index, req.deadline,
@@ -441,7 +444,8 @@ class Node:
         dead = self.membership.dead_nodes()
         names = [e.name for i, e in self.peers.by_index.items() if i not in dead]
         cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
-                           self.compute_table, self._in_flight, own, load_s)
+                           self.compute_table, self._in_flight, own, load_s, loaded.path.stat().st_size,
+                           self.config.links.isl_bandwidth_bps)
         try:
             choice = choose(target, cands, in_bytes=in_bytes, out_bytes=self._out_bytes.get(model, in_bytes),
                             bandwidth_bps=self.config.links.isl_bandwidth_bps, default_compute_s=default,
@@ -500,8 +504,10 @@ class Node:
             self._send_result(TaskResult(msg.task_id, msg.entry, msg.executor, ok=False, error=reason,
                                          ttl=self.config.limits.ttl, trace=msg.trace, attempt=msg.attempt,
                                          deadline=time.time() + DEFAULT_TASK_TIMEOUT_S))
-        else:
+        elif isinstance(msg, TaskResult):
             log.warning("result of %s could not return to %s: %s", msg.task_id, msg.entry, reason)
+        else:
+            log.warning("%s %s undeliverable: %s", type(msg).__name__, msg.hop_id, reason)
 
     # -- routed messages ------------------------------------------------------------
 
@@ -514,10 +520,32 @@ class Node:
         elif isinstance(msg, TaskResult):
             if self.relay.received(msg, from_node):
                 self._on_result(msg, arrived, expected, from_node)
+        elif isinstance(msg, ModelFetch):
+            if self.relay.received(msg, from_node):
+                if msg.holder == self.me.name:
+                    self._send_routed(self.fetcher.serve(msg), msg.requester)
+                else:
+                    self.relay.send(msg, msg.holder, from_node)
+        elif isinstance(msg, ModelChunk):
+            if self.relay.received(msg, from_node):
+                if msg.requester == self.me.name:
+                    self.fetcher.on_chunk(msg)
+                else:
+                    self.relay.send(msg, msg.requester, from_node)
         elif isinstance(msg, ChaosUpdate):
             self._on_chaos(msg, from_node)
         elif isinstance(msg, Probe):
             self.links.links[from_node].stats.probes_received += 1
+
+    def _send_routed(self, msg: ModelFetch | ModelChunk, dst: str) -> None:
+        """Start a model piece (or a request for one) towards ``dst`` over the relay."""
+        if dst == self.me.name:
+            return
+        self.relay.seen(msg)
+        problem = self.relay.send(msg, dst)
+        if problem:
+            log.warning("%s towards %s: %s", type(msg).__name__, dst, problem)
+        self._wake.set()
 
     def _on_hop_ack(self, ack: HopAck, from_node: str) -> None:
         for hop_id in ack.ids:
@@ -622,6 +650,8 @@ class Node:
         ok, outputs, error, compute = False, {}, "", 0.0
         try:
             self._check_power(req.model)
+            if req.model_sha256 and not self.store.has(req.model, req.model_sha256):
+                await self.fetcher.fetch(req.model, req.model_sha256, req.entry, req.deadline or time.time() + 60)
             model = self.store.get(req.model) if self.store.loaded(req.model) else \
                 await trio.to_thread.run_sync(self.store.get, req.model)
             arrays = {}

@@ -62,10 +62,12 @@ def compute_to_state(times: dict[str, float], limit: int = 8) -> list:
 
 def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str], tuple[float, int] | None],
                state_of: Callable[[str], dict[str, Any] | None], learned: ComputeTable,
-               in_flight: collections.Counter, own: dict[str, Any], load_s: float) -> list[Candidate]:
+               in_flight: collections.Counter, own: dict[str, Any], load_s: float, model_bytes: int,
+               bandwidth_bps: float) -> list[Candidate]:
     """Every live node with a route, as ``mesh.placement`` sees it; ``own`` is this node's
     current state (fresher than what it gossiped); ``load_s`` is what creating the
-    model's session costs where it is not loaded yet."""
+    model's session costs where it is not loaded yet.  A node without the model
+    fetches it from the entry node over the mesh: its transfer is added too."""
     out = []
     for name in names:
         if name == me:
@@ -86,8 +88,9 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
             compute = compute_from_state(state, model)
         battery = state.get("battery")
         out.append(Candidate(
-            node=name, latency_s=latency, hops=hops, has_model=model in models, backlog=backlog,
+            node=name, latency_s=latency, hops=hops, backlog=backlog,
             compute_s=compute, sunlit=state.get("sunlit") if battery is not None else None,
             low_battery=bool(state.get("low")),
-            load_s=0.0 if model in (state.get("loaded") or ()) else load_s))
+            load_s=(0.0 if model in (state.get("loaded") or ()) else load_s)
+            + (0.0 if model in models else 2 * latency + model_bytes * 8.0 / bandwidth_bps * hops)))
     return out

@@ -13,8 +13,9 @@ battery, sunlight, learned compute time per model)::
 
 Targets: a node name (run there, whatever it costs), ``auto`` (earliest
 expected completion), ``nearest`` (lowest path latency), ``sunlit`` (like
-auto, among sunlit nodes).  Nodes that are dead, lack the model, or are in
-eclipse below their battery reserve (for heavy work) are not candidates.  A
+auto, among sunlit nodes).  Nodes that are dead, cannot get the model
+(``has_model``; agents fetch it over the mesh, at a cost in ``load_s``), or are
+in eclipse below their battery reserve (for heavy work) are not candidates.  A
 deadline removes candidates expected to miss it; if none is left the task is
 refused with the best estimate, rather than accepted to fail later.
 """

@@ -99,6 +99,7 @@ class TaskRequest:
     trace: tuple[Hop, ...] = ()
     attempt: int = 0          # end-to-end retry number (same task id): hop ids differ per attempt
     deadline: float = 0.0     # wall time after which nobody waits for it (store-and-forward expiry)
+    model_sha256: str = ""    # the entry's version of the model: an executor without it fetches it
 
     @property
     def hop_id(self) -> str:
@@ -126,6 +127,49 @@ class TaskResult:
 
 
 @dataclass(frozen=True)
+class ModelFetch:
+    """Ask ``holder`` for bytes [offset, offset + length) of a model (routed)."""
+
+    fetch_id: str
+    requester: str
+    holder: str
+    model: str
+    sha256: str
+    offset: int
+    length: int
+    ttl: int = 64
+    deadline: float = 0.0
+    attempt: int = 0
+    trace: tuple[Hop, ...] = ()
+
+    @property
+    def hop_id(self) -> str:
+        return f"mf:{self.fetch_id}:{self.offset}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class ModelChunk:
+    """A piece of a model on its way to ``requester`` (routed); ``error`` if the holder cannot serve it."""
+
+    fetch_id: str
+    requester: str
+    holder: str
+    sha256: str
+    offset: int
+    total: int
+    data: bytes
+    ttl: int = 64
+    deadline: float = 0.0
+    attempt: int = 0
+    error: str = ""
+    trace: tuple[Hop, ...] = ()
+
+    @property
+    def hop_id(self) -> str:
+        return f"mc:{self.fetch_id}:{self.offset}:{self.attempt}"
+
+
+@dataclass(frozen=True)
 class Control:
     """Membership, gossip and hop acknowledgements: one ``mesh.gossip_msgs`` message."""
 
@@ -147,8 +191,8 @@ class Probe:
     padding: bytes = b""
 
 
-Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control]
-ROUTED = (TaskRequest, TaskResult)
+Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control, ModelFetch, ModelChunk]
+ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk)
 
 
 @dataclass(frozen=True)
@@ -176,12 +220,18 @@ def _encode_msg(msg: Message) -> list:
         return ["hello", msg.node]
     if isinstance(msg, TaskRequest):
         return ["task", msg.task_id, msg.entry, msg.executor, msg.model, _enc_tensors(msg.inputs),
-                msg.ttl, _enc_trace(msg.trace), msg.attempt, msg.deadline]
+                msg.ttl, _enc_trace(msg.trace), msg.attempt, msg.deadline, msg.model_sha256]
     if isinstance(msg, TaskResult):
         return ["result", msg.task_id, msg.entry, msg.executor, msg.ok, _enc_tensors(msg.outputs),
                 msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s, msg.attempt, msg.deadline]
     if isinstance(msg, Control):
         return ["ctl", message_to_wire(msg.msg)]
+    if isinstance(msg, ModelFetch):
+        return ["mfetch", msg.fetch_id, msg.requester, msg.holder, msg.model, msg.sha256, msg.offset, msg.length,
+                msg.ttl, msg.deadline, msg.attempt]
+    if isinstance(msg, ModelChunk):
+        return ["mchunk", msg.fetch_id, msg.requester, msg.holder, msg.sha256, msg.offset, msg.total, msg.data,
+                msg.ttl, msg.deadline, msg.attempt, msg.error]
     if isinstance(msg, ChaosUpdate):
         return ["chaos", list(msg.entries)]
     if isinstance(msg, Probe):
@@ -272,6 +322,19 @@ def _deadline(v: Any) -> float:
     return d
 
 
+def _count(v: Any, what: str) -> int:
+    if not 0 <= _expect(v, int, what) < 1 << 40:
+        raise WireError(f"{what} out of range")
+    return v
+
+
+def _sha(v: Any, allow_empty: bool = False) -> str:
+    _expect(v, str, "sha256")
+    if (allow_empty and v == "") or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+        return v
+    raise WireError("sha256 must be 64 lowercase hex digits")
+
+
 def _decode_msg(raw: Any) -> Message:
     _expect(raw, list, "message")
     if not raw:
@@ -280,11 +343,24 @@ def _decode_msg(raw: Any) -> Message:
     try:
         if kind == "hello" and len(args) == 1:
             return Hello(_expect(args[0], str, "hello.node"))
-        if kind == "task" and len(args) == 9:
-            tid, entry, ex, model, inputs, ttl, trace, attempt, deadline = args
+        if kind == "task" and len(args) == 10:
+            tid, entry, ex, model, inputs, ttl, trace, attempt, deadline, sha = args
             return TaskRequest(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
                                _expect(model, str, "model"), _dec_tensors(inputs, "inputs"),
-                               _expect(ttl, int, "ttl"), _dec_trace(trace), _attempt(attempt), _deadline(deadline))
+                               _expect(ttl, int, "ttl"), _dec_trace(trace), _attempt(attempt), _deadline(deadline),
+                               _sha(sha, allow_empty=True))
+        if kind == "mfetch" and len(args) == 10:
+            fid, req, holder, model, sha, offset, length, ttl, deadline, attempt = args
+            return ModelFetch(_expect(fid, str, "fetch_id"), _expect(req, str, "requester"),
+                              _expect(holder, str, "holder"), _expect(model, str, "model"), _sha(sha),
+                              _count(offset, "offset"), _count(length, "length"), _expect(ttl, int, "ttl"),
+                              _deadline(deadline), _attempt(attempt))
+        if kind == "mchunk" and len(args) == 11:
+            fid, req, holder, sha, offset, total, data, ttl, deadline, attempt, err = args
+            return ModelChunk(_expect(fid, str, "fetch_id"), _expect(req, str, "requester"),
+                              _expect(holder, str, "holder"), _sha(sha), _count(offset, "offset"),
+                              _count(total, "total"), _expect(data, bytes, "data"), _expect(ttl, int, "ttl"),
+                              _deadline(deadline), _attempt(attempt), _expect(err, str, "error"))
         if kind == "result" and len(args) == 11:
             tid, entry, ex, ok, outputs, err, ttl, trace, compute, attempt, deadline = args
             return TaskResult(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),

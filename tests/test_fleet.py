@@ -172,3 +172,39 @@ async def test_restarted_agent_keeps_identity_and_rejoins(running_fleet, models_
         acc = await c.submit("digits", samples(models_dir)[0]["inputs"], victim)
         rec = await c.wait(acc["task_id"], timeout=30)
         assert rec["status"] == "succeeded", rec
+
+
+async def test_an_uploaded_model_runs_on_a_far_node_that_fetches_it_over_the_mesh(running_fleet):
+    import hashlib
+
+    from tests.test_model_store import doubler
+    _, _, peers, _ = running_fleet
+    data = doubler(1.5, pad=(3 << 20) + 12345)          # 4 pieces over the mesh
+    sha = hashlib.sha256(data).hexdigest()
+    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=60) as http:
+        r = await http.put("/v1/models/scaler", content=data, headers={"X-Content-SHA256": sha})
+        assert r.status_code == 201 and r.json()["sha256"] == sha, r.text
+        assert (await http.put("/v1/models/scaler", content=data)).status_code == 200   # same bytes again
+        for body, headers, status, words in [
+            (b"garbage", {}, 400, "not a loadable ONNX model"),
+            (data, {"X-Content-SHA256": "0" * 64}, 400, "sha256 mismatch"),
+            (data, {}, 409, "zoo model"),
+        ]:
+            name = "digits" if status == 409 else "scaler2"
+            r = await http.put(f"/v1/models/{name}", content=body, headers=headers)
+            assert r.status_code == status and words in r.json()["error"], r.text
+    # Over the size limit: refused from the declared length, before any body is read.
+    host, port = peers["sat-0"].api.split("//")[1].split(":")
+    sock = await trio.open_tcp_stream(host, int(port))
+    await sock.send_all(f"PUT /v1/models/huge HTTP/1.1\r\nHost: {host}\r\nContent-Length: {65 << 20}\r\n\r\n".encode())
+    with trio.fail_after(10):
+        head = await sock.receive_some(4096)
+    await sock.aclose()
+    assert head.startswith(b"HTTP/1.1 413") and b"exceeds the 67108864-byte limit" in head, head
+    async with Client(peers["sat-0"].api) as c:
+        acc = await c.submit("scaler", {"x": [[1.0, 2.0, 3.0, 4.0]]}, "sat-6")
+        rec = await c.wait(acc["task_id"], timeout=60)
+    assert rec["status"] == "succeeded", rec
+    assert rec["outputs"]["y"]["data"] == [[1.5, 3.0, 4.5, 6.0]]
+    async with Client(peers["sat-6"].api) as c:
+        assert "scaler" in (await c.node())["models"]          # it kept the verified copy

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.gossip_msgs import Alive, HopAck, Ping
-from mesh.wire import (ChaosUpdate, Control, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+from mesh.wire import (ChaosUpdate, Control, ModelChunk, ModelFetch, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
                        Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
@@ -27,7 +27,10 @@ def test_round_trip_all_messages():
             TaskResult("t1", "sat-0", "sat-5", True, {"label": Tensor.from_array(np.array([3]))}, "", 60,
                        (Hop("sat-5", 2.0, 2.1, "execute", 0.03, "compute 0.1 ms"),), 0.0001),
             TaskResult("t2", "sat-0", "sat-5", False, error="boom", attempt=3, deadline=1e9),
-            replace(request(), attempt=2, deadline=1.7e9),
+            replace(request(), attempt=2, deadline=1.7e9, model_sha256="ab" * 32),
+            ModelFetch("f1", "sat-5", "sat-0", "mine", "cd" * 32, 1 << 20, 1 << 20, 60, 1.7e9, 1),
+            ModelChunk("f1", "sat-5", "sat-0", "cd" * 32, 0, 3, b"abc", 60, 1.7e9, 0),
+            ModelChunk("f1", "sat-5", "sat-0", "cd" * 32, 0, 0, b"", error="unknown model"),
             Control(Ping(5, 1, 2, (1, 3, 2), (Alive(1, 4),))), Control(HopAck(("q:t1:0", "r:t1:0"))),
             ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100)]
     dec = FrameDecoder(LIMIT)
@@ -79,13 +82,16 @@ def test_encoder_refuses_oversized_frame():
     (msgpack.packb([1, 1.0, -1.0, ["hello", "a"]]), "extra_s"),
     (msgpack.packb([1, 1.0, 0.0, ["nope", "a"]]), "unknown message"),
     (msgpack.packb([1, 1.0, 0.0, ["hello", 5]]), "hello.node"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, [], 0, 0.0]]), "needs 8 bytes"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, [], 0, 0.0]]), "dtype"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, True, [], 0, 0.0]]), "ttl"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["float32", [2], b"\0" * 4]}, 5, [], 0, 0.0, ""]]), "needs 8 bytes"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {"x": ["complex", [1], b"\0" * 8]}, 5, [], 0, 0.0, ""]]), "dtype"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, True, [], 0, 0.0, ""]]), "ttl"),
     (msgpack.packb([1, 1.0, 0.0, ["result", "t", "a", "b", "yes", {}, "", 5, [], 0.0, 0, 0.0]]), "ok"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]], 0, 0.0]]), "6 fields"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], -1, 0.0]]), "attempt"),
-    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, float("nan")]]), "deadline"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [["n", 1, 2, "e"]], 0, 0.0, ""]]), "6 fields"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], -1, 0.0, ""]]), "attempt"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, float("nan"), ""]]), "deadline"),
+    (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, 0.0, "abc"]]), "sha256"),
+    (msgpack.packb([1, 1.0, 0.0, ["mfetch", "f", "a", "b", "m", "0" * 64, -1, 10, 5, 0.0, 0]]), "offset"),
+    (msgpack.packb([1, 1.0, 0.0, ["mchunk", "f", "a", "b", "0" * 64, 0, 3, "not bytes", 5, 0.0, 0, ""]]), "data"),
     (msgpack.packb([1, 1.0, 0.0, ["ctl", ["ping", 1]]]), "control message"),
     (msgpack.packb([1, 1.0, 0.0, ["ctl", ["hopack", [""]]]]), "hopack"),
     (msgpack.packb([1, 1.0, 0.0, ["probe", "x", b""]]), "probe.seq"),

@@ -1,0 +1,134 @@
+"""The content-addressed model store and fetching models over the mesh (in process)."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper
+
+from agent.model_fetch import ModelFetcher
+from agent.models import ModelError, ModelStore, UploadError
+
+
+def doubler(factor: float = 2.0, pad: int = 0) -> bytes:
+    """A tiny real ONNX model: y = x × factor (``pad`` bytes of unused weights make it bigger)."""
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, [1], [factor])]
+    if pad:
+        inits.append(helper.make_tensor("unused", TensorProto.UINT8, [pad], bytes(pad), raw=True))
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "doubler",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture
+def store(tmp_path, models_dir):
+    return ModelStore(models_dir, uploads=tmp_path / "uploads", max_model_bytes=1 << 20)
+
+
+def test_an_upload_is_validated_stored_by_hash_and_runs(store):
+    data = doubler()
+    sha = hashlib.sha256(data).hexdigest()
+    info = store.put("double", data, sha)
+    assert info["sha256"] == sha and info["inputs"][0]["name"] == "x"
+    assert (store.uploads / "blobs" / f"{sha}.onnx").read_bytes() == data
+    assert "double" in store.names() and store.has("double", sha) and not store.has("double", "0" * 64)
+    out = store.get("double").session.run(None, {"x": np.ones((2, 4), dtype=np.float32)})[0]
+    assert np.array_equal(out, np.full((2, 4), 2.0, dtype=np.float32))
+    assert store.sha256("digits") == hashlib.sha256((store.directory / "digits.onnx").read_bytes()).hexdigest()
+
+
+def test_a_new_version_replaces_the_name_and_its_session(store):
+    store.put("double", doubler(2.0))
+    store.get("double")
+    info = store.put("double", doubler(3.0))
+    assert store.sha256("double") == info["sha256"]
+    out = store.get("double").session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
+    assert out[0, 0] == 3.0
+
+
+@pytest.mark.parametrize("name, data, sha, status, words", [
+    ("double", b"not a protobuf at all", None, 400, "not a loadable ONNX model"),
+    ("double", doubler(), "0" * 64, 400, "sha256 mismatch"),
+    ("double", doubler(pad=2 << 20), None, 413, "exceeds the 1048576-byte limit"),
+    ("digits", doubler(), None, 409, "zoo model"),
+    ("../etc", doubler(), None, 400, "model name"),
+    ("double", b"", None, 400, "empty"),
+])
+def test_bad_uploads_are_refused_with_the_reason_and_nothing_is_written(store, name, data, sha, status, words):
+    with pytest.raises(UploadError) as err:
+        store.put(name, data, sha)
+    assert err.value.status == status and words in str(err.value)
+    assert store.uploaded_names() == []
+
+
+def test_a_node_without_an_upload_store_says_so(models_dir):
+    with pytest.raises(UploadError) as err:
+        ModelStore(models_dir).put("double", doubler())
+    assert err.value.status == 503
+
+
+async def pair(tmp_path, models_dir, deliver):
+    """Two fetchers that talk through ``deliver(msg, to_fetcher)``."""
+    a = ModelStore(models_dir, uploads=tmp_path / "a")
+    b = ModelStore(models_dir, uploads=tmp_path / "b")
+    fetchers = {}
+    fetchers["sat-0"] = ModelFetcher("sat-0", a, lambda m, dst: deliver(m, fetchers[dst]), 64)
+    fetchers["sat-5"] = ModelFetcher("sat-5", b, lambda m, dst: deliver(m, fetchers[dst]), 64)
+    return a, b, fetchers
+
+
+def wire(msg, to):
+    from mesh.wire import ModelChunk
+    if isinstance(msg, ModelChunk):
+        to.on_chunk(msg)
+    else:
+        to.send(to.serve(msg), msg.requester)
+
+
+async def test_a_model_is_fetched_in_chunks_verified_and_stored(tmp_path, models_dir):
+    a, b, f = await pair(tmp_path, models_dir, wire)
+    data = doubler(pad=3 << 20)                       # 4 pieces
+    info = a.put("big", data)
+    with trio.fail_after(10):
+        await f["sat-5"].fetch("big", info["sha256"], "sat-0", 1e12)
+    assert b.read("big") == data and b.has("big", info["sha256"])
+    assert f["sat-0"].served_bytes == len(data)
+
+
+async def test_lost_pieces_are_asked_for_again(tmp_path, models_dir, monkeypatch):
+    monkeypatch.setattr("agent.model_fetch.PIECE_TIMEOUT_S", 0.05)
+    dropped = []
+
+    def lossy(msg, to):
+        from mesh.wire import ModelFetch
+        if isinstance(msg, ModelFetch) and msg.attempt == 0 and msg.offset > 0:
+            dropped.append(msg.offset)               # every first request for a later piece is lost
+            return
+        wire(msg, to)
+
+    a, b, f = await pair(tmp_path, models_dir, lossy)
+    info = a.put("big", doubler(pad=2 << 20))
+    with trio.fail_after(10):
+        await f["sat-5"].fetch("big", info["sha256"], "sat-0", 1e12)
+    assert dropped and b.has("big", info["sha256"])
+
+
+async def test_a_holder_without_the_model_or_bad_bytes_fail_the_fetch_with_the_reason(tmp_path, models_dir):
+    def tamper(msg, to):
+        from dataclasses import replace
+        from mesh.wire import ModelChunk
+        if isinstance(msg, ModelChunk) and msg.data:
+            msg = replace(msg, data=bytes([msg.data[0] ^ 1]) + msg.data[1:])
+        wire(msg, to)
+
+    a, b, f = await pair(tmp_path, models_dir, wire)
+    with pytest.raises(ModelError, match="has no model 'ghost'"):
+        await f["sat-5"].fetch("ghost", "ab" * 32, "sat-0", 1e12)
+    a, b, f = await pair(tmp_path / "t", models_dir, tamper)
+    info = a.put("double", doubler())
+    with pytest.raises(ModelError, match="hashes to"):
+        await f["sat-5"].fetch("double", info["sha256"], "sat-0", 1e12)
+    assert not b.has("double")
