@@ -41,7 +41,9 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         url = urlparse(entry.api)
         api = (url.hostname or "127.0.0.1", url.port or 80)
     async with open_host(keypair, lhost, lport) as host:
-        node = Node(name, config, peers, host, ModelStore(models, uploads=Path(data_dir) / "models"), incarnation=next_incarnation(Path(data_dir)))
+        store = ModelStore(models, uploads=Path(data_dir) / "models",
+                           session_budget_bytes=config.limits.session_memory_mb << 20)
+        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)))
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a

@@ -7,6 +7,7 @@ and sample inputs.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -70,6 +71,9 @@ PRELOAD_MAX_BYTES = 8 * 1024 * 1024
 
 
 MAX_MODEL_BYTES = 64 * 1024 * 1024      # an uploaded model; the zoo's largest is 40 MB
+# Sessions kept loaded per agent: 24 agents × 1 GiB fit this 24 GiB machine with
+# room to run; beyond it the least recently used session is dropped.
+SESSION_BUDGET_BYTES = 1 << 30
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -93,13 +97,16 @@ class ModelStore:
     """
 
     def __init__(self, directory: Path, preload_max_bytes: int = PRELOAD_MAX_BYTES, *, uploads: Path | None = None,
-                 max_model_bytes: int = MAX_MODEL_BYTES):
+                 max_model_bytes: int = MAX_MODEL_BYTES, session_budget_bytes: int = SESSION_BUDGET_BYTES):
         self.directory = Path(directory)
         self.uploads = Path(uploads) if uploads is not None else None
         self.max_model_bytes = max_model_bytes
         self.preload_max_bytes = preload_max_bytes
+        self.session_budget_bytes = session_budget_bytes
         self._sha: dict[str, str] = {}
-        self._loaded: dict[str, LoadedModel] = {}
+        self._loaded: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()   # LRU first
+        self.session_bytes: dict[str, int] = {}  # what each session costs in memory (measured at load)
+        self.evictions = 0
         self.load_s: dict[str, float] = {}      # how long each session took to create here
         self._lock = threading.Lock()  # sessions are created from worker threads
 
@@ -211,11 +218,12 @@ class ModelStore:
         with self._lock:
             model = self._loaded.get(name)
             if model is not None:
+                self._loaded.move_to_end(name)
                 return model
             path = self.path_of(name)
             if path is None:
                 raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
-            started = time.perf_counter()
+            started, rss = time.perf_counter(), _rss_bytes()
             try:
                 session = ort.InferenceSession(str(path), sess_options=session_options(),
                                                providers=["CPUExecutionProvider"])
@@ -233,7 +241,24 @@ class ModelStore:
                                 _specs(session.get_outputs(), path), manifest)
             self._loaded[name] = model
             self.load_s[name] = time.perf_counter() - started
+            # Resident growth is the real cost (a 40 MB fp16 U-Net takes ~220 MB);
+            # the file size is the floor when the allocator reused freed memory.
+            self.session_bytes[name] = max(path.stat().st_size, _rss_bytes() - rss)
+            self._evict(keep=name)
             return model
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used sessions until the cached ones fit the budget.
+        A running task holds its own reference, so eviction never breaks it."""
+        while len(self._loaded) > 1 and sum(self.session_bytes.get(n, 0) for n in self._loaded) \
+                > self.session_budget_bytes:
+            victim = next(n for n in self._loaded if n != keep)
+            del self._loaded[victim]
+            self.evictions += 1
+
+    def memory(self) -> dict[str, Any]:
+        return {"budget_bytes": self.session_budget_bytes, "evictions": self.evictions,
+                "sessions": {n: self.session_bytes.get(n, 0) for n in self._loaded}}
 
     def loaded_names(self) -> list[str]:
         return sorted(self._loaded)
@@ -243,3 +268,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux ``/proc``; 0 elsewhere, so the file size is used)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -779,6 +779,7 @@ class Node:
             "incarnation": self.membership.m.incarnation, "members_alive": self.membership.alive_count(),
             "energy": self.battery.describe() if self.battery is not None else None,
             "compute_ms": {m: round(s * 1e3, 3) for m, s in self.compute_table.of_node(self.me.name).items()},
+            "sessions": self.store.memory(),
         }
 
     def describe_membership(self) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class Limits:
     ttl: int = 64
     # Tasks admitted per node before 429.
     max_pending_tasks: int = 256
+    # onnxruntime sessions kept loaded per agent (MiB, measured resident size);
+    # beyond it the least recently used is dropped and reloaded on demand.
+    session_memory_mb: int = 1024
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,21 @@ async def test_a_holder_without_the_model_or_bad_bytes_fail_the_fetch_with_the_r
     with pytest.raises(ModelError, match="hashes to"):
         await f["sat-5"].fetch("double", info["sha256"], "sat-0", 1e12)
     assert not b.has("double")
+
+
+def test_sessions_beyond_the_memory_budget_are_evicted_least_recently_used(tmp_path, models_dir):
+    store = ModelStore(models_dir, uploads=tmp_path / "u", session_budget_bytes=1)   # room for one at a time
+    store.put("double", doubler())
+    store.get("digits")
+    store.get("matmul")
+    assert store.loaded_names() == ["matmul"] and store.evictions == 1
+    store.get("double")
+    assert store.loaded_names() == ["double"] and store.evictions == 2
+    out = store.get("digits").session.run(None, {"input": np.zeros((1, 64), dtype=np.float32)})
+    assert out[0].shape == (1,)                          # reloaded on demand
+    assert store.memory()["sessions"].keys() == {"digits"}
+    roomy = ModelStore(models_dir, session_budget_bytes=1 << 30)
+    roomy.get("digits")
+    roomy.get("matmul")
+    roomy.get("digits")                                  # a hit moves it to the back of the queue
+    assert list(roomy.memory()["sessions"]) == ["matmul", "digits"] and roomy.evictions == 0
