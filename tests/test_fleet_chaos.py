@@ -28,7 +28,7 @@ async def link_stats(peers, node, peer):
         links = (await c.links())["links"]
     return next(link for link in links if link["peer"] == peer)
 
-async def wait_for_faults(peers, nodes, predicate, timeout=5.0):
+async def wait_for_faults(peers, nodes, predicate, timeout=15.0):
     with trio.fail_after(timeout):
         while True:
             ok = True
