@@ -103,24 +103,26 @@ def build_app(node: Node) -> Starlette:
             body = await read_json(request, node.config.limits.max_body_bytes)
             if not isinstance(body, dict):
                 raise SubmitError(400, "body must be a JSON object")
-            unknown = set(body) - {"model", "inputs", "target", "timeout_s"}
+            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key"}
             if unknown:
-                raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s")
+                raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s, "
+                                       f"idempotency_key")
             if "model" not in body or "inputs" not in body:
                 raise SubmitError(400, "'model' and 'inputs' are required")
             timeout = body.get("timeout_s", 30.0)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
                 raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
-            rec = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout))
+            key = body.get("idempotency_key", request.headers.get("idempotency-key"))
+            rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key)
         except SubmitError as exc:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)
         return JSONResponse({"task_id": rec.task_id, "status": rec.status, "executor": rec.executor,
                              "entry": rec.entry, "placement": rec.placement,
-                             "url": f"/v1/tasks/{rec.task_id}"}, status_code=202)
+                             "url": f"/v1/tasks/{rec.task_id}"}, status_code=202 if new else 200)
 
     async def get_task(request: Request) -> JSONResponse:
-        rec = node.tasks.get(request.path_params["task_id"])
+        rec = node.find_task(request.path_params["task_id"])
         if rec is None:
             return error(404, f"no task {request.path_params['task_id']!r} at {node.me.name}")
         wait = request.query_params.get("wait")

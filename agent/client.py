@@ -63,8 +63,12 @@ class Client:
         return await self._call("GET", "/v1/models")
 
     async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
-                     timeout_s: float | None = None) -> dict[str, Any]:
+                     timeout_s: float | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
+        returns the task the first submission created (HTTP 200) instead of a new one."""
         body: dict[str, Any] = {"model": model, "inputs": inputs}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
         if target is not None:
             body["target"] = target
         if timeout_s is not None:

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import trio
 
 from agent.api import serve_api
+from agent.journal import Journal, JournalError
 from agent.loopwatch import install_from_env as install_slow_step_logger
 from agent.models import ModelStore
 from agent.node import Node
@@ -43,7 +44,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
     async with open_host(keypair, lhost, lport) as host:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20)
-        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)))
+        journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s)
+        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
@@ -99,7 +101,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime)
-    except ValueError as exc:
+    except (ValueError, JournalError) as exc:
         log.error("%s", exc)
         return 2
     return 0

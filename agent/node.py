@@ -19,6 +19,7 @@ import numpy as np
 import trio
 
 from agent.executor import ExecutionError, Executor, ExecutorBusy
+from agent.journal import Journal, JournalError
 from agent.membership import MembershipService
 from agent.model_fetch import ModelFetcher
 from agent.models import ModelError, ModelStore
@@ -56,6 +57,7 @@ PREWARM_EVERY_S = 0.25
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
 POWER_STEP_S = 1.0
+JOURNAL_PURGE_EVERY_S = 60.0
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
 
 
@@ -80,7 +82,7 @@ class NodeIdentity:
 
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
-                 *, workers: int | None = None, incarnation: int = 0):
+                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None):
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -128,6 +130,9 @@ class Node:
         self.fetcher = ModelFetcher(name, store, self._send_routed, config.limits.ttl)
         self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
         self.executed = 0                              # inferences run here (gossiped)
+        self.journal = journal
+        self.recovered = 0                             # unfinished tasks read back from the journal at start
+        self._idem: dict[str, str] = {}                # idempotency key -> task id (recent; the journal has all)
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
         self.compute_table = ComputeTable()            # compute time per (node, model), from results
         self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
@@ -275,6 +280,7 @@ class Node:
         # not while a frame is due.
         for peer in self.peers.by_index.values():
             self._route(peer.name)
+        self._recover()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.executor.serve)
@@ -373,15 +379,34 @@ class Node:
             await trio.sleep(STATE_EVERY_S)
 
     async def _expire_faults(self) -> None:
+        purged_at = time.time()
         while True:
             await trio.sleep(1.0)
             self.chaos.expire(time.time())
+            if self.journal is not None and time.time() - purged_at > JOURNAL_PURGE_EVERY_S:
+                purged_at = time.time()
+                try:
+                    self.journal.purge(purged_at)
+                except JournalError as exc:
+                    log.error("%s", exc)
 
     # -- tasks at the entry node --------------------------------------------------
 
     async def submit(self, model: str, inputs: Any, target: str | None,
-                     timeout_s: float = DEFAULT_TASK_TIMEOUT_S) -> TaskRecord:
-        """Validate and accept a task; raises SubmitError with a clear reason."""
+                     timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None) -> tuple[TaskRecord, bool]:
+        """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
+
+        With ``idem_key``, a retry of the same submission (the client never saw
+        the answer) gets the task it created the first time, not a second one.
+        """
+        if idem_key is not None:
+            if not isinstance(idem_key, str) or not 0 < len(idem_key) <= 128:
+                raise SubmitError(400, "an idempotency key must be a string of 1–128 characters")
+            known = self._idem.get(idem_key) or (self.journal.by_key(idem_key) if self.journal else None)
+            if known is not None:
+                rec = self.find_task(known)
+                if rec is not None:
+                    return rec, False
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
         if target is not None and not isinstance(target, str):
@@ -415,11 +440,21 @@ class Node:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
         now = time.time()
-        rec = TaskRecord(uuid.uuid4().hex, model, self.me.name, executor, created=now)
-        self.tasks.add(rec)
+        # The entry's name in the id: any node can tell where to ask about it.
+        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
                           deadline=now + timeout_s, model_sha256=self.store.sha256(model))
+        if self.journal is not None:
+            try:       # on disk before anyone is told: a crash from here on loses nothing
+                self.journal.accept(req, executor, why, now, idem_key)
+            except JournalError as exc:
+                raise SubmitError(503, f"{self.me.name} cannot record the task: {exc}") from None
+        if idem_key is not None:
+            self._idem[idem_key] = rec.task_id
+            if len(self._idem) > 65536:
+                self._idem.pop(next(iter(self._idem)))
+        self.tasks.add(rec)
         # A local task is not retried end to end (nothing can lose it); a remote one
         # is re-sent under the same id if no result came back in time.
         self.ledger.submit(now, rec.task_id, self.peers[executor].index, req.deadline,
@@ -430,7 +465,70 @@ class Node:
         self._in_flight[executor] += 1
         self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
         self._wake.set()
+        return rec, True
+
+    def find_task(self, task_id: str) -> TaskRecord | None:
+        """A task this node accepted: in memory, or (finished, within retention) in the journal."""
+        rec = self.tasks.get(task_id)
+        if rec is not None or self.journal is None:
+            return rec
+        try:
+            row = self.journal.get(task_id)
+        except JournalError as exc:
+            log.error("%s", exc)
+            return None
+        if row is None:
+            return None
+        rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
+                         placement=row.placement)
+        if row.finished is not None:
+            res = row.result
+            rec.finish(ok=row.status == "succeeded", when=row.finished, error=row.error,
+                       outputs={k: t.to_array() for k, t in res.outputs.items()} if res and res.ok else None,
+                       trace=res.trace if res else (), compute_s=res.compute_s if res else 0.0)
         return rec
+
+    def _recover(self) -> None:
+        """After a restart: every task accepted but not final is sent again under its id
+        (or failed at once if its deadline passed while this node was down)."""
+        if self.journal is None:
+            return
+        try:
+            rows = self.journal.open_tasks()
+        except JournalError as exc:
+            log.error("%s", exc)
+            return
+        now = time.time()
+        for row in rows:
+            rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
+                             placement=row.placement)
+            self.tasks.add(rec)
+            if row.idem_key:
+                self._idem[row.idem_key] = row.task_id
+            if row.deadline <= now:
+                self._finalize(rec, ok=False, when=now, error=f"{self.me.name} was down until after the deadline")
+                continue
+            self._requests[row.task_id] = row.request
+            executor = row.executor if row.executor in self.peers else self.me.name
+            self._in_flight[executor] += 1
+            # Retry at once: whatever was in flight died with the old process.
+            self.ledger.submit(now, row.task_id, self.peers[executor].index, row.deadline, retry_after=0.0)
+            self.recovered += 1
+        if rows:
+            log.warning("%s: recovered %d unfinished tasks from the journal", self.me.name, self.recovered)
+
+    def _finalize(self, rec: TaskRecord, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
+                  error: str = "", trace: tuple[Hop, ...] = (), compute_s: float = 0.0,
+                  result: TaskResult | None = None) -> bool:
+        """The task's one final state: in memory, then in the journal."""
+        if not rec.finish(ok=ok, when=when, outputs=outputs, error=error, trace=trace, compute_s=compute_s):
+            return False
+        if self.journal is not None:
+            try:
+                self.journal.finish(rec.task_id, ok, when, result, error)
+            except JournalError as exc:
+                log.error("%s", exc)
+        return True
 
     def _place(self, model: str, target: str, arrays: dict[str, np.ndarray], loaded: Any,
                timeout_s: float) -> tuple[str, str]:
@@ -489,7 +587,7 @@ class Node:
         rec = self.tasks.get(task_id)
         if rec is not None and rec.status not in ("succeeded", "failed") and self._in_flight.get(rec.executor):
             self._in_flight[rec.executor] -= 1
-        if rec is not None and rec.finish(ok=False, when=time.time(), error=reason):
+        if rec is not None and self._finalize(rec, ok=False, when=time.time(), error=reason):
             log.warning("task %s failed: %s", task_id, reason)
 
     def _undeliverable(self, msg: TaskRequest | TaskResult, reason: str) -> None:
@@ -740,8 +838,9 @@ class Node:
             self._out_bytes[rec.model] = sum(t.nbytes for t in res.outputs.values())
         hop = Hop(self.me.name, arrived, arrived, "deliver", expected)
         outputs = {k: t.to_array() for k, t in res.outputs.items()} if res.ok else None
-        rec.finish(ok=res.ok, when=arrived, outputs=outputs, error=res.error,
-                   trace=res.trace + (hop,) if expected else res.trace, compute_s=res.compute_s)
+        trace = res.trace + (hop,) if expected else res.trace
+        self._finalize(rec, ok=res.ok, when=arrived, outputs=outputs, error=res.error, trace=trace,
+                       compute_s=res.compute_s, result=replace(res, trace=trace))
 
     # -- views -------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class Limits:
     # onnxruntime sessions kept loaded per agent (MiB, measured resident size);
     # beyond it the least recently used is dropped and reloaded on demand.
     session_memory_mb: int = 1024
+    # Finished tasks (and their results) kept in each entry node's journal.
+    result_retention_s: int = 3600
 
 
 @dataclass(frozen=True)

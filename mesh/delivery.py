@@ -396,7 +396,9 @@ class TaskLedger:
                 out.append(TaskFailed(t.task_id, f"no result within {t.deadline - t.created:.1f} s after "
                                                  f"{t.attempts} attempt(s) to reach node {t.dst}{why}", t.attempts))
             elif t.next_retry <= now:
-                t.retry_s *= self.config.e2e_backoff
+                # A first retry may be asked for early (a restarted entry node resends
+                # at once); from then on the usual spacing applies.
+                t.retry_s = max(t.retry_s * self.config.e2e_backoff, self.config.e2e_retry_s)
                 t.next_retry = now + t.retry_s
                 t.attempts += 1
                 self.retries += 1

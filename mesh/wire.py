@@ -246,6 +246,15 @@ def encode_frame(frame: LinkFrame, max_frame_bytes: int) -> bytes:
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
+def decode_message(data: bytes) -> Message:
+    """The inverse of ``encode_message`` (journals store messages this way)."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"not msgpack: {type(exc).__name__}") from None
+    return _decode_msg(raw)
+
+
 def encode_message(msg: Message) -> bytes:
     """A message's msgpack bytes, encoded once however many copies are sent."""
     return msgpack.packb(_encode_msg(msg), use_bin_type=True)

@@ -270,3 +270,10 @@ def test_transfers_to_a_neighbour_declared_gone_are_given_back_at_once():
     assert "declared unreachable" in failed[0].reason
     assert len(hs) == 1 and hs.on_ack(0.06, "req:t2:0", 8) == "two"
     assert hs.abandon(0.1, lambda to: True) == []
+
+
+def test_an_immediate_first_retry_is_followed_by_the_usual_spacing():
+    led = TaskLedger(DeliveryConfig(e2e_retry_s=5.0, e2e_backoff=2.0))
+    led.submit(0.0, "t", 3, deadline=100.0, retry_after=0.0)     # a restarted entry resends at once
+    assert led.tick(0.0) == [Attempt("t", 3, 1)]
+    assert led.tick(0.1) == [] and led.next_deadline() == pytest.approx(5.0)

@@ -9,6 +9,8 @@ import json
 import signal
 import time
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import trio
 
@@ -161,3 +163,40 @@ async def _answers(peers, name):
         return True
     except ApiError:
         return False
+
+
+async def test_kill_9_of_an_entry_node_loses_no_accepted_task(mfleet, models_dir):
+    """Tasks accepted at sat-2 wait (held: their executor is cut off) when sat-2 is
+    killed; the restarted sat-2 reads them back from its journal and finishes them."""
+    spec, _, peers, procs = mfleet
+    entry, target = "sat-2", "sat-9"
+    async with Client(peers["sat-5"].api) as c:
+        res = await c.apply_fault({"kind": "partition", "groups": [[target]]})
+    await trio.sleep(res["fault"]["start"] - time.time() + 0.3)
+    ids = {}
+    async with Client(peers[entry].api) as c:
+        for k in range(5):
+            acc = await c.submit("digits", sample(models_dir, k)["inputs"], target, timeout_s=90,
+                                 idempotency_key=f"job-{k}")
+            ids[k] = acc["task_id"]
+        assert (await c.task(ids[0]))["status"] not in ("succeeded", "failed")
+    procs[entry].send_signal(signal.SIGKILL)
+    procs[entry].wait()
+    procs[entry] = fleet.start_agent(spec, entry)
+    with trio.fail_after(60):
+        while not await _answers(peers, entry):
+            await trio.sleep(0.2)
+    async with Client(peers[entry].api) as c:
+        again = await c.submit("digits", sample(models_dir, 0)["inputs"], target, timeout_s=90,
+                               idempotency_key="job-0")
+        assert again["task_id"] == ids[0], "the same key is the same task, across the restart"
+        assert (await c.membership())["delivery"]["tasks_in_flight"] == 5
+    async with Client(peers["sat-5"].api) as c:
+        await c.clear_faults()
+    async with Client(peers[entry].api) as c:
+        recs = [await c.wait(ids[k], timeout=60) for k in range(5)]
+    sess = ort.InferenceSession(str(models_dir / "digits.onnx"), providers=["CPUExecutionProvider"])
+    for k, rec in enumerate(recs):
+        assert rec["status"] == "succeeded", rec
+        x = np.array(sample(models_dir, k)["inputs"]["input"], dtype=np.float32)
+        assert rec["outputs"]["label"]["data"] == sess.run(["label"], {"input": x})[0].tolist()
