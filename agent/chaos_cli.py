@@ -15,8 +15,12 @@ A scenario is a TOML timeline::
     [[events]]
     at = "5s"
     kind = "loss"
-    link = "random"              # a link drawn with the seed (instead of a/b)
+    link = "random"              # a link drawn with the seed (instead of a/b); "all": every link
     loss = "10%"
+    [[events]]
+    at = "8s"
+    action = "kill"              # kill | pause | resume | restart: the node's process
+    node = "sat-4"               # or "random"
 
 The whole file is checked against the fleet's topology before anything is
 applied, so a bad event halfway down never leaves half a scenario behind.
@@ -102,17 +106,40 @@ def parse_scenario(text: str, topo: Topo) -> list[Event]:
         except FaultError as exc:
             raise ScenarioError(str(exc)) from None
         action = raw.pop("action", "apply")
+        if action in NODE_ACTIONS:
+            node = raw.pop("node", None)
+            if raw:
+                raise ScenarioError(f"{where}: a {action} takes only 'node', got {sorted(raw)}")
+            if node == "random":
+                node = rng.choice(sorted(topo.nodes))
+            if not isinstance(node, str) or node not in topo.nodes:
+                raise ScenarioError(f"{where}: {action} needs 'node', one of the fleet's nodes or \"random\"; "
+                                    f"got {node!r}")
+            out.append(Event(at, action, {"node": node}))
+            continue
         if action == "clear":
             if raw:
                 raise ScenarioError(f"{where}: a clear takes no other fields, got {sorted(raw)}")
             out.append(Event(at, "clear", {}))
             continue
         if action != "apply":
-            raise ScenarioError(f"{where}: action must be 'apply' or 'clear'")
+            raise ScenarioError(f"{where}: action must be 'apply', 'clear' or one of {', '.join(NODE_ACTIONS)}")
         if "for" in raw:
             raw["duration_s"] = raw.pop("for")
-        if raw.pop("link", None) == "random":
+        link = raw.pop("link", None)
+        if link == "all":                 # one fault per laser link: e.g. loss everywhere
+            for a, b in links:
+                one = dict(raw, a=a, b=b)
+                try:
+                    normalise(one, topo)
+                except FaultError as exc:
+                    raise ScenarioError(f"{where}: {exc}") from None
+                out.append(Event(at, "apply", one))
+            continue
+        if link == "random":
             raw["a"], raw["b"] = rng.choice(links)
+        elif link is not None:
+            raise ScenarioError(f"{where}: link must be \"random\" or \"all\" (or give a and b), not {link!r}")
         try:
             normalise(raw, topo)
         except FaultError as exc:
@@ -121,22 +148,49 @@ def parse_scenario(text: str, topo: Topo) -> list[Event]:
     return sorted(out, key=lambda e: e.at)
 
 
-async def run_scenario(events: list[Event], url: str, echo=print) -> list[dict[str, Any]]:
+async def run_scenario(events: list[Event], urls: str | list[str], echo=print, nodes=None) -> list[dict[str, Any]]:
+    """Apply the timeline; link faults go to the first node in ``urls`` that answers
+    (a scenario may kill the one you named), node faults to ``nodes`` (a
+    :class:`LocalNodeChaos` or :class:`ComposeNodeChaos`)."""
     import trio
 
-    from agent.client import Client
+    from agent.client import ApiError, Client
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if nodes is None and any(ev.action in NODE_ACTIONS for ev in events):
+        raise ScenarioError("this scenario kills, pauses or restarts nodes: it needs a fleet (--dir) or a compose "
+                            "project (--compose)")
+
+    async def call(fn):
+        last: ApiError | None = None
+        for url in urls:
+            try:
+                async with Client(url) as c:
+                    return await fn(c)
+            except ApiError as exc:
+                if exc.status:          # the node answered: a real refusal
+                    raise
+                last = exc
+        raise last or ApiError(0, "no node to talk to")
+
     applied = []
     start = trio.current_time()
-    async with Client(url) as c:
-        for ev in events:
-            await trio.sleep_until(start + ev.at)
-            if ev.action == "clear":
-                res = await c.clear_faults()
-                echo(f"  t+{ev.at:7.2f}s  clear ({len(res['cleared'])} faults)")
-            else:
-                res = await c.apply_fault(ev.spec)
-                echo(f"  t+{ev.at:7.2f}s  {describe(res['fault'])}")
-            applied.append({"at": ev.at, "action": ev.action, **res})
+    for ev in events:
+        await trio.sleep_until(start + ev.at)
+        if ev.action in NODE_ACTIONS:
+            try:
+                what = await trio.to_thread.run_sync(nodes.run, ev.action, ev.spec["node"])
+            except NodeChaosError as exc:
+                what = f"{ev.action} {ev.spec['node']} refused: {exc}"
+            echo(f"  t+{ev.at:7.2f}s  {what}")
+            applied.append({"at": ev.at, "action": ev.action, "node": ev.spec["node"], "result": what})
+            continue
+        if ev.action == "clear":
+            res = await call(lambda c: c.clear_faults())
+            echo(f"  t+{ev.at:7.2f}s  clear ({len(res['cleared'])} faults)")
+        else:
+            res = await call(lambda c: c.apply_fault(ev.spec))
+            echo(f"  t+{ev.at:7.2f}s  {describe(res['fault'])}")
+        applied.append({"at": ev.at, "action": ev.action, **res})
     return applied
 
 
@@ -438,7 +492,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
                 for ev in events:
                     print(f"  t+{ev.at:7.2f}s  {ev.action} {json.dumps(ev.spec) if ev.spec else ''}")
                 return 0
-            trio.run(run_scenario, events, url)
+            backend = node_chaos(args) if any(ev.action in NODE_ACTIONS for ev in events) else None
+            others = [p.api for p in load_peers(args.dir).by_name.values()] if not args.url else []
+            trio.run(run_scenario, events, [url] + [u for u in others if u != url], print, backend)
             return 0
 
         async def call() -> Any:
@@ -450,8 +506,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
                 return await c.apply_fault(_spec(args))
 
         res = trio.run(call)
-    except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    except (ApiError, NodeChaosError, ScenarioError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     if cmd == "list":
         faults = res["faults"]

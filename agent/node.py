@@ -346,7 +346,10 @@ class Node:
             "models": sorted(self.store.names())[:12], "loaded": self.store.loaded_names()[:8],
             "cm": compute_to_state(self.compute_table.of_node(self.me.name), limit=6)}
         if self.battery is not None:
-            state.update(battery=round(self.battery.fraction, 3), sunlit=self.battery.sunlit, low=self.battery.low())
+            # In 2% steps: a charging battery changes its third decimal every
+            # ~2 s, and every change is a fleet-wide gossip of this node's state.
+            state.update(battery=round(self.battery.fraction * 50) / 50, sunlit=self.battery.sunlit,
+                         low=self.battery.low())
         return state
 
     async def _power(self) -> None:

@@ -1,0 +1,306 @@
+"""``orbitmesh check``: run a workload while a chaos scenario runs, then prove nothing was lost.
+
+The checker is a client like any other: it submits tasks to several entry
+nodes (each with an idempotency key, re-sent if an answer was lost or the
+entry was down), runs the scenario's link and node faults at the same time,
+restarts any node the scenario left down (its journal is on disk), and then
+asks every entry node for every task it accepted.  It verifies:
+
+* **lost**: every accepted task reached a final state;
+* **duplicated**: one idempotency key is one task id, and a task's final
+  state never changes once seen;
+* **wrong**: every success equals the reference computed here, with
+  onnxruntime, on the same input;
+* **unexplained**: every failure carries a reason.
+
+It prints a report (counts, latency percentiles, faults applied) and exits
+non-zero on any violation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import trio
+
+from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError, run_scenario
+from agent.client import ApiError, Client
+from agent.models import session_options
+
+
+@dataclass
+class Job:
+    index: int
+    entry: str
+    key: str
+    sample: int
+    task_id: str | None = None
+    accepted_at: float | None = None
+    refused: str = ""
+    final: dict[str, Any] | None = None
+    seen_at: float | None = None
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    jobs: list[Job]
+    faults: list[dict[str, Any]]
+    restarted: list[str]
+    seconds: float
+
+    def counts(self) -> dict[str, int]:
+        accepted = [j for j in self.jobs if j.task_id]
+        return {
+            "submitted": len(self.jobs), "accepted": len(accepted),
+            "refused": sum(1 for j in self.jobs if not j.task_id),
+            "succeeded": sum(1 for j in accepted if j.final and j.final["status"] == "succeeded"),
+            "failed": sum(1 for j in accepted if j.final and j.final["status"] == "failed"),
+            "lost": sum(1 for j in accepted if any(v.startswith("lost") for v in j.violations)),
+            "duplicated": sum(1 for j in accepted if any(v.startswith("duplicated") for v in j.violations)),
+            "wrong": sum(1 for j in accepted if any(v.startswith("wrong") for v in j.violations)),
+            "unexplained": sum(1 for j in accepted if any(v.startswith("unexplained") for v in j.violations)),
+        }
+
+    @property
+    def ok(self) -> bool:
+        c = self.counts()
+        return c["accepted"] > 0 and not (c["lost"] or c["duplicated"] or c["wrong"] or c["unexplained"])
+
+    def latencies(self) -> list[float]:
+        """Accepted → final at the entry node, from the task records (seconds)."""
+        return sorted(j.final["latency"]["total_ms"] / 1e3 for j in self.jobs
+                      if j.final and j.final["status"] == "succeeded" and j.final.get("latency"))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = self.latencies()
+        return {"ok": self.ok, "counts": self.counts(), "seconds": self.seconds, "restarted_at_end": self.restarted,
+                "latency_s": {p: _pct(lat, p) for p in (50, 90, 99, 100)} if lat else {},
+                "failures": sorted({j.final["error"] for j in self.jobs if j.final and j.final["status"] == "failed"}),
+                "violations": [f"task {j.index} ({j.task_id}): {v}" for j in self.jobs for v in j.violations],
+                "faults": self.faults}
+
+    def text(self) -> str:
+        d = self.as_dict()
+        c = d["counts"]
+        lines = [f"check: {'PASS' if self.ok else 'FAIL'} after {self.seconds:.1f} s",
+                 f"  tasks: {c['submitted']} submitted, {c['accepted']} accepted, {c['refused']} never accepted",
+                 f"  final: {c['succeeded']} succeeded, {c['failed']} failed with a reason",
+                 f"  violations: {c['lost']} lost, {c['duplicated']} duplicated, {c['wrong']} wrong, "
+                 f"{c['unexplained']} failed without a reason"]
+        if d["latency_s"]:
+            lat = d["latency_s"]
+            lines.append(f"  latency (accepted → final): p50 {lat[50] * 1e3:.0f} ms, p90 {lat[90] * 1e3:.0f} ms, "
+                         f"p99 {lat[99] * 1e3:.0f} ms, max {lat[100] * 1e3:.0f} ms")
+        node_faults = [f for f in self.faults if f["action"] in NODE_ACTIONS]
+        lines.append(f"  faults applied: {len(self.faults) - len(node_faults)} link events, "
+                     f"{len(node_faults)} node events" + (f"; restarted at the end: {', '.join(self.restarted)}"
+                                                          if self.restarted else ""))
+        for f in node_faults:
+            lines.append(f"    t+{f['at']:.1f}s {f['result']}")
+        for reason in d["failures"][:10]:
+            lines.append(f"  failure reason: {reason}")
+        for v in d["violations"][:20]:
+            lines.append(f"  VIOLATION {v}")
+        return "\n".join(lines)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+class Reference:
+    """The expected outputs of the zoo's digits samples, computed here with onnxruntime."""
+
+    def __init__(self, models: Path):
+        self.samples = json.loads((models / "digits.json").read_text())["samples"]
+        sess = ort.InferenceSession(str(models / "digits.onnx"), sess_options=session_options(),
+                                    providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        self.outputs = []
+        for s in self.samples:
+            values = sess.run(None, {"input": np.asarray(s["inputs"]["input"], dtype=np.float32)})
+            self.outputs.append(dict(zip(names, values)))
+
+    def differs(self, k: int, outputs: dict[str, Any] | None) -> str:
+        if not outputs:
+            return "no outputs"
+        for name, want in self.outputs[k].items():
+            got = outputs.get(name)
+            if got is None:
+                return f"output {name!r} missing"
+            arr = np.asarray(got["data"], dtype=want.dtype)
+            if arr.shape != want.shape or not np.allclose(arr, want, rtol=1e-5, atol=1e-6):
+                return f"output {name!r} is {arr.tolist()}, onnxruntime here gives {want.tolist()}"
+        return ""
+
+
+async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models: Path, *, tasks: int,
+                entries: list[str], concurrency: int = 8, spread_s: float | None = None, task_timeout_s: float = 60.0,
+                target: str = "spread", echo=print) -> Report:
+    """``target``: "spread" sends task i to node i mod N (so every node executes, and a
+    killed node is an executing one), or any placement target ("auto", "nearest", …)."""
+    ref = Reference(models)
+    run = uuid.uuid4().hex[:8]
+    jobs = [Job(i, entries[i % len(entries)], f"check-{run}-{i}", i % len(ref.samples)) for i in range(tasks)]
+    names = peers.names()
+
+    def target_of(job: Job) -> str:
+        return names[(job.index * 7 + 3) % len(names)] if target == "spread" else target
+    urls = [peers[n].api for n in peers.names()]
+    started = time.monotonic()
+    span = spread_s if spread_s is not None else (events[-1].at if events else 0.0) + 2.0
+    faults: list[dict[str, Any]] = []
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def submit(job: Job) -> None:
+        await trio.sleep(span * job.index / max(1, tasks))
+        deadline = time.monotonic() + task_timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                async with limiter, Client(peers[job.entry].api, timeout=10) as c:
+                    acc = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
+                                         timeout_s=task_timeout_s, idempotency_key=job.key)
+                if job.task_id is not None and acc["task_id"] != job.task_id:
+                    job.violations.append(f"duplicated: key {job.key} gave {job.task_id} and {acc['task_id']}")
+                job.task_id = job.task_id or acc["task_id"]
+                job.accepted_at = job.accepted_at or time.monotonic()
+                return
+            except ApiError as exc:
+                last = exc.message
+                if exc.status not in (0, 429, 503):
+                    break          # refused for good (a bad request is the checker's bug)
+            await trio.sleep(0.5)  # entry down or busy: the same key again, without holding a slot
+        job.refused = last or "no answer"
+
+    async def scenario() -> None:
+        if events:
+            faults.extend(await run_scenario(events, urls, echo=echo, nodes=nodes))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scenario)
+        for job in jobs:
+            nursery.start_soon(submit, job)
+
+    echo(f"  workload and scenario done after {time.monotonic() - started:.1f} s")
+    restarted = []
+    if nodes is not None:            # a node the scenario left down still has its journal: bring it back
+        for name in peers.names():
+            try:
+                if nodes.status(name) != "running":
+                    await trio.to_thread.run_sync(nodes.run, "restart" if nodes.status(name) == "down" else "resume",
+                                                  name)
+                    restarted.append(name)
+            except NodeChaosError as exc:
+                echo(f"  could not bring {name} back: {exc}")
+        async with Client(urls[0]) as c:
+            try:
+                await c.clear_faults()
+            except ApiError:
+                pass
+
+    async def settle(job: Job) -> None:
+        if not job.task_id:
+            return
+        if True:
+            deadline = time.monotonic() + task_timeout_s + 60.0
+            rec = None
+            while time.monotonic() < deadline:
+                try:
+                    async with limiter, Client(peers[job.entry].api, timeout=30) as c:
+                        rec = await c.task(job.task_id, wait=1.0)
+                except ApiError as exc:
+                    if exc.status == 404:
+                        job.violations.append(f"lost: {job.entry} no longer knows it ({exc.message})")
+                        return
+                    await trio.sleep(0.5)
+                    continue
+                if rec["status"] in ("succeeded", "failed"):
+                    break
+            if rec is None or rec["status"] not in ("succeeded", "failed"):
+                job.violations.append(f"lost: still {rec['status'] if rec else 'unanswered'} at {job.entry} "
+                                      f"{task_timeout_s + 60:.0f} s after the workload")
+                return
+            job.final, job.seen_at = rec, time.monotonic()
+            if rec["status"] == "succeeded":
+                why = ref.differs(job.sample, rec.get("outputs"))
+                if why:
+                    job.violations.append(f"wrong: {why}")
+            elif not rec.get("error"):
+                job.violations.append("unexplained: failed without a reason")
+            # The same key again must be the same task, and its state must not change.
+            try:
+                async with Client(peers[job.entry].api, timeout=30) as c:
+                    again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
+                                           timeout_s=task_timeout_s, idempotency_key=job.key)
+                    later = await c.task(job.task_id)
+            except ApiError as exc:
+                job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
+                return
+            if again["task_id"] != job.task_id:
+                job.violations.append(f"duplicated: key {job.key} now names {again['task_id']}")
+            if later["status"] != rec["status"] or later.get("outputs") != rec.get("outputs"):
+                job.violations.append(f"duplicated: final state changed from {rec['status']} to {later['status']}")
+
+    settle_from = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(settle, job)
+    echo(f"  every task settled after {time.monotonic() - settle_from:.1f} s more")
+    return Report(jobs, faults, restarted, time.monotonic() - started)
+
+
+# -- command line -----------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    import sys
+
+    from agent.chaos_cli import ScenarioError, fleet_topo, parse_scenario
+    from agent.fleet import FleetError, load_peers
+    try:
+        peers = load_peers(args.dir)
+        events = parse_scenario(args.scenario.read_text(), fleet_topo(args.dir)) if args.scenario else []
+        nodes = LocalNodeChaos(args.dir)
+    except (OSError, FleetError, ScenarioError, NodeChaosError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    entries = args.entries.split(",") if args.entries else \
+        [peers.names()[i * len(peers.names()) // 4] for i in range(min(4, len(peers.names())))]
+    unknown = [e for e in entries if e not in peers]
+    if unknown:
+        print(f"error: unknown entry nodes {unknown}; this fleet has {peers.names()[0]} … {peers.names()[-1]}",
+              file=sys.stderr)
+        return 2
+    if args.tasks < 1:
+        print("error: --tasks must be at least 1", file=sys.stderr)
+        return 2
+    print(f"check: {args.tasks} tasks into {', '.join(entries)}"
+          + (f" while {args.scenario} runs ({len(events)} events over {events[-1].at:.1f} s)" if events else ""))
+    report = trio.run(lambda: check(peers, events, nodes, args.models, tasks=args.tasks, entries=entries,
+                                    concurrency=args.concurrency, task_timeout_s=args.task_timeout,
+                                    target=args.target))
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="run tasks while a chaos scenario runs; verify none was lost, duplicated "
+                                     "or wrong")
+    p.add_argument("--scenario", type=Path, help="chaos scenario (TOML; link and node faults)")
+    p.add_argument("--tasks", type=int, default=200, help="tasks to submit (default: 200)")
+    p.add_argument("--entries", help="entry nodes, comma-separated (default: 4 spread over the fleet)")
+    p.add_argument("--concurrency", type=int, default=8, help="submissions in flight (default: 8)")
+    p.add_argument("--task-timeout", type=float, default=60.0, help="each task's deadline in seconds (default: 60)")
+    p.add_argument("--target", default="spread",
+                   help="spread (task i runs on node i×7+3 mod N: every node executes; the default), or a placement "
+                        "target for every task: auto, nearest, sunlit")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
