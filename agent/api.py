@@ -122,16 +122,23 @@ def build_app(node: Node) -> Starlette:
                              "url": f"/v1/tasks/{rec.task_id}"}, status_code=202 if new else 200)
 
     async def get_task(request: Request) -> JSONResponse:
-        rec = node.find_task(request.path_params["task_id"])
-        if rec is None:
-            return error(404, f"no task {request.path_params['task_id']!r} at {node.me.name}")
+        task_id = request.path_params["task_id"]
+        seconds = 0.0
         wait = request.query_params.get("wait")
         if wait is not None:
             try:
-                seconds = min(float(wait), MAX_WAIT_S)
+                seconds = max(0.0, min(float(wait), MAX_WAIT_S))
             except ValueError:
                 return error(400, "'wait' must be a number of seconds")
-            with trio.move_on_after(max(seconds, 0.0)):
+        rec = node.find_task(task_id)
+        if rec is None:
+            # Accepted elsewhere: its id names the entry node; ask it over the mesh.
+            try:
+                return JSONResponse(await node.query_task(task_id, seconds))
+            except SubmitError as exc:
+                return error(exc.status, str(exc))
+        if seconds:
+            with trio.move_on_after(seconds):
                 await rec.done.wait()
         return JSONResponse(rec.to_json())
 

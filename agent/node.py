@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import collections
+import json
 import math
 import time
 import uuid
@@ -41,8 +42,8 @@ from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import (ChaosUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskRequest, TaskResult,
-                       Tensor, WireError)
+from mesh.wire import (ChaosUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
+                       TaskResult, TaskStatus, Tensor, WireError)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
 POWER_STEP_S = 1.0
 JOURNAL_PURGE_EVERY_S = 60.0
+QUERY_TIMEOUT_S = 5.0           # a task query's answer, beyond any wait asked for
+QUERY_ATTEMPTS = 3
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
 
 
@@ -133,6 +136,7 @@ class Node:
         self.journal = journal
         self.recovered = 0                             # unfinished tasks read back from the journal at start
         self._idem: dict[str, str] = {}                # idempotency key -> task id (recent; the journal has all)
+        self._queries: dict[str, trio.MemorySendChannel] = {}   # task queries this node is waiting on
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
         self.compute_table = ComputeTable()            # compute time per (node, model), from results
         self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
@@ -621,6 +625,24 @@ class Node:
         elif isinstance(msg, TaskResult):
             if self.relay.received(msg, from_node):
                 self._on_result(msg, arrived, expected, from_node)
+        elif isinstance(msg, TaskQuery):
+            if self.relay.received(msg, from_node):
+                if msg.entry == self.me.name:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._answer_query, msg)
+                else:
+                    self.relay.send(msg, msg.entry, from_node)
+        elif isinstance(msg, TaskStatus):
+            if self.relay.received(msg, from_node):
+                if msg.asker == self.me.name:
+                    send = self._queries.get(msg.query_id)
+                    if send is not None:
+                        try:
+                            send.send_nowait(msg)
+                        except trio.WouldBlock:
+                            pass
+                else:
+                    self.relay.send(msg, msg.asker, from_node)
         elif isinstance(msg, ModelFetch):
             if self.relay.received(msg, from_node):
                 if msg.holder == self.me.name:
@@ -638,7 +660,43 @@ class Node:
         elif isinstance(msg, Probe):
             self.links.links[from_node].stats.probes_received += 1
 
-    def _send_routed(self, msg: ModelFetch | ModelChunk, dst: str) -> None:
+    async def query_task(self, task_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """A task accepted elsewhere: ask its entry node (named in the id) over the mesh."""
+        entry = task_id.rsplit("-", 1)[0] if "-" in task_id else ""
+        if entry not in self.peers or entry == self.me.name:
+            raise SubmitError(404, f"no task {task_id!r} at {self.me.name}")
+        qid = uuid.uuid4().hex[:16]
+        send, recv = trio.open_memory_channel(1)
+        self._queries[qid] = send
+        try:
+            for attempt in range(QUERY_ATTEMPTS):
+                self._send_routed(TaskQuery(qid, self.me.name, entry, task_id, wait_s, self.config.limits.ttl,
+                                            time.time() + wait_s + QUERY_TIMEOUT_S, attempt), entry)
+                with trio.move_on_after(wait_s + QUERY_TIMEOUT_S):
+                    status = await recv.receive()
+                    if status.error:
+                        raise SubmitError(404, status.error)
+                    return json.loads(status.record)
+        finally:
+            del self._queries[qid]
+        raise SubmitError(504, f"{entry}, where task {task_id!r} entered, did not answer {self.me.name} "
+                               f"over the mesh ({QUERY_ATTEMPTS} tries)")
+
+    async def _answer_query(self, q: TaskQuery) -> None:
+        rec = self.find_task(q.task_id)
+        if rec is None:
+            self._send_routed(TaskStatus(q.query_id, q.asker, self.me.name, q.task_id, b"",
+                                         f"no task {q.task_id!r} at its entry node {self.me.name}",
+                                         self.config.limits.ttl, q.deadline, q.attempt), q.asker)
+            return
+        if q.wait_s > 0:
+            with trio.move_on_after(q.wait_s):
+                await rec.done.wait()
+        self._send_routed(TaskStatus(q.query_id, q.asker, self.me.name, q.task_id,
+                                     json.dumps(rec.to_json()).encode(), "", self.config.limits.ttl, q.deadline,
+                                     q.attempt), q.asker)
+
+    def _send_routed(self, msg: ModelFetch | ModelChunk | TaskQuery | TaskStatus, dst: str) -> None:
         """Start a model piece (or a request for one) towards ``dst`` over the relay."""
         if dst == self.me.name:
             return

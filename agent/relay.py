@@ -27,11 +27,11 @@ from typing import Callable, Union
 from agent.peers import Peers
 from agent.transport import LinkLayer
 from mesh.delivery import DedupWindow, DeliveryConfig, HopFailed, HopSender, StoreAndForward, Transmit
-from mesh.wire import Hop, ModelChunk, ModelFetch, TaskRequest, TaskResult
+from mesh.wire import Hop, ModelChunk, ModelFetch, TaskQuery, TaskRequest, TaskResult, TaskStatus
 
 log = logging.getLogger(__name__)
 
-Routed = Union[TaskRequest, TaskResult, ModelFetch, ModelChunk]
+Routed = Union[TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus]
 RouteFn = Callable[[str, "str | None", frozenset], "str | None"]   # (dst, came_from, links to avoid) -> next hop
 ExpiredFn = Callable[[Routed, str], None]
 
@@ -42,8 +42,8 @@ FRAME_OVERHEAD_BYTES = 256
 
 def frame_bytes(msg: Routed) -> int:
     """Approximate wire size, for the serialization term of the RTO (no re-encoding)."""
-    if isinstance(msg, (ModelFetch, ModelChunk)):
-        return FRAME_OVERHEAD_BYTES + len(getattr(msg, "data", b""))
+    if isinstance(msg, (ModelFetch, ModelChunk, TaskQuery, TaskStatus)):
+        return FRAME_OVERHEAD_BYTES + len(getattr(msg, "data", b"")) + len(getattr(msg, "record", b""))
     tensors = msg.inputs if isinstance(msg, TaskRequest) else msg.outputs
     return FRAME_OVERHEAD_BYTES + sum(t.nbytes for t in tensors.values()) + 64 * len(msg.trace)
 

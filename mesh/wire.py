@@ -170,6 +170,45 @@ class ModelChunk:
 
 
 @dataclass(frozen=True)
+class TaskQuery:
+    """Ask a task's entry node for its record (routed); the entry answers with a TaskStatus."""
+
+    query_id: str
+    asker: str
+    entry: str
+    task_id: str
+    wait_s: float = 0.0       # the entry may hold the answer this long for a final state
+    ttl: int = 64
+    deadline: float = 0.0
+    attempt: int = 0
+    trace: tuple[Hop, ...] = ()
+
+    @property
+    def hop_id(self) -> str:
+        return f"tq:{self.query_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A task's record as its entry node has it (JSON bytes), or why it has none."""
+
+    query_id: str
+    asker: str
+    entry: str
+    task_id: str
+    record: bytes = b""
+    error: str = ""
+    ttl: int = 64
+    deadline: float = 0.0
+    attempt: int = 0
+    trace: tuple[Hop, ...] = ()
+
+    @property
+    def hop_id(self) -> str:
+        return f"ts:{self.query_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
 class Control:
     """Membership, gossip and hop acknowledgements: one ``mesh.gossip_msgs`` message."""
 
@@ -191,8 +230,9 @@ class Probe:
     padding: bytes = b""
 
 
-Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control, ModelFetch, ModelChunk]
-ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk)
+Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control, ModelFetch, ModelChunk, TaskQuery,
+                TaskStatus]
+ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus)
 
 
 @dataclass(frozen=True)
@@ -226,6 +266,12 @@ def _encode_msg(msg: Message) -> list:
                 msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s, msg.attempt, msg.deadline]
     if isinstance(msg, Control):
         return ["ctl", message_to_wire(msg.msg)]
+    if isinstance(msg, TaskQuery):
+        return ["tquery", msg.query_id, msg.asker, msg.entry, msg.task_id, msg.wait_s, msg.ttl, msg.deadline,
+                msg.attempt]
+    if isinstance(msg, TaskStatus):
+        return ["tstatus", msg.query_id, msg.asker, msg.entry, msg.task_id, msg.record, msg.error, msg.ttl,
+                msg.deadline, msg.attempt]
     if isinstance(msg, ModelFetch):
         return ["mfetch", msg.fetch_id, msg.requester, msg.holder, msg.model, msg.sha256, msg.offset, msg.length,
                 msg.ttl, msg.deadline, msg.attempt]
@@ -358,6 +404,20 @@ def _decode_msg(raw: Any) -> Message:
                                _expect(model, str, "model"), _dec_tensors(inputs, "inputs"),
                                _expect(ttl, int, "ttl"), _dec_trace(trace), _attempt(attempt), _deadline(deadline),
                                _sha(sha, allow_empty=True))
+        if kind == "tquery" and len(args) == 8:
+            qid, asker, entry, tid, wait, ttl, deadline, attempt = args
+            w = float(_expect(wait, (int, float), "wait_s"))
+            if not 0 <= w <= 60:
+                raise WireError("wait_s must be in [0, 60]")
+            return TaskQuery(_expect(qid, str, "query_id"), _expect(asker, str, "asker"), _expect(entry, str, "entry"),
+                             _expect(tid, str, "task_id"), w, _expect(ttl, int, "ttl"), _deadline(deadline),
+                             _attempt(attempt))
+        if kind == "tstatus" and len(args) == 9:
+            qid, asker, entry, tid, record, err, ttl, deadline, attempt = args
+            return TaskStatus(_expect(qid, str, "query_id"), _expect(asker, str, "asker"),
+                              _expect(entry, str, "entry"), _expect(tid, str, "task_id"),
+                              _expect(record, bytes, "record"), _expect(err, str, "error"), _expect(ttl, int, "ttl"),
+                              _deadline(deadline), _attempt(attempt))
         if kind == "mfetch" and len(args) == 10:
             fid, req, holder, model, sha, offset, length, ttl, deadline, attempt = args
             return ModelFetch(_expect(fid, str, "fetch_id"), _expect(req, str, "requester"),

@@ -200,3 +200,25 @@ async def test_kill_9_of_an_entry_node_loses_no_accepted_task(mfleet, models_dir
         assert rec["status"] == "succeeded", rec
         x = np.array(sample(models_dir, k)["inputs"]["input"], dtype=np.float32)
         assert rec["outputs"]["label"]["data"] == sess.run(["label"], {"input": x})[0].tolist()
+
+
+async def test_any_node_finds_a_task_over_the_mesh(mfleet, models_dir):
+    _, _, peers, _ = mfleet
+    async with Client(peers["sat-1"].api) as c:
+        acc = await c.submit("digits", sample(models_dir, 3)["inputs"], "sat-10")
+        at_entry = await c.wait(acc["task_id"], timeout=30)
+    async with Client(peers["sat-8"].api) as c:          # not the entry, not the executor
+        far = await c.task(acc["task_id"])
+        assert far["status"] == "succeeded" and far["outputs"] == at_entry["outputs"]
+        assert far["entry"] == "sat-1" and far["task_id"] == acc["task_id"]
+        with pytest.raises(ApiError) as err:
+            await c.task("sat-1-" + "0" * 32)
+        assert err.value.status == 404 and "at its entry node sat-1" in str(err.value)
+        with pytest.raises(ApiError) as err:
+            await c.task("nonsense")
+        assert err.value.status == 404
+    async with Client(peers["sat-5"].api) as c:          # a long poll answered over the mesh
+        acc = await c.submit("digits", sample(models_dir, 4)["inputs"], "sat-11")
+    async with Client(peers["sat-9"].api) as c:
+        rec = await c.task(acc["task_id"], wait=10)
+    assert rec["status"] == "succeeded", rec

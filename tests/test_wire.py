@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.gossip_msgs import Alive, HopAck, Ping
-from mesh.wire import (ChaosUpdate, Control, ModelChunk, ModelFetch, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+from mesh.wire import (ChaosUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
                        Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
@@ -31,6 +31,8 @@ def test_round_trip_all_messages():
             ModelFetch("f1", "sat-5", "sat-0", "mine", "cd" * 32, 1 << 20, 1 << 20, 60, 1.7e9, 1),
             ModelChunk("f1", "sat-5", "sat-0", "cd" * 32, 0, 3, b"abc", 60, 1.7e9, 0),
             ModelChunk("f1", "sat-5", "sat-0", "cd" * 32, 0, 0, b"", error="unknown model"),
+            TaskQuery("q1", "sat-7", "sat-0", "sat-0-abc", 2.5, 60, 1.7e9, 1),
+            TaskStatus("q1", "sat-7", "sat-0", "sat-0-abc", b'{"status": "succeeded"}', "", 60, 1.7e9, 1),
             Control(Ping(5, 1, 2, (1, 3, 2), (Alive(1, 4),))), Control(HopAck(("q:t1:0", "r:t1:0"))),
             ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100)]
     dec = FrameDecoder(LIMIT)
@@ -90,6 +92,7 @@ def test_encoder_refuses_oversized_frame():
     (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], -1, 0.0, ""]]), "attempt"),
     (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, float("nan"), ""]]), "deadline"),
     (msgpack.packb([1, 1.0, 0.0, ["task", "t", "a", "b", "m", {}, 5, [], 0, 0.0, "abc"]]), "sha256"),
+    (msgpack.packb([1, 1.0, 0.0, ["tquery", "q", "a", "b", "t", 99.0, 5, 0.0, 0]]), "wait_s"),
     (msgpack.packb([1, 1.0, 0.0, ["mfetch", "f", "a", "b", "m", "0" * 64, -1, 10, 5, 0.0, 0]]), "offset"),
     (msgpack.packb([1, 1.0, 0.0, ["mchunk", "f", "a", "b", "0" * 64, 0, 3, "not bytes", 5, 0.0, 0, ""]]), "data"),
     (msgpack.packb([1, 1.0, 0.0, ["ctl", ["ping", 1]]]), "control message"),
