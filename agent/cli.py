@@ -85,7 +85,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
-                       listen=listen, api=api, realtime=not args.no_realtime)
+                       listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal)
 
 
 def _spec(args: argparse.Namespace):
@@ -337,6 +337,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="identity and state of this agent")
     p.add_argument("--listen", help="HOST:PORT for laser links (default: from this node's peers entry)")
     p.add_argument("--api", help="HOST:PORT for the HTTP API (default: from this node's peers entry)")
+    p.add_argument("--no-journal", action="store_true",
+                   help="keep accepted tasks in memory only (lost if the agent dies; bench/durability.py "
+                        "measures what the journal costs)")
     p.add_argument("--no-realtime", action="store_true",
                    help="do not ask for real-time scheduling of the event loop (see agent/priority.py)")
     p.set_defaults(func=cmd_agent)

@@ -33,7 +33,7 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
-                    realtime: bool = True) -> None:
+                    realtime: bool = True, journaled: bool = True) -> None:
     install_slow_step_logger()
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
@@ -44,7 +44,7 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
     async with open_host(keypair, lhost, lport) as host:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20)
-        journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s)
+        journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
         node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -89,7 +89,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
-         listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True) -> int:
+         listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
+         journal: bool = True) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -100,7 +101,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         log.error("node %r is not in %s", name, peers_path)
         return 2
     try:
-        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime)
+        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal)
     except (ValueError, JournalError) as exc:
         log.error("%s", exc)
         return 2

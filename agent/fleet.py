@@ -47,6 +47,7 @@ class FleetSpec:
     models: Path = Path("models")
     ground: tuple[str, ...] = ()       # extra ground-station agents: built-in names or lat,lon
     energy: EnergyConfig | None = None  # battery model; None = the preset's
+    journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -118,7 +119,8 @@ def agent_command(spec: FleetSpec, name: str) -> list[str]:
     d = spec.directory
     who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
     return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
-            "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name)]
+            "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
+            *([] if spec.journal else ["--no-journal"])]
 
 
 def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
