@@ -10,6 +10,7 @@ import logging
 import collections
 import json
 import math
+import random
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from agent.model_fetch import ModelFetcher
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
-from agent.placement import ComputeTable, candidates, compute_to_state
+from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import Relay
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_json
@@ -52,7 +53,8 @@ MAX_PROBE_RATE_HZ = 2000
 MAX_PROBE_SECONDS = 120
 MAX_PROBE_BYTES = 256 * 1024
 EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried task without running it again
-STATE_EVERY_S = 1.0             # how often this node's gossiped state is refreshed (when it changed)
+STATE_EVERY_S = 1.0             # how often this node's state is looked at for news worth gossiping
+STATE_REFRESH_S = 10.0          # small drifts (compute times, backlog) are gossiped at most this often
 CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected down", not a failure
 PREWARM_EVERY_S = 0.25
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
@@ -191,13 +193,17 @@ class Node:
         return hit
 
     async def _prewarm_routes(self) -> None:
-        """Compute the next snapshot's routes before they are needed (one Dijkstra call
-        for every destination), so forwarding a frame finds them cached instead of
-        running Dijkstra while other frames are due."""
+        """Compute the next snapshot, its routes and what membership will ask of it
+        before they are needed, so that forwarding and probing find them cached.
+
+        Each agent warms at its own random point of the step: every agent needs
+        the same new snapshot at the same instant, and computing it there would
+        stall the whole fleet's event loops together (2 cores, 24 agents)."""
         warmed = None
+        ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
         while True:
-            await trio.sleep(PREWARM_EVERY_S)
-            ahead = time.time() + PREWARM_AHEAD_S
+            await trio.sleep(PREWARM_EVERY_S * random.uniform(0.5, 1.5))
+            ahead = time.time() + ahead_s
             t = self.orbit_t(ahead)
             key = math.floor(t / self.router.step_s)
             if key == warmed or self.orbit_t(ahead + 1.0) - t > PREWARM_MAX_RATE:
@@ -206,6 +212,8 @@ class Node:
             down = self.membership.down_links() | self._cut_links(time.time())
             dead = self.membership.dead_nodes()
             self._pairs_up(ahead)
+            await trio.sleep(0)
+            self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
             await trio.sleep(0)
             self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
                               down_nodes=dead, down_links=down)
@@ -341,17 +349,18 @@ class Node:
         return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
 
     def _own_state(self) -> dict[str, Any]:
-        """What the rest of the fleet should know about this node (gossiped; small)."""
+        """What the rest of the fleet should know about this node (gossiped; small).
+
+        Only what placement reads: every published change is a fleet-wide
+        dissemination, so counters that move with every task (tasks run,
+        tasks pending) stay in ``GET /v1/node`` instead."""
         workers = max(1, self.executor.workers)
         backlog = (self.executor.running + self.executor.queued) / workers
         state: dict[str, Any] = {
-            "load": round(min(1.0, backlog), 2), "backlog": round(backlog, 2), "workers": workers,
-            "queue": self.executor.queued, "tasks": len(self._requests), "executed": self.executed,
+            "backlog": round(backlog, 1), "workers": workers,
             "models": sorted(self.store.names())[:12], "loaded": self.store.loaded_names()[:8],
             "cm": compute_to_state(self.compute_table.of_node(self.me.name), limit=6)}
         if self.battery is not None:
-            # In 2% steps: a charging battery changes its third decimal every
-            # ~2 s, and every change is a fleet-wide gossip of this node's state.
             state.update(battery=round(self.battery.fraction * 50) / 50, sunlit=self.battery.sunlit,
                          low=self.battery.low())
         return state
@@ -373,14 +382,17 @@ class Node:
             await trio.sleep(POWER_STEP_S)
 
     async def _publish_state(self) -> None:
-        """Gossip this node's state when it changed (checked every STATE_EVERY_S)."""
+        """Gossip this node's state when it changed enough to matter to placement
+        (checked every STATE_EVERY_S), and small drifts at most every STATE_REFRESH_S."""
         last: dict[str, Any] | None = None
+        published = 0.0
         while True:
             state = self._own_state()
-            if state != last:
+            now = time.time()
+            if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
                 try:
                     self.membership.set_state(state)
-                    last = state
+                    last, published = state, now
                 except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
                     log.error("state not published: %s", exc)
             await trio.sleep(STATE_EVERY_S)
@@ -937,6 +949,7 @@ class Node:
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
             "incarnation": self.membership.m.incarnation, "members_alive": self.membership.alive_count(),
+            "executed": self.executed,
             "energy": self.battery.describe() if self.battery is not None else None,
             "compute_ms": {m: round(s * 1e3, 3) for m, s in self.compute_table.of_node(self.me.name).items()},
             "sessions": self.store.memory(),

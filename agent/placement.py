@@ -94,3 +94,31 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
             load_s=(0.0 if model in (state.get("loaded") or ()) else load_s)
             + (0.0 if model in models else 2 * latency + model_bytes * 8.0 / bandwidth_bps * hops)))
     return out
+
+
+def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a node's new state is news for placement elsewhere.
+
+    Each published change costs a fleet-wide dissemination, so small drifts
+    wait: the backlog must move by half a task per worker, the battery by
+    5%, a compute time by a quarter; a model, a session, sunlight or the
+    low-battery flag changing is always news.
+    """
+    if old is None:
+        return True
+    for key in ("models", "loaded", "sunlit", "low", "workers"):
+        if old.get(key) != new.get(key):
+            return True
+    if abs(float(new.get("backlog") or 0) - float(old.get("backlog") or 0)) >= 0.5:
+        return True
+    if abs(float(new.get("battery") or 0) - float(old.get("battery") or 0)) >= 0.05:
+        return True
+    before, after = _cm_dict(old.get("cm")), _cm_dict(new.get("cm"))
+    if before.keys() != after.keys():
+        return True
+    return any(abs(after[m] - before[m]) > 0.25 * max(before[m], 1) for m in after)
+
+
+def _cm_dict(cm: Any) -> dict[str, int]:
+    cm = cm or ()
+    return {cm[i]: cm[i + 1] for i in range(0, len(cm) - 1, 2)}

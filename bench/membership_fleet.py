@@ -2,7 +2,7 @@
 
 Measures, on N agents (default 24) gossiping over the emulated links:
 
-* state convergence: a node's state change (its task count) until every
+* state convergence: a node's state change (a model uploaded to it) until every
   node holds that version, from the receive times each node records;
   baseline: the physics diameter (largest shortest-path latency, the floor)
   and Serf's model, 99.99% of 30 nodes in 1.8 s;
@@ -27,8 +27,10 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,6 +39,7 @@ from agent.client import Client  # noqa: E402
 from mesh.orbit import Constellation, iso_to_jd  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from tests.conftest import local_fleet, member, membership_views  # noqa: E402
+from tests.test_model_store import doubler  # noqa: E402
 
 SERF_30_NODES_S = 1.8
 DETECTION_GOAL_S = 3.0
@@ -58,9 +61,10 @@ async def state_convergence(peers, node, samples, repeats=5):
     others = [n for n in peers.names() if n != node]
     for _ in range(repeats):
         before = member((await membership_views(peers, [node]))[node], node)["state_version"]
-        async with Client(peers[node].api) as c:
-            for s in samples[:3]:       # local tasks change its task count and load
-                await c.submit("digits", s["inputs"], node)
+        # A user uploads a model to the node: its gossiped "models" changes.
+        async with httpx.AsyncClient(base_url=peers[node].api, timeout=30) as http:
+            r = await http.put(f"/v1/models/bench-{uuid.uuid4().hex[:8]}", content=doubler(1.0 + len(out)))
+            assert r.status_code == 201, r.text
         with trio.fail_after(30):
             while True:
                 own = member((await membership_views(peers, [node]))[node], node)

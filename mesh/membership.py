@@ -123,21 +123,22 @@ class MembershipConfig:
 def fleet_config() -> MembershipConfig:
     """Real agent processes (24 on a laptop, py-libp2p, wall clock).
 
-    T = 0.25 s: each agent probes one of its 4 neighbours 4×/s, so a dead
-    node is probed by someone every ~0.25 s, for ~16 small frames/s handled
-    per agent (each costs ~0.3–0.5 ms CPU in py-libp2p).  RTO = 1.5 × physics
-    RTT + 50 ms: the margin covers event-loop, Noise and yamux delay on a
-    loaded 2-core VM; two direct pings, then two indirect sends around the
-    link (a round lasts ~0.8 s on the demo shell's 23 ms links).  Suspicion
-    min = 3 · log10(24) · 0.25 ≈ 1.0 s, max 3 s: a refutation needs ~0.2 s to
+    T = 0.5 s: each agent probes one of its 4 neighbours twice a second, so a
+    dead node is probed by someone every ~0.5 s.  Each frame costs ~0.3–0.5
+    ms of CPU in py-libp2p (plus a yamux window update), and 24 agents share
+    2 cores here: at T = 0.25 s the probes alone pushed the fleet's task
+    overhead past 5 ms (docs/benchmarks.md).  RTO = 1.5 × physics RTT + 50 ms:
+    the margin covers event-loop, Noise and yamux delay on a loaded 2-core VM;
+    two direct pings, then two indirect sends around the link.  Suspicion
+    min = 2 · log10(24) · 0.5 ≈ 1.4 s, max 2.8 s: a refutation needs ~0.2 s to
     come back over 3-hop detours, and confirmations from the other
     neighbours (who re-probe a suspect at once) bring it to the minimum, so a
-    death is known everywhere in ~2–2.5 s (goal < 3 s).  Two rounds without
-    a direct answer mark a link down; the re-check round doubles its direct
+    death is known everywhere in ~2.5 s (goal < 3 s).  Two rounds without a
+    direct answer mark a link down; the re-check round doubles its direct
     pings, so 10% loss fakes a cut with p ≈ 6e-8 per round.
     """
-    return MembershipConfig(probe_interval_s=0.25, rtt_mult=1.5, rto_margin_s=0.05, direct_attempts=2,
-                            link_fail_rounds=2, suspicion_mult=3.0, suspicion_max_mult=3.0,
+    return MembershipConfig(probe_interval_s=0.5, rtt_mult=1.5, rto_margin_s=0.05, direct_attempts=2,
+                            link_fail_rounds=2, suspicion_mult=2.0, suspicion_max_mult=2.0,
                             gossip_interval_s=0.1, eager_gap_s=0.01, sync_interval_s=20.0, start_grace_s=5.0)
 
 

@@ -266,7 +266,10 @@ def test_presets_are_valid_and_explain_their_scale():
     for f in (fleet_config, constellation_config, small_config):
         c = f()
         assert c.probe_interval_s > 0 and c.suspicion_max_mult >= 1
-    assert fleet_config().probe_interval_s < constellation_config().probe_interval_s
+    # Detection budgets: Lifeguard's minimum suspicion, α·log10(n)·T, at each preset's scale.
+    fleet_min = fleet_config().suspicion_mult * math.log10(24) * fleet_config().probe_interval_s
+    big_min = constellation_config().suspicion_mult * math.log10(1584) * constellation_config().probe_interval_s
+    assert fleet_min < 1.5 < big_min
     with pytest.raises(ValueError):
         MembershipConfig(probe_interval_s=0)
 
