@@ -210,45 +210,44 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
     async def settle(job: Job) -> None:
         if not job.task_id:
             return
-        if True:
-            deadline = time.monotonic() + task_timeout_s + 60.0
-            rec = None
-            while time.monotonic() < deadline:
-                try:
-                    async with limiter, Client(peers[job.entry].api, timeout=30) as c:
-                        rec = await c.task(job.task_id, wait=1.0)
-                except ApiError as exc:
-                    if exc.status == 404:
-                        job.violations.append(f"lost: {job.entry} no longer knows it ({exc.message})")
-                        return
-                    await trio.sleep(0.5)
-                    continue
-                if rec["status"] in ("succeeded", "failed"):
-                    break
-            if rec is None or rec["status"] not in ("succeeded", "failed"):
-                job.violations.append(f"lost: still {rec['status'] if rec else 'unanswered'} at {job.entry} "
-                                      f"{task_timeout_s + 60:.0f} s after the workload")
-                return
-            job.final, job.seen_at = rec, time.monotonic()
-            if rec["status"] == "succeeded":
-                why = ref.differs(job.sample, rec.get("outputs"))
-                if why:
-                    job.violations.append(f"wrong: {why}")
-            elif not rec.get("error"):
-                job.violations.append("unexplained: failed without a reason")
-            # The same key again must be the same task, and its state must not change.
+        deadline = time.monotonic() + task_timeout_s + 60.0
+        rec = None
+        while time.monotonic() < deadline:
             try:
-                async with Client(peers[job.entry].api, timeout=30) as c:
-                    again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
-                                           timeout_s=task_timeout_s, idempotency_key=job.key)
-                    later = await c.task(job.task_id)
+                async with limiter, Client(peers[job.entry].api, timeout=30) as c:
+                    rec = await c.task(job.task_id, wait=1.0)
             except ApiError as exc:
-                job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
-                return
-            if again["task_id"] != job.task_id:
-                job.violations.append(f"duplicated: key {job.key} now names {again['task_id']}")
-            if later["status"] != rec["status"] or later.get("outputs") != rec.get("outputs"):
-                job.violations.append(f"duplicated: final state changed from {rec['status']} to {later['status']}")
+                if exc.status == 404:
+                    job.violations.append(f"lost: {job.entry} no longer knows it ({exc.message})")
+                    return
+                await trio.sleep(0.5)
+                continue
+            if rec["status"] in ("succeeded", "failed"):
+                break
+        if rec is None or rec["status"] not in ("succeeded", "failed"):
+            job.violations.append(f"lost: still {rec['status'] if rec else 'unanswered'} at {job.entry} "
+                                  f"{task_timeout_s + 60:.0f} s after the workload")
+            return
+        job.final, job.seen_at = rec, time.monotonic()
+        if rec["status"] == "succeeded":
+            why = ref.differs(job.sample, rec.get("outputs"))
+            if why:
+                job.violations.append(f"wrong: {why}")
+        elif not rec.get("error"):
+            job.violations.append("unexplained: failed without a reason")
+        # The same key again must be the same task, and its state must not change.
+        try:
+            async with Client(peers[job.entry].api, timeout=30) as c:
+                again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
+                                       timeout_s=task_timeout_s, idempotency_key=job.key)
+                later = await c.task(job.task_id)
+        except ApiError as exc:
+            job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
+            return
+        if again["task_id"] != job.task_id:
+            job.violations.append(f"duplicated: key {job.key} now names {again['task_id']}")
+        if later["status"] != rec["status"] or later.get("outputs") != rec.get("outputs"):
+            job.violations.append(f"duplicated: final state changed from {rec['status']} to {later['status']}")
 
     settle_from = time.monotonic()
     async with trio.open_nursery() as nursery:

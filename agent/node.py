@@ -245,9 +245,6 @@ class Node:
         self.relay.view_changed(gone)
         self._wake.set()
 
-    def _next_hop(self, dst: str) -> str | None:
-        return self.relay.next_hop(dst)
-
     def _link_profile(self, peer: str, now: float) -> LinkProfile:
         profile = self.chaos.profile(self.me.name, peer, now, self.base_profile)
         if not self._in_sight(peer, now):

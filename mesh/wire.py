@@ -292,13 +292,16 @@ def encode_frame(frame: LinkFrame, max_frame_bytes: int) -> bytes:
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
-def decode_message(data: bytes) -> Message:
-    """The inverse of ``encode_message`` (journals store messages this way)."""
+def _unpack(data: bytes) -> Any:
     try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError(f"not msgpack: {type(exc).__name__}") from None
-    return _decode_msg(raw)
+
+
+def decode_message(data: bytes) -> Message:
+    """The inverse of ``encode_message`` (journals store messages this way)."""
+    return _decode_msg(_unpack(data))
 
 
 def encode_message(msg: Message) -> bytes:
@@ -457,10 +460,7 @@ def _decode_msg(raw: Any) -> Message:
 
 
 def decode_body(body: bytes) -> LinkFrame:
-    try:
-        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise WireError(f"not msgpack: {type(exc).__name__}") from None
+    raw = _unpack(body)
     if not isinstance(raw, list) or len(raw) != 4 or raw[0] != 1:
         raise WireError("frame: expected [version 1, sent_at, extra_s, message]")
     sent_at = float(_expect(raw[1], (int, float), "sent_at"))

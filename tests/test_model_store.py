@@ -3,7 +3,6 @@
 import hashlib
 
 import numpy as np
-import onnx
 import pytest
 import trio
 from onnx import TensorProto, helper
