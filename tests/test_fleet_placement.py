@@ -93,6 +93,14 @@ async def test_a_burst_spreads_over_idle_sunlit_nodes(pfleet, models_dir):
     # once the entry's queue holds more than a session load elsewhere costs
     # (~0.6 s), the next are expected to finish sooner elsewhere.
     image = json.loads((models_dir / "cloudmask.json").read_text())["samples"][0]["inputs"]
+    # Three other sunlit nodes hold the session already (as after earlier work):
+    # otherwise a cold 40 MB session load there (~1 s on a fresh machine) may
+    # rightly outweigh the entry's queue, and the burst would stay at home.
+    async with Client(peers[lit[0]].api, timeout=60) as c:
+        for other in lit[1:4]:
+            warm = await c.wait((await c.submit("cloudmask", image, other))["task_id"], timeout=60)
+            assert warm["status"] == "succeeded", warm
+    await trio.sleep(2.0)      # their "loaded" lists reach the entry by gossip
     accs, recs = [], []
 
     async def one():
