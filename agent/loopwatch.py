@@ -1,15 +1,18 @@
-"""Find what holds an agent's event loop: log task steps that run too long.
+"""How punctual an agent's event loop is: its measured lag, and what holds it.
 
 Frames are released by the event loop, so any task step that keeps it busy
-for a millisecond delays every frame due in that millisecond.  Set
+for a millisecond delays every frame due in that millisecond.  ``LoopLag``
+measures the delay continuously (the failure detector needs it); set
 ``ORBITMESH_SLOW_STEP_MS`` (e.g. 0.5) to log each longer step with its task.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
+from typing import Callable
 
 import trio
 
@@ -36,3 +39,43 @@ def install_from_env() -> None:
     raw = os.environ.get("ORBITMESH_SLOW_STEP_MS")
     if raw:
         trio.lowlevel.add_instrument(SlowStepLogger(float(raw) / 1e3))
+
+
+LAG_SAMPLE_S = 0.1
+LAG_WINDOW = 600          # samples kept: the last minute at 10 Hz
+
+
+class LoopLag:
+    """How late this process's event loop runs its timers, sampled at 10 Hz.
+
+    A timer due at t that runs at t + lag means every frame, ack and verdict
+    of this agent was that late too: the failure detector feeds on it
+    (Lifeguard's local health, ``Membership.note_lag``) and operators read it
+    in ``GET /v1/membership`` (``loop_lag``).
+    """
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+        self.max_s = 0.0
+        self.over_100ms = 0
+
+    def record(self, lag_s: float) -> None:
+        lag_s = max(0.0, lag_s)
+        self.samples.append(lag_s)
+        self.max_s = max(self.max_s, lag_s)
+        self.over_100ms += lag_s > 0.1
+
+    def describe(self) -> dict[str, float | int]:
+        recent = sorted(self.samples)
+        pick = (lambda q: recent[min(len(recent) - 1, int(q * len(recent)))]) if recent else (lambda q: 0.0)
+        return {"p50_ms": pick(0.5) * 1e3, "p99_ms": pick(0.99) * 1e3, "recent_max_ms": pick(1.0) * 1e3,
+                "max_ms": self.max_s * 1e3, "over_100ms": self.over_100ms, "samples": len(recent)}
+
+    async def watch(self, on_lag: Callable[[float], None]) -> None:
+        """Sample forever; ``on_lag(lag_s)`` after each sample."""
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(LAG_SAMPLE_S)
+            lag = trio.current_time() - t0 - LAG_SAMPLE_S
+            self.record(lag)
+            on_lag(lag)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import trio
 
+from agent.loopwatch import LoopLag
 from agent.peers import Peers
 from agent.transport import LinkLayer
 from mesh.gossip_msgs import HopAck
@@ -49,9 +50,15 @@ class MembershipService:
                             random.Random(), incarnation=incarnation, link_down_expected=link_down_expected)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
+        # Every suspect / dead verdict this view has held, by subject, for the
+        # whole run (the event ring above forgets): what tests and operators
+        # check for false deaths.
+        self.verdicts: dict[str, collections.Counter[str]] = {"suspect": collections.Counter(),
+                                                              "dead": collections.Counter()}
         self.state_at: dict[int, tuple[int, float]] = {}   # node -> (state version, wall time it arrived here)
         self._view = self.m.view_version
         self._wake = trio.Event()
+        self.lag = LoopLag()
         self._adj_key: float | None = None
         self._adj: dict[int, list[tuple[int, float]]] = {}
 
@@ -122,6 +129,7 @@ class MembershipService:
             row["incarnation"] = ev.incarnation
             if isinstance(ev, (NodeSuspect, NodeDead)):
                 row["by"] = name(ev.by, str(ev.by))
+                self.verdicts["dead" if isinstance(ev, NodeDead) else "suspect"][row["node"]] += 1
         elif isinstance(ev, (LinkDown, LinkUp)):
             row["link"] = [name(ev.a, str(ev.a)), name(ev.b, str(ev.b))]
             row["by"] = name(ev.by, str(ev.by))
@@ -133,14 +141,28 @@ class MembershipService:
         log.log(level, "%s: membership %s", self.names[self.me], row)
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.lag.watch, self._on_lag)
+            await self._run_protocol()
+
+    def _on_lag(self, lag_s: float) -> None:
+        self.m.note_lag(time.time(), lag_s)
+
+    async def _run_protocol(self) -> None:
         self._send_all(self.m.start(time.time()))
         while True:
             now = time.time()
             wait = min(self.m.next_deadline() - now, MAX_TICK_S)
             if wait > 0:
-                with trio.move_on_after(wait):
+                with trio.move_on_after(wait) as scope:
                     await self._wake.wait()
                 self._wake = trio.Event()
+                if scope.cancelled_caught:
+                    # Woken by the clock: how late?  A stalled loop must not judge
+                    # silence before it has read what arrived meanwhile.
+                    late = time.time() - (now + wait)
+                    if late > 0:
+                        self.m.note_lag(time.time(), late)
             self._send_all(self.m.tick(time.time()))
 
     # -- views ----------------------------------------------------------------------------------
@@ -169,6 +191,8 @@ class MembershipService:
             "alive": self.alive_count(), "members": members,
             "down_links": sorted([self.names.get(a, str(a)), self.names.get(b, str(b))]
                                  for a, b in self.m.down_links()),
-            "local_health": self.m.lhm, "protocol": dict(self.m.stats), "counts": dict(self.counts),
+            "local_health": self.m.lhm, "loop_lag": self.lag.describe(),
+            "holding_verdicts": self.m.holding_verdicts(time.time()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
+            "verdicts": {kind: dict(c) for kind, c in self.verdicts.items()},
             "events": list(self.events),
         }

@@ -49,6 +49,13 @@ Design (docs/membership.md has the reasons):
   (missed acks, missed nacks, refuting suspicions about oneself) stretches
   this node's period and timeouts so a slow node does not accuse healthy ones.
   Relays of indirect probes send a Nack when the target stays silent.
+* **A node that lags holds its verdicts**: the driver reports how late its
+  own timers ran (``note_lag``).  A node whose event loop was stalled cannot
+  tell a silent neighbour from its own stall (acks and refutations may be
+  sitting unread), so past ``lag_tolerance_s`` its local health degrades and
+  it takes no verdict (no suspicion, no failed link, no expiry) until its loop
+  has run on time for a while.  The same hold covers start-up.  Suspicion
+  timeouts also stretch with the local health multiplier.
 * **Death only on expiry**: a node is declared dead only when its suspicion
   expires unrefuted; a suspected node refutes with a higher incarnation.
   Deaths, suspicions, refutations and link states are gossiped fleet-wide;
@@ -104,6 +111,8 @@ class MembershipConfig:
     queue_items: int = 1024                # broadcast queue bound
     state_max_bytes: int = 512             # one node's state record, encoded
     relay_cap: int = 1024                  # indirect probes one relay tracks for nacks
+    lag_tolerance_s: float = 0.1           # own timers later than this: our silence verdicts are unreliable
+    lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
 
     def __post_init__(self) -> None:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult"):
@@ -114,6 +123,8 @@ class MembershipConfig:
                 raise ValueError(f"membership {name} must be ≥ 1")
         if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:
             raise ValueError("membership indirect_paths, suspicion_k and max_lhm must be ≥ 0")
+        if self.lag_tolerance_s <= 0 or self.lag_hold_mult < 0:
+            raise ValueError("membership lag_tolerance_s must be > 0 and lag_hold_mult ≥ 0")
         if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:
             raise ValueError("membership suspicion_mult must be > 0 and suspicion_max_mult ≥ 1")
         if self.gossip_bytes < 64 or self.piggyback_bytes < 0:
@@ -331,6 +342,8 @@ class Membership:
         self._cycle = 0
         self._known_nbrs: set[int] = set()
         self.lhm = 0
+        self._hold_until = -_INF           # no verdicts before this (start-up, own loop lag)
+        self._next_lag_bump = -_INF
         self.queue = BroadcastQueue(config.queue_items)
         self.states = StateTable(me, config.state_max_bytes)
         self.links = LinkStateTable()
@@ -346,7 +359,8 @@ class Membership:
         self._limit_val = 1
         self.stats = {"probes": 0, "pings_sent": 0, "indirect_rounds": 0, "acks_received": 0, "failed_rounds": 0,
                       "suspicions": 0, "deaths_declared": 0, "refutations": 0, "links_reported_down": 0,
-                      "links_reported_up": 0, "nacks_sent": 0, "syncs": 0, "gossip_frames": 0}
+                      "links_reported_up": 0, "nacks_sent": 0, "syncs": 0, "gossip_frames": 0,
+                      "lag_events": 0, "verdicts_held": 0}
 
     # -- public views -----------------------------------------------------------------
 
@@ -413,6 +427,7 @@ class Membership:
     def start(self, now: float) -> list[Send]:
         """Join: announce ourselves and pull the fleet's view from every neighbour."""
         self._started = now
+        self._hold_until = max(self._hold_until, now + self.config.start_grace_s)
         self.queue.push(Alive(self.me, self.incarnation))
         out: list[Send] = []
         nbrs = self._neighbours(now)
@@ -440,7 +455,16 @@ class Membership:
                     self.stats["nacks_sent"] += 1
         if self._susp:
             for node in [n for n, s in self._susp.items() if s.deadline <= now]:
-                s = self._susp.pop(node)
+                s = self._susp[node]
+                # Lifeguard: a node in poor local health waits longer before it
+                # trusts the silence; one that lagged just now waits until its
+                # loop is punctual again (a refutation may be sitting unread).
+                later = max(s.start + s.timeout() * (1 + self.lhm), self._hold_until)
+                if now < later:
+                    s.deadline = later
+                    self.stats["verdicts_held"] += 1
+                    continue
+                del self._susp[node]
                 self._set_dead(now, node, s.incarnation, self.me)
                 self.stats["deaths_declared"] += 1
         if now >= self._next_probe:
@@ -545,6 +569,26 @@ class Membership:
             if n == b:
                 return lat
         return None
+
+    def note_lag(self, now: float, lag_s: float) -> None:
+        """The driver's measure of how late its own timers ran (Lifeguard's local health).
+
+        Past ``lag_tolerance_s`` the node degrades its health (at most one step
+        per period: longer period and timeouts) and holds every verdict for
+        ``max(T, lag_hold_mult × lag)``; probes go on, so answers still count.
+        """
+        c = self.config
+        if lag_s <= c.lag_tolerance_s:
+            return
+        self.stats["lag_events"] += 1
+        self._hold_until = max(self._hold_until, now + max(c.probe_interval_s, c.lag_hold_mult * lag_s))
+        if now >= self._next_lag_bump:
+            self.lhm = min(c.max_lhm, self.lhm + 1)
+            self._next_lag_bump = now + c.probe_interval_s
+
+    def holding_verdicts(self, now: float) -> bool:
+        """Whether silence is not being judged at ``now`` (start-up, or the loop lagged)."""
+        return self._started is None or now < self._hold_until
 
     def _rto(self, one_way: float) -> float:
         c = self.config
@@ -698,8 +742,9 @@ class Membership:
             else:
                 self._link_failed(now, t)
             return
-        if self._started is not None and now < self._started + c.start_grace_s:
-            return
+        if now < self._hold_until:
+            self.stats["verdicts_held"] += 1
+            return   # starting, or our own loop lagged: this silence proves nothing
         if t not in self._nbr_lat(now):
             return  # the link closed (physics or plan) during the round: no verdict
         self.stats["failed_rounds"] += 1

@@ -48,6 +48,8 @@ class Twin:
         self.events: list = []
         self.sent: list[tuple[int, int, object]] = []
         self.nodes: dict[int, Membership | None] = {}
+        self.stalled: dict[int, float] = {}     # node -> when its event loop runs again
+        self.report_lag = True
         for i in range(N):
             self.boot(i)
 
@@ -76,18 +78,39 @@ class Twin:
             self.seq += 1
             heapq.heappush(self.heap, (self.now + self.lat, self.seq, s.to, src, s.msg))
 
+    def stall(self, i: int, seconds: float) -> None:
+        """Freeze node ``i``'s event loop (a busy host): frames to it wait unread, its timers do not fire."""
+        self.stalled[i] = self.now + seconds
+
     def run(self, until: float, step: float = 0.005) -> None:
         while self.now < until:
             nxt = min(self.now + step, until)
+            held = []
             while self.heap and self.heap[0][0] <= nxt:
                 t, _, dst, src, msg = heapq.heappop(self.heap)
+                if self.stalled.get(dst, -1.0) > t:
+                    held.append((t, src, dst, msg))
+                    continue
                 self.now = t
                 m = self.nodes.get(dst)
                 if m is not None:
                     self.out(dst, m.on_message(t, src, msg))
             self.now = nxt
+            for t, src, dst, msg in held:      # read once the loop runs again
+                self.seq += 1
+                heapq.heappush(self.heap, (self.stalled[dst], self.seq, dst, src, msg))
             for i, m in self.nodes.items():
-                if m is not None and m.next_deadline() <= self.now:
+                if m is None or self.stalled.get(i, -1.0) > self.now:
+                    continue
+                if i in self.stalled:
+                    # The loop runs again: its timer fires first (the worst order: the
+                    # frames that arrived meanwhile are still unread), late by the stall.
+                    lag = self.now - m.next_deadline()
+                    del self.stalled[i]
+                    if self.report_lag:
+                        m.note_lag(self.now, lag)
+                    self.out(i, m.tick(self.now))
+                elif m.next_deadline() <= self.now:
                     self.out(i, m.tick(self.now))
             for i, m in self.nodes.items():
                 if m is not None:
@@ -378,6 +401,48 @@ def test_no_false_death_under_ten_percent_loss():
     tw.run(40.0)
     assert not any(isinstance(e, NodeDead) for _, e in tw.events)
     assert all(tw.nodes[i].dead_nodes() == frozenset() for i in tw.live())
+
+
+def busy_host_run(report_lag: bool, max_stall: float = 2.0) -> Twin:
+    """27 s on an overloaded host: every 0.2 s each node's loop stalls with p = 0.3 for up to ``max_stall``."""
+    tw = Twin(cfg())
+    tw.report_lag = report_lag
+    tw.run(3.0)
+    rng = random.Random(1)
+    t = 3.0
+    while t < 30.0:
+        for i in range(N):
+            if i not in tw.stalled and rng.random() < 0.3:
+                tw.stall(i, rng.uniform(0.1, max_stall))
+        t += 0.2
+        tw.run(t)
+    tw.run(40.0)
+    return tw
+
+
+def test_on_a_busy_host_nodes_that_report_their_lag_declare_no_false_death():
+    # Every node is alive throughout; only the host is slow.  Nodes that know
+    # their own loop lagged hold their verdicts (Lifeguard's local health):
+    # no death, and far fewer suspicions than the same run without lag reports.
+    aware, unaware = busy_host_run(True), busy_host_run(False)
+    count = lambda tw, kind: sum(isinstance(e, kind) for _, e in tw.events)
+    assert count(aware, NodeDead) == 0
+    assert all(aware.nodes[i].dead_nodes() == frozenset() for i in aware.live())
+    assert sum(m.stats["lag_events"] for m in aware.nodes.values()) > 0
+    assert sum(m.stats["verdicts_held"] for m in aware.nodes.values()) > 0
+    assert count(aware, NodeSuspect) * 2 < count(unaware, NodeSuspect)
+    assert count(unaware, NodeDead) > 0      # the scenario is one that can fail
+
+
+def test_lag_within_tolerance_changes_nothing_and_health_recovers_after_a_stall():
+    m = lone()
+    m.note_lag(1.0, m.config.lag_tolerance_s / 2)
+    assert m.stats["lag_events"] == 0 and m.lhm == 0 and not m.holding_verdicts(m.config.start_grace_s + 2.0)
+    m.note_lag(5.0, 0.5)
+    assert m.holding_verdicts(5.0 + 4 * 0.5 - 0.01) and not m.holding_verdicts(5.0 + 4 * 0.5 + 0.01)
+    assert m.lhm == 1
+    m.note_lag(5.01, 0.5)              # one step of local health per period at most
+    assert m.lhm == 1
 
 
 def test_a_restarted_node_rejoins_with_a_higher_incarnation():
