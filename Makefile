@@ -58,5 +58,11 @@ image: models
 	deploy/build-image.sh
 
 ## The compose constellation tested for real: engine, image, up, tasks, kill/restart, teardown.
+## STRESS=1 runs it beside a CPU hog on one full core; RUNS=5 repeats it, stopping at the first failure.
+STRESS ?= 0
+RUNS   ?= 1
 test-docker: models
-	deploy/test-compose.sh
+	@for i in $$(seq 1 $(RUNS)); do \
+	  [ "$(RUNS)" = 1 ] || echo "== test-docker run $$i of $(RUNS) (STRESS=$(STRESS)) =="; \
+	  STRESS=$(STRESS) deploy/test-compose.sh || exit 1; \
+	done

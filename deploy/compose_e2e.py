@@ -188,6 +188,40 @@ def ground_checks(checks: Checks, fleet: Fleet, gs_names: list[str], names: list
                      " → ".join(path_of(rec)) if rec.get("status") == "succeeded" else str(rec.get("error")))
 
 
+def verdict_checks(checks: Checks, fleet: Fleet, nodes: list[str], faulted: set[str], when: str) -> dict[str, Any]:
+    """Zero "dead" verdicts about nodes nobody faulted, in every node's view, for the whole run.
+
+    Each agent tallies every suspect and dead verdict its view has held since
+    it started (``verdicts`` in GET /v1/membership).  A node that was killed
+    or paused may rightly be declared dead; any other verdict is a false
+    death: the failure detector accused a healthy node.
+    """
+    false_dead: dict[str, dict[str, int]] = {}
+    suspicions = 0
+    unreachable = []
+    for n in nodes:
+        try:
+            view = fleet.get(n, "/v1/membership")
+        except (httpx.HTTPError, ValueError):
+            unreachable.append(n)
+            continue
+        v = view.get("verdicts", {})
+        suspicions += sum(c for s, c in v.get("suspect", {}).items() if s not in faulted)
+        bad = {s: c for s, c in v.get("dead", {}).items() if s not in faulted}
+        if bad:
+            false_dead[n] = bad
+            for ev in view.get("events", []):
+                if ev.get("event") == "NodeDead" and ev.get("node") in bad:
+                    checks.note(f"{n}: {ev}")
+    checks.check(not false_dead and not unreachable,
+                 f"{when}: no node declared dead by any of {len(nodes) - len(unreachable)} views "
+                 f"except the faulted ({', '.join(sorted(faulted)) or 'none'})",
+                 "; ".join(f"{n} saw dead {d}" for n, d in false_dead.items())
+                 + (f" unreachable: {', '.join(unreachable)}" if unreachable else "")
+                 + f" ({suspicions} suspicions of healthy nodes, refuted)")
+    return {"false_deaths": sum(sum(d.values()) for d in false_dead.values()), "false_suspicions": suspicions}
+
+
 def cut_link(checks: Checks, fleet: Fleet, names: list[str], entry: str, target: str,
              samples: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """Cut a link on the path of an entry → target task, issued at a third container.
@@ -279,6 +313,7 @@ def main() -> int:
     ids = {n: fleet.get(n, "/v1/node")["peer_id"] for n in names + gs_names}
     checks.check(len(set(ids.values())) == len(ids), f"every node has its own peer id ({len(ids)} nodes)")
     route = routes(fleet, chaos)
+    verdict_checks(checks, fleet, names + gs_names, set(), "after start-up")
 
     # -- 0b. ground stations: agents of their own, linked only to satellites in view ----------
     ground_checks(checks, fleet, gs_names, names, samples)
@@ -306,6 +341,8 @@ def main() -> int:
             totals.append(rec["latency"]["total_ms"])
     if totals:
         metrics["task_total_ms_median"] = statistics.median(totals)
+        metrics["task_overhead_ms_median"] = statistics.median(
+            r["latency"]["overhead_ms"] for r in results if r.get("status") == "succeeded")
     rec = fleet.run_task("sat-3", None, samples[0])
     checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[0]["label"],
                  f"task at sat-3 placed by the fleet ran on {rec.get('executor')}", str(rec.get("error") or ""))
@@ -414,6 +451,9 @@ def main() -> int:
     rec = fleet.run_task("sat-0", other, samples[3]) if took is not None else {"status": "not ready"}
     checks.check(rec.get("status") == "succeeded", f"task sat-0 → resumed {other}: {rec.get('status')}",
                  str(rec.get("error") or ""))
+
+    # -- 5. for the whole run: no verdict about a node that no fault touched -------------------
+    metrics.update(verdict_checks(checks, fleet, names + gs_names, {victim, other}, "whole run"))
 
     if args.metrics:
         args.metrics.write_text(json.dumps(metrics, indent=1))

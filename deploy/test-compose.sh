@@ -11,7 +11,9 @@
 #   down, whatever happens.
 # Only loopback and compose-internal traffic.  Environment: PROJECT
 # (orbitmesh-ci), READY_TIMEOUT (s, 600), KEEP_UP=1 (leave the fleet running),
-# METRICS (JSON file to write the measurements to).
+# METRICS (JSON file to write the measurements to), STRESS=1 (contention mode:
+# a CPU hog keeps one full core busy from before `up` to the end, as a laptop
+# or a shared CI runner has; every check must still pass).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -27,6 +29,7 @@ WORK=$(mktemp -d /tmp/orbitmesh-compose.XXXXXX)
 METRICS=${METRICS:-$WORK/metrics.json}
 T0=$(date +%s)
 DOCKERD_PID=""
+HOG_PID=""
 FAILED_STEP=""
 
 step() { printf '[test-docker +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
@@ -53,6 +56,7 @@ step "$("$DOCKER" --version); $(docker-compose version --short 2>/dev/null | sed
 teardown() {
   local rc=$?
   set +e
+  [ -n "$HOG_PID" ] && kill "$HOG_PID" 2>/dev/null
   if [ $rc -ne 0 ]; then
     echo "---- FAILED${FAILED_STEP:+: $FAILED_STEP} — container states and logs ----" >&2
     "${COMPOSE[@]}" ps >&2 2>/dev/null
@@ -129,6 +133,12 @@ BUILD_S=$(( $(date +%s) - tb ))
 IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
 
 # -- 5. up ---------------------------------------------------------------------------
+if [ "${STRESS:-0}" = 1 ]; then
+  # One core's worth of CPU-bound work at normal priority, for the whole run.
+  python3 -c 'while True: pass' &
+  HOG_PID=$!
+  step "STRESS=1: a CPU hog (pid $HOG_PID) keeps one core busy until the end"
+fi
 step "docker-compose up -d: init + $SIZE satellites + ground stations $GROUND (project $PROJECT)"
 tu=$(date +%s.%N)
 timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log"; die "docker-compose up failed"; }
