@@ -317,10 +317,10 @@ class LocalNodeChaos:
 
 
 class ComposeNodeChaos:
-    """The same four faults on a compose constellation, through :class:`agent.compose.EngineChaos`."""
+    """The same four faults on a compose constellation, through :class:`agent.engine_chaos.EngineChaos`."""
 
     def __init__(self, project: str | None, engine=None):
-        from agent.compose import ChaosError, EngineChaos
+        from agent.engine_chaos import ChaosError, EngineChaos
         try:
             self.engine = engine or EngineChaos(project or None)
         except ChaosError as exc:
@@ -328,14 +328,14 @@ class ComposeNodeChaos:
         self.project = project
 
     def _state(self, node: str) -> str:
-        from agent.compose import ChaosError
+        from agent.engine_chaos import ChaosError
         try:
             return self.engine.state(node)
         except ChaosError as exc:
             raise NodeChaosError(str(exc)) from None
 
     def run(self, action: str, node: str) -> str:
-        from agent.compose import ChaosError
+        from agent.engine_chaos import ChaosError
         state = self._state(node)
         up = state in ("running", "paused", "restarting")
         if action == "kill" and not up:

@@ -1,19 +1,18 @@
 """Containers: the compose generator, the in-container entry points, chaos through Docker.
 
-Three parts, one module:
+Two parts, one module:
 
 * **Generator** (host side, no Docker needed): :func:`compose_document` builds
   the compose file for a preset (or ``-n`` satellites) as plain data and
-  :func:`to_yaml` writes it.  The top-level ``docker-compose.yml`` is its
+  :func:`agent.yamlfile.to_yaml` writes it.  The top-level ``docker-compose.yml`` is its
   output for the ``demo`` preset.  ``orbitmesh compose`` runs it (the CLI
   hooks :func:`register` in).
 * **Entry points** (inside the image): ``python -m agent.compose init`` runs
   once per ``up`` in the ``init`` service and ``python -m agent.compose node``
   starts every satellite (also in Kubernetes pods) and every ground station
   (``gs-<name>``, node ``n_sats + k``, listed in the config by ``init --ground``).
-* **Chaos through the engine**: :class:`EngineChaos` kills, pauses, resumes,
-  restarts and starts node containers with the ``docker`` SDK (the optional
-  extra ``orbitmesh[docker]``).
+* Chaos through the engine lives in :mod:`agent.engine_chaos`, the YAML
+  writer in :mod:`agent.yamlfile`, the swarm stack generator in :mod:`agent.stack`.
 
 Identity scheme: one secret per deployment, every node key derived from it
 ---------------------------------------------------------------------------
@@ -45,7 +44,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -453,172 +451,9 @@ def compose_header(spec: ComposeSpec) -> str:
             f"# {ports}{ground}  See docs/docker.md.\n")
 
 
-# -- a small YAML writer (block style; strings double-quoted, JSON-escaped) ------------
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
-
-
-def _scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    raise TypeError(f"cannot write {type(v).__name__} as YAML")
-
-
-def _key(k: str) -> str:
-    if not isinstance(k, str):
-        raise TypeError("mapping keys must be strings")
-    return k if _PLAIN_KEY.match(k) and k.lower() not in _YAML_WORDS else json.dumps(k, ensure_ascii=False)
-
-
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool))
-
-
-def _lines(v: Any, indent: int) -> list[str]:
-    pad = "  " * indent
-    out: list[str] = []
-    if isinstance(v, dict):
-        for k, item in v.items():
-            if _is_scalar(item):
-                out.append(f"{pad}{_key(k)}: {_scalar(item)}")
-            elif not item:
-                out.append(f"{pad}{_key(k)}: {'{}' if isinstance(item, dict) else '[]'}")
-            elif isinstance(item, list) and all(_is_scalar(x) for x in item):
-                flow = f"{pad}{_key(k)}: [" + ", ".join(_scalar(x) for x in item) + "]"
-                if len(flow) <= 120:
-                    out.append(flow)
-                else:
-                    out.append(f"{pad}{_key(k)}:")
-                    out += [f"{pad}  - {_scalar(x)}" for x in item]
-            else:
-                out.append(f"{pad}{_key(k)}:")
-                out += _lines(item, indent + 1)
-    elif isinstance(v, list):
-        for item in v:
-            if _is_scalar(item):
-                out.append(f"{pad}- {_scalar(item)}")
-            else:
-                sub = _lines(item, indent + 1)
-                out.append(f"{pad}- {sub[0].lstrip()}")
-                out += sub[1:]
-    else:
-        raise TypeError(f"cannot write {type(v).__name__} as a YAML block")
-    return out
-
-
-def to_yaml(doc: dict[str, Any], header: str = "") -> str:
-    """``doc`` as block-style YAML that Compose 1.29 (PyYAML) and v2 (go-yaml) read alike."""
-    return header + "\n".join(_lines(doc, 0)) + "\n"
-
-
 def generate(spec: ComposeSpec) -> str:
+    from agent.yamlfile import to_yaml
     return to_yaml(compose_document(spec), compose_header(spec))
-
-
-# =============================================================================
-# chaos through the Docker engine
-
-
-class ChaosError(Exception):
-    """A chaos action could not be done; the message says why."""
-
-
-class EngineChaos:
-    """Kill, pause, resume, restart and start node containers through the Docker engine.
-
-    Containers are found by the labels the generator puts on every service
-    (``org.orbitmesh.node``), within one compose project when ``project`` is
-    given (Compose 1.29 and v2 both label ``com.docker.compose.project``).
-    Link faults stay with the agents' own chaos API: they are frames on links.
-    """
-
-    ACTIONS = ("kill", "pause", "resume", "restart", "start", "stop", "state")
-
-    def __init__(self, project: str | None = None, client: Any = None):
-        self.project = project
-        if client is None:
-            try:
-                import docker
-            except ImportError:
-                raise ChaosError("the Docker SDK is not installed: pip install 'orbitmesh[docker]'") from None
-            try:
-                client = docker.from_env()
-                client.ping()
-            except Exception as exc:  # docker.errors.DockerException and connection errors
-                raise ChaosError(f"no Docker engine answers: {exc}") from None
-        self.client = client
-
-    def _filters(self, node: str | None = None) -> dict[str, Any]:
-        labels = [f"{LABEL_NODE}={node}" if node else LABEL_NODE]
-        if self.project:
-            labels.append(f"com.docker.compose.project={self.project}")
-        return {"label": labels}
-
-    def nodes(self) -> dict[str, Any]:
-        """node name → container (running or not)."""
-        out: dict[str, Any] = {}
-        for c in self.client.containers.list(all=True, filters=self._filters()):
-            node = c.labels.get(LABEL_NODE)
-            if node in out:
-                raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
-            out[node] = c
-        return out
-
-    def container(self, node: str) -> Any:
-        found = self.client.containers.list(all=True, filters=self._filters(node))
-        if not found:
-            where = f" in compose project {self.project!r}" if self.project else ""
-            raise ChaosError(f"no container for {node}{where}; is the constellation up?")
-        if len(found) > 1:
-            raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
-        return found[0]
-
-    def state(self, node: str) -> str:
-        c = self.container(node)
-        c.reload()
-        return c.status            # running, paused, exited, created, restarting
-
-    def _do(self, node: str, what: str, fn) -> str:
-        c = self.container(node)
-        try:
-            fn(c)
-        except Exception as exc:
-            raise ChaosError(f"cannot {what} {node}: {getattr(exc, 'explanation', None) or exc}") from None
-        c.reload()
-        return c.status
-
-    def kill(self, node: str, signal: str = "SIGKILL") -> str:
-        """Crash ``node`` (SIGKILL: no shutdown, no goodbye on its links)."""
-        return self._do(node, "kill", lambda c: c.kill(signal=signal))
-
-    def pause(self, node: str) -> str:
-        """Freeze ``node`` (cgroup freezer): its links stay open but silent, like SIGSTOP."""
-        return self._do(node, "pause", lambda c: c.pause())
-
-    def resume(self, node: str) -> str:
-        return self._do(node, "resume", lambda c: c.unpause())
-
-    def stop(self, node: str, timeout: int = 5) -> str:
-        return self._do(node, "stop", lambda c: c.stop(timeout=timeout))
-
-    def start(self, node: str) -> str:
-        """Start a killed or stopped ``node`` again (same volume, so the same peer id)."""
-        return self._do(node, "start", lambda c: c.start())
-
-    def restart(self, node: str, timeout: int = 5) -> str:
-        return self._do(node, "restart", lambda c: c.restart(timeout=timeout))
-
-    def run(self, action: str, node: str) -> str:
-        if action not in self.ACTIONS:
-            raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
-        return getattr(self, action)(node)
 
 
 # =============================================================================
@@ -718,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-realtime", action="store_true")
 
     p = sub.add_parser("chaos", help="kill, pause, resume, restart, start or stop a node's container")
-    p.add_argument("action", choices=EngineChaos.ACTIONS)
+    p.add_argument("action", choices=("kill", "pause", "resume", "restart", "start", "stop", "state"))
     p.add_argument("node")
     p.add_argument("-p", "--project", default=os.environ.get("COMPOSE_PROJECT_NAME"),
                    help="compose project (default: $COMPOSE_PROJECT_NAME, else any)")
@@ -752,9 +587,14 @@ def main(argv: list[str] | None = None) -> int:
             from agent import cli
             return cli.main(launch.argv)
         if args.command == "chaos":
-            print(EngineChaos(args.project).run(args.action, args.node))
+            from agent.engine_chaos import ChaosError, EngineChaos
+            try:
+                print(EngineChaos(args.project).run(args.action, args.node))
+            except ChaosError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             return 0
-    except (ComposeError, ChaosError) as exc:
+    except ComposeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.compose import EngineChaos  # noqa: E402
+from agent.engine_chaos import EngineChaos  # noqa: E402
 
 T0 = time.monotonic()
 

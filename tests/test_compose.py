@@ -16,10 +16,8 @@ import pytest
 
 from agent import compose
 from agent.compose import (
-    ChaosError,
     ComposeError,
     ComposeSpec,
-    EngineChaos,
     compose_document,
     derive_seed,
     derived_peer_id,
@@ -28,8 +26,9 @@ from agent.compose import (
     generate,
     init_fleet,
     prepare_node,
-    to_yaml,
 )
+from agent.engine_chaos import ChaosError, EngineChaos
+from agent.yamlfile import to_yaml
 from agent.p2p import load_or_create_identity, peer_id_of
 
 ROOT = Path(__file__).resolve().parent.parent
