@@ -134,6 +134,10 @@ class BroadcastQueue:
     def updates(self) -> list[Update]:
         return [i.update for i in self._items.values()]
 
+    def holds_other_than(self, kind: str) -> bool:
+        """Whether any queued update is of another kind than ``kind`` (e.g. membership news among states)."""
+        return any(i.update.kind != kind for i in self._items.values())
+
 
 class StateTable:
     """Every node's latest state record; this node's own record is authored here."""

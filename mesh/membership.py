@@ -101,6 +101,7 @@ class MembershipConfig:
     max_lhm: int = 4                       # Lifeguard local health multiplier ceiling
     dead_probe_every: int = 4              # probe a neighbour believed dead every Nth cycle
     gossip_interval_s: float = 0.2         # re-send pending updates this often
+    state_gossip_s: float = 0.5            # repeat copies of state records (placement hints) go this often
     eager_gap_s: float = 0.005             # news is pushed at once, at most this often per node
     gossip_bytes: int = 2048               # update bytes per gossip frame
     piggyback_bytes: int = 512             # update bytes riding on each probe/ack
@@ -115,7 +116,7 @@ class MembershipConfig:
     lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
 
     def __post_init__(self) -> None:
-        for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult"):
+        for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"membership {name} must be > 0")
         for name in ("direct_attempts", "indirect_attempts", "link_fail_rounds", "dead_probe_every"):
@@ -887,7 +888,15 @@ class Membership:
                     out.append(Send(n, Gossip(tuple(ups))))
                     self.stats["gossip_frames"] += 1
         self.queue.prune(nbrs, limit, 10**9)
-        self._next_gossip = now + self.config.gossip_interval_s if len(self.queue) else _INF
+        if not len(self.queue):
+            self._next_gossip = _INF
+        elif self.queue.holds_other_than("n"):
+            self._next_gossip = now + self.config.gossip_interval_s
+        else:
+            # Only state records left, each already pushed at once: their
+            # further copies (against loss) wait and share frames, so a fleet's
+            # steady trickle of battery and load drifts costs fewer frames.
+            self._next_gossip = now + self.config.state_gossip_s
 
     def _absorb(self, now: float, updates: tuple[Update, ...], frm: int | None) -> bool:
         news = False
