@@ -54,8 +54,10 @@ Design (docs/membership.md has the reasons):
   tell a silent neighbour from its own stall (acks and refutations may be
   sitting unread), so past ``lag_tolerance_s`` its local health degrades and
   it takes no verdict (no suspicion, no failed link, no expiry) until its loop
-  has run on time for a while.  The same hold covers start-up.  Suspicion
-  timeouts also stretch with the local health multiplier.
+  has run on time for a while.  The same hold covers start-up.
+* **Neighbours judge**: a suspicion expires into a death only at the
+  suspect's laser neighbours (they probe it, its refutation reaches them in
+  one hop); farther nodes wait ``remote_verdict_mult`` × longer.
 * **Death only on expiry**: a node is declared dead only when its suspicion
   expires unrefuted; a suspected node refutes with a higher incarnation.
   Deaths, suspicions, refutations and link states are gossiped fleet-wide;
@@ -114,6 +116,7 @@ class MembershipConfig:
     relay_cap: int = 1024                  # indirect probes one relay tracks for nacks
     lag_tolerance_s: float = 0.1           # own timers later than this: our silence verdicts are unreliable
     lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
+    remote_verdict_mult: float = 4.0       # a node that cannot probe the suspect waits this × its timeout
 
     def __post_init__(self) -> None:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
@@ -124,6 +127,8 @@ class MembershipConfig:
                 raise ValueError(f"membership {name} must be ≥ 1")
         if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:
             raise ValueError("membership indirect_paths, suspicion_k and max_lhm must be ≥ 0")
+        if self.remote_verdict_mult < 1:
+            raise ValueError("membership remote_verdict_mult must be ≥ 1")
         if self.lag_tolerance_s <= 0 or self.lag_hold_mult < 0:
             raise ValueError("membership lag_tolerance_s must be > 0 and lag_hold_mult ≥ 0")
         if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:
@@ -455,12 +460,18 @@ class Membership:
                     out.append(Send(origin, Nack(seq, origin, target, self.me, tuple(self._piggy(origin)))))
                     self.stats["nacks_sent"] += 1
         if self._susp:
+            nbrs = self._nbr_lat(now)
             for node in [n for n, s in self._susp.items() if s.deadline <= now]:
                 s = self._susp[node]
-                # Lifeguard: a node in poor local health waits longer before it
-                # trusts the silence; one that lagged just now waits until its
-                # loop is punctual again (a refutation may be sitting unread).
-                later = max(s.start + s.timeout() * (1 + self.lhm), self._hold_until)
+                # A node whose loop lagged just now waits until it is punctual
+                # again (a refutation may be sitting unread).  Only the suspect's
+                # laser neighbours probe it, and its refutation reaches them in
+                # one hop: they judge.  A node farther away heard the suspicion
+                # and would hear the refutation over several hops of gossip, so
+                # it waits longer, as a backstop for a suspect whose neighbours
+                # are all gone.
+                mult = 1.0 if node in nbrs else self.config.remote_verdict_mult
+                later = max(s.start + s.timeout() * mult, self._hold_until)
                 if now < later:
                     s.deadline = later
                     self.stats["verdicts_held"] += 1
