@@ -64,6 +64,12 @@ def build_app(node: Node) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(node.health())
 
+    async def ready(request: Request) -> JSONResponse:
+        # For probes that read only the status (Kubernetes readinessProbe, load
+        # balancers): 503 until every laser link is up.
+        h = node.health()
+        return JSONResponse(h, status_code=200 if h["ready"] else 503)
+
     async def node_info(request: Request) -> JSONResponse:
         return JSONResponse(node.describe())
 
@@ -188,7 +194,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
-        Route("/v1/health", health), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
+        Route("/v1/health", health), Route("/v1/ready", ready), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),
         Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),

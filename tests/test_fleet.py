@@ -151,8 +151,16 @@ async def test_node_view(running_fleet):
 async def test_restarted_agent_keeps_identity_and_rejoins(running_fleet, models_dir):
     spec, cfg, peers, procs = running_fleet
     victim = "sat-6"
+    async with httpx.AsyncClient(timeout=5) as http:
+        nbr = (await http.get(peers[victim].api + "/v1/links")).json()["links"][0]["peer"]
+        assert (await http.get(peers[nbr].api + "/v1/ready")).status_code == 200
     procs[victim].send_signal(signal.SIGKILL)
     procs[victim].wait(5)
+    async with httpx.AsyncClient(timeout=5) as http:       # a neighbour's link is down: not ready for probes
+        with trio.fail_after(15):
+            while (r := await http.get(peers[nbr].api + "/v1/ready")).status_code != 503:
+                await trio.sleep(0.2)
+        assert r.json()["ready"] is False and r.json()["links_up"] < r.json()["links_total"]
     async with Client(peers["sat-0"].api) as c:
         with pytest.raises(ApiError):
             async with Client(peers[victim].api, timeout=1.0) as dead:
@@ -169,6 +177,10 @@ async def test_restarted_agent_keeps_identity_and_rejoins(running_fleet, models_
                     pass
                 await trio.sleep(0.2)
         assert info["peer_id"] == peers[victim].peer_id  # identity persisted in the data dir
+        async with httpx.AsyncClient(timeout=5) as http:
+            with trio.fail_after(15):
+                while (await http.get(peers[nbr].api + "/v1/ready")).status_code != 200:
+                    await trio.sleep(0.2)
         acc = await c.submit("digits", samples(models_dir)[0]["inputs"], victim)
         rec = await c.wait(acc["task_id"], timeout=30)
         assert rec["status"] == "succeeded", rec
