@@ -126,7 +126,7 @@ def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
 
 def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int = P2P_PORT,
                 api_port: int = API_PORT, stations: tuple[str, ...] = ()):
-    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``.
+    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}`` / ``{slot}`` (index + 1).
 
     ``size`` satellites ``sat-0`` … and then the ground stations ``stations``
     (in config order): station k is node ``size + k`` named ``gs-<station>``,
@@ -138,7 +138,7 @@ def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int
     entries = []
     for i in range(len(names)):
         name = names.name(i)
-        host = address.format(name=name, index=i)
+        host = address.format(name=name, index=i, slot=i + 1)
         pid = derived_peer_id(secret, name)
         entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}"))
     return Peers(entries)
@@ -239,17 +239,18 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                  peers_path: Path, address: str = "{name}", p2p_port: int = P2P_PORT,
                  api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
                  hostname: str | None = None, preset: str = "demo", n: int | None = None,
-                 time_scale: float | None = None) -> NodeLaunch:
+                 time_scale: float | None = None, slot: int | None = None) -> NodeLaunch:
     """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
 
-    ``node`` None takes the node from a StatefulSet pod's hostname
-    (``orbitmesh-7`` → ``sat-7``).  ``config_path`` None computes the config
+    ``node`` None takes the node from ``slot`` (a swarm task slot, from 1:
+    node ``slot - 1``, so ground stations follow the satellites), else from a
+    StatefulSet pod's hostname (``orbitmesh-7`` → ``sat-7``).  ``config_path`` None computes the config
     from ``preset`` (see :func:`preset_config_at_epoch`) and writes it beside
     the peers file.
     """
     from agent.peers import sat_name
     from mesh.config import ConfigError, parse_config
-    if node is None:
+    if node is None and slot is None:
         hostname = hostname or os.environ.get("HOSTNAME") or os.uname().nodename
         m = re.search(r"-(\d+)$", hostname)
         if not m:
@@ -270,6 +271,12 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
         except ConfigError as exc:
             raise ComposeError(f"{config_path}: {exc}") from None
     peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port, stations=station_names(cfg))
+    if node is None:
+        if not 1 <= slot <= len(peers.names()):
+            raise ComposeError(f"task slot {slot} has no node: this fleet has {len(peers.names())} nodes "
+                               f"({cfg.size} satellites and {len(station_names(cfg))} ground stations); "
+                               f"set the service's replicas to that number")
+        node = peers.names()[slot - 1]
     if node not in peers:
         gs = [n for n in peers.names() if not n.startswith("sat-")]
         raise ComposeError(f"{node} is not in this fleet ({cfg.name} has {cfg.size} satellites: "
@@ -536,6 +543,9 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--node", help="node name, e.g. sat-3 or gs-london")
     who.add_argument("--node-from-hostname", action="store_true",
                      help="take the index from a StatefulSet pod name (orbitmesh-7 → sat-7)")
+    who.add_argument("--node-from-slot", action="store_true",
+                     help="take the node from $ORBITMESH_SLOT, a swarm task slot (1 → sat-0; ground stations "
+                          "after the satellites)")
     p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR), help="directory with secret and config.toml")
     p.add_argument("--secret", type=Path, help="fleet secret file (default: FLEET/secret)")
     p.add_argument("--config", type=Path, help="fleet config (default: FLEET/config.toml, unless --preset)")
@@ -546,7 +556,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path(DATA_DIR), help="this node's volume")
     p.add_argument("--peers-out", type=Path, default=Path("/tmp/orbitmesh/peers.json"))
     p.add_argument("--address", default="{name}",
-                   help="DNS name of node {name} / {index} (default: {name}, the compose service)")
+                   help="DNS name of node {name} / {index} / {slot} (default: {name}, the compose service)")
     p.add_argument("--p2p-port", type=int, default=P2P_PORT)
     p.add_argument("--api-port", type=int, default=API_PORT)
     p.add_argument("--models", default=MODELS_DIR)
@@ -573,7 +583,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%s", line)
             return 0
         if args.command == "node":
-            launch = prepare_node(None if args.node_from_hostname else args.node,
+            slot = None
+            if args.node_from_slot:
+                raw = os.environ.get("ORBITMESH_SLOT", "")
+                if not raw.isdigit():
+                    raise ComposeError(f"--node-from-slot: $ORBITMESH_SLOT must be a task slot number, "
+                                       f"not {raw!r} (the stack sets it to {{{{.Task.Slot}}}})")
+                slot = int(raw)
+            launch = prepare_node(None if (args.node_from_hostname or slot is not None) else args.node, slot=slot,
                                   secret_path=args.secret or args.fleet / "secret",
                                   config_path=(args.config or (None if args.preset else args.fleet / "config.toml")),
                                   preset=args.preset or "demo", n=args.n, time_scale=args.time_scale,

@@ -106,3 +106,70 @@ class EngineChaos:
         if action not in self.ACTIONS:
             raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
         return getattr(self, action)(node)
+
+
+class SwarmChaos(EngineChaos):
+    """The same faults on a swarm stack (``docker stack deploy``), on this machine's replicas.
+
+    A replica is a container of service ``<stack>_sat`` whose task slot k runs
+    node k - 1 (agent/stack.py); the node names come from the fleet config the
+    stack ships as a swarm config, read back through the engine.  Swarm's
+    restart policy brings a killed replica back in its slot (a new container:
+    same name, key and journal volume), so ``kill`` here is a crash followed by
+    the engine's recovery; ``start`` only waits for that.
+    """
+
+    ACTIONS = ("kill", "pause", "resume", "restart", "state")
+
+    def __init__(self, stack: str, client: Any = None, service: str = "sat"):
+        super().__init__(None, client)
+        self.stack = stack
+        self.service = f"{stack}_{service}"
+        self.names = self._node_names()
+
+    def _node_names(self) -> list[str]:
+        import base64
+
+        from mesh.config import ConfigError, parse_config
+        from mesh.nodes import NodeNames
+        try:
+            svc = self.client.services.get(self.service)
+            refs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []
+            data = self.client.configs.get(refs[0]["ConfigID"]).attrs["Spec"]["Data"]
+            cfg = parse_config(base64.b64decode(data).decode())
+        except (IndexError, KeyError, ConfigError, UnicodeDecodeError) as exc:
+            raise ChaosError(f"service {self.service} carries no readable fleet config: {exc}") from None
+        except Exception as exc:   # docker.errors.NotFound, APIError
+            raise ChaosError(f"no swarm service {self.service} (is the stack {self.stack!r} deployed?): "
+                             f"{getattr(exc, 'explanation', None) or exc}") from None
+        names = NodeNames(cfg.size, tuple(st.name for st in cfg.ground.stations))
+        return [names.name(i) for i in range(len(names))]
+
+    def _slot(self, container: Any) -> int | None:
+        task = container.labels.get("com.docker.swarm.task.name", "")      # <stack>_sat.<slot>.<task id>
+        parts = task.split(".")
+        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+    def nodes(self) -> dict[str, Any]:
+        """node name → its newest container on this machine."""
+        out: dict[str, Any] = {}
+        found = self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"})
+        for c in sorted(found, key=lambda c: c.attrs.get("Created", "")):
+            slot = self._slot(c)
+            if slot is not None and 1 <= slot <= len(self.names):
+                out[self.names[slot - 1]] = c          # a replacement replica supersedes the dead one
+        return out
+
+    def container(self, node: str) -> Any:
+        if node not in self.names:
+            raise ChaosError(f"{node} is not in stack {self.stack} ({self.names[0]} … {self.names[-1]})")
+        c = self.nodes().get(node)
+        if c is None:
+            raise ChaosError(f"no replica of {node} runs on this machine (slot {self.names.index(node) + 1}; "
+                             f"`docker service ps {self.service}` shows where it runs)")
+        return c
+
+    def start(self, node: str) -> str:
+        raise ChaosError("swarm starts killed replicas itself (restart policy); wait for the new one")
+
+    stop = start

@@ -1,0 +1,205 @@
+"""Docker Swarm: the stack file for a constellation that spans machines.
+
+``orbitmesh stack --preset NAME [-n N]`` writes a stack file and, beside it,
+the fleet config it ships as a swarm config; ``deploy/stack.yml`` is its
+output for the ``demo`` preset.  After ``docker swarm init`` a user types
+``docker stack deploy -c deploy/stack.yml orbitmesh`` and nothing else.
+
+Why it is shaped this way (docs/deploy.md has the user's side):
+
+* **One replicated service, identity from the task slot.**  Replica slot k
+  (from 1) runs node k - 1: ``sat-0`` … then the ground stations.  Swarm
+  keeps a slot when it replaces a failed task, so a replaced satellite keeps
+  its name, its derived key and (through the per-slot volume) its journal.
+* **Peers by hostname.**  Every task's hostname is ``orbitmesh-<slot>``, and
+  the engine (Docker ≥ 19.03) answers that name on the stack's overlay network
+  with the task's current address, so the peers file lists
+  ``/dns4/orbitmesh-<slot>/…`` and nothing is shared between machines.
+* **Keys and config from the engine, never a shared volume.**  The config is
+  a swarm config (the preset with its clock at the element sets' epoch, so
+  replicas on different machines agree with no coordinator).  The fleet
+  secret is a swarm secret: by default a template the engine fills with the
+  service's id, unique to the deployment and unknown before it, so nothing
+  secret is committed; ``--external-secret NAME`` uses one you created
+  (``docker secret create``), which survives ``docker stack rm``.
+* **Journals per slot**: the volume ``orbitmesh-<service id>-<slot>`` on
+  whichever machine runs the task: a new deployment (new identities) never
+  meets an old deployment's journal.
+* **API through the routing mesh**: port 8080 on every machine of the swarm
+  reaches some satellite; a task can target any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.compose import (API_PORT, DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, HEALTHCHECK, NETWORK, ComposeError,
+                           ComposeSpec, _check, preset_config_at_epoch, station_names)
+
+SERVICE = "sat"
+HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task
+ADDRESS = "orbitmesh-{slot}"                    # the same name, as agent.compose.fleet_peers spells it
+SECRET_TARGET = "/run/secrets/fleet"
+CONFIG_TARGET = "/etc/orbitmesh/fleet.toml"
+# The engine fills this per service: the same in every replica, new for every
+# deployment, never written anywhere in the repository.
+SECRET_TEMPLATE = "orbitmesh-fleet/{{ .Service.ID }}\n"
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    preset: str = "demo"
+    n: int | None = None
+    time_scale: float | None = None
+    image: str = DEFAULT_IMAGE
+    ground: tuple[str, ...] = DEMO_GROUND
+    api_port: int = API_PORT                 # published on every machine through the routing mesh
+    external_secret: str | None = None       # a `docker secret create`d secret, else the engine's template
+    max_per_machine: int | None = None       # placement: at most this many replicas on one machine
+    realtime: bool = True
+
+
+def _fleet(spec: StackSpec):
+    if not 0 < spec.api_port <= 65535:
+        raise ComposeError(f"--api-port {spec.api_port} is not a port")
+    if spec.max_per_machine is not None and spec.max_per_machine < 1:
+        raise ComposeError("--max-per-machine must be ≥ 1")
+    cfg = _check(ComposeSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale, image=spec.image,
+                             ground=spec.ground, publish="none"))
+    # the clock at the element sets' epoch: replicas on different machines agree with no coordinator
+    return cfg.with_start(preset_config_at_epoch(spec.preset, spec.n, spec.time_scale).clock.start_unix)
+
+
+def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml",
+                   secret_file: str = "fleet-secret.tmpl") -> dict[str, Any]:
+    """The stack file for ``spec`` as plain data (compose file format 3.8, ``docker stack deploy``)."""
+    cfg = _fleet(spec)
+    replicas = cfg.size + len(station_names(cfg))
+    cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--secret", SECRET_TARGET,
+           "--config", CONFIG_TARGET, "--address", ADDRESS, "--data", DATA_DIR]
+    if not spec.realtime:
+        cmd.append("--no-realtime")
+    deploy: dict[str, Any] = {
+        "mode": "replicated",
+        "replicas": replicas,
+        # a crashed or killed satellite comes back in its slot: same name, same key, its journal
+        "restart_policy": {"condition": "any", "delay": "2s"},
+        "update_config": {"parallelism": 4, "order": "stop-first"},
+        "labels": {"org.orbitmesh.preset": spec.preset},
+    }
+    if spec.max_per_machine is not None:
+        deploy["placement"] = {"max_replicas_per_node": spec.max_per_machine}
+    svc: dict[str, Any] = {
+        "image": spec.image,
+        "hostname": HOSTNAME,
+        "command": cmd,
+        "environment": {"ORBITMESH_SLOT": "{{.Task.Slot}}"},
+        "networks": [NETWORK],
+        "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "ingress"}],
+        "secrets": [{"source": "fleet", "target": "fleet", "mode": 0o400}],
+        "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}],
+        "volumes": [{"type": "volume", "source": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}", "target": DATA_DIR}],
+        "cap_drop": ["ALL"],
+        "healthcheck": {"test": HEALTHCHECK, "interval": "30s", "timeout": "5s", "retries": 3,
+                        "start_period": "120s"},
+        "stop_grace_period": "5s",
+        "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+        "deploy": deploy,
+    }
+    if spec.realtime:
+        svc["cap_add"] = ["SYS_NICE"]      # SCHED_RR for the event loop (agent/priority.py), nothing else
+    secret: dict[str, Any] = ({"external": True, "name": spec.external_secret} if spec.external_secret
+                              else {"file": secret_file, "template_driver": "golang"})
+    return {
+        "version": "3.8",
+        "services": {SERVICE: svc},
+        "networks": {NETWORK: {"driver": "overlay", "attachable": True}},
+        "secrets": {"fleet": secret},
+        "configs": {"fleet-config": {"file": config_file}},
+    }
+
+
+def stack_header(spec: StackSpec, cfg) -> str:
+    d = StackSpec()
+    how = ["orbitmesh stack", f"--preset {spec.preset}"]
+    how += [f"-n {spec.n}"] if spec.n is not None else []
+    how += [f"--time-scale {spec.time_scale:g}"] if spec.time_scale is not None else []
+    if spec.ground != d.ground:
+        how += [f"--ground {g}" for g in spec.ground] or ["--no-ground"]
+    how += [f"--image {spec.image}"] if spec.image != d.image else []
+    how += [f"--api-port {spec.api_port}"] if spec.api_port != d.api_port else []
+    how += [f"--external-secret {spec.external_secret}"] if spec.external_secret else []
+    how += [f"--max-per-machine {spec.max_per_machine}"] if spec.max_per_machine else []
+    how += ["--no-realtime"] if not spec.realtime else []
+    gs = station_names(cfg)
+    nodes = f"{cfg.size} satellites (slots 1–{cfg.size})" + (
+        f" and ground stations {', '.join(f'gs-{g} (slot {cfg.size + 1 + k})' for k, g in enumerate(gs))}"
+        if gs else "")
+    return (f"# Generated by `{' '.join(how)}`; regenerate rather than edit.\n"
+            "# Build or load the image on every machine (`make image`), then, on a manager:\n"
+            "#   docker swarm init && docker stack deploy -c <this file> orbitmesh\n"
+            f"# One replicated service, {nodes}; replica slot k runs node k - 1.\n"
+            f"# The API answers on port {spec.api_port} of every machine (routing mesh).  See docs/deploy.md.\n")
+
+
+def write_stack(spec: StackSpec, out: Path) -> list[Path]:
+    """Write the stack file ``out`` and, beside it, its config and secret template; the files written."""
+    from agent.yamlfile import to_yaml
+    from mesh.config import config_to_toml
+    cfg = _fleet(spec)
+    out = Path(out)
+    config_path = out.with_name(out.stem + "-fleet.toml")
+    secret_path = out.with_name(out.stem + "-secret.tmpl")
+    doc = stack_document(spec, config_file=f"./{config_path.name}", secret_file=f"./{secret_path.name}")
+    out.write_text(to_yaml(doc, stack_header(spec, cfg)))
+    config_path.write_text(config_to_toml(cfg))
+    written = [out, config_path]
+    if not spec.external_secret:
+        secret_path.write_text(SECRET_TEMPLATE)
+        written.append(secret_path)
+    return written
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    spec = StackSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
+                     ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND,
+                     api_port=args.api_port, external_secret=args.external_secret,
+                     max_per_machine=args.max_per_machine, realtime=not args.no_realtime)
+    try:
+        written = write_stack(spec, Path(args.out))
+    except (ComposeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(p) for p in written)}; on a swarm manager: "
+          f"docker stack deploy -c {written[0]} orbitmesh", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``orbitmesh stack`` to the CLI."""
+    p = subparsers.add_parser("stack", help="write a Docker Swarm stack file for a constellation",
+                              description="Write a swarm stack file (one replicated service, identity from the "
+                                          "task slot) and its fleet config.  See docs/deploy.md.")
+    p.add_argument("--preset", default="demo", help="constellation preset (default: demo)")
+    p.add_argument("-n", type=int, default=None, help="number of satellites (default: the preset's)")
+    p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"agent image on every machine (default: {DEFAULT_IMAGE})")
+    p.add_argument("-o", "--out", default="stack.yml",
+                   help="stack file to write; its config (-fleet.toml) and secret template go beside it")
+    p.add_argument("--api-port", type=int, default=API_PORT,
+                   help=f"port of the API on every machine, through the routing mesh (default: {API_PORT})")
+    p.add_argument("--external-secret", metavar="NAME",
+                   help="use this existing swarm secret (`docker secret create NAME`) instead of one the engine "
+                        "derives per deployment")
+    p.add_argument("--max-per-machine", type=int, metavar="K", help="place at most K satellites on one machine")
+    p.add_argument("--no-realtime", action="store_true", help="do not grant CAP_SYS_NICE (no SCHED_RR)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ground", action="append", default=None, metavar="NAME",
+                   help=f"a ground station (repeatable; default: {' and '.join(DEMO_GROUND)})")
+    g.add_argument("--no-ground", action="store_true", help="satellites only")
+    p.set_defaults(func=cmd_stack)
+    return p
