@@ -235,9 +235,12 @@ class LinkLayer:
     async def _retire_watch(self, link: Link) -> None:
         while True:
             await trio.sleep(0.5)
+            # Frames in flight are written and released before the link closes;
+            # a link that is not connected has nobody to write them to, and
+            # would otherwise wait for ever (and keep its node from being ready).
             if (link.retiring and time.time() >= link.retire_at
-                    and link.outbound_recv.statistics().current_buffer_used == 0
-                    and link.release_recv.statistics().current_buffer_used == 0):
+                    and (not link.up or (link.outbound_recv.statistics().current_buffer_used == 0
+                                         and link.release_recv.statistics().current_buffer_used == 0))):
                 link.scope.cancel()
                 return
 
