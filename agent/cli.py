@@ -85,7 +85,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
-                       listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal)
+                       listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
+                       discover=args.discover)
 
 
 def _spec(args: argparse.Namespace):
@@ -342,6 +343,9 @@ def parser() -> argparse.ArgumentParser:
                         "measures what the journal costs)")
     p.add_argument("--no-realtime", action="store_true",
                    help="do not ask for real-time scheduling of the event loop (see agent/priority.py)")
+    p.add_argument("--discover", metavar="NAME",
+                   help="peers whose names do not resolve are found behind this DNS name, which lists every "
+                        "node's address (a swarm's tasks.<service>; agent/directory.py)")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("up", help="start a local fleet in the background")

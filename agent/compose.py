@@ -126,7 +126,7 @@ def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
 
 def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int = P2P_PORT,
                 api_port: int = API_PORT, stations: tuple[str, ...] = ()):
-    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}`` / ``{slot}`` (index + 1).
+    """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``.
 
     ``size`` satellites ``sat-0`` … and then the ground stations ``stations``
     (in config order): station k is node ``size + k`` named ``gs-<station>``,
@@ -138,7 +138,7 @@ def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int
     entries = []
     for i in range(len(names)):
         name = names.name(i)
-        host = address.format(name=name, index=i, slot=i + 1)
+        host = address.format(name=name, index=i)
         pid = derived_peer_id(secret, name)
         entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}"))
     return Peers(entries)
@@ -239,7 +239,8 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                  peers_path: Path, address: str = "{name}", p2p_port: int = P2P_PORT,
                  api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
                  hostname: str | None = None, preset: str = "demo", n: int | None = None,
-                 time_scale: float | None = None, slot: int | None = None) -> NodeLaunch:
+                 time_scale: float | None = None, slot: int | None = None,
+                 discover: str | None = None) -> NodeLaunch:
     """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
 
     ``node`` None takes the node from ``slot`` (a swarm task slot, from 1:
@@ -288,6 +289,8 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
             "--listen", f"0.0.0.0:{p2p_port}", "--api", f"0.0.0.0:{api_port}"]
     if not realtime:
         argv.append("--no-realtime")
+    if discover:
+        argv += ["--discover", discover]
     return NodeLaunch(node, argv, peer_id)
 
 
@@ -556,11 +559,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path(DATA_DIR), help="this node's volume")
     p.add_argument("--peers-out", type=Path, default=Path("/tmp/orbitmesh/peers.json"))
     p.add_argument("--address", default="{name}",
-                   help="DNS name of node {name} / {index} / {slot} (default: {name}, the compose service)")
+                   help="DNS name of node {name} / {index} (default: {name}, the compose service)")
     p.add_argument("--p2p-port", type=int, default=P2P_PORT)
     p.add_argument("--api-port", type=int, default=API_PORT)
     p.add_argument("--models", default=MODELS_DIR)
     p.add_argument("--no-realtime", action="store_true")
+    p.add_argument("--discover", metavar="NAME",
+                   help="find peers whose names do not resolve behind this name (swarm: tasks.<service>)")
 
     p = sub.add_parser("chaos", help="kill, pause, resume, restart, start or stop a node's container")
     p.add_argument("action", choices=("kill", "pause", "resume", "restart", "start", "stop", "state"))
@@ -596,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                                   preset=args.preset or "demo", n=args.n, time_scale=args.time_scale,
                                   data_dir=args.data, peers_path=args.peers_out, address=args.address,
                                   p2p_port=args.p2p_port, api_port=args.api_port, models=args.models,
-                                  realtime=not args.no_realtime)
+                                  realtime=not args.no_realtime, discover=args.discover)
             log.info("%s: peer %s; starting the agent", launch.node, launch.peer_id)
             # In this process (PID 1 of the container, so SIGTERM reaches the
             # agent), which has already imported libp2p: a fresh interpreter

@@ -33,7 +33,7 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
-                    realtime: bool = True, journaled: bool = True) -> None:
+                    realtime: bool = True, journaled: bool = True, discover: str | None = None) -> None:
     install_slow_step_logger()
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
@@ -41,7 +41,12 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
     if api is None:
         url = urlparse(entry.api)
         api = (url.hostname or "127.0.0.1", url.port or 80)
-    async with open_host(keypair, lhost, lport) as host:
+    lookup = None
+    if discover:
+        # swarm replicas have no names of their own: find peers behind the service's name
+        from agent.directory import SwarmDirectory
+        lookup = SwarmDirectory(discover, api[1]).lookup
+    async with open_host(keypair, lhost, lport, name_lookup=lookup) as host:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
@@ -90,7 +95,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
-         journal: bool = True) -> int:
+         journal: bool = True, discover: str | None = None) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -101,7 +106,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         log.error("node %r is not in %s", name, peers_path)
         return 2
     try:
-        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal)
+        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover)
     except (ValueError, JournalError) as exc:
         log.error("%s", exc)
         return 2

@@ -378,14 +378,14 @@ StreamHandler = Callable[[P2PStream], Awaitable[None]]
 class P2PHost:
     """A running libp2p host; create it with :func:`open_host`."""
 
-    def __init__(self, host: BasicHost) -> None:
+    def __init__(self, host: BasicHost, name_lookup: Callable[[str, int], list[str]] | None = None) -> None:
         self._host = host
         self._swarm = host.get_network()
         self.peer_id: str = host.get_id().to_base58()
         # Serialises dials per peer: Swarm.dial_addr, unlike dial_peer, does
         # not merge concurrent dials to the same peer.
         self._dial_locks: dict[ID, trio.Lock] = {}
-        self._names = _NameCache()
+        self._names = _NameCache(lookup=name_lookup)
 
     def listen_multiaddrs(self) -> list[str]:
         """Our listen addresses with the real bound port and ``/p2p/<id>``."""
@@ -469,9 +469,13 @@ class P2PHost:
 
 @asynccontextmanager
 async def open_host(
-    keypair: KeyPair, listen_host: str = "127.0.0.1", listen_port: int = 0
+    keypair: KeyPair, listen_host: str = "127.0.0.1", listen_port: int = 0,
+    name_lookup: Callable[[str, int], list[str]] | None = None,
 ) -> AsyncIterator[P2PHost]:
     """Run a Noise+yamux TCP host on ``listen_host:listen_port`` (0 = any).
+
+    ``name_lookup(name, family)`` resolves ``/dns*`` names instead of the
+    system resolver (e.g. :class:`agent.directory.SwarmDirectory`).
 
     The host is closed in a shielded scope on exit, including cancellation,
     because leaving ``BasicHost.run()`` alone leaks connection sockets.  An
@@ -486,7 +490,7 @@ async def open_host(
             run_scope = await nursery.start(_run_host, host, listen_addr)
             if run_scope is not None:
                 try:
-                    yield P2PHost(host)
+                    yield P2PHost(host, name_lookup)
                 except BaseException as exc:
                     raised = exc
                     raise

@@ -1,0 +1,71 @@
+"""agent.directory: naming swarm replicas by asking the addresses behind the service's name."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import multiaddr
+import pytest
+
+from agent import directory
+from agent.directory import DirectoryError, SwarmDirectory
+from agent.p2p import _NameCache
+from tests.conftest import free_port_block
+
+
+@contextmanager
+def agents(port: int, who: dict[str, str]):
+    """Tiny stand-ins for agents: GET /v1/health on each loopback address answers its node name."""
+    servers = []
+    for ip, node in who.items():
+        class Health(BaseHTTPRequestHandler):
+            name = node
+
+            def do_GET(self):
+                body = json.dumps({"status": "ok", "node": self.name}).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = ThreadingHTTPServer((ip, port), Health)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    try:
+        yield
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+async def test_replicas_are_named_by_asking_them_and_a_replacement_is_found(monkeypatch):
+    port = free_port_block(1)
+    behind = {"tasks.sat": ["127.0.0.2", "127.0.0.3", "127.0.0.4"]}       # .4: a replica still starting
+    monkeypatch.setattr(directory, "resolve_all", lambda name, family: list(behind[name]))
+    d = SwarmDirectory("tasks.sat", port, timeout=0.5)
+    with agents(port, {"127.0.0.2": "sat-0", "127.0.0.3": "sat-1"}):
+        assert d.lookup("sat-1") == ["127.0.0.3"]
+        assert d.lookup("sat-0") == ["127.0.0.2"]
+        with pytest.raises(DirectoryError, match="sat-9 is not among the 3 replicas behind tasks.sat"):
+            d.lookup("sat-9")
+        cache = _NameCache(lookup=d.lookup)
+        got = await cache.resolve(multiaddr.Multiaddr("/dns4/sat-1/tcp/4001"))
+        assert str(got) == "/ip4/127.0.0.3/tcp/4001"
+    # sat-1's replica was replaced: its old address left the service, a new one says it is sat-1
+    behind["tasks.sat"] = ["127.0.0.2", "127.0.0.5"]
+    with agents(port, {"127.0.0.2": "sat-0", "127.0.0.5": "sat-1"}):
+        assert d.lookup("sat-1") == ["127.0.0.5"]
+
+
+def test_an_unknown_service_name_is_an_os_error():
+    d = SwarmDirectory("tasks.no-such-service.invalid", 8080)
+    with pytest.raises(OSError):
+        d.lookup("sat-0", socket.AF_INET)
