@@ -11,10 +11,12 @@ Why it is shaped this way (docs/deploy.md has the user's side):
   (from 1) runs node k - 1: ``sat-0`` … then the ground stations.  Swarm
   keeps a slot when it replaces a failed task, so a replaced satellite keeps
   its name, its derived key and (through the per-slot volume) its journal.
-* **Peers by hostname.**  Every task's hostname is ``orbitmesh-<slot>``, and
-  the engine (Docker ≥ 19.03) answers that name on the stack's overlay network
-  with the task's current address, so the peers file lists
-  ``/dns4/orbitmesh-<slot>/…`` and nothing is shared between machines.
+* **Peers through the service's name.**  Swarm resolves no per-replica name
+  (a task's hostname is not in its DNS), only ``tasks.sat``: every healthy
+  replica's address.  The peers file lists ``/dns4/sat-7/…``; that name does
+  not resolve, so each agent asks the addresses behind ``tasks.sat`` who they
+  are (``--discover``, agent/directory.py).  The health check is therefore
+  "the API answers", not "every link is up": swarm lists only healthy tasks.
 * **Keys and config from the engine, never a shared volume.**  The config is
   a swarm config (the preset with its clock at the element sets' epoch, so
   replicas on different machines agree with no coordinator).  The fleet
@@ -25,8 +27,10 @@ Why it is shaped this way (docs/deploy.md has the user's side):
 * **Journals per slot**: the volume ``orbitmesh-<service id>-<slot>`` on
   whichever machine runs the task: a new deployment (new identities) never
   meets an old deployment's journal.
-* **API through the routing mesh**: port 8080 on every machine of the swarm
-  reaches some satellite; a task can target any other.
+* **API on every machine**: port 8080 reaches some satellite; a task can
+  target any other.  By default through a gateway per machine (agent/gateway.py:
+  swarm's routing mesh needs IPVS, which some kernels lack); ``--publish mesh``
+  uses the routing mesh itself.
 """
 
 from __future__ import annotations
@@ -37,14 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.compose import (API_PORT, DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, HEALTHCHECK, NETWORK, ComposeError,
-                           ComposeSpec, _check, preset_config_at_epoch, station_names)
+from agent.compose import (API_PORT, DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, NETWORK, ComposeError, ComposeSpec, _check,
+                           preset_config_at_epoch, station_names)
 
 SERVICE = "sat"
-HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task
-ADDRESS = "orbitmesh-{slot}"                    # the same name, as agent.compose.fleet_peers spells it
+HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task (for people: not resolvable)
 SECRET_TARGET = "/run/secrets/fleet"
 CONFIG_TARGET = "/etc/orbitmesh/fleet.toml"
+# The API answers (bash's /dev/tcp: no interpreter per check).
+LIVE_CHECK = ["CMD", "bash", "-c",
+              f"exec 3<>/dev/tcp/127.0.0.1/{API_PORT} && "
+              "printf 'GET /v1/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
+              "grep -q '\"status\":\"ok\"' <&3"]
 # The engine fills this per service: the same in every replica, new for every
 # deployment, never written anywhere in the repository.
 SECRET_TEMPLATE = "orbitmesh-fleet/{{ .Service.ID }}\n"
@@ -58,12 +66,18 @@ class StackSpec:
     image: str = DEFAULT_IMAGE
     ground: tuple[str, ...] = DEMO_GROUND
     api_port: int = API_PORT                 # published on every machine through the routing mesh
+    publish: str = "gateway"                 # gateway: one per machine (any kernel); mesh: swarm's routing mesh (IPVS)
     external_secret: str | None = None       # a `docker secret create`d secret, else the engine's template
     max_per_machine: int | None = None       # placement: at most this many replicas on one machine
     realtime: bool = True
 
 
+PUBLISH_CHOICES = ("gateway", "mesh")
+
+
 def _fleet(spec: StackSpec):
+    if spec.publish not in PUBLISH_CHOICES:
+        raise ComposeError(f"--publish must be one of {', '.join(PUBLISH_CHOICES)}, not {spec.publish!r}")
     if not 0 < spec.api_port <= 65535:
         raise ComposeError(f"--api-port {spec.api_port} is not a port")
     if spec.max_per_machine is not None and spec.max_per_machine < 1:
@@ -80,7 +94,7 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     cfg = _fleet(spec)
     replicas = cfg.size + len(station_names(cfg))
     cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--secret", SECRET_TARGET,
-           "--config", CONFIG_TARGET, "--address", ADDRESS, "--data", DATA_DIR]
+           "--config", CONFIG_TARGET, "--address", "{name}", "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR]
     if not spec.realtime:
         cmd.append("--no-realtime")
     deploy: dict[str, Any] = {
@@ -99,12 +113,13 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
         "command": cmd,
         "environment": {"ORBITMESH_SLOT": "{{.Task.Slot}}"},
         "networks": [NETWORK],
-        "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "ingress"}],
         "secrets": [{"source": "fleet", "target": "fleet", "mode": 0o400}],
         "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}],
-        "volumes": [{"type": "volume", "source": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}", "target": DATA_DIR}],
+        "volumes": [{"type": "volume", "source": "journal", "target": DATA_DIR}],
         "cap_drop": ["ALL"],
-        "healthcheck": {"test": HEALTHCHECK, "interval": "30s", "timeout": "5s", "retries": 3,
+        # Alive, not ready: swarm lists only healthy tasks under tasks.sat, which is
+        # how replicas find each other, so "every link up" here would never come.
+        "healthcheck": {"test": LIVE_CHECK, "interval": "10s", "timeout": "5s", "retries": 3,
                         "start_period": "120s"},
         "stop_grace_period": "5s",
         "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
@@ -112,14 +127,32 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     }
     if spec.realtime:
         svc["cap_add"] = ["SYS_NICE"]      # SCHED_RR for the event loop (agent/priority.py), nothing else
+    services: dict[str, Any] = {SERVICE: svc}
+    if spec.publish == "mesh":
+        svc["ports"] = [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "ingress"}]
+    else:
+        # One gateway per machine on the machine's own port: IPVS-free (agent/gateway.py).
+        services["api"] = {
+            "image": spec.image,
+            "command": ["python", "-m", "agent.gateway", "--service", f"tasks.{SERVICE}",
+                        "--port", str(API_PORT), "--upstream-port", str(API_PORT)],
+            "networks": [NETWORK],
+            "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "host"}],
+            "cap_drop": ["ALL"],
+            "stop_grace_period": "5s",
+            "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+            "deploy": {"mode": "global", "restart_policy": {"condition": "any", "delay": "2s"}},
+        }
     secret: dict[str, Any] = ({"external": True, "name": spec.external_secret} if spec.external_secret
                               else {"file": secret_file, "template_driver": "golang"})
     return {
         "version": "3.8",
-        "services": {SERVICE: svc},
+        "services": services,
         "networks": {NETWORK: {"driver": "overlay", "attachable": True}},
         "secrets": {"fleet": secret},
         "configs": {"fleet-config": {"file": config_file}},
+        # the engine fills the template per task: one volume per slot and deployment
+        "volumes": {"journal": {"name": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}"}},
     }
 
 
@@ -132,6 +165,7 @@ def stack_header(spec: StackSpec, cfg) -> str:
         how += [f"--ground {g}" for g in spec.ground] or ["--no-ground"]
     how += [f"--image {spec.image}"] if spec.image != d.image else []
     how += [f"--api-port {spec.api_port}"] if spec.api_port != d.api_port else []
+    how += [f"--publish {spec.publish}"] if spec.publish != d.publish else []
     how += [f"--external-secret {spec.external_secret}"] if spec.external_secret else []
     how += [f"--max-per-machine {spec.max_per_machine}"] if spec.max_per_machine else []
     how += ["--no-realtime"] if not spec.realtime else []
@@ -143,7 +177,8 @@ def stack_header(spec: StackSpec, cfg) -> str:
             "# Build or load the image on every machine (`make image`), then, on a manager:\n"
             "#   docker swarm init && docker stack deploy -c <this file> orbitmesh\n"
             f"# One replicated service, {nodes}; replica slot k runs node k - 1.\n"
-            f"# The API answers on port {spec.api_port} of every machine (routing mesh).  See docs/deploy.md.\n")
+            f"# The API answers on port {spec.api_port} of every machine ("
+            + ("a gateway per machine" if spec.publish == "gateway" else "routing mesh") + ").  See docs/deploy.md.\n")
 
 
 def write_stack(spec: StackSpec, out: Path) -> list[Path]:
@@ -167,7 +202,7 @@ def write_stack(spec: StackSpec, out: Path) -> list[Path]:
 def cmd_stack(args: argparse.Namespace) -> int:
     spec = StackSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
                      ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND,
-                     api_port=args.api_port, external_secret=args.external_secret,
+                     api_port=args.api_port, publish=args.publish, external_secret=args.external_secret,
                      max_per_machine=args.max_per_machine, realtime=not args.no_realtime)
     try:
         written = write_stack(spec, Path(args.out))
@@ -192,6 +227,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="stack file to write; its config (-fleet.toml) and secret template go beside it")
     p.add_argument("--api-port", type=int, default=API_PORT,
                    help=f"port of the API on every machine, through the routing mesh (default: {API_PORT})")
+    p.add_argument("--publish", choices=PUBLISH_CHOICES, default="gateway",
+                   help="how port 8080 reaches the satellites: gateway (a small proxy per machine; works on "
+                        "every kernel, the default) or mesh (swarm's routing mesh; needs IPVS in the kernel)")
     p.add_argument("--external-secret", metavar="NAME",
                    help="use this existing swarm secret (`docker secret create NAME`) instead of one the engine "
                         "derives per deployment")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.compose import ComposeError, derived_peer_id, fleet_peers, prepare_node, read_secret
+from agent.compose import ComposeError, derived_peer_id, prepare_node, read_secret
 from agent.engine_chaos import ChaosError, SwarmChaos
 from agent.stack import SECRET_TEMPLATE, StackSpec, stack_document, write_stack
 from mesh.config import parse_config
@@ -21,32 +21,39 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 
 def test_demo_stack_is_one_replicated_service_with_slot_identities():
     doc = stack_document()
-    assert list(doc["services"]) == ["sat"]
+    assert list(doc["services"]) == ["sat", "api"]
     svc = doc["services"]["sat"]
     assert svc["deploy"]["mode"] == "replicated" and svc["deploy"]["replicas"] == 26     # 24 satellites + 2 stations
     assert svc["deploy"]["restart_policy"]["condition"] == "any"
     assert svc["hostname"] == "orbitmesh-{{.Task.Slot}}"
     assert svc["environment"] == {"ORBITMESH_SLOT": "{{.Task.Slot}}"}
     cmd = svc["command"]
-    assert "--node-from-slot" in cmd and cmd[cmd.index("--address") + 1] == "orbitmesh-{slot}"
-    assert svc["ports"] == [{"target": 8080, "published": 8080, "protocol": "tcp", "mode": "ingress"}]
+    assert "--node-from-slot" in cmd and cmd[cmd.index("--address") + 1] == "{name}"
+    assert cmd[cmd.index("--discover") + 1] == "tasks.sat"          # replicas have no DNS names of their own
+    assert '"status":"ok"' in svc["healthcheck"]["test"][-1]        # alive, not ready: swarm lists healthy tasks only
+    # port 8080 on every machine through a gateway per machine (no IPVS needed), not the routing mesh
+    api = doc["services"]["api"]
+    assert "ports" not in svc and api["deploy"]["mode"] == "global"
+    assert api["ports"] == [{"target": 8080, "published": 8080, "protocol": "tcp", "mode": "host"}]
+    assert api["command"][:3] == ["python", "-m", "agent.gateway"] and "tasks.sat" in api["command"]
     # keys and config from the engine, journals per slot: no shared volume
     assert doc["secrets"]["fleet"] == {"file": "fleet-secret.tmpl", "template_driver": "golang"}
     assert doc["configs"]["fleet-config"] == {"file": "fleet.toml"}
-    assert svc["volumes"] == [{"type": "volume", "source": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}",
-                               "target": "/data"}]
+    assert svc["volumes"] == [{"type": "volume", "source": "journal", "target": "/data"}]
+    assert doc["volumes"] == {"journal": {"name": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}"}}
     assert doc["networks"]["constellation"]["driver"] == "overlay"
     assert "bash" in svc["healthcheck"]["test"] and "/v1/health" in svc["healthcheck"]["test"][-1]
 
 
 def test_options_and_bad_options():
     doc = stack_document(StackSpec(n=6, ground=(), external_secret="my-fleet", max_per_machine=3, api_port=9000,
-                                   realtime=False))
+                                   realtime=False, publish="mesh"))
     svc = doc["services"]["sat"]
     assert svc["deploy"]["replicas"] == 6 and svc["deploy"]["placement"] == {"max_replicas_per_node": 3}
     assert doc["secrets"]["fleet"] == {"external": True, "name": "my-fleet"}
-    assert svc["ports"][0]["published"] == 9000 and "--no-realtime" in svc["command"] and "cap_add" not in svc
-    for spec, match in [(StackSpec(api_port=0), "not a port"), (StackSpec(max_per_machine=0), "max-per-machine"),
+    assert svc["ports"] == [{"target": 8080, "published": 9000, "protocol": "tcp", "mode": "ingress"}]
+    assert list(doc["services"]) == ["sat"] and "--no-realtime" in svc["command"] and "cap_add" not in svc
+    for spec, match in [(StackSpec(api_port=0), "not a port"), (StackSpec(publish="ipvs"), "--publish"), (StackSpec(max_per_machine=0), "max-per-machine"),
                         (StackSpec(preset="nope"), "nope"), (StackSpec(ground=("51.5,0.1",)), "DNS name")]:
         with pytest.raises(ComposeError, match=match):
             stack_document(spec)
@@ -79,18 +86,17 @@ def test_slot_entry_runs_node_slot_minus_one_and_stations_after_the_satellites(t
     def launch(slot, sub):
         return prepare_node(None, slot=slot, secret_path=tmp_path / "secret", config_path=cfg_path,
                             data_dir=tmp_path / sub, peers_path=tmp_path / sub / "peers.json",
-                            address="orbitmesh-{slot}")
+                            discover="tasks.sat")
 
     assert launch(1, "a").node == "sat-0"
     got = launch(8, "b")
     assert got.node == "sat-7" and got.peer_id == derived_peer_id(SECRET, "sat-7")
+    assert got.argv[got.argv.index("--discover") + 1] == "tasks.sat"
     assert launch(25, "c").node == "gs-london" and launch(26, "d").node == "gs-tokyo"
     peers = json.loads((tmp_path / "b" / "peers.json").read_text())["nodes"]
-    assert peers[7]["multiaddr"].startswith("/dns4/orbitmesh-8/tcp/4001/p2p/")
-    assert peers[7]["api"] == "http://orbitmesh-8:8080"
+    assert peers[7]["multiaddr"].startswith("/dns4/sat-7/tcp/4001/p2p/")
     with pytest.raises(ComposeError, match="slot 27 has no node"):
         launch(27, "e")
-    assert fleet_peers(SECRET, 2, "orbitmesh-{slot}")["sat-1"].api == "http://orbitmesh-2:8080"
 
 
 def test_a_bad_slot_variable_is_a_clear_error(tmp_path):

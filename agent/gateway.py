@@ -1,0 +1,127 @@
+"""The API gateway of a swarm stack: port 8080 on every machine, any satellite behind it.
+
+Swarm's routing mesh does this with IPVS in the kernel; kernels without IPVS
+(this project's CI VMs: no ``/proc/sys/net/ipv4/vs``, no modules) publish the
+port but never answer it.  One gateway per machine (a ``global`` service with
+its port published in ``host`` mode) forwards each request to a replica found
+behind ``tasks.<service>``, round-robin, and tries the next replica when one
+refuses the connection (a replica being replaced), which IPVS does not.  Any
+replica accepts tasks for the whole fleet and answers for any task, so any
+replica will do.  Bounded: body size, one request's time, connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import time
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.directory import resolve_all
+
+log = logging.getLogger("orbitmesh.gateway")
+
+REFRESH_S = 2.0              # how stale the replica list may get
+MAX_BODY_BYTES = 16 << 20    # the agents' own limit (FleetConfig.limits.max_body_bytes)
+REQUEST_TIMEOUT_S = 120.0    # a long-poll GET /v1/tasks/{id}?wait=60 fits
+TRIES = 3                    # replicas tried when one refuses the connection
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+                "content-length", "proxy-connection"}
+
+
+class Replicas:
+    """The addresses behind the service's DNS name, refreshed at most every REFRESH_S."""
+
+    def __init__(self, service_name: str):
+        self.service_name = service_name
+        self.addrs: list[str] = []
+        self._at = -REFRESH_S
+        self._turn = itertools.count()
+
+    async def pick(self, n: int) -> list[str]:
+        if time.monotonic() - self._at >= REFRESH_S:
+            self._at = time.monotonic()
+            try:
+                self.addrs = await trio.to_thread.run_sync(resolve_all, self.service_name, 0)
+            except OSError as exc:
+                log.warning("cannot resolve %s: %s", self.service_name, exc)
+        if not self.addrs:
+            return []
+        start = next(self._turn)
+        return [self.addrs[(start + k) % len(self.addrs)] for k in range(min(n, len(self.addrs)))]
+
+
+def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BYTES) -> Starlette:
+    replicas = Replicas(service_name)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=2.0),
+                               limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    async def forward(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            return JSONResponse({"error": f"body of {declared} bytes is over the {max_body}-byte limit"}, 413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                return JSONResponse({"error": f"body is over the {max_body}-byte limit"}, 413)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        tried = []
+        for addr in await replicas.pick(TRIES):
+            host = f"[{addr}]" if ":" in addr else addr
+            url = f"http://{host}:{upstream_port}{request.url.path}"
+            try:
+                r = await client.request(request.method, url, params=request.query_params, content=body,
+                                         headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                tried.append(f"{addr}: {exc.__class__.__name__}")   # nothing was sent: another replica
+                continue
+            except httpx.HTTPError as exc:
+                return JSONResponse({"error": f"replica {addr} failed mid-request: {exc.__class__.__name__}; "
+                                              f"retry (tasks are idempotent with an idempotency_key)"}, 502)
+            out = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
+            out["x-orbitmesh-replica"] = addr
+            return Response(r.content, r.status_code, headers=out)
+        return JSONResponse({"error": f"no replica behind {service_name} answers"
+                                      + (f" (tried {'; '.join(tried)})" if tried else "")}, 503)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+
+
+async def run(service_name: str, port: int, upstream_port: int) -> None:
+    cfg = HypercornConfig()
+    cfg.bind = [f"0.0.0.0:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.graceful_timeout = 1.0
+    log.info("gateway on :%d → replicas behind %s:%d", port, service_name, upstream_port)
+    await serve(build_app(service_name, upstream_port), cfg, shutdown_trigger=trio.sleep_forever)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m agent.gateway", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--service", default="tasks.sat", help="DNS name listing every replica (default: tasks.sat)")
+    ap.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
+    ap.add_argument("--upstream-port", type=int, default=8080, help="the replicas' API port (default: 8080)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(run, args.service, args.port, args.upstream_port)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""agent.gateway: port 8080 on a swarm machine forwards to any live replica (no IPVS needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from agent import directory, gateway
+from tests.conftest import free_port_block
+
+
+@contextmanager
+def replicas(port: int, names: dict[str, str]):
+    """Stand-in agents: echo the method, path, query and body with their node name."""
+    servers = []
+    for ip, node in names.items():
+        class Echo(BaseHTTPRequestHandler):
+            name = node
+
+            def _answer(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = json.dumps({"node": self.name, "method": self.command, "path": self.path,
+                                   "body": self.rfile.read(n).decode()}).encode()
+                self.send_response(202 if self.command == "POST" else 200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        srv = ThreadingHTTPServer((ip, port), Echo)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    try:
+        yield
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monkeypatch):
+    up = free_port_block(2)
+    gw = up + 1
+    behind = ["127.0.0.2", "127.0.0.7", "127.0.0.3"]        # .7: a replica being replaced, refusing
+    monkeypatch.setattr(directory, "resolve_all", lambda name, family: list(behind))
+    monkeypatch.setattr(gateway, "resolve_all", lambda name, family: list(behind))
+    cfg = HypercornConfig()
+    cfg.bind = [f"127.0.0.1:{gw}"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve(gateway.build_app("tasks.sat", up, max_body=1000), cfg,
+                                                      shutdown_trigger=trio.sleep_forever, task_status=task_status))
+        with replicas(up, {"127.0.0.2": "sat-0", "127.0.0.3": "sat-1"}):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw}", timeout=10) as http:
+                seen = set()
+                for _ in range(6):
+                    r = await http.post("/v1/tasks?x=1", json={"model": "digits"})
+                    assert r.status_code == 202, r.text
+                    got = r.json()
+                    assert got["path"] == "/v1/tasks?x=1" and json.loads(got["body"]) == {"model": "digits"}
+                    assert r.headers["x-orbitmesh-replica"] in ("127.0.0.2", "127.0.0.3")
+                    seen.add(got["node"])
+                assert seen == {"sat-0", "sat-1"}
+                r = await http.post("/v1/tasks", content=b"x" * 2000)
+                assert r.status_code == 413 and "limit" in r.json()["error"]
+        behind[:] = ["127.0.0.7"]
+        gateway_refresh = 2.1
+        await trio.sleep(gateway_refresh)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw}", timeout=10) as http:
+            r = await http.get("/v1/health")
+            assert r.status_code == 503 and "no replica behind tasks.sat answers" in r.json()["error"]
+        nursery.cancel_scope.cancel()
