@@ -53,7 +53,7 @@ clean:
 	rm -rf $(VENV) $(MODELS) .fleet build *.egg-info
 
 ## Containers (docs/docker.md): the agent image, built offline with no registry.
-.PHONY: image test-docker
+.PHONY: image test-docker test-swarm
 image: models
 	deploy/build-image.sh
 
@@ -66,3 +66,7 @@ test-docker: models
 	  [ "$(RUNS)" = 1 ] || echo "== test-docker run $$i of $(RUNS) (STRESS=$(STRESS)) =="; \
 	  STRESS=$(STRESS) deploy/test-compose.sh || exit 1; \
 	done
+
+## Docker Swarm tested for real: swarm init, stack deploy, tasks through :8080, a replica killed, stack rm.
+test-swarm: models
+	STRESS=$(STRESS) deploy/test-swarm.sh

@@ -35,21 +35,10 @@ FAILED_STEP=""
 step() { printf '[test-docker +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { FAILED_STEP="$*"; echo "error: $*" >&2; exit 1; }
 
-# -- 1. engine -------------------------------------------------------------------
-need=()
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
-command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
-if [ ${#need[@]} -gt 0 ]; then
-  step "installing ${need[*]} from Debian's packages"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get update failed"; }
-  apt-get install -y -qq "${need[@]}" >>"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get install failed"; }
-fi
-# Debian's client matches Debian's engine (another docker on PATH may be newer).
-DOCKER=/usr/bin/docker
-[ -x "$DOCKER" ] || DOCKER=docker
-export DOCKER
+# -- 1. engine (deploy/engine.sh: Debian's packages, dockerd started by hand) ----------
+# shellcheck source=deploy/engine.sh
+. "$ROOT/deploy/engine.sh"
+engine_install
 COMPOSE=(docker-compose -p "$PROJECT" -f "$COMPOSE_FILE_PATH")
 step "$("$DOCKER" --version); $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /')"
 
@@ -73,46 +62,24 @@ teardown() {
     timeout 120 "${COMPOSE[@]}" down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
       || { echo "compose down failed:" >&2; tail -5 "$WORK/down.log" >&2; }
   fi
-  if [ -n "$DOCKERD_PID" ] && [ "${KEEP_UP:-0}" != 1 ]; then
-    step "stopping the dockerd this script started (pid $DOCKERD_PID)"
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 1 40); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
-  fi
+  [ "${KEEP_UP:-0}" = 1 ] || engine_stop
   if [ $rc -eq 0 ]; then step "docker compose test passed"; else step "docker compose test FAILED (exit $rc)"; fi
   exit $rc
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-if ! "$DOCKER" info >/dev/null 2>&1; then
-  step "starting dockerd (log: $WORK/dockerd.log)"
-  # no systemd here: run it in the background, wait for its socket
-  dockerd --log-level=warn >"$WORK/dockerd.log" 2>&1 &
-  DOCKERD_PID=$!
-  for _ in $(seq 1 60); do
-    "$DOCKER" info >/dev/null 2>&1 && break
-    kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd exited"; }
-    sleep 1
-  done
-  "$DOCKER" info >/dev/null 2>&1 || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd did not answer within 60 s"; }
-fi
+engine_start
 # a previous run that was cut short
 "${COMPOSE[@]}" down -v -t 2 --remove-orphans >/dev/null 2>&1 || true
 
 # -- 2. host tools: the project's venv with the docker extra ---------------------------
-if [ ! -x "$PY" ]; then
-  step "no venv yet: make models (creates .venv, builds the model zoo)"
-  make --no-print-directory models >"$WORK/make.log" 2>&1 || { tail -30 "$WORK/make.log"; die "make models failed"; }
-fi
-if ! "$PY" -c "import docker, kubernetes_validate, yaml" 2>/dev/null; then
-  step "installing the docker extra (Docker SDK, Kubernetes schemas) into .venv"
-  "$PY" -m pip install -q -e "$ROOT[docker]" >"$WORK/pip.log" 2>&1 || { grep -v "is ignored" "$WORK/pip.log" | tail -20; die "pip install .[docker] failed"; }
-fi
+host_tools
 
 # -- 3. static checks: generator, committed compose file, Compose, Kubernetes schemas --------
-step "unit tests of the generator and manifests (tests/test_compose.py)"
-if ! "$PY" -m pytest -q -p no:cacheprovider tests/test_compose.py >"$WORK/pytest.log" 2>&1; then
-  tail -40 "$WORK/pytest.log"; die "tests/test_compose.py failed"
+step "unit tests of the generators and manifests (tests/test_compose.py, tests/test_stack.py)"
+if ! "$PY" -m pytest -q -p no:cacheprovider tests/test_compose.py tests/test_stack.py >"$WORK/pytest.log" 2>&1; then
+  tail -40 "$WORK/pytest.log"; die "tests/test_compose.py or tests/test_stack.py failed"
 fi
 tail -1 "$WORK/pytest.log"
 step "docker-compose config: Compose 1.29 accepts docker-compose.yml"
@@ -133,12 +100,7 @@ BUILD_S=$(( $(date +%s) - tb ))
 IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
 
 # -- 5. up ---------------------------------------------------------------------------
-if [ "${STRESS:-0}" = 1 ]; then
-  # One core's worth of CPU-bound work at normal priority, for the whole run.
-  python3 -c 'while True: pass' &
-  HOG_PID=$!
-  step "STRESS=1: a CPU hog (pid $HOG_PID) keeps one core busy until the end"
-fi
+start_hog
 step "docker-compose up -d: init + $SIZE satellites + ground stations $GROUND (project $PROJECT)"
 tu=$(date +%s.%N)
 timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log"; die "docker-compose up failed"; }

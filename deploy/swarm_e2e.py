@@ -1,0 +1,258 @@
+"""Drive a running swarm stack: identities from task slots, tasks through the routing mesh, a replica killed.
+
+Run by deploy/test-swarm.sh after ``docker stack deploy``.  Tasks go where a
+user's go: port 8080 of the machine, which the routing mesh hands to some
+replica.  Per-node views (health, identity, membership) are read inside each
+replica through the engine (``docker exec``: the overlay network is not
+reachable from the host).  The last line is "N passed, M failed".
+
+    python deploy/swarm_e2e.py --stack orbitmesh-ci --models models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from agent.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
+from compose_e2e import Checks, label_of, path_of, reference_labels  # noqa: E402
+
+# GET inside a replica with bash alone (no interpreter start per call).
+_GET = ("exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 "
+        "&& cat <&3")
+
+
+def node_get(container: Any, path: str) -> dict[str, Any] | None:
+    """``GET path`` on the replica's own API; None if it does not answer."""
+    try:
+        code, out = container.exec_run(["bash", "-c", _GET.format(path=path)], demux=False)
+    except Exception:        # the container is gone or not running
+        return None
+    if code != 0 or not out:
+        return None
+    head, _, body = out.decode(errors="replace").partition("\r\n\r\n")
+    if " 200 " not in head.split("\r\n", 1)[0]:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+class Mesh:
+    """The stack's API as a user sees it: one address, any replica behind it."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+
+    def run_task(self, target: str, sample: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        """Submit (idempotently: a replica that vanishes mid-request is asked again) and wait."""
+        body = {"model": "digits", "inputs": sample["inputs"], "target": target, "timeout_s": timeout_s,
+                "idempotency_key": uuid.uuid4().hex}
+        start = time.monotonic()
+        deadline = start + timeout_s + 30.0
+        task_id, rec, last_err = None, {}, ""
+        while time.monotonic() < deadline:
+            try:
+                if task_id is None:
+                    r = self.http.post(self.url + "/v1/tasks", json=body)
+                    if r.status_code not in (200, 202):
+                        last_err = f"HTTP {r.status_code}: {r.text[:200]}"
+                        if r.status_code < 500:
+                            break
+                        time.sleep(1.0)
+                        continue
+                    task_id = r.json()["task_id"]
+                wait = max(0.1, min(10.0, deadline - time.monotonic()))
+                r = self.http.get(f"{self.url}/v1/tasks/{task_id}", params={"wait": f"{wait:.1f}"}, timeout=wait + 8)
+                if r.status_code == 200:
+                    rec = r.json()
+                    if rec.get("status") in ("succeeded", "failed"):
+                        break
+                else:
+                    last_err = f"HTTP {r.status_code}: {r.text[:200]}"
+                    time.sleep(0.5)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                last_err = f"{type(exc).__name__}: {exc}"     # the replica behind the port went away
+                time.sleep(0.5)
+        rec = dict(rec) if rec else {"status": "error", "error": last_err or "no answer"}
+        rec["elapsed"] = time.monotonic() - start
+        return rec
+
+
+def wait_all_ready(chaos: SwarmChaos, names: list[str], timeout: float, checks: Checks) -> float | None:
+    start, last = time.monotonic(), -1
+    while time.monotonic() - start < timeout:
+        nodes = chaos.nodes()
+        ready = sum(1 for n in names if n in nodes and (node_get(nodes[n], "/v1/health") or {}).get("ready"))
+        if ready != last:
+            checks.note(f"replicas ready: {ready}/{len(names)}")
+            last = ready
+        if ready == len(names):
+            return time.monotonic() - start
+        time.sleep(3.0)
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stack", required=True)
+    ap.add_argument("--url", default="http://127.0.0.1:8080")
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--victim", default="sat-9")
+    ap.add_argument("--ready-timeout", type=float, default=600.0)
+    ap.add_argument("--metrics", type=Path)
+    args = ap.parse_args()
+
+    checks = Checks()
+    metrics: dict[str, Any] = {}
+    samples = json.loads((args.models / "digits.json").read_text())["samples"]
+    for sample, label in zip(samples, reference_labels(args.models, samples)):
+        sample["label"] = label
+    t_deploy = time.monotonic()
+    try:
+        chaos = SwarmChaos(args.stack)
+    except ChaosError as exc:
+        checks.check(False, "the stack's service and fleet config", str(exc))
+        print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
+        return 1
+    names = chaos.names
+    sats = [n for n in names if n.startswith("sat-")]
+
+    # -- 1. every slot up and ready, each replica the node its slot names -------------------
+    took = wait_all_ready(chaos, names, args.ready_timeout, checks)
+    checks.check(took is not None, f"all {len(names)} replicas ready (every laser link up)",
+                 f"{took:.1f} s after the e2e started" if took is not None else "timed out")
+    if took is None:
+        print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
+        return 1
+    metrics["deploy_to_ready_s"] = time.monotonic() - t_deploy
+    nodes = chaos.nodes()
+    info = {n: node_get(c, "/v1/node") or {} for n, c in nodes.items()}
+    wrong = [f"slot {names.index(n) + 1} runs {info[n].get('node')!r}" for n in names if info[n].get("node") != n]
+    checks.check(not wrong, f"replica slot k runs node k - 1 ({names[0]} … {names[-1]})", "; ".join(wrong))
+    ids = {n: info[n].get("peer_id") for n in names}
+    checks.check(len(set(ids.values())) == len(names) and None not in ids.values(),
+                 f"every replica has its own derived peer id ({len(names)})")
+
+    # -- 2. tasks through the routing mesh to far targets ------------------------------------
+    mesh = Mesh(args.url)
+    targets = [sats[(k * 7 + 3) % len(sats)] for k in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda kt: mesh.run_task(kt[1], samples[kt[0] % len(samples)]), enumerate(targets)))
+    for k, (target, rec) in enumerate(zip(targets, results)):
+        want = samples[k % len(samples)]["label"]
+        checks.check(rec.get("status") == "succeeded" and label_of(rec) == want and rec.get("executor") == target,
+                     f"task via :8080 → {target}: {rec.get('status')}, label {label_of(rec)} (onnxruntime: {want})",
+                     f"{' → '.join(path_of(rec))} {rec.get('latency', {}).get('total_ms', 0):.0f} ms"
+                     if rec.get("status") == "succeeded" else str(rec.get("error")))
+    totals = [r["latency"]["total_ms"] for r in results if r.get("status") == "succeeded"]
+    if totals:
+        metrics["task_total_ms_median"] = statistics.median(totals)
+        metrics["task_overhead_ms_median"] = statistics.median(
+            r["latency"]["overhead_ms"] for r in results if r.get("status") == "succeeded")
+
+    # -- 3. kill a replica while tasks flow; swarm replaces it in its slot ------------------
+    victim = args.victim
+    old = nodes[victim]
+    old_id = ids[victim]
+    # a task accepted by the victim itself (entry = victim), in its journal when it dies
+    code, out = old.exec_run(["python", "-c", (
+        "import json,sys,urllib.request;"
+        "r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8080/v1/tasks',"
+        "data=sys.argv[1].encode(),headers={'content-type':'application/json'}));print(r.read().decode())"),
+        json.dumps({"model": "digits", "inputs": samples[4]["inputs"], "target": sats[(sats.index(victim) + 12) % len(sats)],
+                    "timeout_s": 120})])
+    journaled = json.loads(out.decode()).get("task_id") if code == 0 else None
+    checks.check(journaled is not None, f"a task accepted at {victim} before the kill", journaled or out.decode()[:200])
+    stop = threading.Event()
+    flow: list[tuple[str, dict[str, Any]]] = []
+    others = [s for s in sats if s != victim]
+
+    def flowing(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            target = others[(k * 5 + i * 3) % len(others)]
+            rec = mesh.run_task(target, samples[(k + i) % len(samples)])
+            rec["expected_label"] = samples[(k + i) % len(samples)]["label"]
+            flow.append((target, rec))
+            i += 1
+
+    threads = [threading.Thread(target=flowing, args=(k,), daemon=True) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    t_kill = time.monotonic()
+    state = chaos.kill(victim)
+    checks.check(state in ("exited", "dead"), f"docker kill {victim}'s container", f"state {state}")
+    replaced = None
+    while time.monotonic() - t_kill < 300:
+        c = chaos.nodes().get(victim)
+        if c is not None and c.id != old.id:
+            c.reload()
+            if c.status == "running" and (node_get(c, "/v1/health") or {}).get("ready"):
+                replaced = c
+                break
+        time.sleep(2.0)
+    checks.check(replaced is not None, f"swarm replaced {victim} in its slot and it is ready again",
+                 f"{time.monotonic() - t_kill:.1f} s after the kill")
+    if replaced is not None:
+        metrics["replace_to_ready_s"] = time.monotonic() - t_kill
+        checks.check((node_get(replaced, "/v1/node") or {}).get("peer_id") == old_id,
+                     f"the new {victim} has the same peer id (slot identity)", old_id[:16] + "…")
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    bad = [(t, r) for t, r in flow if r.get("status") != "succeeded" or label_of(r) != r["expected_label"]]
+    checks.check(bool(flow) and not bad, f"{len(flow)} tasks through :8080 all succeeded while {victim} was replaced",
+                 "; ".join(f"→{t}: {r.get('status')} {r.get('error') or ''}" for t, r in bad[:3]))
+    if journaled and replaced is not None:
+        rec: dict[str, Any] = {}
+        for _ in range(12):
+            try:
+                rec = mesh.http.get(f"{args.url}/v1/tasks/{journaled}", params={"wait": "10"}, timeout=20).json()
+            except (httpx.HTTPError, ValueError):
+                rec = {}
+            if rec.get("status") in ("succeeded", "failed"):
+                break
+        checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[4]["label"],
+                     f"the task {victim} had accepted finished after its replacement recovered the journal",
+                     f"{rec.get('status')} {rec.get('error') or ''}")
+
+    # -- 4. the whole run: no dead verdict about any node but the victim ---------------------
+    false_dead, suspicions = {}, 0
+    for n, c in chaos.nodes().items():
+        view = node_get(c, "/v1/membership") or {}
+        v = view.get("verdicts", {})
+        suspicions += sum(k for s, k in v.get("suspect", {}).items() if s != victim)
+        bad_dead = {s: k for s, k in v.get("dead", {}).items() if s != victim}
+        if bad_dead:
+            false_dead[n] = bad_dead
+    checks.check(not false_dead, f"no node but {victim} declared dead in any replica's view",
+                 "; ".join(f"{n} saw dead {d}" for n, d in false_dead.items()) + f" ({suspicions} suspicions refuted)")
+    metrics["false_deaths"] = sum(sum(d.values()) for d in false_dead.values())
+
+    if args.metrics:
+        args.metrics.write_text(json.dumps(metrics, indent=1))
+    print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
+    return 0 if checks.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
