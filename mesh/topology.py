@@ -1,16 +1,16 @@
 """The mesh at an instant: which laser and ground links exist and what they cost.
 
-+Grid gives each satellite four laser terminals: fore and aft in its own
-plane, and one to each adjacent plane (same slot; across the seam of a delta
-shell the slot shifts by the phasing F so the neighbour is still beside it; a
-star shell's counter-rotating seam gets no links).  Satellites of irregular
-TLE shells instead get up to four nearest neighbours, chosen once at the
-epoch.  A laser link exists only while its line of sight clears the grazing
-altitude and its range is within the terminal's reach.
+Which satellite pairs may carry a laser link is :mod:`mesh.isl`: Hypatia's
++Grid within a shell (fixed), and optional links to the nearest satellites of
+adjacent shells (re-chosen every ``inter_shell_interval_s``).  A laser link
+exists only while its line of sight clears the grazing altitude and its range
+is within the terminal's reach.
 
 Ground stations are nodes ``n_sats + k``.  A ground link exists while the
-satellite is above the station's elevation mask; under a handover policy only
-the satellite the station is connected to counts (see :class:`Topology`).
+satellite is above the station's elevation mask (and, if set, within
+``ground_max_range_km``: Hypatia's distance form of the mask); under a
+handover policy only the satellite the station is connected to counts (see
+:class:`Topology`).
 Latency is distance / c, exact at any t through :meth:`Topology.link_latency`.
 """
 
@@ -27,10 +27,11 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from mesh.ground import DEFAULT_ELEVATION_MASK_DEG, GroundStation, StationSet
+from mesh.isl import (GRAZING_ALTITUDE_KM, LASER_TERMINALS, adjacent_shells, grid_pairs,  # noqa: F401 (re-exported)
+                      inter_shell_pairs, nearest_pairs, segment_clearance_km)
 from mesh.nodes import NodeNames
-from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation, TleShell
+from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation
 
-GRAZING_ALTITUDE_KM = 80.0  # below this the beam crosses too much atmosphere
 HANDOVER_POLICIES = ("all", "highest_elevation", "longest_visibility")
 # Starlink re-assigns user terminals to satellites on a global 15 s schedule;
 # a fixed schedule also lets every agent derive the same assignment from t alone.
@@ -38,105 +39,12 @@ DEFAULT_HANDOVER_INTERVAL_S = 15.0
 # Two paths whose latencies differ by less than this are a tie (broken on
 # the lower node index); it only absorbs float rounding of equal sums.
 TIE_EPSILON_S = 1e-12
-LASER_TERMINALS = 4
+# Inter-shell terminals re-point at this period: slow enough for a laser to
+# acquire (seconds), fast enough that a chosen pair stays close in its slot.
+DEFAULT_INTER_SHELL_INTERVAL_S = 10.0
 # longest_visibility handover chains restart every 40 slots (10 min at 15 s):
 # longer than any LEO pass above a 25° mask, short enough to compute cold.
 HANDOVER_ANCHOR_SLOTS = 40
-
-
-def _walker_grid(base: int, planes: int, per_plane: int, kind: str, seam_shift: int,
-                 shifts: tuple[int, ...] | None, pairs: set[tuple[int, int]]) -> None:
-    P, S = planes, per_plane
-
-    def idx(p: int, s: int) -> int:
-        return base + p * S + (s % S)
-
-    def add(a: int, b: int) -> None:
-        if a != b:
-            pairs.add((a, b) if a < b else (b, a))
-
-    for p in range(P):
-        for s in range(S):
-            if S >= 2:
-                add(idx(p, s), idx(p, s + 1))
-            shift = 0 if shifts is None else shifts[p]
-            if p + 1 < P:
-                add(idx(p, s), idx(p + 1, s + shift))
-            elif kind == "delta" and P > 2:
-                # Across the seam plane P-1 meets plane 0 shifted by F slots.
-                add(idx(p, s), idx(0, s + (seam_shift if shifts is None else shift)))
-    # P == 2 delta: the seam neighbour is the other plane again; the
-    # in-plane-sequence link already covers it, so no seam pairs.
-
-
-def grid_pairs(constellation: Constellation, *, max_range_km: float | None = None,
-               grazing_km: float = GRAZING_ALTITUDE_KM) -> np.ndarray:
-    """Every candidate laser link as sorted index pairs, shape (M, 2), sorted.
-
-    Range and grazing only matter for irregular TLE shells, whose
-    nearest-neighbour partners are chosen once from the positions at t = 0.
-    """
-    pairs: set[tuple[int, int]] = set()
-    loose: list[int] = []
-    for si, shell in enumerate(constellation.shells):
-        base = constellation.shell_offset[si]
-        if isinstance(shell, TleShell):
-            if shell.kind == "irregular":
-                loose.extend(range(base, base + shell.size))
-            else:
-                _walker_grid(base, shell.planes, shell.plane_sizes[0], shell.kind, 0, shell.cross_shift, pairs)
-        else:
-            _walker_grid(base, shell.planes, shell.sats_per_plane, shell.kind, shell.phasing, None, pairs)
-    if loose:
-        pairs |= nearest_pairs(constellation, np.array(loose), max_range_km=max_range_km, grazing_km=grazing_km)
-    arr = np.array(sorted(pairs), dtype=np.int64)
-    return arr.reshape(-1, 2)
-
-
-def nearest_pairs(constellation: Constellation, members: np.ndarray, *, max_range_km: float | None,
-                  grazing_km: float, k: int = 8) -> set[tuple[int, int]]:
-    """Greedy nearest-neighbour laser pairing at t = 0, at most four terminals each.
-
-    Shortest candidate first (ties on indices), skipping pairs out of range or
-    below the grazing altitude: a deterministic matching every agent repeats.
-    """
-    from scipy.spatial import cKDTree
-
-    pos = constellation.positions(0.0)[members]
-    if len(members) < 2:
-        return set()
-    dist, nb = cKDTree(pos).query(pos, k=min(k + 1, len(members)))
-    a = np.repeat(np.arange(len(members)), nb.shape[1] - 1)
-    b = nb[:, 1:].ravel()
-    d = dist[:, 1:].ravel()
-    ok = np.isfinite(d) & (b < len(members))
-    a, b, d = a[ok], b[ok], d[ok]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    order = np.lexsort((hi, lo, d))
-    degree = np.zeros(len(members), dtype=int)
-    out: set[tuple[int, int]] = set()
-    for j in order:
-        x, y = int(lo[j]), int(hi[j])
-        key = (int(members[x]), int(members[y]))
-        if key in out or degree[x] >= LASER_TERMINALS or degree[y] >= LASER_TERMINALS:
-            continue
-        if max_range_km is not None and d[j] > max_range_km:
-            continue
-        if segment_clearance_km(pos[[x]], pos[[y]])[0] < grazing_km:
-            continue
-        out.add(key)
-        degree[x] += 1
-        degree[y] += 1
-    return out
-
-
-def segment_clearance_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Lowest altitude above a spherical Earth along each segment a→b."""
-    d = b - a
-    dd = np.einsum("ij,ij->i", d, d)
-    u = np.clip(-np.einsum("ij,ij->i", a, d) / np.where(dd == 0, 1.0, dd), 0.0, 1.0)
-    closest = a + u[:, None] * d
-    return np.linalg.norm(closest, axis=1) - EARTH_RADIUS_KM
 
 
 def latency_s(distance_km: float) -> float:
@@ -342,13 +250,21 @@ class Topology:
     def __init__(self, constellation: Constellation, *, max_range_km: float | None = None,
                  grazing_km: float = GRAZING_ALTITUDE_KM, stations: tuple[GroundStation, ...] | list[GroundStation] = (),
                  elevation_mask_deg: float = DEFAULT_ELEVATION_MASK_DEG, handover: str = "all",
-                 handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S):
+                 handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S,
+                 ground_max_range_km: float | None = None, inter_shell_links: int = 0,
+                 inter_shell_interval_s: float = DEFAULT_INTER_SHELL_INTERVAL_S):
         if handover not in HANDOVER_POLICIES:
             raise ValueError(f"handover must be one of {HANDOVER_POLICIES}, not {handover!r}")
         if not 0.0 <= elevation_mask_deg < 90.0:
             raise ValueError(f"elevation_mask_deg must be in [0, 90), not {elevation_mask_deg}")
         if not handover_interval_s > 0:
             raise ValueError(f"handover_interval_s must be > 0, not {handover_interval_s}")
+        if ground_max_range_km is not None and not ground_max_range_km > 0:
+            raise ValueError(f"ground_max_range_km must be > 0, not {ground_max_range_km}")
+        if not 0 <= inter_shell_links <= LASER_TERMINALS:
+            raise ValueError(f"inter_shell_links must be in [0, {LASER_TERMINALS}], not {inter_shell_links}")
+        if not inter_shell_interval_s > 0:
+            raise ValueError(f"inter_shell_interval_s must be > 0, not {inter_shell_interval_s}")
         self.constellation = constellation
         self.max_range_km = max_range_km
         self.grazing_km = grazing_km
@@ -366,6 +282,11 @@ class Topology:
         self._gs_xyz = [(tuple(map(float, p)), tuple(map(float, u))) for p, u in zip(self.stations.pos, self.stations.up)]
         code = self.candidates[:, 0] * self.n_sats + self.candidates[:, 1]
         self._candidate_code = {int(c): j for j, c in enumerate(code.tolist())}
+        self.ground_max_range_km = ground_max_range_km
+        self.inter_shell_links = inter_shell_links
+        self.inter_shell_interval_s = inter_shell_interval_s
+        self._adjacent = adjacent_shells(constellation) if inter_shell_links else []
+        self._inter: OrderedDict[int, tuple[np.ndarray, set[int]]] = OrderedDict()
 
     @property
     def n_nodes(self) -> int:
@@ -384,15 +305,48 @@ class Topology:
             up &= dist <= self.max_range_km
         return up, dist
 
+    def inter_shell_at(self, t: float) -> np.ndarray:
+        """Inter-shell laser pairs (a < b) chosen for the slot holding ``t``; (0, 2) when off."""
+        return self._inter_slot(math.floor(t / self.inter_shell_interval_s))[0]
+
+    def _inter_slot(self, n: int) -> tuple[np.ndarray, set[int]]:
+        hit = self._inter.get(n)
+        if hit is None:
+            if not self._adjacent:
+                pairs = np.empty((0, 2), dtype=np.int64)
+            else:
+                c = self.constellation
+                pos = c.positions(n * self.inter_shell_interval_s)
+                pairs = inter_shell_pairs(pos, c.shell_offset, [s.size for s in c.shells], self._adjacent,
+                                          self.inter_shell_links, max_range_km=self.max_range_km,
+                                          grazing_km=self.grazing_km)
+            hit = (pairs, set((pairs[:, 0] * self.n_sats + pairs[:, 1]).tolist()))
+            self._inter[n] = hit
+            while len(self._inter) > 8:
+                self._inter.popitem(last=False)
+        else:
+            self._inter.move_to_end(n)
+        return hit
+
+    def laser_pairs_at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every laser pair that may be up at ``t`` (+Grid, then inter-shell) and whether each needs the LOS check."""
+        inter = self.inter_shell_at(t)
+        if not len(inter):
+            return self.candidates, self._check_los
+        return np.vstack([self.candidates, inter]), np.r_[self._check_los, np.ones(len(inter), dtype=bool)]
+
     # -- ground links -------------------------------------------------------------
 
     def _ground_links(self, t: float, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(station k, sat, range km, elevation deg) of the ground links up at ``t``."""
-        k, i, sin_e, rng = self.stations.visible(pos, self.elevation_mask_deg)
+        k, i, sin_e, rng = self._visible(pos)
         if self.handover != "all" and len(k):
             keep = self.serving(t)[k] == i
             k, i, sin_e, rng = k[keep], i[keep], sin_e[keep], rng[keep]
         return k, i, rng, np.degrees(np.arcsin(np.clip(sin_e, -1, 1)))
+
+    def _visible(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.stations.visible(pos, self.elevation_mask_deg, self.ground_max_range_km)
 
     def slot_of(self, t: float) -> tuple[float, float]:
         """The handover slot [start, end) holding ``t``."""
@@ -440,8 +394,8 @@ class Topology:
         if K == 0:
             return out
         both = self.constellation.positions_at(np.array([ts, te]))
-        k0, i0, s0, _ = self.stations.visible(both[:, 0, :], self.elevation_mask_deg)
-        k1, i1, _, _ = self.stations.visible(both[:, 1, :], self.elevation_mask_deg)
+        k0, i0, s0, _ = self._visible(both[:, 0, :])
+        k1, i1, _, _ = self._visible(both[:, 1, :])
         if not len(k0):
             return out
         stays = np.isin(k0 * N + i0, k1 * N + i1)
@@ -484,7 +438,10 @@ class Topology:
                 idx = np.nonzero(alive)[0]
                 d = pos[rows[idx], j, :] - self.stations.pos[k[idx]]
                 h = np.einsum("ij,ij->i", d, self.stations.up[k[idx]])
-                gone = h < sin_m * np.sqrt(np.einsum("ij,ij->i", d, d))
+                rng = np.sqrt(np.einsum("ij,ij->i", d, d))
+                gone = h < sin_m * rng
+                if self.ground_max_range_km is not None:
+                    gone |= rng > self.ground_max_range_km
                 out[idx[gone]] = tt
                 alive[idx[gone]] = False
             t = float(times[-1])
@@ -495,18 +452,19 @@ class Topology:
     def snapshot(self, t: float) -> Snapshot:
         """Positions and every link up at ``t`` (laser, then ground under the handover policy)."""
         pos = self.constellation.positions(t)
-        up, dist = self._isl_up(pos, self.candidates, self._check_los)
+        pairs, los = self.laser_pairs_at(t)
+        up, dist = self._isl_up(pos, pairs, los)
         if len(self.stations):
             k, i, rng, el = self._ground_links(t, pos)
             gp = np.stack([k + self.n_sats, i], axis=1).astype(np.int64)
             allpos = np.vstack([pos, self.stations.pos])
-            return Snapshot(t, allpos, self.candidates[up], dist[up], gp, rng, el, self.n_sats)
-        return Snapshot(t, pos, self.candidates[up], dist[up], n_sats=self.n_sats)
+            return Snapshot(t, allpos, pairs[up], dist[up], gp, rng, el, self.n_sats)
+        return Snapshot(t, pos, pairs[up], dist[up], n_sats=self.n_sats)
 
     def neighbours_of(self, i: int) -> list[int]:
-        """Every laser partner of satellite ``i``, whether or not the link is up now.
+        """Every +Grid laser partner of satellite ``i``, whether or not the link is up now.
 
-        Ground links come and go with the sky: see :meth:`ground_view`,
+        Inter-shell and ground links come and go with the sky: see :meth:`ground_view`,
         :meth:`partners_of` and :meth:`contact_plan`.  Empty for a ground node.
         """
         mask = (self.candidates[:, 0] == i) | (self.candidates[:, 1] == i)
@@ -534,14 +492,19 @@ class Topology:
             return a < self.n_sats and self._ground_up(self.names.station_index(b), a, t)
         j = self._candidate_code.get(a * self.n_sats + b)
         if j is None:
-            return False
+            if not self._adjacent or a * self.n_sats + b not in self._inter_slot(
+                    math.floor(t / self.inter_shell_interval_s))[1]:
+                return False
+            check_los = True
+        else:
+            check_los = bool(self._check_los[j])
         ax, ay, az = self.constellation.position_xyz(a, t)
         bx, by, bz = self.constellation.position_xyz(b, t)
         dx, dy, dz = bx - ax, by - ay, bz - az
         dd = dx * dx + dy * dy + dz * dz
         if self.max_range_km is not None and math.sqrt(dd) > self.max_range_km:
             return False
-        if self._check_los[j]:
+        if check_los:
             u = min(1.0, max(0.0, -(ax * dx + ay * dy + az * dz) / dd)) if dd > 0 else 0.0
             cx, cy, cz = ax + u * dx, ay + u * dy, az + u * dz
             if math.sqrt(cx * cx + cy * cy + cz * cz) - EARTH_RADIUS_KM < self.grazing_km:
@@ -555,13 +518,15 @@ class Topology:
         height = ux * dx + uy * dy + uz * dz
         if not (height > 0 and height >= self._sin_mask * math.sqrt(dx * dx + dy * dy + dz * dz)):
             return False
+        if self.ground_max_range_km is not None and dx * dx + dy * dy + dz * dz > self.ground_max_range_km ** 2:
+            return False
         return self.handover == "all" or int(self.serving(t)[k]) == i
 
     def ground_view(self, node: int, t: float) -> GroundView:
         """Every satellite station ``node`` sees at ``t`` and the one it is connected to."""
         k = self.names.station_index(node)
         pos = self.constellation.positions(t)
-        kk, ii, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+        kk, ii, _, _ = self._visible(pos)
         sats = ii[kk == k]
         el, az, rng = self.stations.look(k, pos[sats]) if len(sats) else (np.empty(0),) * 3
         order = np.lexsort((sats, -el))
@@ -577,10 +542,12 @@ class Topology:
         """Nodes ``i`` has a link to at ``t`` (laser and ground), by index."""
         if i >= self.n_sats:
             return self.ground_view(i, t).linked
-        out = [j for j in self.neighbours_of(i) if self.link_up(i, j, t)]
+        inter = self.inter_shell_at(t)
+        mine = inter[(inter[:, 0] == i) | (inter[:, 1] == i)].ravel().tolist() if len(inter) else []
+        out = [j for j in self.neighbours_of(i) + [j for j in mine if j != i] if self.link_up(i, j, t)]
         if len(self.stations):
             pos = self.constellation.position(i, t)[None, :]
-            k, _, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+            k, _, _, _ = self._visible(pos)
             if self.handover != "all" and len(k):
                 k = k[self.serving(t)[k] == i]
             out += [int(x) + self.n_sats for x in k]
