@@ -89,6 +89,9 @@ class GroundConfig:
     # Optional cap on a ground link's length (km): Hypatia states its 25° mask
     # as a distance (1,089.7 km at 550 km); None = the elevation mask alone.
     max_range_km: float | None = None
+    # Whether a path may pass through a station (down and up again): off, as a
+    # gateway is an endpoint; on, stations bridge shells or gaps in the mesh.
+    relays: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ def _parse_shells(shells_doc: list[Any]) -> list[WalkerShell]:
 
 def _parse_ground(doc: dict[str, Any]) -> GroundConfig:
     g = _take(doc, "ground", dict, "config", {})
-    _check_keys(g, {"stations", "elevation_mask_deg", "handover", "handover_interval_s", "max_range_km"}, "ground")
+    _check_keys(g, {"stations", "elevation_mask_deg", "handover", "handover_interval_s", "max_range_km", "relays"},
+                "ground")
     stations: list[GroundStation] = []
     for i, s in enumerate(_take(g, "stations", list, "ground", [])):
         where = f"ground.stations[{i}]"
@@ -267,7 +271,8 @@ def _parse_ground(doc: dict[str, Any]) -> GroundConfig:
     max_range = _num(g, "max_range_km", "ground", None)
     if max_range is not None and not max_range > 0:
         raise ConfigError(f"ground.max_range_km: must be > 0, not {max_range}")
-    return GroundConfig(tuple(stations), mask, handover, interval, max_range)
+    return GroundConfig(tuple(stations), mask, handover, interval, max_range,
+                        _take(g, "relays", bool, "ground", False))
 
 
 def _parse_tle(doc: dict[str, Any], read_file: Callable[[str], str] | None) -> TleConfig | None:
@@ -417,7 +422,7 @@ def config_to_toml(cfg: FleetConfig) -> str:
     lines += ["", "[energy]"] + [f"{k} = {v!r}" for k, v in cfg.energy.__dict__.items()]
     g = cfg.ground
     lines += ["", "[ground]", f"elevation_mask_deg = {g.elevation_mask_deg!r}", f"handover = {val(g.handover)}",
-              f"handover_interval_s = {g.handover_interval_s!r}"]
+              f"handover_interval_s = {g.handover_interval_s!r}", f"relays = {val(g.relays)}"]
     if g.max_range_km is not None:
         lines.append(f"max_range_km = {g.max_range_km!r}")
     for s in g.stations:

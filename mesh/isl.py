@@ -149,18 +149,23 @@ def inter_shell_pairs(pos: np.ndarray, shell_offset: list[int], shell_sizes: lis
                       max_range_km: float | None, grazing_km: float) -> np.ndarray:
     """Laser pairs between adjacent shells at one instant, shape (M, 2), rows (a < b), sorted.
 
-    Each satellite has ``per_satellite`` inter-shell terminals.  Candidates are
+    Each satellite has ``per_satellite`` inter-shell terminals and uses at
+    most one per adjacent shell, so a shell between two others reaches both
+    rather than spending every terminal on the closer one.  Candidates are
     each satellite's few nearest satellites of every adjacent shell (KD-trees,
-    both directions) that are within range and whose line of sight clears the
-    grazing altitude.  Pairs are then taken shortest first while both ends
-    have a free terminal, in rounds: a round accepts every candidate that
-    ranks within both of its ends' free terminals; the shortest remaining
+    both directions) within range whose line of sight clears the grazing
+    altitude.  Pairs are taken shortest first while both ends have a free
+    terminal (towards that shell), in rounds: a round accepts every candidate
+    that ranks within both ends' free terminals; the shortest remaining
     candidate always does, so every round makes progress.  Deterministic:
     ties break on (a, b).
     """
     if per_satellite <= 0 or not adjacent:
         return np.empty((0, 2), dtype=np.int64)
-    k = per_satellite + 2
+    n = len(pos)
+    n_shells = len(shell_sizes)
+    shell = np.repeat(np.arange(n_shells), shell_sizes)
+    k = 3                       # nearest candidates per satellite and adjacent shell
     bound = np.inf if max_range_km is None else float(max_range_km)
     trees: dict[int, cKDTree] = {}
 
@@ -178,8 +183,7 @@ def inter_shell_pairs(pos: np.ndarray, shell_offset: list[int], shell_sizes: lis
             dist, nb = tree(dst).query(pos[lo_s:lo_s + shell_sizes[src]], k=q, distance_upper_bound=bound)
             dist, nb = dist.reshape(len(dist), q), nb.reshape(len(nb), q)
             ok = np.isfinite(dist)
-            rows = np.nonzero(ok)
-            a = rows[0] + lo_s
+            a = np.nonzero(ok)[0] + lo_s
             b = nb[ok] + lo_d
             aa.append(np.minimum(a, b))
             bb.append(np.maximum(a, b))
@@ -187,41 +191,52 @@ def inter_shell_pairs(pos: np.ndarray, shell_offset: list[int], shell_sizes: lis
     a, b, d = np.concatenate(aa), np.concatenate(bb), np.concatenate(dd)
     if not len(a):
         return np.empty((0, 2), dtype=np.int64)
-    n = len(pos)
     _, first = np.unique(a * n + b, return_index=True)
     a, b, d = a[first], b[first], d[first]
     clear = segment_clearance_km(pos[a], pos[b]) >= grazing_km
     a, b, d = a[clear], b[clear], d[clear]
     order = np.lexsort((b, a, d))
     a, b, d = a[order], b[order], d[order]
+    # terminals: per satellite, and one per (satellite, other shell)
     free = np.full(n, per_satellite, dtype=np.int64)
+    free_to = np.ones(n * n_shells, dtype=np.int64)
+    a_to, b_to = a * n_shells + shell[b], b * n_shells + shell[a]
     taken = []
     live = np.ones(len(a), dtype=bool)
     while live.any():
-        idx = np.nonzero(live)[0]                        # remaining candidates, shortest first
-        ra = _rank_within(a[idx])
-        rb = _rank_within(b[idx])
-        accept = idx[(ra < free[a[idx]]) & (rb < free[b[idx]])]
-        if not len(accept):                              # cannot happen (the shortest ranks 0 at both ends)
+        idx = np.nonzero(live)[0]                         # remaining candidates, shortest first
+        ra, rb = _end_ranks(a[idx], b[idx])
+        sa, sb = _end_ranks(a_to[idx], b_to[idx])         # rank towards the other end's shell
+        accept = idx[(ra < free[a[idx]]) & (rb < free[b[idx]]) & (sa == 0) & (sb == 0)]
+        if not len(accept):                               # cannot happen: the shortest is accepted
             break
         taken.append(accept)
         np.subtract.at(free, a[accept], 1)
         np.subtract.at(free, b[accept], 1)
+        free_to[a_to[accept]] = 0
+        free_to[b_to[accept]] = 0
         live[accept] = False
-        live &= (free[a] > 0) & (free[b] > 0)
+        live &= (free[a] > 0) & (free[b] > 0) & (free_to[a_to] > 0) & (free_to[b_to] > 0)
     if not taken:
         return np.empty((0, 2), dtype=np.int64)
-    sel = np.sort(np.concatenate(taken))
+    sel = np.concatenate(taken)
     out = np.stack([a[sel], b[sel]], axis=1)
     return out[np.lexsort((out[:, 1], out[:, 0]))]
 
 
-def _rank_within(keys: np.ndarray) -> np.ndarray:
-    """For a sequence in priority order, each element's rank among those with the same key."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
+def _end_ranks(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For edges in priority order, each edge's rank among the edges sharing its a key, and its b key.
+
+    Keys are node indices (or node-and-shell codes); an edge's two ends are
+    counted together, so a node ranks its edges whichever end it is.
+    """
+    m = len(a)
+    ends = np.concatenate([a, b])
+    prio = np.concatenate([np.arange(m), np.arange(m)])
+    order = np.lexsort((prio, ends))
+    sk = ends[order]
     starts = np.r_[0, np.nonzero(np.diff(sk))[0] + 1]
     run_start = np.repeat(starts, np.diff(np.r_[starts, len(sk)]))
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(sk)) - run_start
-    return rank
+    rank = np.empty(2 * m, dtype=np.int64)
+    rank[order] = np.arange(2 * m) - run_start
+    return rank[:m], rank[m:]

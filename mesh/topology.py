@@ -59,8 +59,9 @@ class Snapshot:
     """The mesh at time ``t``: positions and the links that are up.
 
     Nodes ``0 .. n_sats-1`` are satellites, the rest ground stations;
-    ``positions`` has a row per node.  Ground stations never relay: a path
-    may start or end at one but not pass through it.
+    ``positions`` has a row per node.  Ground stations do not relay (a path
+    may start or end at one but not pass through it) unless ``ground_relays``
+    is set: then a path may go down to a station and up again (a bent pipe).
     """
 
     t: float
@@ -71,6 +72,7 @@ class Snapshot:
     ground_distance_km: np.ndarray = field(default_factory=lambda: np.empty(0))
     ground_elevation_deg: np.ndarray = field(default_factory=lambda: np.empty(0))
     n_sats: int | None = None
+    ground_relays: bool = False
     _csr: tuple | None = field(default=None, repr=False)
     _trees: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -126,12 +128,12 @@ class Snapshot:
         # (a reversed edge u→v is the real edge v→u, which may enter u only if
         # u is a satellite or dst).  Built from (data, indices, indptr)
         # directly: the COO constructor was most of a small graph's cost.
-        rows = (u < gs) | (u == dst)
+        rows = (u < gs) | (u == dst) | self.ground_relays
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(u[rows], minlength=n), out=indptr[1:])
         m = csr_matrix((np.maximum(w[rows], 1e-15), v[rows], indptr), shape=(n, n))
         dist = dijkstra(m, directed=True, indices=dst)
-        allowed = (v < gs) | (v == dst)
+        allowed = (v < gs) | (v == dst) | self.ground_relays
         ok = allowed & (dist[v] + w <= dist[u] + TIE_EPSILON_S) & np.isfinite(dist[u])
         nxt = np.full(n, -1, dtype=np.int64)
         uu, vv = u[ok], v[ok]
@@ -251,7 +253,7 @@ class Topology:
                  grazing_km: float = GRAZING_ALTITUDE_KM, stations: tuple[GroundStation, ...] | list[GroundStation] = (),
                  elevation_mask_deg: float = DEFAULT_ELEVATION_MASK_DEG, handover: str = "all",
                  handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S,
-                 ground_max_range_km: float | None = None, inter_shell_links: int = 0,
+                 ground_max_range_km: float | None = None, ground_relays: bool = False, inter_shell_links: int = 0,
                  inter_shell_interval_s: float = DEFAULT_INTER_SHELL_INTERVAL_S):
         if handover not in HANDOVER_POLICIES:
             raise ValueError(f"handover must be one of {HANDOVER_POLICIES}, not {handover!r}")
@@ -283,6 +285,7 @@ class Topology:
         code = self.candidates[:, 0] * self.n_sats + self.candidates[:, 1]
         self._candidate_code = {int(c): j for j, c in enumerate(code.tolist())}
         self.ground_max_range_km = ground_max_range_km
+        self.ground_relays = ground_relays
         self.inter_shell_links = inter_shell_links
         self.inter_shell_interval_s = inter_shell_interval_s
         self._adjacent = adjacent_shells(constellation) if inter_shell_links else []
@@ -458,7 +461,7 @@ class Topology:
             k, i, rng, el = self._ground_links(t, pos)
             gp = np.stack([k + self.n_sats, i], axis=1).astype(np.int64)
             allpos = np.vstack([pos, self.stations.pos])
-            return Snapshot(t, allpos, pairs[up], dist[up], gp, rng, el, self.n_sats)
+            return Snapshot(t, allpos, pairs[up], dist[up], gp, rng, el, self.n_sats, self.ground_relays)
         return Snapshot(t, pos, pairs[up], dist[up], n_sats=self.n_sats)
 
     def neighbours_of(self, i: int) -> list[int]:
