@@ -43,6 +43,7 @@ Grouping heuristic (``group_tles``), so that real or generated TLE sets get
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -78,10 +79,15 @@ def normalise_tle_text(text: str) -> str:
     return "".join(ln + "\n" for ln in lines if ln)
 
 
+_HYPATIA_HEADER = re.compile(r"^\s*\d+\s+\d+\s*$")
+
+
 def parse_tles(text: str) -> tuple[TleRecord, ...]:
     """Every element set in ``text`` (2- or 3-line format, blank lines ignored)."""
     lines = [(no, ln.rstrip()) for no, ln in enumerate(text.replace("\r\n", "\n").split("\n"), 1)]
     lines = [(no, ln) for no, ln in lines if ln.strip()]
+    if lines and _HYPATIA_HEADER.match(lines[0][1]):
+        lines = lines[1:]            # Hypatia's tles.txt opens with "<orbits> <satellites per orbit>"
     out: list[TleRecord] = []
     i = 0
     while i < len(lines):
