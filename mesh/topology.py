@@ -27,24 +27,18 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from mesh.ground import DEFAULT_ELEVATION_MASK_DEG, GroundStation, StationSet
+from mesh.handover import DEFAULT_HANDOVER_INTERVAL_S, HANDOVER_POLICIES, Handover  # noqa: F401 (re-exported)
 from mesh.isl import (GRAZING_ALTITUDE_KM, LASER_TERMINALS, adjacent_shells, grid_pairs,  # noqa: F401 (re-exported)
                       inter_shell_pairs, nearest_pairs, segment_clearance_km)
 from mesh.nodes import NodeNames
 from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation
 
-HANDOVER_POLICIES = ("all", "highest_elevation", "longest_visibility")
-# Starlink re-assigns user terminals to satellites on a global 15 s schedule;
-# a fixed schedule also lets every agent derive the same assignment from t alone.
-DEFAULT_HANDOVER_INTERVAL_S = 15.0
 # Two paths whose latencies differ by less than this are a tie (broken on
 # the lower node index); it only absorbs float rounding of equal sums.
 TIE_EPSILON_S = 1e-12
 # Inter-shell terminals re-point at this period: slow enough for a laser to
 # acquire (seconds), fast enough that a chosen pair stays close in its slot.
 DEFAULT_INTER_SHELL_INTERVAL_S = 10.0
-# longest_visibility handover chains restart every 40 slots (10 min at 15 s):
-# longer than any LEO pass above a 25° mask, short enough to compute cold.
-HANDOVER_ANCHOR_SLOTS = 40
 
 
 def latency_s(distance_km: float) -> float:
@@ -239,14 +233,10 @@ class Topology:
     """Computes mesh snapshots of one constellation and its ground stations.
 
     ``handover`` picks which satellites a station links to: ``all`` (every
-    one above the mask), ``highest_elevation`` or ``longest_visibility`` (one
-    satellite).  Single-satellite policies decide at the start of each
-    ``handover_interval_s`` slot of orbital time, preferring satellites that
-    stay above the mask through the whole slot, and keep that choice until
-    the slot ends.  ``highest_elevation`` re-picks the highest satellite every
-    slot; ``longest_visibility`` keeps its satellite while it stays in view
-    and then picks the one that will stay longest (set times to 10 s).  Both
-    are pure functions of t, so every agent agrees without talking.
+    one above the mask), or one satellite per ``handover_interval_s`` slot
+    under ``highest_elevation``, ``longest_visibility`` or ``sticky``; the
+    choice is :class:`mesh.handover.Handover`'s, a pure function of t, so
+    every agent agrees without talking.
     """
 
     def __init__(self, constellation: Constellation, *, max_range_km: float | None = None,
@@ -279,7 +269,8 @@ class Topology:
         self.elevation_mask_deg = elevation_mask_deg
         self.handover = handover
         self.handover_interval_s = handover_interval_s
-        self._serving: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.handover_state = Handover(constellation, self.stations, policy=handover, interval_s=handover_interval_s,
+                                       elevation_mask_deg=elevation_mask_deg, max_range_km=ground_max_range_km)
         self._sin_mask = math.sin(math.radians(elevation_mask_deg))
         self._gs_xyz = [(tuple(map(float, p)), tuple(map(float, u))) for p, u in zip(self.stations.pos, self.stations.up)]
         code = self.candidates[:, 0] * self.n_sats + self.candidates[:, 1]
@@ -353,102 +344,15 @@ class Topology:
 
     def slot_of(self, t: float) -> tuple[float, float]:
         """The handover slot [start, end) holding ``t``."""
-        h = self.handover_interval_s
-        n = math.floor(t / h)
-        return n * h, (n + 1) * h
+        return self.handover_state.slot_of(t)
 
     def serving(self, t: float) -> np.ndarray:
         """Satellite each station is connected to in the slot holding ``t`` (−1: none in view)."""
-        return self._serving_slot(math.floor(t / self.handover_interval_s))
+        return self.handover_state.serving(t)
 
-    def _serving_slot(self, n: int) -> np.ndarray:
-        hit = self._serving.get(n)
-        if hit is not None:
-            self._serving.move_to_end(n)
-            return hit
-        if self.handover != "longest_visibility":      # highest_elevation (and "all": the top pick)
-            hit = self._choose(n, None)
-        else:
-            # Sticky: keep the satellite until it would set within the slot.
-            # The chain restarts every HANDOVER_ANCHOR_SLOTS slots, so serving(t)
-            # stays a pure function of t that costs at most that many steps.
-            anchor = n - n % HANDOVER_ANCHOR_SLOTS
-            m = n - 1
-            while m >= anchor and m not in self._serving:
-                m -= 1
-            hit = self._serving[m] if m >= anchor else None
-            for j in range(max(m, anchor - 1) + 1, n + 1):
-                hit = self._choose(j, hit if j > anchor else None)
-                self._remember(j, hit)
-        self._remember(n, hit)
-        return hit
-
-    def _remember(self, n: int, value: np.ndarray) -> None:
-        self._serving[n] = value
-        self._serving.move_to_end(n)
-        while len(self._serving) > 2 * HANDOVER_ANCHOR_SLOTS:
-            self._serving.popitem(last=False)
-
-    def _choose(self, n: int, prev: np.ndarray | None) -> np.ndarray:
-        """The pick for slot n, keeping ``prev``'s satellite where it stays in view all slot."""
-        ts, te = n * self.handover_interval_s, (n + 1) * self.handover_interval_s
-        K, N = len(self.stations), self.n_sats
-        out = np.full(K, -1, dtype=np.int64)
-        if K == 0:
-            return out
-        both = self.constellation.positions_at(np.array([ts, te]))
-        k0, i0, s0, _ = self._visible(both[:, 0, :])
-        k1, i1, _, _ = self._visible(both[:, 1, :])
-        if not len(k0):
-            return out
-        stays = np.isin(k0 * N + i0, k1 * N + i1)
-        if prev is not None:
-            kept = stays & (prev[k0] == i0)
-            out[k0[kept]] = i0[kept]
-            todo = out[k0] < 0
-            k0, i0, s0, stays = k0[todo], i0[todo], s0[todo], stays[todo]
-            if not len(k0):
-                return out
-        # prefer satellites that stay in view all slot; stations with none take what is there now
-        has_stayer = np.zeros(K, dtype=bool)
-        has_stayer[k0[stays]] = True
-        cand = stays | ~has_stayer[k0]
-        k, i, s = k0[cand], i0[cand], s0[cand]
-        if self.handover != "longest_visibility":
-            score = s
-        else:
-            score = self._set_times(te, k, i) + 1e-6 * s   # latest set time; elevation breaks ties
-        order = np.lexsort((i, -score, k))                   # per station: best score, then lowest index
-        k, i = k[order], i[order]
-        first_k, first = np.unique(k, return_index=True)
-        out[first_k] = i[first]
-        return out
-
-    def _set_times(self, t_from: float, k: np.ndarray, i: np.ndarray, step_s: float = 10.0,
-                   horizon_s: float = 7200.0) -> np.ndarray:
-        """When each (station, satellite) pair drops below the mask, to ``step_s`` (capped at the horizon)."""
-        out = np.full(len(k), t_from + horizon_s)
-        alive = np.ones(len(k), dtype=bool)
-        sin_m = math.sin(math.radians(self.elevation_mask_deg))
-        chunk = 12
-        t = t_from
-        while alive.any() and t < t_from + horizon_s:
-            times = t + step_s * np.arange(1, chunk + 1)
-            live_sats = np.unique(i[alive])
-            pos = self.constellation.positions_at(times, live_sats)          # (s, T, 3)
-            rows = np.searchsorted(live_sats, i)
-            for j, tt in enumerate(times):
-                idx = np.nonzero(alive)[0]
-                d = pos[rows[idx], j, :] - self.stations.pos[k[idx]]
-                h = np.einsum("ij,ij->i", d, self.stations.up[k[idx]])
-                rng = np.sqrt(np.einsum("ij,ij->i", d, d))
-                gone = h < sin_m * rng
-                if self.ground_max_range_km is not None:
-                    gone |= rng > self.ground_max_range_km
-                out[idx[gone]] = tt
-                alive[idx[gone]] = False
-            t = float(times[-1])
-        return out
+    def handovers(self, node: int, t0: float, t1: float) -> int:
+        """Handovers station ``node`` makes in (t0, t1] under the policy (see :mod:`mesh.handover`)."""
+        return self.handover_state.handovers(self.names.station_index(node), t0, t1)
 
     # -- snapshots ------------------------------------------------------------------
 
