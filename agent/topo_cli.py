@@ -405,6 +405,14 @@ def cmd_contacts(args: argparse.Namespace) -> int:
             else:
                 print(f"{a + ' – ' + b:<32} {c.kind:<7} {('<' if c.start <= plan.t0 else ' ') + f'{c.start:.1f}':>10} "
                       f"{f'{c.end:.1f}' + ('>' if c.end >= plan.t1 else ' '):>10} {c.duration_s:>11.1f}")
+        topo = world.topology
+        if node is not None and node >= topo.n_sats and topo.handover != "all":
+            n = topo.handovers(node, plan.t0, plan.t1)       # the same count a live station reports
+            if args.json:
+                print(json.dumps({"node": names.name(node), "handover": topo.handover, "handovers": n,
+                                  "from": plan.t0, "to": plan.t1}))
+            else:
+                print(f"{names.name(node)}: {n} handover(s) under {topo.handover}")
         if not args.json:
             print(f"{len(rows)} window(s)")
         return 0

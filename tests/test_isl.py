@@ -14,7 +14,7 @@ from mesh.membership import fleet_config
 from mesh.orbit import Constellation, WalkerShell, iso_to_jd
 from mesh.presets import preset
 from mesh.sim import Simulator
-from mesh.sim.scenario import ScenarioSpec, collect, plan
+from mesh.sim.scenario import ScenarioSpec, build_topology, collect, plan
 from mesh.topology import Topology
 from mesh.world import World
 
@@ -100,6 +100,17 @@ def test_multi_shell_presets_form_one_network(name, n_sats):
     cfg = preset(name)
     alone = World.from_config(replace(cfg, links=replace(cfg.links, inter_shell_links=0))).topology
     assert _components(alone.snapshot(0.0), n_sats) == len(cfg.shells)
+
+
+@pytest.mark.parametrize("name", ["starlink-gen1", "kuiper"])
+def test_the_simulator_flies_multi_shell_presets_as_one_network(name):
+    # what `orbitmesh sim --preset NAME` builds: its gossip and tasks can reach every shell
+    topo, label = build_topology(name)
+    assert label == name and topo.inter_shell_links == preset(name).links.inter_shell_links == 2
+    for t in (0.0, 15.0, 45.0):
+        snap = topo.snapshot(t)
+        assert _components(snap, topo.n_sats) == 1, t
+        assert snap.shortest_path(0, topo.n_sats - 1) is not None        # first shell to last
 
 
 def test_ground_relays_bridge_shells_only_when_enabled():
