@@ -14,8 +14,13 @@ Three measurements:
 3. ``sim``: ``orbitmesh sim --preset starlink-gen1 --seconds S --tasks N``
    with inter-shell links, against the same run with them off (islands) as
    the baseline: simulated seconds per wall second and events per second.
+4. ``handover``: handovers per station-hour of each policy (65 built-in
+   stations, starlink-s1, one hour), against ``highest_elevation`` as the
+   baseline; for the keeping policies also against a chain carried through
+   every slot without restarts (what the bounded chain's restarts add), and
+   the cost per slot of a station set's choice.
 
-    python bench/shells.py [--only hypatia,topology,sim] [--hypatia-step 0.1] [--sim-seconds 60] [--json]
+    python bench/shells.py [--only hypatia,topology,sim,handover] [--hypatia-step 0.1] [--sim-seconds 60] [--json]
 """
 
 from __future__ import annotations
@@ -131,9 +136,43 @@ def bench_sim(seconds: float, tasks: int) -> dict:
     return out
 
 
+def bench_handover(hours: float) -> dict:
+    from mesh.ground import BUILTIN_STATIONS, StationSet
+    from mesh.handover import HANDOVER_POLICIES, Handover
+    c = World.from_config(preset("starlink-s1")).topology.constellation
+    st = StationSet(list(BUILTIN_STATIONS.values()))
+    slots = int(round(hours * 3600 / 15.0))
+    out: dict = {"stations": len(st), "hours": hours}
+
+    def changes(a: np.ndarray) -> int:
+        return int(((a[1:] != a[:-1]) & (a[1:] >= 0) & (a[:-1] >= 0)).sum())
+
+    Handover(c, st, policy="highest_elevation").slot(10**6)     # warm the propagator before timing
+    for policy in HANDOVER_POLICIES[1:]:
+        h = Handover(c, st, policy=policy, interval_s=15.0)
+        t0 = time.perf_counter()
+        chosen = np.array([h.slot(n) for n in range(slots)])
+        cost = (time.perf_counter() - t0) / slots * 1e3
+        row = {"per_station_hour": changes(chosen) / len(st) / hours, "ms_per_slot": cost}
+        if policy != "highest_elevation":
+            prev, free = None, []
+            for n in range(-40, slots):                   # the same warm-up, then never restarted
+                prev = h._choose(n, prev)
+                if n >= 0:
+                    free.append(prev)
+            row["uninterrupted_per_station_hour"] = changes(np.array(free)) / len(st) / hours
+            row["restart_excess"] = row["per_station_hour"] / row["uninterrupted_per_station_hour"]
+        out[policy] = row
+    base = out["highest_elevation"]["per_station_hour"]
+    for policy in HANDOVER_POLICIES[1:]:
+        out[policy]["vs_highest_elevation"] = out[policy]["per_station_hour"] / base
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="hypatia,topology,sim")
+    ap.add_argument("--only", default="hypatia,topology,sim,handover")
+    ap.add_argument("--handover-hours", type=float, default=1.0)
     ap.add_argument("--hypatia-step", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--sim-seconds", type=float, default=60.0)
@@ -164,6 +203,16 @@ def main() -> int:
                 print(f"sim gen1 {k}: {r['wall_s']:.1f} s wall, {r['sim_s_per_wall_s']:.3f} sim-s/s, "
                       f"{r['events_per_s']:.0f} events/s, state {r['state_reached']}, tasks {r['tasks']}")
             print(f"sim gen1: inter-shell speed {s['speed_vs_islands']:.2f}× the islands baseline")
+    if "handover" in parts:
+        res["handover"] = ho = bench_handover(args.handover_hours)
+        if not args.json:
+            for policy in ("highest_elevation", "longest_visibility", "sticky"):
+                r = ho[policy]
+                extra = (f"; without chain restarts {r['uninterrupted_per_station_hour']:.1f} "
+                         f"(restarts ×{r['restart_excess']:.2f})" if "restart_excess" in r else "")
+                print(f"handover {policy}: {r['per_station_hour']:.1f} per station-hour "
+                      f"({r['vs_highest_elevation']:.2f}× highest_elevation){extra}; "
+                      f"{r['ms_per_slot']:.1f} ms per slot for {ho['stations']} stations")
     if args.json:
         print(json.dumps(res))
     return 0
