@@ -1,8 +1,9 @@
 """Ground-station handover: which satellite each station is connected to, slot by slot.
 
 One implementation for every user: :class:`mesh.topology.Topology` asks it
-for ground links, so the live fleet (an agent's ground links), the simulator
-and ``orbitmesh topo contacts`` all follow the same choice.
+for ground links, so the live fleet (an agent's ground links and its
+handover count), ``orbitmesh topo`` and contact plans all follow the same
+choice.
 
 A station decides at the start of each ``interval_s`` slot of orbital time
 (Starlink re-assigns terminals on a global 15 s schedule) and keeps the
