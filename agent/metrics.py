@@ -64,7 +64,7 @@ class NodeCollector:
         if self.node.is_ground and self.node.topology.handover != "all":
             ho = CounterMetricFamily("orbitmesh_ground_handovers", "Satellite-to-satellite handovers of this "
                                      "ground station since it started", labels=["node", "policy"])
-            ho.add_metric([me, self.node.topology.handover], self.node._count_handovers(time.time()))
+            ho.add_metric([me, self.node.topology.handover], self.node.count_handovers(time.time()))
             yield ho
 
 

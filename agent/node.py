@@ -323,7 +323,7 @@ class Node:
     # walk every handover slot in it while the event loop waits.
     HANDOVER_COUNT_MAX_S = 3600.0
 
-    def _count_handovers(self, wall: float) -> int:
+    def count_handovers(self, wall: float) -> int:
         """Handovers this station has made since it started, under the configured policy
         (mesh.handover's count, advanced to ``wall``); 0 for satellites and under ``all``."""
         if self.is_ground and self.topology.handover != "all":
@@ -340,7 +340,7 @@ class Node:
         while True:
             await trio.sleep(self.REWIRE_EVERY_S)
             now = time.time()
-            self._count_handovers(now)
+            self.count_handovers(now)
             wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
             for name in wanted - set(self.links.links):
                 if name < self.me.name:
@@ -951,7 +951,7 @@ class Node:
                                      "serving": None if view.serving is None or view.serving < 0
                                      else self.topology.names.name(view.serving),
                                      "visible": len(view.visible), "handover": view.policy,
-                                     "handovers": None if view.policy == "all" else self._count_handovers(time.time())}
+                                     "handovers": None if view.policy == "all" else self.count_handovers(time.time())}
         else:
             shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
             orbit = {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],

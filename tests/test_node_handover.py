@@ -45,7 +45,7 @@ def test_the_station_agent_links_and_counts_by_the_configured_policy(tmp_path, p
         assert node._wanted_partners(start + dt) == ({serving} if serving >= 0 else set())
     # the count the agent keeps, ticking as its rewiring loop does, is mesh.handover's
     for tick in range(1, 121):                        # one wall minute: an hour of orbit
-        node._count_handovers(start + 0.5 * tick)
+        node.count_handovers(start + 0.5 * tick)
     t0, t1 = node.orbit_t(start), node.orbit_t(start + 60.0)
     g = topo.names.station_index(me)
     same = Handover(topo.constellation, topo.stations, policy=policy, interval_s=topo.handover_interval_s,
