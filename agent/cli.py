@@ -93,7 +93,8 @@ def _spec(args: argparse.Namespace):
     from agent.fleet import FleetSpec
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port,
-                     time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()))
+                     time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
+                     handover=args.handover)
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -310,6 +311,7 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
 # -- parser ------------------------------------------------------------------------
 
 def _fleet_args(p: argparse.ArgumentParser) -> None:
+    from mesh.handover import HANDOVER_POLICIES
     p.add_argument("-n", type=int, default=None, help="number of satellites (default: the preset's)")
     p.add_argument("--preset", default="demo", help="constellation preset (default: demo, 4×6 at 550 km)")
     p.add_argument("--host", default="127.0.0.1", help="address agents listen on")
@@ -319,6 +321,9 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every agent")
     p.add_argument("--ground", action="append", metavar="STATION",
                    help="also run a ground-station agent (a built-in name such as london, or lat,lon); repeatable")
+    p.add_argument("--handover", choices=HANDOVER_POLICIES, default=None,
+                   help="which satellites a ground station links to: all, or one by highest_elevation, "
+                        "longest_visibility or sticky (default: the preset's, all); see docs/physics.md")
 
 
 def parser() -> argparse.ArgumentParser:

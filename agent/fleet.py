@@ -27,6 +27,7 @@ from agent.peers import PeerEntry, Peers
 from mesh.config import FleetConfig, config_to_toml
 from mesh.energy import EnergyConfig
 from mesh.ground import parse_station
+from mesh.handover import HANDOVER_POLICIES
 from mesh.world import World
 from mesh.presets import preset
 
@@ -46,6 +47,7 @@ class FleetSpec:
     time_scale: float | None = None
     models: Path = Path("models")
     ground: tuple[str, ...] = ()       # extra ground-station agents: built-in names or lat,lon
+    handover: str | None = None        # ground-station handover policy; None = the preset's
     energy: EnergyConfig | None = None  # battery model; None = the preset's
     journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
 
@@ -81,6 +83,10 @@ def fleet_config(spec: FleetSpec) -> FleetConfig:
         have = {st.name for st in cfg.ground.stations}
         cfg = replace(cfg, ground=replace(cfg.ground, stations=cfg.ground.stations + tuple(
             st for st in extra if st.name not in have)))
+    if spec.handover is not None:
+        if spec.handover not in HANDOVER_POLICIES:
+            raise FleetError(f"--handover: must be one of {', '.join(HANDOVER_POLICIES)}, not {spec.handover!r}")
+        cfg = replace(cfg, ground=replace(cfg.ground, handover=spec.handover))
     return cfg
 
 

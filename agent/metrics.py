@@ -61,6 +61,11 @@ class NodeCollector:
         faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
+        if self.node.is_ground and self.node.topology.handover != "all":
+            ho = CounterMetricFamily("orbitmesh_ground_handovers", "Satellite-to-satellite handovers of this "
+                                     "ground station since it started", labels=["node", "policy"])
+            ho.add_metric([me, self.node.topology.handover], self.node.count_handovers(time.time()))
+            yield ho
 
 
 def render(node) -> bytes:

@@ -147,6 +147,8 @@ class Node:
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self.started = time.time()
+        self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
+        self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
         self._nursery: trio.Nursery | None = None
 
     # -- physics ---------------------------------------------------------------
@@ -317,11 +319,28 @@ class Node:
             wanted |= set(self.topology.neighbours_of(i))
         return wanted
 
+    # A longer gap (a stopped process, a clock step) is skipped, not replayed: it would
+    # walk every handover slot in it while the event loop waits.
+    HANDOVER_COUNT_MAX_S = 3600.0
+
+    def count_handovers(self, wall: float) -> int:
+        """Handovers this station has made since it started, under the configured policy
+        (mesh.handover's count, advanced to ``wall``); 0 for satellites and under ``all``."""
+        if self.is_ground and self.topology.handover != "all":
+            t = self.orbit_t(wall)
+            if t - self._handover_t > self.HANDOVER_COUNT_MAX_S:
+                self._handover_t = t
+            elif t > self._handover_t:
+                self.handovers += self.topology.handovers(self.me.index, self._handover_t, t)
+                self._handover_t = t
+        return self.handovers
+
     async def _follow_the_sky(self) -> None:
         """Open and close ground links as satellites rise, set and hand over."""
         while True:
             await trio.sleep(self.REWIRE_EVERY_S)
             now = time.time()
+            self.count_handovers(now)
             wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
             for name in wanted - set(self.links.links):
                 if name < self.me.name:
@@ -931,7 +950,8 @@ class Node:
             orbit: dict[str, Any] = {"ground_station": True, "t_s": t,
                                      "serving": None if view.serving is None or view.serving < 0
                                      else self.topology.names.name(view.serving),
-                                     "visible": len(view.visible)}
+                                     "visible": len(view.visible), "handover": view.policy,
+                                     "handovers": None if view.policy == "all" else self.count_handovers(time.time())}
         else:
             shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
             orbit = {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],

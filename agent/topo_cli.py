@@ -51,6 +51,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=float, help="elevation mask in degrees (default: the config's, 25)")
     p.add_argument("--handover", choices=HANDOVER_POLICIES, help="ground-link policy (default: the config's)")
     p.add_argument("--max-range", type=float, help="laser terminal reach in km")
+    p.add_argument("--ground-range", type=float, metavar="KM",
+                   help="longest ground link in km (Hypatia's form of the mask; default: the config's, none)")
+    p.add_argument("--inter-shell", type=int, metavar="N",
+                   help="inter-shell laser terminals per satellite, 0–4 (default: the config's)")
+    p.add_argument("--relays", action="store_true", help="let paths pass through ground stations")
     p.add_argument("--json", action="store_true", help="JSON lines")
 
 
@@ -114,6 +119,12 @@ def load_config(args: argparse.Namespace) -> FleetConfig:
         ground = replace(ground, elevation_mask_deg=args.mask)
     if args.handover is not None:
         ground = replace(ground, handover=args.handover)
+    if args.ground_range is not None:
+        if not args.ground_range > 0:
+            raise TopoError("--ground-range: must be > 0 km")
+        ground = replace(ground, max_range_km=args.ground_range)
+    if args.relays:
+        ground = replace(ground, relays=True)
     if args.station:
         have = {s.name for s in ground.stations}
         extra = [s for s in (_station(spec) for spec in args.station) if s.name not in have]
@@ -123,6 +134,10 @@ def load_config(args: argparse.Namespace) -> FleetConfig:
         if not args.max_range > 0:
             raise TopoError("--max-range: must be > 0 km")
         links = replace(links, max_range_km=args.max_range)
+    if args.inter_shell is not None:
+        if not 0 <= args.inter_shell <= 4:
+            raise TopoError("--inter-shell: must be within 0–4 terminals")
+        links = replace(links, inter_shell_links=args.inter_shell)
     return replace(cfg, ground=ground, links=links)
 
 
@@ -213,6 +228,7 @@ def show_data(world: "World", node: int | None, t: float) -> dict[str, Any]:
         out.update({
             "constellation": cfg.name, "satellites": names.n_sats, "stations": len(names.stations),
             "laser_links_up": int(len(snap.pairs)), "laser_links_possible": int(len(topo.candidates)),
+            "inter_shell_links": int(len(topo.inter_shell_at(t))),
             "ground_links_up": int(len(snap.ground_pairs)), "sunlit": int(lit.sum()),
             "in_shadow": int((~lit).sum()), "handover": topo.handover, "elevation_mask_deg": topo.elevation_mask_deg,
             "shells": [{"name": s.name, "kind": s.kind, "planes": s.planes, "satellites": s.size,
@@ -241,10 +257,13 @@ def show_data(world: "World", node: int | None, t: float) -> dict[str, Any]:
     shell = c.shells[c.shell_of[node]]
     up = dict(snap.neighbours(node))
     links = []
-    for j in topo.neighbours_of(node):
-        d = float(((snap.positions[j] - p) ** 2).sum() ** 0.5)
-        links.append({"node": names.name(j), "kind": "laser", "up": j in up, "range_km": d,
-                      "latency_ms": topo.link_latency(node, j, t) * 1e3})
+    inter = topo.inter_shell_at(t)
+    across = sorted(int(x) for x in inter[(inter[:, 0] == node) | (inter[:, 1] == node)].ravel() if x != node)
+    for kind, partners in (("laser", topo.neighbours_of(node)), ("inter-shell", across)):
+        for j in partners:
+            d = float(((snap.positions[j] - p) ** 2).sum() ** 0.5)
+            links.append({"node": names.name(j), "kind": kind, "up": j in up, "range_km": d,
+                          "latency_ms": topo.link_latency(node, j, t) * 1e3})
     for j in sorted(x for x in up if names.is_ground(x)):
         links.append({"node": names.name(j), "kind": "ground", "up": True,
                       "range_km": float(((snap.positions[j] - p) ** 2).sum() ** 0.5),
@@ -281,7 +300,8 @@ def format_show(d: dict[str, Any]) -> str:
         for s in d["shells"]:
             lines.append(f"  shell {s['name']:<8} {s['kind']:<9} {s['planes']:>3} planes  {s['satellites']:>5} sats  "
                          f"{s['altitude_km']:.0f} km  {s['inclination_deg']:.2f}°")
-        lines.append(f"  laser links up {d['laser_links_up']}/{d['laser_links_possible']}   ground links up "
+        lines.append(f"  laser links up {d['laser_links_up']}/{d['laser_links_possible'] + d['inter_shell_links']} "
+                     f"({d['inter_shell_links']} inter-shell chosen)   ground links up "
                      f"{d['ground_links_up']} (mask {d['elevation_mask_deg']:g}°, handover {d['handover']})   "
                      f"sunlit {d['sunlit']}, in Earth's shadow {d['in_shadow']}")
         return "\n".join(lines)
@@ -302,9 +322,9 @@ def format_show(d: dict[str, Any]) -> str:
              f"  lat {d['lat_deg']:.2f}°  lon {d['lon_deg']:.2f}°  alt {d['alt_km']:.1f} km   "
              f"{'sunlit' if d['sunlit'] else 'in shadow'}; {d['eclipse_fraction'] * 100:.1f}% of this orbit "
              f"({d['period_s'] / 60:.1f} min) in eclipse",
-             f"  {'link':<16} {'kind':<7} {'state':<6} {'range km':>9} {'latency ms':>11}"]
+             f"  {'link':<16} {'kind':<11} {'state':<6} {'range km':>9} {'latency ms':>11}"]
     for ln in d["links"]:
-        lines.append(f"  {ln['node']:<16} {ln['kind']:<7} {'up' if ln['up'] else 'down':<6} "
+        lines.append(f"  {ln['node']:<16} {ln['kind']:<11} {'up' if ln['up'] else 'down':<6} "
                      f"{ln['range_km']:>9.1f} {ln['latency_ms']:>11.3f}")
     return "\n".join(lines)
 
@@ -385,6 +405,14 @@ def cmd_contacts(args: argparse.Namespace) -> int:
             else:
                 print(f"{a + ' – ' + b:<32} {c.kind:<7} {('<' if c.start <= plan.t0 else ' ') + f'{c.start:.1f}':>10} "
                       f"{f'{c.end:.1f}' + ('>' if c.end >= plan.t1 else ' '):>10} {c.duration_s:>11.1f}")
+        topo = world.topology
+        if node is not None and node >= topo.n_sats and topo.handover != "all":
+            n = topo.handovers(node, plan.t0, plan.t1)       # the same count a live station reports
+            if args.json:
+                print(json.dumps({"node": names.name(node), "handover": topo.handover, "handovers": n,
+                                  "from": plan.t0, "to": plan.t1}))
+            else:
+                print(f"{names.name(node)}: {n} handover(s) under {topo.handover}")
         if not args.json:
             print(f"{len(rows)} window(s)")
         return 0

@@ -28,7 +28,11 @@ from mesh.ground import (BUILTIN_STATIONS, DEFAULT_ELEVATION_MASK_DEG, GroundSta
 from mesh.orbit import Shell, TleShell, WalkerShell, iso_to_jd, jd_to_iso
 from mesh.topology import HANDOVER_POLICIES
 
-TLE_LASER_POLICIES = ("auto", "nearest")
+# grid: Hypatia's +Grid (slot order and seam from mesh.tle), nearest
+# neighbours where a shell is irregular; auto: the same (the older name);
+# closest_phase: the older pairing by closest argument of latitude; nearest:
+# nearest neighbours everywhere.
+TLE_LASER_POLICIES = ("auto", "grid", "closest_phase", "nearest")
 
 
 class ConfigError(ValueError):
@@ -43,6 +47,11 @@ class LinkConfig:
     max_range_km: float | None = None
     # The beam must clear this altitude: below ~80 km it crosses the mesosphere.
     grazing_km: float = 80.0
+    # Laser terminals per satellite that point at the nearest satellites of the
+    # adjacent shells (by altitude); 0 = each shell is its own network.
+    inter_shell_links: int = 0
+    # How often those terminals re-choose their partners as the shells drift.
+    inter_shell_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,12 @@ class GroundConfig:
     handover: str = "all"
     # Starlink re-plans terminal-to-satellite assignments every 15 s.
     handover_interval_s: float = 15.0
+    # Optional cap on a ground link's length (km): Hypatia states its 25° mask
+    # as a distance (1,089.7 km at 550 km); None = the elevation mask alone.
+    max_range_km: float | None = None
+    # Whether a path may pass through a station (down and up again): off, as a
+    # gateway is an endpoint; on, stations bridge shells or gaps in the mesh.
+    relays: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ class TleConfig:
     # Satellites whose RAANs lie within 1° share a plane: real planes are
     # 5–10° apart, and a plane's members drift apart by tenths of a degree.
     plane_gap_deg: float = 1.0
+    # +Grid cross-plane shift (Hypatia's isl_shift) for grid shells.
+    isl_shift: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,8 +134,11 @@ class FleetConfig:
         if self.tle is None:
             return ()
         from mesh.tle import group_tles, parse_tles
+        laser = self.tle.laser
         return tuple(group_tles(parse_tles(self.tle.text), self.epoch_jd, name=self.tle.name,
-                                plane_gap_deg=self.tle.plane_gap_deg, nearest=self.tle.laser == "nearest"))
+                                plane_gap_deg=self.tle.plane_gap_deg, nearest=laser == "nearest",
+                                pattern="closest_phase" if laser == "closest_phase" else "grid",
+                                isl_shift=self.tle.isl_shift))
 
     @property
     def all_shells(self) -> tuple[Shell, ...]:
@@ -187,7 +207,7 @@ def _parse_shells(shells_doc: list[Any]) -> list[WalkerShell]:
         if not isinstance(s, dict):
             raise ConfigError(f"{where}: expected a table")
         _check_keys(s, {"name", "kind", "planes", "sats_per_plane", "phasing", "altitude_km",
-                        "inclination_deg", "line_of_sight"}, where)
+                        "inclination_deg", "line_of_sight", "isl_shift"}, where)
         try:
             shells.append(WalkerShell(
                 name=_take(s, "name", str, where, f"shell{i}"),
@@ -198,6 +218,7 @@ def _parse_shells(shells_doc: list[Any]) -> list[WalkerShell]:
                 altitude_km=_num(s, "altitude_km", where),
                 inclination_deg=_num(s, "inclination_deg", where),
                 line_of_sight=_take(s, "line_of_sight", bool, where, True),
+                isl_shift=_take(s, "isl_shift", int, where, 0),
             ))
         except ValueError as exc:
             if isinstance(exc, ConfigError):
@@ -211,7 +232,8 @@ def _parse_shells(shells_doc: list[Any]) -> list[WalkerShell]:
 
 def _parse_ground(doc: dict[str, Any]) -> GroundConfig:
     g = _take(doc, "ground", dict, "config", {})
-    _check_keys(g, {"stations", "elevation_mask_deg", "handover", "handover_interval_s"}, "ground")
+    _check_keys(g, {"stations", "elevation_mask_deg", "handover", "handover_interval_s", "max_range_km", "relays"},
+                "ground")
     stations: list[GroundStation] = []
     for i, s in enumerate(_take(g, "stations", list, "ground", [])):
         where = f"ground.stations[{i}]"
@@ -246,14 +268,18 @@ def _parse_ground(doc: dict[str, Any]) -> GroundConfig:
     interval = _num(g, "handover_interval_s", "ground", 15.0)
     if not interval > 0:
         raise ConfigError(f"ground.handover_interval_s: must be > 0, not {interval}")
-    return GroundConfig(tuple(stations), mask, handover, interval)
+    max_range = _num(g, "max_range_km", "ground", None)
+    if max_range is not None and not max_range > 0:
+        raise ConfigError(f"ground.max_range_km: must be > 0, not {max_range}")
+    return GroundConfig(tuple(stations), mask, handover, interval, max_range,
+                        _take(g, "relays", bool, "ground", False))
 
 
 def _parse_tle(doc: dict[str, Any], read_file: Callable[[str], str] | None) -> TleConfig | None:
     if "tle" not in doc:
         return None
     t = _take(doc, "tle", dict, "config")
-    _check_keys(t, {"text", "file", "name", "laser", "plane_gap_deg"}, "tle")
+    _check_keys(t, {"text", "file", "name", "laser", "plane_gap_deg", "isl_shift"}, "tle")
     text = _take(t, "text", str, "tle", None)
     path = _take(t, "file", str, "tle", None)
     if (text is None) == (path is None):
@@ -278,7 +304,11 @@ def _parse_tle(doc: dict[str, Any], read_file: Callable[[str], str] | None) -> T
     gap = _num(t, "plane_gap_deg", "tle", 1.0)
     if not 0.0 < gap < 180.0:
         raise ConfigError(f"tle.plane_gap_deg: must be in (0, 180), not {gap}")
-    return TleConfig(text=text, file=path, name=_take(t, "name", str, "tle", "tle"), laser=laser, plane_gap_deg=gap)
+    shift = _take(t, "isl_shift", int, "tle", 0)
+    if shift < 0:
+        raise ConfigError(f"tle.isl_shift: must be ≥ 0, not {shift}")
+    return TleConfig(text=text, file=path, name=_take(t, "name", str, "tle", "tle"), laser=laser, plane_gap_deg=gap,
+                     isl_shift=shift)
 
 
 def config_from_dict(doc: dict[str, Any], *, read_file: Callable[[str], str] | None = None) -> FleetConfig:
@@ -311,12 +341,19 @@ def config_from_dict(doc: dict[str, Any], *, read_file: Callable[[str], str] | N
             raise
         raise ConfigError(f"clock: {exc}") from None
     links_doc = _take(doc, "links", dict, "config", {})
-    _check_keys(links_doc, {"isl_bandwidth_bps", "max_range_km", "grazing_km"}, "links")
+    _check_keys(links_doc, {"isl_bandwidth_bps", "max_range_km", "grazing_km", "inter_shell_links",
+                            "inter_shell_interval_s"}, "links")
     links = LinkConfig(
         isl_bandwidth_bps=_num(links_doc, "isl_bandwidth_bps", "links", LinkConfig.isl_bandwidth_bps),
         max_range_km=_num(links_doc, "max_range_km", "links", None),
         grazing_km=_num(links_doc, "grazing_km", "links", LinkConfig.grazing_km),
+        inter_shell_links=_take(links_doc, "inter_shell_links", int, "links", 0),
+        inter_shell_interval_s=_num(links_doc, "inter_shell_interval_s", "links", LinkConfig.inter_shell_interval_s),
     )
+    if not 0 <= links.inter_shell_links <= 4:
+        raise ConfigError(f"links.inter_shell_links: must be in [0, 4], not {links.inter_shell_links}")
+    if not links.inter_shell_interval_s > 0:
+        raise ConfigError(f"links.inter_shell_interval_s: must be > 0, not {links.inter_shell_interval_s}")
     if links.isl_bandwidth_bps <= 0:
         raise ConfigError("links.isl_bandwidth_bps: must be > 0")
     if links.max_range_km is not None and links.max_range_km <= 0:
@@ -376,14 +413,18 @@ def config_to_toml(cfg: FleetConfig) -> str:
     lines = [f"name = {val(cfg.name)}", f"epoch = {val(cfg.epoch)}", "", "[clock]"]
     lines += [f"start_unix = {cfg.clock.start_unix!r}", f"time_scale = {cfg.clock.time_scale!r}",
               f"offset_s = {cfg.clock.offset_s!r}", "", "[links]",
-              f"isl_bandwidth_bps = {cfg.links.isl_bandwidth_bps!r}", f"grazing_km = {cfg.links.grazing_km!r}"]
+              f"isl_bandwidth_bps = {cfg.links.isl_bandwidth_bps!r}", f"grazing_km = {cfg.links.grazing_km!r}",
+              f"inter_shell_links = {cfg.links.inter_shell_links!r}",
+              f"inter_shell_interval_s = {cfg.links.inter_shell_interval_s!r}"]
     if cfg.links.max_range_km is not None:
         lines.append(f"max_range_km = {cfg.links.max_range_km!r}")
     lines += ["", "[limits]"] + [f"{k} = {v}" for k, v in cfg.limits.__dict__.items()]
     lines += ["", "[energy]"] + [f"{k} = {v!r}" for k, v in cfg.energy.__dict__.items()]
     g = cfg.ground
     lines += ["", "[ground]", f"elevation_mask_deg = {g.elevation_mask_deg!r}", f"handover = {val(g.handover)}",
-              f"handover_interval_s = {g.handover_interval_s!r}"]
+              f"handover_interval_s = {g.handover_interval_s!r}", f"relays = {val(g.relays)}"]
+    if g.max_range_km is not None:
+        lines.append(f"max_range_km = {g.max_range_km!r}")
     for s in g.stations:
         lines += ["", "[[ground.stations]]", f"name = {val(s.name)}"]
         if BUILTIN_STATIONS.get(s.name) != s:
@@ -391,7 +432,8 @@ def config_to_toml(cfg: FleetConfig) -> str:
     if cfg.tle is not None:
         t = cfg.tle
         lines += ["", "[tle]", f"name = {val(t.name)}", f"laser = {val(t.laser)}",
-                  f"plane_gap_deg = {t.plane_gap_deg!r}", f"text = {_toml_text(t.text)}"]
+                  f"plane_gap_deg = {t.plane_gap_deg!r}", f"isl_shift = {t.isl_shift!r}",
+                  f"text = {_toml_text(t.text)}"]
     for s in cfg.shells:
         lines += ["", "[[shells]]"] + [f"{k} = {val(v)}" for k, v in s.__dict__.items()]
     return "\n".join(lines) + "\n"

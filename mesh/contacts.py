@@ -6,7 +6,7 @@ mask, and open or tear down streams ahead of time; routing and failure
 detection can tell a predicted outage from a fault.
 
 The plan samples the topology every ``step_s`` (plus every handover-slot
-boundary), then finds each change between samples by bisection on
+and inter-shell-slot boundary), then finds each change between samples by bisection on
 ``Topology.link_up`` to ``tol_s``.  Window edges err inwards: the link is up
 on all of [start, end].  A window shorter than ``step_s`` that opens and
 closes between two samples can be missed; at a 25° mask no LEO pass is that
@@ -112,16 +112,32 @@ def contact_plan(topo: "Topology", t0: float, duration_s: float, *, step_s: floa
     if topo.handover != "all" and len(topo.stations):
         h = topo.handover_interval_s
         times += [b * h for b in range(math.floor(t0 / h) + 1, math.ceil(t1 / h))]
+    inter_slots: list[int] = []
+    if topo.inter_shell_links:
+        h = topo.inter_shell_interval_s
+        inter_slots = list(range(math.floor(t0 / h), math.floor(t1 / h) + 1))
+        times += [b * h for b in inter_slots[1:]]
     times = sorted(set(times))
     N = topo.n_sats
     want = None if nodes is None else np.array(sorted(set(nodes)), dtype=np.int64)
+    # laser candidates: the fixed +Grid, then every inter-shell pair chosen in some slot of the plan
+    inter = [topo.inter_shell_at(n * topo.inter_shell_interval_s) for n in inter_slots]
+    n_fixed = len(topo.candidates)
     cand = topo.candidates
+    if inter:
+        extra = np.unique(np.vstack(inter), axis=0)
+        cand = np.vstack([cand, extra])
+    los = np.r_[topo._check_los, np.ones(len(cand) - n_fixed, dtype=bool)]
     isl_sel = np.arange(len(cand)) if want is None else np.nonzero(np.isin(cand, want).any(axis=1))[0]
+    sel_code = cand[isl_sel, 0] * N + cand[isl_sel, 1]
     isl_states = np.empty((len(times), len(isl_sel)), dtype=bool)
     ground_codes: list[np.ndarray] = []
     for j, t in enumerate(times):
         pos = topo.constellation.positions(t)
-        up, _ = topo._isl_up(pos, cand[isl_sel], topo._check_los[isl_sel])
+        up, _ = topo._isl_up(pos, cand[isl_sel], los[isl_sel])
+        if inter:                                      # an inter-shell pair is a link only in its slot
+            now = topo.inter_shell_at(t)
+            up &= (isl_sel < n_fixed) | np.isin(sel_code, now[:, 0] * N + now[:, 1])
         isl_states[j] = up
         if len(topo.stations):
             k, i, _, _ = topo._ground_links(t, pos)

@@ -106,8 +106,9 @@ class StationSet:
     def __len__(self) -> int:
         return len(self.stations)
 
-    def visible(self, sat_pos: np.ndarray, mask_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every (station, satellite) pair above the mask.
+    def visible(self, sat_pos: np.ndarray, mask_deg: float,
+                max_range_km: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every (station, satellite) pair above the mask (and within ``max_range_km``, if given).
 
         Returns (station k, satellite i, sin elevation, range km), ordered by
         (k, i).  One K×3 @ 3×N product gives every satellite's height along
@@ -128,6 +129,8 @@ class StationSet:
         rng = np.sqrt(np.einsum("ij,ij->i", d, d))
         height = raw.ravel()[flat] - self._pos_up[k]
         keep = (height > 0) & (height >= sin_m * rng)
+        if max_range_km is not None:
+            keep &= rng <= max_range_km
         return k[keep], i[keep], height[keep] / rng[keep], rng[keep]
 
     def look(self, k: int, sat_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

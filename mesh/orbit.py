@@ -46,6 +46,9 @@ class WalkerShell:
     # didactic shells (4×6) have in-plane neighbours 60° apart whose line of
     # sight passes through the Earth; they opt out so the demo mesh exists.
     line_of_sight: bool = True
+    # +Grid cross-plane shift (Hypatia's ``isl_shift``): slot s links to slot
+    # s + isl_shift of the next plane.  0 pairs same-index satellites.
+    isl_shift: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("delta", "star"):
@@ -58,6 +61,8 @@ class WalkerShell:
             raise ValueError(f"shell {self.name!r}: altitude_km {self.altitude_km} outside 100–50,000 km")
         if not 0.0 <= self.inclination_deg <= 180.0:
             raise ValueError(f"shell {self.name!r}: inclination_deg outside 0–180°")
+        if not 0 <= self.isl_shift < self.sats_per_plane:
+            raise ValueError(f"shell {self.name!r}: isl_shift must be in [0, sats_per_plane)")
 
     @property
     def size(self) -> int:

@@ -27,7 +27,14 @@ GATEWAYS = ("london", "new-york", "sao-paulo", "johannesburg", "tokyo", "sydney"
 TERMINAL_RANGE_KM = 5_000.0
 
 
-def _real(name: str, shells: tuple[WalkerShell, ...]) -> FleetConfig:
+# Multi-shell presets: two inter-shell terminals per satellite, at most one
+# per adjacent shell, so a shell between two others reaches both (with one,
+# Starlink's 550 km shell spends it on the 540 km shell just below and the
+# 53° pair stays apart from the polar shells).
+INTER_SHELL_TERMINALS = 2
+
+
+def _real(name: str, shells: tuple[WalkerShell, ...], inter_shell_links: int = 0) -> FleetConfig:
     return FleetConfig(
         name=name,
         epoch=DEFAULT_EPOCH,
@@ -38,6 +45,8 @@ def _real(name: str, shells: tuple[WalkerShell, ...]) -> FleetConfig:
             isl_bandwidth_bps=10e9,           # optical ISL terminals of this generation
             max_range_km=TERMINAL_RANGE_KM,   # see TERMINAL_RANGE_KM
             grazing_km=80.0,                  # beam must stay above the mesosphere
+            inter_shell_links=inter_shell_links,  # see INTER_SHELL_TERMINALS
+            inter_shell_interval_s=10.0,      # re-point as the shells drift (seconds to acquire)
         ),
         ground=GroundConfig(
             stations=tuple(builtin_station(n) for n in GATEWAYS),
@@ -76,6 +85,7 @@ def starlink_gen1() -> FleetConfig:
     """All five Starlink Gen1 shells as filed in 2021: 4,408 satellites.
 
     The two 97.6° shells are flown as delta shells (planes over 360°) as filed.
+    Inter-shell laser links join the shells into one network.
     """
     return _real("starlink-gen1", (
         WalkerShell(planes=72, sats_per_plane=22, altitude_km=550.0, inclination_deg=53.0, phasing=1, name="s1"),
@@ -83,7 +93,7 @@ def starlink_gen1() -> FleetConfig:
         WalkerShell(planes=36, sats_per_plane=20, altitude_km=570.0, inclination_deg=70.0, phasing=1, name="s3"),
         WalkerShell(planes=6, sats_per_plane=58, altitude_km=560.0, inclination_deg=97.6, phasing=1, name="s4"),
         WalkerShell(planes=4, sats_per_plane=43, altitude_km=560.0, inclination_deg=97.6, phasing=1, name="s5"),
-    ))
+    ), inter_shell_links=INTER_SHELL_TERMINALS)
 
 
 def kuiper_k1() -> FleetConfig:
@@ -91,6 +101,19 @@ def kuiper_k1() -> FleetConfig:
     return _real("kuiper-k1", (
         WalkerShell(planes=34, sats_per_plane=34, altitude_km=630.0, inclination_deg=51.9, phasing=1,
                     kind="delta", name="k1"),))
+
+
+def kuiper() -> FleetConfig:
+    """Amazon Kuiper's three filed shells: 3,236 satellites, joined by inter-shell laser links.
+
+    630 km 34×34 at 51.9°, 610 km 36×36 at 42°, 590 km 28×28 at 33°
+    (FCC authorisation of 2020, IBFS SAT-LOA-20190704-00057).
+    """
+    return _real("kuiper", (
+        WalkerShell(planes=34, sats_per_plane=34, altitude_km=630.0, inclination_deg=51.9, phasing=1, name="k1"),
+        WalkerShell(planes=36, sats_per_plane=36, altitude_km=610.0, inclination_deg=42.0, phasing=1, name="k2"),
+        WalkerShell(planes=28, sats_per_plane=28, altitude_km=590.0, inclination_deg=33.0, phasing=1, name="k3"),
+    ), inter_shell_links=INTER_SHELL_TERMINALS)
 
 
 def telesat_t1() -> FleetConfig:
@@ -109,6 +132,7 @@ PRESETS = {
     "starlink-s1": starlink_s1,
     "starlink-gen1": starlink_gen1,
     "kuiper-k1": kuiper_k1,
+    "kuiper": kuiper,
     "telesat-t1": telesat_t1,
 }
 

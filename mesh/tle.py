@@ -18,9 +18,23 @@ Grouping heuristic (``group_tles``), so that real or generated TLE sets get
    Plane 0 is the one after the widest gap, so a star constellation's seam
    (its one wide gap, ~180°) falls between the last and first plane.  It is
    a ``star`` when the widest gap exceeds 1.5× the median plane spacing.
-4. Slots: within a plane, sort by argument of latitude.  Cross-plane
-   partners: the cyclic slot shift between neighbouring planes that makes
-   their arguments of latitude closest on average.
+4. Slots (the in-plane index +Grid pairs by): the satellites of a plane in
+   the order they are listed in the file, when that order follows the
+   direction of motion (each next satellite ahead of the last, once round
+   the orbit): generated sets (Hypatia's, ``walker_tles``) list each plane
+   in generation order, so slot 0 is the plane's first satellite in the
+   file.  Otherwise (catalogue order) slot 0 is the first satellite at or
+   past the ascending node (within a quarter slot before it counts as at
+   it), and slots follow in the direction of motion.
+   Cross-plane partners: Hypatia's +Grid, slot s of plane p beside slot
+   s + ``isl_shift`` of plane p+1.  Across a delta shell's seam (last plane
+   to plane 0) the shift adds the whole slots of phase the planes gather
+   round the shell (the Walker phasing F; 0 for Hypatia's shells, whose
+   odd planes are offset by half a slot), rounded towards zero on a tie.
+   ``laser="closest_phase"`` is the older alternative: slots from the
+   ascending node and, per plane pair, the cyclic shift that makes the
+   arguments of latitude closest on average (it zig-zags where planes are
+   offset by exactly half a slot; kept for sets that were tuned to it).
 5. A shell is a grid only if every plane has the same number (≥ 2) of
    satellites; otherwise it is ``irregular`` and its satellites get
    nearest-neighbour laser links chosen at the epoch (``mesh.topology``).
@@ -29,6 +43,7 @@ Grouping heuristic (``group_tles``), so that real or generated TLE sets get
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -64,10 +79,15 @@ def normalise_tle_text(text: str) -> str:
     return "".join(ln + "\n" for ln in lines if ln)
 
 
+_HYPATIA_HEADER = re.compile(r"^\s*\d+\s+\d+\s*$")
+
+
 def parse_tles(text: str) -> tuple[TleRecord, ...]:
     """Every element set in ``text`` (2- or 3-line format, blank lines ignored)."""
     lines = [(no, ln.rstrip()) for no, ln in enumerate(text.replace("\r\n", "\n").split("\n"), 1)]
     lines = [(no, ln) for no, ln in lines if ln.strip()]
+    if lines and _HYPATIA_HEADER.match(lines[0][1]):
+        lines = lines[1:]            # Hypatia's tles.txt opens with "<orbits> <satellites per orbit>"
     out: list[TleRecord] = []
     i = 0
     while i < len(lines):
@@ -192,14 +212,21 @@ def _circular_clusters(angles: np.ndarray, members: np.ndarray, gap: float) -> t
     return clusters, before
 
 
+GRID_PATTERNS = ("grid", "closest_phase")
+
+
 def group_tles(records: tuple[TleRecord, ...] | list[TleRecord], epoch_jd: float, *, name: str = "tle",
                plane_gap_deg: float = 1.0, shell_inc_gap_deg: float = 0.5, shell_alt_gap_km: float = 10.0,
-               nearest: bool = False) -> list[TleShell]:
+               nearest: bool = False, pattern: str = "grid", isl_shift: int = 0) -> list[TleShell]:
     """TLE satellites as shells of planes (see the module docstring for the heuristic).
 
     ``nearest=True`` skips the grid and makes every shell irregular.
-    Deterministic: the same text and epoch give the same shells, order and links.
+    ``pattern`` is ``grid`` (Hypatia's +Grid, shifted by ``isl_shift``) or
+    ``closest_phase``.  Deterministic: the same text and epoch give the same
+    shells, order and links.
     """
+    if pattern not in GRID_PATTERNS:
+        raise ValueError(f"pattern must be one of {GRID_PATTERNS}, not {pattern!r}")
     records = tuple(records)
     el = _elements_at(records, epoch_jd)
     inc, raan, u, alt = el["inc"], el["raan"], el["u"], el["alt"]
@@ -212,14 +239,21 @@ def group_tles(records: tuple[TleRecord, ...] | list[TleRecord], epoch_jd: float
     for gi, members in enumerate(groups):
         sname = name if len(groups) == 1 else f"{name}{gi}"
         planes, before = _circular_clusters(raan, members, plane_gap_deg)
-        planes = [p[np.lexsort((p, u[p]))] for p in planes]
         sizes = [len(p) for p in planes]
         regular = not nearest and len(set(sizes)) == 1 and sizes[0] >= 2
         kind, shifts = "irregular", ()
         if regular:
             spacing = float(np.median(before)) if len(before) > 1 else 360.0
             kind = "star" if len(planes) > 1 and float(np.max(before)) > 1.5 * spacing else "delta"
-            shifts = tuple(_best_shift(u[planes[p]], u[planes[(p + 1) % len(planes)]]) for p in range(len(planes)))
+            if pattern == "closest_phase":
+                planes = [p[np.lexsort((p, u[p]))] for p in planes]
+                shifts = tuple(_best_shift(u[planes[p]], u[planes[(p + 1) % len(planes)]])
+                               for p in range(len(planes)))
+            else:
+                planes = [_slot_order(p, u) for p in planes]
+                shifts = _grid_shifts(planes, u, isl_shift)
+        else:
+            planes = [p[np.lexsort((p, u[p]))] for p in planes]
         order = np.concatenate(planes) if regular else members[np.lexsort((members, u[members], raan[members]))]
         if not regular:
             sizes = [len(order)]
@@ -240,3 +274,27 @@ def _best_shift(u_a: np.ndarray, u_b: np.ndarray) -> int:
         if cost < best_cost - 1e-9:
             best, best_cost = k, cost
     return best
+
+
+def _slot_order(plane: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """A plane's satellites by slot: file order if it runs with the motion, else from the ascending node."""
+    plane = np.sort(plane)                                        # record index = file order
+    step = np.diff(np.r_[u[plane], u[plane[0]]]) % 360.0          # each to the next, once round
+    if len(plane) > 1 and np.all(step > 0) and abs(float(np.sum(step)) - 360.0) < 1e-6:
+        return plane
+    lead = 90.0 / len(plane)                                      # a quarter slot before the node
+    return plane[np.lexsort((plane, (u[plane] + lead) % 360.0))]
+
+
+def _grid_shifts(planes: list[np.ndarray], u: np.ndarray, isl_shift: int) -> tuple[int, ...]:
+    """+Grid cross-plane shifts: ``isl_shift`` between planes, plus the phase wound up round the seam."""
+    n_slots = len(planes[0])
+    slot_deg = 360.0 / n_slots
+    # phase of each plane's slot 0 relative to the previous plane's, in slots, in [-S/2, S/2)
+    steps = [((u[b[0]] - u[a[0]] + 180.0) % 360.0 - 180.0) / slot_deg for a, b in zip(planes, planes[1:])]
+    wound = float(np.sum(steps))
+    # round to the nearest whole slot; a tie (half a slot, to 1 %) goes towards zero
+    seam = int(math.copysign(math.ceil(abs(wound) - 0.5 - 0.01), wound)) if wound else 0
+    shifts = [isl_shift % n_slots] * len(planes)
+    shifts[-1] = (isl_shift + seam) % n_slots
+    return tuple(shifts)

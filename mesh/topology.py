@@ -1,16 +1,16 @@
 """The mesh at an instant: which laser and ground links exist and what they cost.
 
-+Grid gives each satellite four laser terminals: fore and aft in its own
-plane, and one to each adjacent plane (same slot; across the seam of a delta
-shell the slot shifts by the phasing F so the neighbour is still beside it; a
-star shell's counter-rotating seam gets no links).  Satellites of irregular
-TLE shells instead get up to four nearest neighbours, chosen once at the
-epoch.  A laser link exists only while its line of sight clears the grazing
-altitude and its range is within the terminal's reach.
+Which satellite pairs may carry a laser link is :mod:`mesh.isl`: Hypatia's
++Grid within a shell (fixed), and optional links to the nearest satellites of
+adjacent shells (re-chosen every ``inter_shell_interval_s``).  A laser link
+exists only while its line of sight clears the grazing altitude and its range
+is within the terminal's reach.
 
 Ground stations are nodes ``n_sats + k``.  A ground link exists while the
-satellite is above the station's elevation mask; under a handover policy only
-the satellite the station is connected to counts (see :class:`Topology`).
+satellite is above the station's elevation mask (and, if set, within
+``ground_max_range_km``: Hypatia's distance form of the mask); under a
+handover policy only the satellite the station is connected to counts (see
+:class:`Topology`).
 Latency is distance / c, exact at any t through :meth:`Topology.link_latency`.
 """
 
@@ -27,116 +27,18 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from mesh.ground import DEFAULT_ELEVATION_MASK_DEG, GroundStation, StationSet
+from mesh.handover import DEFAULT_HANDOVER_INTERVAL_S, HANDOVER_POLICIES, Handover  # noqa: F401 (re-exported)
+from mesh.isl import (GRAZING_ALTITUDE_KM, LASER_TERMINALS, adjacent_shells, grid_pairs,  # noqa: F401 (re-exported)
+                      inter_shell_pairs, nearest_pairs, segment_clearance_km)
 from mesh.nodes import NodeNames
-from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation, TleShell
+from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation
 
-GRAZING_ALTITUDE_KM = 80.0  # below this the beam crosses too much atmosphere
-HANDOVER_POLICIES = ("all", "highest_elevation", "longest_visibility")
-# Starlink re-assigns user terminals to satellites on a global 15 s schedule;
-# a fixed schedule also lets every agent derive the same assignment from t alone.
-DEFAULT_HANDOVER_INTERVAL_S = 15.0
 # Two paths whose latencies differ by less than this are a tie (broken on
 # the lower node index); it only absorbs float rounding of equal sums.
 TIE_EPSILON_S = 1e-12
-LASER_TERMINALS = 4
-# longest_visibility handover chains restart every 40 slots (10 min at 15 s):
-# longer than any LEO pass above a 25° mask, short enough to compute cold.
-HANDOVER_ANCHOR_SLOTS = 40
-
-
-def _walker_grid(base: int, planes: int, per_plane: int, kind: str, seam_shift: int,
-                 shifts: tuple[int, ...] | None, pairs: set[tuple[int, int]]) -> None:
-    P, S = planes, per_plane
-
-    def idx(p: int, s: int) -> int:
-        return base + p * S + (s % S)
-
-    def add(a: int, b: int) -> None:
-        if a != b:
-            pairs.add((a, b) if a < b else (b, a))
-
-    for p in range(P):
-        for s in range(S):
-            if S >= 2:
-                add(idx(p, s), idx(p, s + 1))
-            shift = 0 if shifts is None else shifts[p]
-            if p + 1 < P:
-                add(idx(p, s), idx(p + 1, s + shift))
-            elif kind == "delta" and P > 2:
-                # Across the seam plane P-1 meets plane 0 shifted by F slots.
-                add(idx(p, s), idx(0, s + (seam_shift if shifts is None else shift)))
-    # P == 2 delta: the seam neighbour is the other plane again; the
-    # in-plane-sequence link already covers it, so no seam pairs.
-
-
-def grid_pairs(constellation: Constellation, *, max_range_km: float | None = None,
-               grazing_km: float = GRAZING_ALTITUDE_KM) -> np.ndarray:
-    """Every candidate laser link as sorted index pairs, shape (M, 2), sorted.
-
-    Range and grazing only matter for irregular TLE shells, whose
-    nearest-neighbour partners are chosen once from the positions at t = 0.
-    """
-    pairs: set[tuple[int, int]] = set()
-    loose: list[int] = []
-    for si, shell in enumerate(constellation.shells):
-        base = constellation.shell_offset[si]
-        if isinstance(shell, TleShell):
-            if shell.kind == "irregular":
-                loose.extend(range(base, base + shell.size))
-            else:
-                _walker_grid(base, shell.planes, shell.plane_sizes[0], shell.kind, 0, shell.cross_shift, pairs)
-        else:
-            _walker_grid(base, shell.planes, shell.sats_per_plane, shell.kind, shell.phasing, None, pairs)
-    if loose:
-        pairs |= nearest_pairs(constellation, np.array(loose), max_range_km=max_range_km, grazing_km=grazing_km)
-    arr = np.array(sorted(pairs), dtype=np.int64)
-    return arr.reshape(-1, 2)
-
-
-def nearest_pairs(constellation: Constellation, members: np.ndarray, *, max_range_km: float | None,
-                  grazing_km: float, k: int = 8) -> set[tuple[int, int]]:
-    """Greedy nearest-neighbour laser pairing at t = 0, at most four terminals each.
-
-    Shortest candidate first (ties on indices), skipping pairs out of range or
-    below the grazing altitude: a deterministic matching every agent repeats.
-    """
-    from scipy.spatial import cKDTree
-
-    pos = constellation.positions(0.0)[members]
-    if len(members) < 2:
-        return set()
-    dist, nb = cKDTree(pos).query(pos, k=min(k + 1, len(members)))
-    a = np.repeat(np.arange(len(members)), nb.shape[1] - 1)
-    b = nb[:, 1:].ravel()
-    d = dist[:, 1:].ravel()
-    ok = np.isfinite(d) & (b < len(members))
-    a, b, d = a[ok], b[ok], d[ok]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    order = np.lexsort((hi, lo, d))
-    degree = np.zeros(len(members), dtype=int)
-    out: set[tuple[int, int]] = set()
-    for j in order:
-        x, y = int(lo[j]), int(hi[j])
-        key = (int(members[x]), int(members[y]))
-        if key in out or degree[x] >= LASER_TERMINALS or degree[y] >= LASER_TERMINALS:
-            continue
-        if max_range_km is not None and d[j] > max_range_km:
-            continue
-        if segment_clearance_km(pos[[x]], pos[[y]])[0] < grazing_km:
-            continue
-        out.add(key)
-        degree[x] += 1
-        degree[y] += 1
-    return out
-
-
-def segment_clearance_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Lowest altitude above a spherical Earth along each segment a→b."""
-    d = b - a
-    dd = np.einsum("ij,ij->i", d, d)
-    u = np.clip(-np.einsum("ij,ij->i", a, d) / np.where(dd == 0, 1.0, dd), 0.0, 1.0)
-    closest = a + u[:, None] * d
-    return np.linalg.norm(closest, axis=1) - EARTH_RADIUS_KM
+# Inter-shell terminals re-point at this period: slow enough for a laser to
+# acquire (seconds), fast enough that a chosen pair stays close in its slot.
+DEFAULT_INTER_SHELL_INTERVAL_S = 10.0
 
 
 def latency_s(distance_km: float) -> float:
@@ -151,8 +53,9 @@ class Snapshot:
     """The mesh at time ``t``: positions and the links that are up.
 
     Nodes ``0 .. n_sats-1`` are satellites, the rest ground stations;
-    ``positions`` has a row per node.  Ground stations never relay: a path
-    may start or end at one but not pass through it.
+    ``positions`` has a row per node.  Ground stations do not relay (a path
+    may start or end at one but not pass through it) unless ``ground_relays``
+    is set: then a path may go down to a station and up again (a bent pipe).
     """
 
     t: float
@@ -163,6 +66,7 @@ class Snapshot:
     ground_distance_km: np.ndarray = field(default_factory=lambda: np.empty(0))
     ground_elevation_deg: np.ndarray = field(default_factory=lambda: np.empty(0))
     n_sats: int | None = None
+    ground_relays: bool = False
     _csr: tuple | None = field(default=None, repr=False)
     _trees: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -218,12 +122,12 @@ class Snapshot:
         # (a reversed edge u→v is the real edge v→u, which may enter u only if
         # u is a satellite or dst).  Built from (data, indices, indptr)
         # directly: the COO constructor was most of a small graph's cost.
-        rows = (u < gs) | (u == dst)
+        rows = (u < gs) | (u == dst) | self.ground_relays
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(u[rows], minlength=n), out=indptr[1:])
         m = csr_matrix((np.maximum(w[rows], 1e-15), v[rows], indptr), shape=(n, n))
         dist = dijkstra(m, directed=True, indices=dst)
-        allowed = (v < gs) | (v == dst)
+        allowed = (v < gs) | (v == dst) | self.ground_relays
         ok = allowed & (dist[v] + w <= dist[u] + TIE_EPSILON_S) & np.isfinite(dist[u])
         nxt = np.full(n, -1, dtype=np.int64)
         uu, vv = u[ok], v[ok]
@@ -329,26 +233,30 @@ class Topology:
     """Computes mesh snapshots of one constellation and its ground stations.
 
     ``handover`` picks which satellites a station links to: ``all`` (every
-    one above the mask), ``highest_elevation`` or ``longest_visibility`` (one
-    satellite).  Single-satellite policies decide at the start of each
-    ``handover_interval_s`` slot of orbital time, preferring satellites that
-    stay above the mask through the whole slot, and keep that choice until
-    the slot ends.  ``highest_elevation`` re-picks the highest satellite every
-    slot; ``longest_visibility`` keeps its satellite while it stays in view
-    and then picks the one that will stay longest (set times to 10 s).  Both
-    are pure functions of t, so every agent agrees without talking.
+    one above the mask), or one satellite per ``handover_interval_s`` slot
+    under ``highest_elevation``, ``longest_visibility`` or ``sticky``; the
+    choice is :class:`mesh.handover.Handover`'s, a pure function of t, so
+    every agent agrees without talking.
     """
 
     def __init__(self, constellation: Constellation, *, max_range_km: float | None = None,
                  grazing_km: float = GRAZING_ALTITUDE_KM, stations: tuple[GroundStation, ...] | list[GroundStation] = (),
                  elevation_mask_deg: float = DEFAULT_ELEVATION_MASK_DEG, handover: str = "all",
-                 handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S):
+                 handover_interval_s: float = DEFAULT_HANDOVER_INTERVAL_S,
+                 ground_max_range_km: float | None = None, ground_relays: bool = False, inter_shell_links: int = 0,
+                 inter_shell_interval_s: float = DEFAULT_INTER_SHELL_INTERVAL_S):
         if handover not in HANDOVER_POLICIES:
             raise ValueError(f"handover must be one of {HANDOVER_POLICIES}, not {handover!r}")
         if not 0.0 <= elevation_mask_deg < 90.0:
             raise ValueError(f"elevation_mask_deg must be in [0, 90), not {elevation_mask_deg}")
         if not handover_interval_s > 0:
             raise ValueError(f"handover_interval_s must be > 0, not {handover_interval_s}")
+        if ground_max_range_km is not None and not ground_max_range_km > 0:
+            raise ValueError(f"ground_max_range_km must be > 0, not {ground_max_range_km}")
+        if not 0 <= inter_shell_links <= LASER_TERMINALS:
+            raise ValueError(f"inter_shell_links must be in [0, {LASER_TERMINALS}], not {inter_shell_links}")
+        if not inter_shell_interval_s > 0:
+            raise ValueError(f"inter_shell_interval_s must be > 0, not {inter_shell_interval_s}")
         self.constellation = constellation
         self.max_range_km = max_range_km
         self.grazing_km = grazing_km
@@ -361,11 +269,18 @@ class Topology:
         self.elevation_mask_deg = elevation_mask_deg
         self.handover = handover
         self.handover_interval_s = handover_interval_s
-        self._serving: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.handover_state = Handover(constellation, self.stations, policy=handover, interval_s=handover_interval_s,
+                                       elevation_mask_deg=elevation_mask_deg, max_range_km=ground_max_range_km)
         self._sin_mask = math.sin(math.radians(elevation_mask_deg))
         self._gs_xyz = [(tuple(map(float, p)), tuple(map(float, u))) for p, u in zip(self.stations.pos, self.stations.up)]
         code = self.candidates[:, 0] * self.n_sats + self.candidates[:, 1]
         self._candidate_code = {int(c): j for j, c in enumerate(code.tolist())}
+        self.ground_max_range_km = ground_max_range_km
+        self.ground_relays = ground_relays
+        self.inter_shell_links = inter_shell_links
+        self.inter_shell_interval_s = inter_shell_interval_s
+        self._adjacent = adjacent_shells(constellation) if inter_shell_links else []
+        self._inter: OrderedDict[int, tuple[np.ndarray, set[int]]] = OrderedDict()
 
     @property
     def n_nodes(self) -> int:
@@ -384,129 +299,79 @@ class Topology:
             up &= dist <= self.max_range_km
         return up, dist
 
+    def inter_shell_at(self, t: float) -> np.ndarray:
+        """Inter-shell laser pairs (a < b) chosen for the slot holding ``t``; (0, 2) when off."""
+        return self._inter_slot(math.floor(t / self.inter_shell_interval_s))[0]
+
+    def _inter_slot(self, n: int) -> tuple[np.ndarray, set[int]]:
+        hit = self._inter.get(n)
+        if hit is None:
+            if not self._adjacent:
+                pairs = np.empty((0, 2), dtype=np.int64)
+            else:
+                c = self.constellation
+                pos = c.positions(n * self.inter_shell_interval_s)
+                pairs = inter_shell_pairs(pos, c.shell_offset, [s.size for s in c.shells], self._adjacent,
+                                          self.inter_shell_links, max_range_km=self.max_range_km,
+                                          grazing_km=self.grazing_km)
+            hit = (pairs, set((pairs[:, 0] * self.n_sats + pairs[:, 1]).tolist()))
+            self._inter[n] = hit
+            while len(self._inter) > 8:
+                self._inter.popitem(last=False)
+        else:
+            self._inter.move_to_end(n)
+        return hit
+
+    def laser_pairs_at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every laser pair that may be up at ``t`` (+Grid, then inter-shell) and whether each needs the LOS check."""
+        inter = self.inter_shell_at(t)
+        if not len(inter):
+            return self.candidates, self._check_los
+        return np.vstack([self.candidates, inter]), np.r_[self._check_los, np.ones(len(inter), dtype=bool)]
+
     # -- ground links -------------------------------------------------------------
 
     def _ground_links(self, t: float, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(station k, sat, range km, elevation deg) of the ground links up at ``t``."""
-        k, i, sin_e, rng = self.stations.visible(pos, self.elevation_mask_deg)
+        k, i, sin_e, rng = self._visible(pos)
         if self.handover != "all" and len(k):
             keep = self.serving(t)[k] == i
             k, i, sin_e, rng = k[keep], i[keep], sin_e[keep], rng[keep]
         return k, i, rng, np.degrees(np.arcsin(np.clip(sin_e, -1, 1)))
 
+    def _visible(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.stations.visible(pos, self.elevation_mask_deg, self.ground_max_range_km)
+
     def slot_of(self, t: float) -> tuple[float, float]:
         """The handover slot [start, end) holding ``t``."""
-        h = self.handover_interval_s
-        n = math.floor(t / h)
-        return n * h, (n + 1) * h
+        return self.handover_state.slot_of(t)
 
     def serving(self, t: float) -> np.ndarray:
         """Satellite each station is connected to in the slot holding ``t`` (−1: none in view)."""
-        return self._serving_slot(math.floor(t / self.handover_interval_s))
+        return self.handover_state.serving(t)
 
-    def _serving_slot(self, n: int) -> np.ndarray:
-        hit = self._serving.get(n)
-        if hit is not None:
-            self._serving.move_to_end(n)
-            return hit
-        if self.handover != "longest_visibility":      # highest_elevation (and "all": the top pick)
-            hit = self._choose(n, None)
-        else:
-            # Sticky: keep the satellite until it would set within the slot.
-            # The chain restarts every HANDOVER_ANCHOR_SLOTS slots, so serving(t)
-            # stays a pure function of t that costs at most that many steps.
-            anchor = n - n % HANDOVER_ANCHOR_SLOTS
-            m = n - 1
-            while m >= anchor and m not in self._serving:
-                m -= 1
-            hit = self._serving[m] if m >= anchor else None
-            for j in range(max(m, anchor - 1) + 1, n + 1):
-                hit = self._choose(j, hit if j > anchor else None)
-                self._remember(j, hit)
-        self._remember(n, hit)
-        return hit
-
-    def _remember(self, n: int, value: np.ndarray) -> None:
-        self._serving[n] = value
-        self._serving.move_to_end(n)
-        while len(self._serving) > 2 * HANDOVER_ANCHOR_SLOTS:
-            self._serving.popitem(last=False)
-
-    def _choose(self, n: int, prev: np.ndarray | None) -> np.ndarray:
-        """The pick for slot n, keeping ``prev``'s satellite where it stays in view all slot."""
-        ts, te = n * self.handover_interval_s, (n + 1) * self.handover_interval_s
-        K, N = len(self.stations), self.n_sats
-        out = np.full(K, -1, dtype=np.int64)
-        if K == 0:
-            return out
-        both = self.constellation.positions_at(np.array([ts, te]))
-        k0, i0, s0, _ = self.stations.visible(both[:, 0, :], self.elevation_mask_deg)
-        k1, i1, _, _ = self.stations.visible(both[:, 1, :], self.elevation_mask_deg)
-        if not len(k0):
-            return out
-        stays = np.isin(k0 * N + i0, k1 * N + i1)
-        if prev is not None:
-            kept = stays & (prev[k0] == i0)
-            out[k0[kept]] = i0[kept]
-            todo = out[k0] < 0
-            k0, i0, s0, stays = k0[todo], i0[todo], s0[todo], stays[todo]
-            if not len(k0):
-                return out
-        # prefer satellites that stay in view all slot; stations with none take what is there now
-        has_stayer = np.zeros(K, dtype=bool)
-        has_stayer[k0[stays]] = True
-        cand = stays | ~has_stayer[k0]
-        k, i, s = k0[cand], i0[cand], s0[cand]
-        if self.handover != "longest_visibility":
-            score = s
-        else:
-            score = self._set_times(te, k, i) + 1e-6 * s   # latest set time; elevation breaks ties
-        order = np.lexsort((i, -score, k))                   # per station: best score, then lowest index
-        k, i = k[order], i[order]
-        first_k, first = np.unique(k, return_index=True)
-        out[first_k] = i[first]
-        return out
-
-    def _set_times(self, t_from: float, k: np.ndarray, i: np.ndarray, step_s: float = 10.0,
-                   horizon_s: float = 7200.0) -> np.ndarray:
-        """When each (station, satellite) pair drops below the mask, to ``step_s`` (capped at the horizon)."""
-        out = np.full(len(k), t_from + horizon_s)
-        alive = np.ones(len(k), dtype=bool)
-        sin_m = math.sin(math.radians(self.elevation_mask_deg))
-        chunk = 12
-        t = t_from
-        while alive.any() and t < t_from + horizon_s:
-            times = t + step_s * np.arange(1, chunk + 1)
-            live_sats = np.unique(i[alive])
-            pos = self.constellation.positions_at(times, live_sats)          # (s, T, 3)
-            rows = np.searchsorted(live_sats, i)
-            for j, tt in enumerate(times):
-                idx = np.nonzero(alive)[0]
-                d = pos[rows[idx], j, :] - self.stations.pos[k[idx]]
-                h = np.einsum("ij,ij->i", d, self.stations.up[k[idx]])
-                gone = h < sin_m * np.sqrt(np.einsum("ij,ij->i", d, d))
-                out[idx[gone]] = tt
-                alive[idx[gone]] = False
-            t = float(times[-1])
-        return out
+    def handovers(self, node: int, t0: float, t1: float) -> int:
+        """Handovers station ``node`` makes in (t0, t1] under the policy (see :mod:`mesh.handover`)."""
+        return self.handover_state.handovers(self.names.station_index(node), t0, t1)
 
     # -- snapshots ------------------------------------------------------------------
 
     def snapshot(self, t: float) -> Snapshot:
         """Positions and every link up at ``t`` (laser, then ground under the handover policy)."""
         pos = self.constellation.positions(t)
-        up, dist = self._isl_up(pos, self.candidates, self._check_los)
+        pairs, los = self.laser_pairs_at(t)
+        up, dist = self._isl_up(pos, pairs, los)
         if len(self.stations):
             k, i, rng, el = self._ground_links(t, pos)
             gp = np.stack([k + self.n_sats, i], axis=1).astype(np.int64)
             allpos = np.vstack([pos, self.stations.pos])
-            return Snapshot(t, allpos, self.candidates[up], dist[up], gp, rng, el, self.n_sats)
-        return Snapshot(t, pos, self.candidates[up], dist[up], n_sats=self.n_sats)
+            return Snapshot(t, allpos, pairs[up], dist[up], gp, rng, el, self.n_sats, self.ground_relays)
+        return Snapshot(t, pos, pairs[up], dist[up], n_sats=self.n_sats)
 
     def neighbours_of(self, i: int) -> list[int]:
-        """Every laser partner of satellite ``i``, whether or not the link is up now.
+        """Every +Grid laser partner of satellite ``i``, whether or not the link is up now.
 
-        Ground links come and go with the sky: see :meth:`ground_view`,
+        Inter-shell and ground links come and go with the sky: see :meth:`ground_view`,
         :meth:`partners_of` and :meth:`contact_plan`.  Empty for a ground node.
         """
         mask = (self.candidates[:, 0] == i) | (self.candidates[:, 1] == i)
@@ -534,14 +399,19 @@ class Topology:
             return a < self.n_sats and self._ground_up(self.names.station_index(b), a, t)
         j = self._candidate_code.get(a * self.n_sats + b)
         if j is None:
-            return False
+            if not self._adjacent or a * self.n_sats + b not in self._inter_slot(
+                    math.floor(t / self.inter_shell_interval_s))[1]:
+                return False
+            check_los = True
+        else:
+            check_los = bool(self._check_los[j])
         ax, ay, az = self.constellation.position_xyz(a, t)
         bx, by, bz = self.constellation.position_xyz(b, t)
         dx, dy, dz = bx - ax, by - ay, bz - az
         dd = dx * dx + dy * dy + dz * dz
         if self.max_range_km is not None and math.sqrt(dd) > self.max_range_km:
             return False
-        if self._check_los[j]:
+        if check_los:
             u = min(1.0, max(0.0, -(ax * dx + ay * dy + az * dz) / dd)) if dd > 0 else 0.0
             cx, cy, cz = ax + u * dx, ay + u * dy, az + u * dz
             if math.sqrt(cx * cx + cy * cy + cz * cz) - EARTH_RADIUS_KM < self.grazing_km:
@@ -555,13 +425,15 @@ class Topology:
         height = ux * dx + uy * dy + uz * dz
         if not (height > 0 and height >= self._sin_mask * math.sqrt(dx * dx + dy * dy + dz * dz)):
             return False
+        if self.ground_max_range_km is not None and dx * dx + dy * dy + dz * dz > self.ground_max_range_km ** 2:
+            return False
         return self.handover == "all" or int(self.serving(t)[k]) == i
 
     def ground_view(self, node: int, t: float) -> GroundView:
         """Every satellite station ``node`` sees at ``t`` and the one it is connected to."""
         k = self.names.station_index(node)
         pos = self.constellation.positions(t)
-        kk, ii, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+        kk, ii, _, _ = self._visible(pos)
         sats = ii[kk == k]
         el, az, rng = self.stations.look(k, pos[sats]) if len(sats) else (np.empty(0),) * 3
         order = np.lexsort((sats, -el))
@@ -577,10 +449,12 @@ class Topology:
         """Nodes ``i`` has a link to at ``t`` (laser and ground), by index."""
         if i >= self.n_sats:
             return self.ground_view(i, t).linked
-        out = [j for j in self.neighbours_of(i) if self.link_up(i, j, t)]
+        inter = self.inter_shell_at(t)
+        mine = inter[(inter[:, 0] == i) | (inter[:, 1] == i)].ravel().tolist() if len(inter) else []
+        out = [j for j in self.neighbours_of(i) + [j for j in mine if j != i] if self.link_up(i, j, t)]
         if len(self.stations):
             pos = self.constellation.position(i, t)[None, :]
-            k, _, _, _ = self.stations.visible(pos, self.elevation_mask_deg)
+            k, _, _, _ = self._visible(pos)
             if self.handover != "all" and len(k):
                 k = k[self.serving(t)[k] == i]
             out += [int(x) + self.n_sats for x in k]

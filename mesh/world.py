@@ -33,7 +33,10 @@ class World:
         topology = Topology(
             constellation, max_range_km=cfg.links.max_range_km, grazing_km=cfg.links.grazing_km,
             stations=stations, elevation_mask_deg=cfg.ground.elevation_mask_deg,
-            handover=cfg.ground.handover, handover_interval_s=cfg.ground.handover_interval_s)
+            handover=cfg.ground.handover, handover_interval_s=cfg.ground.handover_interval_s,
+            ground_max_range_km=cfg.ground.max_range_km, ground_relays=cfg.ground.relays,
+            inter_shell_links=cfg.links.inter_shell_links,
+            inter_shell_interval_s=cfg.links.inter_shell_interval_s)
         return cls(cfg, constellation, topology, Router(topology, step_s=router_step_s, cache_size=8))
 
     @property

@@ -136,7 +136,7 @@ def test_path_avoids_down_nodes_and_links(topo):
     assert snap.shortest_path(london, tokyo, down_nodes=frozenset({tokyo})) is None
 
 
-@pytest.mark.parametrize("policy", ["highest_elevation", "longest_visibility"])
+@pytest.mark.parametrize("policy", ["highest_elevation", "longest_visibility", "sticky"])
 def test_handover_policies_pick_one_satellite(starlink, policy):
     topo = Topology(starlink, stations=CITIES, handover=policy)
     allsky = Topology(starlink, stations=CITIES)

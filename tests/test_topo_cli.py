@@ -111,3 +111,20 @@ def test_tle_file_and_config_file(capsys, tmp_path):
 def test_errors_are_clear(capsys, argv, msg):
     rc, _, err = run(capsys, *argv)
     assert rc == 2 and msg in err and "Traceback" not in err
+
+
+def test_contacts_count_a_stations_handovers_by_policy(capsys):
+    counts = {}
+    for policy in ("highest_elevation", "longest_visibility", "sticky"):
+        rc, out, _ = run(capsys, "contacts", "--preset", "starlink-s1", "--node", "london", "--duration", "900",
+                         "--handover", policy, "--json")
+        rows = [json.loads(x) for x in out.strip().splitlines()]
+        assert rc == 0 and rows[-1]["handover"] == policy and rows[-1]["node"] == "gs-london"
+        windows = [r for r in rows[:-1] if r["kind"] == "ground"]
+        # London always sees a Starlink satellite: every window after the first begins with a handover
+        assert rows[-1]["handovers"] == len(windows) - 1 > 0
+        counts[policy] = rows[-1]["handovers"]
+    assert counts["longest_visibility"] <= counts["sticky"] < counts["highest_elevation"]
+    rc, out, _ = run(capsys, "contacts", "--preset", "starlink-s1", "--node", "london", "--duration", "900",
+                     "--handover", "sticky")
+    assert rc == 0 and "gs-london: " in out and " handover(s) under sticky" in out

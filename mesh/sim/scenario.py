@@ -50,14 +50,16 @@ def build_topology(preset: str | None = "demo", *, planes: int | None = None, pe
         cfg = get_preset(name)
         shells, epoch = list(cfg.all_shells) if hasattr(cfg, "all_shells") else list(cfg.shells), cfg.epoch
         max_range, grazing = cfg.links.max_range_km, cfg.links.grazing_km
+        inter = (cfg.links.inter_shell_links, cfg.links.inter_shell_interval_s)
     except KeyError:
         if name != "starlink-s1":
             raise
         # Fallback while the preset is elsewhere: Starlink Gen1 shell 1 as filed.
         shells = [WalkerShell(72, 22, 550.0, 53.0, 1, name="s1")]
-        epoch, max_range, grazing = DEFAULT_EPOCH, 5000.0, 80.0
+        epoch, max_range, grazing, inter = DEFAULT_EPOCH, 5000.0, 80.0, (0, 10.0)
     c = Constellation(shells, iso_to_jd(epoch))
-    return Topology(c, max_range_km=max_range, grazing_km=grazing), name
+    return Topology(c, max_range_km=max_range, grazing_km=grazing, inter_shell_links=inter[0],
+                    inter_shell_interval_s=inter[1]), name
 
 
 @dataclass
