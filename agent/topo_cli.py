@@ -73,8 +73,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("path", help="lowest-latency path between two nodes, step by step")
     _common(p)
-    p.add_argument("--src", required=True, help="sat-N, gs-NAME, a station name or lat,lon")
-    p.add_argument("--dst", required=True, help="sat-N, gs-NAME, a station name or lat,lon")
+    p.add_argument("--src", default="sat-0", help="sat-N, gs-NAME, a station name or lat,lon (default: sat-0)")
+    p.add_argument("--dst", default=None,
+                   help="sat-N, gs-NAME, a station name or lat,lon (default: the last satellite, in the last "
+                        "shell of a multi-shell preset: a path across shells)")
     p.add_argument("--from", dest="t_from", default="0", help="first step (default 0)")
     p.add_argument("--to", dest="t_to", default=None, help="last step (default: --from + 600 s)")
     p.add_argument("--step", type=float, default=10.0, help="seconds between steps (default 10)")
@@ -347,8 +349,9 @@ def path_steps(world: "World", src: int, dst: int, t0: float, t1: float, step: f
 def cmd_path(args: argparse.Namespace) -> int:
     def body() -> int:
         cfg = load_config(args)
-        world = build_world(cfg, [args.src, args.dst])
-        src, dst = resolve_node(world, args.src), resolve_node(world, args.dst)
+        dst_spec = args.dst or f"sat-{cfg.size - 1}"
+        world = build_world(cfg, [args.src, dst_spec])
+        src, dst = resolve_node(world, args.src), resolve_node(world, dst_spec)
         t0 = parse_time(cfg, args.t_from)
         t1 = t0 + 600.0 if args.t_to is None else parse_time(cfg, args.t_to)
         names = world.names

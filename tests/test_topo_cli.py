@@ -128,3 +128,9 @@ def test_contacts_count_a_stations_handovers_by_policy(capsys):
     rc, out, _ = run(capsys, "contacts", "--preset", "starlink-s1", "--node", "london", "--duration", "900",
                      "--handover", "sticky")
     assert rc == 0 and "gs-london: " in out and " handover(s) under sticky" in out
+
+
+def test_path_defaults_to_first_and_last_satellite_across_shells(capsys):
+    rc, out, _ = run(capsys, "path", "--preset", "starlink-gen1", "--to", "0", "--json")
+    (row,) = [json.loads(x) for x in out.strip().splitlines()]
+    assert rc == 0 and row["path"][0] == "sat-0" and row["path"][-1] == "sat-4407"    # shell 1 → shell 5
