@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upstream-port", type=int, default=8080, help="the replicas' API port (default: 8080)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)       # not a line per forwarded request
     try:
         trio.run(run, args.service, args.port, args.upstream_port)
     except KeyboardInterrupt:

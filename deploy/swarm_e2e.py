@@ -58,7 +58,7 @@ class Mesh:
 
     def __init__(self, url: str):
         self.url = url
-        self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+        self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=3.0))
 
     def run_task(self, target: str, sample: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         """Submit (idempotently: a replica that vanishes mid-request is asked again) and wait."""
