@@ -30,7 +30,7 @@ from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import Relay
 from agent.tasks import TaskRecord, TaskTable
-from agent.tensors import InputError, check_shape, inputs_from_json
+from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
@@ -431,6 +431,9 @@ class Node:
                      timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None) -> tuple[TaskRecord, bool]:
         """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
 
+        ``inputs`` is JSON (checked and typed here) or a dict of arrays already
+        decoded from binary tensors (checked here against the signature).
+
         With ``idem_key``, a retry of the same submission (the client never saw
         the answer) gets the task it created the first time, not a second one.
         """
@@ -453,7 +456,9 @@ class Node:
         except ModelError as exc:
             raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
         try:
-            arrays = inputs_from_json(inputs, loaded.inputs, max_elements=self.config.limits.max_frame_bytes // 4)
+            limit = self.config.limits.max_frame_bytes // 4
+            arrays = inputs_from_arrays(inputs, loaded.inputs, limit) if typed_arrays(inputs) else \
+                inputs_from_json(inputs, loaded.inputs, max_elements=limit)
             check_limits(model, arrays, loaded.manifest)
         except (InputError, LimitError) as exc:
             raise SubmitError(400, str(exc)) from None
