@@ -179,8 +179,9 @@ class InferenceServicer:
                                            inputs=tensors(md["inputs"]), outputs=tensors(md["outputs"]))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        req = request_from_proto(request)
         name = request.model_name
+        self.service.check_known(name, request.model_version)
+        req = request_from_proto(request)
         outputs, params = await self.bridge.call(lambda: self.service.infer(name, request.model_version, req))
         return response_to_proto(name, req, outputs, params)
 

@@ -75,6 +75,7 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
 
     async def infer(request: Request) -> Response:
         name = request.path_params["name"]
+        service.check_known(name, version(request))
         body = await read_limited(request, max_body_bytes)
         req = parse_infer(body, request.headers.get(HEADER_LENGTH))
         outputs, params = await service.infer(name, version(request), req)

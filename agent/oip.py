@@ -60,12 +60,17 @@ class InferenceService:
         if version not in ("", "1"):
             raise OipError(404, f"model {name!r} has one version, '1'; version {version!r} does not exist")
 
-    async def model(self, name: str, version: str = "") -> LoadedModel:
-        """The loaded model (loading it in a thread if needed); 404 if this node does not know it."""
+    def check_known(self, name: str, version: str = "") -> None:
+        """404 for a model (or version) this node does not have: checked before a body is decoded."""
         self._check_version(name, version)
         store = self.node.store
         if not store.has(name):
             raise OipError(404, f"unknown model {name!r}; this node has: {', '.join(store.names()) or 'none'}")
+
+    async def model(self, name: str, version: str = "") -> LoadedModel:
+        """The loaded model (loading it in a thread if needed); 404 if this node does not know it."""
+        self.check_known(name, version)
+        store = self.node.store
         try:
             return store.get(name) if store.loaded(name) else await trio.to_thread.run_sync(store.get, name)
         except ModelError as exc:
