@@ -82,12 +82,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         listen = daemon.parse_hostport(args.listen) if args.listen else None
         api = daemon.parse_hostport(args.api) if args.api else None
         grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
+        if args.workers is not None and not 1 <= args.workers <= 64:
+            raise ValueError(f"--workers {args.workers}: use 1 to 64")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc)
+                       discover=args.discover, grpc=grpc, workers=args.workers)
 
 
 def _spec(args: argparse.Namespace):
@@ -348,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api", help="HOST:PORT for the HTTP API (default: from this node's peers entry)")
     p.add_argument("--grpc", help="HOST:PORT for the gRPC inference service (default: this node's peers entry's "
                                   "\"grpc\"; none if it has none)")
+    p.add_argument("--workers", type=int,
+                   help="inference worker threads (default: one per core); each runs one onnxruntime call at a time")
     p.add_argument("--no-journal", action="store_true",
                    help="keep accepted tasks in memory only (lost if the agent dies; bench/durability.py "
                         "measures what the journal costs)")

@@ -37,7 +37,7 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
-                    grpc: tuple[str, int] | None = None) -> None:
+                    grpc: tuple[str, int] | None = None, workers: int | None = None) -> None:
     install_slow_step_logger()
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
@@ -56,7 +56,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
-        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal)
+        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
+                    workers=workers)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
@@ -105,7 +106,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
-         journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None) -> int:
+         journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
+         workers: int | None = None) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -117,7 +119,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc))
+                         grpc, workers))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

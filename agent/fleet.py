@@ -51,6 +51,7 @@ class FleetSpec:
     handover: str | None = None        # ground-station handover policy; None = the preset's
     energy: EnergyConfig | None = None  # battery model; None = the preset's
     journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
+    workers: int | None = None         # inference worker threads per agent; None = one per core
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -128,7 +129,8 @@ def agent_command(spec: FleetSpec, name: str) -> list[str]:
     who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
     return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
             "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
-            *([] if spec.journal else ["--no-journal"])]
+            *([] if spec.journal else ["--no-journal"]),
+            *([] if spec.workers is None else ["--workers", str(spec.workers)])]
 
 
 def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:

@@ -132,7 +132,9 @@ class InferenceService:
         if key is not None and not isinstance(key, str):
             raise OipError(400, "parameters.idempotency_key must be a string")
         try:
-            rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key)
+            # Journaled only with an idempotency key: without one, nothing could ask
+            # for this task after a crash (see Node.submit).
+            rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None)
         except SubmitError as exc:
             raise OipError(exc.status, str(exc)) from None
         with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):
