@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent import http_coalesce
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
@@ -228,6 +229,7 @@ def build_app(node: Node) -> Starlette:
 
 
 async def serve_api(node: Node, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    http_coalesce.install()     # head and body of a response in one write
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
     cfg.accesslog = None
