@@ -69,10 +69,10 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
             gc.freeze()
             if realtime:
                 raise_event_loop_priority()
-            await nursery.start(serve_api, node, api[0], api[1])
-            if grpc is not None:
+            if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
                 await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
                                             max_message_bytes=config.limits.max_body_bytes))
+            await nursery.start(serve_api, node, api[0], api[1])
             log.info("%s up: peer %s, links on %s:%d, API on http://%s:%d, gRPC on %s", name, host.peer_id,
                      lhost, lport, *api, "%s:%d" % grpc if grpc else "none")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -32,7 +32,7 @@ def failure_status(error: str) -> int:
     low = error.lower()
     if "busy" in low or "battery" in low or "refused" in low:
         return 503
-    if "no result within" in low or "deadline" in low or "timed out" in low:
+    if "no result within" in low or "deadline" in low or "timed out" in low or "undeliverable" in low:
         return 504
     return 500
 
