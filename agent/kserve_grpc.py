@@ -178,6 +178,10 @@ class InferenceServicer:
         return METHODS["ModelMetadata"][1](name=md["name"], versions=md["versions"], platform=md["platform"],
                                            inputs=tensors(md["inputs"]), outputs=tensors(md["outputs"]))
 
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        cfg = await self.bridge.call(lambda: self.service.model_config(request.name, request.version))
+        return METHODS["ModelConfig"][1](config=cfg)
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         name = request.model_name
         self.service.check_known(name, request.model_version)

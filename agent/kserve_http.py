@@ -69,6 +69,9 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
     async def model_metadata(request: Request) -> Response:
         return JSONResponse(await service.model_metadata(request.path_params["name"], version(request)))
 
+    async def model_config(request: Request) -> Response:
+        return JSONResponse(await service.model_config(request.path_params["name"], version(request)))
+
     async def model_ready(request: Request) -> Response:
         ok = service.model_ready(request.path_params["name"], version(request))
         return JSONResponse({"name": request.path_params["name"], "ready": ok}, status_code=200 if ok else 400)
@@ -118,6 +121,8 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route(m, guarded(model_metadata), methods=["GET"]), Route(mv, guarded(model_metadata), methods=["GET"]),
         Route(f"{m}/ready", guarded(model_ready), methods=["GET"]),
+        Route(f"{m}/config", guarded(model_config), methods=["GET"]),
+        Route(f"{mv}/config", guarded(model_config), methods=["GET"]),
         Route(f"{mv}/ready", guarded(model_ready), methods=["GET"]),
         Route(f"{m}/infer", guarded(infer), methods=["POST"]), Route(f"{mv}/infer", guarded(infer), methods=["POST"]),
         Route("/v2/repository/index", guarded(repo_index), methods=["POST"]),

@@ -82,6 +82,15 @@ class InferenceService:
                 "inputs": [tensor_metadata(s) for s in m.inputs],
                 "outputs": [tensor_metadata(s) for s in m.outputs]}
 
+    async def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """The signature as the protocol's model configuration (full shapes, max_batch_size 0)."""
+        md = await self.model_metadata(name, version)
+
+        def rows(ts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"name": t["name"], "data_type": f"TYPE_{t['datatype']}", "dims": t["shape"]} for t in ts]
+        return {"name": name, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": 0,
+                "input": rows(md["inputs"]), "output": rows(md["outputs"])}
+
     def model_ready(self, name: str, version: str = "") -> bool:
         """Loaded and warm; a known model that is not loads on its first request."""
         self._check_version(name, version)

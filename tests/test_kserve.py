@@ -78,6 +78,11 @@ def test_server_and_model_metadata_come_from_the_onnx_file(fleet, digits, models
     _expect_signature(g.get_model_metadata("digits", as_json=True), digits[0])
     cloud = ort.InferenceSession(str(models_dir / "cloudmask.onnx"), providers=["CPUExecutionProvider"])
     _expect_signature(h.get_model_metadata("cloudmask"), cloud)
+    for cfg in (h.get_model_config("digits"), g.get_model_config("digits", as_json=True)["config"]):
+        assert cfg["platform"] == "onnxruntime_onnx" and int(cfg.get("max_batch_size", 0)) == 0
+        assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in cfg["input"]] == \
+            [("input", "TYPE_FP32", [-1, 64])]
+        assert [t["name"] for t in cfg["output"]] == ["label", "probabilities"]
 
 
 @pytest.mark.parametrize("binary", [True, False])
