@@ -128,19 +128,25 @@ class _Bridge:
             if not fut.done():
                 fut.set_result(value) if ok else fut.set_exception(value)
 
+        def answer(ok: bool, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, ok, value)
+            except RuntimeError:        # the gRPC loop has closed (shutdown): nobody is waiting
+                pass
+
         async def run() -> None:
             try:
                 value = await fn()
             except Exception as exc:   # handed to the RPC, which answers with its status
-                loop.call_soon_threadsafe(settle, False, exc)
+                answer(False, exc)
             else:
-                loop.call_soon_threadsafe(settle, True, value)
+                answer(True, value)
 
         def spawn() -> None:
             try:
                 self.nursery.start_soon(run)
             except RuntimeError:        # the nursery is closing: the agent is shutting down
-                loop.call_soon_threadsafe(settle, False, OipError(503, "the agent is shutting down"))
+                answer(False, OipError(503, "the agent is shutting down"))
 
         self.in_flight += 1
         try:
@@ -211,6 +217,11 @@ def _handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
                 return await fn(request, context)
             except OipError as exc:
                 await context.abort(STATUS_TO_CODE.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:     # a bug: said as such, and the server goes on
+                log.exception("gRPC %s failed", fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         return method
 
     handlers = {name: grpc.unary_unary_rpc_method_handler(guard(getattr(servicer, name)),
