@@ -152,7 +152,12 @@ class InferenceService:
             raise OipError(failure_status(rec.error), f"task {rec.task_id} failed: {rec.error}")
         if rec.status != "succeeded" or rec.outputs is None:
             raise OipError(504, f"task {rec.task_id} has no result after {timeout:g} s (status {rec.status})")
-        return rec.outputs, response_parameters(rec)
+        outputs = rec.outputs
+        if key is None:
+            # The outputs go back on this connection and nobody can ask for them again
+            # by key; the record keeps its trace and timing, not 10,000 tasks' tensors.
+            rec.outputs = None
+        return outputs, response_parameters(rec)
 
 
 def response_parameters(rec: Any) -> dict[str, Any]:
