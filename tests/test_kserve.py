@@ -136,6 +136,20 @@ def test_without_target_placement_decides(fleet, digits):
     np.testing.assert_array_equal(r.as_numpy("label"), want["label"])
 
 
+def test_an_idempotency_key_makes_a_retry_get_the_same_task(fleet, digits):
+    _, x, want = digits
+    inp = th.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    h = _http(fleet)
+    first, again = (h.infer("digits", [inp], parameters={"idempotency_key": "kserve-retry-1", "target": "sat-1"})
+                    for _ in range(2))
+    ids = [r.get_response()["parameters"]["task_id"] for r in (first, again)]
+    assert ids[0] == ids[1]
+    np.testing.assert_array_equal(again.as_numpy("label"), want["label"])
+    plain = [h.infer("digits", [inp]).get_response()["parameters"]["task_id"] for _ in range(2)]
+    assert plain[0] != plain[1]
+
+
 def test_cloudmask_binary_equals_onnxruntime(fleet, models_dir):
     sess = ort.InferenceSession(str(models_dir / "cloudmask.onnx"), sess_options=session_options(),
                                 providers=["CPUExecutionProvider"])
