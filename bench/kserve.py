@@ -10,7 +10,7 @@
    own split (``overhead_ms`` = task total − compute, from the response
    parameters) and the client's view (round trip − raw onnxruntime median).
 
-    python bench/kserve.py [--seconds 6] [--rounds 3] [--workers N] [--json] [--digits 400]
+    python bench/kserve.py [--seconds 3] [--rounds 8] [--workers N] [--json] [--digits 400]
 """
 
 from __future__ import annotations
@@ -45,8 +45,18 @@ def sample(models: Path, name: str, key: str) -> np.ndarray:
     return np.asarray(raw, dtype=np.float32)
 
 
-def in_threads(n: int, seconds: float, make_call) -> tuple[float, int, str]:
-    """Calls per second of ``n`` threads each running its own ``make_call()`` callable in a loop.
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of this process and of ``pids`` (Linux /proc)."""
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def in_threads(n: int, seconds: float, make_call, pids: list[int] = ()) -> tuple[float, int, str, float]:
+    """Calls per second of ``n`` threads each running its own ``make_call()`` callable in a loop,
+    errors, the first error, and CPU seconds per call (this process and ``pids``).
 
     Each thread makes its own client (tritonclient's HTTP client is gevent-based
     and must stay on the thread that made it) and warms it before the clock starts."""
@@ -70,12 +80,14 @@ def in_threads(n: int, seconds: float, make_call) -> tuple[float, int, str]:
     for t in threads:
         t.start()
     ready.wait()
+    cpu0 = cpu_seconds(pids)
     start = time.perf_counter()
     window.append(start + seconds)
     go.set()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - start), sum(errors), (first or [""])[0]
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu0
+    return sum(counts) / elapsed, sum(errors), (first or [""])[0], cpu / max(1, sum(counts))
 
 
 def raw_call(sess: ort.InferenceSession, feed: dict):
@@ -142,9 +154,12 @@ def digits_overhead(peers, models: Path, n: int) -> dict[str, tuple[float, float
     return out
 
 
-def throughput(peers, x: np.ndarray, sess: ort.InferenceSession, seconds: float, rounds: int,
-               json_too: bool) -> dict[str, list[float]]:
-    """Rounds of raw → modes → raw; each mode's ratio against the mean of its round's two raw runs."""
+def throughput(peers, pids: list[int], x: np.ndarray, sess: ort.InferenceSession, seconds: float, rounds: int,
+               json_too: bool) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Rounds of raw → modes → raw; each mode's ratio against the mean of its round's two raw runs.
+
+    Also CPU per inference, clients and agents together, against raw's: on a
+    shared machine the rates swing with other load, the CPU cost much less."""
     e = peers["sat-0"]
     url = e.api.split("//", 1)[1]
     modes = [("binary HTTP", http_call(url, x, "sat-0", True)), ("gRPC", grpc_call(e.grpc, x, "sat-0"))]
@@ -152,26 +167,29 @@ def throughput(peers, x: np.ndarray, sess: ort.InferenceSession, seconds: float,
         modes.append(("JSON HTTP", http_call(url, x, "sat-0", False)))
     raw = raw_call(sess, {"image": x})
     ratios: dict[str, list[float]] = {label: [] for label, _ in modes}
+    cpu_ratios: dict[str, list[float]] = {label: [] for label, _ in modes}
     for r in range(rounds):
-        before, _, _ = in_threads(CLIENTS, seconds, raw)
-        rates = {}
+        before, _, _, raw_cpu0 = in_threads(CLIENTS, seconds, raw)
+        rates, cpus = {}, {}
         for label, make in modes:
-            rates[label], errors, first = in_threads(CLIENTS, seconds, make)
+            rates[label], errors, first, cpus[label] = in_threads(CLIENTS, seconds, make, pids)
             if errors:
                 print(f"    {label}: {errors} errors, first: {first}")
-        after, _, _ = in_threads(CLIENTS, seconds, raw)
-        base = (before + after) / 2
-        print(f"  round {r + 1}: raw {before:.1f} → {after:.1f}/s; " + "; ".join(
-            f"{label} {rate:.1f}/s = {rate / base:.2f}×" for label, rate in rates.items()), flush=True)
+        after, _, _, raw_cpu1 = in_threads(CLIENTS, seconds, raw)
+        base, base_cpu = (before + after) / 2, (raw_cpu0 + raw_cpu1) / 2
+        print(f"  round {r + 1}: raw {before:.1f} → {after:.1f}/s, {base_cpu * 1e3:.1f} ms CPU each; " + "; ".join(
+            f"{label} {rate:.1f}/s = {rate / base:.2f}×, {cpus[label] * 1e3:.1f} ms CPU"
+            for label, rate in rates.items()), flush=True)
         for label, rate in rates.items():
             ratios[label].append(rate / base)
-    return ratios
+            cpu_ratios[label].append(base_cpu / cpus[label])
+    return ratios, cpu_ratios
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=6.0, help="per mode and round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per mode and round")
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--digits", type=int, default=400)
     ap.add_argument("--workers", type=int, default=None,
                     help="the agents' inference workers (default: one per core, as agents run)")
@@ -185,14 +203,17 @@ def main() -> int:
           f"date {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f}; "
           f"agents' workers: {args.workers or os.cpu_count()}")
     with tempfile.TemporaryDirectory() as d, \
-            local_fleet(Path(d), args.models, 2, workers=args.workers) as (_, _, peers, _):
+            local_fleet(Path(d), args.models, 2, workers=args.workers) as (_, _, peers, procs):
         print(f"cloud-mask {list(x.shape)} ({x.nbytes} bytes), batch 1, {CLIENTS} clients, executed on the entry "
               f"satellite; raw onnxruntime with {CLIENTS} threads measured before and after each round:")
-        ratios = throughput(peers, x, sess, args.seconds, args.rounds, args.json)
+        ratios, cpu_ratios = throughput(peers, [p.pid for p in procs.values()], x, sess, args.seconds,
+                                        args.rounds, args.json)
         for label, rs in ratios.items():
             goal = "" if label.startswith("JSON") else " (goal ≥ 0.9)"
-            print(f"  {label:12s} median {statistics.median(rs):.2f}× raw{goal}, rounds "
+            print(f"  {label:12s} rate: median {statistics.median(rs):.2f}× raw{goal}, rounds "
                   + ", ".join(f"{r:.2f}" for r in rs))
+            print(f"  {'':12s} CPU per inference (clients + agents): raw's is {statistics.median(cpu_ratios[label]):.2f}× "
+                  f"of it, rounds " + ", ".join(f"{r:.2f}" for r in cpu_ratios[label]))
         print("digits, one client, on the entry satellite (ms, medians):")
         for label, (node, client, raw_ms) in digits_overhead(peers, args.models, args.digits).items():
             print(f"  {label:12s} node overhead (total − compute) {node:.3f} ms (goal < 1 ms); "
