@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +21,10 @@ from agent.oip import InferenceService
 from agent.oip_codec import HEADER_LENGTH, OipError, encode_infer_response, parse_infer
 
 BINARY_TYPE = "application/octet-stream"
+# JSON tensors larger than this are parsed and printed in a worker thread: a 256 KB
+# tile is 1.3 MB of JSON and ~30 ms of the agent's CPU, which on the event loop would hold
+# every link frame due meanwhile.  Binary tensors are views and stay on the loop.
+JSON_ON_LOOP_BYTES = 64 * 1024
 
 
 def _error(exc: OipError) -> JSONResponse:
@@ -80,9 +85,14 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
         name = request.path_params["name"]
         service.check_known(name, version(request))
         body = await read_limited(request, max_body_bytes)
-        req = parse_infer(body, request.headers.get(HEADER_LENGTH))
+        header = request.headers.get(HEADER_LENGTH)
+        big_json = (len(body) if header is None else int(header) if header.isdigit() else 0) > JSON_ON_LOOP_BYTES
+        req = await trio.to_thread.run_sync(parse_infer, body, header) if big_json else parse_infer(body, header)
         outputs, params = await service.infer(name, version(request), req)
-        data, header_len = encode_infer_response(name, req, outputs, params)
+        json_out = sum(a.nbytes for k, a in outputs.items()
+                       if not req.binary_outputs.get(k, req.binary_default) and (not req.outputs or k in req.outputs))
+        data, header_len = await trio.to_thread.run_sync(encode_infer_response, name, req, outputs, params) \
+            if json_out > JSON_ON_LOOP_BYTES // 4 else encode_infer_response(name, req, outputs, params)
         if header_len is None:
             return Response(data, media_type="application/json")
         return Response(data, media_type=BINARY_TYPE, headers={"Inference-Header-Content-Length": str(header_len)})

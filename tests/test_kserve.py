@@ -157,7 +157,14 @@ def test_cloudmask_binary_equals_onnxruntime(fleet, models_dir):
     inp = tg.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     r = _grpc(fleet, "sat-1").infer("cloudmask", [inp], parameters={"target": "sat-1"}, client_timeout=60)
-    np.testing.assert_array_equal(r.as_numpy("mask"), sess.run(None, {"image": x})[0])
+    want = sess.run(None, {"image": x})[0]
+    np.testing.assert_array_equal(r.as_numpy("mask"), want)
+    # JSON both ways: 330 KB of request text and a 4096-value answer, parsed and printed off the event loop
+    hin = th.InferInput("image", list(x.shape), "FP32")
+    hin.set_data_from_numpy(x, binary_data=False)
+    out = [th.InferRequestedOutput("mask", binary_data=False)]
+    hr = _http(fleet, "sat-1").infer("cloudmask", [hin], outputs=out, parameters={"target": "sat-1"})
+    np.testing.assert_array_equal(hr.as_numpy("mask"), want)
 
 
 def test_repository_index_load_and_unload(fleet):
