@@ -34,11 +34,12 @@ import trio
 from agent.oip import InferenceService
 from agent.oip_codec import (V2_TO_NP, InferRequest, OipError, array_from_bytes, array_from_json, select_outputs,
                              v2_datatype)
-from agent.oip_proto import METHODS, message
+from agent.oip_proto import METHODS, STREAMING, message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 64
+STREAM_IN_FLIGHT = 8         # requests of one stream running at once; the stream's reading waits beyond it
 STATUS_TO_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                   413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.FAILED_PRECONDITION,
                   429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
@@ -195,6 +196,47 @@ class InferenceServicer:
         outputs, params = await self.bridge.call(lambda: self.service.infer(name, request.model_version, req))
         return response_to_proto(name, req, outputs, params)
 
+    async def ModelStreamInfer(self, requests: Any, context: Any):
+        """Requests on one stream run up to STREAM_IN_FLIGHT at a time; answers come as
+        each finishes (match them by ``id``).  Beyond that the stream is not read, so
+        HTTP/2 flow control holds the client back.  A failed request is an answer with
+        ``error_message``; the stream goes on."""
+        Resp, Infer = METHODS["ModelStreamInfer"][1], METHODS["ModelInfer"][1]
+        answers: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def one(request: Any) -> None:
+            try:
+                resp = Resp(infer_response=await self.ModelInfer(request, context))
+            except OipError as exc:
+                resp = Resp(error_message=str(exc), infer_response=Infer(id=request.id, model_name=request.model_name))
+            except Exception as exc:   # a bug: said as such, and the stream goes on
+                log.exception("gRPC stream request failed")
+                resp = Resp(error_message=f"internal error: {type(exc).__name__}",
+                            infer_response=Infer(id=request.id, model_name=request.model_name))
+            finally:
+                slots.release()
+            await answers.put(resp)
+
+        async def read() -> None:
+            running = set()
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.ensure_future(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(set(running))
+            await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (resp := await answers.get()) is not None:
+                yield resp
+            await reader
+        finally:
+            reader.cancel()
+
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         resp = METHODS["RepositoryIndex"][1]()
         for m in self.service.repository_index(request.ready):
@@ -227,7 +269,10 @@ def _handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     handlers = {name: grpc.unary_unary_rpc_method_handler(guard(getattr(servicer, name)),
                                                           request_deserializer=req.FromString,
                                                           response_serializer=resp.SerializeToString)
-                for name, (req, resp) in METHODS.items()}
+                for name, (req, resp) in METHODS.items() if name not in STREAMING}
+    req, resp = METHODS["ModelStreamInfer"]
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 

@@ -107,6 +107,31 @@ def test_grpc_infer_equals_onnxruntime(fleet, digits):
     np.testing.assert_allclose(r.as_numpy("probabilities"), want["probabilities"], rtol=1e-6)
 
 
+def test_grpc_stream_answers_every_request_and_reports_errors_in_band(fleet, digits):
+    import queue
+    _, x, want = digits
+    answers: queue.Queue = queue.Queue()
+    client = _grpc(fleet)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for i in range(6):
+            inp = tg.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            client.async_stream_infer("digits", [inp], request_id=f"r{i}", parameters={"target": "sat-1"})
+        bad = tg.InferInput("input", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        client.async_stream_infer("digits", [bad], request_id="bad")
+        got = [answers.get(timeout=30) for _ in range(7)]
+    finally:
+        client.stop_stream()
+    ok = {r.get_response().id: r for r, e in got if e is None}
+    errors = [e for r, e in got if e is not None]
+    assert sorted(ok) == [f"r{i}" for i in range(6)]
+    for r in ok.values():
+        np.testing.assert_array_equal(r.as_numpy("label"), want["label"])
+    assert len(errors) == 1 and "expects [-1, 64]" in str(errors[0])
+
+
 def test_routed_to_a_far_satellite_over_both_protocols(fleet, digits):
     _, x, want = digits
     far = _far(fleet)

@@ -122,7 +122,8 @@ def test_our_messages_are_wire_compatible_with_tritonclients():
     checked = 0
     for name in ("ModelInferRequest", "ModelInferResponse", "ModelMetadataResponse", "InferParameter",
                  "InferTensorContents", "RepositoryIndexResponse", "RepositoryModelLoadRequest",
-                 "ServerMetadataResponse", "ModelReadyRequest", "ModelConfigResponse"):
+                 "ServerMetadataResponse", "ModelReadyRequest", "ModelConfigResponse",
+                 "ModelStreamInferResponse"):
         ours, their = POOL.FindMessageTypeByName(f"inference.{name}"), theirs.DESCRIPTOR.message_types_by_name[name]
         stack = [(ours, their)]
         while stack:

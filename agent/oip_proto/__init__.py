@@ -36,3 +36,4 @@ def message(name: str):
 # method name -> (request class, response class), for every method the service declares
 METHODS = {m.name: (message_factory.GetMessageClass(m.input_type), message_factory.GetMessageClass(m.output_type))
            for m in SERVICE.methods}
+STREAMING = {m.name for m in SERVICE.methods if m.client_streaming or m.server_streaming}
