@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS ?= models
 ARGS   ?=
 
-.PHONY: run test test-fast bench up down status models deps clean
+.PHONY: run test test-fast bench up down status models deps clean protos
 
 # Native packages needed to build libp2p's fastecdsa dependency (source-only).
 deps:
@@ -70,3 +70,12 @@ test-docker: models
 ## Docker Swarm tested for real: swarm init, stack deploy, tasks through :8080, a replica killed, stack rm.
 test-swarm: models
 	STRESS=$(STRESS) deploy/test-swarm.sh
+
+## Regenerate the gRPC descriptor set from agent/oip_proto/oip_service.proto (needs grpcio-tools;
+## agents only read the generated .binpb, see agent/oip_proto/__init__.py).  A venv of its own:
+## grpcio-tools pulls a protobuf newer than libp2p allows, and a descriptor set is the same either way.
+protos:
+	test -x build/protoc/bin/python || $(PYTHON) -m venv build/protoc
+	build/protoc/bin/python -m pip install -q 'grpcio-tools>=1.63,<2'
+	build/protoc/bin/python -m grpc_tools.protoc -Iagent/oip_proto \
+	  --descriptor_set_out=agent/oip_proto/oip_service.binpb agent/oip_proto/oip_service.proto

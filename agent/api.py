@@ -19,9 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent import http_coalesce
+from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
 from agent.node import Node, SubmitError
+from agent.oip import InferenceService
+from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body
 from mesh.chaos import FaultError
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise SubmitError(413, f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_task(request: Request, limit: int) -> Any:
+    """A task body: JSON, or (with ``Inference-Header-Content-Length``) a JSON
+    header whose inputs are binary tensors that follow it."""
+    header_length = request.headers.get(HEADER_LENGTH)
+    if header_length is None:
+        return await read_json(request, limit)
+    try:
+        return decode_task_body(await read_body(request, limit), header_length)
+    except OipError as exc:
+        raise SubmitError(exc.status, str(exc)) from None
 
 
 def build_app(node: Node) -> Starlette:
@@ -106,7 +122,7 @@ def build_app(node: Node) -> Starlette:
 
     async def submit(request: Request) -> JSONResponse:
         try:
-            body = await read_json(request, node.config.limits.max_body_bytes)
+            body = await read_task(request, node.config.limits.max_body_bytes)
             if not isinstance(body, dict):
                 raise SubmitError(400, "body must be a JSON object")
             unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key"}
@@ -198,6 +214,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),
         Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),
+        *kserve_routes(InferenceService(node), node.config.limits.max_body_bytes),
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -212,6 +229,7 @@ def build_app(node: Node) -> Starlette:
 
 
 async def serve_api(node: Node, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    http_coalesce.install()     # head and body of a response in one write
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
     cfg.accesslog = None

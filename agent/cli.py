@@ -81,18 +81,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         listen = daemon.parse_hostport(args.listen) if args.listen else None
         api = daemon.parse_hostport(args.api) if args.api else None
+        grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
+        if args.workers is not None and not 1 <= args.workers <= 64:
+            raise ValueError(f"--workers {args.workers}: use 1 to 64")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover)
+                       discover=args.discover, grpc=grpc, workers=args.workers)
 
 
 def _spec(args: argparse.Namespace):
     from agent.fleet import FleetSpec
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
-                     p2p_base_port=args.p2p_port, api_base_port=args.api_port,
+                     p2p_base_port=args.p2p_port, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                      time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
                      handover=args.handover)
 
@@ -317,6 +320,8 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address agents listen on")
     p.add_argument("--p2p-port", type=int, default=4100, help="first libp2p port (one per agent)")
     p.add_argument("--api-port", type=int, default=8100, help="first HTTP API port (one per agent)")
+    p.add_argument("--grpc-port", type=int, default=7100,
+                   help="first gRPC inference port (Open Inference Protocol; one per agent)")
     p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every agent")
     p.add_argument("--ground", action="append", metavar="STATION",
@@ -343,6 +348,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="identity and state of this agent")
     p.add_argument("--listen", help="HOST:PORT for laser links (default: from this node's peers entry)")
     p.add_argument("--api", help="HOST:PORT for the HTTP API (default: from this node's peers entry)")
+    p.add_argument("--grpc", help="HOST:PORT for the gRPC inference service (default: this node's peers entry's "
+                                  "\"grpc\"; none if it has none)")
+    p.add_argument("--workers", type=int,
+                   help="inference worker threads (default: one per core); each runs one onnxruntime call at a time")
     p.add_argument("--no-journal", action="store_true",
                    help="keep accepted tasks in memory only (lost if the agent dies; bench/durability.py "
                         "measures what the journal costs)")

@@ -1,15 +1,23 @@
 """Client SDK for a node's HTTP API.
 
 Built on httpx's async client, which runs on anyio: the same code works from
-trio (the CLI) and from asyncio/uvloop applications.
+trio (the CLI) and from asyncio/uvloop applications.  ``infer`` speaks the
+Open Inference Protocol (KServe v2) with binary tensors and returns numpy
+arrays; ``submit`` is orbitmesh's asynchronous task API (JSON or, given
+arrays, binary tensors).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
+import numpy as np
+
+from agent.oip_codec import (HEADER_LENGTH, OipError, decode_infer_response, encode_infer_request, encode_task_body)
+from agent.tensors import typed_arrays
 
 
 class ApiError(Exception):
@@ -17,6 +25,14 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+@dataclass
+class InferResult:
+    """A v2 inference's outputs, and its parameters: the executor, the route and the time split (ms)."""
+
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 class Client:
@@ -65,15 +81,65 @@ class Client:
     async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
                      timeout_s: float | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
         """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
-        returns the task the first submission created (HTTP 200) instead of a new one."""
-        body: dict[str, Any] = {"model": model, "inputs": inputs}
+        returns the task the first submission created (HTTP 200) instead of a new one.
+        ``inputs`` of numpy arrays travel as binary tensors, others as JSON."""
+        body: dict[str, Any] = {"model": model}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if target is not None:
             body["target"] = target
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        return await self._call("POST", "/v1/tasks", json=body)
+        if typed_arrays(inputs):
+            data, header = encode_task_body(body, inputs)
+            return await self._call("POST", "/v1/tasks", content=data,
+                                    headers={"Inference-Header-Content-Length": str(header),
+                                             "Content-Type": "application/octet-stream"})
+        return await self._call("POST", "/v1/tasks", json={**body, "inputs": inputs})
+
+    # -- the Open Inference Protocol (KServe v2) ---------------------------------------
+
+    async def server_metadata(self) -> dict[str, Any]:
+        return await self._call("GET", "/v2")
+
+    async def model_metadata(self, model: str) -> dict[str, Any]:
+        """Inputs and outputs (name, datatype, shape with -1 for any size) from the ONNX file."""
+        return await self._call("GET", f"/v2/models/{model}")
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], *, target: str | None = None,
+                    timeout_s: float | None = None, outputs: list[str] | None = None, binary: bool = True,
+                    parameters: dict[str, Any] | None = None) -> InferResult:
+        """Run ``model`` and wait for its outputs, as numpy arrays.
+
+        ``target``: a node (``sat-7``) or a placement policy (``sunlit``); the
+        request crosses the emulated links like any task.  Binary tensors both
+        ways unless ``binary`` is False (JSON tensors).
+        """
+        params = dict(parameters or {})
+        if target is not None:
+            params["target"] = target
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        data, header = encode_infer_request(inputs, parameters=params, binary=binary, outputs=outputs)
+        headers = {"Content-Type": "application/octet-stream" if header is not None else "application/json"}
+        if header is not None:
+            headers["Inference-Header-Content-Length"] = str(header)
+        wait = httpx.Timeout(self._http.timeout.read + (timeout_s or 30.0))
+        try:
+            resp = await self._http.post(f"/v2/models/{model}/infer", content=data, headers=headers, timeout=wait)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("error", resp.text[:200])
+            except ValueError:
+                message = resp.text[:200]
+            raise ApiError(resp.status_code, message)
+        try:
+            outs, params_out = decode_infer_response(resp.content, resp.headers.get(HEADER_LENGTH))
+        except OipError as exc:
+            raise ApiError(0, f"malformed v2 response: {exc}") from None
+        return InferResult(outs, params_out)
 
     async def faults(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/chaos")

@@ -59,6 +59,7 @@ log = logging.getLogger("orbitmesh.compose")
 DEFAULT_IMAGE = "orbitmesh:latest"
 P2P_PORT = 4001                  # libp2p links, inside every container
 API_PORT = 8080                  # HTTP API, inside every container
+GRPC_PORT = 8081                 # gRPC inference (Open Inference Protocol), inside every container
 FLEET_DIR = "/fleet"             # the fleet volume: secret, config.toml, peers.json
 DATA_DIR = "/data"               # a node's own volume: identity.key
 MODELS_DIR = "/opt/orbitmesh/models"
@@ -125,7 +126,7 @@ def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
 
 
 def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int = P2P_PORT,
-                api_port: int = API_PORT, stations: tuple[str, ...] = ()):
+                api_port: int = API_PORT, stations: tuple[str, ...] = (), grpc_port: int = GRPC_PORT):
     """The peers file of a derived fleet: ``address`` names node ``{name}`` / ``{index}``.
 
     ``size`` satellites ``sat-0`` … and then the ground stations ``stations``
@@ -140,7 +141,8 @@ def fleet_peers(secret: bytes, size: int, address: str = "{name}", p2p_port: int
         name = names.name(i)
         host = address.format(name=name, index=i)
         pid = derived_peer_id(secret, name)
-        entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}"))
+        entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p_port}/p2p/{pid}", f"http://{host}:{api_port}",
+                                 f"{host}:{grpc_port}"))
     return Peers(entries)
 
 
@@ -286,7 +288,7 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
     _write_atomic(Path(peers_path), peers.to_json())
     argv = ["--models", models, "agent", "--node", node,
             "--config", str(config_path), "--peers", str(peers_path), "--data-dir", str(data_dir),
-            "--listen", f"0.0.0.0:{p2p_port}", "--api", f"0.0.0.0:{api_port}"]
+            "--listen", f"0.0.0.0:{p2p_port}", "--api", f"0.0.0.0:{api_port}", "--grpc", f"0.0.0.0:{GRPC_PORT}"]
     if not realtime:
         argv.append("--no-realtime")
     if discover:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
 import trio
 
 from agent.api import serve_api
+from agent.kserve_grpc import serve_grpc
+from agent.oip import InferenceService
 from agent.journal import Journal, JournalError
 from agent.loopwatch import install_from_env as install_slow_step_logger
 from agent.models import ModelStore
@@ -33,7 +36,8 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
-                    realtime: bool = True, journaled: bool = True, discover: str | None = None) -> None:
+                    realtime: bool = True, journaled: bool = True, discover: str | None = None,
+                    grpc: tuple[str, int] | None = None, workers: int | None = None) -> None:
     install_slow_step_logger()
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
@@ -41,6 +45,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
     if api is None:
         url = urlparse(entry.api)
         api = (url.hostname or "127.0.0.1", url.port or 80)
+    if grpc is None and entry.grpc:
+        grpc = parse_hostport(entry.grpc)
     lookup = None
     if discover:
         # swarm replicas have no names of their own: find peers behind the service's name
@@ -50,7 +56,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
-        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal)
+        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
+                    workers=workers)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
@@ -62,8 +69,12 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
             gc.freeze()
             if realtime:
                 raise_event_loop_priority()
+            if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
+                await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
+                                            max_message_bytes=config.limits.max_body_bytes))
             await nursery.start(serve_api, node, api[0], api[1])
-            log.info("%s up: peer %s, links on %s:%d, API on http://%s:%d", name, host.peer_id, lhost, lport, *api)
+            log.info("%s up: peer %s, links on %s:%d, API on http://%s:%d, gRPC on %s", name, host.peer_id,
+                     lhost, lport, *api, "%s:%d" % grpc if grpc else "none")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
@@ -95,7 +106,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
-         journal: bool = True, discover: str | None = None) -> int:
+         journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
+         workers: int | None = None) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -106,8 +118,9 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         log.error("node %r is not in %s", name, peers_path)
         return 2
     try:
-        trio.run(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover)
-    except (ValueError, JournalError) as exc:
+        trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
+                         grpc, workers))
+    except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2
     return 0

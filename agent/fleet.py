@@ -44,12 +44,14 @@ class FleetSpec:
     host: str = "127.0.0.1"
     p2p_base_port: int = 4100
     api_base_port: int = 8100
+    grpc_base_port: int = 7100         # gRPC inference service (Open Inference Protocol): base + i
     time_scale: float | None = None
     models: Path = Path("models")
     ground: tuple[str, ...] = ()       # extra ground-station agents: built-in names or lat,lon
     handover: str | None = None        # ground-station handover policy; None = the preset's
     energy: EnergyConfig | None = None  # battery model; None = the preset's
     journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
+    workers: int | None = None         # inference worker threads per agent; None = one per core
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -108,13 +110,14 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
     names = World.from_config(cfg).names
     for i in range(len(names)):
         name = names.name(i)
-        p2p, api = spec.p2p_base_port + i, spec.api_base_port + i
-        for port in (p2p, api):
+        p2p, api, grpc = spec.p2p_base_port + i, spec.api_base_port + i, spec.grpc_base_port + i
+        for port in (p2p, api, grpc):
             if not _port_free(spec.host, port):
                 raise FleetError(f"port {spec.host}:{port} for {name} is in use; is a fleet already up "
                                  f"(`orbitmesh down`), or choose other base ports")
         pid = peer_id_of(load_or_create_identity(d / "data" / name / "identity.key"))
-        entries.append(PeerEntry(name, i, pid, f"/ip4/{spec.host}/tcp/{p2p}/p2p/{pid}", f"http://{spec.host}:{api}"))
+        entries.append(PeerEntry(name, i, pid, f"/ip4/{spec.host}/tcp/{p2p}/p2p/{pid}", f"http://{spec.host}:{api}",
+                                 f"{spec.host}:{grpc}"))
     peers = Peers(entries)
     (d / "config.toml").write_text(config_to_toml(cfg))
     (d / "peers.json").write_text(peers.to_json())
@@ -126,7 +129,8 @@ def agent_command(spec: FleetSpec, name: str) -> list[str]:
     who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
     return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
             "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
-            *([] if spec.journal else ["--no-journal"])]
+            *([] if spec.journal else ["--no-journal"]),
+            *([] if spec.workers is None else ["--workers", str(spec.workers)])]
 
 
 def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
@@ -162,7 +166,8 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
     (spec.directory / "fleet.json").write_text(json.dumps(
         {"pids": {}, "started": time.time(), "spec": {
             "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
-            "api_base_port": spec.api_base_port, "models": str(spec.models)}}, indent=1))
+            "api_base_port": spec.api_base_port, "grpc_base_port": spec.grpc_base_port,
+            "models": str(spec.models)}}, indent=1))
     procs = {name: start_agent(spec, name) for name in peers.names()}
     return cfg, peers, procs
 

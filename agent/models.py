@@ -260,6 +260,12 @@ class ModelStore:
         return {"budget_bytes": self.session_budget_bytes, "evictions": self.evictions,
                 "sessions": {n: self.session_bytes.get(n, 0) for n in self._loaded}}
 
+    def unload(self, name: str) -> bool:
+        """Drop a model's session (the repository extension's unload); the file stays,
+        and the next task loads it again.  False if it was not loaded."""
+        with self._lock:
+            return self._loaded.pop(name, None) is not None
+
     def loaded_names(self) -> list[str]:
         return sorted(self._loaded)
 

@@ -30,7 +30,7 @@ from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import Relay
 from agent.tasks import TaskRecord, TaskTable
-from agent.tensors import InputError, check_shape, inputs_from_json
+from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
 from mesh.chaos import Entry, FaultError, FaultTable, Topo
@@ -428,8 +428,16 @@ class Node:
     # -- tasks at the entry node --------------------------------------------------
 
     async def submit(self, model: str, inputs: Any, target: str | None,
-                     timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None) -> tuple[TaskRecord, bool]:
+                     timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None,
+                     journaled: bool = True) -> tuple[TaskRecord, bool]:
         """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
+
+        ``inputs`` is JSON (checked and typed here) or a dict of arrays already
+        decoded from binary tensors (checked here against the signature).
+        ``journaled=False``: a task whose submitter waits for it on its own
+        connection and gave no idempotency key; if this node dies nobody can
+        ask for it again, so it skips the journal (the mesh still delivers it
+        exactly once, by its deadline, with its trace).
 
         With ``idem_key``, a retry of the same submission (the client never saw
         the answer) gets the task it created the first time, not a second one.
@@ -453,7 +461,9 @@ class Node:
         except ModelError as exc:
             raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
         try:
-            arrays = inputs_from_json(inputs, loaded.inputs, max_elements=self.config.limits.max_frame_bytes // 4)
+            limit = self.config.limits.max_frame_bytes // 4
+            arrays = inputs_from_arrays(inputs, loaded.inputs, limit) if typed_arrays(inputs) else \
+                inputs_from_json(inputs, loaded.inputs, max_elements=limit)
             check_limits(model, arrays, loaded.manifest)
         except (InputError, LimitError) as exc:
             raise SubmitError(400, str(exc)) from None
@@ -476,11 +486,12 @@ class Node:
                                    f"retry in {self.executor.retry_after_s()}s")
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
-        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now)
+        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
+                         journaled=journaled and self.journal is not None)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
                           deadline=now + timeout_s, model_sha256=self.store.sha256(model))
-        if self.journal is not None:
+        if self.journal is not None and journaled:
             try:       # on disk before anyone is told: a crash from here on loses nothing
                 self.journal.accept(req, executor, why, now, idem_key)
             except JournalError as exc:
@@ -558,7 +569,7 @@ class Node:
         """The task's one final state: in memory, then in the journal."""
         if not rec.finish(ok=ok, when=when, outputs=outputs, error=error, trace=trace, compute_s=compute_s):
             return False
-        if self.journal is not None:
+        if self.journal is not None and rec.journaled:
             try:
                 self.journal.finish(rec.task_id, ok, when, result, error)
             except JournalError as exc:

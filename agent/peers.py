@@ -17,7 +17,8 @@ class PeerEntry:
     index: int
     peer_id: str
     multiaddr: str      # full libp2p address, ending in /p2p/<peer_id>
-    api: str            # base URL of the node's HTTP API
+    api: str            # base URL of the node's HTTP API (also the Open Inference Protocol's /v2)
+    grpc: str = ""      # host:port of its gRPC inference service; "" = none
 
 
 class Peers:

@@ -33,6 +33,7 @@ class TaskRecord:
     trace: tuple[Hop, ...] = ()
     compute_s: float = 0.0
     placement: str = ""           # why this executor (placement's reason, or the client's choice)
+    journaled: bool = True        # recorded in the journal (see Node.submit)
     done: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def finish(self, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,

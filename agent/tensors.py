@@ -115,3 +115,24 @@ def inputs_from_json(raw: Any, specs: list[TensorSpec], max_elements: int) -> di
 
 def to_json(arr: np.ndarray) -> dict[str, Any]:
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
+
+
+def inputs_from_arrays(raw: dict[str, np.ndarray], specs: list[TensorSpec], max_elements: int) -> dict[str, np.ndarray]:
+    """Arrays already typed (binary tensors, the Open Inference Protocol) checked like JSON ones."""
+    want = {s.name for s in specs}
+    missing, extra = want - set(raw), set(raw) - want
+    if missing or extra:
+        raise InputError(f"inputs: model expects {sorted(want)}; missing {sorted(missing)}, unexpected {sorted(extra)}")
+    for s in specs:
+        arr = raw[s.name]
+        if arr.dtype.name != s.dtype:
+            raise InputError(f"input {s.name!r}: dtype {arr.dtype.name} given, model expects {s.dtype!r}")
+        if arr.size > max_elements:
+            raise InputError(f"input {s.name!r}: {arr.size} elements exceed the limit of {max_elements}")
+        check_shape(arr, s)
+    return {s.name: raw[s.name] for s in specs}
+
+
+def typed_arrays(inputs: Any) -> bool:
+    """Are these inputs decoded arrays (not JSON still to be checked)?"""
+    return isinstance(inputs, dict) and bool(inputs) and all(isinstance(v, np.ndarray) for v in inputs.values())

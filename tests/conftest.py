@@ -60,9 +60,9 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
 
     from agent import fleet
     nodes = n + len(ground)
-    base = free_port_block(2 * nodes)
-    spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes, models=models,
-                           ground=tuple(ground), **spec_fields)
+    base = free_port_block(3 * nodes)
+    spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes,
+                           grpc_base_port=base + 2 * nodes, models=models, ground=tuple(ground), **spec_fields)
     cfg, peers, procs = fleet.start(spec)
     try:
         trio.run(partial(fleet.wait_ready, peers, ready_timeout, None, procs, log_dir=directory / "logs"))

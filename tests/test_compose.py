@@ -444,9 +444,9 @@ def test_node_chaos_on_a_local_fleet(tmp_path, models_dir, capsys, monkeypatch):
     from agent import cli, fleet
     from agent.chaos_cli import LocalNodeChaos, NodeChaosError, _proc_state
     from tests.conftest import free_port_block
-    base = free_port_block(8)
+    base = free_port_block(12)
     spec = fleet.FleetSpec(directory=tmp_path / "f", n=4, p2p_base_port=base, api_base_port=base + 4,
-                           models=models_dir)
+                           grpc_base_port=base + 8, models=models_dir)
     # a local fleet in --dir wins over a configured compose project
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", "ignored-while-a-local-fleet-is-here")
 
