@@ -134,6 +134,11 @@ class BroadcastQueue:
     def updates(self) -> list[Update]:
         return [i.update for i in self._items.values()]
 
+    def holds(self, update: Update) -> bool:
+        """Whether ``update`` itself is queued (transmissions still pending)."""
+        item = self._items.get(update.key)
+        return item is not None and item.update == update
+
     def holds_other_than(self, kind: str) -> bool:
         """Whether any queued update is of another kind than ``kind`` (e.g. membership news among states)."""
         return any(i.update.kind != kind for i in self._items.values())

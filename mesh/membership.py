@@ -350,6 +350,7 @@ class Membership:
         self.lhm = 0
         self._hold_until = -_INF           # no verdicts before this (start-up, own loop lag)
         self._next_lag_bump = -_INF
+        self._resend_alive_at = -_INF
         self.queue = BroadcastQueue(config.queue_items)
         self.states = StateTable(me, config.state_max_bytes)
         self.links = LinkStateTable()
@@ -366,7 +367,7 @@ class Membership:
         self.stats = {"probes": 0, "pings_sent": 0, "indirect_rounds": 0, "acks_received": 0, "failed_rounds": 0,
                       "suspicions": 0, "deaths_declared": 0, "refutations": 0, "links_reported_down": 0,
                       "links_reported_up": 0, "nacks_sent": 0, "syncs": 0, "gossip_frames": 0,
-                      "lag_events": 0, "verdicts_held": 0}
+                      "lag_events": 0, "verdicts_held": 0, "refutations_resent": 0}
 
     # -- public views -----------------------------------------------------------------
 
@@ -970,9 +971,15 @@ class Membership:
             mine = self._inc[node]
             if (k == "a" and inc > mine) or (k != "a" and inc >= mine):
                 self._refute(now, inc)
-            elif k != "a":
+            elif k != "a" and now >= self._resend_alive_at and not self.queue.holds(Alive(self.me, mine)):
                 # An accusation below our incarnation: our refutation has not got
-                # there (lost, or its transmissions ran out). Send it again.
+                # there (lost, or its transmissions ran out). Send it again, at
+                # most once a period: on a slow host stale copies of an old
+                # accusation keep arriving, and answering each with a flush of
+                # frames to every neighbour delays everything (acks included)
+                # further, which breeds new accusations.
+                self._resend_alive_at = now + self.config.probe_interval_s
+                self.stats["refutations_resent"] += 1
                 self.queue.push(Alive(self.me, mine))
                 self._next_gossip = min(self._next_gossip, now)
             return False

@@ -372,6 +372,27 @@ def test_a_death_is_detected_and_known_everywhere():
     assert {e.node for e in deaths} == {5}
 
 
+def test_stale_accusations_do_not_make_a_node_flood_its_refutation():
+    # On a slow host copies of an old accusation keep arriving for seconds after
+    # the refutation.  Answering each with a flush to every neighbour would
+    # pile up frames (and acks behind them): at most one re-send per period.
+    tw = Twin(cfg())
+    tw.run(2.0)
+    m = tw.nodes[0]
+    tw.out(0, m.on_message(tw.now, 1, Gossip((Suspect(0, 0, 1),))))       # refuted: incarnation 1
+    assert m.incarnation == 1
+    tw.run(4.0)                                                            # the refutation spread
+    tw.sent.clear()
+    for _ in range(50):                                                    # 1 s of stale copies, 20 ms apart
+        tw.out(0, m.on_message(tw.now, 1, Gossip((Suspect(0, 0, 1),))))
+        tw.run(tw.now + 0.02)
+    alive_frames = [msg for src, _, msg in tw.sent
+                    if src == 0 and any(isinstance(u, Alive) and u.node == 0 for u in getattr(msg, "updates", ()))]
+    assert m.stats.get("refutations_resent", 0) <= 3
+    assert len(alive_frames) <= 3 * 2 * len(tw.adj[0])      # ≤ 3 re-sends × transmit limit × neighbours
+    assert m.incarnation == 1 and all(tw.nodes[i].status(0) == "alive" for i in tw.live())
+
+
 def test_only_the_suspects_neighbours_declare_it_dead():
     # They probe it and hear its refutation in one hop; everyone else learns
     # the verdict by gossip (or, as a backstop, after remote_verdict_mult × the timeout).
