@@ -145,6 +145,11 @@ class MembershipService:
             nursery.start_soon(self.lag.watch, self._on_lag)
             await self._run_protocol()
 
+    def link_opened(self, peer: str) -> None:
+        """The transport connected ``peer``: it may be starting (see Membership.link_opened)."""
+        if peer in self.peers:
+            self.m.link_opened(time.time(), self.peers[peer].index)
+
     def _on_lag(self, lag_s: float) -> None:
         self.m.note_lag(time.time(), lag_s)
 

@@ -119,7 +119,7 @@ class Node:
             self._propagation, self._link_profile, self._on_message,
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
-            on_link_up=self._sync_chaos, accept_unknown=self._accept_ground,
+            on_link_up=self._link_up, accept_unknown=self._accept_ground,
         )
         self.healing = HealingRouter(self.router.snapshot)
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
@@ -786,6 +786,10 @@ class Node:
                 news.append(entry)
         if news:
             self._flood(news, exclude=from_node)
+
+    def _link_up(self, peer: str) -> None:
+        self.membership.link_opened(peer)
+        self._sync_chaos(peer)
 
     def _sync_chaos(self, peer: str) -> None:
         """A (re)connected neighbour gets the whole table: it may have missed floods."""

@@ -54,7 +54,9 @@ Design (docs/membership.md has the reasons):
   tell a silent neighbour from its own stall (acks and refutations may be
   sitting unread), so past ``lag_tolerance_s`` its local health degrades and
   it takes no verdict (no suspicion, no failed link, no expiry) until its loop
-  has run on time for a while.  The same hold covers start-up.
+  has run on time for a while.  The same hold covers start-up, ours
+  (``start_grace_s``) and a neighbour's: no verdict about a neighbour within
+  ``join_grace_s`` of its link (re)opening (``link_opened``).
 * **Neighbours judge**: a suspicion expires into a death only at the
   suspect's laser neighbours (they probe it, its refutation reaches them in
   one hop); farther nodes wait ``remote_verdict_mult`` × longer.
@@ -117,6 +119,7 @@ class MembershipConfig:
     lag_tolerance_s: float = 0.1           # own timers later than this: our silence verdicts are unreliable
     lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
     remote_verdict_mult: float = 4.0       # a node that cannot probe the suspect waits this × its timeout
+    join_grace_s: float = 10.0             # no verdict about a neighbour this soon after its link (re)opened
 
     def __post_init__(self) -> None:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
@@ -127,6 +130,8 @@ class MembershipConfig:
                 raise ValueError(f"membership {name} must be ≥ 1")
         if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:
             raise ValueError("membership indirect_paths, suspicion_k and max_lhm must be ≥ 0")
+        if self.join_grace_s < 0:
+            raise ValueError("membership join_grace_s must be ≥ 0")
         if self.remote_verdict_mult < 1:
             raise ValueError("membership remote_verdict_mult must be ≥ 1")
         if self.lag_tolerance_s <= 0 or self.lag_hold_mult < 0:
@@ -351,6 +356,7 @@ class Membership:
         self._hold_until = -_INF           # no verdicts before this (start-up, own loop lag)
         self._next_lag_bump = -_INF
         self._resend_alive_at = -_INF
+        self._opened: dict[int, float] = {}   # neighbour -> when our link to it last (re)opened
         self.queue = BroadcastQueue(config.queue_items)
         self.states = StateTable(me, config.state_max_bytes)
         self.links = LinkStateTable()
@@ -472,7 +478,8 @@ class Membership:
                 # it waits longer, as a backstop for a suspect whose neighbours
                 # are all gone.
                 mult = 1.0 if node in nbrs else self.config.remote_verdict_mult
-                later = max(s.start + s.timeout() * mult, self._hold_until)
+                later = max(s.start + s.timeout() * mult, self._hold_until,
+                            self._opened.get(node, -_INF) + self.config.join_grace_s)
                 if now < later:
                     s.deadline = later
                     self.stats["verdicts_held"] += 1
@@ -598,6 +605,20 @@ class Membership:
         if now >= self._next_lag_bump:
             self.lhm = min(c.max_lhm, self.lhm + 1)
             self._next_lag_bump = now + c.probe_interval_s
+
+    def link_opened(self, now: float, node: int) -> None:
+        """The driver's link to neighbour ``node`` just (re)connected.
+
+        A peer whose link is that fresh is usually starting (a fleet's start-up
+        storm, a restart): loading, connecting its other links, warming its
+        models, with its event loop busy for seconds on a loaded host.  Its
+        silence proves nothing for ``join_grace_s``.
+        """
+        if node in self._status:
+            self._opened[node] = now
+
+    def _joining(self, now: float, node: int) -> bool:
+        return now < self._opened.get(node, -_INF) + self.config.join_grace_s
 
     def holding_verdicts(self, now: float) -> bool:
         """Whether silence is not being judged at ``now`` (start-up, or the loop lagged)."""
@@ -755,9 +776,9 @@ class Membership:
             else:
                 self._link_failed(now, t)
             return
-        if now < self._hold_until:
+        if now < self._hold_until or self._joining(now, t):
             self.stats["verdicts_held"] += 1
-            return   # starting, or our own loop lagged: this silence proves nothing
+            return   # we are starting or lagged, or it is: this silence proves nothing
         if t not in self._nbr_lat(now):
             return  # the link closed (physics or plan) during the round: no verdict
         self.stats["failed_rounds"] += 1

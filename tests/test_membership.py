@@ -393,6 +393,30 @@ def test_stale_accusations_do_not_make_a_node_flood_its_refutation():
     assert m.incarnation == 1 and all(tw.nodes[i].status(0) == "alive" for i in tw.live())
 
 
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_neighbour_whose_link_just_opened_is_not_judged_while_it_starts(announced):
+    # A node that just came up on a loaded host answers nothing for seconds
+    # (imports done, links connecting, models warming).  Its neighbours' links
+    # to it just opened: no verdict within join_grace_s.  Without the link-open
+    # report the same start-up gets it declared dead.
+    tw = Twin(cfg())
+    tw.run(3.0)
+    if announced:
+        for n in tw.adj[5]:
+            tw.nodes[n].link_opened(tw.now, 5)
+    tw.stall(5, 4.0)
+    tw.run(9.0)
+    verdicts = [e for _, e in tw.events if isinstance(e, (NodeSuspect, NodeDead)) and e.node == 5]
+    if announced:
+        assert verdicts == [] and all(tw.nodes[i].status(5) == "alive" for i in tw.live())
+        tw.run(14.0)                       # past the grace, a real death is still found
+        tw.kill(5)
+        tw.run(20.0)
+        assert all(tw.nodes[i].status(5) == "dead" for i in tw.live())
+    else:
+        assert any(isinstance(e, NodeDead) for e in verdicts)
+
+
 def test_only_the_suspects_neighbours_declare_it_dead():
     # They probe it and hear its refutation in one hop; everyone else learns
     # the verdict by gossip (or, as a backstop, after remote_verdict_mult × the timeout).
