@@ -47,7 +47,8 @@ class MembershipService:
         self.names = {i: e.name for i, e in peers.by_index.items()}
         self.me = peers[me].index
         self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
-                            random.Random(), incarnation=incarnation, link_down_expected=link_down_expected)
+                            random.Random(), incarnation=incarnation, link_down_expected=link_down_expected,
+                            reports_links=True)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
         # Every suspect / dead verdict this view has held, by subject, for the

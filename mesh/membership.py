@@ -120,6 +120,7 @@ class MembershipConfig:
     lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
     remote_verdict_mult: float = 4.0       # a node that cannot probe the suspect waits this × its timeout
     join_grace_s: float = 10.0             # no verdict about a neighbour this soon after its link (re)opened
+    unjoined_grace_s: float = 120.0        # ... nor, this long after our start, about one whose link never opened
 
     def __post_init__(self) -> None:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
@@ -130,8 +131,8 @@ class MembershipConfig:
                 raise ValueError(f"membership {name} must be ≥ 1")
         if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:
             raise ValueError("membership indirect_paths, suspicion_k and max_lhm must be ≥ 0")
-        if self.join_grace_s < 0:
-            raise ValueError("membership join_grace_s must be ≥ 0")
+        if self.join_grace_s < 0 or self.unjoined_grace_s < 0:
+            raise ValueError("membership join_grace_s and unjoined_grace_s must be ≥ 0")
         if self.remote_verdict_mult < 1:
             raise ValueError("membership remote_verdict_mult must be ≥ 1")
         if self.lag_tolerance_s <= 0 or self.lag_hold_mult < 0:
@@ -327,8 +328,12 @@ class Membership:
     """One node's view of the fleet, and the protocol that keeps it current."""
 
     def __init__(self, me: int, nodes: Iterable[int], neighbours_fn: NeighboursFn, config: MembershipConfig,
-                 rng: random.Random, *, incarnation: int = 0, link_down_expected: LinkDownExpectedFn | None = None):
+                 rng: random.Random, *, incarnation: int = 0, link_down_expected: LinkDownExpectedFn | None = None,
+                 reports_links: bool = False):
+        """``reports_links``: the driver calls :meth:`link_opened` whenever its link to a
+        neighbour connects, so a neighbour whose link never opened has not joined yet."""
         self.me = me
+        self.reports_links = reports_links
         self.config = config
         self.rng = rng
         self.neighbours_fn = neighbours_fn
@@ -478,8 +483,7 @@ class Membership:
                 # it waits longer, as a backstop for a suspect whose neighbours
                 # are all gone.
                 mult = 1.0 if node in nbrs else self.config.remote_verdict_mult
-                later = max(s.start + s.timeout() * mult, self._hold_until,
-                            self._opened.get(node, -_INF) + self.config.join_grace_s)
+                later = max(s.start + s.timeout() * mult, self._hold_until, self._join_hold(node))
                 if now < later:
                     s.deadline = later
                     self.stats["verdicts_held"] += 1
@@ -618,7 +622,16 @@ class Membership:
             self._opened[node] = now
 
     def _joining(self, now: float, node: int) -> bool:
-        return now < self._opened.get(node, -_INF) + self.config.join_grace_s
+        return now < self._join_hold(node)
+
+    def _join_hold(self, node: int) -> float:
+        """Until when verdicts about ``node`` wait for it to join."""
+        opened = self._opened.get(node)
+        if opened is None:
+            # Never connected: it has not joined yet (a fleet starting on a busy
+            # host brings its agents up over a minute or more), not died.
+            return self._started + self.config.unjoined_grace_s if self.reports_links and self._started is not None else -_INF
+        return opened + self.config.join_grace_s
 
     def holding_verdicts(self, now: float) -> bool:
         """Whether silence is not being judged at ``now`` (start-up, or the loop lagged)."""

@@ -417,6 +417,28 @@ def test_a_neighbour_whose_link_just_opened_is_not_judged_while_it_starts(announ
         assert any(isinstance(e, NodeDead) for e in verdicts)
 
 
+def test_a_neighbour_that_never_connected_has_not_joined_yet():
+    # A fleet starting on a busy host: one agent comes up late.  Its
+    # neighbours, whose drivers report link openings, do not declare it dead
+    # before its link ever opened (for unjoined_grace_s), and judge it normally
+    # once it has joined.
+    tw = Twin(cfg())
+    for i in tw.adj[5]:
+        tw.nodes[i].reports_links = True
+        for j in tw.adj[i]:
+            if j != 5:
+                tw.nodes[i].link_opened(0.0, j)
+    tw.stall(5, 6.0)                                     # not running yet
+    tw.run(8.0)
+    assert not any(isinstance(e, (NodeSuspect, NodeDead)) and e.node == 5 for _, e in tw.events)
+    for i in tw.adj[5]:
+        tw.nodes[i].link_opened(tw.now, 5)               # it joined
+    tw.run(20.0)
+    tw.kill(5)
+    tw.run(27.0)
+    assert all(tw.nodes[i].status(5) == "dead" for i in tw.live())
+
+
 def test_only_the_suspects_neighbours_declare_it_dead():
     # They probe it and hear its refutation in one hop; everyone else learns
     # the verdict by gossip (or, as a backstop, after remote_verdict_mult × the timeout).
