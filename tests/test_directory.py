@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import multiaddr
 import pytest
@@ -15,35 +11,13 @@ from agent import directory
 from agent.directory import DirectoryError, SwarmDirectory
 from agent.p2p import _NameCache
 from tests.conftest import free_port_block
+from tests.http_stubs import http_stubs
 
 
-@contextmanager
 def agents(port: int, who: dict[str, str]):
-    """Tiny stand-ins for agents: GET /v1/health on each loopback address answers its node name."""
-    servers = []
-    for ip, node in who.items():
-        class Health(BaseHTTPRequestHandler):
-            name = node
-
-            def do_GET(self):
-                body = json.dumps({"status": "ok", "node": self.name}).encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        srv = ThreadingHTTPServer((ip, port), Health)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-    try:
-        yield
-    finally:
-        for srv in servers:
-            srv.shutdown()
-            srv.server_close()
+    """Stand-ins for agents: GET /v1/health on each loopback address answers its node name."""
+    return http_stubs(port, {ip: (lambda m, p, b, node=node: (200, {"status": "ok", "node": node}))
+                             for ip, node in who.items()})
 
 
 async def test_replicas_are_named_by_asking_them_and_a_replacement_is_found(monkeypatch):

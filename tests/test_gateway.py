@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import trio
@@ -14,40 +11,14 @@ from hypercorn.trio import serve
 
 from agent import directory, gateway
 from tests.conftest import free_port_block
+from tests.http_stubs import http_stubs
 
 
-@contextmanager
 def replicas(port: int, names: dict[str, str]):
-    """Stand-in agents: echo the method, path, query and body with their node name."""
-    servers = []
-    for ip, node in names.items():
-        class Echo(BaseHTTPRequestHandler):
-            name = node
-
-            def _answer(self):
-                n = int(self.headers.get("content-length") or 0)
-                body = json.dumps({"node": self.name, "method": self.command, "path": self.path,
-                                   "body": self.rfile.read(n).decode()}).encode()
-                self.send_response(202 if self.command == "POST" else 200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *a):
-                pass
-
-        srv = ThreadingHTTPServer((ip, port), Echo)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-    try:
-        yield
-    finally:
-        for srv in servers:
-            srv.shutdown()
-            srv.server_close()
+    """Stand-in agents: echo the method, path and body with their node name (202 for a POST)."""
+    def echo(node):
+        return lambda m, p, b: (202 if m == "POST" else 200, {"node": node, "method": m, "path": p, "body": b.decode()})
+    return http_stubs(port, {ip: echo(node) for ip, node in names.items()})
 
 
 async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monkeypatch):
