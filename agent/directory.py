@@ -48,12 +48,23 @@ class SwarmDirectory:
         return [self.find(name, family)]
 
     def find(self, name: str, family: int = socket.AF_INET) -> str:
+        live, known = self.refresh(family, recheck=name)
+        found = [ip for ip, n in known.items() if n == name]
+        if not found:
+            raise DirectoryError(f"{name} is not among the {len(live)} replicas behind {self.service_name}")
+        return found[0]
+
+    def refresh(self, family: int = socket.AF_INET, recheck: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """(every address behind the service, the names of those that answered).
+
+        Addresses not named yet are asked, and so is the one believed to be
+        ``recheck`` (its replica may have been replaced meanwhile).
+        """
         live = resolve_all(self.service_name, family)
         with self._lock:
             self._by_ip = {ip: n for ip, n in self._by_ip.items() if ip in live}   # replaced replicas leave
             known = dict(self._by_ip)
-        # ask every address we cannot name yet, and re-check the one we believe is ``name``
-        ask = [ip for ip in live if ip not in known or known[ip] == name]
+        ask = [ip for ip in live if ip not in known or known[ip] == recheck]
         if ask:
             with ThreadPoolExecutor(min(MAX_PARALLEL, len(ask))) as pool:
                 answers = dict(zip(ask, pool.map(self._whois, ask)))
@@ -64,10 +75,7 @@ class SwarmDirectory:
                     else:
                         self._by_ip[ip] = who
                 known = dict(self._by_ip)
-        found = [ip for ip, n in known.items() if n == name]
-        if not found:
-            raise DirectoryError(f"{name} is not among the {len(live)} replicas behind {self.service_name}")
-        return found[0]
+        return live, known
 
     def _whois(self, ip: str) -> str | None:
         host = f"[{ip}]" if ":" in ip else ip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import re
 import sys
 import time
 
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.directory import resolve_all
+from agent.directory import SwarmDirectory
 
 log = logging.getLogger("orbitmesh.gateway")
 
@@ -35,34 +36,52 @@ REFRESH_S = 2.0              # how stale the replica list may get
 MAX_BODY_BYTES = 16 << 20    # the agents' own limit (FleetConfig.limits.max_body_bytes)
 REQUEST_TIMEOUT_S = 120.0    # a long-poll GET /v1/tasks/{id}?wait=60 fits
 TRIES = 3                    # replicas tried when one refuses the connection
+_TASK_PATH = re.compile(r"^/v1/tasks/([^/]+)$")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                 "content-length", "proxy-connection"}
 
 
 class Replicas:
-    """The addresses behind the service's DNS name, refreshed at most every REFRESH_S."""
+    """The satellites behind the service's DNS name, by name, refreshed at most every REFRESH_S.
 
-    def __init__(self, service_name: str):
+    Ground stations are replicas too, but a request entering at one with no
+    satellite in view would wait for its deadline: new requests go to
+    satellites only, and a task's queries go to its entry node (named in its
+    id), which answers without a query over the mesh.
+    """
+
+    def __init__(self, service_name: str, upstream_port: int):
         self.service_name = service_name
-        self.addrs: list[str] = []
+        self.directory = SwarmDirectory(service_name, upstream_port)
+        self.by_name: dict[str, str] = {}
+        self.sats: list[str] = []
         self._at = -REFRESH_S
         self._turn = itertools.count()
 
-    async def pick(self, n: int) -> list[str]:
-        if time.monotonic() - self._at >= REFRESH_S:
-            self._at = time.monotonic()
-            try:
-                self.addrs = await trio.to_thread.run_sync(resolve_all, self.service_name, 0)
-            except OSError as exc:
-                log.warning("cannot resolve %s: %s", self.service_name, exc)
-        if not self.addrs:
-            return []
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._at < REFRESH_S:
+            return
+        self._at = time.monotonic()
+        try:
+            _, known = await trio.to_thread.run_sync(self.directory.refresh, 0)
+        except OSError as exc:
+            log.warning("cannot resolve %s: %s", self.service_name, exc)
+            return
+        self.by_name = {name: ip for ip, name in known.items()}
+        self.sats = sorted(ip for ip, name in known.items() if name.startswith("sat-"))
+
+    async def pick(self, n: int, prefer: str | None = None) -> list[str]:
+        await self._refresh()
+        first = [self.by_name[prefer]] if prefer in self.by_name else []
+        if not self.sats:
+            return first
         start = next(self._turn)
-        return [self.addrs[(start + k) % len(self.addrs)] for k in range(min(n, len(self.addrs)))]
+        rest = [self.sats[(start + k) % len(self.sats)] for k in range(min(n, len(self.sats)))]
+        return first + [a for a in rest if a not in first]
 
 
 def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BYTES) -> Starlette:
-    replicas = Replicas(service_name)
+    replicas = Replicas(service_name, upstream_port)
     client = httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=2.0),
                                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -77,7 +96,9 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
                 return JSONResponse({"error": f"body is over the {max_body}-byte limit"}, 413)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         tried = []
-        for addr in await replicas.pick(TRIES):
+        task = _TASK_PATH.match(request.url.path)
+        entry = task.group(1).rsplit("-", 1)[0] if task and "-" in task.group(1) else None
+        for addr in await replicas.pick(TRIES, prefer=entry):
             host = f"[{addr}]" if ":" in addr else addr
             url = f"http://{host}:{upstream_port}{request.url.path}"
             try:

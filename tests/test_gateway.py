@@ -24,15 +24,15 @@ def replicas(port: int, names: dict[str, str]):
 async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monkeypatch):
     up = free_port_block(2)
     gw = up + 1
-    behind = ["127.0.0.2", "127.0.0.7", "127.0.0.3"]        # .7: a replica being replaced, refusing
+    # .7: a replica being replaced, refusing; .4: a ground station (no new requests: it may have no satellite in view)
+    behind = ["127.0.0.2", "127.0.0.7", "127.0.0.3", "127.0.0.4"]
     monkeypatch.setattr(directory, "resolve_all", lambda name, family: list(behind))
-    monkeypatch.setattr(gateway, "resolve_all", lambda name, family: list(behind))
     cfg = HypercornConfig()
     cfg.bind = [f"127.0.0.1:{gw}"]
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: serve(gateway.build_app("tasks.sat", up, max_body=1000), cfg,
                                                       shutdown_trigger=trio.sleep_forever, task_status=task_status))
-        with replicas(up, {"127.0.0.2": "sat-0", "127.0.0.3": "sat-1"}):
+        with replicas(up, {"127.0.0.2": "sat-0", "127.0.0.3": "sat-1", "127.0.0.4": "gs-london"}):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw}", timeout=10) as http:
                 seen = set()
                 for _ in range(6):
@@ -43,6 +43,9 @@ async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monke
                     assert r.headers["x-orbitmesh-replica"] in ("127.0.0.2", "127.0.0.3")
                     seen.add(got["node"])
                 assert seen == {"sat-0", "sat-1"}
+                for _ in range(4):                       # a task's queries go to its entry node
+                    r = await http.get("/v1/tasks/sat-1-0123abcd", params={"wait": "5"})
+                    assert r.json()["node"] == "sat-1" and r.json()["path"] == "/v1/tasks/sat-1-0123abcd?wait=5"
                 r = await http.post("/v1/tasks", content=b"x" * 2000)
                 assert r.status_code == 413 and "limit" in r.json()["error"]
         behind[:] = ["127.0.0.7"]
