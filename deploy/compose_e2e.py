@@ -188,6 +188,27 @@ def ground_checks(checks: Checks, fleet: Fleet, gs_names: list[str], names: list
                      " → ".join(path_of(rec)) if rec.get("status") == "succeeded" else str(rec.get("error")))
 
 
+def grpc_checks(checks: Checks, samples: list[dict[str, Any]], grpc_base: int, target: str) -> None:
+    """A real tritonclient against sat-0's published gRPC port: live, and a digits inference routed to ``target``."""
+    import numpy as np
+    import tritonclient.grpc as tg
+    try:
+        client = tg.InferenceServerClient(f"127.0.0.1:{grpc_base}")
+        live = client.is_server_live()
+        x = np.asarray(samples[5]["inputs"]["input"], dtype=np.float32)
+        inp = tg.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        r = client.infer("digits", [inp], parameters={"target": target}, client_timeout=30)
+        label = int(r.as_numpy("label")[0])
+        route = r.get_response().parameters["route"].string_param
+    except Exception as exc:   # tritonclient raises its own InferenceServerException and grpc errors
+        checks.check(False, f"gRPC on 127.0.0.1:{grpc_base} (sat-0)", f"{type(exc).__name__}: {exc}")
+        return
+    checks.check(live and label == samples[5]["label"],
+                 f"gRPC (tritonclient) on 127.0.0.1:{grpc_base}: sat-0 live, digits routed to {target}: label {label} "
+                 f"(onnxruntime here: {samples[5]['label']})", route)
+
+
 def verdict_checks(checks: Checks, fleet: Fleet, nodes: list[str], faulted: set[str], when: str) -> dict[str, Any]:
     """Zero "dead" verdicts about nodes nobody faulted, in every node's view, for the whole run.
 
@@ -314,6 +335,9 @@ def main() -> int:
     checks.check(len(set(ids.values())) == len(ids), f"every node has its own peer id ({len(ids)} nodes)")
     route = routes(fleet, chaos)
     verdict_checks(checks, fleet, names + gs_names, set(), "after start-up")
+
+    # -- 0a. the Open Inference Protocol over gRPC, published per container (sat-i on 8200+i) ----
+    grpc_checks(checks, samples, grpc_base=args.api_base + 100, target=names[len(names) // 2])
 
     # -- 0b. ground stations: agents of their own, linked only to satellites in view ----------
     ground_checks(checks, fleet, gs_names, names, samples)

@@ -74,7 +74,7 @@ def test_demo_document_runs_every_satellite_on_one_network():
         assert svc["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
         assert svc["networks"] == ["constellation"]
         assert svc["volumes"] == ["fleet:/fleet:ro", f"{name}-data:/data"]
-        assert svc["ports"] == [f"127.0.0.1:{8100 + i}:8080"]
+        assert svc["ports"] == [f"127.0.0.1:{8100 + i}:8080", f"127.0.0.1:{8200 + i}:8081"]   # API, gRPC
         assert svc["cap_drop"] == ["ALL"] and svc["cap_add"] == ["SYS_NICE"]
         role = "satellite" if i < 24 else "ground"
         assert svc["labels"] == {"org.orbitmesh.node": name, "org.orbitmesh.role": role}
@@ -89,7 +89,7 @@ def test_other_sizes_and_options():
     s = sats(doc)
     assert len(s) == 12 and nodes(doc) == s
     assert doc["services"]["init"]["command"][-4:] == ["-n", "12", "--time-scale", "10.0"]
-    assert s["sat-0"]["ports"] == ["127.0.0.1:9000:8080"]
+    assert s["sat-0"]["ports"] == ["127.0.0.1:9000:8080", "127.0.0.1:8200:8081"]
     assert all("ports" not in svc for name, svc in s.items() if name != "sat-0")
     assert all("cap_add" not in svc and svc["command"][-1] == "--no-realtime" for svc in s.values())
     assert {svc["image"] for svc in doc["services"].values()} == {"reg.local/om:1"}
@@ -105,6 +105,7 @@ def test_other_sizes_and_options():
     (ComposeSpec(n=1), "at least 2"),
     (ComposeSpec(publish="some"), "--publish"),
     (ComposeSpec(api_base_port=65530), "below 65536"),
+    (ComposeSpec(grpc_base_port=8110), "overlap"),
     (ComposeSpec(image="bad image"), "image"),
 ])
 def test_bad_options_are_clear_errors(spec, match):
