@@ -65,7 +65,7 @@ class StackSpec:
     time_scale: float | None = None
     image: str = DEFAULT_IMAGE
     ground: tuple[str, ...] = DEMO_GROUND
-    api_port: int = API_PORT                 # published on every machine through the routing mesh
+    api_port: int = API_PORT                 # published on every machine (gateway or routing mesh)
     publish: str = "gateway"                 # gateway: one per machine (any kernel); mesh: swarm's routing mesh (IPVS)
     external_secret: str | None = None       # a `docker secret create`d secret, else the engine's template
     max_per_machine: int | None = None       # placement: at most this many replicas on one machine
