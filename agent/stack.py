@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.compose import (API_PORT, DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, NETWORK, ComposeError, ComposeSpec, _check,
-                           preset_config_at_epoch, station_names)
+from agent.compose import (DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, NETWORK, ComposeSpec, _check, preset_config_at_epoch,
+                           station_names)
+from agent.fleet_identity import API_PORT, ComposeError
 
 SERVICE = "sat"
 HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task (for people: not resolvable)

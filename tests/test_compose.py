@@ -19,15 +19,12 @@ from agent.compose import (
     ComposeError,
     ComposeSpec,
     compose_document,
-    derive_seed,
-    derived_peer_id,
-    ensure_identity,
-    fleet_peers,
     generate,
     init_fleet,
     prepare_node,
 )
 from agent.engine_chaos import ChaosError, EngineChaos
+from agent.fleet_identity import derive_seed, derived_peer_id, ensure_identity, fleet_peers, read_secret
 from agent.yamlfile import to_yaml
 from agent.p2p import load_or_create_identity, peer_id_of
 
@@ -180,9 +177,9 @@ def test_peers_file_is_a_function_of_the_secret():
 def test_short_or_missing_secret_is_refused(tmp_path):
     (tmp_path / "s").write_text("short\n")
     with pytest.raises(ComposeError, match="too short"):
-        compose.read_secret(tmp_path / "s")
+        read_secret(tmp_path / "s")
     with pytest.raises(ComposeError, match="no fleet secret"):
-        compose.read_secret(tmp_path / "missing")
+        read_secret(tmp_path / "missing")
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -229,7 +226,7 @@ def test_ground_stations_join_the_config_and_peers_file(tmp_path):
     cfg = parse_config((fleet / "config.toml").read_text())
     assert [st.name for st in cfg.ground.stations] == ["london", "tokyo"] and cfg.size == 24
     peers = json.loads((fleet / "peers.json").read_text())["nodes"]
-    secret = compose.read_secret(fleet / "secret")
+    secret = read_secret(fleet / "secret")
     assert [(e["name"], e["index"]) for e in peers[24:]] == [("gs-london", 24), ("gs-tokyo", 25)]
     assert peers[25]["peer_id"] == derived_peer_id(secret, "gs-tokyo")        # the same HMAC scheme
     assert peers[25]["multiaddr"] == f"/dns4/gs-tokyo/tcp/4001/p2p/{peers[25]['peer_id']}"

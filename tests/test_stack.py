@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.compose import ComposeError, derived_peer_id, prepare_node, read_secret
+from agent.compose import ComposeError, prepare_node
+from agent.fleet_identity import derived_peer_id, read_secret
 from agent.engine_chaos import ChaosError, SwarmChaos
 from agent.stack import SECRET_TEMPLATE, StackSpec, stack_document, write_stack
 from mesh.config import parse_config
