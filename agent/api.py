@@ -44,6 +44,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SubmitError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SubmitError(400, "body is JSON nested too deeply") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -105,6 +105,8 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise OipError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise OipError(400, "body is JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise OipError(400, "body must be a JSON object")
         return doc

@@ -124,6 +124,8 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OipError(400, f"request header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise OipError(400, "request header is JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise OipError(400, "request must be a JSON object")
     return doc, memoryview(tail)

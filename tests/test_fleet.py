@@ -134,6 +134,8 @@ async def test_malformed_and_oversized_bodies(running_fleet):
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
         r = await http.post("/v1/tasks", content=b"x" * (cfg.limits.max_body_bytes + 1))
         assert r.status_code == 413 and "limit" in r.json()["error"]
+        r = await http.post("/v1/tasks", content=b"[" * 100_000 + b"]" * 100_000)      # a RecursionError, once a 500
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
         r = await http.get("/v1/tasks/doesnotexist")
         assert r.status_code == 404
         assert (await http.get("/v1/health")).json()["status"] == "ok"

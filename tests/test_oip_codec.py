@@ -138,3 +138,11 @@ def test_our_messages_are_wire_compatible_with_tritonclients():
     service = POOL.FindServiceByName("inference.GRPCInferenceService")
     assert {m.name for m in service.methods} <= set(theirs.DESCRIPTOR.services_by_name["GRPCInferenceService"]
                                                     .methods_by_name)
+
+
+@pytest.mark.parametrize("header", [None, "200005"])
+def test_json_nested_too_deeply_is_a_400_not_a_crash(header):
+    body = b"[" * 100_000 + b"]" * 100_000 + (b"x" * 5 if header else b"")
+    with pytest.raises(OipError, match="nested too deeply") as err:
+        parse_infer(body, header)
+    assert err.value.status == 400
