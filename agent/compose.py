@@ -244,7 +244,7 @@ def _check(spec: ComposeSpec):
     except FleetError as exc:
         raise ComposeError(str(exc)) from None
     for name in station_names(cfg):       # the preset's own stations and the added ones
-        if not _SERVICE_NAME.match(name):
+        if not _SERVICE_NAME.fullmatch(name):
             # lat,lon stations are named after their coordinates ("51.5000N,0.1200W"),
             # which is no DNS name: other containers could not resolve the service.
             raise ComposeError(f"ground station {name!r} cannot be a compose service (gs-<name> must be "

@@ -96,7 +96,7 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
                 return JSONResponse({"error": f"body is over the {max_body}-byte limit"}, 413)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         tried = []
-        task = _TASK_PATH.match(request.url.path)
+        task = _TASK_PATH.fullmatch(request.url.path)
         entry = task.group(1).rsplit("-", 1)[0] if task and "-" in task.group(1) else None
         for addr in await replicas.pick(TRIES, prefer=entry):
             host = f"[{addr}]" if ":" in addr else addr

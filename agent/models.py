@@ -125,7 +125,7 @@ class ModelStore:
 
     def path_of(self, name: str) -> Path | None:
         """The ONNX file behind a name, or None."""
-        if not NAME_RE.match(name or ""):
+        if not NAME_RE.fullmatch(name or ""):
             return None
         zoo = self.directory / f"{name}.onnx"
         if zoo.is_file():
@@ -152,7 +152,7 @@ class ModelStore:
                 sha = json.loads((self.directory / f"{name}.json").read_text())["sha256"]
             except (OSError, ValueError, KeyError, TypeError):
                 sha = None
-            self._sha[key] = sha if isinstance(sha, str) and SHA_RE.match(sha) else \
+            self._sha[key] = sha if isinstance(sha, str) and SHA_RE.fullmatch(sha) else \
                 hashlib.sha256(path.read_bytes()).hexdigest()
         return self._sha[key]
 
@@ -176,7 +176,7 @@ class ModelStore:
         """
         if self.uploads is None:
             raise UploadError(503, "this node has no model store for uploads")
-        if not NAME_RE.match(name or ""):
+        if not NAME_RE.fullmatch(name or ""):
             raise UploadError(400, f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', "
                                    f"starting with a letter or digit")
         if (self.directory / f"{name}.onnx").is_file():

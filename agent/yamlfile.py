@@ -32,7 +32,7 @@ def _scalar(v: Any) -> str:
 def _key(k: str) -> str:
     if not isinstance(k, str):
         raise TypeError("mapping keys must be strings")
-    return k if _PLAIN_KEY.match(k) and k.lower() not in _YAML_WORDS else json.dumps(k, ensure_ascii=False)
+    return k if _PLAIN_KEY.fullmatch(k) and k.lower() not in _YAML_WORDS else json.dumps(k, ensure_ascii=False)
 
 
 def _is_scalar(v: Any) -> bool:

@@ -37,7 +37,7 @@ class GroundStation:
     alt_km: float = 0.0
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"station name {self.name!r}: use 1–64 letters, digits, '.', '_', '-' or ','")
         if not -90.0 <= self.lat_deg <= 90.0:
             raise ValueError(f"station {self.name!r}: lat_deg {self.lat_deg} outside −90…90")

@@ -54,6 +54,7 @@ def test_a_new_version_replaces_the_name_and_its_session(store):
     ("double", doubler(pad=2 << 20), None, 413, "exceeds the 1048576-byte limit"),
     ("digits", doubler(), None, 409, "zoo model"),
     ("../etc", doubler(), None, 400, "model name"),
+    ("evil\n", doubler(), None, 400, "model name"),          # `$` matches before a trailing newline
     ("double", b"", None, 400, "empty"),
 ])
 def test_bad_uploads_are_refused_with_the_reason_and_nothing_is_written(store, name, data, sha, status, words):
