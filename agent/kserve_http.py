@@ -9,7 +9,6 @@ then tensors), so it leaves in as few writes as the server makes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import trio
@@ -18,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.oip import InferenceService
-from agent.oip_codec import HEADER_LENGTH, OipError, encode_infer_response, parse_infer
+from agent.oip_codec import HEADER_LENGTH, OipError, encode_infer_response, json_object, parse_infer
 
 BINARY_TYPE = "application/octet-stream"
 # JSON tensors larger than this are parsed and printed in a worker thread: a 256 KB
@@ -101,15 +100,7 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
         body = await read_limited(request, 1 << 16)
         if not body.strip():
             return {}
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise OipError(400, f"body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise OipError(400, "body is JSON nested too deeply") from None
-        if not isinstance(doc, dict):
-            raise OipError(400, "body must be a JSON object")
-        return doc
+        return json_object(body, "body")
 
     async def repo_index(request: Request) -> Response:
         doc = await _json_body(request)

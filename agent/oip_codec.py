@@ -120,15 +120,20 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
             raise OipError(400, f"Inference-Header-Content-Length is {n}, but the body has only {len(body)} bytes "
                                 f"(truncated?)")
         head, tail = body[:n], body[n:]
+    return json_object(head, "request header"), memoryview(tail)
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` parsed as one JSON object; an OipError 400 naming ``what`` otherwise."""
     try:
-        doc = json.loads(head)
+        doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise OipError(400, f"request header is not valid JSON: {exc}") from None
+        raise OipError(400, f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise OipError(400, "request header is JSON nested too deeply") from None
+        raise OipError(400, f"{what} is JSON nested too deeply") from None
     if not isinstance(doc, dict):
-        raise OipError(400, "request must be a JSON object")
-    return doc, memoryview(tail)
+        raise OipError(400, f"{what} must be a JSON object")
+    return doc
 
 
 class BinaryReader:
