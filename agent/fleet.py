@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from agent.atomic import write_atomic
 from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
 from agent.peers import PeerEntry, Peers
@@ -154,7 +155,7 @@ def _record_pid(directory: Path, name: str, pid: int) -> None:
     except (OSError, ValueError):
         return
     state["pids"][name] = pid
-    path.write_text(json.dumps(state, indent=1))
+    write_atomic(path, json.dumps(state, indent=1))
 
 
 def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Popen]]:

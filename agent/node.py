@@ -490,7 +490,7 @@ class Node:
                          journaled=journaled and self.journal is not None)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
-                          deadline=now + timeout_s, model_sha256=self.store.sha256(model))
+                          deadline=now + timeout_s, model_sha256=loaded.sha256 or self.store.sha256(model))
         if self.journal is not None and journaled:
             try:       # on disk before anyone is told: a crash from here on loses nothing
                 self.journal.accept(req, executor, why, now, idem_key)
@@ -852,10 +852,11 @@ class Node:
         ok, outputs, error, compute = False, {}, "", 0.0
         try:
             self._check_power(req.model)
-            if req.model_sha256 and not self.store.has(req.model, req.model_sha256):
+            if req.model_sha256 and not self.store.has_version(req.model, req.model_sha256):
                 await self.fetcher.fetch(req.model, req.model_sha256, req.entry, req.deadline or time.time() + 60)
-            model = self.store.get(req.model) if self.store.loaded(req.model) else \
-                await trio.to_thread.run_sync(self.store.get, req.model)
+            key = self.store.key(req.model, req.model_sha256)    # the task's version, whatever the name means here
+            model = self.store.get(key) if self.store.loaded(key) else \
+                await trio.to_thread.run_sync(self.store.get, key)
             arrays = {}
             for spec in model.inputs:
                 if spec.name not in req.inputs:
@@ -866,7 +867,7 @@ class Node:
                 check_shape(arr, spec)
                 arrays[spec.name] = arr
             check_limits(req.model, arrays, model.manifest)
-            result = await self.executor.run(req.model, arrays)
+            result = await self.executor.run(key, arrays)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
