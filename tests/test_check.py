@@ -77,3 +77,21 @@ def test_check_refuses_bad_input_before_running_anything(fleet24, tmp_path):
     r = orbitmesh(spec, "chaos", "kill", "sat-3", timeout=60)
     assert r.returncode == 1 and "sat-3 is already down" in r.stderr
     assert orbitmesh(spec, "chaos", "restart", "sat-3", timeout=60).returncode == 0
+
+
+def test_a_task_that_ends_after_its_deadline_is_a_violation_unless_its_entry_was_down():
+    """The checker's "late" verdict (issue 18: recovered tasks stayed `accepted` past their deadline)."""
+    import inspect
+
+    from agent.check import DOWN_AT_DEADLINE, LATE_GRACE_S, Job, Report, _late
+    from agent.node import Node
+    on_time = {"status": "failed", "created": 100.0, "finished": 120.0 + LATE_GRACE_S, "error": "no route"}
+    late = {"status": "succeeded", "created": 100.0, "finished": 200.0, "error": None}
+    entry_down = {"status": "failed", "created": 100.0, "finished": 200.0,
+                  "error": f"sat-12 {DOWN_AT_DEADLINE}"}
+    assert _late(on_time, 20.0) == "" and _late(entry_down, 20.0) == ""
+    assert _late(late, 20.0) == "late: succeeded 80.0 s after its 20 s deadline"
+    assert DOWN_AT_DEADLINE in inspect.getsource(Node._recover_row)      # the entry's own words
+    job = Job(0, "sat-12", "k", 0, task_id="sat-12-x", final=late, violations=[_late(late, 20.0)])
+    report = Report([job], [], [], 1.0)
+    assert report.counts()["late"] == 1 and not report.ok and "1 ended after their deadline" in report.text()
