@@ -120,8 +120,8 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
         entries.append(PeerEntry(name, i, pid, f"/ip4/{spec.host}/tcp/{p2p}/p2p/{pid}", f"http://{spec.host}:{api}",
                                  f"{spec.host}:{grpc}"))
     peers = Peers(entries)
-    (d / "config.toml").write_text(config_to_toml(cfg))
-    (d / "peers.json").write_text(peers.to_json())
+    write_atomic(d / "config.toml", config_to_toml(cfg))
+    write_atomic(d / "peers.json", peers.to_json())
     return cfg, peers
 
 
@@ -164,7 +164,7 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
     if (spec.directory / "fleet.json").exists() and any(_alive(p) for p in _pids(spec.directory).values()):
         raise FleetError(f"a fleet is already running from {spec.directory}; `orbitmesh down` first")
     cfg, peers = prepare(spec)
-    (spec.directory / "fleet.json").write_text(json.dumps(
+    write_atomic(spec.directory / "fleet.json", json.dumps(
         {"pids": {}, "started": time.time(), "spec": {
             "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
             "api_base_port": spec.api_base_port, "grpc_base_port": spec.grpc_base_port,

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from agent.atomic import write_atomic
+
 from . import cloudmask, digits, embed, matmul
 
 _MODULES = (digits, cloudmask, embed, matmul)
@@ -153,13 +155,6 @@ def check_limits(name: str, arrays: dict[str, Any], manifest: dict | None) -> No
 # --- helpers for builder modules (kept here so every model shares them) ----
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via rename so a crash never leaves a half-written artifact."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _strip_debug_info(graph: Any) -> None:
     """Drop doc strings and metadata_props from a graph, its parts and subgraphs."""
     def clear(msg: Any) -> None:
@@ -228,9 +223,9 @@ def write_model(
     onnx_path, json_path = artifact_paths(out_dir, name)
     files = {}
     for fname, data in (side_files or {}).items():
-        _atomic_write(Path(out_dir) / fname, data)
+        write_atomic(Path(out_dir) / fname, data)
         files[fname] = hashlib.sha256(data).hexdigest()
-    _atomic_write(onnx_path, model_bytes)
+    write_atomic(onnx_path, model_bytes)
     manifest = {
         "name": name,
         "file": onnx_path.name,
@@ -239,7 +234,7 @@ def write_model(
         **({"files": files} if files else {}),
         **manifest,
     }
-    _atomic_write(json_path, _dump_manifest(manifest).encode())
+    write_atomic(json_path, _dump_manifest(manifest).encode())
     return manifest
 
 
