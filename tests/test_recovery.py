@@ -110,3 +110,26 @@ def test_a_task_open_in_the_journal_but_unknown_in_memory_gets_a_timer_when_aske
     assert len(node.deadlines) == 1 and "sat-0-late" in node._requests and node.ledger.pending() == ["sat-0-late"]
     gone = journal.accept(_request("sat-0-old", time.time() - 1), "sat-5", "", time.time() - 31)
     assert gone is None and node.find_task("sat-0-old").status == "failed"
+
+
+def test_deadline_timers_on_a_fake_clock():
+    from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
+    table, timers = TaskTable(capacity=4), DeadlineTimers(grace_s=1.0)
+    recs = [TaskRecord(f"t{k}", "digits", "sat-0", "sat-5", created=0.0, deadline=10.0 * (k + 1)) for k in range(3)]
+    for r in recs:
+        table.add(r)
+        timers.watch(r)
+    timers.watch(TaskRecord("no-deadline", "digits", "sat-0", "sat-5", created=0.0))   # inf: no timer
+    assert len(timers) == 3 and timers.next_at() == 11.0
+    assert timers.due(10.9, table) == []                      # the grace: the ledger speaks first
+    recs[1].finish(ok=True, when=15.0)                        # ended in time: its timer is a no-op
+    assert timers.due(21.0, table) == [recs[0]] and timers.fired == 1
+    assert timers.due(31.0, table) == [recs[2]] and len(timers) == 0 and timers.fired == 2
+    # timers of finished tasks do not pile up beyond 4 × the table's capacity
+    for k in range(40):
+        r = TaskRecord(f"x{k}", "digits", "sat-0", "sat-5", created=0.0, deadline=1e9)
+        table.add(r)
+        timers.watch(r)
+        r.finish(ok=True, when=1.0)
+    timers.due(32.0, table)
+    assert len(timers) <= 4 * table.capacity
