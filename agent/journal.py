@@ -16,6 +16,8 @@ A row that cannot be read back (bytes that do not decode, fields of the
 wrong type, a page SQLite reports damaged) is moved to the ``quarantine``
 table with the reason and counted; the other rows recover as usual, and the
 task it was answers as failed with that reason (:meth:`Journal.quarantined_task`).
+A file SQLite cannot read at all is moved aside (``tasks.sqlite.damaged-<time>``)
+and an empty journal started, so the node comes back; that is logged and shown.
 """
 
 from __future__ import annotations
@@ -92,15 +94,38 @@ class Journal:
         self.path = Path(path)
         self.retention_s = retention_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.set_aside: Path | None = None     # a file SQLite could not read at all, moved here at start
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            # Not a database any more (its header is gone): keep it for inspection and
+            # start an empty journal, so that the node comes back.  Anything else (a
+            # directory, no permission) is the operator's to fix: a clear error.
+            if isinstance(exc, sqlite3.OperationalError) or not self.path.is_file():
+                raise JournalError(f"task journal {self.path}: {exc}") from None
+            self.set_aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            log.error("task journal %s is unreadable (%s): moved to %s, starting an empty journal; the tasks it "
+                      "held are lost", self.path, exc, self.set_aside)
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{self.set_aside}{suffix}"))
+            try:
+                self._open()
+            except sqlite3.Error as exc2:
+                raise JournalError(f"task journal {self.path}: {exc2}") from None
         except sqlite3.Error as exc:
             raise JournalError(f"task journal {self.path}: {exc}") from None
         self.writes = 0
         self.quarantined_now = 0       # rows this process moved to the quarantine
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
 
     def _write(self, sql: str, args: tuple) -> None:
         try:

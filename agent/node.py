@@ -1040,6 +1040,7 @@ class Node:
         if self.journal is not None:
             journal = {"recovered": self.recovered, "quarantined": self.journal.quarantined(),
                        "quarantined_since_start": self.journal.quarantined_now,
+                       "set_aside": str(self.journal.set_aside) if self.journal.set_aside else None,
                        "quarantine": self.journal.quarantine_listing(10)}
         return {"journal": journal, "deadline_timer_failed": self.deadlines.fired, "models": self.store.storage()}
 

@@ -107,3 +107,17 @@ def test_fields_of_the_wrong_type_are_damage_too(tmp_path, column, value):
         j.db.execute("PRAGMA writable_schema = ON")
         j.db.execute(f"UPDATE tasks SET {column} = 'x' WHERE task_id = 'sat-0-aa'")
     assert [r.task_id for r in j.open_tasks()] == ["sat-0-bb"] and j.quarantined() == 1
+
+
+def test_a_file_that_is_no_database_any_more_is_set_aside_and_the_node_starts(tmp_path):
+    path = tmp_path / "tasks.sqlite"
+    j = Journal(path)
+    j.accept(request(), "sat-5", "", 100.0)
+    j.close()
+    path.write_bytes(b"\x00" * 100 + path.read_bytes()[100:])      # its header overwritten
+    again = Journal(path)
+    assert again.set_aside is not None and again.set_aside.is_file() and again.set_aside.name.startswith(
+        "tasks.sqlite.damaged-")
+    assert again.open_tasks() == []
+    again.accept(request("sat-0-new"), "sat-5", "", 200.0)          # and it works
+    assert [r.task_id for r in again.open_tasks()] == ["sat-0-new"]
