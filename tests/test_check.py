@@ -41,6 +41,20 @@ def test_check_passes_200_tasks_through_cuts_kills_and_loss(fleet24):
     assert any(f.get("node") == "sat-6" for f in report["faults"])        # one of the entry nodes
 
 
+def test_recovered_tasks_end_by_their_deadline_while_their_target_is_paused(fleet24):
+    """Issue 18: sat-9 paused, entry sat-12 restarted while it holds a task for sat-9; every
+    task ends by its deadline (the checker's `late` verdict), none lost."""
+    spec, _, _, _ = fleet24
+    r = orbitmesh(spec, "check", "--scenario", str(ROOT / "scenarios" / "pause-target-restart-entry.toml"),
+                  "--task-timeout", "20", "--json")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout[r.stdout.index("{"):])
+    c = report["counts"]
+    assert report["ok"] and c["late"] == c["lost"] == c["unexplained"] == c["wrong"] == 0, report["violations"]
+    assert c["succeeded"] + c["failed"] == c["accepted"] >= 190
+    assert [f["action"] for f in report["faults"]] == ["pause", "kill", "restart", "resume"]
+
+
 def test_every_shipped_scenario_parses_against_a_24_satellite_fleet(fleet24):
     spec, _, _, _ = fleet24
     topo = fleet_topo(spec.directory)
