@@ -88,8 +88,19 @@ class BlobStore:
             return []
         return sorted(p.stem for p in self.names_dir.glob("*.json"))
 
-    def write_blob(self, sha256: str, data: bytes) -> None:
-        """Store ``data`` (already hashed to ``sha256`` by the caller) unless an intact copy is there."""
+    def store(self, sha256: str, data: bytes, name: str | None = None, if_unnamed: bool = False) -> list[str]:
+        """Write ``data`` (hashed to ``sha256`` by the caller) and, with ``name``, make
+        the name mean it (see :meth:`point`); the digests collected.  One lock around
+        the write, the name and the collection: a concurrent upload cannot collect a
+        blob between its write and the name that keeps it."""
+        with self._lock:
+            self._write_blob(sha256, data)
+            if name is None:
+                return self._collect()
+            return self._point(name, sha256, len(data), if_unnamed)
+
+    def _write_blob(self, sha256: str, data: bytes) -> None:
+        """Store ``data`` unless an intact copy is there."""
         path = self.blob_path(sha256)
         try:
             read_verified(path, sha256)
@@ -99,17 +110,16 @@ class BlobStore:
             pass                                # absent, or damaged: (re)write it
         write_atomic(path, data)
 
-    def point(self, name: str, sha256: str, size: int, if_unnamed: bool = False) -> list[str]:
-        """Make ``name`` mean ``sha256`` (its blob written already); the digests collected.
+    def _point(self, name: str, sha256: str, size: int, if_unnamed: bool = False) -> list[str]:
+        """Make ``name`` mean ``sha256`` (its blob written already; lock held).
         ``if_unnamed``: only if ``name`` means nothing here yet."""
-        with self._lock:
-            old = self.ref(name)
-            if if_unnamed and old is not None:
-                return self._collect()
-            versions = [sha256] + [v for v in (old["versions"] if old else []) if v != sha256]
-            write_atomic(self.names_dir / f"{name}.json",
-                         json.dumps({"sha256": sha256, "size": size, "versions": versions[:self.keep_versions]}))
-            return self._collect(dropped=set(versions[self.keep_versions:]))
+        old = self.ref(name)
+        if if_unnamed and old is not None:
+            return self._collect()
+        versions = [sha256] + [v for v in (old["versions"] if old else []) if v != sha256]
+        write_atomic(self.names_dir / f"{name}.json",
+                     json.dumps({"sha256": sha256, "size": size, "versions": versions[:self.keep_versions]}))
+        return self._collect(dropped=set(versions[self.keep_versions:]) - {sha256})
 
     def collect(self) -> list[str]:
         with self._lock:

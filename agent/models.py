@@ -251,8 +251,7 @@ class ModelStore:
         """
         sha, inputs, outputs = self._validate(name, data, expect_sha256, replacing=True)
         assert self.blobs is not None
-        self.blobs.write_blob(sha, data)
-        self.blobs.point(name, sha, len(data))
+        self.blobs.store(sha, data, name)
         with self._lock:
             self._loaded.pop(name, None)      # a new version replaces the old session
         return {"name": name, "sha256": sha, "size": len(data),
@@ -266,11 +265,13 @@ class ModelStore:
             return
         self._validate(name, data, sha256)
         assert self.blobs is not None
-        self.blobs.write_blob(sha256, data)
-        if (self.directory / f"{name}.onnx").is_file():
-            self.blobs.collect()
+        here = self._zoo_sha(name) if (self.directory / f"{name}.onnx").is_file() else self.blobs.current(name)
+        if here is not None:
+            log.info("model %r %s… kept by digest for a task; %r here stays %s…", name, sha256[:12], name,
+                     here[:12])
+            self.blobs.store(sha256, data)
         else:
-            self.blobs.point(name, sha256, len(data), if_unnamed=True)
+            self.blobs.store(sha256, data, name, if_unnamed=True)
 
     def preloadable(self) -> list[str]:
         return [n for n in self.zoo_names() if (self.directory / f"{n}.onnx").stat().st_size <= self.preload_max_bytes]
