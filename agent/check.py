@@ -37,6 +37,7 @@ from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError,
 from agent.client import ApiError, Client
 from agent.models import session_options
 
+QUERY_ATTEMPTS = 3      # a final check whose connection drops (no answer at all) is asked again
 LATE_GRACE_S = 5.0      # a loaded 2-core host may delay the entry's deadline timer this much
 DOWN_AT_DEADLINE = "was down until after the deadline"     # the entry's own reason (Node._recover_row)
 
@@ -257,15 +258,21 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
         late = _late(rec, task_timeout_s)
         if late:
             job.violations.append(late)
-        # The same key again must be the same task, and its state must not change.
-        try:
-            async with Client(peers[job.entry].api, timeout=30) as c:
-                again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
-                                       timeout_s=task_timeout_s, idempotency_key=job.key)
-                later = await c.task(job.task_id)
-        except ApiError as exc:
-            job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
-            return
+        # The same key again must be the same task, and its state must not change.  Asked
+        # with the same bound on concurrency as above; a dropped connection (status 0: a
+        # busy host let the keep-alive lapse) is asked again, an answer never is.
+        for attempt in range(QUERY_ATTEMPTS):
+            try:
+                async with limiter, Client(peers[job.entry].api, timeout=30) as c:
+                    again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
+                                           timeout_s=task_timeout_s, idempotency_key=job.key)
+                    later = await c.task(job.task_id)
+                break
+            except ApiError as exc:
+                if exc.status != 0 or attempt == QUERY_ATTEMPTS - 1:
+                    job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
+                    return
+                await trio.sleep(0.5)
         if again["task_id"] != job.task_id:
             job.violations.append(f"duplicated: key {job.key} now names {again['task_id']}")
         if later["status"] != rec["status"] or later.get("outputs") != rec.get("outputs"):
