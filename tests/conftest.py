@@ -16,6 +16,14 @@ TOKEN = os.environ.setdefault("ORBITMESH_TOKEN", secrets.token_urlsafe(32))
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def with_token(triton_client):
+    """A tritonclient (HTTP or gRPC) that sends the token on every call (header, or gRPC metadata)."""
+    def plugin(request):
+        request.headers["authorization"] = AUTH["Authorization"]
+    triton_client.register_plugin(plugin)
+    return triton_client
+
+
 def _ephemeral_low() -> int:
     """The first port the kernel may hand out as a connection's source port."""
     try:

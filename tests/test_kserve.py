@@ -17,7 +17,7 @@ from agent.client import Client
 from agent.models import session_options
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
-from tests.conftest import AUTH, local_fleet
+from tests.conftest import AUTH, local_fleet, with_token
 
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(uint8)": "UINT8"}
 
@@ -45,21 +45,12 @@ def _far(fleet) -> str:
                key=lambda n: len(snap.shortest_path(0, peers[n].index)[0]))
 
 
-def _token(request):
-    """A tritonclient plugin: the fleet's token on every request (HTTP header, gRPC metadata)."""
-    request.headers["authorization"] = AUTH["Authorization"]
-
-
 def _http(fleet, node="sat-0"):
-    client = th.InferenceServerClient(fleet[2][node].api.split("//", 1)[1], network_timeout=60.0)
-    client.register_plugin(_token)
-    return client
+    return with_token(th.InferenceServerClient(fleet[2][node].api.split("//", 1)[1], network_timeout=60.0))
 
 
 def _grpc(fleet, node="sat-0"):
-    client = tg.InferenceServerClient(fleet[2][node].grpc)
-    client.register_plugin(_token)
-    return client
+    return with_token(tg.InferenceServerClient(fleet[2][node].grpc))
 
 
 def _expect_signature(meta, sess):
