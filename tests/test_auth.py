@@ -299,3 +299,50 @@ async def test_grpc_inference_needs_the_token_in_metadata():
 def test_env_token_reaches_the_test_session():
     """conftest's session token is what fleets started by the suite use."""
     assert os.environ[auth.TOKEN_ENV]
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orbitmesh test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+
+
+async def test_tls_serves_the_api_over_https_with_the_same_checks(tmp_path):
+    import ssl
+
+    import httpx
+
+    from agent.api import serve_api
+    cert, key = _self_signed(tmp_path)
+    node = StubNode()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve_api, node, "127.0.0.1", 0, AccessPolicy(TOKEN), (cert, key))
+        url = next(b for b in binds if b.startswith("https://"))
+        ctx = ssl.create_default_context(cafile=cert)
+        async with httpx.AsyncClient(base_url=url, verify=ctx) as http:
+            assert (await http.get("/v1/health")).json()["status"] == "ok"
+            assert (await http.post("/v1/chaos", json={})).status_code == 401
+            assert (await http.post("/v1/chaos", json={}, headers=GOOD)).status_code == 201
+            same = await http.post("/v1/chaos", json={}, headers={**GOOD, "Origin": url})        # https origin
+            assert same.status_code == 201, same.text
+        nursery.cancel_scope.cancel()
+    assert node.calls == ["apply_fault", "apply_fault"]
