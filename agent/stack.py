@@ -144,6 +144,8 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
             "image": spec.image,
             "command": ["python", "-m", "agent.gateway", "--service", f"tasks.{SERVICE}",
                         "--port", str(API_PORT), "--upstream-port", str(API_PORT)],
+            # names clients use for the machines (DNS-rebinding check): set at `docker stack deploy`
+            "environment": {"ORBITMESH_ALLOWED_HOSTS": "${ORBITMESH_ALLOWED_HOSTS:-}"},
             "networks": [NETWORK],
             "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "host"}],
             "cap_drop": ["ALL"],
