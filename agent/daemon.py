@@ -38,8 +38,9 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
-                    grpc: tuple[str, int] | None = None, workers: int | None = None,
-                    auth: AgentAuth = AgentAuth(None)) -> None:
+                    grpc: tuple[str, int] | None = None, workers: int | None = None, *,
+                    auth: AgentAuth) -> None:
+    """``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS."""
     install_slow_step_logger()
     if auth.token is None:
         warn_open(name)
@@ -116,7 +117,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
          journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
-         workers: int | None = None, auth: AgentAuth = AgentAuth(None)) -> int:
+         workers: int | None = None, *, auth: AgentAuth) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -128,7 +129,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc, workers, auth))
+                         grpc, workers, auth=auth))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

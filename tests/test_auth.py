@@ -346,3 +346,18 @@ async def test_tls_serves_the_api_over_https_with_the_same_checks(tmp_path):
             assert same.status_code == 201, same.text
         nursery.cancel_scope.cancel()
     assert node.calls == ["apply_fault", "apply_fault"]
+
+
+def test_an_open_lab_fleet_says_so_and_takes_control_calls_without_a_token(tmp_path, models_dir):
+    import httpx
+
+    from tests.conftest import local_fleet
+    with local_fleet(tmp_path / "lab", models_dir, 2, auth=False) as (spec, _, peers, _):
+        assert not (tmp_path / "lab" / "token").exists()
+        r = httpx.post(peers["sat-0"].api + "/v1/chaos", json={"kind": "cut", "a": "sat-0", "b": "sat-1",
+                                                               "duration_s": 1})
+        assert r.status_code == 201, r.text
+        r = httpx.post(peers["sat-0"].api + "/v1/chaos", json={}, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+    log = (tmp_path / "lab" / "logs" / "sat-0.log").read_text()
+    assert "authentication is OFF" in log and "OPEN: no token needed" in log
