@@ -401,7 +401,8 @@ def parser() -> argparse.ArgumentParser:
                         "$ORBITMESH_ALLOWED_HOSTS")
     p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                    help="a browser origin (https://console.example) allowed to make control calls")
-    p.add_argument("--tls-cert", type=Path, help="serve the HTTP API over TLS with this PEM certificate (with --tls-key)")
+    p.add_argument("--tls-cert", type=Path,
+                   help="serve the HTTP API over TLS with this PEM certificate (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.set_defaults(func=cmd_agent)
 

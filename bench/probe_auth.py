@@ -76,7 +76,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 r = http.request(method, path, **kw)
                 ms = (time.perf_counter() - t0) * 1e3
-                rows.append((label, f"{r.status_code} in {ms:.1f} ms: {r.text[:90]}", r.status_code in (want if isinstance(want, tuple) else (want,))))
+                wanted = want if isinstance(want, tuple) else (want,)
+                rows.append((label, f"{r.status_code} in {ms:.1f} ms: {r.text[:90]}", r.status_code in wanted))
 
             probe("baseline: fault with the token", 201, "POST", "/v1/chaos", json=CUT, headers=AUTH)
             probe("baseline: read without a token", 200, "GET", "/v1/membership")
@@ -89,7 +90,8 @@ def main() -> int:
             probe("text/plain cross-site POST (CSRF), even with the token", 403, "POST", "/v1/chaos",
                   content=b'{"kind":"cut","a":"sat-0","b":"sat-1"}',
                   headers={**AUTH, "Content-Type": "text/plain", "Origin": "https://evil.example"})
-            probe("same-origin POST with the token (200: the same fault again)", (200, 201), "POST", "/v1/chaos", json=CUT,
+            probe("same-origin POST with the token (200: the same fault again)", (200, 201), "POST", "/v1/chaos",
+                  json=CUT,
                   headers={**AUTH, "Origin": f"http://{host}"})
             probe("DNS rebinding: Host evil.example, a read", 400, "GET", "/v1/membership",
                   headers={"Host": "evil.example"})
