@@ -150,7 +150,7 @@ def token_matches(expected: str, authorization: str | None) -> bool:
 
 def split_host(value: str | None) -> str | None:
     """The host name of a Host header value or an origin's netloc, lowercased, without port or brackets."""
-    if value is None:
+    if value is None or any(c in value for c in "@/\\?# \t"):     # userinfo or a path: not a bare host
         return None
     try:
         host = urlsplit("//" + value.strip()).hostname
