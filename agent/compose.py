@@ -71,13 +71,12 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
     from agent.fleet import FleetError, FleetSpec, fleet_config
     from mesh.config import ConfigError, config_to_toml, parse_config
     fleet_dir = Path(fleet_dir)
-    done = []
+    done = [_init_token(fleet_dir / TOKEN_NAME)]
     secret_path = fleet_dir / "secret"
     if not secret_path.exists():
         _write_atomic(secret_path, secrets.token_hex(32) + "\n", 0o600)
         done.append(f"created a new fleet secret in {secret_path}")
     secret = read_secret(secret_path)
-    done.append(_init_token(fleet_dir / TOKEN_NAME))
     try:
         want = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale, ground=tuple(ground)))
     except FleetError as exc:
@@ -155,7 +154,7 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                  api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
                  hostname: str | None = None, preset: str = "demo", n: int | None = None,
                  time_scale: float | None = None, slot: int | None = None,
-                 discover: str | None = None, token_file: Path | None = None, auth: bool = True) -> NodeLaunch:
+                 discover: str | None = None) -> NodeLaunch:
     """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
 
     ``node`` None takes the node from ``slot`` (a swarm task slot, from 1:
@@ -206,14 +205,16 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
         argv.append("--no-realtime")
     if discover:
         argv += ["--discover", discover]
-    # no file: the agent takes $ORBITMESH_TOKEN or $ORBITMESH_TOKEN_FILE, or refuses to start
-    argv += ["--no-auth"] if not auth else ["--api-token-file", str(token_file)] if token_file else []
     return NodeLaunch(node, argv, peer_id)
 
 
-def _fleet_token(fleet_dir: Path) -> Path | None:
-    path = Path(fleet_dir) / TOKEN_NAME
-    return path if path.exists() else None
+def token_args(args: argparse.Namespace) -> list[str]:
+    """The agent's access arguments for ``node``'s options: ``--no-auth``, or the token file
+    (``--api-token-file``, else FLEET/api-token if present); none: the agent takes $ORBITMESH_TOKEN[_FILE]."""
+    if args.no_auth:
+        return ["--no-auth"]
+    path = args.api_token_file or Path(args.fleet) / TOKEN_NAME
+    return ["--api-token-file", str(path)] if args.api_token_file or path.exists() else []
 
 
 # =============================================================================
@@ -543,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                                   preset=args.preset or "demo", n=args.n, time_scale=args.time_scale,
                                   data_dir=args.data, peers_path=args.peers_out, address=args.address,
                                   p2p_port=args.p2p_port, api_port=args.api_port, models=args.models,
-                                  realtime=not args.no_realtime, discover=args.discover,
-                                  token_file=args.api_token_file or _fleet_token(args.fleet), auth=not args.no_auth)
+                                  realtime=not args.no_realtime, discover=args.discover)
+            launch.argv += token_args(args)
             log.info("%s: peer %s; starting the agent", launch.node, launch.peer_id)
             # In this process (PID 1 of the container, so SIGTERM reaches the
             # agent), which has already imported libp2p: a fresh interpreter

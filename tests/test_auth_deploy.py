@@ -36,18 +36,19 @@ def test_compose_passes_the_hosts_token_to_init_and_the_file_to_every_node(tmp_p
     assert doc["services"]["init"]["environment"] == {"ORBITMESH_TOKEN": "${ORBITMESH_TOKEN:-}"}
     assert "${ORBITMESH_TOKEN:-}" in (ROOT / "docker-compose.yml").read_text()
     fleet = tmp_path / "fleet"
-    init_fleet(fleet)
     node_cmd = doc["services"]["sat-3"]["command"]
-    ns = compose._parser().parse_args(node_cmd[3:])
+    ns = compose._parser().parse_args([*node_cmd[3:], "--fleet", str(fleet)])
+    assert compose.token_args(ns) == []                   # no file yet: the agent looks at $ORBITMESH_TOKEN
+    init_fleet(fleet)
+    argv = compose.token_args(ns)
+    assert argv == ["--api-token-file", str(fleet / compose.TOKEN_NAME)]
     launch = prepare_node("sat-3", secret_path=fleet / "secret", config_path=fleet / "config.toml",
-                          data_dir=tmp_path / "d", peers_path=tmp_path / "run" / "peers.json",
-                          token_file=ns.api_token_file or compose._fleet_token(fleet))
-    argv = launch.argv
-    assert argv[argv.index("--api-token-file") + 1] == str(fleet / compose.TOKEN_NAME)
-    assert parser().parse_args(argv).api_token_file == fleet / compose.TOKEN_NAME
-    open_lab = prepare_node("sat-3", secret_path=fleet / "secret", config_path=fleet / "config.toml",
-                            data_dir=tmp_path / "d", peers_path=tmp_path / "run" / "peers.json", auth=False)
-    assert "--no-auth" in open_lab.argv and "--api-token-file" not in open_lab.argv
+                          data_dir=tmp_path / "d", peers_path=tmp_path / "run" / "peers.json")
+    assert parser().parse_args(launch.argv + argv).api_token_file == fleet / compose.TOKEN_NAME
+    open_lab = compose._parser().parse_args([*node_cmd[3:], "--fleet", str(fleet), "--no-auth"])
+    assert compose.token_args(open_lab) == ["--no-auth"]
+    explicit = compose._parser().parse_args([*node_cmd[3:], "--api-token-file", "/run/secrets/t"])
+    assert compose.token_args(explicit) == ["--api-token-file", "/run/secrets/t"]
 
 
 def test_stack_reads_the_token_from_a_swarm_secret():
