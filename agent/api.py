@@ -26,7 +26,7 @@ from agent.models import UploadError
 from agent.node import Node, SubmitError
 from agent.oip import InferenceService
 from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body
-from mesh.chaos import FaultError
+from mesh.chaos import FaultError, FaultConflict
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ def build_app(node: Node) -> Starlette:
             fault, changed = node.apply_fault(spec)
         except SubmitError as exc:
             return error(exc.status, str(exc))
+        except FaultConflict as exc:
+            return error(409, str(exc))
         except FaultError as exc:
             return error(400, str(exc))
         return JSONResponse({"fault": fault, "created": changed}, status_code=201 if changed else 200)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.tensors import TensorSpec
+from agent.tensors import InputError, TensorSpec, cast_checked
 
 # The protocol's datatypes that orbitmesh carries (ONNX's numeric types; BYTES is not one).
 V2_TO_NP = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -104,7 +104,10 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], where: str
         info = np.iinfo(dt)
         if arr.min() < info.min or arr.max() > info.max:
             raise OipError(400, f"{where}: values outside the range of {datatype}")
-    return arr.astype(dt).reshape(shape)
+    try:
+        return cast_checked(arr, dt, where).reshape(shape)
+    except InputError as exc:
+        raise OipError(400, str(exc)) from None
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
