@@ -277,7 +277,7 @@ def decode_task_body(body: bytes, header_length: str) -> dict[str, Any]:
         where = f"input {name!r}"
         if not isinstance(t, dict) or set(t) != {"dtype", "shape", "binary_data_size"}:
             raise OipError(400, f"{where}: with binary tensors each input is {{dtype, shape, binary_data_size}}")
-        if t["dtype"] not in NP_TO_V2:
+        if not isinstance(t["dtype"], str) or t["dtype"] not in NP_TO_V2:
             raise OipError(400, f"{where}: dtype {t['dtype']!r} is not one of {', '.join(NP_TO_V2)}")
         arrays[name] = array_from_bytes(reader.take(t["binary_data_size"], where), NP_TO_V2[t["dtype"]],
                                         _shape(t["shape"], where), where)
