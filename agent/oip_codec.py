@@ -126,10 +126,28 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
     return json_object(head, "request header"), memoryview(tail)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (no NaN or infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is too large for a float")
+    return value
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """``json.loads`` without Python's extensions: ``NaN``, ``Infinity`` and numbers that
+    overflow to infinity (1e400) are refused, as values JSON cannot hold that would
+    otherwise reach int() and float checks."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     """``data`` parsed as one JSON object; an OipError 400 naming ``what`` otherwise."""
     try:
-        doc = json.loads(data)
+        doc = loads_strict(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OipError(400, f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
