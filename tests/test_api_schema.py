@@ -117,3 +117,60 @@ def test_schemathesis_finds_no_server_error_on_a_live_agent(fleet, api_headers):
     assert httpx.get(f"{api}/v1/health", headers=api_headers, timeout=10).json()["status"] == "ok"
     log = fleet.log.read_text(errors="replace")
     assert "API handler failed" not in log and "Traceback" not in log
+
+
+# --- the 500s of issue 18's probe, over HTTP on the same live agent -----------------------------------
+
+async def test_a_float32_overflow_is_a_400_and_a_result_that_overflows_is_still_served(fleet, api_headers):
+    async with httpx.AsyncClient(base_url=fleet.api, headers=api_headers, timeout=30) as c:
+        r = await c.post("/v1/tasks", json={"model": "matmul", "inputs": {"a": [[1e39]], "b": [[1.0]]}})
+        assert r.status_code == 400 and "outside the range of float32" in r.json()["error"]
+        r = await c.post("/v1/tasks", json={"model": "matmul", "inputs": {"a": [[3e38, 1.0]], "b": [[10.0], [1.0]]},
+                                            "target": "sat-0"})
+        assert r.status_code == 202, r.text
+        for _ in range(2):   # every GET answers, not only the first
+            rec = (await c.get(f"/v1/tasks/{r.json()['task_id']}", params={"wait": 20})).json()
+            assert rec["status"] == "succeeded" and rec["outputs"]["c"]["data"] == [["Infinity"]]
+
+
+async def test_concurrent_submissions_with_one_idempotency_key_get_one_task(fleet, api_headers):
+    """The model is new and 16 MB, so each submission awaits its load: they all pass the key check
+    before any is journaled (which was an IntegrityError, a 500, for all but one)."""
+    import trio
+
+    from tests.test_model_store import doubler
+    answers = []
+    name = f"idem-{int(time.time() * 1000)}"
+    body = {"model": name, "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]]}, "idempotency_key": f"k-{name}"}
+    async with httpx.AsyncClient(base_url=fleet.api, headers=api_headers, timeout=30) as c:
+        assert (await c.put(f"/v1/models/{name}", content=doubler(3.0, pad=16 << 20))).status_code == 201
+        async def post():
+            answers.append(await c.post("/v1/tasks", json=body))
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(post)
+    assert sorted(r.status_code for r in answers) == [200] * 11 + [202], [r.text for r in answers]
+    assert len({r.json()["task_id"] for r in answers}) == 1
+
+
+async def test_the_fault_after_the_table_limit_is_a_409_that_states_it(fleet, api_headers):
+    import trio
+
+    from mesh.chaos import MAX_FAULTS
+    codes = Counter()
+    async with httpx.AsyncClient(base_url=fleet.api, headers=api_headers, timeout=60) as c:
+        async def add(lo, hi):
+            for i in range(lo, hi):
+                r = await c.post("/v1/chaos", json={"kind": "delay", "a": "sat-0", "b": "sat-1", "delay": f"{i}us",
+                                                    "duration_s": 600})
+                codes[r.status_code] += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                for k in range(8):
+                    nursery.start_soon(add, 1 + k * MAX_FAULTS // 8, 1 + (k + 1) * MAX_FAULTS // 8)
+            assert codes == {201: MAX_FAULTS}
+            r = await c.post("/v1/chaos", json={"kind": "delay", "a": "sat-0", "b": "sat-1", "delay": "5s"})
+            assert r.status_code == 409 and f"the limit is {MAX_FAULTS}" in r.json()["error"]
+            assert (await c.get("/v1/health")).json()["status"] == "ok"
+        finally:
+            await c.delete("/v1/chaos")
