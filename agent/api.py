@@ -26,7 +26,7 @@ from agent.node import Node, SubmitError
 from agent.oip import InferenceService
 from agent.openapi import document as openapi_document
 from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body, loads_strict
-from mesh.chaos import FaultError, FaultConflict
+from mesh.chaos import FaultConflict, FaultError
 
 log = logging.getLogger(__name__)
 
