@@ -74,7 +74,8 @@ TENSOR_V1 = {"oneOf": [{"type": "array"}, {"type": "number"}, {"type": "boolean"
     "properties": {"dtype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                    "data": {}}}]}
 V2_TENSOR_META = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}}}
+    "name": {"type": "string"}, "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer"}}}}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -86,7 +87,8 @@ SCHEMAS: dict[str, Any] = {
     "Membership": {"type": "object", "required": ["members"],
                    "properties": {"members": {"type": "array", "items": OBJECT}}},
     "Links": {"type": "object", "required": ["node", "links"], "properties": {
-        "node": {"type": "string"}, "links": {"type": "array", "items": {"type": "object", "required": ["peer", "up"]}}}},
+        "node": {"type": "string"},
+        "links": {"type": "array", "items": {"type": "object", "required": ["peer", "up"]}}}},
     "Faults": {"type": "object", "required": ["node", "faults"], "properties": {
         "node": {"type": "string"}, "faults": {"type": "array", "items": {"type": "object", "required": ["id"]}}}},
     "FaultSpec": {"type": "object", "required": ["kind"], "description": "see docs/chaos.md", "properties": {
@@ -190,7 +192,9 @@ def _v1() -> dict[str, Any]:
         "/v1/tasks": {"post": _op("submit a task", _responses(
             {200: ("a repeat with the same idempotency key: its task", _ref("TaskAccepted")),
              202: ("accepted", _ref("TaskAccepted"))}, task_errors),
-            params=[_header("Idempotency-Key", "1–128 characters", {"type": "string"})],
+            params=[_header("Idempotency-Key", "1–128 characters", {"type": "string"}),
+                    _header("Inference-Header-Content-Length", "binary tensors: the JSON task's length; the "
+                            "inputs' bytes follow it", {"type": "string"})],
             body=_json(_ref("TaskRequest"), MATMUL_TASK)["content"])},
         "/v1/tasks/{task_id}": {"get": _op("a task's state, outputs and trace", _responses(
             {200: ("the task", _ref("TaskRecord"))},
