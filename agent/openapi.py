@@ -261,13 +261,31 @@ def _v2() -> dict[str, Any]:
     }
 
 
+def _access(paths: dict[str, Any]) -> dict[str, Any]:
+    """What ``agent.auth`` answers before any route: a Host that is not this node's is a 400
+    on every call; a call that changes something (not GET) needs the token (401) and must
+    not come from another origin (403)."""
+    for ops in paths.values():
+        for method, op in ops.items():
+            op["responses"].setdefault("400", {"description": "a Host that is not an allowed name for this node",
+                                               **_json(_ref("Error"))})
+            if method != "get":
+                op["security"] = [{"bearer": []}]
+                op["responses"]["401"] = {"description": "missing or wrong bearer token", **_json(_ref("Error"))}
+                op["responses"]["403"] = {"description": "a cross-origin or cross-site request",
+                                          **_json(_ref("Error"))}
+    return paths
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (a new dict each call)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "orbitmesh agent API", "version": "0.1.0",
                  "description": "One satellite's HTTP API: tasks, models, chaos, health, and the Open Inference "
-                                "Protocol under /v2. Errors are {\"error\": \"...\"}. See docs/api.md."},
-        "paths": {**_v1(), **_v2()},
-        "components": {"schemas": SCHEMAS},
+                                "Protocol under /v2. Errors are {\"error\": \"...\"}. Calls that change "
+                                "something need the fleet's token (docs/security.md). See docs/api.md."},
+        "paths": _access({**_v1(), **_v2()}),
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer", "description": "the fleet's API token (.fleet/token)"}}},
     }

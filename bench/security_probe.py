@@ -361,10 +361,10 @@ def main() -> int:
         rows = run(Target(args.api, args.peer_api or args.api, args.models, args.token, args.pid, args.slow_s),
                    args.only)
     else:
-        from tests.conftest import local_fleet
+        from tests.conftest import TOKEN, local_fleet   # the fleet takes $ORBITMESH_TOKEN, or this one
         with tempfile.TemporaryDirectory() as d, \
                 local_fleet(Path(d), args.models, 2) as (_, _, peers, procs):
-            t = Target(peers["sat-0"].api, peers["sat-1"].api, args.models, args.token, procs["sat-0"].pid,
+            t = Target(peers["sat-0"].api, peers["sat-1"].api, args.models, TOKEN, procs["sat-0"].pid,
                        args.slow_s)
             rows = run(t, args.only)
     open_ = [r.attack for r in rows if not (r.safe and r.healthy)]

@@ -22,7 +22,7 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
 
 from agent.api import build_app
 from agent.openapi import document
-from tests.conftest import local_fleet
+from tests.conftest import AUTH, local_fleet
 
 # Examples per operation and mode (at most: hypothesis stops early where there is little to vary).
 EXAMPLES = int(os.environ.get("ORBITMESH_SCHEMA_EXAMPLES", "30"))
@@ -51,9 +51,8 @@ def fleet(tmp_path_factory, models_dir):
 
 @pytest.fixture(scope="module")
 def api_headers() -> dict[str, str]:
-    """Headers every request to the fleet carries: the one place to add a bearer token."""
-    token = os.environ.get("ORBITMESH_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    """Headers every request to the fleet carries: the session's bearer token (tests/conftest.py)."""
+    return dict(AUTH)
 
 
 def test_the_document_is_served_and_loads_in_schemathesis(fleet, api_headers):
