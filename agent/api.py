@@ -7,7 +7,6 @@ fault it is; no request can take the agent down.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any
 
@@ -27,8 +26,9 @@ from agent.metrics import render as render_metrics
 from agent.models import UploadError
 from agent.node import Node, SubmitError
 from agent.oip import InferenceService
-from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body
-from mesh.chaos import FaultError
+from agent.openapi import document as openapi_document
+from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body, loads_strict
+from mesh.chaos import FaultConflict, FaultError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing anything over ``limit`` bytes before reading it all."""
     body = await read_body(request, limit)
     try:
-        return json.loads(body)
+        return loads_strict(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SubmitError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -179,6 +179,8 @@ def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
             fault, changed = node.apply_fault(spec)
         except SubmitError as exc:
             return error(exc.status, str(exc))
+        except FaultConflict as exc:
+            return error(409, str(exc))
         except FaultError as exc:
             return error(400, str(exc))
         return JSONResponse({"fault": fault, "created": changed}, status_code=201 if changed else 200)
@@ -207,6 +209,9 @@ def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
             return error(exc.status, str(exc))
         return JSONResponse(out, status_code=202)
 
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document())
+
     async def metrics(request: Request) -> Response:
         return Response(render_metrics(node), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -215,6 +220,7 @@ def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/health", health), Route("/v1/ready", ready), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),
         Route("/v1/tasks", submit, methods=["POST"]),

@@ -46,6 +46,10 @@ class JournalError(RuntimeError):
     """The journal cannot be written (disk full, file damaged): the task is not accepted."""
 
 
+class DuplicateKey(JournalError):
+    """An idempotency key already recorded for another task."""
+
+
 @dataclass(frozen=True)
 class Row:
     task_id: str
@@ -88,10 +92,13 @@ class Journal:
     def accept(self, req: TaskRequest, executor: str, placement: str, created: float,
                idem_key: str | None = None) -> None:
         """Record a task before it is acknowledged (a commit of its own)."""
-        self._write("INSERT INTO tasks (task_id, idem_key, model, executor, placement, created, deadline, status, "
-                    "request) VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
-                    (req.task_id, idem_key, req.model, executor, placement, created, req.deadline,
-                     encode_message(req)))
+        try:
+            self._write("INSERT INTO tasks (task_id, idem_key, model, executor, placement, created, deadline, "
+                        "status, request) VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
+                        (req.task_id, idem_key, req.model, executor, placement, created, req.deadline,
+                         encode_message(req)))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateKey(f"task journal {self.path}: {exc}") from None
 
     def finish(self, task_id: str, ok: bool, finished: float, result: TaskResult | None, error: str = "") -> None:
         """Record a task's one final state; a second call changes nothing."""
@@ -101,7 +108,10 @@ class Journal:
                      task_id))
 
     def by_key(self, idem_key: str) -> str | None:
-        row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone()
+        try:
+            row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
         return row[0] if row else None
 
     def get(self, task_id: str) -> Row | None:
