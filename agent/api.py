@@ -7,7 +7,6 @@ fault it is; no request can take the agent down.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any
 
@@ -15,18 +14,21 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import http_coalesce
+from agent.auth import AccessControl, AccessPolicy
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
 from agent.node import Node, SubmitError
 from agent.oip import InferenceService
-from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body
-from mesh.chaos import FaultError
+from agent.openapi import document as openapi_document
+from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body, loads_strict
+from mesh.chaos import FaultConflict, FaultError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing anything over ``limit`` bytes before reading it all."""
     body = await read_body(request, limit)
     try:
-        return json.loads(body)
+        return loads_strict(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SubmitError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -78,7 +80,8 @@ async def read_task(request: Request, limit: int) -> Any:
         raise SubmitError(exc.status, str(exc)) from None
 
 
-def build_app(node: Node) -> Starlette:
+def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
+    """The node's routes behind ``access`` (token, Host and Origin checks; None: unchecked, for in-process use)."""
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(node.health())
 
@@ -176,6 +179,8 @@ def build_app(node: Node) -> Starlette:
             fault, changed = node.apply_fault(spec)
         except SubmitError as exc:
             return error(exc.status, str(exc))
+        except FaultConflict as exc:
+            return error(409, str(exc))
         except FaultError as exc:
             return error(400, str(exc))
         return JSONResponse({"fault": fault, "created": changed}, status_code=201 if changed else 200)
@@ -204,6 +209,9 @@ def build_app(node: Node) -> Starlette:
             return error(exc.status, str(exc))
         return JSONResponse(out, status_code=202)
 
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document())
+
     async def metrics(request: Request) -> Response:
         return Response(render_metrics(node), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -212,6 +220,7 @@ def build_app(node: Node) -> Starlette:
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/health", health), Route("/v1/ready", ready), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),
         Route("/v1/tasks", submit, methods=["POST"]),
@@ -227,14 +236,20 @@ def build_app(node: Node) -> Starlette:
         log.exception("API handler failed: %s %s", request.method, request.url.path)
         return error(500, f"internal error: {type(exc).__name__}")
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: crashed})
+    middleware = [Middleware(AccessControl, policy=access)] if access is not None else []
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={404: not_found, 405: not_found, Exception: crashed})
 
 
-async def serve_api(node: Node, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls: tuple[str, str] | None = None, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
     http_coalesce.install()     # head and body of a response in one write
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
+    if tls is not None:
+        cfg.certfile, cfg.keyfile = tls
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.graceful_timeout = 1.0
-    await serve(build_app(node), cfg, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+    await serve(build_app(node, access), cfg, shutdown_trigger=trio.sleep_forever, task_status=task_status)

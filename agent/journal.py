@@ -50,12 +50,14 @@ CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE finished IS NULL;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
 CREATE TABLE IF NOT EXISTS quarantine (
     task_id     TEXT,
+    idem_key    TEXT,
     quarantined REAL NOT NULL,
     reason      TEXT NOT NULL,
     created     REAL,
     row         BLOB
 );
 CREATE INDEX IF NOT EXISTS quarantine_task ON quarantine (task_id);
+CREATE INDEX IF NOT EXISTS quarantine_key ON quarantine (idem_key);
 """
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,10 @@ class JournalError(RuntimeError):
 
 class DamagedRow(JournalError):
     """One row that cannot be read back; it is quarantined, the rest of the journal is fine."""
+
+
+class DuplicateKey(JournalError):
+    """An idempotency key already recorded for another task."""
 
 
 @dataclass(frozen=True)
@@ -139,10 +145,13 @@ class Journal:
     def accept(self, req: TaskRequest, executor: str, placement: str, created: float,
                idem_key: str | None = None) -> None:
         """Record a task before it is acknowledged (a commit of its own)."""
-        self._write("INSERT INTO tasks (task_id, idem_key, model, executor, placement, created, deadline, status, "
-                    "request) VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
-                    (req.task_id, idem_key, req.model, executor, placement, created, req.deadline,
-                     encode_message(req)))
+        try:
+            self._write("INSERT INTO tasks (task_id, idem_key, model, executor, placement, created, deadline, "
+                        "status, request) VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
+                        (req.task_id, idem_key, req.model, executor, placement, created, req.deadline,
+                         encode_message(req)))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateKey(f"task journal {self.path}: {exc}") from None
 
     def finish(self, task_id: str, ok: bool, finished: float, result: TaskResult | None, error: str = "") -> None:
         """Record a task's one final state; a second call changes nothing."""
@@ -152,7 +161,14 @@ class Journal:
                      task_id))
 
     def by_key(self, idem_key: str) -> str | None:
-        row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone()
+        """The task an idempotency key names (a quarantined one included: a retry with
+        the key gets that task's failure, not a second task)."""
+        try:
+            row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone() or \
+                self.db.execute("SELECT task_id FROM quarantine WHERE idem_key = ? ORDER BY rowid DESC",
+                                (idem_key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
         return row[0] if row else None
 
     def get(self, task_id: str) -> Row | None:
@@ -195,10 +211,11 @@ class Journal:
 
     def _quarantine(self, rowid: int, reason: str) -> None:
         """Move one unreadable row out of ``tasks``, with what can still be read of it."""
-        task_id, created, raw = None, None, None
+        task_id, key, created, raw = None, None, None, None
         try:
-            task_id, created = self.db.execute("SELECT CAST(task_id AS TEXT), created FROM tasks WHERE rowid = ?",
-                                               (rowid,)).fetchone() or (None, None)
+            task_id, key, created = self.db.execute(
+                "SELECT CAST(task_id AS TEXT), CAST(idem_key AS TEXT), created FROM tasks WHERE rowid = ?",
+                (rowid,)).fetchone() or (None, None, None)
             raw = self.db.execute("SELECT request FROM tasks WHERE rowid = ?", (rowid,)).fetchone()
             raw = raw[0] if raw else None
         except sqlite3.DatabaseError:
@@ -207,9 +224,10 @@ class Journal:
             created = None
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO quarantine (task_id, quarantined, reason, created, row) VALUES (?, ?, ?, ?, ?)",
-                            (task_id if isinstance(task_id, str) else f"rowid {rowid}", time.time(), reason, created,
-                             raw if isinstance(raw, bytes) else None))
+            self.db.execute("INSERT INTO quarantine (task_id, idem_key, quarantined, reason, created, row) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (task_id if isinstance(task_id, str) else f"rowid {rowid}", key, time.time(), reason,
+                             created, raw if isinstance(raw, bytes) else None))
             self.db.execute("DELETE FROM tasks WHERE rowid = ?", (rowid,))
             self.db.execute("DELETE FROM quarantine WHERE rowid NOT IN "
                             "(SELECT rowid FROM quarantine ORDER BY rowid DESC LIMIT ?)", (QUARANTINE_KEEP,))

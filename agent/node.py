@@ -21,8 +21,9 @@ import numpy as np
 import trio
 
 from agent.executor import ExecutionError, Executor, ExecutorBusy
-from agent.journal import Journal, JournalError, Row
+from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
+from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
 from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
@@ -33,7 +34,7 @@ from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
-from mesh.chaos import Entry, FaultError, FaultTable, Topo
+from mesh.chaos import Entry, FaultConflict, FaultError, FaultTable, Topo
 from mesh.config import FleetConfig
 from mesh.energy import Battery
 from mesh.placement import TARGETS, PlacementError, choose
@@ -145,6 +146,7 @@ class Node:
         self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
         self._in_flight: collections.Counter[str] = collections.Counter()   # tasks placed per executor, unfinished
         self._busy_s = 0.0                             # compute seconds run here (drives the battery)
+        self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self.started = time.time()
@@ -447,11 +449,9 @@ class Node:
         if idem_key is not None:
             if not isinstance(idem_key, str) or not 0 < len(idem_key) <= 128:
                 raise SubmitError(400, "an idempotency key must be a string of 1–128 characters")
-            known = self._idem.get(idem_key) or (self.journal.by_key(idem_key) if self.journal else None)
-            if known is not None:
-                rec = self.find_task(known)
-                if rec is not None:
-                    return rec, False
+            done = self._by_idem_key(idem_key)
+            if done is not None:
+                return done, False
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
         if target is not None and not isinstance(target, str):
@@ -486,6 +486,12 @@ class Node:
         if executor == self.me.name and self.executor.full:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
+        if idem_key is not None:
+            # A concurrent submission with the same key may have been accepted while this one
+            # awaited the model load: answer its task (no await from here to the _idem entry).
+            done = self._by_idem_key(idem_key)
+            if done is not None:
+                return done, False
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
         rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
@@ -496,6 +502,9 @@ class Node:
         if self.journal is not None and journaled:
             try:       # on disk before anyone is told: a crash from here on loses nothing
                 self.journal.accept(req, executor, why, now, idem_key)
+            except DuplicateKey as exc:
+                raise SubmitError(409, f"idempotency key {idem_key!r} is taken by a task {self.me.name} cannot "
+                                       f"read back ({exc}); use a new key") from None
             except JournalError as exc:
                 raise SubmitError(503, f"{self.me.name} cannot record the task: {exc}") from None
         if idem_key is not None:
@@ -515,6 +524,19 @@ class Node:
         self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
         self._wake.set()
         return rec, True
+
+    def _by_idem_key(self, idem_key: str) -> TaskRecord | None:
+        """The task an earlier submission with this idempotency key created, if any."""
+        try:
+            known = self._idem.get(idem_key) or (self.journal.by_key(idem_key) if self.journal else None)
+        except JournalError as exc:
+            raise SubmitError(503, f"{self.me.name} cannot read its task journal: {exc}") from None
+        return self.find_task(known) if known is not None else None
+
+    @property
+    def busy_s(self) -> float:
+        """onnxruntime seconds run here since start."""
+        return self._busy_s
 
     def find_task(self, task_id: str) -> TaskRecord | None:
         """A task this node accepted: in memory, or (finished, within retention) in the journal."""
@@ -613,6 +635,7 @@ class Node:
         """The task's one final state: in memory, then in the journal."""
         if not rec.finish(ok=ok, when=when, outputs=outputs, error=error, trace=trace, compute_s=compute_s):
             return False
+        self.metrics.task_finished(rec.status, rec.breakdown())
         if self.journal is not None and rec.journaled:
             try:
                 self.journal.finish(rec.task_id, ok, when, result, error)
@@ -801,7 +824,10 @@ class Node:
         entry, changed = self.chaos.issue(spec, now, self.me.name)
         if changed:
             self._flood([entry], exclude=None)
-        fault = next(f for f in self.chaos.listing(now) if f["id"] == entry.id)
+        fault = next((f for f in self.chaos.listing(now) if f["id"] == entry.id), None)
+        if fault is None:   # not applied: a removal newer than this clock is known (another node's clock)
+            raise FaultConflict(f"fault {entry.id} was not applied: this node knows a newer removal of it; "
+                                f"retry in a moment")
         return fault, changed
 
     def clear_fault(self, fid: str | None) -> list[str]:
@@ -915,6 +941,7 @@ class Node:
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
+            self.metrics.inference_done(req.model, compute / max(1, result.batch_size))
             outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
         except ExecutorBusy as exc:
             error = f"{self.me.name}: executor busy ({exc}); retry later"

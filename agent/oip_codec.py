@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.tensors import TensorSpec
+from agent.tensors import InputError, TensorSpec, cast_checked
 
 # The protocol's datatypes that orbitmesh carries (ONNX's numeric types; BYTES is not one).
 V2_TO_NP = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -104,7 +104,10 @@ def array_from_json(data: Any, datatype: str, shape: tuple[int, ...], where: str
         info = np.iinfo(dt)
         if arr.min() < info.min or arr.max() > info.max:
             raise OipError(400, f"{where}: values outside the range of {datatype}")
-    return arr.astype(dt).reshape(shape)
+    try:
+        return cast_checked(arr, dt, where).reshape(shape)
+    except InputError as exc:
+        raise OipError(400, str(exc)) from None
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
@@ -123,10 +126,28 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryvie
     return json_object(head, "request header"), memoryview(tail)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (no NaN or infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is too large for a float")
+    return value
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """``json.loads`` without Python's extensions: ``NaN``, ``Infinity`` and numbers that
+    overflow to infinity (1e400) are refused, as values JSON cannot hold that would
+    otherwise reach int() and float checks."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     """``data`` parsed as one JSON object; an OipError 400 naming ``what`` otherwise."""
     try:
-        doc = json.loads(data)
+        doc = loads_strict(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OipError(400, f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
@@ -274,7 +295,7 @@ def decode_task_body(body: bytes, header_length: str) -> dict[str, Any]:
         where = f"input {name!r}"
         if not isinstance(t, dict) or set(t) != {"dtype", "shape", "binary_data_size"}:
             raise OipError(400, f"{where}: with binary tensors each input is {{dtype, shape, binary_data_size}}")
-        if t["dtype"] not in NP_TO_V2:
+        if not isinstance(t["dtype"], str) or t["dtype"] not in NP_TO_V2:
             raise OipError(400, f"{where}: dtype {t['dtype']!r} is not one of {', '.join(NP_TO_V2)}")
         arrays[name] = array_from_bytes(reader.take(t["binary_data_size"], where), NP_TO_V2[t["dtype"]],
                                         _shape(t["shape"], where), where)

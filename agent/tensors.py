@@ -84,9 +84,23 @@ def from_json(value: Any, spec: TensorSpec, max_elements: int) -> np.ndarray:
         raise InputError(f"input {spec.name!r}: values of kind {arr.dtype.name} cannot be {spec.dtype} without loss")
     if target.kind == "f" and arr.size and not np.all(np.isfinite(arr.astype(np.float64))):
         raise InputError(f"input {spec.name!r}: contains NaN or infinity")
-    arr = arr.astype(target)
+    arr = cast_checked(arr, target, f"input {spec.name!r}")
     check_shape(arr, spec)
     return arr
+
+
+def cast_checked(arr: np.ndarray, target: np.dtype, where: str) -> np.ndarray:
+    """``arr`` as ``target``; a finite number that the narrower type cannot hold
+    (1e39 as float32 would become infinity) is an InputError, not a silent inf."""
+    if target.kind == "f" and arr.dtype.kind in "iuf" and arr.size:
+        with np.errstate(over="ignore"):
+            out = arr.astype(target)
+        finite_before = np.isfinite(arr.astype(np.float64))
+        if np.any(finite_before & ~np.isfinite(out)):
+            limit = float(np.finfo(target).max)
+            raise InputError(f"{where}: a value is outside the range of {target.name} (largest magnitude {limit:.4g})")
+        return out
+    return arr.astype(target)
 
 
 def check_shape(arr: np.ndarray, spec: TensorSpec) -> None:
@@ -113,8 +127,27 @@ def inputs_from_json(raw: Any, specs: list[TensorSpec], max_elements: int) -> di
     return {s.name: from_json(raw[s.name], s, max_elements) for s in specs}
 
 
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def to_json(arr: np.ndarray) -> dict[str, Any]:
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
+    """A result tensor as JSON.  JSON has no NaN or infinity, and a model may
+    produce them (an overflow in float32, log of 0): those elements become the
+    strings "NaN", "Infinity" and "-Infinity" (protobuf's JSON mapping does the
+    same; ``np.array(data, dtype)`` reads them back), so a result can always be
+    served instead of failing every GET with a 500."""
+    data = arr.tolist()
+    if arr.dtype.kind == "f" and arr.size and not np.all(np.isfinite(arr)):
+        data = _replace_non_finite(data)
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": data}
+
+
+def _replace_non_finite(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_replace_non_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return NON_FINITE[repr(x)]
+    return x
 
 
 def inputs_from_arrays(raw: dict[str, np.ndarray], specs: list[TensorSpec], max_elements: int) -> dict[str, np.ndarray]:

@@ -36,6 +36,11 @@ class FaultError(ValueError):
     """A fault spec that cannot be applied; the message says why."""
 
 
+class FaultConflict(FaultError):
+    """A valid fault the table cannot take now (it is full, or a newer removal of it is
+    known): a 409 that says so, not a 400 and not a crash."""
+
+
 @dataclass(frozen=True)
 class Topo:
     """What fault validation needs to know about the fleet."""
@@ -266,6 +271,9 @@ class FaultTable:
         current = self._entries.get(fid)
         if current is not None and not current.removed and (current.until is None or now < current.until):
             return current, False  # idempotent: already there
+        if len(self._faults) >= MAX_FAULTS and fid not in self._faults:
+            raise FaultConflict(f"the fault table is full: {len(self._faults)} faults, the limit is {MAX_FAULTS}; "
+                                 f"clear some (DELETE /v1/chaos/{{id}}) or let them expire")
         start = now + settle
         entry = Entry(fid, now, origin, False, norm, start, None if duration is None else start + duration)
         return entry, self.merge(entry)

@@ -43,7 +43,7 @@ def test_a_task_has_one_final_state_and_keeps_its_result(tmp_path):
 def test_an_idempotency_key_names_one_task(tmp_path):
     j = Journal(tmp_path / "t.sqlite")
     j.accept(request("sat-0-aa"), "sat-5", "", 100.0, "k")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(JournalError, match="UNIQUE"):   # DuplicateKey
         j.accept(request("sat-0-bb"), "sat-5", "", 100.0, "k")
 
 

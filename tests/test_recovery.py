@@ -71,7 +71,8 @@ def test_a_bad_row_is_quarantined_and_reported_and_the_others_recover(tmp_path, 
     # the damaged task answers as failed with the reason, not as unknown and not as pending
     bad = node.find_task("sat-0-t2")
     assert bad.status == "failed" and "journal entry was damaged" in bad.error
-    # its idempotency key is not silently reused for a different task either
+    # its idempotency key still names it: a retry gets its failure, not a second task
+    assert node.journal.by_key("key-2") == "sat-0-t2" and node._by_idem_key("key-2").status == "failed"
     assert node.find_task("sat-0-t1").status == "accepted"
 
 
