@@ -84,12 +84,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
         if args.workers is not None and not 1 <= args.workers <= 64:
             raise ValueError(f"--workers {args.workers}: use 1 to 64")
+        if bool(args.roster) != bool(args.authority):
+            raise ValueError("--roster and --authority go together (the roster and the key that signed it)")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc, workers=args.workers)
+                       discover=args.discover, grpc=grpc, workers=args.workers,
+                       roster=(Path(args.roster), Path(args.authority)) if args.roster else None)
 
 
 def _spec(args: argparse.Namespace):
@@ -360,6 +363,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--discover", metavar="NAME",
                    help="peers whose names do not resolve are found behind this DNS name, which lists every "
                         "node's address (a swarm's tasks.<service>; agent/directory.py)")
+    p.add_argument("--roster", metavar="FILE",
+                   help="the fleet's signed roster (roster.json): the peers file must agree with it; the members "
+                        "it revokes are refused (docs/security.md, Mesh trust)")
+    p.add_argument("--authority", metavar="FILE",
+                   help="the fleet authority's public key (hex) that must have signed --roster")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("up", help="start a local fleet in the background")
