@@ -791,10 +791,8 @@ class Node:
                 continue
             if self.chaos.merge(entry, now=time.time()):
                 news.append(entry)
-            else:
-                why = self.chaos.admissible(entry, time.time())
-                if why is not None:
-                    log.warning("chaos entry %s from %s refused: %s", entry.id, from_node, why)
+            elif self.chaos.last_refusal is not None:
+                log.warning("chaos entry %s from %s refused: %s", entry.id, from_node, self.chaos.last_refusal)
         if news:
             self._flood(news, exclude=from_node)
 

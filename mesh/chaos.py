@@ -281,6 +281,7 @@ class FaultTable:
         self.trust = trust
         self.node_index = node_index
         self.rejected = 0
+        self.last_refusal: str | None = None     # why the last merge refused its entry
         self._entries: dict[str, Entry] = {}
         self._faults: dict[str, Fault] = {}
         self._by_link: dict[tuple[str, str], list[Fault]] = {}
@@ -333,7 +334,8 @@ class FaultTable:
         """Apply a flooded entry; True if it was news (and should be forwarded).
 
         ``now``: the receiver's clock, to refuse versions from the far future."""
-        if self.admissible(entry, now) is not None:
+        self.last_refusal = self.admissible(entry, now)
+        if self.last_refusal is not None:
             self.rejected += 1
             return False
         current = self._entries.get(entry.id)
