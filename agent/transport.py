@@ -291,8 +291,7 @@ class LinkLayer:
         if why is not None:
             self.refused[why] += 1
             log.warning("refusing a stream from %s: %s", pid, why)
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            await stream.reset()
             return
         decoder = FrameDecoder(self.max_frame_bytes)
         self._pre_hello[pid] += 1
@@ -303,7 +302,7 @@ class LinkLayer:
             if not self._pre_hello[pid]:
                 del self._pre_hello[pid]
         if peer is None:
-            await stream.aclose()
+            await stream.reset()          # not aclose: a half-closed stream would still buffer what it is sent
             return
         link = self.links[peer]
         if link.retiring and time.time() >= link.retire_at:
