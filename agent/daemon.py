@@ -21,7 +21,7 @@ from agent.node import Node
 from agent.p2p import load_or_create_identity, open_host
 from agent.peers import Peers
 from agent.priority import raise_event_loop_priority
-from agent.roster import load_roster, mesh_trust, read_seed
+from agent.roster import load_roster, mesh_trust, read_seed, watch_roster
 from mesh.config import FleetConfig, parse_config
 
 log = logging.getLogger("orbitmesh.agent")
@@ -39,7 +39,7 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
                     grpc: tuple[str, int] | None = None, workers: int | None = None,
-                    revoked: frozenset[str] = frozenset()) -> None:
+                    revoked: frozenset[str] = frozenset(), roster: tuple[Path, Path] | None = None) -> None:
     install_slow_step_logger()
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
@@ -67,6 +67,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     workers=workers, trust=trust, revoked=revoked)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
+            if roster is not None:
+                nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
             # full GC pass take 20–60 ms here, which would hold every frame due
             # in that window.  Freezing the start-up heap makes later passes
@@ -136,7 +138,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc, workers, revoked))
+                         grpc, workers, revoked, roster))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

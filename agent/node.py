@@ -362,6 +362,17 @@ class Node:
                 elif name in wanted and link.retiring:
                     self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
 
+    def revoke(self, names: frozenset[str]) -> None:
+        """The roster now revokes ``names``: close their links, refuse them, ignore their records."""
+        for name in sorted(names - self.links.revoked):
+            if name not in self.peers or name == self.me.name:
+                continue
+            log.warning("%s: %s is revoked by the roster; closing its link and ignoring its records",
+                        self.me.name, name)
+            if self.trust is not None:
+                self.trust.revoke(self.peers[name].index)
+            self.links.revoke(name, self.peers[name].peer_id)
+
     def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
         """An inbound stream from a node we don't link to yet: accept it if
         physics says the link exists now (a station that just saw us rise)."""

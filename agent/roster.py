@@ -17,6 +17,11 @@ a peers file that disagrees with it, Hello from a revoked member, and every
 rumour or fault whose origin is revoked.  Without ``--roster`` the peers file
 is the roster (the operator wrote it; no revocation).
 
+A running agent re-reads its roster when the file changes: members newly
+revoked are cut off at once (their links closed, their Hello refused, their
+records ignored); ``orbitmesh revoke NODE`` re-signs a local fleet's roster.
+Restoring a member takes a restart of the agents.
+
 Either way the mesh signs and checks every record (:mod:`mesh.trust`):
 :func:`mesh_trust` gives a node its signer (its own key) and the verifier
 (every member's public key, from its peer id).
@@ -24,8 +29,11 @@ Either way the mesh signs and checks every record (:mod:`mesh.trust`):
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -36,7 +44,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mesh.trust import Trust
 
+log = logging.getLogger(__name__)
+
 ROSTER_VERSION = 1
+WATCH_EVERY_S = 2.0
 ROSTER_CONTEXT = b"orbitmesh/roster/v1\x00"
 _ED25519_PREFIX = bytes.fromhex("0024080112" "20")   # identity multihash, 36 bytes: protobuf {Type: Ed25519, Data: 32}
 SEED_BYTES = 32
@@ -206,3 +217,67 @@ def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int
             return False
 
     return Trust(me, priv.sign, verify, revoked=revoked)
+
+
+# -- a running agent follows its roster ----------------------------------------------------
+
+async def watch_roster(path: Path, pub: Path, peers, on_revoked, every_s: float = WATCH_EVERY_S) -> None:
+    """Re-read the roster whenever its file changes; ``on_revoked(names)`` with the
+    revoked set of each new, valid roster.  A roster that fails to verify is
+    logged and ignored (the last good one stays in force)."""
+    import trio
+
+    def mtime() -> float | None:
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+
+    last = mtime()
+    while True:
+        await trio.sleep(every_s)
+        now = mtime()
+        if now == last:
+            continue
+        last = now
+        try:
+            roster = load_roster(path, pub)
+            roster.check_peers(peers)
+        except (OSError, ValueError) as exc:
+            log.warning("roster changed but is not accepted: %s", exc)
+            continue
+        on_revoked(roster.revoked)
+
+
+# -- orbitmesh revoke ----------------------------------------------------------------------
+
+def revoke(fleet_dir: Path, names: list[str], authority_key: str = "authority.key") -> dict:
+    """Re-sign a local fleet's roster with ``names`` revoked too; the new document."""
+    fleet_dir = Path(fleet_dir)
+    pub = fleet_dir / (authority_key + ".pub")
+    current = load_roster(fleet_dir / "roster.json", pub)
+    key = Ed25519PrivateKey.from_private_bytes(read_seed(fleet_dir / authority_key))
+    doc = json.loads((fleet_dir / "roster.json").read_text())
+    new = sign_roster(current.nodes, key, fleet=doc.get("fleet", ""), revoked=set(current.revoked) | set(names))
+    write_roster(fleet_dir / "roster.json", new)
+    return new
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    try:
+        doc = revoke(args.dir, args.node)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked: {', '.join(doc['revoked'])}; running agents follow within {WATCH_EVERY_S:g}s", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``orbitmesh revoke`` to the CLI."""
+    p = subparsers.add_parser("revoke", help="revoke fleet members: re-sign the local fleet's roster without them",
+                              description="Re-sign roster.json in the fleet directory (--dir) with these nodes "
+                                          "revoked; running agents close their links and ignore their gossip.")
+    p.add_argument("node", nargs="+", help="node name, e.g. sat-3")
+    p.set_defaults(func=cmd_revoke)
+    return p

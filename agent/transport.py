@@ -172,6 +172,8 @@ class LinkLayer:
 
     def add_link(self, name: str, addr: str, peer_id: str, seed: int) -> None:
         """Start a link to a new partner (e.g. a satellite that came into view)."""
+        if name in self.revoked:
+            return
         link = self.links.get(name)
         if link is not None:
             link.retiring = False  # back in view before it was closed
@@ -188,6 +190,13 @@ class LinkLayer:
         if link is not None and not link.retiring:
             link.retiring = True
             link.retire_at = time.time() + grace_s
+
+    def revoke(self, name: str, peer_id: str) -> None:
+        """The roster revoked ``name``: refuse its streams and close its link now."""
+        self.revoked = self.revoked | {name}
+        if self.members is not None:
+            self.members.discard(peer_id)
+        self.retire_link(name, 0.0)
 
     # -- public -------------------------------------------------------------
 

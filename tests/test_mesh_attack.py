@@ -173,3 +173,18 @@ async def test_a_stranger_and_a_pre_hello_flood_get_bounded_treatment(rogue_flee
             await _refused(host, peers[target].multiaddr, b"")
     async with Client(peers[target].api) as c:
         assert (await c.health())["status"] == "ok"     # and the target serves on
+
+
+async def test_a_member_revoked_by_the_roster_is_refused_at_hello_at_once(rogue_fleet):
+    """`orbitmesh revoke`: the running target re-reads its roster and refuses the rogue's Hello."""
+    from agent.roster import WATCH_EVERY_S, revoke
+    spec, peers, rogue, target, _ = rogue_fleet
+    assert (await _speak_as(spec, peers, rogue, target, [])).msg == Hello(target)    # a member still
+    assert revoke(spec.directory, [rogue])["revoked"] == [rogue]
+    await trio.sleep(WATCH_EVERY_S + 1.0)
+    kp = load_or_create_identity(spec.directory / "data" / rogue / "identity.key")
+    async with open_host(kp, "127.0.0.1", 0) as host:
+        with trio.fail_after(3.0):
+            await _refused(host, peers[target].multiaddr, encode_frame(LinkFrame(time.time(), Hello(rogue)), MAX_FRAME))
+    async with Client(peers[target].api) as c:
+        assert (await c.health())["status"] == "ok"
