@@ -299,7 +299,7 @@ class LocalNodeChaos:
         models = Path(spec.get("models", "models"))
         if not models.is_absolute() and not models.is_dir() and (self.directory.parent / models).is_dir():
             models = self.directory.parent / models      # relative to where `up` ran
-        proc = start_agent(FleetSpec(directory=self.directory, models=models), node)
+        proc = start_agent(FleetSpec(directory=self.directory, models=models, auth=spec.get("auth", True)), node)
         what = f"killed pid {pid}, " if pid is not None else "was down, "
         return f"restarted {node} ({what}new pid {proc.pid})"
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from agent.client import Client
-from tests.conftest import ROOT, local_fleet
+from tests.conftest import AUTH, ROOT, local_fleet
 
 N = 12
 
@@ -134,7 +134,7 @@ async def test_configured_loss_is_measured_loss(chaos_fleet):
 ])
 async def test_bad_faults_are_refused_and_nothing_is_applied(chaos_fleet, spec, words):
     _, peers = chaos_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-2"].api) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-2"].api, headers=AUTH) as http:
         before = (await http.get("/v1/chaos")).json()["faults"]
         r = await http.post("/v1/chaos", json=spec)
         assert r.status_code == 400 and words in r.json()["error"], r.text
