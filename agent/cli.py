@@ -91,6 +91,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
         if args.workers is not None and not 1 <= args.workers <= 64:
             raise ValueError(f"--workers {args.workers}: use 1 to 64")
+        if bool(args.roster) != bool(args.authority):
+            raise ValueError("--roster and --authority go together (the roster and the key that signed it)")
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if args.no_auth and args.api_token_file:
@@ -103,7 +105,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc, workers=args.workers, auth=auth)
+                       discover=args.discover, grpc=grpc, workers=args.workers, auth=auth,
+                       roster=(Path(args.roster), Path(args.authority)) if args.roster else None)
 
 
 def _spec(args: argparse.Namespace):
@@ -390,6 +393,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--discover", metavar="NAME",
                    help="peers whose names do not resolve are found behind this DNS name, which lists every "
                         "node's address (a swarm's tasks.<service>; agent/directory.py)")
+    p.add_argument("--roster", metavar="FILE",
+                   help="the fleet's signed roster (roster.json): the peers file must agree with it; the members "
+                        "it revokes are refused (docs/security.md, Mesh trust)")
+    p.add_argument("--authority", metavar="FILE",
+                   help="the fleet authority's public key (hex) that must have signed --roster")
     p.add_argument("--api-token-file", type=Path,
                    help="file with the fleet's API token, required on control calls (default: $ORBITMESH_TOKEN, "
                         "else the file $ORBITMESH_TOKEN_FILE; the agent refuses to start without one)")
@@ -435,7 +443,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, sim_cli, stack, topo_cli
+    from agent import chaos_cli, check, compose, roster, sim_cli, stack, topo_cli
+    roster.register(sub)
     chaos_cli.register(sub)
     check.register(sub)
     compose.register(sub)

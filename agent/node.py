@@ -39,6 +39,7 @@ from mesh.config import FleetConfig
 from mesh.energy import Battery
 from mesh.placement import TARGETS, PlacementError, choose
 from mesh.sun import sunlit
+from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
 from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
@@ -88,7 +89,10 @@ class NodeIdentity:
 
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
-                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None):
+                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
+                 trust: Trust | None = None, revoked: frozenset[str] = frozenset()):
+        """``trust``: sign this node's gossip and faults and check others' (agent.roster.mesh_trust);
+        ``revoked``: members the signed roster revoked (refused at Hello, their records ignored)."""
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -112,7 +116,9 @@ class Node:
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
         partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
-        self.chaos = FaultTable(self._chaos_topo())
+        self.trust = trust
+        self.chaos = FaultTable(self._chaos_topo(), trust=trust,
+                                node_index=lambda n: peers[n].index if n in peers else None)
         self.base_profile = LinkProfile(bandwidth_bps=config.links.isl_bandwidth_bps,
                                         queue_frames=config.limits.link_queue_frames)
         self.links = LinkLayer(
@@ -121,13 +127,14 @@ class Node:
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
             on_link_up=self._link_up, accept_unknown=self._accept_ground,
+            members={e.peer_id for e in peers.by_name.values() if e.name not in revoked}, revoked=revoked,
         )
         self.healing = HealingRouter(self.router.snapshot)
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
-            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed)
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust)
         self.delivery_config = fleet_delivery()
         self.relay = Relay(name, peers, self.links, self._route,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
@@ -356,6 +363,17 @@ class Node:
                     self.links.retire_link(name, self.LINK_GRACE_S)
                 elif name in wanted and link.retiring:
                     self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
+
+    def revoke(self, names: frozenset[str]) -> None:
+        """The roster now revokes ``names``: close their links, refuse them, ignore their records."""
+        for name in sorted(names - self.links.revoked):
+            if name not in self.peers or name == self.me.name:
+                continue
+            log.warning("%s: %s is revoked by the roster; closing its link and ignoring its records",
+                        self.me.name, name)
+            if self.trust is not None:
+                self.trust.revoke(self.peers[name].index)
+            self.links.revoke(name, self.peers[name].peer_id)
 
     def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
         """An inbound stream from a node we don't link to yet: accept it if
@@ -808,8 +826,10 @@ class Node:
             except (FaultError, WireError) as exc:
                 log.warning("bad chaos entry from %s: %s", from_node, exc)
                 continue
-            if self.chaos.merge(entry):
+            if self.chaos.merge(entry, now=time.time()):
                 news.append(entry)
+            elif self.chaos.last_refusal is not None:
+                log.warning("chaos entry %s from %s refused: %s", entry.id, from_node, self.chaos.last_refusal)
         if news:
             self._flood(news, exclude=from_node)
 
