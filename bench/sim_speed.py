@@ -1,6 +1,6 @@
 """Simulator speed (simulated seconds per wall second), this tree against a baseline commit.
 
-    python bench/sim_speed.py --baseline main                 # demo 300 s and starlink-s1 30 s, 2 rounds
+    python bench/sim_speed.py --baseline main                 # demo 300 s and starlink-s1 45 s, 2 rounds
     python bench/sim_speed.py --baseline HEAD~3 --presets demo:120 --rounds 3
 
 Each run is ``mesh.sim.scenario.run_scenario`` (what ``orbitmesh sim`` runs:
@@ -47,8 +47,8 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="main", help="git ref to compare with (default: main)")
-    ap.add_argument("--presets", nargs="+", default=["demo:300", "starlink-s1:30"],
-                    help="PRESET:SECONDS to simulate (default: demo:300 starlink-s1:30)")
+    ap.add_argument("--presets", nargs="+", default=["demo:300", "starlink-s1:45"],
+                    help="PRESET:SECONDS to simulate (default: demo:300 starlink-s1:45)")
     ap.add_argument("--tasks", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
