@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.engine_chaos import LABEL_NODE
 from agent.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                   read_secret)
 
@@ -41,7 +42,6 @@ FLEET_DIR = "/fleet"             # the fleet volume: secret, config.toml, peers.
 DATA_DIR = "/data"               # a node's own volume: identity.key
 MODELS_DIR = "/opt/orbitmesh/models"
 NETWORK = "constellation"
-LABEL_NODE = "org.orbitmesh.node"
 LABEL_ROLE = "org.orbitmesh.role"
 
 
@@ -520,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             # In this process (PID 1 of the container, so SIGTERM reaches the
             # agent), which has already imported libp2p: a fresh interpreter
             # would pay ~1 s of CPU per container again.
-            from agent import cli
-            return cli.main(launch.argv)
+            from agent import agent_cli
+            return agent_cli.main(launch.argv)
         if args.command == "chaos":
             from agent.engine_chaos import ChaosError, EngineChaos
             try:

@@ -182,7 +182,7 @@ def _fake_pip(tmp_path, monkeypatch, payload: bytes | None, stderr: str = ""):
             (dest / "pkg-1.0-py3-none-any.whl").write_bytes(payload)
         return subprocess.CompletedProcess(cmd, 0 if payload is not None else 1, "", stderr)
 
-    monkeypatch.setattr(zoo.subprocess, "run", run)
+    monkeypatch.setattr(zoo.kit.subprocess, "run", run)
     return calls
 
 

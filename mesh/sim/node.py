@@ -12,16 +12,34 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from mesh.delivery import (DedupWindow, ExecutionCache, Expired, HopFailed, HopSender, StoreAndForward, TaskFailed,
-                           TaskLedger, Transmit)
+from mesh.delivery import (DedupWindow, DeliveryConfig, ExecutionCache, Expired, HopFailed, HopSender, StoreAndForward,
+                           TaskFailed, TaskLedger, Transmit)
 from mesh.forwarding import Forward, Forwarder, Hold
 from mesh.gossip_msgs import HopAck
-from mesh.membership import Membership
+from mesh.healing import HealingRouter
+from mesh.membership import Membership, MembershipConfig
+from mesh.sim.network import SimNetwork
 
-if TYPE_CHECKING:
-    from mesh.sim.engine import Simulator
+
+class SimHost(Protocol):
+    """What a simulated node needs from its driver (``mesh.sim.engine.Simulator``):
+    declared here so that the engine imports the node and not the other way round."""
+
+    seed: int
+    n: int
+    net: SimNetwork
+    router: HealingRouter
+    membership_config: MembershipConfig
+    delivery_config: DeliveryConfig
+
+    def send(self, src: int, dst: int, msg: Any) -> None: ...
+    def task_executed(self, now: float, tid: str) -> None: ...
+    def task_delivered(self, now: float, tid: str) -> None: ...
+    def task_failed(self, now: float, tid: str, reason: str) -> None: ...
+    def task_trouble(self, tid: str, reason: str) -> None: ...
+    def task_held(self, tid: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,7 @@ class TaskFrame:
 class SimNode:
     """Membership + per-hop reliability + store-and-forward + end-to-end retry, for one node."""
 
-    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+    def __init__(self, sim: SimHost, me: int, incarnation: int = 0):
         self.sim = sim
         self.me = me
         net = sim.net
@@ -209,7 +227,7 @@ class FloodNode:
     as its own frame, to every neighbour but the one it came from; no
     batching, no retransmission, no budget."""
 
-    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+    def __init__(self, sim: SimHost, me: int, incarnation: int = 0):
         from mesh.dissemination import StateTable
         self.sim = sim
         self.me = me
