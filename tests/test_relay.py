@@ -49,7 +49,8 @@ class Harness:
 
 def make(me: int = 0, open_to=(1, 4)) -> Harness:
     snap = Snapshot(t=0.0, positions=np.zeros((5, 3)), pairs=PAIRS, distance_km=KM)
-    peers = Peers([PeerEntry(f"sat-{i}", i, f"peer{i}", f"/ip4/127.0.0.1/tcp/{4100 + i}", "http://x") for i in range(5)])
+    peers = Peers([PeerEntry(f"sat-{i}", i, f"peer{i}", f"/ip4/127.0.0.1/tcp/{4100 + i}", "http://x")
+                   for i in range(5)])
     links = FakeLinks({f"sat-{i}": FakeLink() for i in open_to})
     expired: list = []
     state = {"dead": frozenset(), "down": frozenset()}

@@ -3,7 +3,8 @@
 This is what ``agent/node.py`` does with real time and real links, done
 with virtual time: feed messages and time into ``mesh.membership`` and
 ``mesh.delivery``, send what they return, and forward tasks as
-``mesh.forwarding`` decides (the agent's relay asks the same object).  Task frames here carry only sizes (no tensors) and execute
+``mesh.forwarding`` decides (the agent's relay asks the same object).  Task
+frames here carry only sizes (no tensors) and execute
 instantly; everything else is the production code path.
 """
 
