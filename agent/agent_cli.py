@@ -53,12 +53,27 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--discover", metavar="NAME",
                    help="peers whose names do not resolve are found behind this DNS name, which lists every "
                         "node's address (a swarm's tasks.<service>; agent/directory.py)")
+    p.add_argument("--api-token-file", type=Path,
+                   help="file with the fleet's API token, required on control calls (default: $ORBITMESH_TOKEN, "
+                        "else the file $ORBITMESH_TOKEN_FILE; the agent refuses to start without one)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve control calls without a token: an open lab, said loudly in the log")
+    p.add_argument("--allow-host", action="append", metavar="NAME[,NAME]",
+                   help="another Host name clients use for this node (*.example.com for subdomains; * for any); "
+                        "loopback, IP addresses and the fleet's own names are always allowed; also "
+                        "$ORBITMESH_ALLOWED_HOSTS")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="a browser origin (https://console.example) allowed to make control calls")
+    p.add_argument("--tls-cert", type=Path,
+                   help="serve the HTTP API over TLS with this PEM certificate (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.set_defaults(func=cmd_agent)
     return p
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent import daemon
+    from agent.auth import AgentAuth, TokenError, agent_token
     from agent.peers import sat_name
     from mesh.nodes import ground_name
     name = args.node or (ground_name(args.ground) if args.ground else sat_name(args.sat))
@@ -69,12 +84,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
         grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
         if args.workers is not None and not 1 <= args.workers <= 64:
             raise ValueError(f"--workers {args.workers}: use 1 to 64")
-    except ValueError as exc:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if args.no_auth and args.api_token_file:
+            raise ValueError("--no-auth and --api-token-file contradict each other")
+        auth = AgentAuth(None if args.no_auth else agent_token(args.api_token_file),
+                         tuple(h for a in args.allow_host or () for h in a.split(",")), tuple(args.allow_origin or ()),
+                         (str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None)
+    except (ValueError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc, workers=args.workers)
+                       discover=args.discover, grpc=grpc, workers=args.workers, auth=auth)
 
 
 def main(argv: list[str]) -> int:

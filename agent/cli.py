@@ -65,12 +65,18 @@ def _progress(ready: int, total: int) -> None:
 
 # -- commands --------------------------------------------------------------------
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The API token for this command: $ORBITMESH_TOKEN, $ORBITMESH_TOKEN_FILE or the fleet directory's."""
+    from agent.auth import client_token
+    return client_token(args.dir)
+
+
 def _spec(args: argparse.Namespace):
     from agent.fleet import FleetSpec
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                      time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
-                     handover=args.handover)
+                     handover=args.handover, auth=not args.no_auth)
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -103,6 +109,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"API of sat-0: {peers['sat-0'].api}   stop with: orbitmesh down --dir {spec.directory}")
+    print(f"control calls need the token in {spec.directory}/token (the CLI and SDK read it; curl: "
+          f"-H \"Authorization: Bearer $(cat {spec.directory}/token)\")" if spec.auth else
+          "WARNING: --no-auth: anyone who can reach these ports controls the fleet")
     return 0
 
 
@@ -120,13 +129,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.fleet import FleetError, load_peers
     try:
         peers = load_peers(args.dir)
-    except FleetError as exc:
+        token = _token(args)
+    except (FleetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     results: dict[str, Any] = {}
 
     async def one(name: str) -> None:
-        async with Client(peers[name].api, timeout=3.0) as c:
+        async with Client(peers[name].api, timeout=3.0, token=token) as c:
             try:
                 results[name] = await c.node()
             except ApiError as exc:
@@ -190,8 +200,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
+    try:
+        token = _token(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> dict[str, Any]:
-        async with Client(url) as c:
+        async with Client(url, token=token) as c:
             accepted = await c.submit(args.model, inputs, args.target)
             return await c.wait(accepted["task_id"], timeout=args.timeout)
 
@@ -248,8 +264,10 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
           f"({', '.join(entries)}), each to the farthest satellite:\n")
     results: list[tuple[dict, int]] = [None] * len(jobs)  # type: ignore[list-item]
 
+    token = _token(args)
+
     async def one(i: int, entry: str, target: str, sample: dict) -> None:
-        async with Client(peers[entry].api) as c:
+        async with Client(peers[entry].api, token=token) as c:
             try:
                 acc = await c.submit("digits", sample["inputs"], target)
                 results[i] = (await c.wait(acc["task_id"], timeout=60), sample["label"])
@@ -273,7 +291,8 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
           + (f"; median end-to-end {statistics.median(totals):.1f} ms, median overhead beyond "
              f"physics+compute {statistics.median(overheads):.2f} ms" if totals else ""))
     print(f"\nfleet is up — try:  orbitmesh status   |   orbitmesh submit --node sat-3 --target sat-17   "
-          f"|   curl {peers['sat-0'].api}/v1/node")
+          f"|   curl {peers['sat-0'].api}/v1/node   (control calls: -H \"Authorization: Bearer $(cat "
+          f"{spec.directory}/token)\")")
     if args.duration is not None:
         print(f"keeping it up for {args.duration:.0f} s (Ctrl-C stops it sooner)")
         await trio.sleep(args.duration)
@@ -301,6 +320,9 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handover", choices=HANDOVER_POLICIES, default=None,
                    help="which satellites a ground station links to: all, or one by highest_elevation, "
                         "longest_visibility or sticky (default: the preset's, all); see docs/physics.md")
+    p.add_argument("--no-auth", action="store_true",
+                   help="an open lab: agents take control calls without a token (default: a token in DIR/token, "
+                        "$ORBITMESH_TOKEN if set); see docs/security.md")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -354,4 +376,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
+    from agent.auth import use_fleet_dir
+    use_fleet_dir(args.dir)           # every client of this command finds the fleet's token there
     return args.func(args)

@@ -89,7 +89,7 @@ if "$DOCKER" compose version >/dev/null 2>&1; then
   step "docker compose (v2) config accepts it too"
 fi
 step "Kubernetes manifests against the Kubernetes 1.30 schemas (strict)"
-"$ROOT/.venv/bin/kubernetes-validate" --strict --quiet -k 1.30.0 deploy/k8s/service.yaml deploy/k8s/statefulset.yaml \
+"$ROOT/.venv/bin/kubernetes-validate" --strict --quiet -k 1.30.0 deploy/k8s/service.yaml deploy/k8s/statefulset.yaml deploy/k8s/networkpolicy.yaml \
   || die "deploy/k8s manifests are not valid Kubernetes resources"
 
 # -- 4. image ------------------------------------------------------------------------
@@ -100,6 +100,8 @@ BUILD_S=$(( $(date +%s) - tb ))
 IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
 
 # -- 5. up ---------------------------------------------------------------------------
+# the fleet's API token: compose hands it to the init service, compose_e2e.py sends it (docs/security.md)
+export ORBITMESH_TOKEN=${ORBITMESH_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')}
 start_hog
 step "docker-compose up -d: init + $SIZE satellites + ground stations $GROUND (project $PROJECT)"
 tu=$(date +%s.%N)

@@ -379,7 +379,7 @@ def test_engine_failure_is_a_chaos_error():
 def k8s_docs():
     yaml = pytest.importorskip("yaml")
     docs = []
-    for name in ("service.yaml", "statefulset.yaml"):
+    for name in ("service.yaml", "statefulset.yaml", "networkpolicy.yaml"):
         docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()) if d]
     return docs
 
