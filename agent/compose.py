@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import monitoring
 from agent.engine_chaos import LABEL_NODE
 from agent.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                   read_secret)
@@ -102,6 +103,12 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
     # For people and tools; every node derives the same file itself.
     _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
     done.append(f"wrote {fleet_dir / 'peers.json'}")
+    from mesh.nodes import NodeNames
+    names = NodeNames(cfg.size, station_names(cfg))
+    nodes = [names.name(i) for i in range(len(names))]
+    _write_atomic(fleet_dir / monitoring.CONFIG_NAME, monitoring.prometheus_config(nodes, API_PORT))
+    done.append(f"wrote {fleet_dir / monitoring.CONFIG_NAME} ({len(nodes)} scrape targets, for the "
+                f"'{monitoring.PROFILE}' profile)")
     return done
 
 
@@ -361,6 +368,9 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
         })
         services[name] = svc
         volumes[f"{name}-data"] = {}
+    services["prometheus"] = monitoring.prometheus_service("fleet", FLEET_DIR, NETWORK, spec.api_host,
+                                                          {LABEL_ROLE: monitoring.PROFILE})
+    volumes["prometheus-data"] = {}
     return {"services": services, "networks": {NETWORK: {"driver": "bridge"}}, "volumes": volumes}
 
 

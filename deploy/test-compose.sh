@@ -59,7 +59,7 @@ teardown() {
     step "KEEP_UP=1: leaving project $PROJECT running (docker-compose -p $PROJECT down -v to stop)"
   elif "$DOCKER" info >/dev/null 2>&1; then
     step "tearing down project $PROJECT"
-    timeout 120 "${COMPOSE[@]}" down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
+    timeout 120 "${COMPOSE[@]}" --profile monitoring down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
       || { echo "compose down failed:" >&2; tail -5 "$WORK/down.log" >&2; }
   fi
   [ "${KEEP_UP:-0}" = 1 ] || engine_stop
@@ -141,6 +141,17 @@ step "tasks to several containers; a link cut; kill/start, pause/resume through 
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
   >"$WORK/mem-after.txt"
+
+# -- 6b. the monitoring profile: Prometheus scraping every node ---------------------------------
+step "monitoring profile: Debian's Prometheus (deploy/build-monitoring-image.sh), scraping every node"
+tm=$(date +%s)
+"$ROOT/deploy/build-monitoring-image.sh" >"$WORK/monitoring-build.log" 2>&1 \
+  || { tail -20 "$WORK/monitoring-build.log"; die "monitoring image build failed"; }
+tail -1 "$WORK/monitoring-build.log"
+timeout 120 "${COMPOSE[@]}" --profile monitoring up -d prometheus >"$WORK/prom-up.log" 2>&1 \
+  || { tail -20 "$WORK/prom-up.log"; die "docker-compose --profile monitoring up failed"; }
+"$PY" deploy/monitoring_check.py --nodes "$NODES" || die "Prometheus did not scrape every node"
+step "monitoring profile checked in $(( $(date +%s) - tm )) s"
 
 # -- 7. numbers ------------------------------------------------------------------------------
 "$PY" - "$WORK" "$METRICS" "$BUILD_S" "$IMAGE_MB" "$UP_RETURNED_S" "$READY_S" <<'EOF'
