@@ -107,8 +107,8 @@ def member(view: dict, node: str) -> dict:
 # subprocess) or needs the built models carries the ``slow`` marker; `make
 # test-fast` runs everything else (`-m "not slow and not engine"`). Tests that
 # use the ``models_dir`` fixture are marked here; any other unmarked test that
-# starts a process fails, so a forgotten marker cannot slow test-fast down
-# unnoticed.
+# starts a Python process (an agent, the CLI, a build) or docker fails, so a
+# forgotten marker cannot slow test-fast down unnoticed.
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -126,12 +126,20 @@ def pytest_runtest_protocol(item, nextitem):
     if item.get_closest_marker("slow") is not None or item.get_closest_marker("engine") is not None:
         yield
         return
+    import os
     import subprocess
+    import sys
     original = subprocess.Popen._execute_child
 
     def refuse(self, args, *rest, **kwargs):
-        raise ProcessStarted(f"{item.nodeid} starts a process ({args!r}): "
-                             "mark it @pytest.mark.slow (make test-fast leaves those out)")
+        # Python processes (agents, the CLI, builds) and the engine's tools; a library's
+        # own helper (ctypes.util.find_library runs ldconfig on import) is let through.
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        prog = os.path.basename(os.fsdecode(argv[0]).split()[0]) if argv else ""
+        if argv and (os.fsdecode(argv[0]) == sys.executable or prog.startswith(("python", "orbitmesh", "docker"))):
+            raise ProcessStarted(f"{item.nodeid} starts a process ({args!r}): "
+                                 "mark it @pytest.mark.slow (make test-fast leaves those out)")
+        return original(self, args, *rest, **kwargs)
     subprocess.Popen._execute_child = refuse
     try:
         yield
