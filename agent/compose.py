@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import monitoring
+from agent.engine_chaos import LABEL_NODE
 from agent.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                   read_secret)
 from agent.fleet_keys import AUTHORITY_DIR, NODES_DIR
@@ -47,7 +48,6 @@ TOKEN_NAME = "api-token"
 DATA_DIR = "/data"               # a node's own volume: identity.key
 MODELS_DIR = "/opt/orbitmesh/models"
 NETWORK = "constellation"
-LABEL_NODE = "org.orbitmesh.node"
 LABEL_ROLE = "org.orbitmesh.role"
 
 
@@ -591,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
             # In this process (PID 1 of the container, so SIGTERM reaches the
             # agent), which has already imported libp2p: a fresh interpreter
             # would pay ~1 s of CPU per container again.
-            from agent import cli
-            return cli.main(launch.argv)
+            from agent import agent_cli
+            return agent_cli.main(launch.argv)
         if args.command == "chaos":
             from agent.engine_chaos import ChaosError, EngineChaos
             try:

@@ -29,7 +29,7 @@ from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
-from agent.relay import Relay
+from agent.relay import LinkState, Relay
 from agent.tasks import TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
@@ -41,6 +41,7 @@ from mesh.placement import TARGETS, PlacementError, choose
 from mesh.sun import sunlit
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
+from mesh.forwarding import Forwarder
 from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
@@ -136,7 +137,7 @@ class Node:
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
             incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust)
         self.delivery_config = fleet_delivery()
-        self.relay = Relay(name, peers, self.links, self._route,
+        self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
         self.ledger = TaskLedger(self.delivery_config)
@@ -229,20 +230,12 @@ class Node:
             self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
                               down_nodes=dead, down_links=down)
 
-    def _route(self, dst: str, came_from: str | None = None, avoid: frozenset = frozenset()) -> str | None:
-        """Next hop towards ``dst`` over the physics mesh minus dead nodes, links
-        reported down, links chaos cuts, and links this node saw fail (``avoid``)."""
-        if dst not in self.peers or dst == self.me.name:
-            return None
-        now = time.time()
-        down = self.membership.down_links() | self._cut_links(now)
-        if avoid:
-            down = down | {(min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
-                           for a, b in avoid}
-        prev = self.peers[came_from].index if came_from in self.peers else None
-        nh = self.healing.next_hop(self.me.index, self.peers[dst].index, self.orbit_t(now),
-                                   down_nodes=self.membership.dead_nodes(), down_links=down, came_from=prev)
-        return None if nh is None or nh not in self.peers.by_index else self.peers.by_index[nh].name
+    def _link_state(self, now: float) -> LinkState:
+        """What the relay's forwarding decision reads: orbital time, dead nodes, and
+        links reported down or cut by chaos (links this node saw fail, the relay's
+        ``Forwarder`` adds itself)."""
+        return LinkState(self.orbit_t(now), self.membership.dead_nodes(),
+                         self.membership.down_links() | self._cut_links(now))
 
     def _view_changed(self) -> None:
         """A death or a link reported down: frames on their way to it go around now."""
@@ -299,7 +292,7 @@ class Node:
         # The first route pays scipy's and the view cache's start-up (~4 ms):
         # not while a frame is due.
         for peer in self.peers.by_index.values():
-            self._route(peer.name)
+            self.relay.next_hop(peer.name)
         self._recover()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
