@@ -33,8 +33,9 @@ run: models
 test: models
 	$(PY) -m pytest -q -p no:cacheprovider -m "not engine" $(ARGS)
 
+## Every test that starts no process and needs no built models (all of mesh/, in-process nodes and relays): < 60 s.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_orbit.py tests/test_wire.py tests/test_config.py tests/test_routing.py
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not engine" $(ARGS)
 
 bench: models
 	$(PY) bench/task_overhead.py $(ARGS)

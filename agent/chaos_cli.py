@@ -66,13 +66,12 @@ def fleet_topo(directory: Path) -> Topo:
     """The chaos view of a local fleet, from its config and peers files."""
     from agent.peers import Peers
     from mesh.config import parse_config
-    from mesh.orbit import Constellation, iso_to_jd
-    from mesh.topology import Topology
+    from mesh.world import World
 
     cfg = parse_config((directory / "config.toml").read_text())
     peers = Peers.load(directory / "peers.json")
-    constellation = Constellation(list(cfg.shells), iso_to_jd(cfg.epoch))
-    topo = Topology(constellation)
+    world = World.from_config(cfg)      # every shell, TLE sets included, as the agents build it
+    constellation, topo = world.constellation, world.topology
     names = {e.index: e.name for e in peers.by_name.values()}
     links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in topo.candidates.tolist()
                       if int(a) in names and int(b) in names)

@@ -5,22 +5,15 @@ from __future__ import annotations
 import argparse
 from functools import partial
 import json
-import logging
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from agent.agent_cli import setup_logging
+
 DEFAULT_DIR = Path(".fleet")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("libp2p").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 # -- printing ------------------------------------------------------------------
@@ -76,34 +69,6 @@ def _token(args: argparse.Namespace) -> str | None:
     """The API token for this command: $ORBITMESH_TOKEN, $ORBITMESH_TOKEN_FILE or the fleet directory's."""
     from agent.auth import client_token
     return client_token(args.dir)
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    from agent import daemon
-    from agent.auth import AgentAuth, TokenError, agent_token
-    from agent.peers import sat_name
-    from mesh.nodes import ground_name
-    name = args.node or (ground_name(args.ground) if args.ground else sat_name(args.sat))
-    peers = args.peers or Path(args.config).parent / "peers.json"
-    try:
-        listen = daemon.parse_hostport(args.listen) if args.listen else None
-        api = daemon.parse_hostport(args.api) if args.api else None
-        grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
-        if args.workers is not None and not 1 <= args.workers <= 64:
-            raise ValueError(f"--workers {args.workers}: use 1 to 64")
-        if (args.tls_cert is None) != (args.tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
-        if args.no_auth and args.api_token_file:
-            raise ValueError("--no-auth and --api-token-file contradict each other")
-        auth = AgentAuth(None if args.no_auth else agent_token(args.api_token_file),
-                         tuple(h for a in args.allow_host or () for h in a.split(",")), tuple(args.allow_origin or ()),
-                         (str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None)
-    except (ValueError, TokenError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
-                       listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc, workers=args.workers, auth=auth)
 
 
 def _spec(args: argparse.Namespace):
@@ -280,20 +245,19 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
 
     from agent.client import ApiError, Client
     from mesh.config import parse_config
-    from mesh.orbit import Constellation, iso_to_jd
-    from mesh.topology import Topology
+    from mesh.world import World
 
     cfg = parse_config((spec.directory / "config.toml").read_text())
-    topo = Topology(Constellation(list(cfg.shells), iso_to_jd(cfg.epoch)), max_range_km=cfg.links.max_range_km)
-    snap = topo.snapshot(cfg.clock.orbit_t(time.time()))
+    snap = World.from_config(cfg).topology.snapshot(cfg.clock.orbit_t(time.time()))
     names = peers.names()
+    sats = [n for n in names if peers[n].index < cfg.size]     # the world has the ground stations too
     entries = [names[i * len(names) // args.entries] for i in range(args.entries)]
     samples = _load_samples(spec.models, "digits")
     jobs = []
     for k in range(args.tasks):
         entry = entries[k % len(entries)]
         # the farthest node from this entry, so the task crosses the mesh
-        far = max(names, key=lambda n: (snap.shortest_path(peers[entry].index, peers[n].index) or ([], -1))[1])
+        far = max(sats, key=lambda n: (snap.shortest_path(peers[entry].index, peers[n].index) or ([], -1))[1])
         sample = samples[k % len(samples)]
         jobs.append((entry, far, sample))
     print(f"\nsubmitting {len(jobs)} digit-classification tasks to {len(entries)} entry nodes "
@@ -362,49 +326,13 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from agent import agent_cli
     ap = argparse.ArgumentParser(prog="orbitmesh", description="Emulate an orbital compute constellation.")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    agent_cli.add_common_args(ap)
     ap.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="fleet directory (default: .fleet)")
-    ap.add_argument("--models", type=Path, default=Path("models"), help="built models (default: models/)")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("agent", help="run one satellite agent")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--sat", type=int, help="satellite index")
-    who.add_argument("--node", help="node name (sat-N or gs-NAME)")
-    who.add_argument("--ground", help="ground station name, as listed in the config (runs node gs-NAME)")
-    p.add_argument("--config", required=True, help="fleet config (TOML)")
-    p.add_argument("--peers", help="peers file (default: peers.json beside the config)")
-    p.add_argument("--data-dir", required=True, help="identity and state of this agent")
-    p.add_argument("--listen", help="HOST:PORT for laser links (default: from this node's peers entry)")
-    p.add_argument("--api", help="HOST:PORT for the HTTP API (default: from this node's peers entry)")
-    p.add_argument("--grpc", help="HOST:PORT for the gRPC inference service (default: this node's peers entry's "
-                                  "\"grpc\"; none if it has none)")
-    p.add_argument("--workers", type=int,
-                   help="inference worker threads (default: one per core); each runs one onnxruntime call at a time")
-    p.add_argument("--no-journal", action="store_true",
-                   help="keep accepted tasks in memory only (lost if the agent dies; bench/durability.py "
-                        "measures what the journal costs)")
-    p.add_argument("--no-realtime", action="store_true",
-                   help="do not ask for real-time scheduling of the event loop (see agent/priority.py)")
-    p.add_argument("--discover", metavar="NAME",
-                   help="peers whose names do not resolve are found behind this DNS name, which lists every "
-                        "node's address (a swarm's tasks.<service>; agent/directory.py)")
-    p.add_argument("--api-token-file", type=Path,
-                   help="file with the fleet's API token, required on control calls (default: $ORBITMESH_TOKEN, "
-                        "else the file $ORBITMESH_TOKEN_FILE; the agent refuses to start without one)")
-    p.add_argument("--no-auth", action="store_true",
-                   help="serve control calls without a token: an open lab, said loudly in the log")
-    p.add_argument("--allow-host", action="append", metavar="NAME[,NAME]",
-                   help="another Host name clients use for this node (*.example.com for subdomains; * for any); "
-                        "loopback, IP addresses and the fleet's own names are always allowed; also "
-                        "$ORBITMESH_ALLOWED_HOSTS")
-    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
-                   help="a browser origin (https://console.example) allowed to make control calls")
-    p.add_argument("--tls-cert", type=Path,
-                   help="serve the HTTP API over TLS with this PEM certificate (with --tls-key)")
-    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
-    p.set_defaults(func=cmd_agent)
+    agent_cli.register(sub)
 
     p = sub.add_parser("up", help="start a local fleet in the background")
     _fleet_args(p)
@@ -435,7 +363,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, sim_cli, stack, topo_cli
+    from agent import chaos_cli, check, compose, roster, sim_cli, stack, topo_cli
+    roster.register(sub)
     chaos_cli.register(sub)
     check.register(sub)
     compose.register(sub)
@@ -447,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from agent.auth import use_fleet_dir
     use_fleet_dir(args.dir)           # every client of this command finds the fleet's token there
     return args.func(args)

@@ -14,8 +14,10 @@ Two parts, one module:
 * Chaos through the engine lives in :mod:`agent.engine_chaos`, the YAML
   writer in :mod:`agent.yamlfile`, the swarm stack generator in :mod:`agent.stack`.
 
-Identities (one secret per deployment, every node key derived from it) live in
-:mod:`agent.fleet_identity`.  The API token (docs/security.md) is ``FLEET/api-token``:
+Identities: under compose the init service issues every node its own key
+and a roster signed by the fleet authority (:mod:`agent.fleet_keys`); swarm
+and Kubernetes derive them from one secret (:mod:`agent.fleet_identity`).
+The API token (docs/security.md) is ``FLEET/api-token``:
 ``$ORBITMESH_TOKEN`` of ``docker compose up`` if set, else made once by ``init``.
 """
 
@@ -34,8 +36,10 @@ from typing import Any
 
 from agent import monitoring
 from agent.atomic import write_atomic
+from agent.engine_chaos import LABEL_NODE
 from agent.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                   read_secret)
+from agent.fleet_keys import AUTHORITY_DIR, NODES_DIR
 
 log = logging.getLogger("orbitmesh.compose")
 
@@ -45,7 +49,6 @@ TOKEN_NAME = "api-token"
 DATA_DIR = "/data"               # a node's own volume: identity.key
 MODELS_DIR = "/opt/orbitmesh/models"
 NETWORK = "constellation"
-LABEL_NODE = "org.orbitmesh.node"
 LABEL_ROLE = "org.orbitmesh.role"
 
 
@@ -59,21 +62,22 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
                time_scale: float | None = None, now: float | None = None,
-               ground: tuple[str, ...] = ()) -> list[str]:
+               ground: tuple[str, ...] = (), keys: Path | None = None, authority: Path | None = None) -> list[str]:
     """Create the fleet volume's secret and config (kept if present); what it did, as lines.
 
     ``ground``: stations added to the preset's config (as ``orbitmesh up
     --ground`` does), each then run by its own ``gs-<name>`` service.
+    ``keys`` (every node's volume, at ``keys/<node>``) and ``authority``: issue
+    per-node keys and a signed roster instead of a fleet secret (agent/fleet_keys.py).
     """
     from agent.fleet import FleetError, FleetSpec, fleet_config
     from mesh.config import ConfigError, config_to_toml, parse_config
     fleet_dir = Path(fleet_dir)
     done = [_init_token(fleet_dir / TOKEN_NAME)]
     secret_path = fleet_dir / "secret"
-    if not secret_path.exists():
+    if keys is None and not secret_path.exists():
         _write_atomic(secret_path, secrets.token_hex(32) + "\n", 0o600)
         done.append(f"created a new fleet secret in {secret_path}")
-    secret = read_secret(secret_path)
     try:
         want = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale, ground=tuple(ground)))
     except FleetError as exc:
@@ -96,7 +100,14 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
         cfg = want.with_start(time.time() if now is None else now)
         _write_atomic(config_path, config_to_toml(cfg))
         done.append(f"wrote {config_path} ({cfg.name}, {cfg.size} satellites{_stations_note(cfg)})")
+    if keys is not None:
+        from agent.fleet_keys import AUTHORITY_DIR, issue_keys
+        from mesh.nodes import NodeNames
+        names = NodeNames(cfg.size, station_names(cfg))
+        return done + issue_keys(fleet_dir, Path(authority or AUTHORITY_DIR), Path(keys),
+                                 [names.name(i) for i in range(len(names))], cfg.name)
     # For people and tools; every node derives the same file itself.
+    secret = read_secret(secret_path)
     _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
     done.append(f"wrote {fleet_dir / 'peers.json'}")
     from mesh.nodes import NodeNames
@@ -157,14 +168,15 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                  api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
                  hostname: str | None = None, preset: str = "demo", n: int | None = None,
                  time_scale: float | None = None, slot: int | None = None,
-                 discover: str | None = None) -> NodeLaunch:
+                 discover: str | None = None, fleet_dir: Path | None = None) -> NodeLaunch:
     """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
 
     ``node`` None takes the node from ``slot`` (a swarm task slot, from 1:
     node ``slot - 1``, so ground stations follow the satellites), else from a
     StatefulSet pod's hostname (``orbitmesh-7`` → ``sat-7``).  ``config_path`` None computes the config
     from ``preset`` (see :func:`preset_config_at_epoch`) and writes it beside
-    the peers file.
+    the peers file.  ``fleet_dir`` holding a ``roster.json`` (compose's init
+    issued keys): this node's own key and the signed roster, no secret.
     """
     from agent.peers import sat_name
     from mesh.config import ConfigError, parse_config
@@ -175,7 +187,8 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
             raise ComposeError(f"cannot take a satellite index from hostname {hostname!r} "
                                f"(expected a StatefulSet pod name such as orbitmesh-7)")
         node = sat_name(int(m.group(1)))
-    secret = read_secret(secret_path)
+    issued = fleet_dir is not None and (Path(fleet_dir) / "roster.json").exists()
+    secret = None if issued else read_secret(secret_path)
     if config_path is None:
         from mesh.config import config_to_toml
         cfg = preset_config_at_epoch(preset, n, time_scale)
@@ -188,7 +201,12 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
             raise ComposeError(f"no fleet config at {config_path}") from None
         except ConfigError as exc:
             raise ComposeError(f"{config_path}: {exc}") from None
-    peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port, stations=station_names(cfg))
+    if issued:
+        from agent.fleet_keys import roster_node
+        from agent.peers import Peers
+        peers = Peers.load(Path(fleet_dir) / "peers.json")
+    else:
+        peers = fleet_peers(secret, cfg.size, address, p2p_port, api_port, stations=station_names(cfg))
     if node is None:
         if not 1 <= slot <= len(peers.names()):
             raise ComposeError(f"task slot {slot} has no node: this fleet has {len(peers.names())} nodes "
@@ -199,9 +217,13 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
         gs = [n for n in peers.names() if not n.startswith("sat-")]
         raise ComposeError(f"{node} is not in this fleet ({cfg.name} has {cfg.size} satellites: "
                            f"sat-0 … sat-{cfg.size - 1}; ground stations: {', '.join(gs) or 'none'})")
-    peer_id = ensure_identity(data_dir, secret, node)
-    _write_atomic(Path(peers_path), peers.to_json())
-    argv = ["--models", models, "agent", "--node", node,
+    extra: list[str] = []
+    if issued:
+        peers_path, extra, peer_id = roster_node(Path(fleet_dir), data_dir, node)
+    else:
+        peer_id = ensure_identity(data_dir, secret, node)
+        _write_atomic(Path(peers_path), peers.to_json())
+    argv = ["--models", models, "agent", "--node", node, *extra,
             "--config", str(config_path), "--peers", str(peers_path), "--data-dir", str(data_dir),
             "--listen", f"0.0.0.0:{p2p_port}", "--api", f"0.0.0.0:{api_port}", "--grpc", f"0.0.0.0:{GRPC_PORT}"]
     if not realtime:
@@ -307,7 +329,8 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
     cfg = _check(spec)
     size = cfg.size
     names = NodeNames(size, station_names(cfg))
-    init_cmd = ["python", "-m", "agent.compose", "init", "--fleet", FLEET_DIR, "--preset", spec.preset]
+    init_cmd = ["python", "-m", "agent.compose", "init", "--fleet", FLEET_DIR, "--preset", spec.preset,
+                "--keys", NODES_DIR, "--authority", AUTHORITY_DIR]
     if spec.n is not None:
         init_cmd += ["-n", str(size)]
     if spec.time_scale is not None:
@@ -321,14 +344,16 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
             # the host's $ORBITMESH_TOKEN, if set, becomes the fleet's API token; else init makes one
             "environment": {"ORBITMESH_TOKEN": "${ORBITMESH_TOKEN:-}"},
             "network_mode": "none",
-            "volumes": [f"fleet:{FLEET_DIR}"],
+            # and every node's volume, to issue its key there; the authority's key only here
+            "volumes": [f"fleet:{FLEET_DIR}", f"authority:{AUTHORITY_DIR}",
+                        *(f"{names.name(i)}-data:{NODES_DIR}/{names.name(i)}" for i in range(len(names)))],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "labels": {LABEL_ROLE: "init"},
             "restart": "no",
         },
     }
-    volumes: dict[str, Any] = {"fleet": {}}
+    volumes: dict[str, Any] = {"fleet": {}, "authority": {}}
     for i in range(len(names)):
         name = names.name(i)
         role = "ground" if names.is_ground(i) else "satellite"
@@ -486,6 +511,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=None)
     p.add_argument("--ground", action="append", default=[], metavar="NAME",
                    help="add this ground station to the config (repeatable)")
+    p.add_argument("--keys", type=Path, metavar="DIR",
+                   help="issue each node a key in DIR/<node> (its volume) and a signed roster, no fleet secret")
+    p.add_argument("--authority", type=Path, default=Path(AUTHORITY_DIR), metavar="DIR",
+                   help="where the fleet authority's key lives (only the init service mounts it)")
 
     p = sub.add_parser("node", help="(in a satellite container) derive identity and peers, then run the agent")
     who = p.add_mutually_exclusive_group(required=True)
@@ -533,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "init":
-            for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale, ground=tuple(args.ground)):
+            for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale, ground=tuple(args.ground),
+                                   keys=args.keys, authority=args.authority):
                 log.info("%s", line)
             return 0
         if args.command == "node":
@@ -550,14 +580,15 @@ def main(argv: list[str] | None = None) -> int:
                                   preset=args.preset or "demo", n=args.n, time_scale=args.time_scale,
                                   data_dir=args.data, peers_path=args.peers_out, address=args.address,
                                   p2p_port=args.p2p_port, api_port=args.api_port, models=args.models,
-                                  realtime=not args.no_realtime, discover=args.discover)
+                                  realtime=not args.no_realtime, discover=args.discover,
+                                  fleet_dir=args.fleet if args.secret is None else None)
             launch.argv += token_args(args)
             log.info("%s: peer %s; starting the agent", launch.node, launch.peer_id)
             # In this process (PID 1 of the container, so SIGTERM reaches the
             # agent), which has already imported libp2p: a fresh interpreter
             # would pay ~1 s of CPU per container again.
-            from agent import cli
-            return cli.main(launch.argv)
+            from agent import agent_cli
+            return agent_cli.main(launch.argv)
         if args.command == "chaos":
             from agent.engine_chaos import ChaosError, EngineChaos
             try:

@@ -23,6 +23,7 @@ from agent.node import Node
 from agent.p2p import load_or_create_identity, open_host
 from agent.peers import Peers
 from agent.priority import raise_event_loop_priority
+from agent.roster import load_roster, mesh_trust, read_seed, watch_roster
 from mesh.config import FleetConfig, parse_config
 
 log = logging.getLogger("orbitmesh.agent")
@@ -40,8 +41,10 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
                     grpc: tuple[str, int] | None = None, workers: int | None = None, *,
-                    auth: AgentAuth) -> None:
-    """``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS."""
+                    auth: AgentAuth, revoked: frozenset[str] = frozenset(),
+                    roster: tuple[Path, Path] | None = None) -> None:
+    """``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
+    ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
     install_slow_step_logger()
     if auth.token is None:
         warn_open(name)
@@ -50,6 +53,11 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                           *([discover] if discover else [])])
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
+    # Every record this node gossips is signed with its own key; others' are
+    # checked against the roster's (the peers file, vouched for by --roster).
+    trust = mesh_trust(entry.index, read_seed(Path(data_dir) / "identity.key"),
+                       {e.index: e.peer_id for e in peers.by_name.values()},
+                       revoked=[peers[r].index for r in revoked if r in peers])
     lhost, lport = listen or _listen_of(entry.multiaddr)
     if api is None:
         url = urlparse(entry.api)
@@ -67,9 +75,11 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                            keep_versions=config.limits.model_versions_kept)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
         node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
-                    workers=workers)
+                    workers=workers, trust=trust, revoked=revoked)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
+            if roster is not None:
+                nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)
             # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
             # full GC pass take 20–60 ms here, which would hold every frame due
             # in that window.  Freezing the start-up heap makes later passes
@@ -117,19 +127,29 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
          journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
-         workers: int | None = None, *, auth: AgentAuth) -> int:
+         workers: int | None = None, *, auth: AgentAuth, roster: tuple[Path, Path] | None = None) -> int:
+    """``roster``: (signed roster, the fleet authority's public key): the peers file
+    must agree with it, and the members it revokes are refused (agent/roster.py)."""
+    revoked: frozenset[str] = frozenset()
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
+        if roster is not None:
+            signed = load_roster(*roster)
+            signed.check_peers(peers)
+            revoked = signed.revoked
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     if name not in peers:
         log.error("node %r is not in %s", name, peers_path)
         return 2
+    if name in revoked:
+        log.error("node %r is revoked by the roster %s", name, roster[0])
+        return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc, workers, auth=auth))
+                         grpc, workers, auth=auth, revoked=revoked, roster=roster))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

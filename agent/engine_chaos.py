@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.compose import LABEL_NODE
-
+#: The container label that names a node: written by agent/compose.py, read here.
+LABEL_NODE = "org.orbitmesh.node"
 
 
 class ChaosError(Exception):

@@ -26,12 +26,15 @@ from agent.auth import TOKEN_FILE, TokenError, ensure_token
 from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
 from agent.peers import PeerEntry, Peers
+from agent.roster import ensure_authority, sign_roster, write_roster
 from mesh.config import FleetConfig, config_to_toml
 from mesh.energy import EnergyConfig
 from mesh.ground import parse_station
 from mesh.handover import HANDOVER_POLICIES
 from mesh.world import World
 from mesh.presets import preset
+
+AUTHORITY_KEY = "authority.key"     # the fleet authority (operator side): signs roster.json
 
 
 class FleetError(RuntimeError):
@@ -129,6 +132,10 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
             raise FleetError(str(exc)) from None
     write_atomic(d / "config.toml", config_to_toml(cfg))
     write_atomic(d / "peers.json", peers.to_json())
+    # The fleet authority's key stays here, with the operator; agents get its
+    # public half and the roster it signed (agent/roster.py).
+    authority = ensure_authority(d / AUTHORITY_KEY)
+    write_roster(d / "roster.json", sign_roster({e.name: e.peer_id for e in entries}, authority, fleet=cfg.name))
     return cfg, peers
 
 
@@ -137,6 +144,7 @@ def agent_command(spec: FleetSpec, name: str) -> list[str]:
     who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
     return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
             "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
+            "--roster", str(d / "roster.json"), "--authority", str(d / (AUTHORITY_KEY + ".pub")),
             *(["--api-token-file", str(d / TOKEN_FILE)] if spec.auth else ["--no-auth"]),
             *([] if spec.journal else ["--no-journal"]),
             *([] if spec.workers is None else ["--workers", str(spec.workers)])]

@@ -24,6 +24,7 @@ from mesh.gossip_msgs import HopAck
 from mesh.membership import (LinkDown, LinkUp, Membership, MembershipConfig, NodeAlive, NodeDead, NodeSuspect,
                              SelfRefuted, Send, StateChanged, fleet_config)
 from mesh.topology import Snapshot
+from mesh.trust import Trust
 from mesh.wire import Control
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class MembershipService:
     def __init__(self, me: str, peers: Peers, links: LinkLayer, snapshot_at: Callable[[float], Snapshot],
                  link_down_expected: Callable[[int, int, float], bool], *, incarnation: int = 0,
                  config: MembershipConfig | None = None, on_hop_ack: Callable[[HopAck, str], None] | None = None,
-                 on_view_change: Callable[[], None] | None = None):
+                 on_view_change: Callable[[], None] | None = None, trust: Trust | None = None):
         self.peers = peers
         self.links = links
         self.snapshot_at = snapshot_at
@@ -48,7 +49,7 @@ class MembershipService:
         self.me = peers[me].index
         self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
                             random.Random(), incarnation=incarnation, link_down_expected=link_down_expected,
-                            reports_links=True)
+                            reports_links=True, trust=trust)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
         # Every suspect / dead verdict this view has held, by subject, for the
@@ -200,5 +201,6 @@ class MembershipService:
             "local_health": self.m.lhm, "loop_lag": self.lag.describe(),
             "holding_verdicts": self.m.holding_verdicts(time.time()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
             "verdicts": {kind: dict(c) for kind, c in self.verdicts.items()},
+            "trust": dict(self.m.trust.stats) if self.m.trust is not None else None,
             "events": list(self.events),
         }

@@ -29,7 +29,7 @@ from agent.models import ModelError, ModelStore
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
-from agent.relay import Relay
+from agent.relay import LinkState, Relay
 from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
@@ -39,7 +39,9 @@ from mesh.config import FleetConfig
 from mesh.energy import Battery
 from mesh.placement import TARGETS, PlacementError, choose
 from mesh.sun import sunlit
+from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
+from mesh.forwarding import Forwarder
 from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
@@ -88,7 +90,10 @@ class NodeIdentity:
 
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
-                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None):
+                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
+                 trust: Trust | None = None, revoked: frozenset[str] = frozenset()):
+        """``trust``: sign this node's gossip and faults and check others' (agent.roster.mesh_trust);
+        ``revoked``: members the signed roster revoked (refused at Hello, their records ignored)."""
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -113,7 +118,9 @@ class Node:
         self.tasks = TaskTable()
         self.deadlines = DeadlineTimers()              # every accepted task ends by its deadline (backstop)
         partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
-        self.chaos = FaultTable(self._chaos_topo())
+        self.trust = trust
+        self.chaos = FaultTable(self._chaos_topo(), trust=trust,
+                                node_index=lambda n: peers[n].index if n in peers else None)
         self.base_profile = LinkProfile(bandwidth_bps=config.links.isl_bandwidth_bps,
                                         queue_frames=config.limits.link_queue_frames)
         self.links = LinkLayer(
@@ -122,15 +129,16 @@ class Node:
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
             on_link_up=self._link_up, accept_unknown=self._accept_ground,
+            members={e.peer_id for e in peers.by_name.values() if e.name not in revoked}, revoked=revoked,
         )
         self.healing = HealingRouter(self.router.snapshot)
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
-            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed)
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust)
         self.delivery_config = fleet_delivery()
-        self.relay = Relay(name, peers, self.links, self._route,
+        self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
         self.ledger = TaskLedger(self.delivery_config)
@@ -223,20 +231,12 @@ class Node:
             self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
                               down_nodes=dead, down_links=down)
 
-    def _route(self, dst: str, came_from: str | None = None, avoid: frozenset = frozenset()) -> str | None:
-        """Next hop towards ``dst`` over the physics mesh minus dead nodes, links
-        reported down, links chaos cuts, and links this node saw fail (``avoid``)."""
-        if dst not in self.peers or dst == self.me.name:
-            return None
-        now = time.time()
-        down = self.membership.down_links() | self._cut_links(now)
-        if avoid:
-            down = down | {(min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
-                           for a, b in avoid}
-        prev = self.peers[came_from].index if came_from in self.peers else None
-        nh = self.healing.next_hop(self.me.index, self.peers[dst].index, self.orbit_t(now),
-                                   down_nodes=self.membership.dead_nodes(), down_links=down, came_from=prev)
-        return None if nh is None or nh not in self.peers.by_index else self.peers.by_index[nh].name
+    def _link_state(self, now: float) -> LinkState:
+        """What the relay's forwarding decision reads: orbital time, dead nodes, and
+        links reported down or cut by chaos (links this node saw fail, the relay's
+        ``Forwarder`` adds itself)."""
+        return LinkState(self.orbit_t(now), self.membership.dead_nodes(),
+                         self.membership.down_links() | self._cut_links(now))
 
     def _view_changed(self) -> None:
         """A death or a link reported down: frames on their way to it go around now."""
@@ -293,7 +293,7 @@ class Node:
         # The first route pays scipy's and the view cache's start-up (~4 ms):
         # not while a frame is due.
         for peer in self.peers.by_index.values():
-            self._route(peer.name)
+            self.relay.next_hop(peer.name)
         self._recover()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -358,6 +358,17 @@ class Node:
                     self.links.retire_link(name, self.LINK_GRACE_S)
                 elif name in wanted and link.retiring:
                     self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
+
+    def revoke(self, names: frozenset[str]) -> None:
+        """The roster now revokes ``names``: close their links, refuse them, ignore their records."""
+        for name in sorted(names - self.links.revoked):
+            if name not in self.peers or name == self.me.name:
+                continue
+            log.warning("%s: %s is revoked by the roster; closing its link and ignoring its records",
+                        self.me.name, name)
+            if self.trust is not None:
+                self.trust.revoke(self.peers[name].index)
+            self.links.revoke(name, self.peers[name].peer_id)
 
     def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
         """An inbound stream from a node we don't link to yet: accept it if
@@ -852,8 +863,10 @@ class Node:
             except (FaultError, WireError) as exc:
                 log.warning("bad chaos entry from %s: %s", from_node, exc)
                 continue
-            if self.chaos.merge(entry):
+            if self.chaos.merge(entry, now=time.time()):
                 news.append(entry)
+            elif self.chaos.last_refusal is not None:
+                log.warning("chaos entry %s from %s refused: %s", entry.id, from_node, self.chaos.last_refusal)
         if news:
             self._flood(news, exclude=from_node)
 

@@ -248,6 +248,15 @@ class P2PStream:
             except Exception:
                 await self._reset_quietly()
 
+    async def reset(self) -> None:
+        """Abort the stream both ways (yamux RST): the muxer drops what it
+        buffered and the remote's further writes fail.  For refused streams."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(_STREAM_CLOSE_TIMEOUT, shield=True):
+            await self._reset_quietly()
+
     async def _reset_quietly(self) -> None:
         try:
             await self._stream.reset()

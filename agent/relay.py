@@ -1,8 +1,10 @@
 """Routed frames (task requests and results, model pieces) carried hop by hop, reliably.
 
 The policies are ``mesh.delivery``'s (per-hop acks with retransmission from
-the link's physics RTT, a dedup window, store-and-forward with deadlines);
-this module applies them to real frames on the agent's links:
+the link's physics RTT, a dedup window, store-and-forward with deadlines) and
+``mesh.forwarding``'s (next hop, hop limit, avoided links, hold or drop: the
+same decision the simulator's nodes take); this module applies them to real
+frames on the agent's links:
 
 * every routed frame is acknowledged by the next hop (a ``HopAck`` control
   frame) and retransmitted until it is, a bounded number of times; a hop
@@ -20,24 +22,34 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import re
 import time
 from dataclasses import replace
-from typing import Callable, Union
+from typing import Callable, NamedTuple, Union
 
 from agent.peers import Peers
 from agent.transport import LinkLayer
 from mesh.delivery import DedupWindow, DeliveryConfig, HopFailed, HopSender, StoreAndForward, Transmit
+from mesh.forwarding import DEADLINE, Decision, Forward, Forwarder, Hold
 from mesh.wire import Hop, ModelChunk, ModelFetch, TaskQuery, TaskRequest, TaskResult, TaskStatus
 
 log = logging.getLogger(__name__)
 
 Routed = Union[TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus]
-RouteFn = Callable[[str, "str | None", frozenset], "str | None"]   # (dst, came_from, links to avoid) -> next hop
 ExpiredFn = Callable[[Routed, str], None]
-
-DEFAULT_HOLD_S = 30.0          # a frame without a deadline is held at most this long
-AVOID_S = 5.0                  # a hop that never acknowledged is routed around this long
 FRAME_OVERHEAD_BYTES = 256
+_NODE = re.compile(r"node (\d+)")
+
+
+class LinkState(NamedTuple):
+    """What routing reads at one instant: orbital time, and what this node knows is down."""
+
+    orbit_t: float
+    dead_nodes: frozenset[int]
+    down_links: frozenset[tuple[int, int]]     # reported down or cut by chaos (undirected index pairs)
+
+
+LinkStateFn = Callable[[float], LinkState]     # wall time -> link state
 
 
 def frame_bytes(msg: Routed) -> int:
@@ -51,13 +63,14 @@ def frame_bytes(msg: Routed) -> int:
 class Relay:
     """One node's outstanding hops, held frames and recently seen frame ids."""
 
-    def __init__(self, me: str, peers: Peers, links: LinkLayer, route: RouteFn,
+    def __init__(self, me: str, peers: Peers, links: LinkLayer, forwarder: Forwarder, link_state: LinkStateFn,
                  rtt: Callable[[str, float], float], send_ack: Callable[[str, str], bool],
                  on_expired: ExpiredFn, config: DeliveryConfig):
         self.me = me
         self.peers = peers
         self.links = links
-        self.route = route
+        self.fwd = forwarder
+        self.link_state = link_state
         self.send_ack = send_ack
         self.on_expired = on_expired
         self.config = config
@@ -65,7 +78,6 @@ class Relay:
         self.hops = HopSender(config, lambda to, now: rtt(self.names[to], now))
         self.dedup = DedupWindow(config.dedup_capacity, config.dedup_ttl_s)
         self.store = StoreAndForward(config.store_capacity, config.store_recheck_s)
-        self.avoid: dict[tuple[str, str], float] = {}
         self.counts: collections.Counter[str] = collections.Counter()
 
     # -- receiving ------------------------------------------------------------------------
@@ -88,48 +100,75 @@ class Relay:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _avoided(self, now: float) -> frozenset:
-        if self.avoid:
-            for k in [k for k, until in self.avoid.items() if until <= now]:
-                del self.avoid[k]
-        return frozenset(self.avoid)
+    def _named(self, text: str) -> str:
+        """A reason from ``mesh`` ("node 7") in the fleet's names ("sat-7")."""
+        return _NODE.sub(lambda m: self.names.get(int(m.group(1)), m.group(0)), text)
+
+    def _usable(self, index: int) -> bool:
+        """The link to neighbour ``index`` is open and not being retired."""
+        link = self.links.links.get(self.names.get(index, ""))
+        return link is not None and not link.retiring
+
+    def _decide(self, now: float, msg: Routed, dst: str, came_from: str | None) -> Decision:
+        s = self.link_state(now)
+        prev = self.peers[came_from].index if came_from in self.peers else None
+        return self.fwd.decide(now, s.orbit_t, self.peers[dst].index, msg.ttl, msg.deadline,
+                               dead_nodes=s.dead_nodes, down_links=s.down_links, came_from=prev, usable=self._usable)
 
     def next_hop(self, dst: str, came_from: str | None = None) -> str | None:
-        nh = self.route(dst, came_from, self._avoided(time.time()))
-        return nh if nh is not None and nh in self.links.links and not self.links.links[nh].retiring else None
+        """The neighbour a frame for ``dst`` would go to now, or None (no usable route)."""
+        if dst not in self.peers or dst == self.me:
+            return None
+        now = time.time()
+        s = self.link_state(now)
+        prev = self.peers[came_from].index if came_from in self.peers else None
+        nh = self.fwd.next_hop(now, s.orbit_t, self.peers[dst].index, dead_nodes=s.dead_nodes,
+                               down_links=s.down_links, came_from=prev, usable=self._usable)
+        return None if nh is None else self.names.get(nh)
 
     def send(self, msg: Routed, dst: str, came_from: str | None = None, hop: Hop | None = None) -> str:
-        """Start ``msg`` towards ``dst``: "" once it is on its way or held, else why it cannot go.
+        """Start ``msg`` towards ``dst``: "" once it is on its way, held, or reported
+        expired (``on_expired``), else why it cannot go.
 
         ``hop`` is this node's trace entry; its departure is stamped at the
         hand-off to the link, after routing (and after any time held), so
         that time shows as dwell at this node, not as link time.
         """
-        if msg.ttl <= 1:
-            return f"TTL expired at {self.me}"
+        if dst not in self.peers:
+            return f"{self.me}: unknown destination {dst!r}"
+        if dst == self.me:
+            return f"{self.me}: a frame for this node is delivered here, not forwarded"
         now = time.time()
-        nh = self.next_hop(dst, came_from)
-        if nh is None:
-            self._hold(now, msg, dst, came_from, hop, f"no route from {self.me} to {dst}")
+        d = self._decide(now, msg, dst, came_from)
+        if type(d) is Forward:
+            nh = self.names[d.to]
+            out = replace(msg, ttl=d.ttl,
+                          trace=msg.trace + (replace(hop, departed=time.time()),) if hop is not None else msg.trace)
+            self._transmit(nh, out)    # first: the RTO's physics below is not link time
+            self.hops.cancel(msg.hop_id)
+            self.hops.send(now, msg.hop_id, d.to, (msg, dst, came_from, hop, out), frame_bytes(msg))
             return ""
-        out = replace(msg, ttl=msg.ttl - 1,
-                      trace=msg.trace + (replace(hop, departed=time.time()),) if hop is not None else msg.trace)
-        self._transmit(nh, out)    # first: the RTO's physics below is not link time
-        self.hops.cancel(msg.hop_id)
-        self.hops.send(now, msg.hop_id, self.peers[nh].index, (msg, dst, came_from, hop, out), frame_bytes(msg))
-        return ""
+        if type(d) is Hold:
+            self._hold(now, msg, dst, came_from, hop, d)
+            return ""
+        reason = f"{self.me}: {self._named(d.reason)}"
+        if d.cause == DEADLINE:
+            self.counts["expired"] += 1
+            self.on_expired(msg, reason)
+            return ""
+        self.counts["hop_limit"] += 1
+        return reason
 
     def _transmit(self, nh: str, out: Routed) -> None:
         self.counts["frames_sent"] += 1
         if not self.links.send(nh, out):
             self.counts["dropped_at_send"] += 1   # the emulated link lost it; the hop timer resends
 
-    def _hold(self, now: float, msg: Routed, dst: str, came_from: str | None, hop: Hop | None, why: str) -> None:
-        deadline = msg.deadline if msg.deadline > 0 else now + DEFAULT_HOLD_S
-        expired = self.store.hold(now, msg.hop_id, (msg, came_from, hop), self.peers[dst].index, deadline, why=why)
+    def _hold(self, now: float, msg: Routed, dst: str, came_from: str | None, hop: Hop | None, d: Hold) -> None:
+        expired = self.store.hold(now, msg.hop_id, (msg, came_from, hop), self.peers[dst].index, d.until, why=d.why)
         if expired is not None:
             self.counts["expired"] += 1
-            self.on_expired(msg, f"{self.me}: {expired.reason.replace(f'node {expired.dst}', dst)}")
+            self.on_expired(msg, f"{self.me}: {self._named(expired.reason)}")
         else:
             self.counts["held"] += 1
 
@@ -141,8 +180,9 @@ class Relay:
         for e in self.store.expire(now):
             msg, _, _ = e.item
             self.counts["expired"] += 1
-            self.on_expired(msg, f"{self.me}: {e.reason.replace(f'node {e.dst}', self.names.get(e.dst, '?'))}")
-        if len(self.store) and self.store.next_deadline() <= now:
+            self.on_expired(msg, f"{self.me}: {self._named(e.reason)}")
+        back = self.fwd.expire(now) if self.fwd.avoid else False     # an avoided link is usable again
+        if len(self.store) and (back or self.store.next_deadline() <= now):
             self.release()
 
     def _handle(self, actions: list) -> None:
@@ -158,8 +198,10 @@ class Relay:
                 self.counts["hops_failed"] += 1
                 log.warning("%s: %s never acknowledged %s (%s); routing around it", self.me, to, msg.hop_id,
                             x.reason)
-                self.avoid[(self.me, to)] = now + AVOID_S
-                self.send(msg, dst, came_from, hop)
+                self.fwd.hop_failed(now, x.to)
+                problem = self.send(msg, dst, came_from, hop)
+                if problem:
+                    self.on_expired(msg, problem)      # reported, never dropped silently
 
     def view_changed(self, gone: Callable[[str], bool]) -> None:
         """Membership's view changed: take back transfers to next hops now known dead
@@ -178,13 +220,14 @@ class Relay:
             self.send(msg, self.names[h.dst], came_from, hop)
 
     def next_deadline(self) -> float:
-        t = self.hops.next_deadline()
+        t = self.hops.next_deadline() if self.hops else math.inf
         if len(self.store):
-            t = min(t, self.store.next_deadline())
-        return t if self.hops or len(self.store) else math.inf
+            t = min(t, self.store.next_deadline(), self.fwd.next_expiry())
+        return t
 
     def describe(self) -> dict[str, object]:
         return {"outstanding_hops": len(self.hops), "held": len(self.store),
                 "held_frames": [{"id": h.item_id, "dst": self.names.get(h.dst), "since": h.since,
                                  "deadline": h.deadline, "why": h.why} for h in self.store.items()[:50]],
-                "avoiding": sorted(f"{a}→{b}" for a, b in self.avoid), "counts": dict(self.counts)}
+                "avoiding": sorted(f"{self.names.get(a, a)}–{self.names.get(b, b)}" for a, b in self.fwd.avoid),
+                "counts": dict(self.counts)}

@@ -392,8 +392,9 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         t0 = parse_time(cfg, args.t_from)
         if not args.duration > 0 or not args.sample > 0 or not args.tol > 0:
             raise TopoError("--duration, --sample and --tol must be > 0")
-        plan = world.topology.contact_plan(t0, args.duration, step_s=args.sample, tol_s=args.tol,
-                                           nodes=None if node is None else [node])
+        from mesh.contacts import contact_plan
+        plan = contact_plan(world.topology, t0, args.duration, step_s=args.sample, tol_s=args.tol,
+                            nodes=None if node is None else [node])
         names = world.names
         rows = [c for c in plan.contacts if args.kind in ("all", c.kind) and (node is None or node in (c.a, c.b))]
         if not args.json:

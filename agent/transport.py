@@ -17,6 +17,14 @@ arrives after its due time is released at once and counted as late.
 The lower-named end of a link dials; the other accepts.  The first frame each
 way is ``Hello``, and the claimed node name must match the Noise-authenticated
 peer id listed for it in the peers file.
+
+Before Hello a stream is a stranger's and costs bounded memory and time: a
+peer id that is not a (non-revoked) member is refused before anything is
+read; a member gets at most ``PRE_HELLO_STREAMS_PER_PEER`` streams awaiting
+Hello at once (``PRE_HELLO_STREAMS`` in all), each may send at most
+``PRE_HELLO_MAX_BYTES`` before its Hello and must send it within
+``HELLO_TIMEOUT_S``.  (Before these bounds a stream could buffer a whole
+8 MiB frame while its Hello was awaited: 40 streams, +200–390 MB RSS.)
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ PropagationFn = Callable[[str, str, float], float]
 ProfileFn = Callable[[str, float], LinkProfile]
 
 HELLO_TIMEOUT_S = 5.0
+PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames after it wait in the decoder
+PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
+PRE_HELLO_STREAMS = 64           # all peers together
 REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
 # Upper bounds (seconds) of the delay-error histogram: release time − due time.
 ERROR_BUCKETS_S = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, float("inf"))
@@ -118,11 +129,15 @@ class LinkLayer:
                  propagation: PropagationFn, profile: ProfileFn, deliver: DeliverFn,
                  *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
                  on_link_up: Callable[[str], None] | None = None,
-                 accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None):
+                 accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None,
+                 members: set[str] | None = None, revoked: frozenset[str] = frozenset()):
         """``neighbours`` maps node name → (multiaddr with /p2p/, peer id).
 
         ``accept_unknown(name, peer_id)`` decides about an inbound stream from a
         node that is not (yet) a partner: (its multiaddr, link seed) to add it.
+        ``members``: the roster's peer ids (revoked ones left out); a stream from
+        any other peer is refused unread (None: no such check).  ``revoked``:
+        node names refused at Hello.
         """
         self.me = me
         self.host = host
@@ -133,6 +148,10 @@ class LinkLayer:
         self.queue_frames = queue_frames
         self.on_link_up = on_link_up
         self.accept_unknown = accept_unknown
+        self.members = members
+        self.revoked = revoked
+        self._pre_hello: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
         self._peer_ids = {name: pid for name, (_, pid) in neighbours.items()}
         self._seq = itertools.count()
         self._nursery: trio.Nursery | None = None
@@ -153,6 +172,8 @@ class LinkLayer:
 
     def add_link(self, name: str, addr: str, peer_id: str, seed: int) -> None:
         """Start a link to a new partner (e.g. a satellite that came into view)."""
+        if name in self.revoked:
+            return
         link = self.links.get(name)
         if link is not None:
             link.retiring = False  # back in view before it was closed
@@ -169,6 +190,13 @@ class LinkLayer:
         if link is not None and not link.retiring:
             link.retiring = True
             link.retire_at = time.time() + grace_s
+
+    def revoke(self, name: str, peer_id: str) -> None:
+        """The roster revoked ``name``: refuse its streams and close its link now."""
+        self.revoked = self.revoked | {name}
+        if self.members is not None:
+            self.members.discard(peer_id)
+        self.retire_link(name, 0.0)
 
     # -- public -------------------------------------------------------------
 
@@ -261,10 +289,29 @@ class LinkLayer:
             await trio.sleep(REDIAL_MIN_S)
 
     async def _on_inbound(self, stream: P2PStream) -> None:
+        pid = stream.remote_peer_id
+        why = None
+        if self.members is not None and pid not in self.members:
+            why = "not a member"
+        elif self._pre_hello[pid] >= PRE_HELLO_STREAMS_PER_PEER:
+            why = "too many streams awaiting Hello from this peer"
+        elif sum(self._pre_hello.values()) >= PRE_HELLO_STREAMS:
+            why = "too many streams awaiting Hello"
+        if why is not None:
+            self.refused[why] += 1
+            log.warning("refusing a stream from %s: %s", pid, why)
+            await stream.reset()
+            return
         decoder = FrameDecoder(self.max_frame_bytes)
-        peer, leftover = await self._read_hello(stream, decoder)
+        self._pre_hello[pid] += 1
+        try:
+            peer, leftover = await self._read_hello(stream, decoder)
+        finally:
+            self._pre_hello[pid] -= 1
+            if not self._pre_hello[pid]:
+                del self._pre_hello[pid]
         if peer is None:
-            await stream.aclose()
+            await stream.reset()          # not aclose: a half-closed stream would still buffer what it is sent
             return
         link = self.links[peer]
         if link.retiring and time.time() >= link.retire_at:
@@ -273,17 +320,28 @@ class LinkLayer:
         await self._serve_stream(link, stream, hello_first=False, decoder=decoder, leftover=leftover)
 
     async def _read_hello(self, stream: P2PStream, decoder: FrameDecoder) -> tuple[str | None, list]:
+        read = 0
         with trio.move_on_after(HELLO_TIMEOUT_S):
             while True:
-                data = await stream.receive_some()
+                if read >= PRE_HELLO_MAX_BYTES:
+                    self.refused["no Hello in the first bytes"] += 1
+                    log.warning("rejecting stream from %s: no Hello in its first %d bytes", stream.remote_peer_id,
+                                PRE_HELLO_MAX_BYTES)
+                    return None, []
+                data = await stream.receive_some(PRE_HELLO_MAX_BYTES - read)
                 if not data:
                     return None, []
+                read += len(data)
                 items = decoder.feed(data)
                 if not items:
                     continue
                 first, rest = items[0], items[1:]
                 if isinstance(first, LinkFrame) and isinstance(first.msg, Hello):
                     name = first.msg.node
+                    if name in self.revoked:
+                        self.refused["revoked"] += 1
+                        log.warning("rejecting stream: %s is revoked by the roster", name)
+                        return None, []
                     if name not in self.links and self.accept_unknown is not None:
                         found = self.accept_unknown(name, stream.remote_peer_id)
                         if found is not None:
@@ -295,6 +353,7 @@ class LinkLayer:
                     return name, rest
                 log.warning("rejecting stream from %s: first frame is not Hello", stream.remote_peer_id)
                 return None, []
+        self.refused["no Hello in time"] += 1
         log.warning("rejecting stream from %s: no Hello within %.0fs", stream.remote_peer_id, HELLO_TIMEOUT_S)
         return None, []
 

@@ -10,6 +10,13 @@ fault twice is a no-op.  Faults act on the sending side of each link
 direction (as netem does), by overlaying the link's :class:`LinkProfile`.
 
 Times are wall-clock seconds (the fleet shares a clock), passed in.
+
+Entries are bounded and, with a :class:`mesh.trust.Trust`, signed: an entry
+carries its origin's signature (the node that issued or removed it) and is
+merged only if the roster's key of that origin checks it and the origin is
+not revoked; its version (issue time), start and end must be finite, and a
+version more than ``MAX_FUTURE_S`` ahead of the receiver's clock is refused,
+so no member can plant a fault that no later tombstone outranks.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+import msgpack
 
 from mesh.link import JITTER_DISTRIBUTIONS, LinkProfile, LossModel
 
@@ -30,6 +39,8 @@ KINDS = LINK_KINDS + SET_KINDS
 # of every affected link apply them (each side only stops its own sending).
 SETTLE_S = 1.0
 MAX_FAULTS = 1024
+MAX_FUTURE_S = 3600.0      # an entry's version may be at most this ahead of the receiver's clock
+FAULT_CONTEXT = b"orbitmesh/fault/v1\x00"
 
 
 class FaultError(ValueError):
@@ -228,36 +239,54 @@ class Entry:
     spec: dict[str, Any]          # normalised spec ({} for a tombstone of unknown spec)
     start: float
     until: float | None
+    sig: bytes = field(default=b"", compare=False, repr=False)     # the origin's signature (mesh.trust)
 
     def key(self) -> tuple[float, str, bool]:
         return (self.version, self.origin, self.removed)
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return [self.id, self.version, self.origin, self.removed, json.dumps(self.spec, sort_keys=True),
                 self.start, self.until]
 
+    def to_wire(self) -> list:
+        b = self.body()
+        return b + [self.sig] if self.sig else b
+
+    def signed_bytes(self) -> bytes:
+        return FAULT_CONTEXT + msgpack.packb(self.body(), use_bin_type=True)
+
     @classmethod
     def from_wire(cls, raw: Any) -> "Entry":
-        if not isinstance(raw, list) or len(raw) != 7:
-            raise FaultError("chaos entry: expected 7 fields")
-        fid, version, origin, removed, spec, start, until = raw
+        if not isinstance(raw, list) or len(raw) not in (7, 8):
+            raise FaultError("chaos entry: expected 7 fields and a signature")
+        fid, version, origin, removed, spec, start, until = raw[:7]
+        sig = raw[7] if len(raw) == 8 else b""
         if not (isinstance(fid, str) and isinstance(origin, str) and isinstance(removed, bool)
                 and isinstance(spec, str) and isinstance(version, (int, float)) and isinstance(start, (int, float))
-                and (until is None or isinstance(until, (int, float)))):
-            raise FaultError("chaos entry: bad field types")
+                and (until is None or isinstance(until, (int, float))) and isinstance(sig, bytes)
+                and len(fid) <= 64 and len(origin) <= 64 and len(spec) <= 4096 and len(sig) in (0, 64)):
+            raise FaultError("chaos entry: bad field types or sizes")
+        if not all(math.isfinite(x) for x in (version, start, until or 0.0)) or isinstance(version, bool):
+            raise FaultError("chaos entry: version, start and until must be finite")
         try:
             spec_doc = json.loads(spec)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FaultError("chaos entry: spec is not JSON") from None
         return cls(fid, float(version), origin, removed, spec_doc, float(start),
-                   None if until is None else float(until))
+                   None if until is None else float(until), sig)
 
 
 class FaultTable:
     """Every node's copy of the fleet's faults, and the links they act on."""
 
-    def __init__(self, topo: Topo):
+    def __init__(self, topo: Topo, *, trust: Any = None, node_index: Callable[[str], int | None] | None = None):
+        """``trust`` (a :class:`mesh.trust.Trust`) signs our entries and checks
+        others' against ``node_index(origin name)``; None believes every entry."""
         self.topo = topo
+        self.trust = trust
+        self.node_index = node_index
+        self.rejected = 0
+        self.last_refusal: str | None = None     # why the last merge refused its entry
         self._entries: dict[str, Entry] = {}
         self._faults: dict[str, Fault] = {}
         self._by_link: dict[tuple[str, str], list[Fault]] = {}
@@ -275,14 +304,14 @@ class FaultTable:
             raise FaultConflict(f"the fault table is full: {len(self._faults)} faults, the limit is {MAX_FAULTS}; "
                                  f"clear some (DELETE /v1/chaos/{{id}}) or let them expire")
         start = now + settle
-        entry = Entry(fid, now, origin, False, norm, start, None if duration is None else start + duration)
+        entry = self._sign(Entry(fid, now, origin, False, norm, start, None if duration is None else start + duration))
         return entry, self.merge(entry)
 
     def remove(self, fid: str, now: float, origin: str) -> Entry:
         current = self._entries.get(fid)
         if current is None or current.removed:
             raise KeyError(f"no fault {fid!r}")
-        tomb = replace(current, version=max(now, current.version + 1e-6), origin=origin, removed=True)
+        tomb = self._sign(replace(current, version=max(now, current.version + 1e-6), origin=origin, removed=True))
         self.merge(tomb)
         return tomb
 
@@ -291,8 +320,32 @@ class FaultTable:
 
     # -- replication ---------------------------------------------------------------
 
-    def merge(self, entry: Entry) -> bool:
-        """Apply a flooded entry; True if it was news (and should be forwarded)."""
+    def _sign(self, entry: Entry) -> Entry:
+        if self.trust is None:
+            return entry
+        return replace(entry, sig=self.trust.sign_bytes(entry.signed_bytes()))
+
+    def admissible(self, entry: Entry, now: float | None) -> str | None:
+        """Why ``entry`` must not be merged, or None."""
+        if not all(math.isfinite(x) for x in (entry.version, entry.start, entry.until or 0.0)):
+            return "version, start or until not finite"
+        if now is not None and entry.version > now + MAX_FUTURE_S:
+            return f"version more than {MAX_FUTURE_S:g}s in the future"
+        if self.trust is not None:
+            signer = self.node_index(entry.origin) if self.node_index else None
+            if signer is None:
+                return f"origin {entry.origin!r} is not a member"
+            return self.trust.check_bytes(signer, entry.signed_bytes(), entry.sig)
+        return None
+
+    def merge(self, entry: Entry, now: float | None = None) -> bool:
+        """Apply a flooded entry; True if it was news (and should be forwarded).
+
+        ``now``: the receiver's clock, to refuse versions from the far future."""
+        self.last_refusal = self.admissible(entry, now)
+        if self.last_refusal is not None:
+            self.rejected += 1
+            return False
         current = self._entries.get(entry.id)
         if current is not None and current.key() >= entry.key():
             return False

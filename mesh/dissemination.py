@@ -29,9 +29,9 @@ concurrent reports err on the side of routing around a link.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from mesh.gossip_msgs import GossipWireError, LinkState, NodeState, Update, check_state_values
+from mesh.gossip_msgs import SIG_OVERHEAD, GossipWireError, LinkState, NodeState, Update, check_state_values
 
 
 def per_neighbour_limit(retransmit_mult: float, n_nodes: int, degree: int, floor: int = 2) -> int:
@@ -147,9 +147,11 @@ class BroadcastQueue:
 class StateTable:
     """Every node's latest state record; this node's own record is authored here."""
 
-    def __init__(self, me: int, max_bytes: int = 512):
+    def __init__(self, me: int, max_bytes: int = 512, sign: Callable[[NodeState], NodeState] | None = None):
+        """``sign``: applied to each of our own records (``mesh.trust``; None: unsigned)."""
         self.me = me
         self.max_bytes = max_bytes
+        self.sign = sign
         self._records: dict[int, NodeState] = {}
         self._floor = 0
 
@@ -168,12 +170,14 @@ class StateTable:
         rec = NodeState(self.me, version, pairs)
         if rec.wire_size > self.max_bytes:
             raise ValueError(f"node state of {rec.wire_size} bytes exceeds the {self.max_bytes}-byte limit")
+        if self.sign is not None:
+            rec = self.sign(rec)
         self._records[self.me] = rec
         return rec
 
     def merge(self, rec: NodeState) -> bool:
         """Apply a record; True if it is newer than what we hold (and should spread)."""
-        if rec.wire_size > self.max_bytes:
+        if rec.wire_size - (SIG_OVERHEAD if rec.sig else 0) > self.max_bytes:
             return False
         cur = self._records.get(rec.node)
         if cur is not None and cur.version >= rec.version:
@@ -198,7 +202,8 @@ class StateTable:
 class LinkStateTable:
     """The newest report about each link; the set of links reported down."""
 
-    def __init__(self) -> None:
+    def __init__(self, sign: Callable[[LinkState], LinkState] | None = None) -> None:
+        self.sign = sign          # applied to each report we originate (None: unsigned)
         self._records: dict[tuple[int, int], LinkState] = {}
         self._down: frozenset[tuple[int, int]] | None = frozenset()
 
@@ -216,6 +221,8 @@ class LinkStateTable:
         a, b = min(a, b), max(a, b)
         cur = self._records.get((a, b))
         rec = LinkState(a, b, up, (cur.seq + 1) if cur else 1, origin)
+        if self.sign is not None:
+            rec = self.sign(rec)
         self.merge(rec)
         return rec
 

@@ -30,6 +30,14 @@ Wire forms (``u`` = list of update wire forms)::
     NodeState   ["n", node, version, {key: value}]
     LinkState   ["l", a, b, up, seq, origin]                 a < b
 
+Every update may end with ``sig`` (64 bytes): its origin's Ed25519 signature
+over :func:`signed_bytes` (the wire form without ``sig``).  The origin is
+:func:`signer_of`: the subject for Alive and NodeState (only a node raises its
+own incarnation or state), the accuser ``by`` for Suspect and Dead, the
+reporter for LinkState.  Signing and checking are ``mesh.trust``'s business;
+here a signature is only carried, and compares as nothing (two copies of one
+record are equal whoever signed them).
+
 Sync digests are columns: ``incarnations`` and ``versions`` (node-state versions)
 are int lists, ``statuses`` is bytes (0 alive, 1 suspect, 2 dead), entry i about
 the i-th node of the roster; ``roster`` is :func:`roster_id` of the node list and
@@ -42,7 +50,7 @@ which keeps a 1,584-node digest at ~5 KB and cheap to merge.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Union
 
@@ -58,6 +66,9 @@ MAX_STATE_STR = 64
 MAX_STATE_LIST = 16
 MAX_MSG_ID = 128
 MAX_HOP_IDS = 1024
+SIG_BYTES = 64                    # an Ed25519 signature
+SIG_OVERHEAD = SIG_BYTES + 2      # what a signature adds to an update's msgpack size (bin 8)
+SIGNED_CONTEXT = b"orbitmesh/rumour/v1\x00"
 
 ALIVE, SUSPECT, DEAD = 0, 1, 2
 STATUS_NAMES = ("alive", "suspect", "dead")
@@ -152,8 +163,19 @@ class _Update:
     """What every piggybacked update has: its encoded size, computed once (budgets
     are checked for every outbound frame)."""
 
-    def to_wire(self) -> list:
+    sig: bytes
+
+    def body(self) -> list:
+        """The wire form without the signature (what the origin signs)."""
         raise NotImplementedError
+
+    def to_wire(self) -> list:
+        b = self.body()
+        return b + [self.sig] if self.sig else b
+
+    def signed(self, sig: bytes) -> "Update":
+        """This record carrying ``sig``."""
+        return replace(self, sig=sig)
 
     @cached_property
     def wire_size(self) -> int:
@@ -176,10 +198,11 @@ class Alive(_MemberUpdate):
 
     node: int
     incarnation: int
+    sig: bytes = field(default=b"", compare=False, repr=False)
 
     kind = "a"
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return ["a", self.node, self.incarnation]
 
 
@@ -190,10 +213,11 @@ class Suspect(_MemberUpdate):
     node: int
     incarnation: int
     by: int
+    sig: bytes = field(default=b"", compare=False, repr=False)
 
     kind = "s"
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return ["s", self.node, self.incarnation, self.by]
 
 
@@ -204,10 +228,11 @@ class Dead(_MemberUpdate):
     node: int
     incarnation: int
     by: int
+    sig: bytes = field(default=b"", compare=False, repr=False)
 
     kind = "d"
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return ["d", self.node, self.incarnation, self.by]
 
 
@@ -222,6 +247,7 @@ class NodeState(_Update):
     node: int
     version: int
     values: tuple[tuple[str, Any], ...]
+    sig: bytes = field(default=b"", compare=False, repr=False)
 
     kind = "n"
 
@@ -232,7 +258,7 @@ class NodeState(_Update):
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.values}
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return ["n", self.node, self.version, self.as_dict()]
 
 
@@ -245,6 +271,7 @@ class LinkState(_Update):
     up: bool
     seq: int
     origin: int
+    sig: bytes = field(default=b"", compare=False, repr=False)
 
     kind = "l"
 
@@ -255,7 +282,7 @@ class LinkState(_Update):
     def order(self) -> tuple[int, bool, int]:
         return (self.seq, not self.up, self.origin)
 
-    def to_wire(self) -> list:
+    def body(self) -> list:
         return ["l", self.a, self.b, self.up, self.seq, self.origin]
 
 
@@ -263,11 +290,39 @@ Update = Union[Alive, Suspect, Dead, NodeState, LinkState]
 MEMBER_UPDATES = (Alive, Suspect, Dead)
 
 
+def signer_of(u: Update) -> int:
+    """The node whose signature makes ``u`` valid (see the module docstring)."""
+    k = u.kind
+    if k == "s" or k == "d":
+        return u.by
+    if k == "l":
+        return u.origin
+    return u.node
+
+
+def signed_bytes(u: Update) -> bytes:
+    """The bytes an update's origin signs: a context tag and its wire form without ``sig``."""
+    return SIGNED_CONTEXT + msgpack.packb(u.body(), use_bin_type=True)
+
+
+_ARITY = {"a": 2, "s": 3, "d": 3, "n": 3, "l": 5}
+
+
 def update_from_wire(raw: Any) -> Update:
     raw = _list(raw, "update", 8)
     if not raw or not isinstance(raw[0], str):
         raise GossipWireError("update: expected [kind, ...]")
     kind, args = raw[0], raw[1:]
+    sig = b""
+    if len(args) == _ARITY.get(kind, -1) + 1:
+        sig = args.pop()
+        if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
+            raise GossipWireError(f"update signature: expected {SIG_BYTES} bytes")
+    u = _update_body(kind, args)
+    return replace(u, sig=sig) if sig else u
+
+
+def _update_body(kind: str, args: list) -> Update:
     if kind == "a" and len(args) == 2:
         return Alive(_node(args[0], "alive.node"), _int(args[1], "alive.incarnation"))
     if kind in ("s", "d") and len(args) == 3:

@@ -79,7 +79,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from mesh.dissemination import BroadcastQueue, LinkStateTable, StateTable, per_neighbour_limit
-from mesh.gossip_msgs import (ALIVE, DEAD, STATUS_NAMES, SUSPECT, Ack, Alive, Dead, Gossip, HopAck, LinkState,
+from mesh.trust import Trust
+from mesh.gossip_msgs import (ALIVE, DEAD, STATUS_NAMES, SUSPECT, Ack, Alive, Dead, Gossip, HopAck, LinkState, signer_of,
                               Message, Nack, NodeState, Ping, Suspect, SyncReply, SyncRequest, Update, roster_id)
 
 NeighboursFn = Callable[[int, float], "list[tuple[int, float]]"]
@@ -121,6 +122,8 @@ class MembershipConfig:
     remote_verdict_mult: float = 4.0       # a node that cannot probe the suspect waits this × its timeout
     join_grace_s: float = 10.0             # no verdict about a neighbour this soon after its link (re)opened
     unjoined_grace_s: float = 120.0        # ... nor, this long after our start, about one whose link never opened
+    incarnation_window: int = 1 << 16      # a rumour may raise an incarnation by at most this (no 2^63−1 for ever)
+    version_window: int = 1 << 32          # ... a state version or link report sequence by at most this
 
     def __post_init__(self) -> None:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
@@ -141,6 +144,8 @@ class MembershipConfig:
             raise ValueError("membership suspicion_mult must be > 0 and suspicion_max_mult ≥ 1")
         if self.gossip_bytes < 64 or self.piggyback_bytes < 0:
             raise ValueError("membership gossip_bytes must be ≥ 64 and piggyback_bytes ≥ 0")
+        if self.incarnation_window < 1 or self.version_window < 1:
+            raise ValueError("membership incarnation_window and version_window must be ≥ 1")
 
 
 def fleet_config() -> MembershipConfig:
@@ -329,10 +334,14 @@ class Membership:
 
     def __init__(self, me: int, nodes: Iterable[int], neighbours_fn: NeighboursFn, config: MembershipConfig,
                  rng: random.Random, *, incarnation: int = 0, link_down_expected: LinkDownExpectedFn | None = None,
-                 reports_links: bool = False):
+                 reports_links: bool = False, trust: Trust | None = None):
         """``reports_links``: the driver calls :meth:`link_opened` whenever its link to a
-        neighbour connects, so a neighbour whose link never opened has not joined yet."""
+        neighbour connects, so a neighbour whose link never opened has not joined yet.
+        ``trust``: sign our records and apply others' only when their origin signed
+        them (see :mod:`mesh.trust`); None (the simulator) believes every member."""
         self.me = me
+        self.trust = trust
+        self._signed: dict[int, Update] = {}    # with trust: the signed record behind each node's status
         self.reports_links = reports_links
         self.config = config
         self.rng = rng
@@ -363,8 +372,8 @@ class Membership:
         self._resend_alive_at = -_INF
         self._opened: dict[int, float] = {}   # neighbour -> when our link to it last (re)opened
         self.queue = BroadcastQueue(config.queue_items)
-        self.states = StateTable(me, config.state_max_bytes)
-        self.links = LinkStateTable()
+        self.states = StateTable(me, config.state_max_bytes, sign=self._own)
+        self.links = LinkStateTable(sign=self._own)
         self._events: list[Event] = []
         self._dead: frozenset[int] | None = frozenset()
         self.view_version = 0
@@ -378,7 +387,8 @@ class Membership:
         self.stats = {"probes": 0, "pings_sent": 0, "indirect_rounds": 0, "acks_received": 0, "failed_rounds": 0,
                       "suspicions": 0, "deaths_declared": 0, "refutations": 0, "links_reported_down": 0,
                       "links_reported_up": 0, "nacks_sent": 0, "syncs": 0, "gossip_frames": 0,
-                      "lag_events": 0, "verdicts_held": 0, "refutations_resent": 0}
+                      "lag_events": 0, "verdicts_held": 0, "refutations_resent": 0, "rejected_unsigned": 0,
+                      "rejected_window": 0}
 
     # -- public views -----------------------------------------------------------------
 
@@ -446,7 +456,7 @@ class Membership:
         """Join: announce ourselves and pull the fleet's view from every neighbour."""
         self._started = now
         self._hold_until = max(self._hold_until, now + self.config.start_grace_s)
-        self.queue.push(Alive(self.me, self.incarnation))
+        self.queue.push(self._own(Alive(self.me, self.incarnation)))
         out: list[Send] = []
         nbrs = self._neighbours(now)
         self._known_nbrs = set(nbrs)
@@ -564,7 +574,7 @@ class Membership:
 
     def set_state(self, now: float, values: dict[str, Any]) -> list[Send]:
         """Publish a new version of this node's state (ValueError if too large)."""
-        rec = self.states.set_own(values)
+        rec = self.states.set_own(values)      # signed by the table (sign=self._own)
         self._sver[self.me] = rec.version
         self.queue.push(rec)
         self._events.append(StateChanged(self.me, rec.version, now))
@@ -807,7 +817,7 @@ class Membership:
             elif st == SUSPECT:
                 s = self._susp.get(t)
                 if s is not None and s.confirm(self.me):
-                    self.queue.push(Suspect(t, s.incarnation, self.me))
+                    self.queue.push(self._own(Suspect(t, s.incarnation, self.me)))
 
     def _link_failed(self, now: float, t: int) -> None:
         n = self._link_fails.get(t, 0) + 1
@@ -886,13 +896,63 @@ class Membership:
             self._limit_val = per_neighbour_limit(self.config.retransmit_mult, key[0], max(1, key[1]))
         return self._limit_val
 
-    def _record_about(self, node: int) -> Update:
+    def _record_about(self, node: int) -> Update | None:
+        """What we believe about ``node`` as a record (with trust: the signed one we
+        hold, or one we sign ourselves; None if we hold no signed copy)."""
         st = self._status[node]
         if st == DEAD:
-            return Dead(node, self._inc[node], self._by.get(node, self.me))
-        if st == SUSPECT:
-            return Suspect(node, self._inc[node], self._by.get(node, self.me))
-        return Alive(node, self._inc[node])
+            u: Update = Dead(node, self._inc[node], self._by.get(node, self.me))
+        elif st == SUSPECT:
+            u = Suspect(node, self._inc[node], self._by.get(node, self.me))
+        else:
+            u = Alive(node, self._inc[node])
+        if self.trust is None:
+            return u
+        held = self._signed.get(node)
+        if held is not None and held.kind == u.kind and held.incarnation == u.incarnation:
+            return held      # any accuser's signed word for this status will do
+        if signer_of(u) == self.me:
+            return self._own(u)
+        return None
+
+    def _own(self, u: Update) -> Update:
+        """A record we originate, signed when we have trust (and remembered as ours)."""
+        if self.trust is None:
+            return u
+        u = self.trust.sign(u)
+        if u.kind in ("a", "s", "d"):
+            self._signed[u.node] = u
+        return u
+
+    def _admissible(self, u: Update) -> bool:
+        """Bounds every rumour obeys, and with trust its origin's signature.
+
+        A jump beyond a window is refused (an incarnation or version of 2^63−1
+        would freeze a node's record for ever).  With trust, an accusation
+        (Suspect, Dead) may not raise its subject's incarnation: only the subject
+        does that, by a signed Alive.
+        """
+        k = u.kind
+        c = self.config
+        if k == "n":
+            ok = u.version <= self._sver.get(u.node, 0) + c.version_window
+        elif k == "l":
+            cur = self.links.get(u.a, u.b)
+            ok = u.seq <= (cur.seq if cur else 0) + c.version_window
+        else:
+            cur_inc = self._inc.get(u.node)
+            if cur_inc is None:
+                return False
+            ok = u.incarnation <= cur_inc + c.incarnation_window
+            if ok and k != "a" and self.trust is not None and u.incarnation > cur_inc and u.node != self.me:
+                ok = False       # (about us it is our previous life's incarnation: we refute it)
+        if not ok:
+            self.stats["rejected_window"] += 1
+            return False
+        if self.trust is not None and self.trust.check(u) is not None:
+            self.stats["rejected_unsigned"] += 1
+            return False
+        return True
 
     def _piggy(self, to: int, budget: int | None = None, first: int | None = None) -> list[Update]:
         """Updates for a frame to ``to``: what we believe about ``to`` if it is not
@@ -905,6 +965,7 @@ class Membership:
             out.append(self._record_about(to))
         if first is not None and first != to and st.get(first, ALIVE) == SUSPECT:
             out.append(self._record_about(first))
+        out = [u for u in out if u is not None]
         if out:
             budget -= sum(u.wire_size for u in out)
         out += self.queue.take(to, budget, self._limit())
@@ -947,6 +1008,8 @@ class Membership:
     def _absorb(self, now: float, updates: tuple[Update, ...], frm: int | None) -> bool:
         news = False
         for u in updates:
+            if not self._admissible(u):
+                continue
             k = u.kind
             if k == "n":
                 changed = self._apply_state(now, u)
@@ -956,6 +1019,8 @@ class Membership:
                 changed = self._apply_member(now, u)
             if changed:
                 news = True
+                if self.trust is not None and k in ("a", "s", "d"):
+                    self._signed[u.node] = u
                 self.queue.push(u, () if frm is None else (frm,))
             elif frm is not None:
                 self.queue.mark_have(u, frm)
@@ -968,7 +1033,7 @@ class Membership:
                 # The fleet holds a record of ours from before a restart: outbid it.
                 self.states.raise_floor(u.version)
                 if cur is not None:
-                    rec = self.states.set_own(cur.as_dict())
+                    rec = self.states.set_own(cur.as_dict())     # signed by the table
                     self._sver[self.me] = rec.version
                     self.queue.push(rec)
                     self._events.append(StateChanged(self.me, rec.version, now))
@@ -1014,7 +1079,7 @@ class Membership:
                 # further, which breeds new accusations.
                 self._resend_alive_at = now + self.config.probe_interval_s
                 self.stats["refutations_resent"] += 1
-                self.queue.push(Alive(self.me, mine))
+                self.queue.push(self._own(Alive(self.me, mine)))
                 self._next_gossip = min(self._next_gossip, now)
             return False
         cur_st, cur_inc = self._status[node], self._inc[node]
@@ -1041,7 +1106,7 @@ class Membership:
         inc = max(self._inc[self.me], seen) + 1
         self._inc[self.me] = inc
         self.lhm = min(self.config.max_lhm, self.lhm + 1)
-        self.queue.push(Alive(self.me, inc))
+        self.queue.push(self._own(Alive(self.me, inc)))
         self.stats["refutations"] += 1
         self._events.append(SelfRefuted(inc, now))
         self._next_gossip = min(self._next_gossip, now)
@@ -1087,7 +1152,7 @@ class Membership:
         self._events.append(NodeSuspect(node, inc, by, now))
         self.stats["suspicions"] += 1
         if push:
-            self.queue.push(Suspect(node, inc, by))
+            self.queue.push(self._own(Suspect(node, inc, by)))
             self._next_gossip = min(self._next_gossip, now)
 
     def _set_dead(self, now: float, node: int, inc: int, by: int, *, push: bool = True) -> None:
@@ -1102,7 +1167,7 @@ class Membership:
             self.view_version += 1
             self._events.append(NodeDead(node, inc, by, now))
         if push:
-            self.queue.push(Dead(node, inc, by))
+            self.queue.push(self._own(Dead(node, inc, by)))
             self._next_gossip = min(self._next_gossip, now)
 
     # -- anti-entropy --------------------------------------------------------------------------
@@ -1125,6 +1190,10 @@ class Membership:
         return self._ids if msg.roster == self._roster and len(msg.incarnations) == len(self._ids) else None
 
     def _merge_digest(self, now: float, msg: Any, ids: tuple[int, ...], frm: int) -> bool:
+        if self.trust is not None:
+            # A digest is a peer's unsigned claim: believe none of it.  What it
+            # shows we lack, the peer sends as signed records (_newer_than).
+            return False
         news = False
         st, incs = self._status, self._inc
         if ids is self._ids and msg.incarnations == tuple(incs.values()) and msg.statuses == bytes(st.values()):
@@ -1156,14 +1225,17 @@ class Membership:
         return news
 
     def _newer_than(self, msg: Any, ids: tuple[int, ...], budget: int) -> list[Update]:
-        """Records we hold that a peer's digest shows it lacks (node states and links)."""
+        """Records we hold that a peer's digest shows it lacks (node states and links;
+        with trust also membership records, since digests are not believed)."""
+        out: list[Update] = []
+        if self.trust is not None:
+            budget = self._newer_members(msg, ids, budget, out)
         mine = self._sver
         if ids is self._ids or ids == self._ids:
             newer = [n for n, a, b in zip(self._ids, mine.values(), msg.versions) if a > b]
         else:
             theirs = dict(zip(ids, msg.versions))
             newer = [n for n, a in mine.items() if a > theirs.get(n, 0)]
-        out: list[Update] = []
         for n in newer:
             rec = self.states.get(n)
             if rec is None:
@@ -1182,3 +1254,22 @@ class Membership:
                 out.append(rec)
                 budget -= rec.wire_size
         return out
+
+    def _newer_members(self, msg: Any, ids: tuple[int, ...], budget: int, out: list[Update]) -> int:
+        """Append our signed records about nodes whose (incarnation, status) the
+        digest shows behind ours; the budget left."""
+        incs, st = self._inc, self._status
+        if ids is self._ids and msg.incarnations == tuple(incs.values()) and msg.statuses == bytes(st.values()):
+            return budget
+        for node, inc, s in zip(ids, msg.incarnations, msg.statuses):
+            cur = st.get(node)
+            if cur is None or (incs[node], cur) <= (inc, s):
+                continue
+            rec = self._record_about(node)
+            if rec is None:
+                continue
+            if rec.wire_size > budget:
+                break
+            out.append(rec)
+            budget -= rec.wire_size
+        return budget

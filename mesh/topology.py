@@ -459,9 +459,3 @@ class Topology:
                 k = k[self.serving(t)[k] == i]
             out += [int(x) + self.n_sats for x in k]
         return sorted(out)
-
-    def contact_plan(self, t0: float, duration_s: float, *, step_s: float = 10.0, tol_s: float = 0.1,
-                     nodes: list[int] | tuple[int, ...] | None = None):
-        """Predicted up-windows of every link in [t0, t0 + duration_s]; see :mod:`mesh.contacts`."""
-        from mesh.contacts import contact_plan
-        return contact_plan(self, t0, duration_s, step_s=step_s, tol_s=tol_s, nodes=nodes)

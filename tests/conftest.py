@@ -99,3 +99,49 @@ async def membership_views(peers, names) -> dict:
 def member(view: dict, node: str) -> dict:
     """One member's row (status, incarnation, state) in a membership view."""
     return next(m for m in view["members"] if m["node"] == node)
+
+
+# -- make test-fast: what starts no process ------------------------------------------------------
+#
+# A test that starts a process (an agent fleet, the CLI or a build in a
+# subprocess) or needs the built models carries the ``slow`` marker; `make
+# test-fast` runs everything else (`-m "not slow and not engine"`). Tests that
+# use the ``models_dir`` fixture are marked here; any other unmarked test that
+# starts a Python process (an agent, the CLI, a build) or docker fails, so a
+# forgotten marker cannot slow test-fast down unnoticed.
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "models_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+class ProcessStarted(AssertionError):
+    pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Around the whole of an unmarked test, its fixtures' set-up included: no process starts."""
+    if item.get_closest_marker("slow") is not None or item.get_closest_marker("engine") is not None:
+        yield
+        return
+    import os
+    import subprocess
+    import sys
+    original = subprocess.Popen._execute_child
+
+    def refuse(self, args, *rest, **kwargs):
+        # Python processes (agents, the CLI, builds) and the engine's tools; a library's
+        # own helper (ctypes.util.find_library runs ldconfig on import) is let through.
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        prog = os.path.basename(os.fsdecode(argv[0]).split()[0]) if argv else ""
+        if argv and (os.fsdecode(argv[0]) == sys.executable or prog.startswith(("python", "orbitmesh", "docker"))):
+            raise ProcessStarted(f"{item.nodeid} starts a process ({args!r}): "
+                                 "mark it @pytest.mark.slow (make test-fast leaves those out)")
+        return original(self, args, *rest, **kwargs)
+    subprocess.Popen._execute_child = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen._execute_child = original

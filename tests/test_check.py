@@ -75,7 +75,9 @@ def test_recovered_tasks_end_by_their_deadline_while_their_target_is_paused(flee
 def test_every_shipped_scenario_parses_against_a_24_satellite_fleet(fleet24):
     spec, _, _, _ = fleet24
     topo = fleet_topo(spec.directory)
-    for path in sorted((ROOT / "scenarios").glob("*.toml")):
+    paths = sorted((ROOT / "scenarios").glob("*.toml"))
+    assert paths, "no shipped scenario found: the loop below would check nothing"
+    for path in paths:
         assert parse_scenario(path.read_text(), topo), path
 
 

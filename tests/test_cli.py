@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, free_port_block
+
+pytestmark = pytest.mark.slow    # every test runs the CLI or agents as processes
 
 
 def orbitmesh(*args, timeout=120, env=None):

@@ -60,11 +60,14 @@ def test_demo_document_runs_every_satellite_on_one_network():
     assert list(s) == [f"sat-{i}" for i in range(24)]
     # two ground stations after the satellites: nodes 24 and 25, as in mesh.nodes
     assert list(nodes(doc)) == list(s) + ["gs-london", "gs-tokyo"]
-    assert set(doc["volumes"]) == {"fleet", "prometheus-data"} | {f"{n}-data" for n in nodes(doc)}
+    assert set(doc["volumes"]) == {"fleet", "authority", "prometheus-data"} | {f"{n}-data" for n in nodes(doc)}
     init = doc["services"]["init"]
     assert init["command"][:4] == ["python", "-m", "agent.compose", "init"]
     assert init["command"][-4:] == ["--ground", "london", "--ground", "tokyo"]
-    assert init["network_mode"] == "none" and init["volumes"] == ["fleet:/fleet"]
+    # init issues every node its key in the node's own volume; only init sees the authority's key
+    assert init["network_mode"] == "none" and init["volumes"] == (
+        ["fleet:/fleet", "authority:/authority"] + [f"{n}-data:/nodes/{n}" for n in nodes(doc)])
+    assert not any("authority" in v for svc in nodes(doc).values() for v in svc["volumes"])
     for i, (name, svc) in enumerate(nodes(doc).items()):
         assert svc["hostname"] == name
         assert svc["command"][:4] == ["python", "-m", "agent.compose", "node"]
@@ -552,3 +555,35 @@ def test_node_chaos_through_the_engine():
         assert isinstance(backend, ComposeNodeChaos)
     except NodeChaosError as exc:
         assert "Docker" in str(exc)
+
+
+def test_init_issues_per_node_keys_and_a_signed_roster_and_nodes_hold_only_their_own(tmp_path):
+    """Compose: no fleet secret; each node's volume gets its own key, the fleet volume the signed roster."""
+    fleet, auth, vols = tmp_path / "fleet", tmp_path / "authority", tmp_path / "nodes"
+    cmd = compose_document()["services"]["init"]["command"][3:]
+    cmd = [str(fleet) if a == "/fleet" else str(auth) if a == "/authority" else str(vols) if a == "/nodes" else a
+           for a in cmd]
+    assert compose.main(cmd) == 0
+    assert not (fleet / "secret").exists() and (auth / "authority.key").exists()
+    assert not (fleet / "authority.key").exists()                      # the private half stays with init
+    peers = json.loads((fleet / "peers.json").read_text())["nodes"]
+    assert sorted(p.name for p in vols.iterdir()) == sorted(e["name"] for e in peers)
+    before = {e["name"]: e["peer_id"] for e in peers}
+    assert compose.main(cmd) == 0                                      # a second `up` keeps every key
+    assert {e["name"]: e["peer_id"] for e in json.loads((fleet / "peers.json").read_text())["nodes"]} == before
+    launch = prepare_node("sat-4", secret_path=fleet / "secret", config_path=fleet / "config.toml",
+                          data_dir=vols / "sat-4", peers_path=tmp_path / "run" / "peers.json", fleet_dir=fleet)
+    assert launch.peer_id == before["sat-4"]
+    args = launch.argv
+    assert args[args.index("--roster") + 1] == str(fleet / "roster.json")
+    from agent.cli import parser
+    assert parser().parse_args(args).authority == str(fleet / "authority.key.pub")
+    with pytest.raises(ComposeError, match="not the key the roster lists"):
+        prepare_node("sat-5", secret_path=fleet / "secret", config_path=fleet / "config.toml",
+                     data_dir=vols / "sat-4", peers_path=tmp_path / "run" / "peers.json", fleet_dir=fleet)
+    doc = json.loads((fleet / "roster.json").read_text())
+    doc["nodes"]["sat-5"] = before["sat-4"]                           # a tampered roster
+    (fleet / "roster.json").write_text(json.dumps(doc))
+    with pytest.raises(ComposeError, match="signature does not verify"):
+        prepare_node("sat-4", secret_path=fleet / "secret", config_path=fleet / "config.toml",
+                     data_dir=vols / "sat-4", peers_path=tmp_path / "run" / "peers.json", fleet_dir=fleet)

@@ -354,9 +354,13 @@ def test_state_spreads_by_version_and_piggyback_absorb_carry_it_on_foreign_frame
 
 def test_nothing_to_do_before_the_deadline():
     m = lone()
-    t = m.next_deadline()
-    assert t < math.inf
-    assert m.tick(t - 1e-6) == [] or t - 1e-6 < 0
+    m.tick(0.0)                 # the start's own gossip (its deadline is 0, so nothing lies before it)
+    for _ in range(4):          # each deadline: silent just before, work at it, and time moves on
+        t = m.next_deadline()
+        assert 0.0 < t < math.inf
+        assert m.tick(t - 1e-6) == []
+        assert m.tick(t) != []
+        assert m.next_deadline() > t
 
 
 # -- protocol runs on the twin -----------------------------------------------------------------------

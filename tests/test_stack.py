@@ -100,6 +100,7 @@ def test_slot_entry_runs_node_slot_minus_one_and_stations_after_the_satellites(t
         launch(27, "e")
 
 
+@pytest.mark.slow    # a subprocess
 def test_a_bad_slot_variable_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agent.compose", "node", "--node-from-slot", "--fleet", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, env={"ORBITMESH_SLOT": "{{.Task.Slot}}",
@@ -107,6 +108,7 @@ def test_a_bad_slot_variable_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "ORBITMESH_SLOT must be a task slot number" in r.stderr
 
 
+@pytest.mark.slow    # a subprocess
 def test_stack_command_writes_the_three_files(tmp_path):
     out = tmp_path / "s.yml"
     r = subprocess.run([sys.executable, "-m", "agent", "stack", "-n", "6", "--no-ground", "--out", str(out)],

@@ -90,6 +90,7 @@ def _cli_build(out: Path, hashseed: str) -> str:
     return hashlib.sha256((out / "digits.onnx").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow    # a subprocess
 def test_byte_identical_across_hash_seeds(built, tmp_path):
     """skl2onnx's opset order depends on PYTHONHASHSEED; the build must not."""
     a = _cli_build(tmp_path / "a", "1")
@@ -144,6 +145,7 @@ BUILD_ONLY = ("sklearn", "skl2onnx", "onnx", "torch", "transformers", "onnxscrip
               "tokenizers", "tifffile", "imagecodecs", "ukis_csmask", "scipy")
 
 
+@pytest.mark.slow    # a subprocess
 def test_import_does_not_need_build_toolchain():
     """Agents import agent.zoo; it must not pull in any build-only package."""
     code = (
@@ -154,6 +156,7 @@ def test_import_does_not_need_build_toolchain():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
+@pytest.mark.slow    # a subprocess
 def test_registry_lists_every_model_module():
     assert list(zoo.BUILDERS) == ["digits", "cloudmask", "embed", "matmul"]
     for m in zoo._MODULES:
@@ -164,6 +167,7 @@ def test_registry_lists_every_model_module():
     assert proc.stdout.split() == sorted(zoo.BUILDERS)
 
 
+@pytest.mark.slow    # a subprocess
 def test_cli_rejects_unknown_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "agent.zoo", "build", "--out", str(tmp_path), "--only", "nope"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -182,7 +186,7 @@ def _fake_pip(tmp_path, monkeypatch, payload: bytes | None, stderr: str = ""):
             (dest / "pkg-1.0-py3-none-any.whl").write_bytes(payload)
         return subprocess.CompletedProcess(cmd, 0 if payload is not None else 1, "", stderr)
 
-    monkeypatch.setattr(zoo.subprocess, "run", run)
+    monkeypatch.setattr(zoo.kit.subprocess, "run", run)
     return calls
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow    # needs the built model and rebuilds it in a subprocess
+
 ort = pytest.importorskip("onnxruntime")
 
 from agent import zoo  # noqa: E402

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow    # needs the built model and rebuilds it in a subprocess
+
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
 

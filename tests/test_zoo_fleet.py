@@ -22,6 +22,8 @@ from agent.client import ApiError, Client
 from agent.models import session_options
 from tests.conftest import AUTH, local_fleet
 
+pytestmark = pytest.mark.slow    # needs the built models
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 N = 4

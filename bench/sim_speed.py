@@ -1,0 +1,82 @@
+"""Simulator speed (simulated seconds per wall second), this tree against a baseline commit.
+
+    python bench/sim_speed.py --baseline main                 # demo 300 s and starlink-s1 45 s, 2 rounds
+    python bench/sim_speed.py --baseline HEAD~3 --presets demo:120 --rounds 3
+
+Each run is ``mesh.sim.scenario.run_scenario`` (what ``orbitmesh sim`` runs:
+one kill, one cut, tasks) in a fresh interpreter, alternating baseline and
+this tree so load on a shared machine hits both alike; ``--clock cpu``
+times each run by its CPU time, which load from other work barely moves. The baseline is
+``git archive REF`` unpacked in a temporary directory. Prints the best of
+the rounds for each and their ratio (> 1: this tree is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(tree: str, preset: str, seconds: float, tasks: int, clock: str) -> None:
+    sys.path.insert(0, tree)
+    import time
+
+    from mesh.sim.scenario import ScenarioSpec, run_scenario
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    rep = run_scenario(ScenarioSpec(preset=preset, seconds=seconds, seed=1, tasks=tasks, timer=timer))
+    print(json.dumps({"events": rep["events"], "wall_s": rep["wall_s"], "seconds": rep["seconds"],
+                      "delivered": rep.get("tasks", {}).get("delivered") if isinstance(rep.get("tasks"), dict)
+                      else None}))
+
+
+def run(tree: Path, preset: str, seconds: float, tasks: int, clock: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", str(tree), preset, str(seconds), str(tasks), clock],
+                         capture_output=True, text=True, timeout=3600, cwd=tree)
+    if out.returncode != 0:
+        raise SystemExit(f"run in {tree} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default="main", help="git ref to compare with (default: main)")
+    ap.add_argument("--presets", nargs="+", default=["demo:300", "starlink-s1:45"],
+                    help="PRESET:SECONDS to simulate (default: demo:300 starlink-s1:45)")
+    ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time the simulation by wall clock or by the process's CPU time (steadier on a busy host)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sim-speed-") as tmp:
+        base = Path(tmp)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+        print(f"| preset | simulated s | events (base / this) | base: sim s per {args.clock} s | this tree | ratio |")
+        print("|---|---|---|---|---|---|")
+        for spec in args.presets:
+            preset, _, secs = spec.partition(":")
+            seconds = float(secs or 60)
+            best: dict[str, dict] = {}
+            for _ in range(args.rounds):
+                for label, tree in (("base", base), ("this", ROOT)):
+                    r = run(tree, preset, seconds, args.tasks, args.clock)
+                    if label not in best or r["wall_s"] < best[label]["wall_s"]:
+                        best[label] = r
+            b, t = best["base"], best["this"]
+            sb, st = b["seconds"] / b["wall_s"], t["seconds"] / t["wall_s"]
+            print(f"| {preset} | {seconds:.0f} | {b['events']:,} / {t['events']:,} | {sb:.2f} | {st:.2f} | "
+                  f"{st / sb:.2f}× |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
