@@ -232,7 +232,7 @@ async def test_an_uploaded_model_runs_on_a_far_node_that_fetches_it_over_the_mes
     # Addressed by hash (issue 18): sat-9 has its own "scaler"; a task from sat-0 runs
     # sat-0's version there, and sat-9's name still means sat-9's model afterwards.
     mine = doubler(3.0)
-    async with httpx.AsyncClient(base_url=peers["sat-9"].api, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-9"].api, timeout=60, headers=AUTH) as http:
         r = await http.put("/v1/models/scaler", content=mine)
         assert r.status_code == 201 and r.json()["sha256"] == hashlib.sha256(mine).hexdigest(), r.text
     async with Client(peers["sat-0"].api) as c:
