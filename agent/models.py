@@ -20,6 +20,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from agent.model_check import ModelCheckError, check_model
+from agent.ort_limits import cap_session
 from agent.tensors import ORT_TYPES, TensorSpec
 
 
@@ -188,8 +190,13 @@ class ModelStore:
         sha = hashlib.sha256(data).hexdigest()
         if expect_sha256 is not None and expect_sha256.lower() != sha:
             raise UploadError(400, f"sha256 mismatch: expected {expect_sha256.lower()}, the body hashes to {sha}")
+        try:    # before onnxruntime loads it: loading folds constants, in this process
+            check_model(data)
+        except ModelCheckError as exc:
+            raise UploadError(400, str(exc)) from None
         try:
-            session = ort.InferenceSession(data, sess_options=session_options(), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(data, sess_options=cap_session(session_options()),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception hierarchy
             raise UploadError(400, f"not a loadable ONNX model: {str(exc).splitlines()[0][:300]}") from None
         try:
@@ -224,9 +231,9 @@ class ModelStore:
             if path is None:
                 raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
             started, rss = time.perf_counter(), _rss_bytes()
+            opts = session_options() if path.parent == self.directory else cap_session(session_options())
             try:
-                session = ort.InferenceSession(str(path), sess_options=session_options(),
-                                               providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception hierarchy
                 raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
             manifest: dict[str, Any] = {}
