@@ -7,8 +7,14 @@
 - Dynamic batching: tasks for the same model that wait together are run as
   one batch (inputs concatenated along a dynamic first dimension), which
   amortises per-call overhead; ``batch_wait_s`` bounds the extra wait.
-- A per-task timeout that stops onnxruntime itself (``RunOptions.terminate``),
-  not just the caller's wait.
+- The task's own deadline, enforced here: a job still queued at its deadline
+  fails without running; a run past it is stopped by onnxruntime itself
+  (``RunOptions.terminate``, checked between nodes and Loop iterations); a run
+  that does not stop within ``ABANDON_GRACE_S`` more (one op longer than
+  that) fails the same way and its thread is abandoned to finish alone while
+  the worker carries on with a fresh one (``_deadline_exceeded``).  At most
+  ``workers`` threads are abandoned at a time; beyond that a worker waits for
+  its run, so a stream of such models cannot multiply threads.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,9 +32,12 @@ import onnxruntime as ort
 import trio
 
 from agent.models import LoadedModel, ModelStore
+from agent.ort_limits import cap_run
 from agent.priority import normal_priority_for_this_thread
 
 log = logging.getLogger(__name__)
+
+ABANDON_GRACE_S = 1.0       # past the deadline, for onnxruntime to honour terminate before the thread is left
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,10 @@ class ExecutionError(RuntimeError):
     """onnxruntime rejected the inputs, failed, or ran past its timeout."""
 
 
+class DeadlineExceeded(ExecutionError):
+    """The task's deadline passed before or while it ran."""
+
+
 class ExecutorBusy(RuntimeError):
     """The queue is full; retry later."""
 
@@ -50,6 +64,7 @@ class _Job:
     model: str
     inputs: dict[str, np.ndarray]
     timeout_s: float
+    deadline: float = 0.0     # trio clock
     done: trio.Event = field(default_factory=trio.Event)
     result: Execution | None = None
     error: Exception | None = None
@@ -87,6 +102,10 @@ class Executor:
         self.completed = 0
         self.batches = 0
         self.batched_tasks = 0
+        self.expired = 0          # jobs failed at their deadline (queued or running)
+        self.abandoned = 0        # runs left to finish in a thread of their own
+        self._stuck = 0           # of those, still running (updated from their threads)
+        self._stuck_lock = threading.Lock()
 
     @property
     def full(self) -> bool:
@@ -100,7 +119,10 @@ class Executor:
         """Queue one task and wait for its result; ExecutorBusy if the queue is full."""
         if self.full:
             raise ExecutorBusy(f"{self.queued} tasks queued (limit {self.queue_limit})")
-        job = _Job(model_name, inputs, timeout_s or self.default_timeout_s)
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        if timeout <= 0:
+            raise DeadlineExceeded(f"{model_name}: deadline exceeded before it could run")
+        job = _Job(model_name, inputs, timeout, trio.current_time() + timeout)
         self._queues.setdefault(model_name, deque()).append(job)
         self.queued += 1
         self._tokens_send.send_nowait(model_name)
@@ -146,7 +168,7 @@ class Executor:
                 continue
             if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0:
                 await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
-            jobs = self._take_batch(model, queue)
+            jobs = self._drop_expired(self._take_batch(model, queue))
             if len(jobs) > 1:
                 self._stale[name] = self._stale.get(name, 0) + len(jobs) - 1
             elif not jobs and self._stale.get(name):
@@ -182,6 +204,19 @@ class Executor:
         self.queued -= len(jobs)
         return jobs
 
+    def _drop_expired(self, jobs: list[_Job]) -> list[_Job]:
+        """Fail the jobs whose deadline passed while they were queued; the rest run."""
+        now = trio.current_time()
+        if all(j.deadline > now for j in jobs):
+            return jobs
+        for j in jobs:
+            if j.deadline <= now:
+                j.error = DeadlineExceeded(f"{j.model}: deadline exceeded: timed out after {j.timeout_s:g}s "
+                                         f"in the queue, before it could run")
+                j.done.set()
+                self.expired += 1
+        return [j for j in jobs if j.deadline > now]
+
     def _fail_all(self, queue: deque[_Job], error: Exception) -> None:
         if queue:
             name = queue[0].model
@@ -197,7 +232,10 @@ class Executor:
         feeds = jobs[0].inputs if len(jobs) == 1 else {
             name: np.concatenate([j.inputs[name] for j in jobs], axis=0) for name in jobs[0].inputs}
         options = ort.RunOptions()
-        timeout = min(j.timeout_s for j in jobs)
+        if model.manifest.get("uploaded"):
+            cap_run(options)
+        timeout = max(0.0, min(j.deadline for j in jobs) - trio.current_time())
+        budget = min(j.timeout_s for j in jobs)     # what the message says: the task's own timeout
         self.running += len(jobs)
         try:
             async with trio.open_nursery() as nursery:
@@ -206,10 +244,13 @@ class Executor:
                     options.terminate = True  # onnxruntime stops the run from its side
                 nursery.start_soon(watchdog)
                 try:
-                    result = await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
+                    result = await self._run_bounded(model, feeds, options, timeout, budget)
                 except ExecutionError as failure:
-                    reason = (ExecutionError(f"{model.name}: timed out after {timeout:g}s")
-                              if options.terminate else failure)
+                    reason = failure
+                    if options.terminate:
+                        self.expired += len(jobs)
+                        if not isinstance(failure, DeadlineExceeded):
+                            reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
                     for j in jobs:
                         j.error = reason
                     return
@@ -227,6 +268,45 @@ class Executor:
         for j, lo, hi in zip(jobs, offsets[:-1], offsets[1:]):
             outs = result.outputs if len(jobs) == 1 else {k: v[lo:hi] for k, v in result.outputs.items()}
             j.result = Execution(outs, result.compute_s, len(jobs))
+
+    async def _run_bounded(self, model: LoadedModel, feeds: dict[str, np.ndarray], options: ort.RunOptions,
+                           timeout: float, budget: float) -> Execution:
+        """The run in a worker thread, given up ``ABANDON_GRACE_S`` after its deadline if
+        onnxruntime has not stopped by then (a thread cannot be killed: it is left to finish)."""
+        if self._stuck >= self.workers:     # enough threads abandoned already: wait for this one
+            return await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
+        state = {"left": False, "finished": False}
+
+        def run() -> Execution:
+            try:
+                return self._run_sync(model, feeds, options)
+            finally:
+                with self._stuck_lock:
+                    state["finished"] = True
+                    if state["left"]:
+                        self._stuck -= 1
+
+        with trio.move_on_after(timeout + ABANDON_GRACE_S):
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        return self._deadline_exceeded(model, options, budget, state)
+
+    def _deadline_exceeded(self, model: LoadedModel, options: ort.RunOptions, timeout: float,
+                           state: dict[str, bool]) -> Execution:
+        with self._stuck_lock:
+            if not state["finished"]:
+                state["left"] = True
+                self._stuck += 1
+        self.abandoned += 1
+        log.warning("%s ran %.1f s past its deadline without stopping; its thread is abandoned (%d still running)",
+                    model.name, ABANDON_GRACE_S, self._stuck)
+        options.terminate = True
+        raise DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {timeout:g}s; onnxruntime did not "
+                             f"stop within {ABANDON_GRACE_S:g}s more, so its run was abandoned and the worker replaced")
+
+    @property
+    def stuck(self) -> int:
+        """Abandoned runs still computing."""
+        return self._stuck
 
     def _run_sync(self, model: LoadedModel, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> Execution:
         normal_priority_for_this_thread()

@@ -866,7 +866,8 @@ class Node:
                 check_shape(arr, spec)
                 arrays[spec.name] = arr
             check_limits(req.model, arrays, model.manifest)
-            result = await self.executor.run(req.model, arrays)
+            # The task's own deadline, not the executor's default: a run past it is stopped there.
+            result = await self.executor.run(req.model, arrays, req.deadline - time.time() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
