@@ -80,6 +80,14 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def bad_name(name: object) -> str | None:
+    """Why ``name`` cannot name a model, or None: every entry point (upload, task,
+    KServe HTTP and gRPC) asks this before any lookup."""
+    if isinstance(name, str) and NAME_RE.fullmatch(name):
+        return None
+    return (f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+
+
 class UploadError(ValueError):
     """A model upload refused; ``status`` is the HTTP status to answer with."""
 
@@ -178,9 +186,8 @@ class ModelStore:
         """
         if self.uploads is None:
             raise UploadError(503, "this node has no model store for uploads")
-        if not NAME_RE.fullmatch(name or ""):
-            raise UploadError(400, f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', "
-                                   f"starting with a letter or digit")
+        if bad_name(name):
+            raise UploadError(400, bad_name(name))
         if (self.directory / f"{name}.onnx").is_file():
             raise UploadError(409, f"{name!r} is a zoo model and cannot be replaced; upload under another name")
         if len(data) > self.max_model_bytes:

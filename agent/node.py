@@ -24,7 +24,7 @@ from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.journal import Journal, JournalError
 from agent.membership import MembershipService
 from agent.model_fetch import ModelFetcher
-from agent.models import ModelError, ModelStore
+from agent.models import ModelError, ModelStore, bad_name
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
@@ -452,6 +452,8 @@ class Node:
                     return rec, False
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
+        if bad_name(model):
+            raise SubmitError(400, bad_name(model))
         if target is not None and not isinstance(target, str):
             raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
         try:
