@@ -38,6 +38,7 @@ from agent.priority import normal_priority_for_this_thread
 log = logging.getLogger(__name__)
 
 ABANDON_GRACE_S = 1.0       # past the deadline, for onnxruntime to honour terminate before the thread is left
+WARM_UP_S = 10.0            # one run on zeros when a model is loaded
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class _Job:
     done: trio.Event = field(default_factory=trio.Event)
     result: Execution | None = None
     error: Exception | None = None
+
+
+async def _terminate_at(options: ort.RunOptions, seconds: float) -> None:
+    await trio.sleep(seconds)
+    options.terminate = True  # onnxruntime stops the run from its side
 
 
 def _batchable(model: LoadedModel) -> bool:
@@ -139,15 +145,23 @@ class Executor:
                 nursery.start_soon(self._worker)
             task_status.started()
 
-    async def warm_up(self, model_name: str) -> None:
+    async def warm_up(self, model_name: str, timeout_s: float = WARM_UP_S) -> None:
         """One inference on zeros (symbolic dimensions = 1), so the first real
-        task does not pay for onnxruntime's first-run allocations."""
+        task does not pay for onnxruntime's first-run allocations.  Bounded like
+        a task: an uploaded model may spin on zeros as well as on anything else."""
         model = self.store.get(model_name)
         zeros = {s.name: np.zeros([d or 1 for d in s.shape], dtype=s.dtype) for s in model.inputs}
-        try:
-            await trio.to_thread.run_sync(self._run_sync, model, zeros, ort.RunOptions())
-        except ExecutionError as exc:  # a model may reject zeros; it still loaded
-            log.debug("warm-up of %s skipped: %s", model_name, exc)
+        options = ort.RunOptions()
+        if model.manifest.get("uploaded"):
+            cap_run(options)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_terminate_at, options, timeout_s)
+            try:
+                await self._run_bounded(model, zeros, options, timeout_s, timeout_s)
+            except ExecutionError as exc:  # a model may reject zeros, or run too long; it still loaded
+                log.info("warm-up of %s skipped: %s", model_name, exc)
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def _worker(self) -> None:
         while True:
@@ -239,10 +253,7 @@ class Executor:
         self.running += len(jobs)
         try:
             async with trio.open_nursery() as nursery:
-                async def watchdog() -> None:
-                    await trio.sleep(timeout)
-                    options.terminate = True  # onnxruntime stops the run from its side
-                nursery.start_soon(watchdog)
+                nursery.start_soon(_terminate_at, options, timeout)
                 try:
                     result = await self._run_bounded(model, feeds, options, timeout, budget)
                 except ExecutionError as failure:

@@ -239,3 +239,12 @@ async def test_a_job_still_queued_at_its_deadline_fails_without_running(store, m
             await ex.run("digits", digits_inputs(models_dir, 0), timeout_s=0)
         n.cancel_scope.cancel()
     assert errors == ["digits: deadline exceeded: timed out after 0.1s in the queue, before it could run"]
+
+
+async def test_a_warm_up_that_would_spin_is_stopped_by_its_bound(store, tmp_path):
+    """``POST /v2/repository/models/{name}/load`` warms a model on zeros: bounded like a task."""
+    loop_model(tmp_path / "loop.onnx")
+    ex = Executor(store, workers=1)
+    t0 = trio.current_time()
+    await ex.warm_up("loop", timeout_s=0.3)
+    assert trio.current_time() - t0 < 0.3 + 0.5 and ex.abandoned == 0
