@@ -238,7 +238,13 @@ class ModelStore:
             if path is None:
                 raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
             started, rss = time.perf_counter(), _rss_bytes()
-            opts = session_options() if path.parent == self.directory else cap_session(session_options())
+            opts = session_options()
+            if path.parent != self.directory:    # uploaded: a blob an older version stored was never checked
+                try:
+                    check_model(path.read_bytes())
+                except (ModelCheckError, OSError) as exc:
+                    raise ModelError(f"model {name!r} cannot be loaded: {exc}") from None
+                opts = cap_session(opts)
             try:
                 session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception hierarchy

@@ -147,3 +147,19 @@ def test_an_allocation_multiplied_from_an_input_shape_stops_at_the_uploads_arena
     with pytest.raises(Exception, match="Available memory of .* is smaller than requested bytes"):
         session.run(None, {"x": np.zeros(250_000, np.float32)})                   # 1 GB asked
     assert _rss() - before < 64 << 20
+
+
+def test_a_stored_blob_that_never_passed_the_check_is_refused_at_load(store):
+    """A data directory from before the check: the blob is checked when its session is made."""
+    import hashlib
+    import json
+
+    from agent.models import ModelError
+    data = attack()
+    sha = hashlib.sha256(data).hexdigest()
+    (store.uploads / "blobs").mkdir(parents=True)
+    (store.uploads / "names").mkdir(parents=True)
+    (store.uploads / "blobs" / f"{sha}.onnx").write_bytes(data)
+    (store.uploads / "names" / "grow.json").write_text(json.dumps({"sha256": sha, "size": len(data)}))
+    with pytest.raises(ModelError, match="'grow' cannot be loaded: model refused: op ConstantOfShape"):
+        store.get("grow")
