@@ -164,7 +164,8 @@ async def test_broken_and_unknown_models(store):
 
 def loop_model(path, trips=10 ** 9):
     """A Loop of ``trips`` tiny iterations: slow, but onnxruntime checks terminate between them."""
-    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Sin", ["v"], ["v_out"])],
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"]),
+                              helper.make_node("Sin", ["v"], ["v_out"])],
                              "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
                                       helper.make_tensor_value_info("c", TensorProto.BOOL, []),
                                       helper.make_tensor_value_info("v", TensorProto.FLOAT, ["n"])],

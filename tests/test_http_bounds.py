@@ -42,7 +42,8 @@ async def _read_response(stream) -> tuple[int | None, dict]:
             return None, {}
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     while len(rest) < length:
         chunk = await stream.receive_some(65536)
         if not chunk:

@@ -75,7 +75,8 @@ def test_a_size_computed_from_input_values_through_arithmetic_is_still_refused()
 def test_a_loop_that_collects_per_iteration_with_a_trip_count_from_input_values_is_refused():
     """Scan outputs grow with the trip count; a loop-carried value of static shape
     does not (its time is bounded by the task's deadline, which stops a Loop)."""
-    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Identity", ["v"], ["v_out"]),
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"]),
+                              helper.make_node("Identity", ["v"], ["v_out"]),
                               helper.make_node("Identity", ["v"], ["v_scan"])],
                              "body", [vi("i", I64, []), vi("c", TensorProto.BOOL, []), vi("v", F32, [1])],
                              [vi("c_out", TensorProto.BOOL, []), vi("v_out", F32, [1]), vi("v_scan", F32, [1])])
