@@ -32,6 +32,7 @@ import onnxruntime as ort
 import trio
 
 from agent.models import LoadedModel, ModelStore
+from agent import ort_limits
 from agent.ort_limits import cap_run
 from agent.priority import normal_priority_for_this_thread
 
@@ -325,6 +326,6 @@ class Executor:
         try:
             values = model.session.run(None, inputs, options)
         except Exception as exc:
-            raise ExecutionError(f"{model.name}: {str(exc).splitlines()[0][:300]}") from None
+            raise ExecutionError(f"{model.name}: {ort_limits.explain(str(exc))}") from None
         compute = time.perf_counter() - t0
         return Execution({spec.name: np.asarray(v) for spec, v in zip(model.outputs, values)}, compute)

@@ -20,6 +20,7 @@ own allocations fail (links, journal) instead of the model's.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import onnxruntime as ort
@@ -50,3 +51,17 @@ def cap_session(opts: ort.SessionOptions) -> ort.SessionOptions:
 def cap_run(options: ort.RunOptions) -> None:
     """Give the arena back after the run, so the ceiling is a peak, not a resident size."""
     options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+_ARENA_FULL = re.compile(r"running (\w+) node.*Available memory of (\d+) is smaller than requested bytes of (\d+)", re.S)
+
+
+def explain(error: str) -> str:
+    """onnxruntime's error, short; an arena refusal said in words (its own text puts
+    the numbers after 300 characters of source path and signature)."""
+    full = _ARENA_FULL.search(error)
+    if full:
+        op, left, asked = full.groups()
+        return (f"op {op} asked for {int(asked)} bytes, over what is left of the {UPLOAD_ARENA_BYTES}-byte memory "
+                f"limit of uploaded models ({int(left)} bytes); use smaller inputs")
+    return error.splitlines()[0][:300] if error else "onnxruntime failed"

@@ -164,3 +164,21 @@ def test_a_stored_blob_that_never_passed_the_check_is_refused_at_load(store):
     (store.uploads / "names" / "grow.json").write_text(json.dumps({"sha256": sha, "size": len(data)}))
     with pytest.raises(ModelError, match="'grow' cannot be loaded: model refused: op ConstantOfShape"):
         store.get("grow")
+
+
+async def test_a_task_stopped_by_the_arena_says_so_in_words(store):
+    import trio
+
+    from agent.executor import ExecutionError, Executor
+    k = numpy_helper.from_array(np.array([1000], np.int64), "k")
+    store.put("amplify", model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "k"], ["s2"]),
+                                helper.make_node("ConstantOfShape", ["s2"], ["y"]),
+                                helper.make_node("ReduceSum", ["y"], ["z"], keepdims=0)],
+                               [vi("x", F32, ["n"])], [vi("z", F32, [])], [k]))
+    ex = Executor(store, workers=1)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        with pytest.raises(ExecutionError, match=r"amplify: op ConstantOfShape asked for 1000000000 bytes, over what "
+                                                 r"is left of the 268435456-byte memory limit of uploaded models"):
+            await ex.run("amplify", {"x": np.zeros(250_000, np.float32)})
+        n.cancel_scope.cancel()
