@@ -13,8 +13,9 @@
   that does not stop within ``ABANDON_GRACE_S`` more (one op longer than
   that) fails the same way and its thread is abandoned to finish alone while
   the worker carries on with a fresh one (``_deadline_exceeded``).  At most
-  ``workers`` threads are abandoned at a time; beyond that a worker waits for
-  its run, so a stream of such models cannot multiply threads.
+  ``workers`` threads are abandoned at a time; beyond that the task still fails
+  on time but its worker waits for the run to end, so a stream of such models
+  cannot multiply threads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -54,7 +56,12 @@ class ExecutionError(RuntimeError):
 
 
 class DeadlineExceeded(ExecutionError):
-    """The task's deadline passed before or while it ran."""
+    """The task's deadline passed before or while it ran.  ``still_running``: set when
+    the run, given up, ends; its worker waits for it (over the cap of abandoned runs)."""
+
+    def __init__(self, message: str, still_running: trio.Event | None = None):
+        super().__init__(message)
+        self.still_running = still_running
 
 
 class ExecutorBusy(RuntimeError):
@@ -161,6 +168,8 @@ class Executor:
                 await self._run_bounded(model, zeros, options, timeout_s, timeout_s)
             except ExecutionError as exc:  # a model may reject zeros, or run too long; it still loaded
                 log.info("warm-up of %s skipped: %s", model_name, exc)
+                if isinstance(exc, DeadlineExceeded) and exc.still_running is not None:
+                    await exc.still_running.wait()
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -252,6 +261,7 @@ class Executor:
         timeout = max(0.0, min(j.deadline for j in jobs) - trio.current_time())
         budget = min(j.timeout_s for j in jobs)     # what the message says: the task's own timeout
         self.running += len(jobs)
+        result, reason = None, None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_terminate_at, options, timeout)
@@ -265,7 +275,6 @@ class Executor:
                             reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
                     for j in jobs:
                         j.error = reason
-                    return
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -273,6 +282,10 @@ class Executor:
             self.completed += len(jobs)
             for j in jobs:
                 j.done.set()
+        if result is None:
+            if isinstance(reason, DeadlineExceeded) and reason.still_running is not None:
+                await reason.still_running.wait()    # over the cap of abandoned runs: this worker waits for its own
+            return
         if len(jobs) > 1:
             self.batches += 1
             self.batched_tasks += len(jobs)
@@ -285,9 +298,8 @@ class Executor:
                            timeout: float, budget: float) -> Execution:
         """The run in a worker thread, given up ``ABANDON_GRACE_S`` after its deadline if
         onnxruntime has not stopped by then (a thread cannot be killed: it is left to finish)."""
-        if self._stuck >= self.workers:     # enough threads abandoned already: wait for this one
-            return await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
-        state = {"left": False, "finished": False}
+        state: dict[str, Any] = {"left": False, "finished": False}
+        token = trio.lowlevel.current_trio_token()
 
         def run() -> Execution:
             try:
@@ -297,23 +309,35 @@ class Executor:
                     state["finished"] = True
                     if state["left"]:
                         self._stuck -= 1
+                        try:
+                            token.run_sync_soon(state["ended"].set)
+                        except trio.RunFinishedError:
+                            pass
 
         with trio.move_on_after(timeout + ABANDON_GRACE_S):
             return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
         return self._deadline_exceeded(model, options, budget, state)
 
     def _deadline_exceeded(self, model: LoadedModel, options: ort.RunOptions, timeout: float,
-                           state: dict[str, bool]) -> Execution:
+                           state: dict[str, Any]) -> Execution:
+        options.terminate = True
+        ended = None
         with self._stuck_lock:
             if not state["finished"]:
+                ended = state["ended"] = trio.Event()
                 state["left"] = True
                 self._stuck += 1
         self.abandoned += 1
+        said = f"{model.name}: deadline exceeded: timed out after {timeout:g}s; onnxruntime did not stop within " \
+               f"{ABANDON_GRACE_S:g}s more, so its run was abandoned"
+        if ended is not None and self._stuck > self.workers:
+            log.warning("%s ran %.1f s past its deadline; %d runs abandoned already, so its worker waits for it",
+                        model.name, ABANDON_GRACE_S, self._stuck - 1)
+            raise DeadlineExceeded(f"{said}; its worker waits for it to end ({self._stuck - 1} runs abandoned "
+                                   f"already)", ended)
         log.warning("%s ran %.1f s past its deadline without stopping; its thread is abandoned (%d still running)",
                     model.name, ABANDON_GRACE_S, self._stuck)
-        options.terminate = True
-        raise DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {timeout:g}s; onnxruntime did not "
-                             f"stop within {ABANDON_GRACE_S:g}s more, so its run was abandoned and the worker replaced")
+        raise DeadlineExceeded(f"{said} and the worker replaced")
 
     @property
     def stuck(self) -> int:
