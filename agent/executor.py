@@ -15,7 +15,8 @@
   the worker carries on with a fresh one (``_deadline_exceeded``).  At most
   ``workers`` threads are abandoned at a time; beyond that the task still fails
   on time but its worker waits for the run to end, so a stream of such models
-  cannot multiply threads.
+  cannot multiply threads.  One task (``agent.deadline_watch``) watches every
+  run's deadline: cheaper than a watchdog task and a nursery per run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import onnxruntime as ort
 import trio
 
+from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
 from agent import ort_limits
 from agent.ort_limits import cap_run
@@ -120,6 +122,7 @@ class Executor:
         self.abandoned = 0        # runs left to finish in a thread of their own
         self._stuck = 0           # of those, still running (updated from their threads)
         self._stuck_lock = threading.Lock()
+        self._watch = DeadlineWatch(ABANDON_GRACE_S)
 
     @property
     def full(self) -> bool:
@@ -149,6 +152,7 @@ class Executor:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The worker pool; runs until cancelled."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._watch.serve)
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
             task_status.started()
@@ -162,10 +166,11 @@ class Executor:
         options = ort.RunOptions()
         if model.manifest.get("uploaded"):
             cap_run(options)
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:      # its own watchdog: it runs before ``serve`` starts
             nursery.start_soon(_terminate_at, options, timeout_s)
             try:
-                await self._run_bounded(model, zeros, options, timeout_s, timeout_s)
+                await self._run_bounded(model, zeros, options, trio.move_on_after(timeout_s + ABANDON_GRACE_S),
+                                        timeout_s)
             except ExecutionError as exc:  # a model may reject zeros, or run too long; it still loaded
                 log.info("warm-up of %s skipped: %s", model_name, exc)
                 if isinstance(exc, DeadlineExceeded) and exc.still_running is not None:
@@ -258,26 +263,23 @@ class Executor:
         options = ort.RunOptions()
         if model.manifest.get("uploaded"):
             cap_run(options)
-        timeout = max(0.0, min(j.deadline for j in jobs) - trio.current_time())
         budget = min(j.timeout_s for j in jobs)     # what the message says: the task's own timeout
         self.running += len(jobs)
         result, reason = None, None
+        scope = trio.CancelScope()
+        watched = self._watch.watch(min(j.deadline for j in jobs), options, scope)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_terminate_at, options, timeout)
-                try:
-                    result = await self._run_bounded(model, feeds, options, timeout, budget)
-                except ExecutionError as failure:
-                    reason = failure
-                    if options.terminate:
-                        self.expired += len(jobs)
-                        if not isinstance(failure, DeadlineExceeded):
-                            reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
-                    for j in jobs:
-                        j.error = reason
-                finally:
-                    nursery.cancel_scope.cancel()
+            result = await self._run_bounded(model, feeds, options, scope, budget)
+        except ExecutionError as failure:
+            reason = failure
+            if options.terminate:
+                self.expired += len(jobs)
+                if not isinstance(failure, DeadlineExceeded):
+                    reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
+            for j in jobs:
+                j.error = reason
         finally:
+            self._watch.done(watched)
             self.running -= len(jobs)
             self.completed += len(jobs)
             for j in jobs:
@@ -295,9 +297,10 @@ class Executor:
             j.result = Execution(outs, result.compute_s, len(jobs))
 
     async def _run_bounded(self, model: LoadedModel, feeds: dict[str, np.ndarray], options: ort.RunOptions,
-                           timeout: float, budget: float) -> Execution:
-        """The run in a worker thread, given up ``ABANDON_GRACE_S`` after its deadline if
-        onnxruntime has not stopped by then (a thread cannot be killed: it is left to finish)."""
+                           scope: trio.CancelScope, budget: float) -> Execution:
+        """The run in a worker thread, given up when ``scope`` is cancelled (``ABANDON_GRACE_S``
+        after its deadline, if onnxruntime has not stopped by then): a thread cannot be
+        killed, so it is left to finish."""
         state: dict[str, Any] = {"left": False, "finished": False}
         token = trio.lowlevel.current_trio_token()
 
@@ -314,7 +317,7 @@ class Executor:
                         except trio.RunFinishedError:
                             pass
 
-        with trio.move_on_after(timeout + ABANDON_GRACE_S):
+        with scope:
             return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
         return self._deadline_exceeded(model, options, budget, state)
 
