@@ -7,7 +7,7 @@ import trio
 from agent.deadline_watch import DeadlineWatch
 
 
-async def test_terminate_then_cancel_and_finished_runs_are_left_alone():
+async def test_terminate_then_cancel_and_finished_runs_are_left_alone(autojump_clock):   # virtual time: exact
     watch = DeadlineWatch(grace_s=0.2)
     async with trio.open_nursery() as n:
         await n.start(watch.serve)
