@@ -31,3 +31,15 @@ async def test_finished_entries_are_compacted_away():
     for _ in range(5000):
         watch.done(watch.watch(far, ort.RunOptions(), trio.CancelScope()))
     assert len(watch._heap) <= 1025
+
+
+async def test_a_steady_stream_of_short_runs_wakes_the_watch_about_once_per_deadline_period(autojump_clock):
+    watch = DeadlineWatch(grace_s=1.0)
+    async with trio.open_nursery() as n:
+        await n.start(watch.serve)
+        for _ in range(3000):                  # 300 s of runs 0.1 s apart, each with a 30 s deadline
+            entry = watch.watch(trio.current_time() + 30, ort.RunOptions(), trio.CancelScope())
+            await trio.sleep(0.1)
+            watch.done(entry)
+        assert watch.wakes < 3000 / 30
+        n.cancel_scope.cancel()
