@@ -37,7 +37,10 @@ async def _read_response(stream) -> tuple[int | None, dict]:
     """(status, JSON body) of the first response, or (None, {}) if the server closed without one."""
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:     # closed with our unread bytes in its buffer: a reset
+            chunk = b""
         if not chunk:
             return None, {}
         data += chunk
