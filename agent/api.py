@@ -15,11 +15,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import http_body, http_coalesce
+from agent.auth import AccessControl, AccessPolicy
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
@@ -68,7 +70,8 @@ async def read_task(request: Request, limit: int) -> Any:
         raise SubmitError(exc.status, str(exc)) from None
 
 
-def build_app(node: Node) -> Starlette:
+def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
+    """The node's routes behind ``access`` (token, Host and Origin checks; None: unchecked, for in-process use)."""
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(node.health())
 
@@ -217,12 +220,16 @@ def build_app(node: Node) -> Starlette:
         log.exception("API handler failed: %s %s", request.method, request.url.path)
         return error(500, f"internal error: {type(exc).__name__}")
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: crashed})
+    middleware = [Middleware(AccessControl, policy=access)] if access is not None else []
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={404: not_found, 405: not_found, Exception: crashed})
 
 
-def server_config(host: str, port: int) -> HypercornConfig:
+def server_config(host: str, port: int, tls: tuple[str, str] | None = None) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
+    if tls is not None:
+        cfg.certfile, cfg.keyfile = tls
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.graceful_timeout = 1.0
@@ -236,7 +243,9 @@ def server_config(host: str, port: int) -> HypercornConfig:
     return cfg
 
 
-async def serve_api(node: Node, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls: tuple[str, str] | None = None, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
     http_coalesce.install()     # head and body of a response in one write
-    await serve(build_app(node), server_config(host, port), shutdown_trigger=trio.sleep_forever,
+    await serve(build_app(node, access), server_config(host, port, tls), shutdown_trigger=trio.sleep_forever,
                 task_status=task_status)

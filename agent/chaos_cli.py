@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.history import NEMESIS
 from mesh.chaos import FaultError, Topo, _seconds, normalise
 
 
@@ -148,10 +149,12 @@ def parse_scenario(text: str, topo: Topo) -> list[Event]:
     return sorted(out, key=lambda e: e.at)
 
 
-async def run_scenario(events: list[Event], urls: str | list[str], echo=print, nodes=None) -> list[dict[str, Any]]:
+async def run_scenario(events: list[Event], urls: str | list[str], echo=print, nodes=None,
+                       history=None) -> list[dict[str, Any]]:
     """Apply the timeline; link faults go to the first node in ``urls`` that answers
     (a scenario may kill the one you named), node faults to ``nodes`` (a
-    :class:`LocalNodeChaos` or :class:`ComposeNodeChaos`)."""
+    :class:`LocalNodeChaos` or :class:`ComposeNodeChaos`).  With ``history`` (an
+    :class:`agent.history.History`), each event is a ``nemesis`` operation there."""
     import trio
 
     from agent.client import ApiError, Client
@@ -176,20 +179,33 @@ async def run_scenario(events: list[Event], urls: str | list[str], echo=print, n
     start = trio.current_time()
     for ev in events:
         await trio.sleep_until(start + ev.at)
+        op = history.invoke(NEMESIS, ev.action, dict(ev.spec)) if history is not None else None
         if ev.action in NODE_ACTIONS:
             try:
                 what = await trio.to_thread.run_sync(nodes.run, ev.action, ev.spec["node"])
             except NodeChaosError as exc:
                 what = f"{ev.action} {ev.spec['node']} refused: {exc}"
+                if op is not None:
+                    history.complete(op, "fail", error=str(exc))
+            else:
+                if op is not None:
+                    history.complete(op, "ok", {**ev.spec, "result": what})
             echo(f"  t+{ev.at:7.2f}s  {what}")
             applied.append({"at": ev.at, "action": ev.action, "node": ev.spec["node"], "result": what})
             continue
-        if ev.action == "clear":
-            res = await call(lambda c: c.clear_faults())
-            echo(f"  t+{ev.at:7.2f}s  clear ({len(res['cleared'])} faults)")
-        else:
-            res = await call(lambda c: c.apply_fault(ev.spec))
-            echo(f"  t+{ev.at:7.2f}s  {describe(res['fault'])}")
+        try:
+            if ev.action == "clear":
+                res = await call(lambda c: c.clear_faults())
+                echo(f"  t+{ev.at:7.2f}s  clear ({len(res['cleared'])} faults)")
+            else:
+                res = await call(lambda c: c.apply_fault(ev.spec))
+                echo(f"  t+{ev.at:7.2f}s  {describe(res['fault'])}")
+        except ApiError as exc:
+            if op is not None:   # refused: it did not happen; no answer: nobody knows
+                history.complete(op, "fail" if exc.status else "info", error=exc.message)
+            raise
+        if op is not None:
+            history.complete(op, "ok", res)
         applied.append({"at": ev.at, "action": ev.action, **res})
     return applied
 
@@ -299,7 +315,7 @@ class LocalNodeChaos:
         models = Path(spec.get("models", "models"))
         if not models.is_absolute() and not models.is_dir() and (self.directory.parent / models).is_dir():
             models = self.directory.parent / models      # relative to where `up` ran
-        proc = start_agent(FleetSpec(directory=self.directory, models=models), node)
+        proc = start_agent(FleetSpec(directory=self.directory, models=models, auth=spec.get("auth", True)), node)
         what = f"killed pid {pid}, " if pid is not None else "was down, "
         return f"restarted {node} ({what}new pid {proc.pid})"
 

@@ -19,6 +19,7 @@ non-zero on any violation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -32,6 +33,7 @@ import trio
 
 from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError, run_scenario
 from agent.client import ApiError, Client
+from agent.history import NEMESIS, History
 from agent.models import session_options
 
 
@@ -47,6 +49,7 @@ class Job:
     final: dict[str, Any] | None = None
     seen_at: float | None = None
     violations: list[str] = field(default_factory=list)
+    process: int = 0          # its client's process in the history; a new one after an indeterminate answer
 
 
 @dataclass
@@ -144,13 +147,28 @@ class Reference:
 
 async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models: Path, *, tasks: int,
                 entries: list[str], concurrency: int = 8, spread_s: float | None = None, task_timeout_s: float = 60.0,
-                target: str = "spread", echo=print) -> Report:
+                target: str = "spread", echo=print, history: History | None = None) -> Report:
     """``target``: "spread" sends task i to node i mod N (so every node executes, and a
-    killed node is an executing one), or any placement target ("auto", "nearest", …)."""
+    killed node is an executing one), or any placement target ("auto", "nearest", …).
+    ``history``: every submission, read and fault is recorded there (see agent.history)."""
     ref = Reference(models)
     run = uuid.uuid4().hex[:8]
-    jobs = [Job(i, entries[i % len(entries)], f"check-{run}-{i}", i % len(ref.samples)) for i in range(tasks)]
+    jobs = [Job(i, entries[i % len(entries)], f"check-{run}-{i}", i % len(ref.samples), process=i)
+            for i in range(tasks)]
     names = peers.names()
+    hist = history if history is not None else History()
+
+    def invoke(job: Job, f: str, value: dict[str, Any]):
+        return hist.invoke(job.process, f, value)
+
+    def answered(op, value: dict[str, Any]) -> None:
+        hist.complete(op, "ok", {**op.value, **value})
+
+    def unanswered(job: Job, op, exc: ApiError) -> None:
+        """A refusal (the node answered) did not happen; no answer may have: the process crashed."""
+        hist.complete(op, "fail" if exc.status else "info", error=exc.message)
+        if not exc.status:
+            job.process += tasks
 
     def target_of(job: Job) -> str:
         return names[(job.index * 7 + 3) % len(names)] if target == "spread" else target
@@ -165,16 +183,20 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
         deadline = time.monotonic() + task_timeout_s
         last = ""
         while time.monotonic() < deadline:
+            op = invoke(job, "submit", {"key": job.key, "entry": job.entry, "target": target_of(job),
+                                        "sample": job.sample})
             try:
                 async with limiter, Client(peers[job.entry].api, timeout=10) as c:
                     acc = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
                                          timeout_s=task_timeout_s, idempotency_key=job.key)
+                answered(op, {"task_id": acc["task_id"]})
                 if job.task_id is not None and acc["task_id"] != job.task_id:
                     job.violations.append(f"duplicated: key {job.key} gave {job.task_id} and {acc['task_id']}")
                 job.task_id = job.task_id or acc["task_id"]
                 job.accepted_at = job.accepted_at or time.monotonic()
                 return
             except ApiError as exc:
+                unanswered(job, op, exc)
                 last = exc.message
                 if exc.status not in (0, 429, 503):
                     break          # refused for good (a bad request is the checker's bug)
@@ -183,7 +205,7 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
 
     async def scenario() -> None:
         if events:
-            faults.extend(await run_scenario(events, urls, echo=echo, nodes=nodes))
+            faults.extend(await run_scenario(events, urls, echo=echo, nodes=nodes, history=hist))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(scenario)
@@ -194,12 +216,17 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
     restarted = []
     if nodes is not None:            # a node the scenario left down still has its journal: bring it back
         for name in peers.names():
+            op = None
             try:
                 if nodes.status(name) != "running":
-                    await trio.to_thread.run_sync(nodes.run, "restart" if nodes.status(name) == "down" else "resume",
-                                                  name)
+                    action = "restart" if nodes.status(name) == "down" else "resume"
+                    op = hist.invoke(NEMESIS, action, {"node": name})
+                    what = await trio.to_thread.run_sync(nodes.run, action, name)
+                    hist.complete(op, "ok", {"node": name, "result": what})
                     restarted.append(name)
             except NodeChaosError as exc:
+                if op is not None:
+                    hist.complete(op, "fail", error=str(exc))
                 echo(f"  could not bring {name} back: {exc}")
         async with Client(urls[0]) as c:
             try:
@@ -213,13 +240,17 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
         deadline = time.monotonic() + task_timeout_s + 60.0
         rec = None
         while time.monotonic() < deadline:
+            op = invoke(job, "read", {"task_id": job.task_id, "entry": job.entry})
             try:
                 async with limiter, Client(peers[job.entry].api, timeout=30) as c:
                     rec = await c.task(job.task_id, wait=1.0)
+                answered(op, observed(rec))
             except ApiError as exc:
-                if exc.status == 404:
+                if exc.status == 404:   # a definite answer: the entry does not know the task
+                    hist.complete(op, "ok", {**op.value, "status": None}, error=exc.message)
                     job.violations.append(f"lost: {job.entry} no longer knows it ({exc.message})")
                     return
+                unanswered(job, op, exc)
                 await trio.sleep(0.5)
                 continue
             if rec["status"] in ("succeeded", "failed"):
@@ -238,10 +269,16 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
         # The same key again must be the same task, and its state must not change.
         try:
             async with Client(peers[job.entry].api, timeout=30) as c:
+                op = invoke(job, "submit", {"key": job.key, "entry": job.entry, "target": target_of(job),
+                                            "sample": job.sample})
                 again = await c.submit("digits", ref.samples[job.sample]["inputs"], target_of(job),
                                        timeout_s=task_timeout_s, idempotency_key=job.key)
+                answered(op, {"task_id": again["task_id"]})
+                op = invoke(job, "read", {"task_id": job.task_id, "entry": job.entry})
                 later = await c.task(job.task_id)
+                answered(op, observed(later))
         except ApiError as exc:
+            unanswered(job, op, exc)
             job.violations.append(f"lost: {job.entry} stopped answering about it ({exc.message})")
             return
         if again["task_id"] != job.task_id:
@@ -255,6 +292,13 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
             nursery.start_soon(settle, job)
     echo(f"  every task settled after {time.monotonic() - settle_from:.1f} s more")
     return Report(jobs, faults, restarted, time.monotonic() - started)
+
+
+def observed(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a read saw, for the history: the state, and the outputs as a digest (compact, comparable)."""
+    out = rec.get("outputs")
+    digest = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16] if out is not None else None
+    return {"status": rec.get("status"), "error": rec.get("error"), "outputs_sha256": digest}
 
 
 # -- command line -----------------------------------------------------------------
@@ -281,11 +325,24 @@ def cmd_check(args) -> int:
     if args.tasks < 1:
         print("error: --tasks must be at least 1", file=sys.stderr)
         return 2
+    if args.history and not args.history.resolve().parent.is_dir():
+        print(f"error: --history: no directory {args.history.resolve().parent} to write into", file=sys.stderr)
+        return 2
     print(f"check: {args.tasks} tasks into {', '.join(entries)}"
           + (f" while {args.scenario} runs ({len(events)} events over {events[-1].at:.1f} s)" if events else ""))
+    history = History()
     report = trio.run(lambda: check(peers, events, nodes, args.models, tasks=args.tasks, entries=entries,
                                     concurrency=args.concurrency, task_timeout_s=args.task_timeout,
-                                    target=args.target))
+                                    target=args.target, history=history))
+    if args.history:
+        try:
+            written = history.write(args.history)
+        except OSError as exc:
+            print(f"error: cannot write the history: {exc}", file=sys.stderr)
+            return 2
+        counts = ", ".join(f"{n} {t}" for t, n in history.counts().items())
+        print(f"history: {len(history.ops)} operations ({counts}) in {' and '.join(map(str, written))}",
+              file=sys.stderr if args.json else sys.stdout)
     print(json.dumps(report.as_dict(), indent=1) if args.json else report.text())
     return 0 if report.ok else 1
 
@@ -302,4 +359,7 @@ def register(sub) -> None:
                    help="spread (task i runs on node i×7+3 mod N: every node executes; the default), or a placement "
                         "target for every task: auto, nearest, sunlit")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--history", type=Path, metavar="FILE",
+                   help="write every operation (invoke/ok/fail/info, process, time, value) as a Jepsen-style "
+                        "history: FILE.jsonl and FILE.edn")
     p.set_defaults(func=cmd_check)

@@ -72,8 +72,15 @@ def _progress(ready: int, total: int) -> None:
 
 # -- commands --------------------------------------------------------------------
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The API token for this command: $ORBITMESH_TOKEN, $ORBITMESH_TOKEN_FILE or the fleet directory's."""
+    from agent.auth import client_token
+    return client_token(args.dir)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent import daemon
+    from agent.auth import AgentAuth, TokenError, agent_token
     from agent.peers import sat_name
     from mesh.nodes import ground_name
     name = args.node or (ground_name(args.ground) if args.ground else sat_name(args.sat))
@@ -84,12 +91,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
         grpc = daemon.parse_hostport(args.grpc) if args.grpc else None
         if args.workers is not None and not 1 <= args.workers <= 64:
             raise ValueError(f"--workers {args.workers}: use 1 to 64")
-    except ValueError as exc:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if args.no_auth and args.api_token_file:
+            raise ValueError("--no-auth and --api-token-file contradict each other")
+        auth = AgentAuth(None if args.no_auth else agent_token(args.api_token_file),
+                         tuple(h for a in args.allow_host or () for h in a.split(",")), tuple(args.allow_origin or ()),
+                         (str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None)
+    except (ValueError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return daemon.main(name, Path(args.config), Path(peers), Path(args.data_dir), Path(args.models),
                        listen=listen, api=api, realtime=not args.no_realtime, journal=not args.no_journal,
-                       discover=args.discover, grpc=grpc, workers=args.workers)
+                       discover=args.discover, grpc=grpc, workers=args.workers, auth=auth)
 
 
 def _spec(args: argparse.Namespace):
@@ -97,7 +111,7 @@ def _spec(args: argparse.Namespace):
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                      time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
-                     handover=args.handover)
+                     handover=args.handover, auth=not args.no_auth)
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -130,6 +144,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"API of sat-0: {peers['sat-0'].api}   stop with: orbitmesh down --dir {spec.directory}")
+    print(f"control calls need the token in {spec.directory}/token (the CLI and SDK read it; curl: "
+          f"-H \"Authorization: Bearer $(cat {spec.directory}/token)\")" if spec.auth else
+          "WARNING: --no-auth: anyone who can reach these ports controls the fleet")
     return 0
 
 
@@ -147,13 +164,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.fleet import FleetError, load_peers
     try:
         peers = load_peers(args.dir)
-    except FleetError as exc:
+        token = _token(args)
+    except (FleetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     results: dict[str, Any] = {}
 
     async def one(name: str) -> None:
-        async with Client(peers[name].api, timeout=3.0) as c:
+        async with Client(peers[name].api, timeout=3.0, token=token) as c:
             try:
                 results[name] = await c.node()
             except ApiError as exc:
@@ -217,8 +235,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
+    try:
+        token = _token(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> dict[str, Any]:
-        async with Client(url) as c:
+        async with Client(url, token=token) as c:
             accepted = await c.submit(args.model, inputs, args.target)
             return await c.wait(accepted["task_id"], timeout=args.timeout)
 
@@ -276,8 +300,10 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
           f"({', '.join(entries)}), each to the farthest satellite:\n")
     results: list[tuple[dict, int]] = [None] * len(jobs)  # type: ignore[list-item]
 
+    token = _token(args)
+
     async def one(i: int, entry: str, target: str, sample: dict) -> None:
-        async with Client(peers[entry].api) as c:
+        async with Client(peers[entry].api, token=token) as c:
             try:
                 acc = await c.submit("digits", sample["inputs"], target)
                 results[i] = (await c.wait(acc["task_id"], timeout=60), sample["label"])
@@ -301,7 +327,8 @@ async def _demo_batch(args: argparse.Namespace, spec: Any, peers: Any, procs: di
           + (f"; median end-to-end {statistics.median(totals):.1f} ms, median overhead beyond "
              f"physics+compute {statistics.median(overheads):.2f} ms" if totals else ""))
     print(f"\nfleet is up — try:  orbitmesh status   |   orbitmesh submit --node sat-3 --target sat-17   "
-          f"|   curl {peers['sat-0'].api}/v1/node")
+          f"|   curl {peers['sat-0'].api}/v1/node   (control calls: -H \"Authorization: Bearer $(cat "
+          f"{spec.directory}/token)\")")
     if args.duration is not None:
         print(f"keeping it up for {args.duration:.0f} s (Ctrl-C stops it sooner)")
         await trio.sleep(args.duration)
@@ -329,6 +356,9 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handover", choices=HANDOVER_POLICIES, default=None,
                    help="which satellites a ground station links to: all, or one by highest_elevation, "
                         "longest_visibility or sticky (default: the preset's, all); see docs/physics.md")
+    p.add_argument("--no-auth", action="store_true",
+                   help="an open lab: agents take control calls without a token (default: a token in DIR/token, "
+                        "$ORBITMESH_TOKEN if set); see docs/security.md")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -360,6 +390,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--discover", metavar="NAME",
                    help="peers whose names do not resolve are found behind this DNS name, which lists every "
                         "node's address (a swarm's tasks.<service>; agent/directory.py)")
+    p.add_argument("--api-token-file", type=Path,
+                   help="file with the fleet's API token, required on control calls (default: $ORBITMESH_TOKEN, "
+                        "else the file $ORBITMESH_TOKEN_FILE; the agent refuses to start without one)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve control calls without a token: an open lab, said loudly in the log")
+    p.add_argument("--allow-host", action="append", metavar="NAME[,NAME]",
+                   help="another Host name clients use for this node (*.example.com for subdomains; * for any); "
+                        "loopback, IP addresses and the fleet's own names are always allowed; also "
+                        "$ORBITMESH_ALLOWED_HOSTS")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="a browser origin (https://console.example) allowed to make control calls")
+    p.add_argument("--tls-cert", type=Path,
+                   help="serve the HTTP API over TLS with this PEM certificate (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("up", help="start a local fleet in the background")
@@ -404,4 +448,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from agent.auth import use_fleet_dir
+    use_fleet_dir(args.dir)           # every client of this command finds the fleet's token there
     return args.func(args)

@@ -5,6 +5,10 @@ trio (the CLI) and from asyncio/uvloop applications.  ``infer`` speaks the
 Open Inference Protocol (KServe v2) with binary tensors and returns numpy
 arrays; ``submit`` is orbitmesh's asynchronous task API (JSON or, given
 arrays, binary tensors).
+
+Control calls carry the fleet's API token (``Authorization: Bearer``): given
+as ``token``, else found in ``$ORBITMESH_TOKEN``, ``$ORBITMESH_TOKEN_FILE`` or
+``.fleet/token`` (:func:`agent.auth.client_token`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import anyio
 import httpx
 import numpy as np
 
+from agent.auth import bearer, client_token
 from agent.oip_codec import (HEADER_LENGTH, OipError, decode_infer_response, encode_infer_request, encode_task_body)
 from agent.tensors import typed_arrays
 
@@ -36,9 +41,11 @@ class InferResult:
 
 
 class Client:
-    def __init__(self, base_url: str, *, timeout: float = 10.0):
+    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None):
+        """``token`` None: look for one (see the module's docstring); "" sends none."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       headers=bearer(client_token() if token is None else token))
 
     async def __aenter__(self) -> "Client":
         return self

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import trio
 
 from agent.api import serve_api
+from agent.auth import AgentAuth, warn_open
 from agent.kserve_grpc import serve_grpc
 from agent.oip import InferenceService
 from agent.journal import Journal, JournalError
@@ -37,8 +38,15 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
-                    grpc: tuple[str, int] | None = None, workers: int | None = None) -> None:
+                    grpc: tuple[str, int] | None = None, workers: int | None = None, *,
+                    auth: AgentAuth) -> None:
+    """``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS."""
     install_slow_step_logger()
+    if auth.token is None:
+        warn_open(name)
+    # Host names other members and tools use for this node: compose services, pod DNS names, tasks.<service>.
+    access = auth.policy([*peers.names(), *(urlparse(peers[n].api).hostname or "" for n in peers.names()),
+                          *([discover] if discover else [])])
     entry = peers[name]
     keypair = load_or_create_identity(Path(data_dir) / "identity.key")
     lhost, lport = listen or _listen_of(entry.multiaddr)
@@ -71,10 +79,12 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                 raise_event_loop_priority()
             if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
                 await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
-                                            max_message_bytes=config.limits.max_body_bytes))
-            await nursery.start(serve_api, node, api[0], api[1])
-            log.info("%s up: peer %s, links on %s:%d, API on http://%s:%d, gRPC on %s", name, host.peer_id,
-                     lhost, lport, *api, "%s:%d" % grpc if grpc else "none")
+                                            max_message_bytes=config.limits.max_body_bytes, token=auth.token))
+            await nursery.start(serve_api, node, api[0], api[1], access, auth.tls)
+            log.info("%s up: peer %s, links on %s:%d, API on %s://%s:%d (%s), gRPC on %s", name, host.peer_id,
+                     lhost, lport, "https" if auth.tls else "http", *api,
+                     "control needs the fleet's token" if auth.token else "OPEN: no token needed",
+                     "%s:%d" % grpc if grpc else "none")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
@@ -107,7 +117,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models: Path,
          listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None, realtime: bool = True,
          journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
-         workers: int | None = None) -> int:
+         workers: int | None = None, *, auth: AgentAuth) -> int:
     try:
         config = parse_config(Path(config_path).read_text())
         peers = Peers.load(peers_path)
@@ -119,7 +129,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc, workers))
+                         grpc, workers, auth=auth))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

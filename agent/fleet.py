@@ -1,8 +1,8 @@
 """Local fleet launcher: every satellite an agent process on this machine.
 
 ``prepare`` writes the fleet directory (config with a shared start time,
-one data dir and identity per node, the peers file); ``start`` spawns the
-agents; ``stop`` signals them.  Identities are created before the agents
+one data dir and identity per node, the peers file, the API token in
+``token``, mode 0600); ``start`` spawns the agents; ``stop`` signals them.  Identities are created before the agents
 start, so the peers file can name every node's peer id up front.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from agent.auth import TOKEN_FILE, TokenError, ensure_token
 from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
 from agent.peers import PeerEntry, Peers
@@ -52,6 +53,7 @@ class FleetSpec:
     energy: EnergyConfig | None = None  # battery model; None = the preset's
     journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
     workers: int | None = None         # inference worker threads per agent; None = one per core
+    auth: bool = True                  # False: an open lab (agents run with --no-auth)
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -119,6 +121,11 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
         entries.append(PeerEntry(name, i, pid, f"/ip4/{spec.host}/tcp/{p2p}/p2p/{pid}", f"http://{spec.host}:{api}",
                                  f"{spec.host}:{grpc}"))
     peers = Peers(entries)
+    if spec.auth:
+        try:
+            ensure_token(d / TOKEN_FILE)       # kept across up/down, like the identities; $ORBITMESH_TOKEN wins
+        except TokenError as exc:
+            raise FleetError(str(exc)) from None
     (d / "config.toml").write_text(config_to_toml(cfg))
     (d / "peers.json").write_text(peers.to_json())
     return cfg, peers
@@ -129,6 +136,7 @@ def agent_command(spec: FleetSpec, name: str) -> list[str]:
     who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
     return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
             "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
+            *(["--api-token-file", str(d / TOKEN_FILE)] if spec.auth else ["--no-auth"]),
             *([] if spec.journal else ["--no-journal"]),
             *([] if spec.workers is None else ["--workers", str(spec.workers)])]
 
@@ -167,7 +175,7 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
         {"pids": {}, "started": time.time(), "spec": {
             "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
             "api_base_port": spec.api_base_port, "grpc_base_port": spec.grpc_base_port,
-            "models": str(spec.models)}}, indent=1))
+            "models": str(spec.models), "auth": spec.auth}}, indent=1))
     procs = {name: start_agent(spec, name) for name in peers.names()}
     return cfg, peers, procs
 
@@ -182,7 +190,7 @@ async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
     """
     deadline = time.monotonic() + timeout
     ready: set[str] = set()
-    clients = {n: Client(peers[n].api, timeout=2.0) for n in peers.names()}
+    clients = {n: Client(peers[n].api, timeout=2.0, token="") for n in peers.names()}   # reads need no token
     try:
         while True:
             for name, client in clients.items():

@@ -8,6 +8,9 @@ behind ``tasks.<service>``, round-robin, and tries the next replica when one
 refuses the connection (a replica being replaced), which IPVS does not.  Any
 replica accepts tasks for the whole fleet and answers for any task, so any
 replica will do.  Bounded: body size, one request's time, connections.
+The agents check the API token (``Authorization`` passes through); the gateway
+checks Host and Origin itself, since it replaces Host with the replica's
+address (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.auth import AccessControl, AccessPolicy, HostPolicy, env_hosts
 from agent.directory import SwarmDirectory
 from agent.http_body import BodyError, read_body
 
@@ -81,7 +86,11 @@ class Replicas:
         return first + [a for a in rest if a not in first]
 
 
-def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BYTES) -> Starlette:
+def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BYTES,
+              access: AccessPolicy | None = None) -> Starlette:
+    """``access``: Host and Origin checks (the token is the agents' to check); default: loopback, IPs and
+    ``service_name``."""
+    access = access or AccessPolicy(None, HostPolicy.of([service_name]))
     replicas = Replicas(service_name, upstream_port)
     client = httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=2.0),
                                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
@@ -114,17 +123,19 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
                                       + (f" (tried {'; '.join(tried)})" if tried else "")}, 503)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)],
+                     middleware=[Middleware(AccessControl, policy=access)])
 
 
-async def run(service_name: str, port: int, upstream_port: int) -> None:
+async def run(service_name: str, port: int, upstream_port: int, allow_hosts: tuple[str, ...] = ()) -> None:
     cfg = HypercornConfig()
     cfg.bind = [f"0.0.0.0:{port}"]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.graceful_timeout = 1.0
     log.info("gateway on :%d → replicas behind %s:%d", port, service_name, upstream_port)
-    await serve(build_app(service_name, upstream_port), cfg, shutdown_trigger=trio.sleep_forever)
+    access = AccessPolicy(None, HostPolicy.of([service_name], allow_hosts, env_hosts()))
+    await serve(build_app(service_name, upstream_port, access=access), cfg, shutdown_trigger=trio.sleep_forever)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service", default="tasks.sat", help="DNS name listing every replica (default: tasks.sat)")
     ap.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
     ap.add_argument("--upstream-port", type=int, default=8080, help="the replicas' API port (default: 8080)")
+    ap.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="a Host name clients use for this machine (besides loopback and IP addresses; "
+                         "also $ORBITMESH_ALLOWED_HOSTS); docs/security.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)       # not a line per forwarded request
     try:
-        trio.run(run, args.service, args.port, args.upstream_port)
+        trio.run(run, args.service, args.port, args.upstream_port, tuple(args.allow_host))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 import trio
 
+from agent.auth import token_matches
 from agent.oip import MAX_TIMEOUT_S, WAIT_MARGIN_S, InferenceService
 from agent.oip_codec import (V2_TO_NP, InferRequest, OipError, array_from_bytes, array_from_json, select_outputs,
                              v2_datatype)
@@ -63,6 +64,11 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents"}
+
+# Reads any client may make; every other RPC (inference, repository calls) needs the
+# fleet's token in the ``authorization`` metadata, as the HTTP API's POSTs do.
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
+                          "ModelConfig"})
 
 _TensorMeta = message("ModelMetadataResponse.TensorMetadata")
 
@@ -308,14 +314,37 @@ def _handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED for a non-read RPC without ``authorization: Bearer <token>`` (compared in constant time)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            given = dict(context.invocation_metadata() or ()).get("authorization")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"{'wrong' if given else 'missing'} bearer token: send metadata 'authorization: "
+                                f"Bearer <token>' with the fleet's API token (docs/security.md)")
+        self._deny = {False: grpc.unary_unary_rpc_method_handler(deny),
+                      True: grpc.stream_stream_rpc_method_handler(deny)}
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method.rsplit("/", 1)[-1]
+        if method in OPEN_METHODS or token_matches(self.token, dict(details.invocation_metadata or ()).get(
+                "authorization")):
+            return await continuation(details)
+        return self._deny[method in STREAMING]
+
+
 def _run_server(servicer: InferenceServicer, address: str, max_message: int, max_concurrent: int,
-                started: threading.Event, box: dict[str, Any]) -> None:
+                started: threading.Event, box: dict[str, Any], token: str | None = None) -> None:
     """The gRPC thread: its own asyncio loop, until ``box['stop']`` is called."""
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                           ("grpc.max_send_message_length", max_message),
                                           ("grpc.so_reuseport", 0), *CONNECTION_OPTIONS],
-                                 maximum_concurrent_rpcs=max_concurrent)
+                                 maximum_concurrent_rpcs=max_concurrent,
+                                 interceptors=[TokenInterceptor(token)] if token is not None else [])
         server.add_generic_rpc_handlers((_handler(servicer),))
         try:
             box["port"] = server.add_insecure_port(address)
@@ -335,14 +364,16 @@ def _run_server(servicer: InferenceServicer, address: str, max_message: int, max
 
 
 async def serve_grpc(service: InferenceService, host: str, port: int, *, max_message_bytes: int,
-                     max_concurrent: int = DEFAULT_MAX_CONCURRENT, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``inference.GRPCInferenceService`` on ``host:port`` until cancelled."""
+                     max_concurrent: int = DEFAULT_MAX_CONCURRENT, token: str | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``inference.GRPCInferenceService`` on ``host:port`` until cancelled; with ``token``,
+    every RPC but the reads (OPEN_METHODS) needs it (None: an open lab)."""
     async with trio.open_nursery() as nursery:
         bridge = _Bridge(trio.lowlevel.current_trio_token(), nursery, max_concurrent)
         started, box = threading.Event(), {}
         thread = threading.Thread(target=_run_server, name="grpc", daemon=True,
                                   args=(InferenceServicer(service, bridge), f"{host}:{port}", max_message_bytes,
-                                        max_concurrent, started, box))
+                                        max_concurrent, started, box, token))
         thread.start()
         await trio.to_thread.run_sync(started.wait)
         if "error" in box:

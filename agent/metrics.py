@@ -1,9 +1,12 @@
-"""Prometheus exposition of a node's links and tasks.
+"""Prometheus exposition of a node: links, tasks, inference, relay, membership, energy.
 
 prometheus_client's exposition format and metric families are used rather
-than hand-written text (a well-kept library, already installed with libp2p);
-the values are read from the node at scrape time by a custom collector, so
-nothing is double-counted or kept twice.
+than hand-written text (a well-kept library, already installed with libp2p).
+Counts the node keeps anyway (link stats, relay and membership counters, the
+battery) are read at scrape time by a custom collector, so nothing is kept
+twice; distributions that exist nowhere else (task latency by phase,
+inference time) are prometheus_client histograms the node feeds as tasks end
+(:class:`TaskMetrics`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,47 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from agent.transport import ERROR_BUCKETS_S
+
+
+# Seconds: a digits task on one satellite is ~2 ms, one crossing the
+# constellation ~100 ms, a cloud-mask scene or a held frame seconds to minutes.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                     float("inf"))
+INFERENCE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                       2.5, 5.0, float("inf"))
+PHASES = ("total", "physics", "compute", "overhead")
+
+
+class TaskMetrics:
+    """Histograms fed as tasks end: latency by phase at the entry, inference time at the executor."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.latency = Histogram("orbitmesh_task_latency_seconds",
+                                 "Accepted to final at the entry node, split by phase (total = physics + compute "
+                                 "+ overhead)", ["node", "phase", "status"], buckets=LATENCY_BUCKETS_S, registry=None)
+        self.inference = Histogram("orbitmesh_inference_seconds", "onnxruntime time per task at this executor "
+                                   "(a batch's time shared by its tasks)", ["node", "model"],
+                                   buckets=INFERENCE_BUCKETS_S, registry=None)
+
+    def task_finished(self, status: str, breakdown: dict[str, float] | None) -> None:
+        if not breakdown:
+            return
+        for phase in PHASES:
+            self.latency.labels(self.node, phase, status).observe(max(0.0, breakdown[f"{phase}_ms"] / 1e3))
+
+    def inference_done(self, model: str, seconds: float) -> None:
+        self.inference.labels(self.node, model).observe(max(0.0, seconds))
+
+    def collect(self) -> Iterator[object]:
+        yield from self.latency.collect()
+        yield from self.inference.collect()
 
 
 class NodeCollector:
@@ -61,6 +100,7 @@ class NodeCollector:
         faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
+        yield from self._relay_membership_energy(me)
         if self.node.is_ground and self.node.topology.handover != "all":
             ho = CounterMetricFamily("orbitmesh_ground_handovers", "Satellite-to-satellite handovers of this "
                                      "ground station since it started", labels=["node", "policy"])
@@ -68,7 +108,46 @@ class NodeCollector:
             yield ho
 
 
+    def _relay_membership_energy(self, me: str) -> Iterator[object]:
+        node = self.node
+        relay = CounterMetricFamily("orbitmesh_relay_events", "Task frames this node relayed, by what happened "
+                                    "(sent, acked, retransmissions, held, released, expired, dropped, ...)",
+                                    labels=["node", "event"])
+        for event, n in sorted(node.relay.counts.items()):
+            relay.add_metric([me, event], n)
+        members = node.membership
+        changes = CounterMetricFamily("orbitmesh_membership_events", "Membership changes this node saw (NodeAlive, "
+                                      "NodeSuspect, NodeDead, LinkDown, LinkUp, SelfRefuted, state_changes)",
+                                      labels=["node", "event"])
+        for event, n in sorted(members.counts.items()):
+            changes.add_metric([me, event], n)
+        view = GaugeMetricFamily("orbitmesh_members", "Members in this node's view, by status",
+                                 labels=["node", "status"])
+        by_status: dict[str, int] = {}
+        for i in members.names:
+            status = members.m.status(i)
+            by_status[status] = by_status.get(status, 0) + 1
+        for status, n in sorted(by_status.items()):
+            view.add_metric([me, status], n)
+        yield from (relay, changes, view)
+        busy = CounterMetricFamily("orbitmesh_compute_busy_seconds", "onnxruntime seconds run on this node",
+                                   labels=["node"])
+        busy.add_metric([me], node.busy_s)
+        yield busy
+        battery = node.battery
+        if battery is None:             # a ground station is on the grid
+            return
+        charge = GaugeMetricFamily("orbitmesh_battery_fraction", "State of charge, 0–1", labels=["node"])
+        charge.add_metric([me], battery.fraction)
+        sunlit = GaugeMetricFamily("orbitmesh_sunlit", "1 in sunlight, 0 in eclipse", labels=["node"])
+        sunlit.add_metric([me], 1.0 if battery.sunlit else 0.0)
+        used = CounterMetricFamily("orbitmesh_energy_compute_wh", "Energy spent on compute", labels=["node"])
+        used.add_metric([me], battery.used_wh)
+        yield from (charge, sunlit, used)
+
+
 def render(node) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
+    registry.register(node.metrics)
     return generate_latest(registry)

@@ -23,6 +23,7 @@ import trio
 from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.journal import Journal, JournalError
 from agent.membership import MembershipService
+from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
 from agent.models import ModelError, ModelStore, bad_name
 from agent.p2p import P2PHost
@@ -144,6 +145,7 @@ class Node:
         self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
         self._in_flight: collections.Counter[str] = collections.Counter()   # tasks placed per executor, unfinished
         self._busy_s = 0.0                             # compute seconds run here (drives the battery)
+        self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self.started = time.time()
@@ -515,6 +517,11 @@ class Node:
         self._wake.set()
         return rec, True
 
+    @property
+    def busy_s(self) -> float:
+        """onnxruntime seconds run here since start."""
+        return self._busy_s
+
     def find_task(self, task_id: str) -> TaskRecord | None:
         """A task this node accepted: in memory, or (finished, within retention) in the journal."""
         rec = self.tasks.get(task_id)
@@ -571,6 +578,7 @@ class Node:
         """The task's one final state: in memory, then in the journal."""
         if not rec.finish(ok=ok, when=when, outputs=outputs, error=error, trace=trace, compute_s=compute_s):
             return False
+        self.metrics.task_finished(rec.status, rec.breakdown())
         if self.journal is not None and rec.journaled:
             try:
                 self.journal.finish(rec.task_id, ok, when, result, error)
@@ -873,6 +881,7 @@ class Node:
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
+            self.metrics.inference_done(req.model, compute / max(1, result.batch_size))
             outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
         except ExecutorBusy as exc:
             error = f"{self.me.name}: executor busy ({exc}); retry later"

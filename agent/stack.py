@@ -23,7 +23,9 @@ Why it is shaped this way (docs/deploy.md has the user's side):
   secret is a swarm secret: by default a template the engine fills with the
   service's id, unique to the deployment and unknown before it, so nothing
   secret is committed; ``--external-secret NAME`` uses one you created
-  (``docker secret create``), which survives ``docker stack rm``.
+  (``docker secret create``), which survives ``docker stack rm``.  The API
+  token (docs/security.md) is a secret you create, ``orbitmesh-api-token`` by
+  default (``--token-secret``): a template would make it guessable.
 * **Journals per slot**: the volume ``orbitmesh-<service id>-<slot>`` on
   whichever machine runs the task: a new deployment (new identities) never
   meets an old deployment's journal.
@@ -48,6 +50,8 @@ from agent.fleet_identity import API_PORT, ComposeError
 SERVICE = "sat"
 HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task (for people: not resolvable)
 SECRET_TARGET = "/run/secrets/fleet"
+TOKEN_SECRET = "orbitmesh-api-token"             # docker secret create orbitmesh-api-token - (docs/security.md)
+TOKEN_TARGET = "/run/secrets/api-token"
 CONFIG_TARGET = "/etc/orbitmesh/fleet.toml"
 # The API answers (bash's /dev/tcp: no interpreter per check).
 LIVE_CHECK = ["CMD", "bash", "-c",
@@ -70,6 +74,7 @@ class StackSpec:
     publish: str = "gateway"                 # gateway: one per machine (any kernel); mesh: swarm's routing mesh (IPVS)
     external_secret: str | None = None       # a `docker secret create`d secret, else the engine's template
     max_per_machine: int | None = None       # placement: at most this many replicas on one machine
+    token_secret: str = TOKEN_SECRET         # the swarm secret holding the API token
     realtime: bool = True
 
 
@@ -95,7 +100,8 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     cfg = _fleet(spec)
     replicas = cfg.size + len(station_names(cfg))
     cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--secret", SECRET_TARGET,
-           "--config", CONFIG_TARGET, "--address", "{name}", "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR]
+           "--config", CONFIG_TARGET, "--address", "{name}", "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR,
+           "--api-token-file", TOKEN_TARGET]
     if not spec.realtime:
         cmd.append("--no-realtime")
     deploy: dict[str, Any] = {
@@ -114,7 +120,8 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
         "command": cmd,
         "environment": {"ORBITMESH_SLOT": "{{.Task.Slot}}"},
         "networks": [NETWORK],
-        "secrets": [{"source": "fleet", "target": "fleet", "mode": 0o400}],
+        "secrets": [{"source": "fleet", "target": "fleet", "mode": 0o400},
+                    {"source": "api-token", "target": "api-token", "mode": 0o400}],
         "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}],
         "volumes": [{"type": "volume", "source": "journal", "target": DATA_DIR}],
         "cap_drop": ["ALL"],
@@ -137,6 +144,8 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
             "image": spec.image,
             "command": ["python", "-m", "agent.gateway", "--service", f"tasks.{SERVICE}",
                         "--port", str(API_PORT), "--upstream-port", str(API_PORT)],
+            # names clients use for the machines (DNS-rebinding check): set at `docker stack deploy`
+            "environment": {"ORBITMESH_ALLOWED_HOSTS": "${ORBITMESH_ALLOWED_HOSTS:-}"},
             "networks": [NETWORK],
             "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "host"}],
             "cap_drop": ["ALL"],
@@ -150,7 +159,7 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
         "version": "3.8",
         "services": services,
         "networks": {NETWORK: {"driver": "overlay", "attachable": True}},
-        "secrets": {"fleet": secret},
+        "secrets": {"fleet": secret, "api-token": {"external": True, "name": spec.token_secret}},
         "configs": {"fleet-config": {"file": config_file}},
         # the engine fills the template per task: one volume per slot and deployment
         "volumes": {"journal": {"name": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}"}},
@@ -169,6 +178,7 @@ def stack_header(spec: StackSpec, cfg) -> str:
     how += [f"--publish {spec.publish}"] if spec.publish != d.publish else []
     how += [f"--external-secret {spec.external_secret}"] if spec.external_secret else []
     how += [f"--max-per-machine {spec.max_per_machine}"] if spec.max_per_machine else []
+    how += [f"--token-secret {spec.token_secret}"] if spec.token_secret != d.token_secret else []
     how += ["--no-realtime"] if not spec.realtime else []
     gs = station_names(cfg)
     nodes = f"{cfg.size} satellites (slots 1–{cfg.size})" + (
@@ -176,7 +186,10 @@ def stack_header(spec: StackSpec, cfg) -> str:
         if gs else "")
     return (f"# Generated by `{' '.join(how)}`; regenerate rather than edit.\n"
             "# Build or load the image on every machine (`make image`), then, on a manager:\n"
-            "#   docker swarm init && docker stack deploy -c <this file> orbitmesh\n"
+            "#   docker swarm init\n"
+            f"#   python -c 'import secrets; print(secrets.token_urlsafe(32))' | docker secret create {spec.token_secret} -\n"
+            "#   docker stack deploy -c <this file> orbitmesh\n"
+            f"# Control calls need that token (Authorization: Bearer; docs/security.md).\n"
             f"# One replicated service, {nodes}; replica slot k runs node k - 1.\n"
             f"# The API answers on port {spec.api_port} of every machine ("
             + ("a gateway per machine" if spec.publish == "gateway" else "routing mesh") + ").  See docs/deploy.md.\n")
@@ -204,14 +217,16 @@ def cmd_stack(args: argparse.Namespace) -> int:
     spec = StackSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
                      ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND,
                      api_port=args.api_port, publish=args.publish, external_secret=args.external_secret,
-                     max_per_machine=args.max_per_machine, realtime=not args.no_realtime)
+                     max_per_machine=args.max_per_machine, realtime=not args.no_realtime,
+                     token_secret=args.token_secret)
     try:
         written = write_stack(spec, Path(args.out))
     except (ComposeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(str(p) for p in written)}; on a swarm manager: "
-          f"docker stack deploy -c {written[0]} orbitmesh", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in written)}; on a swarm manager: create the API token "
+          f"(docker secret create {spec.token_secret} -), then docker stack deploy -c {written[0]} orbitmesh",
+          file=sys.stderr)
     return 0
 
 
@@ -235,6 +250,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="use this existing swarm secret (`docker secret create NAME`) instead of one the engine "
                         "derives per deployment")
     p.add_argument("--max-per-machine", type=int, metavar="K", help="place at most K satellites on one machine")
+    p.add_argument("--token-secret", default=TOKEN_SECRET, metavar="NAME",
+                   help=f"the swarm secret with the API token, created before deploying (default: {TOKEN_SECRET})")
     p.add_argument("--no-realtime", action="store_true", help="do not grant CAP_SYS_NICE (no SCHED_RR)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--ground", action="append", default=None, metavar="NAME",

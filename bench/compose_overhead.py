@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,8 @@ PAIRS = [("sat-0", "sat-13"), ("sat-5", "sat-20"), ("sat-11", "sat-2"), ("sat-17
 def run_tasks(base: int, n: int, sample: dict) -> list[float]:
     """``n`` tasks over PAIRS, one at a time; their overhead in ms."""
     out = []
-    with httpx.Client(timeout=60) as http:
+    # the token both fleets take from $ORBITMESH_TOKEN (set in main)
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {os.environ['ORBITMESH_TOKEN']}"}) as http:
         for k in range(n):
             entry, target = PAIRS[k % len(PAIRS)]
             url = f"http://127.0.0.1:{base + int(entry.split('-')[1])}"
@@ -100,6 +102,8 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    # One token for both fleets: `up` and compose's init service take $ORBITMESH_TOKEN (docs/security.md).
+    os.environ.setdefault("ORBITMESH_TOKEN", secrets.token_urlsafe(32))
     sample = json.loads((ROOT / "models" / "digits.json").read_text())["samples"][0]
     local: list[float] = []
     comp: list[float] = []

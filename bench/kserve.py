@@ -35,7 +35,7 @@ import tritonclient.grpc as tg  # noqa: E402
 import tritonclient.http as th  # noqa: E402
 
 from agent.models import session_options  # noqa: E402
-from tests.conftest import local_fleet  # noqa: E402
+from tests.conftest import local_fleet, with_token  # noqa: E402
 
 CLIENTS = 4
 
@@ -96,7 +96,7 @@ def raw_call(sess: ort.InferenceSession, feed: dict):
 
 def http_call(url: str, x: np.ndarray, target: str, binary: bool):
     def make():
-        client = th.InferenceServerClient(url, network_timeout=60.0)
+        client = with_token(th.InferenceServerClient(url, network_timeout=60.0))
         inp = th.InferInput("image", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
         out = [th.InferRequestedOutput("mask", binary_data=binary)]
@@ -106,7 +106,7 @@ def http_call(url: str, x: np.ndarray, target: str, binary: bool):
 
 def grpc_call(url: str, x: np.ndarray, target: str):
     def make():
-        client = tg.InferenceServerClient(url)
+        client = with_token(tg.InferenceServerClient(url))
         inp = tg.InferInput("image", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         return lambda: client.infer("cloudmask", [inp], parameters={"target": target}).as_numpy("mask")
@@ -126,11 +126,11 @@ def digits_overhead(peers, models: Path, n: int) -> dict[str, tuple[float, float
     raw_ms = statistics.median(raw)
     e = peers["sat-0"]
     out = {}
-    h = th.InferenceServerClient(e.api.split("//", 1)[1])
+    h = with_token(th.InferenceServerClient(e.api.split("//", 1)[1]))
     hin = th.InferInput("input", list(x.shape), "FP32")
     hin.set_data_from_numpy(x, binary_data=True)
     hout = [th.InferRequestedOutput(k, binary_data=True) for k in ("label", "probabilities")]
-    g = tg.InferenceServerClient(e.grpc)
+    g = with_token(tg.InferenceServerClient(e.grpc))
     gin = tg.InferInput("input", list(x.shape), "FP32")
     gin.set_data_from_numpy(x)
 

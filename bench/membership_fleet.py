@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.client import Client  # noqa: E402
 from mesh.orbit import Constellation, iso_to_jd  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
-from tests.conftest import local_fleet, member, membership_views  # noqa: E402
+from tests.conftest import AUTH, local_fleet, member, membership_views  # noqa: E402
 from tests.test_model_store import doubler  # noqa: E402
 
 SERF_30_NODES_S = 1.8
@@ -62,7 +62,7 @@ async def state_convergence(peers, node, samples, repeats=5):
     for _ in range(repeats):
         before = member((await membership_views(peers, [node]))[node], node)["state_version"]
         # A user uploads a model to the node: its gossiped "models" changes.
-        async with httpx.AsyncClient(base_url=peers[node].api, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=peers[node].api, timeout=30, headers=AUTH) as http:
             r = await http.put(f"/v1/models/bench-{uuid.uuid4().hex[:8]}", content=doubler(1.0 + len(out)))
             assert r.status_code == 201, r.text
         with trio.fail_after(30):

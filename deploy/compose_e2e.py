@@ -27,7 +27,17 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.auth import bearer, client_token  # noqa: E402
 from agent.engine_chaos import EngineChaos  # noqa: E402
+
+
+def api_token() -> str:
+    """The fleet's API token: test-compose.sh exports $ORBITMESH_TOKEN before `up` (init takes it)."""
+    token = client_token()
+    if not token:
+        raise SystemExit("error: set ORBITMESH_TOKEN to the fleet's API token "
+                         "(docker compose exec sat-0 cat /fleet/api-token)")
+    return token
 
 T0 = time.monotonic()
 
@@ -58,7 +68,7 @@ class Fleet:
         self.urls = {f"sat-{i}": f"http://{api_host}:{api_base + i}" for i in range(size)}
         # ground station k is node size + k, published on api_base + size + k
         self.urls.update({f"gs-{g}": f"http://{api_host}:{api_base + size + k}" for k, g in enumerate(ground)})
-        self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+        self.http = httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0), headers=bearer(api_token()))
 
     def post(self, node: str, path: str, body: dict[str, Any], timeout: float = 5.0) -> httpx.Response:
         return self.http.post(self.urls[node] + path, json=body, timeout=timeout)
@@ -198,7 +208,8 @@ def grpc_checks(checks: Checks, samples: list[dict[str, Any]], grpc_base: int, t
         x = np.asarray(samples[5]["inputs"]["input"], dtype=np.float32)
         inp = tg.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        r = client.infer("digits", [inp], parameters={"target": target}, client_timeout=30)
+        r = client.infer("digits", [inp], parameters={"target": target}, client_timeout=30,
+                         headers={"authorization": f"Bearer {api_token()}"})
         label = int(r.as_numpy("label")[0])
         route = r.get_response().parameters["route"].string_param
     except Exception as exc:   # tritonclient raises its own InferenceServerException and grpc errors

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from agent.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
-from compose_e2e import Checks, label_of, path_of, reference_labels  # noqa: E402
+from compose_e2e import Checks, api_token, label_of, path_of, reference_labels  # noqa: E402
+from agent.auth import bearer  # noqa: E402
 
 # GET inside a replica with bash alone (no interpreter start per call).
 _GET = ("exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 "
@@ -58,7 +59,7 @@ class Mesh:
 
     def __init__(self, url: str):
         self.url = url
-        self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=3.0))
+        self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=3.0), headers=bearer(api_token()))
 
     def run_task(self, target: str, sample: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         """Submit (idempotently: a replica that vanishes mid-request is asked again) and wait."""
@@ -175,7 +176,8 @@ def main() -> int:
     code, out = old.exec_run(["python", "-c", (
         "import json,sys,urllib.request;"
         "r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8080/v1/tasks',"
-        "data=sys.argv[1].encode(),headers={'content-type':'application/json'}));print(r.read().decode())"),
+        "data=sys.argv[1].encode(),headers={'content-type':'application/json','authorization':'Bearer '+"
+        "open('/run/secrets/api-token').read().strip()}));print(r.read().decode())"),
         json.dumps({"model": "digits", "inputs": samples[4]["inputs"], "target": sats[(sats.index(victim) + 12) % len(sats)],
                     "timeout_s": 120})])
     journaled = json.loads(out.decode()).get("task_id") if code == 0 else None

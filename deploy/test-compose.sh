@@ -59,7 +59,7 @@ teardown() {
     step "KEEP_UP=1: leaving project $PROJECT running (docker-compose -p $PROJECT down -v to stop)"
   elif "$DOCKER" info >/dev/null 2>&1; then
     step "tearing down project $PROJECT"
-    timeout 120 "${COMPOSE[@]}" down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
+    timeout 120 "${COMPOSE[@]}" --profile monitoring down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
       || { echo "compose down failed:" >&2; tail -5 "$WORK/down.log" >&2; }
   fi
   [ "${KEEP_UP:-0}" = 1 ] || engine_stop
@@ -89,7 +89,7 @@ if "$DOCKER" compose version >/dev/null 2>&1; then
   step "docker compose (v2) config accepts it too"
 fi
 step "Kubernetes manifests against the Kubernetes 1.30 schemas (strict)"
-"$ROOT/.venv/bin/kubernetes-validate" --strict --quiet -k 1.30.0 deploy/k8s/service.yaml deploy/k8s/statefulset.yaml \
+"$ROOT/.venv/bin/kubernetes-validate" --strict --quiet -k 1.30.0 deploy/k8s/service.yaml deploy/k8s/statefulset.yaml deploy/k8s/networkpolicy.yaml \
   || die "deploy/k8s manifests are not valid Kubernetes resources"
 
 # -- 4. image ------------------------------------------------------------------------
@@ -100,6 +100,8 @@ BUILD_S=$(( $(date +%s) - tb ))
 IMAGE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' orbitmesh:latest) / 1000000 ))
 
 # -- 5. up ---------------------------------------------------------------------------
+# the fleet's API token: compose hands it to the init service, compose_e2e.py sends it (docs/security.md)
+export ORBITMESH_TOKEN=${ORBITMESH_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')}
 start_hog
 step "docker-compose up -d: init + $SIZE satellites + ground stations $GROUND (project $PROJECT)"
 tu=$(date +%s.%N)
@@ -139,6 +141,17 @@ step "tasks to several containers; a link cut; kill/start, pause/resume through 
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
   $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.role=satellite") \
   >"$WORK/mem-after.txt"
+
+# -- 6b. the monitoring profile: Prometheus scraping every node ---------------------------------
+step "monitoring profile: Debian's Prometheus (deploy/build-monitoring-image.sh), scraping every node"
+tm=$(date +%s)
+"$ROOT/deploy/build-monitoring-image.sh" >"$WORK/monitoring-build.log" 2>&1 \
+  || { tail -20 "$WORK/monitoring-build.log"; die "monitoring image build failed"; }
+tail -1 "$WORK/monitoring-build.log"
+timeout 120 "${COMPOSE[@]}" --profile monitoring up -d prometheus >"$WORK/prom-up.log" 2>&1 \
+  || { tail -20 "$WORK/prom-up.log"; die "docker-compose --profile monitoring up failed"; }
+"$PY" deploy/monitoring_check.py --nodes "$NODES" || die "Prometheus did not scrape every node"
+step "monitoring profile checked in $(( $(date +%s) - tm )) s"
 
 # -- 7. numbers ------------------------------------------------------------------------------
 "$PY" - "$WORK" "$METRICS" "$BUILD_S" "$IMAGE_MB" "$UP_RETURNED_S" "$READY_S" <<'EOF'

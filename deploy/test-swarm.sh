@@ -53,6 +53,7 @@ teardown() {
     done
     # the per-slot journal volumes of this deployment (orbitmesh-<service id>-<slot>)
     [ -n "$svc_id" ] && "$DOCKER" volume ls -q | grep "^orbitmesh-${svc_id}-" | xargs -r "$DOCKER" volume rm >/dev/null 2>&1
+    "$DOCKER" secret rm orbitmesh-api-token >/dev/null 2>&1
     if [ "$SWARM_INITED" = 1 ]; then
       step "leaving the swarm this script created"
       "$DOCKER" swarm leave --force >/dev/null 2>&1
@@ -95,6 +96,12 @@ for _ in $(seq 1 60); do
   "$DOCKER" network inspect "${STACK}_constellation" >/dev/null 2>&1 || break
   sleep 1
 done
+
+# the API token: a swarm secret the stack names (docs/security.md); swarm_e2e.py sends it
+export ORBITMESH_TOKEN=${ORBITMESH_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')}
+"$DOCKER" secret rm orbitmesh-api-token >/dev/null 2>&1 || true
+printf '%s' "$ORBITMESH_TOKEN" | "$DOCKER" secret create orbitmesh-api-token - >/dev/null \
+  || die "docker secret create orbitmesh-api-token failed"
 
 start_hog
 step "docker stack deploy -c deploy/stack.yml $STACK"

@@ -1,5 +1,7 @@
 import contextlib
 from functools import partial
+import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -7,6 +9,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
+
+# One API token for the session: every fleet a test starts takes it ($ORBITMESH_TOKEN wins over a
+# generated one), and every Client finds it there.  Tests of the token's own paths unset it.
+TOKEN = os.environ.setdefault("ORBITMESH_TOKEN", secrets.token_urlsafe(32))
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def with_token(triton_client):
+    """A tritonclient (HTTP or gRPC) that sends the token on every call (header, or gRPC metadata)."""
+    def plugin(request):
+        request.headers["authorization"] = AUTH["Authorization"]
+    triton_client.register_plugin(plugin)
+    return triton_client
 
 
 def _ephemeral_low() -> int:

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 # (method, path, body) -> (status, JSON-able answer)
 Answer = Callable[[str, str, bytes], "tuple[int, object]"]
+# the headers of the last request each stub (by ip) received
+LAST_HEADERS: dict[str, dict[str, str]] = {}
 
 
 @contextmanager
@@ -20,6 +22,7 @@ def http_stubs(port: int, answers: dict[str, Answer]) -> Iterator[None]:
         class Stub(BaseHTTPRequestHandler):
             def _answer(self, answer=answer):
                 n = int(self.headers.get("content-length") or 0)
+                LAST_HEADERS[self.server.server_address[0]] = {k.lower(): v for k, v in self.headers.items()}
                 status, obj = answer(self.command, self.path, self.rfile.read(n))
                 body = json.dumps(obj).encode()
                 self.send_response(status)

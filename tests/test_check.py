@@ -13,7 +13,9 @@ import sys
 import pytest
 
 from agent.chaos_cli import ScenarioError, fleet_topo, parse_scenario
+from agent.history import read_jsonl
 from tests.conftest import ROOT, local_fleet
+from tests.test_history import check_history
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,10 @@ def orbitmesh(spec, *args, timeout=400):
                            str(spec.models), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_check_passes_200_tasks_through_cuts_kills_and_loss(fleet24):
+def test_check_passes_200_tasks_through_cuts_kills_and_loss(fleet24, tmp_path):
     spec, _, _, _ = fleet24
-    r = orbitmesh(spec, "check", "--scenario", str(ROOT / "scenarios" / "ci-mix.toml"), "--tasks", "200", "--json")
+    r = orbitmesh(spec, "check", "--scenario", str(ROOT / "scenarios" / "ci-mix.toml"), "--tasks", "200", "--json",
+                  "--history", str(tmp_path / "h"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(r.stdout[r.stdout.index("{"):])
     c = report["counts"]
@@ -39,6 +42,18 @@ def test_check_passes_200_tasks_through_cuts_kills_and_loss(fleet24):
     kinds = [f["action"] for f in report["faults"]]
     assert kinds.count("kill") == 2 and kinds.count("restart") == 2 and kinds.count("apply") >= 48 + 2
     assert any(f.get("node") == "sat-6" for f in report["faults"])        # one of the entry nodes
+    # The same run as a Jepsen-style history: well formed, and saying what the report says.
+    rows = read_jsonl(tmp_path / "h.jsonl")
+    counts = check_history(rows)
+    assert len((tmp_path / "h.edn").read_text().splitlines()) == len(rows) == sum(counts.values())
+    accepted = {r["value"]["key"]: r["value"]["task_id"] for r in rows if r["f"] == "submit" and r["type"] == "ok"}
+    assert len(accepted) == c["accepted"] and len(set(accepted.values())) == c["accepted"]
+    finals = {r["value"]["task_id"] for r in rows if r["f"] == "read" and r["type"] == "ok"
+              and r["value"]["status"] in ("succeeded", "failed")}
+    assert finals == set(accepted.values())
+    nemesis = [r for r in rows if r["process"] == "nemesis" and r["type"] != "invoke"]
+    assert len(nemesis) == len(report["faults"]) + len(report["restarted_at_end"])
+    assert sorted(r["f"] for r in nemesis if r["f"] in ("kill", "restart")) == ["kill", "kill", "restart", "restart"]
 
 
 def test_every_shipped_scenario_parses_against_a_24_satellite_fleet(fleet24):

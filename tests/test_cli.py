@@ -1,32 +1,45 @@
 """The CLI as a user runs it: up, status, submit, down, as real commands."""
 
+import os
+import stat
 import subprocess
 import sys
+
+import httpx
 
 from tests.conftest import ROOT, free_port_block
 
 
-def orbitmesh(*args, timeout=120):
+def orbitmesh(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_up_status_submit_down(tmp_path, models_dir):
+    """With no token in the environment: `up` makes .fleet/token and every later command finds it there."""
     base = free_port_block(8)
     common = ["--dir", str(tmp_path / "fleet"), "--models", str(models_dir)]
-    up = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4))
+    env = {k: v for k, v in os.environ.items() if k not in ("ORBITMESH_TOKEN", "ORBITMESH_TOKEN_FILE")}
+    up = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4), env=env)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "all 4 agents up" in up.stdout
-        again = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4))
+        assert "all 4 agents up" in up.stdout and "token" in up.stdout
+        token_file = tmp_path / "fleet" / "token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        api = f"http://127.0.0.1:{base + 4}"
+        assert httpx.post(f"{api}/v1/chaos", json={"kind": "cut", "a": "sat-0", "b": "sat-1"}).status_code == 401
+        assert httpx.get(f"{api}/v1/chaos").status_code == 200
+        wrong = orbitmesh(*common, "submit", "--node", "sat-1", env={**env, "ORBITMESH_TOKEN": "w" * 43})
+        assert wrong.returncode == 1 and "401" in wrong.stderr and "wrong bearer token" in wrong.stderr
+        again = orbitmesh(*common, "up", "-n", "4", "--p2p-port", str(base), "--api-port", str(base + 4), env=env)
         assert again.returncode == 1 and "already running" in again.stderr
-        status = orbitmesh(*common, "status")
+        status = orbitmesh(*common, "status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "4/4 nodes answering" in status.stdout
-        sub = orbitmesh(*common, "submit", "--node", "sat-0", "--target", "sat-3", "--sample", "2")
+        sub = orbitmesh(*common, "submit", "--node", "sat-0", "--target", "sat-3", "--sample", "2", env=env)
         assert sub.returncode == 0, sub.stdout + sub.stderr
         assert "SUCCEEDED" in sub.stdout and "sat-0 → sat-3" in sub.stdout and "execute" in sub.stdout
-        bad = orbitmesh(*common, "submit", "--node", "sat-0", "--model", "nope", "--inputs", "{}")
+        bad = orbitmesh(*common, "submit", "--node", "sat-0", "--model", "nope", "--inputs", "{}", env=env)
         assert bad.returncode == 1 and "unknown model" in bad.stderr
     finally:
         down = orbitmesh(*common, "down")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -35,7 +36,7 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 PORTABLE_SERVICE_KEYS = {
     "image", "command", "hostname", "depends_on", "networks", "volumes", "ports", "cap_add", "cap_drop",
     "security_opt", "labels", "restart", "stop_grace_period", "healthcheck", "logging", "network_mode",
-    "environment",
+    "environment", "profiles",
 }
 
 
@@ -44,7 +45,7 @@ def sats(doc):
 
 
 def nodes(doc):
-    return {k: v for k, v in doc["services"].items() if k != "init"}
+    return {k: v for k, v in doc["services"].items() if k not in ("init", "prometheus")}
 
 
 # -- the compose document ---------------------------------------------------------------
@@ -59,7 +60,7 @@ def test_demo_document_runs_every_satellite_on_one_network():
     assert list(s) == [f"sat-{i}" for i in range(24)]
     # two ground stations after the satellites: nodes 24 and 25, as in mesh.nodes
     assert list(nodes(doc)) == list(s) + ["gs-london", "gs-tokyo"]
-    assert set(doc["volumes"]) == {"fleet"} | {f"{n}-data" for n in nodes(doc)}
+    assert set(doc["volumes"]) == {"fleet", "prometheus-data"} | {f"{n}-data" for n in nodes(doc)}
     init = doc["services"]["init"]
     assert init["command"][:4] == ["python", "-m", "agent.compose", "init"]
     assert init["command"][-4:] == ["--ground", "london", "--ground", "tokyo"]
@@ -89,7 +90,7 @@ def test_other_sizes_and_options():
     assert s["sat-0"]["ports"] == ["127.0.0.1:9000:8080", "127.0.0.1:8200:8081"]
     assert all("ports" not in svc for name, svc in s.items() if name != "sat-0")
     assert all("cap_add" not in svc and svc["command"][-1] == "--no-realtime" for svc in s.values())
-    assert {svc["image"] for svc in doc["services"].values()} == {"reg.local/om:1"}
+    assert {svc["image"] for name, svc in doc["services"].items() if name != "prometheus"} == {"reg.local/om:1"}
     assert all("ports" not in svc for svc in sats(compose_document(ComposeSpec(publish="none"))).values())
 
 
@@ -183,6 +184,25 @@ def test_short_or_missing_secret_is_refused(tmp_path):
 
 
 # -- entry points -------------------------------------------------------------------------
+
+
+def test_monitoring_profile_scrapes_every_node_from_the_fleet_volume(tmp_path):
+    """Prometheus runs only with --profile monitoring; init writes its targets from the fleet it made."""
+    import yaml
+    prom = compose_document()["services"]["prometheus"]
+    assert prom["profiles"] == ["monitoring"] and prom["image"] == "orbitmesh-prometheus:bookworm"
+    assert "--config.file=/fleet/prometheus.yml" in prom["command"] and prom["volumes"][0] == "fleet:/fleet:ro"
+    assert prom["ports"] == ["127.0.0.1:9090:9090"] and prom["networks"] == ["constellation"]
+    assert prom["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+    done = init_fleet(tmp_path, n=6, ground=("london",), now=1000.0)
+    assert any("7 scrape targets" in line for line in done)
+    cfg = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    job = cfg["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics" and cfg["global"]["scrape_interval"] == "5s"
+    groups = {g["labels"]["role"]: g["targets"] for g in job["static_configs"]}
+    assert groups == {"satellite": [f"sat-{i}:8080" for i in range(6)], "ground": ["gs-london:8080"]}
+    rule = job["relabel_configs"][0]
+    assert re.fullmatch(rule["regex"], "sat-3:8080").expand(rule["replacement"].replace("$1", r"\1")) == "sat-3"
 
 
 def test_init_creates_once_and_keeps_the_start_time(tmp_path):
@@ -379,7 +399,7 @@ def test_engine_failure_is_a_chaos_error():
 def k8s_docs():
     yaml = pytest.importorskip("yaml")
     docs = []
-    for name in ("service.yaml", "statefulset.yaml"):
+    for name in ("service.yaml", "statefulset.yaml", "networkpolicy.yaml"):
         docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()) if d]
     return docs
 
@@ -422,7 +442,8 @@ def test_docker_compose_1_29_reads_the_generated_file(tmp_path):
     out = subprocess.run(["docker-compose", "-f", str(tmp_path / "docker-compose.yml"), "config", "--services"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert sorted(out.stdout.split()) == sorted(["init", "gs-london", "gs-tokyo"] + [f"sat-{i}" for i in range(6)])
+    want = ["init", "gs-london", "gs-tokyo", "prometheus"] + [f"sat-{i}" for i in range(6)]
+    assert sorted(out.stdout.split()) == sorted(want)   # a profile's service is listed too
 
 
 # -- `orbitmesh chaos kill|pause|resume|restart`: the local fleet and the engine ----------------

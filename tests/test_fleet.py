@@ -21,7 +21,9 @@ from agent.client import ApiError, Client
 from agent.models import session_options
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
-from tests.conftest import local_fleet
+from tests.conftest import AUTH, local_fleet
+
+AUTH_LINE = "".join(f"{k}: {v}\r\n" for k, v in AUTH.items())
 
 N = 12
 
@@ -120,7 +122,7 @@ async def test_tasks_cross_the_mesh_and_match_local_inference(running_fleet, mod
 ])
 async def test_bad_requests_get_clear_errors(running_fleet, body, status, words):
     _, _, peers, _ = running_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-2"].api) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-2"].api, headers=AUTH) as http:
         r = await http.post("/v1/tasks", json=body)
         assert r.status_code == status, r.text
         assert words in r.json()["error"]
@@ -129,7 +131,7 @@ async def test_bad_requests_get_clear_errors(running_fleet, body, status, words)
 
 async def test_malformed_and_oversized_bodies(running_fleet):
     _, cfg, peers, _ = running_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-3"].api) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-3"].api, headers=AUTH) as http:
         r = await http.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
         r = await http.post("/v1/tasks", content=b"x" * (cfg.limits.max_body_bytes + 1))
@@ -195,7 +197,7 @@ async def test_an_uploaded_model_runs_on_a_far_node_that_fetches_it_over_the_mes
     _, _, peers, _ = running_fleet
     data = doubler(1.5, pad=(3 << 20) + 12345)          # 4 pieces over the mesh
     sha = hashlib.sha256(data).hexdigest()
-    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=60, headers=AUTH) as http:
         r = await http.put("/v1/models/scaler", content=data, headers={"X-Content-SHA256": sha})
         assert r.status_code == 201 and r.json()["sha256"] == sha, r.text
         assert (await http.put("/v1/models/scaler", content=data)).status_code == 200   # same bytes again
@@ -210,7 +212,7 @@ async def test_an_uploaded_model_runs_on_a_far_node_that_fetches_it_over_the_mes
     # Over the size limit: refused from the declared length, before any body is read.
     host, port = peers["sat-0"].api.split("//")[1].split(":")
     sock = await trio.open_tcp_stream(host, int(port))
-    await sock.send_all(f"PUT /v1/models/huge HTTP/1.1\r\nHost: {host}\r\nContent-Length: {65 << 20}\r\n\r\n".encode())
+    await sock.send_all(f"PUT /v1/models/huge HTTP/1.1\r\nHost: {host}\r\n{AUTH_LINE}Content-Length: {65 << 20}\r\n\r\n".encode())
     head = b""
     with trio.fail_after(10):
         while b"limit" not in head:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.client import Client
-from tests.conftest import local_fleet
+from tests.conftest import AUTH, local_fleet
 from tests.test_executor import loop_model
 from tests.test_model_check import attack
 
@@ -24,7 +24,7 @@ def pair(tmp_path_factory, models_dir):
 
 async def test_an_upload_sized_by_its_inputs_is_refused_naming_the_op(pair):
     _, _, peers, _ = pair
-    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=30, headers=AUTH) as http:
         r = await http.put("/v1/models/grow", content=attack())
         assert r.status_code == 400 and "op ConstantOfShape takes its output size" in r.json()["error"], r.text
         assert "grow" not in [m["name"] for m in (await http.get("/v1/models")).json()["models"]]
@@ -36,7 +36,7 @@ async def test_runs_past_their_deadline_are_stopped_and_free_the_workers(pair, t
     there (before, each run held its worker for the executor's 30 s default)."""
     _, _, peers, _ = pair
     loop_model(tmp_path / "loop.onnx")
-    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-0"].api, timeout=30, headers=AUTH) as http:
         r = await http.put("/v1/models/spin", content=(tmp_path / "loop.onnx").read_bytes())
         assert r.status_code == 201, r.text
     x = {"x": [1.0] * 16}
@@ -52,7 +52,7 @@ async def test_runs_past_their_deadline_are_stopped_and_free_the_workers(pair, t
         acc = await c.submit("digits", {"input": digits.tolist()}, "sat-1", timeout_s=3.0)
         rec = await c.wait(acc["task_id"], timeout=10)
     assert rec["status"] == "succeeded", rec
-    async with httpx.AsyncClient(base_url=peers["sat-1"].api, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-1"].api, timeout=30, headers=AUTH) as http:
         r = await http.post("/v2/models/spin/infer", json={
             "inputs": [{"name": "x", "shape": [16], "datatype": "FP32", "data": [1.0] * 16}],
             "parameters": {"timeout_s": 1.0, "target": "sat-1"}})

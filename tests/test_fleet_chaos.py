@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from agent.client import Client
-from tests.conftest import ROOT, local_fleet
+from tests.conftest import AUTH, ROOT, local_fleet
 
 N = 12
 
@@ -134,19 +134,49 @@ async def test_configured_loss_is_measured_loss(chaos_fleet):
 ])
 async def test_bad_faults_are_refused_and_nothing_is_applied(chaos_fleet, spec, words):
     _, peers = chaos_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-2"].api) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-2"].api, headers=AUTH) as http:
         before = (await http.get("/v1/chaos")).json()["faults"]
         r = await http.post("/v1/chaos", json=spec)
         assert r.status_code == 400 and words in r.json()["error"], r.text
         assert (await http.get("/v1/chaos")).json()["faults"] == before
         assert (await http.delete("/v1/chaos/doesnotexist")).status_code == 404
 
-async def test_metrics_expose_link_counters(chaos_fleet):
-    _, peers = chaos_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-6"].api) as http:
+async def scrape(peers, node) -> dict[str, dict[tuple, float]]:
+    """A node's /metrics, parsed as Prometheus would: {sample name: {sorted labels: value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    async with httpx.AsyncClient(base_url=peers[node].api) as http:
         text = (await http.get("/metrics")).text
-    assert 'orbitmesh_link_frames_dropped_total{cause="cut",dst="sat-10",src="sat-6"}' in text
-    assert "orbitmesh_link_delay_error_seconds_bucket" in text
+    out: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_metrics_expose_links_tasks_inference_relay_membership_energy(chaos_fleet, models_dir):
+    _, peers = chaos_fleet
+    sample = json.loads((models_dir / "digits.json").read_text())["samples"][1]
+    before = (await scrape(peers, "sat-1")).get("orbitmesh_inference_seconds_count", {})
+    async with Client(peers["sat-4"].api) as c:
+        rec = await c.wait((await c.submit("digits", sample["inputs"], "sat-1"))["task_id"], timeout=20)
+    assert rec["status"] == "succeeded", rec
+    entry, executor, far = await scrape(peers, "sat-4"), await scrape(peers, "sat-1"), await scrape(peers, "sat-6")
+    # the cut earlier in this module: counted where it dropped frames
+    assert far["orbitmesh_link_frames_dropped_total"][(("cause", "cut"), ("dst", "sat-10"), ("src", "sat-6"))] > 0
+    assert "orbitmesh_link_delay_error_seconds_bucket" in far
+    # the task: latency by phase at its entry, onnxruntime time at its executor
+    lat = entry["orbitmesh_task_latency_seconds_count"]
+    for phase in ("total", "physics", "compute", "overhead"):
+        assert lat[(("node", "sat-4"), ("phase", phase), ("status", "succeeded"))] >= 1
+    total = entry["orbitmesh_task_latency_seconds_sum"][(("node", "sat-4"), ("phase", "total"), ("status", "succeeded"))]
+    assert total >= rec["latency"]["total_ms"] / 1e3 - 1e-6
+    key = (("model", "digits"), ("node", "sat-1"))
+    assert executor["orbitmesh_inference_seconds_count"][key] == before.get(key, 0) + 1
+    # the relay carried it; membership saw every node alive; the battery is a fraction
+    assert entry["orbitmesh_relay_events_total"][(("event", "frames_sent"), ("node", "sat-4"))] >= 1
+    assert entry["orbitmesh_members"][(("node", "sat-4"), ("status", "alive"))] == N
+    assert 0.0 <= executor["orbitmesh_battery_fraction"][(("node", "sat-1"),)] <= 1.0
+    assert executor["orbitmesh_compute_busy_seconds_total"][(("node", "sat-1"),)] > 0
 
 def cli(spec, *args):
     return subprocess.run([sys.executable, "-m", "agent", "--dir", str(spec.directory), *args], cwd=ROOT,

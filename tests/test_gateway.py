@@ -11,7 +11,7 @@ from hypercorn.trio import serve
 
 from agent import directory, gateway
 from tests.conftest import free_port_block
-from tests.http_stubs import http_stubs
+from tests.http_stubs import LAST_HEADERS, http_stubs
 
 
 def replicas(port: int, names: dict[str, str]):
@@ -48,6 +48,13 @@ async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monke
                     assert r.json()["node"] == "sat-1" and r.json()["path"] == "/v1/tasks/sat-1-0123abcd?wait=5"
                 r = await http.post("/v1/tasks", content=b"x" * 2000)
                 assert r.status_code == 413 and "limit" in r.json()["error"]
+                # the token reaches the replica (the agents check it); Host and Origin are checked here
+                r = await http.post("/v1/tasks", json={}, headers={"Authorization": "Bearer abc"})
+                assert LAST_HEADERS[r.headers["x-orbitmesh-replica"]]["authorization"] == "Bearer abc"
+                r = await http.get("/v1/membership", headers={"Host": "evil.example"})
+                assert r.status_code == 400 and "not an allowed name" in r.json()["error"]
+                r = await http.post("/v1/chaos", json={}, headers={"Origin": "https://evil.example"})
+                assert r.status_code == 403 and "cross-origin" in r.json()["error"]
         behind[:] = ["127.0.0.7"]
         gateway_refresh = 2.1
         await trio.sleep(gateway_refresh)

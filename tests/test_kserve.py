@@ -17,7 +17,7 @@ from agent.client import Client
 from agent.models import session_options
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
-from tests.conftest import local_fleet
+from tests.conftest import AUTH, local_fleet, with_token
 
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(uint8)": "UINT8"}
 
@@ -46,11 +46,11 @@ def _far(fleet) -> str:
 
 
 def _http(fleet, node="sat-0"):
-    return th.InferenceServerClient(fleet[2][node].api.split("//", 1)[1], network_timeout=60.0)
+    return with_token(th.InferenceServerClient(fleet[2][node].api.split("//", 1)[1], network_timeout=60.0))
 
 
 def _grpc(fleet, node="sat-0"):
-    return tg.InferenceServerClient(fleet[2][node].grpc)
+    return with_token(tg.InferenceServerClient(fleet[2][node].grpc))
 
 
 def _expect_signature(meta, sess):
@@ -232,16 +232,18 @@ def test_bad_input_gets_the_right_status_and_the_agent_stays_healthy(fleet, digi
     head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
                                    "parameters": {"binary_data_size": 256}}]}).encode()
     truncated = httpx.post(f"{api}/v2/models/digits/infer", content=head + b"\0" * 100,
-                           headers={"Inference-Header-Content-Length": str(len(head))})
+                           headers={"Inference-Header-Content-Length": str(len(head)), **AUTH})
     assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
-    huge = httpx.post(f"{api}/v2/models/digits/infer", content=b"\0" * (16 * 1024 * 1024 + 1), timeout=30)
+    huge = httpx.post(f"{api}/v2/models/digits/infer", content=b"\0" * (16 * 1024 * 1024 + 1), timeout=30,
+                      headers=AUTH)
     assert huge.status_code == 413 and "limit" in huge.json()["error"]
     with pytest.raises(InferenceServerException) as e:
         big = tg.InferInput("input", [65536, 64], "FP32")
         big.set_data_from_numpy(np.zeros((65536, 64), np.float32))
         g.infer("digits", [big])
     assert _status(e.value) == "StatusCode.RESOURCE_EXHAUSTED"
-    unknown = httpx.post(f"{api}/v2/models/nope/infer", json={"inputs": []})
+    unknown = httpx.post(f"{api}/v2/models/nope/infer", json={"inputs": []}, headers=AUTH)
+    assert httpx.post(f"{api}/v2/models/digits/infer", json={"inputs": []}).status_code == 401
     assert unknown.status_code == 404 and unknown.json() == {"error": unknown.json()["error"]}
     assert httpx.get(f"{api}/v2/health/ready").json() == {"ready": True}
     ok = th.InferInput("input", list(x.shape), "FP32")

@@ -20,7 +20,7 @@ import trio
 from agent import zoo
 from agent.client import ApiError, Client
 from agent.models import session_options
-from tests.conftest import local_fleet
+from tests.conftest import AUTH, local_fleet
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -148,7 +148,7 @@ async def test_concurrent_same_shape_tasks_match_local_inference(running_fleet, 
 ])
 async def test_bad_zoo_requests_get_clear_errors(running_fleet, model, inputs, status, words):
     _, _, peers, _ = running_fleet
-    async with httpx.AsyncClient(base_url=peers["sat-1"].api) as http:
+    async with httpx.AsyncClient(base_url=peers["sat-1"].api, headers=AUTH) as http:
         r = await http.post("/v1/tasks", json={"model": model, "inputs": inputs})
         assert r.status_code == status, r.text
         assert words in r.json()["error"]
