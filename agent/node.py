@@ -25,7 +25,7 @@ from agent.journal import DuplicateKey, Journal, JournalError
 from agent.membership import MembershipService
 from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
-from agent.models import ModelError, ModelStore
+from agent.models import ModelError, ModelStore, bad_name
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
@@ -463,6 +463,8 @@ class Node:
                 return done, False
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
+        if bad_name(model):
+            raise SubmitError(400, bad_name(model))
         if target is not None and not isinstance(target, str):
             raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
         try:
@@ -905,7 +907,8 @@ class Node:
                 check_shape(arr, spec)
                 arrays[spec.name] = arr
             check_limits(req.model, arrays, model.manifest)
-            result = await self.executor.run(req.model, arrays)
+            # The task's own deadline, not the executor's default: a run past it is stopped there.
+            result = await self.executor.run(req.model, arrays, req.deadline - time.time() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
