@@ -6,7 +6,9 @@
   computes, so each worker thread really runs in parallel.
 - Dynamic batching: tasks for the same model that wait together are run as
   one batch (inputs concatenated along a dynamic first dimension), which
-  amortises per-call overhead; ``batch_wait_s`` bounds the extra wait.
+  amortises per-call overhead; ``batch_wait_s`` bounds the extra wait, and a
+  worker waits only for models quick enough that their per-call overhead matters
+  (a 30 ms model's worker would sit idle for 2 ms to save a fraction of that).
 - The task's own deadline, enforced here: a job still queued at its deadline
   fails without running; a run past it is stopped by onnxruntime itself
   (``RunOptions.terminate``, checked between nodes and Loop iterations); a run
@@ -94,6 +96,14 @@ def _batchable(model: LoadedModel) -> bool:
     return opted_in and all(s.shape and s.shape[0] is None for s in model.inputs + model.outputs)
 
 
+# A worker waits ``batch_wait_s`` for batch-mates only for a model whose run
+# takes less than this many waits: for longer ones the idle worker costs more
+# throughput than sharing one call saves (cloud-mask: 30 ms a tile, and its
+# fair-share batches form from the queue alone under load).
+WAIT_PAYS_BELOW = 5.0
+COMPUTE_EWMA = 0.2
+
+
 def _batch_element_budget(model: LoadedModel) -> int | None:
     return (model.manifest.get("batching") or {}).get("max_elements")
 
@@ -123,6 +133,13 @@ class Executor:
         self._stuck = 0           # of those, still running (updated from their threads)
         self._stuck_lock = threading.Lock()
         self._watch = DeadlineWatch(ABANDON_GRACE_S)
+        self.batch_waits = 0
+        self._compute_s: dict[str, float] = {}    # per task, smoothed, per model
+
+    def _wait_pays(self, name: str) -> bool:
+        """Whether waiting for batch-mates can pay for the worker's idle time."""
+        seen = self._compute_s.get(name)
+        return seen is None or seen < WAIT_PAYS_BELOW * self.batch_wait_s
 
     @property
     def full(self) -> bool:
@@ -195,7 +212,8 @@ class Executor:
             except Exception as exc:
                 self._fail_all(queue, ExecutionError(f"{name}: {exc}"))
                 continue
-            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0:
+            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0 and self._wait_pays(name):
+                self.batch_waits += 1
                 await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
             jobs = self._drop_expired(self._take_batch(model, queue))
             if len(jobs) > 1:
@@ -288,6 +306,9 @@ class Executor:
             if isinstance(reason, DeadlineExceeded) and reason.still_running is not None:
                 await reason.still_running.wait()    # over the cap of abandoned runs: this worker waits for its own
             return
+        per_task = result.compute_s / max(1, len(jobs))
+        seen = self._compute_s.get(model.name)
+        self._compute_s[model.name] = per_task if seen is None else seen + COMPUTE_EWMA * (per_task - seen)
         if len(jobs) > 1:
             self.batches += 1
             self.batched_tasks += len(jobs)

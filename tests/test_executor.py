@@ -90,6 +90,35 @@ async def test_sustained_batched_load_neither_jams_nor_starves(store, models_dir
     assert ex.batches > 0 and ex.batched_tasks / ex.batches <= 4.5, "a fair share: about half the queue each"
 
 
+async def test_a_worker_waits_for_batch_mates_only_where_it_pays(store, models_dir, tmp_path):
+    """Waiting idles the worker: worth it for a quick model (digits), not for one whose
+    run is many waits long; that one still batches what is already queued."""
+    slow_model(tmp_path / "slow.onnx", size=300, depth=40)       # 1.8 GFLOP: ≫ 5 ms a run
+    (tmp_path / "slow.json").write_text(json.dumps({"batching": {"batchable": True}}))
+    store = ModelStore(tmp_path)
+    ex = Executor(store, workers=1, batch_wait_s=0.001)
+    x = {"x": np.ones((256, 300), np.float32)}
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        for _ in range(3):
+            await ex.run("digits", digits_inputs(models_dir, 0))
+        assert ex.batch_waits == 3, "a quick model waits every time"
+        await ex.run("slow", x)
+        assert ex.batch_waits == 4, "the first run of a model, its cost unknown, waits"
+        for _ in range(3):
+            await ex.run("slow", x)
+        assert ex.batch_waits == 4, "a model far slower than the wait no longer waits"
+        results = []
+
+        async def one():
+            results.append(await ex.run("slow", x))
+        async with trio.open_nursery() as jobs:
+            for _ in range(5):
+                jobs.start_soon(one)
+        n.cancel_scope.cancel()
+    assert ex.batch_waits == 4 and max(r.batch_size for r in results) > 1, "the queue still forms batches"
+
+
 async def test_models_that_opt_out_are_never_batched(store):
     ex = Executor(store, workers=1, batch_wait_s=0.02)
     a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
