@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import http_coalesce
+from agent import http_body, http_coalesce
 from agent.auth import AccessControl, AccessPolicy
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
@@ -51,21 +51,11 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing anything over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise SubmitError(413, f"body of {declared} bytes exceeds the {limit}-byte limit")
-        except ValueError:
-            raise SubmitError(400, "bad Content-Length header") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise SubmitError(413, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The raw body, bounded in size and time (``agent.http_body``)."""
+    try:
+        return await http_body.read_body(request, limit)
+    except http_body.BodyError as exc:
+        raise SubmitError(exc.status, str(exc)) from None
 
 
 async def read_task(request: Request, limit: int) -> Any:
@@ -241,10 +231,7 @@ def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
                      exception_handlers={404: not_found, 405: not_found, Exception: crashed})
 
 
-async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls: tuple[str, str] | None = None, *,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
-    http_coalesce.install()     # head and body of a response in one write
+def server_config(host: str, port: int, tls: tuple[str, str] | None = None) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
     if tls is not None:
@@ -252,4 +239,19 @@ async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls:
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.graceful_timeout = 1.0
-    await serve(build_app(node, access), cfg, shutdown_trigger=trio.sleep_forever, task_status=task_status)
+    # Bounds of the header phase (the body's are in agent.http_body): request
+    # line and headers complete within keep_alive_timeout of the connection
+    # (or of the previous response), and no larger than h11_max_incomplete_size.
+    # read_timeout stays off: it is per receive, and a client waiting for a
+    # long-poll or a task's result rightly sends nothing for minutes.
+    cfg.keep_alive_timeout = 5.0
+    cfg.h11_max_incomplete_size = 16 * 1024
+    return cfg
+
+
+async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls: tuple[str, str] | None = None, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
+    http_coalesce.install()     # head and body of a response in one write
+    await serve(build_app(node, access), server_config(host, port, tls), shutdown_trigger=trio.sleep_forever,
+                task_status=task_status)

@@ -6,9 +6,19 @@
   computes, so each worker thread really runs in parallel.
 - Dynamic batching: tasks for the same model that wait together are run as
   one batch (inputs concatenated along a dynamic first dimension), which
-  amortises per-call overhead; ``batch_wait_s`` bounds the extra wait.
-- A per-task timeout that stops onnxruntime itself (``RunOptions.terminate``),
-  not just the caller's wait.
+  amortises per-call overhead; ``batch_wait_s`` bounds the extra wait, and a
+  worker waits only for models quick enough that their per-call overhead matters
+  (a 30 ms model's worker would sit idle for 2 ms to save a fraction of that).
+- The task's own deadline, enforced here: a job still queued at its deadline
+  fails without running; a run past it is stopped by onnxruntime itself
+  (``RunOptions.terminate``, checked between nodes and Loop iterations); a run
+  that does not stop within ``ABANDON_GRACE_S`` more (one op longer than
+  that) fails the same way and its thread is abandoned to finish alone while
+  the worker carries on with a fresh one (``_deadline_exceeded``).  At most
+  ``workers`` threads are abandoned at a time; beyond that the task still fails
+  on time but its worker waits for the run to end, so a stream of such models
+  cannot multiply threads.  One task (``agent.deadline_watch``) watches every
+  run's deadline: cheaper than a watchdog task and a nursery per run.
 """
 
 from __future__ import annotations
@@ -16,18 +26,26 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import trio
 
+from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
+from agent import ort_limits
+from agent.ort_limits import cap_run
 from agent.priority import normal_priority_for_this_thread
 
 log = logging.getLogger(__name__)
+
+ABANDON_GRACE_S = 1.0       # past the deadline, for onnxruntime to honour terminate before the thread is left
+WARM_UP_S = 10.0            # one run on zeros when a model is loaded
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,15 @@ class ExecutionError(RuntimeError):
     """onnxruntime rejected the inputs, failed, or ran past its timeout."""
 
 
+class DeadlineExceeded(ExecutionError):
+    """The task's deadline passed before or while it ran.  ``still_running``: set when
+    the run, given up, ends; its worker waits for it (over the cap of abandoned runs)."""
+
+    def __init__(self, message: str, still_running: trio.Event | None = None):
+        super().__init__(message)
+        self.still_running = still_running
+
+
 class ExecutorBusy(RuntimeError):
     """The queue is full; retry later."""
 
@@ -50,9 +77,15 @@ class _Job:
     model: str
     inputs: dict[str, np.ndarray]
     timeout_s: float
+    deadline: float = 0.0     # trio clock
     done: trio.Event = field(default_factory=trio.Event)
     result: Execution | None = None
     error: Exception | None = None
+
+
+async def _terminate_at(options: ort.RunOptions, seconds: float) -> None:
+    await trio.sleep(seconds)
+    options.terminate = True  # onnxruntime stops the run from its side
 
 
 def _batchable(model: LoadedModel) -> bool:
@@ -61,6 +94,14 @@ def _batchable(model: LoadedModel) -> bool:
     batch-mates (int8 activations quantised per batch), so batching is opt-in."""
     opted_in = (model.manifest.get("batching") or {}).get("batchable") is True
     return opted_in and all(s.shape and s.shape[0] is None for s in model.inputs + model.outputs)
+
+
+# A worker waits ``batch_wait_s`` for batch-mates only for a model whose run
+# takes less than this many waits: for longer ones the idle worker costs more
+# throughput than sharing one call saves (cloud-mask: 30 ms a tile, and its
+# fair-share batches form from the queue alone under load).
+WAIT_PAYS_BELOW = 5.0
+COMPUTE_EWMA = 0.2
 
 
 def _batch_element_budget(model: LoadedModel) -> int | None:
@@ -87,6 +128,18 @@ class Executor:
         self.completed = 0
         self.batches = 0
         self.batched_tasks = 0
+        self.expired = 0          # jobs failed at their deadline (queued or running)
+        self.abandoned = 0        # runs left to finish in a thread of their own
+        self._stuck = 0           # of those, still running (updated from their threads)
+        self._stuck_lock = threading.Lock()
+        self._watch = DeadlineWatch(ABANDON_GRACE_S)
+        self.batch_waits = 0
+        self._compute_s: dict[str, float] = {}    # per task, smoothed, per model
+
+    def _wait_pays(self, name: str) -> bool:
+        """Whether waiting for batch-mates can pay for the worker's idle time."""
+        seen = self._compute_s.get(name)
+        return seen is None or seen < WAIT_PAYS_BELOW * self.batch_wait_s
 
     @property
     def full(self) -> bool:
@@ -100,7 +153,10 @@ class Executor:
         """Queue one task and wait for its result; ExecutorBusy if the queue is full."""
         if self.full:
             raise ExecutorBusy(f"{self.queued} tasks queued (limit {self.queue_limit})")
-        job = _Job(model_name, inputs, timeout_s or self.default_timeout_s)
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        if timeout <= 0:
+            raise DeadlineExceeded(f"{model_name}: deadline exceeded before it could run")
+        job = _Job(model_name, inputs, timeout, trio.current_time() + timeout)
         self._queues.setdefault(model_name, deque()).append(job)
         self.queued += 1
         self._tokens_send.send_nowait(model_name)
@@ -113,19 +169,31 @@ class Executor:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The worker pool; runs until cancelled."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._watch.serve)
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
             task_status.started()
 
-    async def warm_up(self, model_name: str) -> None:
+    async def warm_up(self, model_name: str, timeout_s: float = WARM_UP_S) -> None:
         """One inference on zeros (symbolic dimensions = 1), so the first real
-        task does not pay for onnxruntime's first-run allocations."""
+        task does not pay for onnxruntime's first-run allocations.  Bounded like
+        a task: an uploaded model may spin on zeros as well as on anything else."""
         model = self.store.get(model_name)
         zeros = {s.name: np.zeros([d or 1 for d in s.shape], dtype=s.dtype) for s in model.inputs}
-        try:
-            await trio.to_thread.run_sync(self._run_sync, model, zeros, ort.RunOptions())
-        except ExecutionError as exc:  # a model may reject zeros; it still loaded
-            log.debug("warm-up of %s skipped: %s", model_name, exc)
+        options = ort.RunOptions()
+        if model.manifest.get("uploaded"):
+            cap_run(options)
+        async with trio.open_nursery() as nursery:      # its own watchdog: it runs before ``serve`` starts
+            nursery.start_soon(_terminate_at, options, timeout_s)
+            try:
+                await self._run_bounded(model, zeros, options, trio.move_on_after(timeout_s + ABANDON_GRACE_S),
+                                        timeout_s)
+            except ExecutionError as exc:  # a model may reject zeros, or run too long; it still loaded
+                log.info("warm-up of %s skipped: %s", model_name, exc)
+                if isinstance(exc, DeadlineExceeded) and exc.still_running is not None:
+                    await exc.still_running.wait()
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def _worker(self) -> None:
         while True:
@@ -144,9 +212,10 @@ class Executor:
             except Exception as exc:
                 self._fail_all(queue, ExecutionError(f"{name}: {exc}"))
                 continue
-            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0:
+            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0 and self._wait_pays(name):
+                self.batch_waits += 1
                 await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
-            jobs = self._take_batch(model, queue)
+            jobs = self._drop_expired(self._take_batch(model, queue))
             if len(jobs) > 1:
                 self._stale[name] = self._stale.get(name, 0) + len(jobs) - 1
             elif not jobs and self._stale.get(name):
@@ -182,6 +251,19 @@ class Executor:
         self.queued -= len(jobs)
         return jobs
 
+    def _drop_expired(self, jobs: list[_Job]) -> list[_Job]:
+        """Fail the jobs whose deadline passed while they were queued; the rest run."""
+        now = trio.current_time()
+        if all(j.deadline > now for j in jobs):
+            return jobs
+        for j in jobs:
+            if j.deadline <= now:
+                j.error = DeadlineExceeded(f"{j.model}: deadline exceeded: timed out after {j.timeout_s:g}s "
+                                         f"in the queue, before it could run")
+                j.done.set()
+                self.expired += 1
+        return [j for j in jobs if j.deadline > now]
+
     def _fail_all(self, queue: deque[_Job], error: Exception) -> None:
         if queue:
             name = queue[0].model
@@ -197,29 +279,36 @@ class Executor:
         feeds = jobs[0].inputs if len(jobs) == 1 else {
             name: np.concatenate([j.inputs[name] for j in jobs], axis=0) for name in jobs[0].inputs}
         options = ort.RunOptions()
-        timeout = min(j.timeout_s for j in jobs)
+        if model.manifest.get("uploaded"):
+            cap_run(options)
+        budget = min(j.timeout_s for j in jobs)     # what the message says: the task's own timeout
         self.running += len(jobs)
+        result, reason = None, None
+        scope = trio.CancelScope()
+        watched = self._watch.watch(min(j.deadline for j in jobs), options, scope)
         try:
-            async with trio.open_nursery() as nursery:
-                async def watchdog() -> None:
-                    await trio.sleep(timeout)
-                    options.terminate = True  # onnxruntime stops the run from its side
-                nursery.start_soon(watchdog)
-                try:
-                    result = await trio.to_thread.run_sync(self._run_sync, model, feeds, options)
-                except ExecutionError as failure:
-                    reason = (ExecutionError(f"{model.name}: timed out after {timeout:g}s")
-                              if options.terminate else failure)
-                    for j in jobs:
-                        j.error = reason
-                    return
-                finally:
-                    nursery.cancel_scope.cancel()
+            result = await self._run_bounded(model, feeds, options, scope, budget)
+        except ExecutionError as failure:
+            reason = failure
+            if options.terminate:
+                self.expired += len(jobs)
+                if not isinstance(failure, DeadlineExceeded):
+                    reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
+            for j in jobs:
+                j.error = reason
         finally:
+            self._watch.done(watched)
             self.running -= len(jobs)
             self.completed += len(jobs)
             for j in jobs:
                 j.done.set()
+        if result is None:
+            if isinstance(reason, DeadlineExceeded) and reason.still_running is not None:
+                await reason.still_running.wait()    # over the cap of abandoned runs: this worker waits for its own
+            return
+        per_task = result.compute_s / max(1, len(jobs))
+        seen = self._compute_s.get(model.name)
+        self._compute_s[model.name] = per_task if seen is None else seen + COMPUTE_EWMA * (per_task - seen)
         if len(jobs) > 1:
             self.batches += 1
             self.batched_tasks += len(jobs)
@@ -228,12 +317,63 @@ class Executor:
             outs = result.outputs if len(jobs) == 1 else {k: v[lo:hi] for k, v in result.outputs.items()}
             j.result = Execution(outs, result.compute_s, len(jobs))
 
+    async def _run_bounded(self, model: LoadedModel, feeds: dict[str, np.ndarray], options: ort.RunOptions,
+                           scope: trio.CancelScope, budget: float) -> Execution:
+        """The run in a worker thread, given up when ``scope`` is cancelled (``ABANDON_GRACE_S``
+        after its deadline, if onnxruntime has not stopped by then): a thread cannot be
+        killed, so it is left to finish."""
+        state: dict[str, Any] = {"left": False, "finished": False}
+        token = trio.lowlevel.current_trio_token()
+
+        def run() -> Execution:
+            try:
+                return self._run_sync(model, feeds, options)
+            finally:
+                with self._stuck_lock:
+                    state["finished"] = True
+                    if state["left"]:
+                        self._stuck -= 1
+                        try:
+                            token.run_sync_soon(state["ended"].set)
+                        except trio.RunFinishedError:
+                            pass
+
+        with scope:
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        return self._deadline_exceeded(model, options, budget, state)
+
+    def _deadline_exceeded(self, model: LoadedModel, options: ort.RunOptions, timeout: float,
+                           state: dict[str, Any]) -> Execution:
+        options.terminate = True
+        ended = None
+        with self._stuck_lock:
+            if not state["finished"]:
+                ended = state["ended"] = trio.Event()
+                state["left"] = True
+                self._stuck += 1
+        self.abandoned += 1
+        said = f"{model.name}: deadline exceeded: timed out after {timeout:g}s; onnxruntime did not stop within " \
+               f"{ABANDON_GRACE_S:g}s more, so its run was abandoned"
+        if ended is not None and self._stuck > self.workers:
+            log.warning("%s ran %.1f s past its deadline; %d runs abandoned already, so its worker waits for it",
+                        model.name, ABANDON_GRACE_S, self._stuck - 1)
+            raise DeadlineExceeded(f"{said}; its worker waits for it to end ({self._stuck - 1} runs abandoned "
+                                   f"already)", ended)
+        log.warning("%s ran %.1f s past its deadline without stopping; its thread is abandoned (%d still running)",
+                    model.name, ABANDON_GRACE_S, self._stuck)
+        raise DeadlineExceeded(f"{said} and the worker replaced")
+
+    @property
+    def stuck(self) -> int:
+        """Abandoned runs still computing."""
+        return self._stuck
+
     def _run_sync(self, model: LoadedModel, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> Execution:
         normal_priority_for_this_thread()
         t0 = time.perf_counter()
         try:
             values = model.session.run(None, inputs, options)
         except Exception as exc:
-            raise ExecutionError(f"{model.name}: {str(exc).splitlines()[0][:300]}") from None
+            raise ExecutionError(f"{model.name}: {ort_limits.explain(str(exc))}") from None
         compute = time.perf_counter() - t0
         return Execution({spec.name: np.asarray(v) for spec, v in zip(model.outputs, values)}, compute)

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from agent.auth import AccessControl, AccessPolicy, HostPolicy, env_hosts
 from agent.directory import SwarmDirectory
+from agent.http_body import BodyError, read_body
 
 log = logging.getLogger("orbitmesh.gateway")
 
@@ -95,14 +96,10 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
                                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     async def forward(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            return JSONResponse({"error": f"body of {declared} bytes is over the {max_body}-byte limit"}, 413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                return JSONResponse({"error": f"body is over the {max_body}-byte limit"}, 413)
+        try:
+            body = await read_body(request, max_body)     # bounded in size and time
+        except BodyError as exc:
+            return JSONResponse({"error": str(exc)}, exc.status)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         tried = []
         task = _TASK_PATH.fullmatch(request.url.path)

@@ -32,7 +32,7 @@ import numpy as np
 import trio
 
 from agent.auth import token_matches
-from agent.oip import InferenceService
+from agent.oip import MAX_TIMEOUT_S, WAIT_MARGIN_S, InferenceService
 from agent.oip_codec import (V2_TO_NP, InferRequest, OipError, array_from_bytes, array_from_json, select_outputs,
                              v2_datatype)
 from agent.oip_proto import METHODS, STREAMING, message
@@ -40,6 +40,19 @@ from agent.oip_proto import METHODS, STREAMING, message
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 64
+# Bounds of time (docs/security.md, "Bounded work").  An RPC's handler ends by
+# its limit whatever the client asked; a task ends by its own timeout_s (at most
+# MAX_TIMEOUT_S), so an inference gets that long and a little more.
+CONTROL_RPC_S = 60.0            # metadata, config, repository load (a model loads in a thread)
+INFER_RPC_S = MAX_TIMEOUT_S + 2 * WAIT_MARGIN_S + 5.0
+STREAM_IDLE_S = 300.0           # a stream with no new request for this long is closed
+CONNECTION_OPTIONS = [
+    ("grpc.max_connection_idle_ms", 300_000),                 # no RPC for 5 min: closed
+    ("grpc.max_connection_age_ms", int(INFER_RPC_S * 1000)),  # every connection ends (a slow sender too) ...
+    ("grpc.max_connection_age_grace_ms", 30_000),             # ... its RPCs given 30 s to finish
+    ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),   # a silent peer is dropped
+    ("grpc.max_concurrent_streams", DEFAULT_MAX_CONCURRENT),  # per connection
+]
 STREAM_IN_FLIGHT = 8         # requests of one stream running at once; the stream's reading waits beyond it
 STATUS_TO_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                   413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.FAILED_PRECONDITION,
@@ -206,7 +219,7 @@ class InferenceServicer:
         """Requests on one stream run up to STREAM_IN_FLIGHT at a time; answers come as
         each finishes (match them by ``id``).  Beyond that the stream is not read, so
         HTTP/2 flow control holds the client back.  A failed request is an answer with
-        ``error_message``; the stream goes on."""
+        ``error_message``; the stream goes on, until STREAM_IDLE_S pass without a request."""
         Resp, Infer = METHODS["ModelStreamInfer"][1], METHODS["ModelInfer"][1]
         answers: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
@@ -224,9 +237,20 @@ class InferenceServicer:
                 slots.release()
             await answers.put(resp)
 
+        idle = []
+
         async def read() -> None:
             running = set()
-            async for request in requests:
+            source = aiter(requests)
+            while True:
+                try:
+                    async with asyncio.timeout(STREAM_IDLE_S):
+                        request = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    idle.append(True)
+                    break
                 await slots.acquire()
                 task = asyncio.ensure_future(one(request))
                 running.add(task)
@@ -240,6 +264,9 @@ class InferenceServicer:
             while (resp := await answers.get()) is not None:
                 yield resp
             await reader
+            if idle:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no request on this stream for {STREAM_IDLE_S:g} s; closed")
         finally:
             reader.cancel()
 
@@ -259,10 +286,14 @@ class InferenceServicer:
 
 
 def _handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    def guard(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    def guard(fn: Callable[[Any, Any], Awaitable[Any]], limit_s: float) -> Callable[[Any, Any], Awaitable[Any]]:
         async def method(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await fn(request, context)
+                async with asyncio.timeout(limit_s):     # one timer; the client's own deadline also applies
+                    return await fn(request, context)
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"{fn.__name__} took longer than this server's {limit_s:g} s limit")
             except OipError as exc:
                 await context.abort(STATUS_TO_CODE.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -272,7 +303,8 @@ def _handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         return method
 
-    handlers = {name: grpc.unary_unary_rpc_method_handler(guard(getattr(servicer, name)),
+    handlers = {name: grpc.unary_unary_rpc_method_handler(guard(getattr(servicer, name),
+                                                                INFER_RPC_S if name == "ModelInfer" else CONTROL_RPC_S),
                                                           request_deserializer=req.FromString,
                                                           response_serializer=resp.SerializeToString)
                 for name, (req, resp) in METHODS.items() if name not in STREAMING}
@@ -310,7 +342,7 @@ def _run_server(servicer: InferenceServicer, address: str, max_message: int, max
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                           ("grpc.max_send_message_length", max_message),
-                                          ("grpc.so_reuseport", 0)],
+                                          ("grpc.so_reuseport", 0), *CONNECTION_OPTIONS],
                                  maximum_concurrent_rpcs=max_concurrent,
                                  interceptors=[TokenInterceptor(token)] if token is not None else [])
         server.add_generic_rpc_handlers((_handler(servicer),))

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.http_body import BodyError, read_body
 from agent.oip import InferenceService
 from agent.oip_codec import HEADER_LENGTH, OipError, encode_infer_response, json_object, parse_infer
 
@@ -32,20 +33,11 @@ def _error(exc: OipError) -> JSONResponse:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 before it is read past ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise OipError(400, "bad Content-Length header")
-        if int(declared) > limit:
-            raise OipError(413, f"body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OipError(413, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body, refused with 413 before it is read past ``limit`` bytes and 408 past its deadline."""
+    try:
+        return await read_body(request, limit)
+    except BodyError as exc:
+        raise OipError(exc.status, str(exc)) from None
 
 
 def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]:

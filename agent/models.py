@@ -22,6 +22,8 @@ from typing import Any
 import onnxruntime as ort
 
 from agent.blobstore import KEEP_FETCHED, KEEP_VERSIONS, BlobStore, DigestMismatch, read_verified
+from agent.model_check import ModelCheckError, check_model
+from agent.ort_limits import cap_session
 from agent.tensors import ORT_TYPES, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,14 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024      # an uploaded model; the zoo's largest i
 SESSION_BUDGET_BYTES = 1 << 30
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def bad_name(name: object) -> str | None:
+    """Why ``name`` cannot name a model, or None: every entry point (upload, task,
+    KServe HTTP and gRPC) asks this before any lookup."""
+    if isinstance(name, str) and NAME_RE.fullmatch(name):
+        return None
+    return (f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
 
 
 class UploadError(ValueError):
@@ -220,9 +230,8 @@ class ModelStore:
         """(digest, inputs, outputs) of a model that passes every upload check; UploadError otherwise."""
         if self.uploads is None:
             raise UploadError(503, "this node has no model store for uploads")
-        if not NAME_RE.fullmatch(name or ""):
-            raise UploadError(400, f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', "
-                                   f"starting with a letter or digit")
+        if bad_name(name):
+            raise UploadError(400, bad_name(name))
         if replacing and (self.directory / f"{name}.onnx").is_file():
             raise UploadError(409, f"{name!r} is a zoo model and cannot be replaced; upload under another name")
         if len(data) > self.max_model_bytes:
@@ -232,8 +241,13 @@ class ModelStore:
         sha = hashlib.sha256(data).hexdigest()
         if expect_sha256 is not None and expect_sha256.lower() != sha:
             raise UploadError(400, f"sha256 mismatch: expected {expect_sha256.lower()}, the body hashes to {sha}")
+        try:    # before onnxruntime loads it: loading folds constants, in this process
+            check_model(data)
+        except ModelCheckError as exc:
+            raise UploadError(400, str(exc)) from None
         try:
-            session = ort.InferenceSession(data, sess_options=session_options(), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(data, sess_options=cap_session(session_options()),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception hierarchy
             raise UploadError(400, f"not a loadable ONNX model: {str(exc).splitlines()[0][:300]}") from None
         try:
@@ -300,9 +314,15 @@ class ModelStore:
                 raise ModelError(f"model {name!r} refused: its bytes on disk do not match its sha256 {sha}") \
                     from None
             self.damaged.pop(key, None)
+            opts = session_options()
+            if path.parent != self.directory:    # uploaded: a blob an older version stored was never checked
+                try:
+                    check_model(data)
+                except ModelCheckError as exc:
+                    raise ModelError(f"model {name!r} cannot be loaded: {exc}") from None
+                opts = cap_session(opts)
             try:
-                session = ort.InferenceSession(data, sess_options=session_options(),
-                                               providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception hierarchy
                 raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
             del data

@@ -25,7 +25,7 @@ from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
 from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
-from agent.models import ModelError, ModelStore
+from agent.models import ModelError, ModelStore, bad_name
 from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
@@ -59,6 +59,7 @@ EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried 
 STATE_EVERY_S = 1.0             # how often this node's state is looked at for news worth gossiping
 STATE_REFRESH_S = 30.0          # small drifts (battery, compute times, backlog) are gossiped at most this often
 CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected down", not a failure
+DELIVERY_TICK_MAX_S = 0.5       # the delivery loop looks at its deadlines at least this often
 PREWARM_EVERY_S = 0.25
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
@@ -157,6 +158,7 @@ class Node:
         self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
+        self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
         self.started = time.time()
         self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
         self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
@@ -465,6 +467,8 @@ class Node:
                 return done, False
         if not isinstance(model, str) or not model:
             raise SubmitError(400, "'model' must be a non-empty string")
+        if bad_name(model):
+            raise SubmitError(400, bad_name(model))
         if target is not None and not isinstance(target, str):
             raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
         try:
@@ -532,8 +536,15 @@ class Node:
         assert self._nursery is not None, "node is not running"
         rec.placement = why
         self._in_flight[executor] += 1
-        self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
-        self._wake.set()
+        if executor == self.me.name:
+            # What _on_request would do, one task hand-off sooner; the ledger's only
+            # time for it is its deadline, usually long after the loop's next look.
+            self._nursery.start_soon(self._execute, req, now, 0.0, "entry")
+            if req.deadline < self._tick_at:
+                self._wake.set()
+        else:
+            self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
+            self._wake.set()
         return rec, True
 
     def _by_idem_key(self, idem_key: str) -> TaskRecord | None:
@@ -693,9 +704,12 @@ class Node:
             now = time.time()
             wait = min(self.relay.next_deadline(), self.ledger.next_deadline()) - now
             if wait > 0:
-                with trio.move_on_after(min(wait, 0.5)):
+                nap = min(wait, DELIVERY_TICK_MAX_S)
+                self._tick_at = now + nap    # wall clock, as deadlines are
+                with trio.move_on_after(nap):
                     await self._wake.wait()
                 self._wake = trio.Event()
+            self._tick_at = -math.inf       # ticking now: a new deadline is seen on the next pass
             self.relay.tick()
             for x in self.ledger.tick(time.time()):
                 if isinstance(x, TaskFailed):
@@ -950,7 +964,8 @@ class Node:
                 check_shape(arr, spec)
                 arrays[spec.name] = arr
             check_limits(req.model, arrays, model.manifest)
-            result = await self.executor.run(key, arrays)
+            # The task's own deadline, not the executor's default: a run past it is stopped there.
+            result = await self.executor.run(key, arrays, req.deadline - time.time() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))

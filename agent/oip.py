@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from agent.models import LoadedModel, ModelError
+from agent.models import LoadedModel, ModelError, bad_name
 from agent.node import DEFAULT_TASK_TIMEOUT_S, Node, SubmitError
 from agent.oip_codec import InferRequest, OipError, check_inputs, tensor_metadata
 
@@ -57,6 +57,8 @@ class InferenceService:
     # -- models ------------------------------------------------------------------
 
     def _check_version(self, name: str, version: str) -> None:
+        if bad_name(name):
+            raise OipError(400, bad_name(name))
         if version not in ("", "1"):
             raise OipError(404, f"model {name!r} has one version, '1'; version {version!r} does not exist")
 
@@ -116,6 +118,7 @@ class InferenceService:
         await self.node.executor.warm_up(name)
 
     def unload(self, name: str) -> None:
+        self._check_version(name, "")
         if not self.node.store.has(name):
             raise OipError(404, f"unknown model {name!r}")
         self.node.store.unload(name)

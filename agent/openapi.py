@@ -232,7 +232,9 @@ def _v2() -> dict[str, Any]:
 
     def ready(ps: list[dict[str, Any]]) -> dict[str, Any]:
         return {"get": _op("is the model loaded", _responses(
-            {200: ("loaded", _ref("ModelReady")), 400: ("not loaded yet", _ref("ModelReady"))}, unknown),
+            {200: ("loaded", _ref("ModelReady")),
+             400: ("not loaded yet (the protocol's answer), or a model name that is not a name",
+                   {"oneOf": [_ref("ModelReady"), _ref("Error")]})}, unknown),
             params=ps, tag="v2")}
 
     return {
@@ -274,6 +276,11 @@ def _access(paths: dict[str, Any]) -> dict[str, Any]:
                 op["responses"]["401"] = {"description": "missing or wrong bearer token", **_json(_ref("Error"))}
                 op["responses"]["403"] = {"description": "a cross-origin or cross-site request",
                                           **_json(_ref("Error"))}
+            if "requestBody" in op:     # agent.http_body: every body has a size and a time limit
+                op["responses"].setdefault("408", {"description": "the body did not arrive in time "
+                                                   "(10 s + its size at 256 KiB/s)", **_json(_ref("Error"))})
+                op["responses"].setdefault("413", {"description": "the body is over this route's size limit",
+                                                   **_json(_ref("Error"))})
     return paths
 
 

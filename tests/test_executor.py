@@ -9,7 +9,8 @@ import pytest
 import trio
 from onnx import TensorProto, helper
 
-from agent.executor import ExecutionError, Executor, ExecutorBusy
+from agent import executor as executor_module
+from agent.executor import DeadlineExceeded, ExecutionError, Executor, ExecutorBusy
 from agent.models import ModelError, ModelStore
 
 
@@ -89,6 +90,35 @@ async def test_sustained_batched_load_neither_jams_nor_starves(store, models_dir
     assert ex.batches > 0 and ex.batched_tasks / ex.batches <= 4.5, "a fair share: about half the queue each"
 
 
+async def test_a_worker_waits_for_batch_mates_only_where_it_pays(store, models_dir, tmp_path):
+    """Waiting idles the worker: worth it for a quick model (digits), not for one whose
+    run is many waits long; that one still batches what is already queued."""
+    slow_model(tmp_path / "slow.onnx", size=300, depth=40)       # 1.8 GFLOP: ≫ 5 ms a run
+    (tmp_path / "slow.json").write_text(json.dumps({"batching": {"batchable": True}}))
+    store = ModelStore(tmp_path)
+    ex = Executor(store, workers=1, batch_wait_s=0.001)
+    x = {"x": np.ones((256, 300), np.float32)}
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        for _ in range(3):
+            await ex.run("digits", digits_inputs(models_dir, 0))
+        assert ex.batch_waits == 3, "a quick model waits every time"
+        await ex.run("slow", x)
+        assert ex.batch_waits == 4, "the first run of a model, its cost unknown, waits"
+        for _ in range(3):
+            await ex.run("slow", x)
+        assert ex.batch_waits == 4, "a model far slower than the wait no longer waits"
+        results = []
+
+        async def one():
+            results.append(await ex.run("slow", x))
+        async with trio.open_nursery() as jobs:
+            for _ in range(5):
+                jobs.start_soon(one)
+        n.cancel_scope.cancel()
+    assert ex.batch_waits == 4 and max(r.batch_size for r in results) > 1, "the queue still forms batches"
+
+
 async def test_models_that_opt_out_are_never_batched(store):
     ex = Executor(store, workers=1, batch_wait_s=0.02)
     a, b = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
@@ -159,3 +189,100 @@ async def test_broken_and_unknown_models(store):
         with pytest.raises(ExecutionError, match="broken"):
             await ex.run("broken", {"x": np.ones((1, 1), np.float32)})
         n.cancel_scope.cancel()
+
+
+def loop_model(path, trips=10 ** 9):
+    """A Loop of ``trips`` tiny iterations: slow, but onnxruntime checks terminate between them."""
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"]),
+                              helper.make_node("Sin", ["v"], ["v_out"])],
+                             "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                      helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                      helper.make_tensor_value_info("v", TensorProto.FLOAT, ["n"])],
+                             [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["n"])])
+    graph = helper.make_graph([helper.make_node("Loop", ["m", "cond", "x"], ["y"], body=body)], "loop",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor("m", TensorProto.INT64, [], [trips]),
+                               helper.make_tensor("cond", TensorProto.BOOL, [], [True])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+async def test_a_long_loop_stops_at_the_task_deadline_and_the_worker_goes_on(store, tmp_path, models_dir):
+    loop_model(tmp_path / "loop.onnx")
+    ex = Executor(store, workers=1)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        t0 = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match="loop: deadline exceeded: timed out after 0.3s"):
+            await ex.run("loop", {"x": np.ones(16, np.float32)}, timeout_s=0.3)
+        assert trio.current_time() - t0 < 0.3 + 0.5
+        assert ex.abandoned == 0 and ex.expired == 1        # onnxruntime stopped it: no thread was left
+        assert (await ex.run("digits", digits_inputs(models_dir, 0))).outputs["label"].shape == (1,)
+        n.cancel_scope.cancel()
+
+
+async def test_a_run_that_ignores_terminate_is_abandoned_and_the_worker_replaced(store, models_dir, monkeypatch):
+    """One MatMul of 3500³ (seconds of one core) cannot be stopped between nodes:
+    the task fails by deadline + grace, the next task runs at once on a fresh thread,
+    and the abandoned thread is counted until it ends."""
+    monkeypatch.setattr(executor_module, "ABANDON_GRACE_S", 0.3)
+    ex = Executor(store, workers=1)
+    big = np.ones((3500, 3500), np.float32)
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        t0 = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match="did not stop within 0.3s more, so its run was abandoned"):
+            await ex.run("matmul", {"a": big, "b": big}, timeout_s=0.2)
+        assert trio.current_time() - t0 < 0.2 + 0.3 + 1.0    # 1 s of slack: three busy threads on a loaded box
+        assert ex.abandoned == 1 and ex.stuck == 1
+        t1 = trio.current_time()
+        assert (await ex.run("digits", digits_inputs(models_dir, 0))).outputs["label"].shape == (1,)
+        assert trio.current_time() - t1 < 0.5 and ex.stuck == 1   # served while the old run still computes
+        # Over the cap (one abandoned run per worker): the task still fails on time,
+        # but the worker waits for its run to end instead of leaving a second thread.
+        t2 = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match=r"its worker waits for it to end \(1 runs abandoned already\)"):
+            await ex.run("matmul", {"a": big, "b": big}, timeout_s=0.2)
+        assert trio.current_time() - t2 < 0.2 + 0.3 + 1.0 and ex.abandoned == 2
+        with trio.fail_after(60):
+            await ex.run("digits", digits_inputs(models_dir, 0))     # after the waited-for run ended
+            assert ex.stuck <= 1
+            while ex.stuck:
+                await trio.sleep(0.1)
+        n.cancel_scope.cancel()
+
+
+async def test_a_job_still_queued_at_its_deadline_fails_without_running(store, models_dir):
+    ex = Executor(store, workers=1, batch_wait_s=0)
+    errors = []
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+
+        async def hog():
+            with pytest.raises(DeadlineExceeded):
+                await ex.run("slow", {"x": np.ones((2048, 600), np.float32)}, timeout_s=0.4)
+
+        async def late():
+            try:
+                await ex.run("digits", digits_inputs(models_dir, 0), timeout_s=0.1)
+            except DeadlineExceeded as exc:
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as jobs:
+            jobs.start_soon(hog)
+            await trio.sleep(0.05)
+            jobs.start_soon(late)
+        with pytest.raises(DeadlineExceeded, match="before it could run"):
+            await ex.run("digits", digits_inputs(models_dir, 0), timeout_s=0)
+        n.cancel_scope.cancel()
+    assert errors == ["digits: deadline exceeded: timed out after 0.1s in the queue, before it could run"]
+
+
+async def test_a_warm_up_that_would_spin_is_stopped_by_its_bound(store, tmp_path):
+    """``POST /v2/repository/models/{name}/load`` warms a model on zeros: bounded like a task."""
+    loop_model(tmp_path / "loop.onnx")
+    ex = Executor(store, workers=1)
+    t0 = trio.current_time()
+    await ex.warm_up("loop", timeout_s=0.3)
+    assert trio.current_time() - t0 < 0.3 + 0.5 and ex.abandoned == 0
