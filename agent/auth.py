@@ -39,6 +39,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agent.atomic import write_atomic
+
 log = logging.getLogger("orbitmesh.auth")
 
 TOKEN_ENV = "ORBITMESH_TOKEN"
@@ -76,13 +78,7 @@ def read_token_file(path: Path) -> str:
 
 def write_token(path: Path, token: str) -> None:
     """Write ``token`` to ``path``, readable by its owner only, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, token + "\n", 0o600)
 
 
 def ensure_token(path: Path) -> str:

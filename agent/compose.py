@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import monitoring
+from agent.atomic import write_atomic
 from agent.engine_chaos import LABEL_NODE
 from agent.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                   read_secret)
@@ -56,12 +57,7 @@ LABEL_ROLE = "org.orbitmesh.role"
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode)
 
 
 def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,

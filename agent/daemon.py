@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import trio
 
 from agent.api import serve_api
+from agent.atomic import write_atomic
 from agent.auth import AgentAuth, warn_open
 from agent.kserve_grpc import serve_grpc
 from agent.oip import InferenceService
@@ -70,7 +71,8 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         lookup = SwarmDirectory(discover, api[1]).lookup
     async with open_host(keypair, lhost, lport, name_lookup=lookup) as host:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
-                           session_budget_bytes=config.limits.session_memory_mb << 20)
+                           session_budget_bytes=config.limits.session_memory_mb << 20,
+                           keep_versions=config.limits.model_versions_kept)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
         node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
                     workers=workers, trust=trust, revoked=revoked)
@@ -111,9 +113,7 @@ def next_incarnation(data_dir: Path) -> int:
     except (OSError, ValueError):
         last = 0
     inc = max(0, last) + 1
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{inc}\n")
-    tmp.replace(path)
+    write_atomic(path, f"{inc}\n")
     return inc
 
 

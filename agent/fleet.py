@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from agent.atomic import write_atomic
 from agent.auth import TOKEN_FILE, TokenError, ensure_token
 from agent.client import ApiError, Client
 from agent.p2p import load_or_create_identity, peer_id_of
@@ -129,8 +130,8 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
             ensure_token(d / TOKEN_FILE)       # kept across up/down, like the identities; $ORBITMESH_TOKEN wins
         except TokenError as exc:
             raise FleetError(str(exc)) from None
-    (d / "config.toml").write_text(config_to_toml(cfg))
-    (d / "peers.json").write_text(peers.to_json())
+    write_atomic(d / "config.toml", config_to_toml(cfg))
+    write_atomic(d / "peers.json", peers.to_json())
     # The fleet authority's key stays here, with the operator; agents get its
     # public half and the roster it signed (agent/roster.py).
     authority = ensure_authority(d / AUTHORITY_KEY)
@@ -170,7 +171,7 @@ def _record_pid(directory: Path, name: str, pid: int) -> None:
     except (OSError, ValueError):
         return
     state["pids"][name] = pid
-    path.write_text(json.dumps(state, indent=1))
+    write_atomic(path, json.dumps(state, indent=1))
 
 
 def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Popen]]:
@@ -179,7 +180,7 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
     if (spec.directory / "fleet.json").exists() and any(_alive(p) for p in _pids(spec.directory).values()):
         raise FleetError(f"a fleet is already running from {spec.directory}; `orbitmesh down` first")
     cfg, peers = prepare(spec)
-    (spec.directory / "fleet.json").write_text(json.dumps(
+    write_atomic(spec.directory / "fleet.json", json.dumps(
         {"pids": {}, "started": time.time(), "spec": {
             "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
             "api_base_port": spec.api_base_port, "grpc_base_port": spec.grpc_base_port,

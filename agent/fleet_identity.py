@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from pathlib import Path
+
+from agent.atomic import write_atomic
 
 P2P_PORT = 4001                  # libp2p links, inside every container
 API_PORT = 8080                  # HTTP API, inside every container
@@ -82,14 +83,7 @@ def ensure_identity(data_dir: Path, secret: bytes, node: str) -> str:
                 f"changed while this volume was kept.  Restore the secret, or remove the node's volume "
                 f"(docker compose down -v) to start the fleet with new identities")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(seed)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, seed, 0o600)
     return peer_id_of(load_or_create_identity(path))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.atomic import write_atomic
 from agent.fleet_identity import API_PORT, GRPC_PORT, P2P_PORT, ComposeError
 from agent.roster import RosterError, ensure_authority, load_roster, sign_roster, write_roster
 
@@ -50,10 +51,10 @@ def issue_keys(fleet_dir: Path, authority_dir: Path, nodes_dir: Path, names: lis
                                  f"{host}:{GRPC_PORT}"))
     peers = Peers(entries)
     fleet_dir.mkdir(parents=True, exist_ok=True)
-    (fleet_dir / "peers.json").write_text(peers.to_json())
+    write_atomic(fleet_dir / "peers.json", peers.to_json())
     write_roster(fleet_dir / "roster.json", sign_roster({e.name: e.peer_id for e in entries}, authority, fleet=fleet))
     pub = (Path(authority_dir) / (AUTHORITY_KEY + ".pub")).read_text()
-    (fleet_dir / (AUTHORITY_KEY + ".pub")).write_text(pub)
+    write_atomic(fleet_dir / (AUTHORITY_KEY + ".pub"), pub)
     return [f"issued {created} new node keys (kept {len(names) - created}) in their volumes",
             f"wrote {fleet_dir / 'peers.json'} and the signed {fleet_dir / 'roster.json'}"]
 

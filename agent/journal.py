@@ -11,10 +11,19 @@ After a restart the agent reads back every task that was not final and
 sends it again under the same id (the executor may run it twice; the client
 still sees one final state).  Finished tasks are kept for
 ``limits.result_retention_s`` so their results can still be asked for.
+
+A row that cannot be read back (bytes that do not decode, fields of the
+wrong type, a page SQLite reports damaged) is moved to the ``quarantine``
+table with the reason and counted; the other rows recover as usual, and the
+task it was answers as failed with that reason (:meth:`Journal.quarantined_task`).
+A file SQLite cannot read at all is moved aside (``tasks.sqlite.damaged-<time>``)
+and an empty journal started, so the node comes back; that is logged and shown.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -39,11 +48,31 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE finished IS NULL;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
+CREATE TABLE IF NOT EXISTS quarantine (
+    task_id     TEXT,
+    idem_key    TEXT,
+    quarantined REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    created     REAL,
+    row         BLOB
+);
+CREATE INDEX IF NOT EXISTS quarantine_task ON quarantine (task_id);
+CREATE INDEX IF NOT EXISTS quarantine_key ON quarantine (idem_key);
 """
+
+log = logging.getLogger(__name__)
+COLUMNS = ("task_id, idem_key, model, executor, placement, created, deadline, status, request, finished, result, "
+           "error")
+STATUSES = ("accepted", "succeeded", "failed")
+QUARANTINE_KEEP = 1000       # quarantined rows kept (oldest dropped): evidence, bounded
 
 
 class JournalError(RuntimeError):
     """The journal cannot be written (disk full, file damaged): the task is not accepted."""
+
+
+class DamagedRow(JournalError):
+    """One row that cannot be read back; it is quarantined, the rest of the journal is fine."""
 
 
 class DuplicateKey(JournalError):
@@ -71,14 +100,38 @@ class Journal:
         self.path = Path(path)
         self.retention_s = retention_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.set_aside: Path | None = None     # a file SQLite could not read at all, moved here at start
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            # Not a database any more (its header is gone): keep it for inspection and
+            # start an empty journal, so that the node comes back.  Anything else (a
+            # directory, no permission) is the operator's to fix: a clear error.
+            if isinstance(exc, sqlite3.OperationalError) or not self.path.is_file():
+                raise JournalError(f"task journal {self.path}: {exc}") from None
+            self.set_aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            log.error("task journal %s is unreadable (%s): moved to %s, starting an empty journal; the tasks it "
+                      "held are lost", self.path, exc, self.set_aside)
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{self.set_aside}{suffix}"))
+            try:
+                self._open()
+            except sqlite3.Error as exc2:
+                raise JournalError(f"task journal {self.path}: {exc2}") from None
         except sqlite3.Error as exc:
             raise JournalError(f"task journal {self.path}: {exc}") from None
         self.writes = 0
+        self.quarantined_now = 0       # rows this process moved to the quarantine
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
 
     def _write(self, sql: str, args: tuple) -> None:
         try:
@@ -108,23 +161,111 @@ class Journal:
                      task_id))
 
     def by_key(self, idem_key: str) -> str | None:
+        """The task an idempotency key names (a quarantined one included: a retry with
+        the key gets that task's failure, not a second task)."""
         try:
-            row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone()
+            row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone() or \
+                self.db.execute("SELECT task_id FROM quarantine WHERE idem_key = ? ORDER BY rowid DESC",
+                                (idem_key,)).fetchone()
         except sqlite3.Error as exc:
             raise JournalError(f"task journal {self.path}: {exc}") from None
         return row[0] if row else None
 
     def get(self, task_id: str) -> Row | None:
-        row = self.db.execute("SELECT task_id, idem_key, model, executor, placement, created, deadline, status, "
-                              "request, finished, result, error FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return _row(row) if row else None
+        """The task's row; None if unknown, or if it was damaged (then quarantined here)."""
+        try:
+            row = self.db.execute(f"SELECT rowid, {COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
+        if row is None:
+            return None
+        try:
+            return _row(row[1:])
+        except DamagedRow as exc:
+            self._quarantine(row[0], str(exc))
+            return None
 
     def open_tasks(self) -> list[Row]:
-        """Tasks accepted but not final (what a restarted agent must finish), oldest first."""
-        rows = self.db.execute("SELECT task_id, idem_key, model, executor, placement, created, deadline, status, "
-                               "request, finished, result, error FROM tasks WHERE finished IS NULL "
-                               "ORDER BY created").fetchall()
-        return [_row(r) for r in rows]
+        """Tasks accepted but not final (what a restarted agent must finish), oldest first.
+
+        Row by row: a damaged one is quarantined (:meth:`quarantined`) and the
+        others come back; only a journal SQLite cannot read at all is an error."""
+        try:
+            ids = [r[0] for r in self.db.execute("SELECT rowid FROM tasks WHERE finished IS NULL ORDER BY created")]
+        except sqlite3.DatabaseError:
+            try:       # the index may be what is damaged: scan the table itself
+                ids = [r[0] for r in self.db.execute("SELECT rowid FROM tasks NOT INDEXED")]
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"task journal {self.path}: {exc}") from None
+        out = []
+        for rowid in ids:
+            try:
+                r = self.db.execute(f"SELECT {COLUMNS} FROM tasks WHERE rowid = ?", (rowid,)).fetchone()
+                if r is None or r[9] is not None:
+                    continue
+                out.append(_row(r))
+            except (sqlite3.DatabaseError, DamagedRow) as exc:
+                self._quarantine(rowid, str(exc))
+        out.sort(key=lambda row: row.created)
+        return out
+
+    def _quarantine(self, rowid: int, reason: str) -> None:
+        """Move one unreadable row out of ``tasks``, with what can still be read of it."""
+        task_id, key, created, raw = None, None, None, None
+        try:
+            task_id, key, created = self.db.execute(
+                "SELECT CAST(task_id AS TEXT), CAST(idem_key AS TEXT), created FROM tasks WHERE rowid = ?",
+                (rowid,)).fetchone() or (None, None, None)
+            raw = self.db.execute("SELECT request FROM tasks WHERE rowid = ?", (rowid,)).fetchone()
+            raw = raw[0] if raw else None
+        except sqlite3.DatabaseError:
+            pass
+        if not isinstance(created, (int, float)):
+            created = None
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT INTO quarantine (task_id, idem_key, quarantined, reason, created, row) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (task_id if isinstance(task_id, str) else f"rowid {rowid}", key, time.time(), reason,
+                             created, raw if isinstance(raw, bytes) else None))
+            self.db.execute("DELETE FROM tasks WHERE rowid = ?", (rowid,))
+            self.db.execute("DELETE FROM quarantine WHERE rowid NOT IN "
+                            "(SELECT rowid FROM quarantine ORDER BY rowid DESC LIMIT ?)", (QUARANTINE_KEEP,))
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+            log.error("task journal %s: row %d is damaged (%s) and could not be quarantined: %s",
+                      self.path, rowid, reason, exc)
+            return
+        self.quarantined_now += 1
+        log.error("task journal %s: quarantined %s: %s", self.path, task_id or f"row {rowid}", reason)
+
+    def quarantined(self) -> int:
+        """Rows in the quarantine (kept across restarts, the newest QUARANTINE_KEEP)."""
+        try:
+            return self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        except sqlite3.DatabaseError:
+            return -1
+
+    def quarantined_task(self, task_id: str) -> tuple[str, float | None] | None:
+        """(reason, created) if ``task_id``'s row was quarantined, else None."""
+        try:
+            row = self.db.execute("SELECT reason, created FROM quarantine WHERE task_id = ? ORDER BY rowid DESC",
+                                  (task_id,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return (row[0], row[1]) if row else None
+
+    def quarantine_listing(self, limit: int = 20) -> list[dict]:
+        try:
+            rows = self.db.execute("SELECT task_id, quarantined, reason FROM quarantine ORDER BY rowid DESC LIMIT ?",
+                                   (limit,)).fetchall()
+        except sqlite3.DatabaseError:
+            return []
+        return [{"task_id": t, "quarantined": q, "reason": r} for t, q, r in rows]
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished tasks older than the retention."""
@@ -140,11 +281,26 @@ class Journal:
 
 
 def _row(r: tuple) -> Row:
+    """A row read back, every field checked (DamagedRow says which is wrong)."""
+    def damaged(why: str) -> DamagedRow:
+        return DamagedRow(f"task {r[0]!r}: damaged journal entry ({why})")
+
+    if not isinstance(r[8], bytes) or (r[10] is not None and not isinstance(r[10], bytes)):
+        raise damaged("request or result is not a blob")
     try:
         req = decode_message(r[8])
         res = decode_message(r[10]) if r[10] is not None else None
-    except WireError as exc:
-        raise JournalError(f"task {r[0]}: damaged journal entry ({exc})") from None
+    except (WireError, ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        raise damaged(str(exc) or type(exc).__name__) from None
     if not isinstance(req, TaskRequest) or (res is not None and not isinstance(res, TaskResult)):
-        raise JournalError(f"task {r[0]}: damaged journal entry (unexpected message types)")
-    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], req, r[9], res, r[11])
+        raise damaged("unexpected message types")
+    if not all(isinstance(v, str) for v in (r[0], r[2], r[3], r[4], r[7], r[11])) or r[7] not in STATUSES:
+        raise damaged("text fields of the wrong type, or an unknown status")
+    if r[1] is not None and not isinstance(r[1], str):
+        raise damaged("idempotency key of the wrong type")
+    times = (r[5], r[6]) + ((r[9],) if r[9] is not None else ())
+    if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in times):
+        raise damaged("times that are not finite numbers")
+    if req.task_id != r[0]:
+        raise damaged(f"its request names task {req.task_id!r}")
+    return Row(r[0], r[1], r[2], r[3], r[4], float(r[5]), float(r[6]), r[7], req, r[9], res, r[11])

@@ -101,12 +101,12 @@ class NodeCollector:
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
         yield from self._relay_membership_energy(me)
+        yield from _storage(me, self.node.storage())
         if self.node.is_ground and self.node.topology.handover != "all":
             ho = CounterMetricFamily("orbitmesh_ground_handovers", "Satellite-to-satellite handovers of this "
                                      "ground station since it started", labels=["node", "policy"])
             ho.add_metric([me, self.node.topology.handover], self.node.count_handovers(time.time()))
             yield ho
-
 
     def _relay_membership_energy(self, me: str) -> Iterator[object]:
         node = self.node
@@ -144,6 +144,30 @@ class NodeCollector:
         used = CounterMetricFamily("orbitmesh_energy_compute_wh", "Energy spent on compute", labels=["node"])
         used.add_metric([me], battery.used_wh)
         yield from (charge, sunlit, used)
+
+
+def _storage(me: str, st: dict) -> Iterator[object]:
+    """Recovery and storage integrity (``Node.storage``)."""
+    journal = st["journal"]
+    if journal is not None:
+        rec = CounterMetricFamily("orbitmesh_journal_recovered_tasks", "Unfinished tasks read back from the "
+                                  "journal at start", labels=["node"])
+        rec.add_metric([me], journal["recovered"])
+        quar = GaugeMetricFamily("orbitmesh_journal_quarantined_rows", "Journal rows that could not be read "
+                                 "back, moved to the quarantine table", labels=["node"])
+        quar.add_metric([me], journal["quarantined"])
+        yield from (rec, quar)
+    fired = CounterMetricFamily("orbitmesh_tasks_failed_by_deadline_timer", "Tasks still pending at their "
+                                "deadline that the backstop timer ended", labels=["node"])
+    fired.add_metric([me], st["deadline_timer_failed"])
+    models = st["models"]
+    damaged = GaugeMetricFamily("orbitmesh_models_damaged", "Models refused at load: bytes that do not match "
+                                "their digest", labels=["node"])
+    damaged.add_metric([me], len(models["damaged"]))
+    collected = CounterMetricFamily("orbitmesh_model_versions_collected", "Old model versions removed by "
+                                    "retention", labels=["node"])
+    collected.add_metric([me], models["collected"])
+    yield from (fired, damaged, collected)
 
 
 def render(node) -> bytes:

@@ -5,8 +5,9 @@ task with that very model) for 1 MiB pieces, a few at a time; every piece
 crosses the emulated links as a routed frame (per-hop acks, retransmission,
 store-and-forward, like a task).  A piece that does not come back in time is
 asked for again.  The assembled bytes must hash to the sha256 the task
-named, and then pass the same checks as an upload (``ModelStore.put``):
-nothing unverified is ever loaded.  Concurrent tasks for the same model
+named, and then pass the same checks as an upload (``ModelStore.put_version``):
+nothing unverified is ever loaded.  A fetched model is kept by its digest
+only, so a task never replaces the executor's own model of the same name.  Concurrent tasks for the same model
 share one fetch.
 """
 
@@ -47,13 +48,14 @@ class ModelFetcher:
     # -- requester ------------------------------------------------------------------------
 
     async def fetch(self, name: str, sha256: str, holder: str, deadline: float) -> None:
-        """Get ``name`` at version ``sha256`` from ``holder`` into the store; ModelError with the reason."""
-        if self.store.has(name, sha256):
+        """Get ``name`` at version ``sha256`` from ``holder`` into the store (by digest: whatever
+        ``name`` means here stays as it is); ModelError with the reason."""
+        if self.store.has_version(name, sha256):
             return
         running = self._active.get(sha256)
         if running is not None:
             await running.wait()
-            if not self.store.has(name, sha256):
+            if not self.store.has_version(name, sha256):
                 raise ModelError(self._errors.get(sha256, f"fetching {name!r} from {holder} failed"))
             return
         done = self._active[sha256] = trio.Event()
@@ -64,7 +66,7 @@ class ModelFetcher:
             if got != sha256:
                 raise ModelError(f"model {name!r} from {holder} hashes to {got}, not {sha256}: discarded")
             try:
-                await trio.to_thread.run_sync(self.store.put, name, data, sha256)
+                await trio.to_thread.run_sync(self.store.put_version, name, data, sha256)
             except UploadError as exc:
                 raise ModelError(f"model {name!r} from {holder} refused: {exc}") from None
             self.fetched += 1
@@ -135,10 +137,9 @@ class ModelFetcher:
                               req.deadline, req.attempt, error=why)
 
         try:
-            if not self.store.has(req.model, req.sha256):
+            path = self.store.version_path(req.model, req.sha256)
+            if path is None:
                 return refuse(f"{self.me} has no model {req.model!r} with sha256 {req.sha256[:12]}…")
-            path = self.store.path_of(req.model)
-            assert path is not None
             total = path.stat().st_size
             with open(path, "rb") as f:
                 f.seek(min(req.offset, total))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -20,9 +21,12 @@ from typing import Any
 
 import onnxruntime as ort
 
+from agent.blobstore import KEEP_FETCHED, KEEP_VERSIONS, BlobStore, DigestMismatch, read_verified
 from agent.model_check import ModelCheckError, check_model
 from agent.ort_limits import cap_session
 from agent.tensors import ORT_TYPES, TensorSpec
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(LookupError):
@@ -37,6 +41,7 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     manifest: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None     # the digest its bytes were checked against when loaded
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "inputs": [s.describe() for s in self.inputs],
@@ -96,20 +101,30 @@ class UploadError(ValueError):
         self.status = status
 
 
+def version_key(name: str, sha256: str) -> str:
+    """How a task names one version of a model: ``name@sha256`` (see :meth:`ModelStore.key`)."""
+    return f"{name}@{sha256}"
+
+
 class ModelStore:
-    """Loads ``<dir>/<name>.onnx`` lazily and caches the session.
+    """Loads models lazily and caches the sessions; every load re-hashes the bytes it reads.
 
     Two sources: the zoo directory (built, read-only) and, when ``uploads`` is
-    given, a content-addressed store of users' models: ``blobs/<sha256>.onnx``
-    written once, and ``names/<name>.json`` pointing a name at a blob.  A name
+    given, a content-addressed store of users' models (:class:`agent.blobstore.BlobStore`:
+    blobs by digest, names pointing at versions, retention).  A name
     re-uploaded with other content points at the new blob; the zoo's names
-    cannot be replaced.
+    cannot be replaced.  A task names its model *and* digest (the entry
+    resolves the name); an executor whose own model of that name is another
+    version runs the task's version, fetched and kept by digest, and its own
+    name keeps meaning what it meant.
     """
 
     def __init__(self, directory: Path, preload_max_bytes: int = PRELOAD_MAX_BYTES, *, uploads: Path | None = None,
-                 max_model_bytes: int = MAX_MODEL_BYTES, session_budget_bytes: int = SESSION_BUDGET_BYTES):
+                 max_model_bytes: int = MAX_MODEL_BYTES, session_budget_bytes: int = SESSION_BUDGET_BYTES,
+                 keep_versions: int = KEEP_VERSIONS, keep_fetched: int = KEEP_FETCHED):
         self.directory = Path(directory)
         self.uploads = Path(uploads) if uploads is not None else None
+        self.blobs = BlobStore(self.uploads, keep_versions, keep_fetched) if self.uploads is not None else None
         self.max_model_bytes = max_model_bytes
         self.preload_max_bytes = preload_max_bytes
         self.session_budget_bytes = session_budget_bytes
@@ -118,6 +133,7 @@ class ModelStore:
         self.session_bytes: dict[str, int] = {}  # what each session costs in memory (measured at load)
         self.evictions = 0
         self.load_s: dict[str, float] = {}      # how long each session took to create here
+        self.damaged: dict[str, str] = {}       # model key -> why its bytes were refused at load (digest mismatch)
         self._lock = threading.Lock()  # sessions are created from worker threads
 
     def zoo_names(self) -> list[str]:
@@ -126,9 +142,7 @@ class ModelStore:
         return sorted(p.stem for p in self.directory.glob("*.onnx"))
 
     def uploaded_names(self) -> list[str]:
-        if self.uploads is None or not (self.uploads / "names").is_dir():
-            return []
-        return sorted(p.stem for p in (self.uploads / "names").glob("*.json"))
+        return self.blobs.names() if self.blobs is not None else []
 
     def names(self) -> list[str]:
         return sorted(set(self.zoo_names()) | set(self.uploaded_names()))
@@ -140,14 +154,19 @@ class ModelStore:
         zoo = self.directory / f"{name}.onnx"
         if zoo.is_file():
             return zoo
-        if self.uploads is not None:
-            try:
-                ref = json.loads((self.uploads / "names" / f"{name}.json").read_text())
-                blob = self.uploads / "blobs" / f"{ref['sha256']}.onnx"
-                return blob if blob.is_file() else None
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
+        if self.blobs is not None:
+            sha = self.blobs.current(name)
+            blob = self.blobs.blob_path(sha) if sha else None
+            return blob if blob is not None and blob.is_file() else None
         return None
+
+    def _zoo_sha(self, name: str) -> str | None:
+        """The digest the zoo's manifest records (checked by tests/test_zoo.py), or None."""
+        try:
+            sha = json.loads((self.directory / f"{name}.json").read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return sha if isinstance(sha, str) and SHA_RE.fullmatch(sha) else None
 
     def sha256(self, name: str) -> str:
         """Content hash of a model (cached; uploaded blobs are named by it)."""
@@ -158,18 +177,47 @@ class ModelStore:
             return path.stem
         key = f"{name}:{path.stat().st_mtime_ns}"
         if key not in self._sha:
-            try:   # the zoo's manifest records it (checked by tests/test_zoo.py)
-                sha = json.loads((self.directory / f"{name}.json").read_text())["sha256"]
-            except (OSError, ValueError, KeyError, TypeError):
-                sha = None
-            self._sha[key] = sha if isinstance(sha, str) and SHA_RE.fullmatch(sha) else \
-                hashlib.sha256(path.read_bytes()).hexdigest()
+            self._sha[key] = self._zoo_sha(name) or hashlib.sha256(path.read_bytes()).hexdigest()
         return self._sha[key]
 
     def has(self, name: str, sha256: str | None = None) -> bool:
+        """Whether ``name`` is here and (with ``sha256``) means that version."""
         if self.path_of(name) is None:
             return False
         return sha256 is None or not sha256 or self.sha256(name) == sha256
+
+    def has_version(self, name: str, sha256: str) -> bool:
+        """Whether this node can run ``name`` at ``sha256``: its own name means it, or the blob is here."""
+        if self.has(name, sha256):
+            return True
+        return bool(NAME_RE.fullmatch(name or "")) and self.blobs is not None and self.blobs.has_blob(sha256)
+
+    def key(self, name: str, sha256: str | None) -> str:
+        """The key to load (``get``) and run a task's model by: the name when it means
+        ``sha256`` here (or no digest is given), else ``name@sha256``."""
+        if not sha256 or self.has(name, sha256):
+            return name
+        return version_key(name, sha256)
+
+    def _locate(self, key: str) -> tuple[str, Path | None, str | None]:
+        """(name, file, digest its bytes must have) for a key from :meth:`key`."""
+        name, _, sha = key.partition("@")
+        if not sha:
+            path = self.path_of(name)
+            if path is None:
+                return name, None, None
+            return name, path, path.stem if path.parent.name == "blobs" else self._zoo_sha(name)
+        if not NAME_RE.fullmatch(name) or not SHA_RE.fullmatch(sha):
+            return name, None, None
+        if self.has(name, sha):
+            return name, self.path_of(name), sha
+        if self.blobs is not None and self.blobs.has_blob(sha):
+            return name, self.blobs.blob_path(sha), sha
+        return name, None, None
+
+    def version_path(self, name: str, sha256: str) -> Path | None:
+        """The file holding ``name`` at ``sha256`` (what a holder serves over the mesh), or None."""
+        return self._locate(version_key(name, sha256))[1] if sha256 else self.path_of(name)
 
     def read(self, name: str) -> bytes:
         path = self.path_of(name)
@@ -177,18 +225,14 @@ class ModelStore:
             raise ModelError(f"unknown model {name!r}")
         return path.read_bytes()
 
-    def put(self, name: str, data: bytes, expect_sha256: str | None = None) -> dict[str, Any]:
-        """Validate and store a model under ``name``; UploadError with a status and reason.
-
-        Checks, in order: the name, the size limit, the hash the client (or the
-        mesh) expects, and that onnxruntime can load it with tensor types the
-        wire carries.  Nothing is written unless all pass.
-        """
+    def _validate(self, name: str, data: bytes, expect_sha256: str | None,
+                  replacing: bool = False) -> tuple[str, list[TensorSpec], list[TensorSpec]]:
+        """(digest, inputs, outputs) of a model that passes every upload check; UploadError otherwise."""
         if self.uploads is None:
             raise UploadError(503, "this node has no model store for uploads")
         if bad_name(name):
             raise UploadError(400, bad_name(name))
-        if (self.directory / f"{name}.onnx").is_file():
+        if replacing and (self.directory / f"{name}.onnx").is_file():
             raise UploadError(409, f"{name!r} is a zoo model and cannot be replaced; upload under another name")
         if len(data) > self.max_model_bytes:
             raise UploadError(413, f"model of {len(data)} bytes exceeds the {self.max_model_bytes}-byte limit")
@@ -207,48 +251,81 @@ class ModelStore:
         except Exception as exc:  # onnxruntime raises its own exception hierarchy
             raise UploadError(400, f"not a loadable ONNX model: {str(exc).splitlines()[0][:300]}") from None
         try:
-            inputs, outputs = _specs(session.get_inputs(), Path(name)), _specs(session.get_outputs(), Path(name))
+            return sha, _specs(session.get_inputs(), Path(name)), _specs(session.get_outputs(), Path(name))
         except ModelError as exc:
             raise UploadError(400, str(exc)) from None
-        blobs, names = self.uploads / "blobs", self.uploads / "names"
-        blobs.mkdir(parents=True, exist_ok=True)
-        names.mkdir(parents=True, exist_ok=True)
-        blob = blobs / f"{sha}.onnx"
-        if not blob.is_file():
-            _write_atomic(blob, data)
-        _write_atomic(names / f"{name}.json", json.dumps({"sha256": sha, "size": len(data)}).encode())
+
+    def put(self, name: str, data: bytes, expect_sha256: str | None = None) -> dict[str, Any]:
+        """Validate and store a model under ``name``; UploadError with a status and reason.
+
+        Checks, in order: the name, the size limit, the hash the client
+        expects, and that onnxruntime can load it with tensor types the wire
+        carries.  Nothing is written unless all pass.  The name's older
+        versions beyond the store's ``keep_versions`` are removed.
+        """
+        sha, inputs, outputs = self._validate(name, data, expect_sha256, replacing=True)
+        assert self.blobs is not None
+        self.blobs.store(sha, data, name)
         with self._lock:
             self._loaded.pop(name, None)      # a new version replaces the old session
         return {"name": name, "sha256": sha, "size": len(data),
                 "inputs": [x.describe() for x in inputs], "outputs": [x.describe() for x in outputs]}
 
+    def put_version(self, name: str, data: bytes, sha256: str) -> None:
+        """Keep a version fetched over the mesh for a task, by its digest: a name this node
+        does not use yet comes to mean it, but whatever ``name`` already means here (a zoo
+        model, a local upload) stays as it is (UploadError as for ``put``)."""
+        if self.has(name, sha256):
+            return
+        self._validate(name, data, sha256)
+        assert self.blobs is not None
+        here = self._zoo_sha(name) if (self.directory / f"{name}.onnx").is_file() else self.blobs.current(name)
+        if here is not None:
+            log.info("model %r %s… kept by digest for a task; %r here stays %s…", name, sha256[:12], name,
+                     here[:12])
+            self.blobs.store(sha256, data)
+        else:
+            self.blobs.store(sha256, data, name, if_unnamed=True)
+
     def preloadable(self) -> list[str]:
         return [n for n in self.zoo_names() if (self.directory / f"{n}.onnx").stat().st_size <= self.preload_max_bytes]
 
-    def loaded(self, name: str) -> bool:
-        return name in self._loaded
+    def loaded(self, key: str) -> bool:
+        return key in self._loaded
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, key: str) -> LoadedModel:
+        """The session of a model name, or of one version (``name@sha256``, from :meth:`key`)."""
         with self._lock:
-            model = self._loaded.get(name)
+            model = self._loaded.get(key)
             if model is not None:
-                self._loaded.move_to_end(name)
+                self._loaded.move_to_end(key)
                 return model
-            path = self.path_of(name)
+            name, path, sha = self._locate(key)
             if path is None:
-                raise ModelError(f"unknown model {name!r}; this node has: {', '.join(self.names()) or 'none'}")
+                raise ModelError(f"unknown model {key!r}; this node has: {', '.join(self.names()) or 'none'}")
             started, rss = time.perf_counter(), _rss_bytes()
+            try:
+                data = read_verified(path, sha)
+            except OSError as exc:
+                raise ModelError(f"model {name!r} cannot be read: {exc}") from None
+            except DigestMismatch as exc:
+                self.damaged[key] = str(exc)
+                log.error("model %s refused: %s", key, exc)
+                raise ModelError(f"model {name!r} refused: its bytes on disk do not match its sha256 {sha}") \
+                    from None
+            self.damaged.pop(key, None)
             opts = session_options()
             if path.parent != self.directory:    # uploaded: a blob an older version stored was never checked
                 try:
-                    check_model(path.read_bytes())
-                except (ModelCheckError, OSError) as exc:
+                    check_model(data)
+                except ModelCheckError as exc:
                     raise ModelError(f"model {name!r} cannot be loaded: {exc}") from None
                 opts = cap_session(opts)
             try:
-                session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception hierarchy
                 raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
+            del data
             manifest: dict[str, Any] = {}
             if path.parent == self.directory:
                 try:
@@ -258,13 +335,13 @@ class ModelStore:
             else:
                 manifest = {"sha256": path.stem, "uploaded": True}
             model = LoadedModel(name, path, session, _specs(session.get_inputs(), path),
-                                _specs(session.get_outputs(), path), manifest)
-            self._loaded[name] = model
-            self.load_s[name] = time.perf_counter() - started
+                                _specs(session.get_outputs(), path), manifest, sha256=sha)
+            self._loaded[key] = model
+            self.load_s[key] = time.perf_counter() - started
             # Resident growth is the real cost (a 40 MB fp16 U-Net takes ~220 MB);
             # the file size is the floor when the allocator reused freed memory.
-            self.session_bytes[name] = max(path.stat().st_size, _rss_bytes() - rss)
-            self._evict(keep=name)
+            self.session_bytes[key] = max(path.stat().st_size, _rss_bytes() - rss)
+            self._evict(keep=key)
             return model
 
     def _evict(self, keep: str) -> None:
@@ -280,6 +357,13 @@ class ModelStore:
         return {"budget_bytes": self.session_budget_bytes, "evictions": self.evictions,
                 "sessions": {n: self.session_bytes.get(n, 0) for n in self._loaded}}
 
+    def storage(self) -> dict[str, Any]:
+        """Retention and integrity, for /v1/node and the metrics."""
+        return {"keep_versions": self.blobs.keep_versions if self.blobs else 0,
+                "keep_fetched": self.blobs.keep_fetched if self.blobs else 0,
+                "collected": self.blobs.collected if self.blobs else 0,
+                "damaged": dict(self.damaged)}
+
     def unload(self, name: str) -> bool:
         """Drop a model's session (the repository extension's unload); the file stays,
         and the next task loads it again.  False if it was not loaded."""
@@ -288,12 +372,6 @@ class ModelStore:
 
     def loaded_names(self) -> list[str]:
         return sorted(self._loaded)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer thread
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _rss_bytes() -> int:

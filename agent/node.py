@@ -21,7 +21,7 @@ import numpy as np
 import trio
 
 from agent.executor import ExecutionError, Executor, ExecutorBusy
-from agent.journal import DuplicateKey, Journal, JournalError
+from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
 from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
@@ -30,7 +30,7 @@ from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import LinkState, Relay
-from agent.tasks import TaskRecord, TaskTable
+from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
@@ -117,6 +117,7 @@ class Node:
         self.store = store
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
+        self.deadlines = DeadlineTimers()              # every accepted task ends by its deadline (backstop)
         partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
         self.trust = trust
         self.chaos = FaultTable(self._chaos_topo(), trust=trust,
@@ -304,6 +305,7 @@ class Node:
             nursery.start_soon(self._follow_the_sky)
             nursery.start_soon(self.membership.run)
             nursery.start_soon(self._delivery_loop)
+            nursery.start_soon(self._enforce_deadlines)
             nursery.start_soon(self._publish_state)
             nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
@@ -508,10 +510,10 @@ class Node:
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
         rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
-                         journaled=journaled and self.journal is not None)
+                         journaled=journaled and self.journal is not None, deadline=now + timeout_s)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
-                          deadline=now + timeout_s, model_sha256=self.store.sha256(model))
+                          deadline=now + timeout_s, model_sha256=loaded.sha256 or self.store.sha256(model))
         if self.journal is not None and journaled:
             try:       # on disk before anyone is told: a crash from here on loses nothing
                 self.journal.accept(req, executor, why, now, idem_key)
@@ -525,6 +527,7 @@ class Node:
             if len(self._idem) > 65536:
                 self._idem.pop(next(iter(self._idem)))
         self.tasks.add(rec)
+        self.deadlines.watch(rec)
         # A local task is not retried end to end (nothing can lose it); a remote one
         # is re-sent under the same id if no result came back in time.
         self.ledger.submit(now, rec.task_id, self.peers[executor].index, req.deadline,
@@ -564,11 +567,23 @@ class Node:
             return rec
         try:
             row = self.journal.get(task_id)
+            damaged = self.journal.quarantined_task(task_id) if row is None else None
         except JournalError as exc:
             log.error("%s", exc)
             return None
+        if damaged is not None:
+            # Its journal row could not be read back: it ends, visibly, as a failure.
+            reason, created = damaged
+            rec = TaskRecord(task_id, "?", self.me.name, "?", created=created or 0.0, journaled=False)
+            rec.finish(ok=False, when=created or 0.0,
+                       error=f"{self.me.name}: the task's journal entry was damaged and is quarantined ({reason})")
+            return rec
         if row is None:
             return None
+        if row.finished is None:
+            # Open in the journal but unknown here (recovery missed it): it gets what
+            # recovery gives every open task, a re-send and a deadline timer.
+            return self._recover_row(row, time.time())
         rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
                          placement=row.placement)
         if row.finished is not None:
@@ -580,32 +595,61 @@ class Node:
 
     def _recover(self) -> None:
         """After a restart: every task accepted but not final is sent again under its id
-        (or failed at once if its deadline passed while this node was down)."""
+        (or failed at once if its deadline passed while this node was down).  A row the
+        journal cannot read back is quarantined there and reported; the others recover."""
         if self.journal is None:
             return
         try:
             rows = self.journal.open_tasks()
         except JournalError as exc:
-            log.error("%s", exc)
+            log.error("%s: no task recovered: %s", self.me.name, exc)
             return
         now = time.time()
         for row in rows:
-            rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
-                             placement=row.placement)
-            self.tasks.add(rec)
-            if row.idem_key:
-                self._idem[row.idem_key] = row.task_id
-            if row.deadline <= now:
-                self._finalize(rec, ok=False, when=now, error=f"{self.me.name} was down until after the deadline")
-                continue
-            self._requests[row.task_id] = row.request
-            executor = row.executor if row.executor in self.peers else self.me.name
-            self._in_flight[executor] += 1
-            # Retry at once: whatever was in flight died with the old process.
+            self._recover_row(row, now)
+        if rows or self.journal.quarantined_now:
+            log.warning("%s: recovered %d unfinished tasks from the journal; %d damaged row(s) quarantined",
+                        self.me.name, self.recovered, self.journal.quarantined_now)
+
+    def _recover_row(self, row: Row, now: float) -> TaskRecord:
+        """One open journal row back in memory: re-sent at once, with its deadline timer."""
+        rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
+                         placement=row.placement, deadline=row.deadline)
+        self.tasks.add(rec)
+        if row.idem_key:
+            self._idem[row.idem_key] = row.task_id
+        if row.deadline <= now:
+            self._finalize(rec, ok=False, when=now, error=f"{self.me.name} was down until after the deadline")
+            return rec
+        self.deadlines.watch(rec)
+        self._requests[row.task_id] = row.request
+        executor = row.executor if row.executor in self.peers else self.me.name
+        self._in_flight[executor] += 1
+        # Retry at once: whatever was in flight died with the old process.
+        try:
             self.ledger.submit(now, row.task_id, self.peers[executor].index, row.deadline, retry_after=0.0)
-            self.recovered += 1
-        if rows:
-            log.warning("%s: recovered %d unfinished tasks from the journal", self.me.name, self.recovered)
+        except ValueError as exc:       # known to the ledger already: its timer stands
+            log.warning("%s: %s", self.me.name, exc)
+        self.recovered += 1
+        self._wake.set()
+        return rec
+
+    async def _enforce_deadlines(self) -> None:
+        """The backstop behind the ledger: a task still pending after its deadline ends
+        now, failed with the reason, whatever happened to its target or its frames.
+        A task of its own, so nothing that delays delivery can delay this."""
+        while True:
+            wait = self.deadlines.next_at() - time.time()
+            await trio.sleep(max(0.05, min(wait, 1.0)))
+            for rec in self.deadlines.due(time.time(), self.tasks):
+                self._deadline_passed(rec)
+
+    def _deadline_passed(self, rec: TaskRecord) -> None:
+        reason = (f"{self.me.name}: no result by the task's deadline ({rec.deadline - rec.created:.1f} s after it "
+                  f"was accepted); executor {rec.executor}")
+        log.warning("task %s still %s at its deadline: failed by the deadline timer", rec.task_id, rec.status)
+        self.ledger.fail(time.time(), rec.task_id, reason)
+        self._fail(rec.task_id, reason)
 
     def _finalize(self, rec: TaskRecord, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
                   error: str = "", trace: tuple[Hop, ...] = (), compute_s: float = 0.0,
@@ -905,10 +949,11 @@ class Node:
         ok, outputs, error, compute = False, {}, "", 0.0
         try:
             self._check_power(req.model)
-            if req.model_sha256 and not self.store.has(req.model, req.model_sha256):
+            if req.model_sha256 and not self.store.has_version(req.model, req.model_sha256):
                 await self.fetcher.fetch(req.model, req.model_sha256, req.entry, req.deadline or time.time() + 60)
-            model = self.store.get(req.model) if self.store.loaded(req.model) else \
-                await trio.to_thread.run_sync(self.store.get, req.model)
+            key = self.store.key(req.model, req.model_sha256)    # the task's version, whatever the name means here
+            model = self.store.get(key) if self.store.loaded(key) else \
+                await trio.to_thread.run_sync(self.store.get, key)
             arrays = {}
             for spec in model.inputs:
                 if spec.name not in req.inputs:
@@ -920,7 +965,7 @@ class Node:
                 arrays[spec.name] = arr
             check_limits(req.model, arrays, model.manifest)
             # The task's own deadline, not the executor's default: a run past it is stopped there.
-            result = await self.executor.run(req.model, arrays, req.deadline - time.time() if req.deadline else None)
+            result = await self.executor.run(key, arrays, req.deadline - time.time() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
@@ -1040,7 +1085,19 @@ class Node:
             "energy": self.battery.describe() if self.battery is not None else None,
             "compute_ms": {m: round(s * 1e3, 3) for m, s in self.compute_table.of_node(self.me.name).items()},
             "sessions": self.store.memory(),
+            "storage": self.storage(),
         }
+
+    def storage(self) -> dict[str, Any]:
+        """Recovery and integrity: what the journal recovered and quarantined, what the
+        deadline backstop had to end, and the model store's retention and damage."""
+        journal: dict[str, Any] | None = None
+        if self.journal is not None:
+            journal = {"recovered": self.recovered, "quarantined": self.journal.quarantined(),
+                       "quarantined_since_start": self.journal.quarantined_now,
+                       "set_aside": str(self.journal.set_aside) if self.journal.set_aside else None,
+                       "quarantine": self.journal.quarantine_listing(10)}
+        return {"journal": journal, "deadline_timer_failed": self.deadlines.fired, "models": self.store.storage()}
 
     def describe_membership(self) -> dict[str, Any]:
         out = self.membership.describe()

@@ -114,6 +114,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from agent.atomic import write_atomic
+
 __all__ = [
     "P2PError",
     "P2PHost",
@@ -183,18 +185,7 @@ def load_or_create_identity(path: pathlib.Path) -> KeyPair:
 
 def _write_private_file(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` atomically to ``path`` with mode 0600 (dirs created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 def peer_id_of(keypair: KeyPair) -> str:

@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.atomic import write_atomic
 from mesh.trust import Trust
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,7 @@ def read_seed(path: Path) -> bytes:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` atomically with mode 0600 (directories created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 def ensure_authority(path: Path) -> Ed25519PrivateKey:
@@ -108,7 +101,7 @@ def ensure_authority(path: Path) -> Ed25519PrivateKey:
     pub = path.with_name(path.name + ".pub")
     text = raw_public(key.public_key()).hex() + "\n"
     if not pub.exists() or pub.read_text() != text:
-        pub.write_text(text)
+        write_atomic(pub, text)
     return key
 
 
@@ -190,10 +183,7 @@ def load_roster(path: Path, authority_pub_path: Path) -> Roster:
 
 
 def write_roster(path: Path, doc: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 # -- what the mesh gets --------------------------------------------------------------------

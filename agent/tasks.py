@@ -1,10 +1,12 @@
-"""Tasks a node accepted: their state, result and hop-by-hop trace.
+"""Tasks a node accepted: their state, result and hop-by-hop trace, and a deadline timer for each.
 
 Bounded: finished tasks beyond ``capacity`` are forgotten oldest first.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ class TaskRecord:
     compute_s: float = 0.0
     placement: str = ""           # why this executor (placement's reason, or the client's choice)
     journaled: bool = True        # recorded in the journal (see Node.submit)
+    deadline: float = math.inf    # wall time by which it ends, one way or the other (DeadlineTimers)
     done: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def finish(self, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
@@ -107,4 +110,46 @@ class TaskTable:
         out: dict[str, int] = {}
         for r in self._tasks.values():
             out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+
+class DeadlineTimers:
+    """One timer per accepted task, kept apart from delivery's own bookkeeping.
+
+    The ledger (``mesh.delivery.TaskLedger``) fails a task at its deadline
+    while it tracks it; this is the backstop that makes "every task ends by
+    its deadline" not depend on that: whatever path a task took (recovered
+    from the journal, re-sent, held for a paused target, its ledger entry
+    lost to a bug), :meth:`due` names every task still pending ``grace_s``
+    after its deadline, and the node fails it with the reason.
+    """
+
+    def __init__(self, grace_s: float = 1.0):
+        self.grace_s = grace_s
+        self._heap: list[tuple[float, str]] = []
+        self.fired = 0                       # tasks this backstop had to end (the ledger had not)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def watch(self, rec: TaskRecord) -> None:
+        if math.isfinite(rec.deadline):
+            heapq.heappush(self._heap, (rec.deadline + self.grace_s, rec.task_id))
+
+    def next_at(self) -> float:
+        return self._heap[0][0] if self._heap else math.inf
+
+    def due(self, now: float, table: TaskTable) -> list[TaskRecord]:
+        """Records still pending past their deadline (+ grace); their timers are spent."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, task_id = heapq.heappop(self._heap)
+            rec = table.get(task_id)
+            if rec is not None and rec.status in PENDING:
+                out.append(rec)
+        self.fired += len(out)
+        if len(self._heap) > 4 * table.capacity:      # timers of long-finished tasks: drop them
+            self._heap = [(t, i) for t, i in self._heap
+                          if (r := table.get(i)) is not None and r.status in PENDING]
+            heapq.heapify(self._heap)
         return out

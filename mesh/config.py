@@ -72,6 +72,9 @@ class Limits:
     session_memory_mb: int = 1024
     # Finished tasks (and their results) kept in each entry node's journal.
     result_retention_s: int = 3600
+    # Versions of each uploaded model name kept on disk (the current one included);
+    # older ones are removed when a new version arrives (docs/models.md).
+    model_versions_kept: int = 3
 
 
 @dataclass(frozen=True)

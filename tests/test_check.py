@@ -56,6 +56,22 @@ def test_check_passes_200_tasks_through_cuts_kills_and_loss(fleet24, tmp_path):
     assert sorted(r["f"] for r in nemesis if r["f"] in ("kill", "restart")) == ["kill", "kill", "restart", "restart"]
 
 
+@pytest.mark.timeout(600)     # the scenario alone runs ~90 s; the 24-agent fleet may start here
+def test_recovered_tasks_end_by_their_deadline_while_their_target_is_paused(fleet24):
+    """Issue 18: sat-9 paused, entry sat-12 restarted while it holds a task for sat-9; every
+    task ends by its deadline (the checker's `late` verdict), none lost."""
+    spec, _, _, _ = fleet24
+    r = orbitmesh(spec, "check", "--scenario", str(ROOT / "scenarios" / "pause-target-restart-entry.toml"),
+                  "--task-timeout", "20", "--json")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout[r.stdout.index("{"):])
+    c = report["counts"]
+    assert report["ok"] and c["late"] == c["lost"] == c["unexplained"] == c["wrong"] == 0, report["violations"]
+    # refused, not lost: submissions to sat-12 while it restarts, and for sat-9 while it is declared dead
+    assert c["succeeded"] + c["failed"] == c["accepted"] >= 150
+    assert [f["action"] for f in report["faults"]] == ["pause", "kill", "restart", "resume"]
+
+
 def test_every_shipped_scenario_parses_against_a_24_satellite_fleet(fleet24):
     spec, _, _, _ = fleet24
     topo = fleet_topo(spec.directory)
@@ -94,3 +110,21 @@ def test_check_refuses_bad_input_before_running_anything(fleet24, tmp_path):
     r = orbitmesh(spec, "chaos", "kill", "sat-3", timeout=60)
     assert r.returncode == 1 and "sat-3 is already down" in r.stderr
     assert orbitmesh(spec, "chaos", "restart", "sat-3", timeout=60).returncode == 0
+
+
+def test_a_task_that_ends_after_its_deadline_is_a_violation_unless_its_entry_was_down():
+    """The checker's "late" verdict (issue 18: recovered tasks stayed `accepted` past their deadline)."""
+    import inspect
+
+    from agent.check import DOWN_AT_DEADLINE, LATE_GRACE_S, Job, Report, _late
+    from agent.node import Node
+    on_time = {"status": "failed", "created": 100.0, "finished": 120.0 + LATE_GRACE_S, "error": "no route"}
+    late = {"status": "succeeded", "created": 100.0, "finished": 200.0, "error": None}
+    entry_down = {"status": "failed", "created": 100.0, "finished": 200.0,
+                  "error": f"sat-12 {DOWN_AT_DEADLINE}"}
+    assert _late(on_time, 20.0) == "" and _late(entry_down, 20.0) == ""
+    assert _late(late, 20.0) == "late: succeeded 80.0 s after its 20 s deadline"
+    assert DOWN_AT_DEADLINE in inspect.getsource(Node._recover_row)      # the entry's own words
+    job = Job(0, "sat-12", "k", 0, task_id="sat-12-x", final=late, violations=[_late(late, 20.0)])
+    report = Report([job], [], [], 1.0)
+    assert report.counts()["late"] == 1 and not report.ok and "1 ended after their deadline" in report.text()

@@ -229,3 +229,17 @@ async def test_an_uploaded_model_runs_on_a_far_node_that_fetches_it_over_the_mes
     assert rec["outputs"]["y"]["data"] == [[1.5, 3.0, 4.5, 6.0]]
     async with Client(peers["sat-6"].api) as c:
         assert "scaler" in (await c.node())["models"]          # it kept the verified copy
+    # Addressed by hash (issue 18): sat-9 has its own "scaler"; a task from sat-0 runs
+    # sat-0's version there, and sat-9's name still means sat-9's model afterwards.
+    mine = doubler(3.0)
+    async with httpx.AsyncClient(base_url=peers["sat-9"].api, timeout=60, headers=AUTH) as http:
+        r = await http.put("/v1/models/scaler", content=mine)
+        assert r.status_code == 201 and r.json()["sha256"] == hashlib.sha256(mine).hexdigest(), r.text
+    async with Client(peers["sat-0"].api) as c:
+        rec = await c.wait((await c.submit("scaler", {"x": [[1.0, 2.0, 3.0, 4.0]]}, "sat-9"))["task_id"], timeout=60)
+    assert rec["status"] == "succeeded" and rec["outputs"]["y"]["data"] == [[1.5, 3.0, 4.5, 6.0]], rec
+    async with Client(peers["sat-9"].api) as c:
+        rec = await c.wait((await c.submit("scaler", {"x": [[1.0, 2.0, 3.0, 4.0]]}, "sat-9"))["task_id"], timeout=60)
+        assert rec["status"] == "succeeded" and rec["outputs"]["y"]["data"] == [[3.0, 6.0, 9.0, 12.0]], rec
+        storage = (await c.node())["storage"]["models"]
+        assert storage["damaged"] == {} and storage["keep_versions"] == 3

@@ -1,10 +1,12 @@
 """The task journal: what an entry node accepted survives a crash of the process."""
 
+import sqlite3
+
 import numpy as np
 import pytest
 
 from agent.journal import Journal, JournalError
-from mesh.wire import Hop, TaskRequest, TaskResult, Tensor
+from mesh.wire import Hop, TaskRequest, TaskResult, Tensor, encode_message
 
 
 def request(tid="sat-0-aa", deadline=2e9):
@@ -55,12 +57,67 @@ def test_finished_tasks_are_forgotten_after_the_retention(tmp_path):
     assert j.get("sat-0-0") is None and j.get("sat-0-1") is not None and j.get("sat-0-2") is not None
 
 
-def test_a_damaged_entry_or_an_unwritable_file_is_a_clear_error(tmp_path):
+def test_a_damaged_entry_is_quarantined_and_an_unwritable_file_is_a_clear_error(tmp_path):
     j = Journal(tmp_path / "t.sqlite")
     j.accept(request(), "sat-5", "", 100.0)
     j.db.execute("UPDATE tasks SET request = ?", (b"\xc1garbage",))
-    with pytest.raises(JournalError, match="damaged journal entry"):
-        j.open_tasks()
+    assert j.open_tasks() == [] and j.quarantined() == 1 and j.quarantined_now == 1
+    reason, created = j.quarantined_task("sat-0-aa")
+    assert "damaged journal entry" in reason and created == 100.0
+    assert j.get("sat-0-aa") is None and j.counts() == {}
     (tmp_path / "dir").mkdir()
     with pytest.raises(JournalError, match="task journal"):
         Journal(tmp_path / "dir")
+
+
+def test_one_row_corrupted_in_the_file_is_quarantined_and_the_others_recover(tmp_path):
+    """Bytes flipped inside one row of a real journal file (as a bad sector or a stray
+    write would): recovery reads every other row back and reports the bad one."""
+    path = tmp_path / "tasks.sqlite"
+    j = Journal(path)
+    for k in range(5):
+        j.accept(request(f"sat-0-t{k}"), "sat-5", "", 100.0 + k, f"key-{k}")
+    j.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")       # every row in the main file
+    j.close()
+    raw = bytearray(path.read_bytes())
+    victim = encode_message(request("sat-0-t2"))
+    at = raw.find(victim)
+    assert at > 0
+    raw[at:at + 8] = b"\xc1" * 8                           # msgpack's one never-used byte
+    path.write_bytes(bytes(raw))
+    again = Journal(path)
+    rows = again.open_tasks()
+    assert [r.task_id for r in rows] == ["sat-0-t0", "sat-0-t1", "sat-0-t3", "sat-0-t4"]
+    assert again.quarantined() == 1 and again.quarantine_listing()[0]["task_id"] == "sat-0-t2"
+    assert again.quarantined_task("sat-0-t2") is not None and again.quarantined_task("sat-0-t1") is None
+    again.close()
+    third = Journal(path)                                   # the quarantine is kept; nothing is quarantined twice
+    assert len(third.open_tasks()) == 4 and third.quarantined() == 1 and third.quarantined_now == 0
+
+
+@pytest.mark.parametrize("column, value", [("created", "yesterday"), ("deadline", None), ("status", "lost"),
+                                           ("model", b"\x00\xff"), ("result", "not a blob")])
+def test_fields_of_the_wrong_type_are_damage_too(tmp_path, column, value):
+    j = Journal(tmp_path / "t.sqlite")
+    j.accept(request("sat-0-aa"), "sat-5", "", 100.0)
+    j.accept(request("sat-0-bb"), "sat-5", "", 101.0)
+    try:
+        j.db.execute(f"UPDATE tasks SET {column} = ? WHERE task_id = 'sat-0-aa'", (value,))
+    except sqlite3.IntegrityError:                          # NOT NULL: write around it as damage would
+        j.db.execute("PRAGMA writable_schema = ON")
+        j.db.execute(f"UPDATE tasks SET {column} = 'x' WHERE task_id = 'sat-0-aa'")
+    assert [r.task_id for r in j.open_tasks()] == ["sat-0-bb"] and j.quarantined() == 1
+
+
+def test_a_file_that_is_no_database_any_more_is_set_aside_and_the_node_starts(tmp_path):
+    path = tmp_path / "tasks.sqlite"
+    j = Journal(path)
+    j.accept(request(), "sat-5", "", 100.0)
+    j.close()
+    path.write_bytes(b"\x00" * 100 + path.read_bytes()[100:])      # its header overwritten
+    again = Journal(path)
+    assert again.set_aside is not None and again.set_aside.is_file() and again.set_aside.name.startswith(
+        "tasks.sqlite.damaged-")
+    assert again.open_tasks() == []
+    again.accept(request("sat-0-new"), "sat-5", "", 200.0)          # and it works
+    assert [r.task_id for r in again.open_tasks()] == ["sat-0-new"]

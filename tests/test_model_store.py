@@ -150,3 +150,80 @@ def test_sessions_beyond_the_memory_budget_are_evicted_least_recently_used(tmp_p
     roomy.get("matmul")
     roomy.get("digits")                                  # a hit moves it to the back of the queue
     assert list(roomy.memory()["sessions"]) == ["matmul", "digits"] and roomy.evictions == 0
+
+
+def test_concurrent_uploads_of_one_name_never_share_a_temporary_file(store):
+    """Issue 18's probe: concurrent PUTs of one name wrote into one temporary file (500s)."""
+    import threading
+    versions = [doubler(float(k)) for k in range(2, 10)]
+    errors = []
+
+    def upload(data):
+        try:
+            store.put("double", data)
+        except Exception as exc:     # any failure is the bug
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(d,)) for d in versions for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.sha256("double") in {hashlib.sha256(d).hexdigest() for d in versions}
+    assert not [p for p in store.uploads.rglob("*") if p.name.endswith(".tmp")]
+    out = store.get("double").session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})[0]
+    assert out[0, 0] in {float(k) for k in range(2, 10)}
+
+
+def test_bytes_that_do_not_match_their_digest_are_refused_on_load_and_reported(store):
+    data = doubler(2.0)
+    sha = store.put("double", data)["sha256"]
+    blob = store.uploads / "blobs" / f"{sha}.onnx"
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))        # one bit flipped on disk
+    with pytest.raises(ModelError, match="do not match its sha256"):
+        store.get("double")
+    assert "double" in store.storage()["damaged"] and not store.loaded("double")
+    store.put("double", data)                                   # the same upload again repairs it
+    assert store.get("double").sha256 == sha and store.storage()["damaged"] == {}
+    # the zoo is checked against its manifest's digest too
+    zoo = ModelStore(store.directory)
+    assert zoo.get("digits").sha256 == zoo._zoo_sha("digits")
+
+
+def test_old_versions_beyond_the_retention_are_removed(tmp_path, models_dir):
+    store = ModelStore(models_dir, uploads=tmp_path / "u", keep_versions=2, keep_fetched=1)
+    shas = [store.put("double", doubler(float(k)))["sha256"] for k in (2, 3, 4, 5)]
+    blobs = {p.stem for p in (tmp_path / "u" / "blobs").glob("*.onnx")}
+    assert blobs == set(shas[2:]) and store.blobs.collected == 2
+    assert store.blobs.ref("double")["versions"] == [shas[3], shas[2]]
+    # an older version still kept can be run by digest; a collected one is gone
+    assert store.has_version("double", shas[2]) and not store.has_version("double", shas[0])
+    # versions fetched for tasks (named nowhere here): the most recent keep_fetched stay
+    import os
+    for k, factor in enumerate((6.0, 7.0)):
+        data = doubler(factor)
+        store.put_version("double", data, hashlib.sha256(data).hexdigest())
+        path = store.blobs.blob_path(hashlib.sha256(data).hexdigest())
+        os.utime(path, (1000.0 + k, 1000.0 + k))                # distinct ages
+    store.blobs.collect()
+    kept = {p.stem for p in (tmp_path / "u" / "blobs").glob("*.onnx")}
+    assert kept == set(shas[2:]) | {hashlib.sha256(doubler(7.0)).hexdigest()}
+
+
+def test_a_task_never_replaces_another_nodes_model_of_the_same_name(tmp_path, models_dir):
+    """Issue 18: a task carrying model 'double' from its entry overwrote the executor's own 'double'."""
+    a, b = ModelStore(models_dir, uploads=tmp_path / "a"), ModelStore(models_dir, uploads=tmp_path / "b")
+    theirs = a.put("double", doubler(2.0))["sha256"]
+    mine = b.put("double", doubler(3.0))["sha256"]
+    b.put_version("double", a.read("double"), theirs)           # what a fetch for the task stores
+    assert b.sha256("double") == mine                           # the local name still means the local model
+    key = b.key("double", theirs)
+    assert key == f"double@{theirs}" and b.key("double", mine) == "double"
+    x = {"x": np.ones((1, 4), dtype=np.float32)}
+    assert b.get(key).session.run(None, x)[0][0, 0] == 2.0      # the task runs the entry's version
+    assert b.get("double").session.run(None, x)[0][0, 0] == 3.0  # local users still get theirs
+    with pytest.raises(UploadError, match="sha256 mismatch"):
+        b.put_version("double", doubler(4.0), theirs)
+    with pytest.raises(ModelError, match="unknown model"):
+        b.get("double@" + "0" * 64)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import cloudmask, digits, embed, matmul
-from .kit import (FetchError, _atomic_write, artifact_paths, base_manifest, cache_dir,  # noqa: F401 (re-exported)
+from .kit import (FetchError, artifact_paths, base_manifest, cache_dir,  # noqa: F401 (re-exported)
                   canonicalize_onnx, io_signature, pip_download, sha256_file, write_model)
 
 _MODULES = (digits, cloudmask, embed, matmul)

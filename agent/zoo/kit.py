@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import write_atomic
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -28,13 +30,6 @@ def sha256_file(path: Path) -> str:
 def artifact_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     return out_dir / f"{name}.onnx", out_dir / f"{name}.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via rename so a crash never leaves a half-written artifact."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _strip_debug_info(graph: Any) -> None:
@@ -105,9 +100,9 @@ def write_model(
     onnx_path, json_path = artifact_paths(out_dir, name)
     files = {}
     for fname, data in (side_files or {}).items():
-        _atomic_write(Path(out_dir) / fname, data)
+        write_atomic(Path(out_dir) / fname, data)
         files[fname] = hashlib.sha256(data).hexdigest()
-    _atomic_write(onnx_path, model_bytes)
+    write_atomic(onnx_path, model_bytes)
     manifest = {
         "name": name,
         "file": onnx_path.name,
@@ -116,7 +111,7 @@ def write_model(
         **({"files": files} if files else {}),
         **manifest,
     }
-    _atomic_write(json_path, _dump_manifest(manifest).encode())
+    write_atomic(json_path, _dump_manifest(manifest).encode())
     return manifest
 
 
