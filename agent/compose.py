@@ -100,22 +100,19 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
         cfg = want.with_start(time.time() if now is None else now)
         _write_atomic(config_path, config_to_toml(cfg))
         done.append(f"wrote {config_path} ({cfg.name}, {cfg.size} satellites{_stations_note(cfg)})")
-    if keys is not None:
-        from agent.fleet_keys import AUTHORITY_DIR, issue_keys
-        from mesh.nodes import NodeNames
-        names = NodeNames(cfg.size, station_names(cfg))
-        return done + issue_keys(fleet_dir, Path(authority or AUTHORITY_DIR), Path(keys),
-                                 [names.name(i) for i in range(len(names))], cfg.name)
-    # For people and tools; every node derives the same file itself.
-    secret = read_secret(secret_path)
-    _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
-    done.append(f"wrote {fleet_dir / 'peers.json'}")
     from mesh.nodes import NodeNames
     names = NodeNames(cfg.size, station_names(cfg))
     nodes = [names.name(i) for i in range(len(names))]
     _write_atomic(fleet_dir / monitoring.CONFIG_NAME, monitoring.prometheus_config(nodes, API_PORT))
     done.append(f"wrote {fleet_dir / monitoring.CONFIG_NAME} ({len(nodes)} scrape targets, for the "
                 f"'{monitoring.PROFILE}' profile)")
+    if keys is not None:
+        from agent.fleet_keys import AUTHORITY_DIR, issue_keys
+        return done + issue_keys(fleet_dir, Path(authority or AUTHORITY_DIR), Path(keys), nodes, cfg.name)
+    # For people and tools; every node derives the same file itself.
+    secret = read_secret(secret_path)
+    _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
+    done.append(f"wrote {fleet_dir / 'peers.json'}")
     return done
 
 

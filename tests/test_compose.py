@@ -199,6 +199,11 @@ def test_monitoring_profile_scrapes_every_node_from_the_fleet_volume(tmp_path):
     assert prom["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
     done = init_fleet(tmp_path, n=6, ground=("london",), now=1000.0)
     assert any("7 scrape targets" in line for line in done)
+    keyed = tmp_path / "keyed"      # what compose's init runs: per-node keys, the same targets
+    done = init_fleet(keyed, n=6, ground=("london",), now=1000.0, keys=tmp_path / "keys",
+                      authority=tmp_path / "authority")
+    assert any("7 scrape targets" in line for line in done)
+    assert (keyed / "prometheus.yml").read_text() == (tmp_path / "prometheus.yml").read_text()
     cfg = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
     job = cfg["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics" and cfg["global"]["scrape_interval"] == "5s"
