@@ -258,20 +258,25 @@ def select_outputs(outputs: dict[str, np.ndarray], requested: list[str], model: 
     return requested
 
 
+def encode_tensor(name: str, arr: np.ndarray, binary: bool, blobs: list[bytes]) -> dict[str, Any]:
+    """One tensor's JSON entry; with ``binary`` its little-endian bytes go to ``blobs`` instead of ``data``."""
+    arr = np.ascontiguousarray(arr)
+    t: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype.name), "shape": list(arr.shape)}
+    if binary:
+        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        t["parameters"] = {"binary_data_size": len(raw)}
+        blobs.append(raw)
+    else:
+        t["data"] = arr.ravel().tolist()
+    return t
+
+
 def encode_infer_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray],
                           parameters: dict[str, Any]) -> tuple[bytes, int | None]:
     """The HTTP response body, and the JSON header's length when binary tensors follow it."""
-    tensors, blobs = [], []
-    for name in select_outputs(outputs, req.outputs, model):
-        arr = np.ascontiguousarray(outputs[name])
-        t: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype.name), "shape": list(arr.shape)}
-        if req.binary_outputs.get(name, req.binary_default):
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-            t["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            t["data"] = arr.ravel().tolist()
-        tensors.append(t)
+    blobs: list[bytes] = []
+    tensors = [encode_tensor(name, outputs[name], req.binary_outputs.get(name, req.binary_default), blobs)
+               for name in select_outputs(outputs, req.outputs, model)]
     doc: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": tensors}
     if req.id:
         doc["id"] = req.id
@@ -319,17 +324,8 @@ def encode_infer_request(inputs: dict[str, np.ndarray], *, parameters: dict[str,
                          binary: bool = True, outputs: list[str] | None = None,
                          request_id: str = "") -> tuple[bytes, int | None]:
     """A v2 infer request body (client side): binary tensors by default; (body, header length or None)."""
-    tensors, blobs = [], []
-    for name, arr in inputs.items():
-        arr = np.ascontiguousarray(arr)
-        t: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype.name), "shape": list(arr.shape)}
-        if binary:
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-            t["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            t["data"] = arr.ravel().tolist()
-        tensors.append(t)
+    blobs: list[bytes] = []
+    tensors = [encode_tensor(name, arr, binary, blobs) for name, arr in inputs.items()]
     params = dict(parameters or {})
     if binary:
         params.setdefault("binary_data_output", True)
