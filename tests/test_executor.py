@@ -229,11 +229,12 @@ async def test_a_run_that_ignores_terminate_is_abandoned_and_the_worker_replaced
     monkeypatch.setattr(executor_module, "ABANDON_GRACE_S", 0.3)
     ex = Executor(store, workers=1)
     big = np.ones((3500, 3500), np.float32)
+    huge = np.ones((6000, 6000), np.float32)      # 432 GFLOP: seconds even on a fast core
     async with trio.open_nursery() as n:
         await n.start(ex.serve)
         t0 = trio.current_time()
         with pytest.raises(DeadlineExceeded, match="did not stop within 0.3s more, so its run was abandoned"):
-            await ex.run("matmul", {"a": big, "b": big}, timeout_s=0.2)
+            await ex.run("matmul", {"a": huge, "b": huge}, timeout_s=0.2)
         assert trio.current_time() - t0 < 0.2 + 0.3 + 1.0    # 1 s of slack: three busy threads on a loaded box
         assert ex.abandoned == 1 and ex.stuck == 1
         t1 = trio.current_time()
@@ -241,7 +242,9 @@ async def test_a_run_that_ignores_terminate_is_abandoned_and_the_worker_replaced
         assert trio.current_time() - t1 < 0.5 and ex.stuck == 1   # served while the old run still computes
         # Over the cap (one abandoned run per worker): the task still fails on time,
         # but the worker waits for its run to end instead of leaving a second thread.
+        # The first run must still be going then: a fast core does 3500³ in ~1 s.
         t2 = trio.current_time()
+        assert ex.stuck == 1, "the first run ended before the cap could be tested: make it bigger"
         with pytest.raises(DeadlineExceeded, match=r"its worker waits for it to end \(1 runs abandoned already\)"):
             await ex.run("matmul", {"a": big, "b": big}, timeout_s=0.2)
         assert trio.current_time() - t2 < 0.2 + 0.3 + 1.0 and ex.abandoned == 2
