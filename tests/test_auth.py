@@ -16,6 +16,7 @@ from agent import auth
 from agent.api import build_app
 from agent.auth import AccessPolicy, AgentAuth, HostPolicy
 from agent.node import SubmitError
+from tests.conftest import free_port_block
 
 TOKEN = "t" * 43
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
@@ -242,7 +243,9 @@ async def test_sdk_sends_the_token_it_finds(tmp_path, monkeypatch):
 def test_local_fleet_writes_the_token_and_hands_it_to_every_agent(tmp_path, monkeypatch):
     from agent.fleet import FleetSpec, agent_command, prepare
     monkeypatch.delenv(auth.TOKEN_ENV, raising=False)
-    spec = FleetSpec(directory=tmp_path / "f", n=4, p2p_base_port=41000, api_base_port=41100, grpc_base_port=41200)
+    base = free_port_block(12)      # prepare() checks each port is free: fixed ports raced other sockets
+    spec = FleetSpec(directory=tmp_path / "f", n=4, p2p_base_port=base, api_base_port=base + 4,
+                     grpc_base_port=base + 8)
     prepare(spec)
     token = (tmp_path / "f" / "token").read_text().strip()
     assert len(token) >= 40 and stat.S_IMODE((tmp_path / "f" / "token").stat().st_mode) == 0o600
@@ -352,7 +355,7 @@ async def test_tls_serves_the_api_over_https_with_the_same_checks(tmp_path):
 def test_an_open_lab_fleet_says_so_and_takes_control_calls_without_a_token(tmp_path, models_dir):
     import httpx
 
-    from tests.conftest import local_fleet
+    from tests.conftest import free_port_block, local_fleet
     with local_fleet(tmp_path / "lab", models_dir, 2, auth=False) as (spec, _, peers, _):
         assert not (tmp_path / "lab" / "token").exists()
         r = httpx.post(peers["sat-0"].api + "/v1/chaos", json={"kind": "cut", "a": "sat-0", "b": "sat-1",
