@@ -9,7 +9,8 @@ Server-Sent Events, one frame per second for every viewer together:
 * every link with its state: ``up``, ``lossy`` (a fault that degrades but does
   not cut), ``cut`` (a fault), ``down`` (membership's verdict from failed
   probes), ``rewiring`` (physics drops it within ``REWIRE_AHEAD_S`` of
-  orbital time: a handover or a pole crossing);
+  orbital time: a ground station's handover, an inter-shell link's re-pairing;
+  +Grid laser links of one shell are permanent in every preset);
 * membership (alive, suspect, dead) as this node sees it;
 * tasks that entered or ran here, with their routes (planned while in flight,
   measured hops once done).
@@ -91,7 +92,9 @@ class FrameBuilder:
         snap = router.snapshot(t)
         n_sats = self.world.names.n_sats
         pos = snap.positions[:n_sats]
-        later = {tuple(p) for p in router.snapshot(t + REWIRE_AHEAD_S).pairs.tolist()}
+        ahead = router.snapshot(t + REWIRE_AHEAD_S)
+        later = {tuple(p) for p in ahead.pairs.tolist()}
+        later_ground = {tuple(p) for p in ahead.ground_pairs.tolist()}
         cut, lossy, down = self.view.cut_pairs(wall), self.view.lossy_pairs(wall), self.view.down_pairs()
         links = []
         for a, b in snap.pairs.tolist():
@@ -100,7 +103,8 @@ class FrameBuilder:
                      else "rewiring" if key not in later else "up")
             links.append([a, b, LINK_STATES.index(state)])
         # a cut link that physics still has stays drawn (as cut); one physics dropped is gone
-        ground = [[int(k), int(i)] for k, i in snap.ground_pairs.tolist()]
+        rewire = LINK_STATES.index("rewiring")
+        ground = [[k, i, 0 if (k, i) in later_ground else rewire] for k, i in snap.ground_pairs.tolist()]
         jd = self.world.constellation.epoch_jd + t / 86400.0
         sun = sun_position_ecef(jd)
         sunlit = illumination(pos, sun) > 0.5 if n_sats else np.zeros(0, bool)

@@ -185,6 +185,11 @@ function onFrame(frame) {
   state.prev = state.cur || frame; state.prevAt = state.cur ? state.curAt : now;
   state.cur = frame; state.curAt = now;
   state.stats.frames += 1;
+  if (state.stats.frames === 1) {              // start looking down at the node that serves the page
+    satXYZ.set(scene3);
+    const me = nodeVector(state.fleet.names.indexOf(state.fleet.me));
+    if (me.lengthSq() > 0) camera.position.copy(me.normalize().multiplyScalar(camera.position.length()));
+  }
   const s = frame.sun;
   earthMaterial.uniforms.sunDir.value.set(s[0], s[2], -s[1]);
   paintHeader(frame);
@@ -237,6 +242,12 @@ function drawSats() {
   state.stats.drawn_sats = n;
 }
 
+function nodeVector(i) {
+  const a = new Float32Array(3);
+  nodeXYZ(i, a, 0);
+  return new THREE.Vector3(a[0], a[1], a[2]);
+}
+
 function nodeXYZ(i, out, k) {
   const n = state.fleet.n_sats;
   const src = i < n ? satXYZ : stationXYZ, j = i < n ? i : i - n;
@@ -253,9 +264,10 @@ function drawLinks() {
     const col = LINK_COLORS[names[s]];
     c.set(col, 3 * v); c.set(col, 3 * v + 3); v += 2;
   }
-  for (const [g, s] of cur.ground) {
+  for (const [g, s, st] of cur.ground) {
     nodeXYZ(g, p, 3 * v); nodeXYZ(s, p, 3 * v + 3);
-    c.set(GROUND_LINK, 3 * v); c.set(GROUND_LINK, 3 * v + 3); v += 2;
+    const col = names[st] === "rewiring" ? LINK_COLORS.rewiring : GROUND_LINK;
+    c.set(col, 3 * v); c.set(col, 3 * v + 3); v += 2;
   }
   state.stats.drawn_links = total;
 }
@@ -287,8 +299,7 @@ function drawTasks(now) {
 function drawSelection() {
   const [p, c] = ensure(selection, state.selected === null ? 0 : 1);
   if (state.selected === null) return;
-  const i = state.fleet.names.indexOf(state.selected);
-  nodeXYZ(i, p, 0);
+  nodeXYZ(state.fleet.names.indexOf(state.selected), p, 0);
   c.set([0.2, 1.0, 1.0], 0);
 }
 
@@ -337,21 +348,24 @@ renderer.domElement.addEventListener("pointerup", (e) => {
 // The node nearest the click on screen (within 10 px), not hidden behind the Earth.
 function pick(ndc) {
   const n = state.fleet.n_sats, total = state.fleet.names.length;
-  const v = new THREE.Vector3(), best = { d: 10, name: null };
+  const best = { d: 10, name: null };
   const w = window.innerWidth, h = window.innerHeight;
   raycaster.setFromCamera(ndc, camera);
   const hit = raycaster.intersectObject(earth)[0];
   for (let i = 0; i < total; i++) {
-    nodeXYZ(i, v, 0);
+    const v = nodeVector(i);
     const dist = v.distanceTo(camera.position);
     if (hit && dist > hit.distance + 0.05) continue;
-    const s = v.clone().project(camera);
+    const s = v.project(camera);
     const d = Math.hypot((s.x - ndc.x) * w / 2, (s.y - ndc.y) * h / 2);
     if (d < best.d) { best.d = d; best.name = state.fleet.names[i]; }
   }
   return best.name;
 }
 window.orbitmeshSelect = (name) => showDetails(name, true);   // for tests: what a click on `name` does
+state.camera = camera;
+state.earthRadius = EARTH_R;
+state.satPosition = nodeVector;
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 
