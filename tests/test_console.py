@@ -26,6 +26,12 @@ CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 
 
+def test_console_url_keeps_the_token_in_the_fragment():
+    from agent.console_cli import console_url
+    assert console_url("http://127.0.0.1:8100", "a/b+c") == "http://127.0.0.1:8100/#token=a%2Fb%2Bc"
+    assert console_url("http://sat-3:8080/", None) == "http://sat-3:8080/"
+
+
 def test_vendored_files_are_what_npm_delivered():
     manifest = json.loads((WEB_DIR / "vendor" / "SOURCES.json").read_text())
     assert set(manifest["packages"]) == {"three@0.187.0", "three-globe@2.45.2"}
@@ -149,12 +155,19 @@ def browser():
         b.close()
 
 
-def open_console(browser, api, errors):
+def console_address(fleet_dir, capsys) -> str:
+    """What `orbitmesh console` prints for this fleet."""
+    from agent.cli import main
+    assert main(["--dir", str(fleet_dir), "console", "--node", "sat-0"]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def open_console(browser, url, errors):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-    page.goto(f"{api}/#token={TOKEN}")
+    page.goto(url)
     page.wait_for_function("window.orbitmesh.stats.frames >= 2 && window.orbitmesh.stats.drawn_sats > 0",
                            timeout=60_000)
     return page
@@ -199,10 +212,14 @@ def task_rows(page):
 
 
 @pytest.mark.slow
-def test_console_page_in_chromium(console_fleet, browser, tmp_path):
+def test_console_page_in_chromium(console_fleet, browser, tmp_path, capsys, monkeypatch):
     spec, peers = console_fleet
     errors: list[str] = []
-    page = open_console(browser, peers["sat-0"].api, errors)
+    monkeypatch.delenv("ORBITMESH_TOKEN", raising=False)       # the token comes from the fleet's file
+    url = console_address(spec.directory, capsys)
+    assert url == f"{peers['sat-0'].api}/#token={TOKEN}"
+    page = open_console(browser, url, errors)
+    assert "#token" not in page.url                              # moved out of the address bar
     stats = page.evaluate("window.orbitmesh.stats")
     fleet = page.evaluate("window.orbitmesh.fleet")
     assert fleet["n_sats"] == 12 and fleet["stations"][0]["name"] == "london"

@@ -307,8 +307,10 @@ function animate(now) {
   requestAnimationFrame(animate);
   controls.update();
   if (state.cur && state.fleet) {
+    const t0 = performance.now();
     interpolate(now);
     drawSats(); drawLinks(); drawTasks(now); drawSelection();
+    state.stats.update_ms = 0.9 * (state.stats.update_ms || 0) + 0.1 * (performance.now() - t0);
   }
   renderer.render(scene, camera);
   fpsCount += 1;
