@@ -203,6 +203,45 @@ def _v1() -> dict[str, Any]:
             params=[_path("task_id", "an id from POST /v1/tasks"),
                     _query("wait", "long-poll up to this many seconds (max 60)", {"type": "number"})])},
         "/openapi.json": {"get": _op("this document", _responses({200: ("OpenAPI 3.1", OBJECT)}, {}))},
+        **_console(),
+    }
+
+
+# One event of the console's stream (the data is JSON text: docs/console.md#the-stream).
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"enum": ["fleet", "frame"]}, "data": {"type": "string"}, "retry": {"type": "integer"}}}
+
+
+def _console() -> dict[str, Any]:
+    """The live globe (docs/console.md): its page and files, its stream, node details, node chaos."""
+    file = {"200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "404": {"description": "no such file", **_json(_ref("Error"))}}
+    html = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+    node_chaos = {"type": "object", "required": ["node", "action"], "additionalProperties": False, "properties": {
+        "node": {"type": "string"}, "action": {"enum": ["kill", "pause", "resume", "restart"]}}}
+    return {
+        "/": {"get": _op("the console: a live globe of the fleet", html, tag="console")},
+        "/console/{name}": {"get": _op("the page's own files", file, params=[
+            _path("name", "a file in agent/web/", "console.js")], tag="console")},
+        "/console/{folder}/{name}": {"get": _op("the page's vendored files (three.js, Earth textures)", file, params=[
+            _path("folder", "vendor", "vendor"), _path("name", "a file in agent/web/vendor/", "OrbitControls.js")],
+            tag="console")},
+        "/v1/console/fleet": {"get": _op("what the page draws that never changes: names, planes, stations",
+                                         _responses({200: ("the fleet", OBJECT)}, {}), tag="console")},
+        "/v1/console/stream": {"get": _op("Server-Sent Events: the fleet, then a frame a second", {
+            "200": {"description": "an event stream", "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+            "400": {"description": "'frames' out of range", **_json(_ref("Error"))},
+            "503": {"description": "too many viewers on this node", **_json(_ref("Error"))}},
+            params=[_query("frames", "end after this many frames (1–3600, the default)",
+                           {"type": "integer", "minimum": 1, "maximum": 3600})], tag="console")},
+        "/v1/console/node/{name}": {"get": _op("one node as this agent knows it", _responses(
+            {200: ("the node", OBJECT)}, {404: "unknown node"}), params=[_path("name", "a node's name")],
+            tag="console")},
+        "/v1/console/node-chaos": {"post": _op("kill, pause, resume or restart a node's process (local fleets)",
+            _responses({200: ("done", OBJECT)}, {400: BAD, 404: "unknown node", 409: "not possible here: a "
+                        "deployment whose processes this agent cannot reach, or the node's state forbids it",
+                        413: "body over 4 KiB"}),
+            body=_json(node_chaos)["content"], tag="console")},
     }
 
 

@@ -8,13 +8,14 @@ import { OrbitControls } from "/console/vendor/OrbitControls.js";
 
 const KM = 1 / 1000;                      // scene units per km
 const EARTH_R = 6371 * KM;
+// Colours are written in sRGB (as in the legend) and turned into the renderer's linear space.
+const rgb = (hex) => { const c = new THREE.Color(hex); return [c.r, c.g, c.b]; };
 const LINK_COLORS = {
-  up: [0.25, 0.66, 1.0], lossy: [1.0, 0.69, 0.13], cut: [1.0, 0.19, 0.25],
-  down: [0.63, 0.25, 0.38], rewiring: [0.71, 0.55, 1.0],
+  up: rgb("#3fa8ff"), lossy: rgb("#ffb020"), cut: rgb("#ff3040"), down: rgb("#a04060"), rewiring: rgb("#b58cff"),
 };
-const GROUND_LINK = [1.0, 0.55, 0.94];
-const STATUS_COLORS = [[0.91, 0.94, 1.0], [1.0, 0.78, 0.25], [1.0, 0.25, 0.25]];  // alive, suspect, dead
-const TASK_COLORS = { succeeded: [0.25, 1.0, 0.5], failed: [1.0, 0.31, 0.31], pending: [1.0, 1.0, 0.25] };
+const GROUND_LINK = rgb("#ff8cf0");
+const STATUS_COLORS = [rgb("#e8f0ff"), rgb("#ffc640"), rgb("#ff4040")];  // alive, suspect, dead
+const TASK_COLORS = { succeeded: rgb("#40ff80"), failed: rgb("#ff5050"), pending: rgb("#ffff40") };
 // A digit "0" from the digits model's test set (8×8, 0–16): what "send a task" sends.
 const DIGIT_ZERO = [0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0];
 
@@ -152,7 +153,7 @@ function ensure(obj, n) {
 
 const sats = pointsLayer(4);
 const stations = pointsLayer(7);
-const links = linesLayer(0.75);
+const links = linesLayer(0.9);
 const routes = linesLayer(1.0);
 const movers = pointsLayer(8);
 const selection = pointsLayer(13);
@@ -173,7 +174,7 @@ function onFleet(fleet) {
   });
   const [p, c] = ensure(stations, fleet.stations.length);
   p.set(stationXYZ);
-  for (let k = 0; k < fleet.stations.length; k++) c.set([1.0, 0.55, 0.94], 3 * k);
+  for (let k = 0; k < fleet.stations.length; k++) c.set(GROUND_LINK, 3 * k);
 }
 
 function onFrame(frame) {
@@ -216,7 +217,7 @@ function paintTasks(frame) {
   const rows = frame.tasks.map((t) => {
     const cls = t.status === "succeeded" ? "ok" : t.status === "failed" ? "bad" : "warn";
     const ms = t.ms === null ? "…" : `${t.ms.toFixed(1)} ms`;
-    return `<tr data-task="${t.id}"><td>${t.id.slice(0, 8)}</td><td>${t.model}</td><td>${t.entry} → ${t.executor}</td>` +
+    return `<tr data-task="${t.id}"><td title="${t.id}">…${t.id.slice(-8)}</td><td>${t.model}</td><td>${t.entry} → ${t.executor}</td>` +
            `<td class="${cls}">${t.status}</td><td>${ms}</td><td>${Math.max(0, t.route.length - 1)} hops</td></tr>`;
   });
   document.getElementById("task-rows").innerHTML = rows.join("");
@@ -300,7 +301,7 @@ function drawSelection() {
   const [p, c] = ensure(selection, state.selected === null ? 0 : 1);
   if (state.selected === null) return;
   nodeXYZ(state.fleet.names.indexOf(state.selected), p, 0);
-  c.set([0.2, 1.0, 1.0], 0);
+  c.set(rgb("#33ffff"), 0);
 }
 
 function animate(now) {
