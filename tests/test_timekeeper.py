@@ -7,6 +7,7 @@ import time
 import pytest
 import trio
 
+from agent.console_api import NodeConsoleView
 from agent.fleet import FleetSpec, fleet_config
 from agent.metrics import render
 from agent.models import ModelStore
@@ -133,6 +134,7 @@ def test_the_node_reads_positions_and_links_from_the_fleet_clock(tmp_path):
     assert node.position() == first and node.orbit_t() == frozen
     assert node.describe()["clock"] == {"scale": base.time_scale, "paused": True}
     assert node.describe()["orbit"]["t_s"] == frozen
+    assert NodeConsoleView(node).clock(time.time()) == {"scale": base.time_scale, "paused": True}   # the page
     text = render(node).decode()
     assert 'orbitmesh_clock_paused{node="sat-0"} 1.0' in text
     assert f'orbitmesh_clock_scale{{node="sat-0"}} {float(base.time_scale)}' in text
