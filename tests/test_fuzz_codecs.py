@@ -249,3 +249,12 @@ def test_what_the_clients_encode_the_servers_decode(arr):
     assert np.array_equal(decode_task_body(body, str(n))["inputs"]["a"], arr)
     body, n = encode_infer_request({"a": arr})
     assert np.array_equal(parse_infer(body, None if n is None else str(n)).inputs["a"], arr)
+
+
+def test_an_unknown_update_kind_without_fields_is_a_gossip_error_not_an_index_error():
+    """Found by the fuzzer above: [""] took the signature from an empty field list (IndexError
+    escaped the frame decoder, which turns only WireErrors into dropped frames)."""
+    from mesh.gossip_msgs import update_from_wire
+    for raw in ([""], ["zz"], ["a"]):
+        with pytest.raises(GossipWireError):
+            update_from_wire(raw)
