@@ -164,6 +164,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         tasks = ",".join(f"{k}={v}" for k, v in sorted(r["tasks"].items())) or "-"
         print(f"{name:<8} {orb['plane']}/{orb['slot']:<8} {pos['lat_deg']:>7.2f} {pos['lon_deg']:>8.2f} {tasks:<18} {links}")
     print(f"{len(peers.names()) - down}/{len(peers.names())} nodes answering")
+    clocks = {(r["clock"]["scale"], r["clock"]["paused"]) for r in results.values() if "clock" in r}
+    if len(clocks) > 1:
+        print(f"orbital clock: the nodes disagree ({sorted(clocks)}); a switch is on its way (orbitmesh time)")
+    elif clocks:
+        scale, paused = clocks.pop()
+        print(f"orbital clock: {f'paused (at {scale:g}× when resumed)' if paused else f'{scale:g}×'} (orbitmesh time)")
     return 1 if down else 0
 
 

@@ -198,6 +198,9 @@ def test_the_cli_shows_and_sets_the_fleet_clock(tfleet):
     assert r.returncode == 0 and json.loads(r.stdout)["scale"] == 2.0, r.stdout + r.stderr
     r = cli()
     assert r.returncode == 0 and "running at 2×" in r.stdout and "set by sat-1" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "agent", "--dir", str(spec.directory), "status"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "orbital clock: 2×" in r.stdout, r.stdout + r.stderr
     r = cli("--speed", "0")
     assert r.returncode == 1 and "speed" in r.stderr
     r = cli("--pause", "--resume")
