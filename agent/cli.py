@@ -166,7 +166,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{len(peers.names()) - down}/{len(peers.names())} nodes answering")
     clocks = {(r["clock"]["scale"], r["clock"]["paused"]) for r in results.values() if "clock" in r}
     if len(clocks) > 1:
-        print(f"orbital clock: the nodes disagree ({sorted(clocks)}); a switch is on its way (orbitmesh time)")
+        print(f"orbital clock: the nodes disagree ({sorted(clocks)}); a switch in flight, or a node that "
+              f"missed one: it is re-sent every 10 s (orbitmesh time)")
     elif clocks:
         scale, paused = clocks.pop()
         print(f"orbital clock: {f'paused (at {scale:g}× when resumed)' if paused else f'{scale:g}×'} (orbitmesh time)")

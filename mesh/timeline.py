@@ -19,7 +19,7 @@ Records are last-writer-wins by ``(version, origin)``: ``orbit_t(wall)`` uses
 the newest record (by that key) whose ``at_wall`` ≤ ``wall``, older ones only
 for earlier walls, and the config's clock before any record.  That is a
 function of the set of records, so merging commutes and repeats change
-nothing.  Records are bounded (finite numbers, 0 < scale ≤ ``MAX_SCALE``, a
+nothing.  Records are bounded (finite numbers, 0 < scale ≤ ``MAX_RECORD_SCALE``, a
 switch at most ``MAX_SETTLE_S`` after its version, a version at most
 ``MAX_FUTURE_S`` ahead of the receiver's clock) and, with a
 :class:`mesh.trust.Trust`, signed by their origin and refused from a
@@ -40,7 +40,8 @@ import msgpack
 from mesh.clock import OrbitalClock
 
 SETTLE_S = 1.0             # a change takes effect this long after it is issued (the flood arrives first)
-MAX_SCALE = 1000.0         # orbital seconds per wall second; beyond this routes are recomputed too often to keep up
+MAX_SCALE = 1000.0         # the fastest speed a client may ask for: beyond it routes are recomputed too often
+MAX_RECORD_SCALE = 1e6     # a record may carry more: a config's time_scale, kept through a pause
 MAX_SETTLE_S = 10.0        # a record's switch may be at most this long after its version
 MAX_FUTURE_S = 60.0        # a version may be at most this ahead of the receiver's clock (NTP-synced hosts)
 MAX_PENDING = 16           # records kept that have not taken effect yet
@@ -142,8 +143,8 @@ def bounds(rec: ClockRecord) -> str | None:
     """Why ``rec``'s numbers are out of bounds, or None."""
     if not all(_number(x) for x in (rec.version, rec.at_wall, rec.orbit_t_at, rec.scale)):
         return "numbers must be finite"
-    if not 0 < rec.scale <= MAX_SCALE:
-        return f"scale {rec.scale!r} outside (0, {MAX_SCALE:g}]"
+    if not 0 < rec.scale <= MAX_RECORD_SCALE:
+        return f"scale {rec.scale!r} outside (0, {MAX_RECORD_SCALE:g}]"
     if not 0 <= rec.at_wall - rec.version <= MAX_SETTLE_S:
         return f"the switch must come 0–{MAX_SETTLE_S:g} s after the version"
     if abs(rec.orbit_t_at) > MAX_ORBIT_T:

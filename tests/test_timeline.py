@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mesh.clock import OrbitalClock
-from mesh.timeline import (MAX_FUTURE_S, MAX_HISTORY, MAX_PENDING, MAX_SCALE, SETTLE_S, ClockError, ClockRecord,
+from mesh.timeline import (MAX_FUTURE_S, MAX_HISTORY, MAX_PENDING, MAX_RECORD_SCALE, MAX_SCALE, SETTLE_S, ClockError, ClockRecord,
                            Timeline, parse_request)
 from mesh.trust import Trust
 from mesh.wire import ClockUpdate, FrameDecoder, LinkFrame, encode_frame
@@ -73,6 +73,17 @@ def test_pause_freezes_and_resume_continues_at_the_old_speed_from_where_it_stopp
     resume, changed = tl.issue(2100.0, "sat-3", paused=False)
     assert changed and resume.orbit_t_at == frozen and not resume.paused and resume.scale == 4
     assert tl.orbit_t(resume.at_wall + 2.5) == pytest.approx(frozen + 10.0)
+
+
+def test_a_fleet_configured_faster_than_a_client_may_ask_can_still_pause_and_resume():
+    fast = OrbitalClock(start_unix=1000.0, time_scale=3600.0)     # `orbitmesh up --time-scale 3600`
+    tl = Timeline(fast)
+    pause, _ = tl.issue(2000.0, "sat-0", paused=True)
+    assert pause.scale == 3600.0 and tl.orbit_t(2010.0) == fast.orbit_t(pause.at_wall)
+    resume, _ = tl.issue(2020.0, "sat-0", paused=False)
+    assert tl.rate(resume.at_wall + 1) == 3600.0
+    with pytest.raises(ClockError, match="speed"):
+        tl.issue(2030.0, "sat-0", speed=3600.0)                     # asked for: the API's bound holds
 
 
 def test_a_receiver_of_the_flood_runs_the_same_clock_as_the_issuer():
@@ -169,7 +180,7 @@ def test_parse_request_takes_speed_pause_resume_and_says_what_is_wrong():
 def test_records_out_of_bounds_are_refused():
     tl = Timeline(BASE)
     good, _ = Timeline(BASE).issue(2000.0, "sat-0", speed=10)
-    for rec, why in [(replace(good, scale=0.0), "scale"), (replace(good, scale=MAX_SCALE + 1), "scale"),
+    for rec, why in [(replace(good, scale=0.0), "scale"), (replace(good, scale=MAX_RECORD_SCALE * 2), "scale"),
                      (replace(good, at_wall=good.version - 1), "after the version"),
                      (replace(good, at_wall=good.version + 3600), "after the version"),
                      (replace(good, orbit_t_at=1e300), "orbit_t_at"),
