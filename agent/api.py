@@ -31,6 +31,7 @@ from agent.oip import InferenceService
 from agent.openapi import document as openapi_document
 from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body, loads_strict
 from mesh.chaos import FaultConflict, FaultError
+from mesh.timeline import ClockError
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,19 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             return error(404, f"no fault {fid!r} at {node.me.name}")
         return JSONResponse({"cleared": cleared})
 
+    async def time_get(request: Request) -> JSONResponse:
+        return JSONResponse(node.timekeeper.describe())
+
+    async def time_set(request: Request) -> JSONResponse:
+        """Pause, resume or speed up the whole fleet's orbital clock (flooded; takes effect in ~1 s)."""
+        try:
+            out = node.timekeeper.control(await read_json(request, 4096))
+        except SubmitError as exc:
+            return error(exc.status, str(exc))
+        except ClockError as exc:
+            return error(400, str(exc))
+        return JSONResponse(out)
+
     async def probe(request: Request) -> JSONResponse:
         try:
             body = await read_json(request, 4096)
@@ -213,6 +227,7 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
+        Route("/v1/time", time_get, methods=["GET"]), Route("/v1/time", time_set, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/health", health), Route("/v1/ready", ready), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),

@@ -157,6 +157,23 @@ class Client:
     async def clear_faults(self, fault_id: str | None = None) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/chaos/{fault_id}" if fault_id else "/v1/chaos")
 
+    async def clock(self) -> dict[str, Any]:
+        """The fleet's orbital clock as this node runs it (``GET /v1/time``)."""
+        return await self._call("GET", "/v1/time")
+
+    async def set_clock(self, *, speed: float | None = None, pause: bool = False,
+                        resume: bool = False) -> dict[str, Any]:
+        """Speed up (``speed``: orbital seconds per wall second), pause or resume the whole
+        fleet's orbital clock; the switch is flooded and takes effect about a second later."""
+        body: dict[str, Any] = {}
+        if speed is not None:
+            body["speed"] = speed
+        if pause:
+            body["pause"] = True
+        if resume:
+            body["resume"] = True
+        return await self._call("POST", "/v1/time", json=body)
+
     async def probe(self, peer: str, rate_hz: float = 100.0, size: int = 1024, duration_s: float = 5.0) -> dict[str, Any]:
         return await self._call("POST", "/v1/probe",
                                 json={"peer": peer, "rate_hz": rate_hz, "size": size, "duration_s": duration_s})

@@ -48,7 +48,9 @@ class NodeConsoleView:
         return self.node.orbit_t(wall)
 
     def clock(self, wall: float) -> dict[str, Any]:
-        return {"scale": self.node.config.clock.time_scale, "paused": False}
+        """The fleet clock as this node runs it (agent/timekeeper.py), so the page shows a pause or a speed."""
+        scale, paused = self.node.timekeeper.timeline.speed(wall)
+        return {"scale": scale, "paused": paused}
 
     def statuses(self) -> list[str]:
         m = self.node.membership.m

@@ -31,6 +31,7 @@ from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import LinkState, Relay
 from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
+from agent.timekeeper import Timekeeper
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
@@ -46,7 +47,7 @@ from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import (ChaosUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
                        TaskResult, TaskStatus, Tensor, WireError)
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,11 @@ class Node:
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
         self.deadlines = DeadlineTimers()              # every accepted task ends by its deadline (backstop)
+        # The fleet's orbital clock (time control): the config's clock until a switch arrives.
+        self.timekeeper = Timekeeper(name, config.clock, trust=trust,
+                                     node_index=lambda n: peers[n].index if n in peers else None,
+                                     send=lambda peer, msg: self.links.send(peer, msg),
+                                     neighbours=lambda: self.links.links)
         partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
         self.trust = trust
         self.chaos = FaultTable(self._chaos_topo(), trust=trust,
@@ -167,7 +173,9 @@ class Node:
     # -- physics ---------------------------------------------------------------
 
     def orbit_t(self, wall: float | None = None) -> float:
-        return self.config.clock.orbit_t(time.time() if wall is None else wall)
+        """Orbital time at ``wall`` on the fleet's clock (``agent.timekeeper``): everything
+        physics decides here (links, delays, handovers, positions, sunlight) reads it."""
+        return self.timekeeper.orbit_t(time.time() if wall is None else wall)
 
     def _propagation(self, a: str, b: str, sent_at: float) -> float:
         return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
@@ -309,6 +317,7 @@ class Node:
             nursery.start_soon(self._publish_state)
             nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
+            nursery.start_soon(self.timekeeper.run)
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------
@@ -788,6 +797,8 @@ class Node:
                     self.relay.send(msg, msg.requester, from_node)
         elif isinstance(msg, ChaosUpdate):
             self._on_chaos(msg, from_node)
+        elif isinstance(msg, ClockUpdate):
+            self.timekeeper.on_update(msg, from_node)
         elif isinstance(msg, Probe):
             self.links.links[from_node].stats.probes_received += 1
 
@@ -887,6 +898,7 @@ class Node:
     def _link_up(self, peer: str) -> None:
         self.membership.link_opened(peer)
         self._sync_chaos(peer)
+        self.timekeeper.sync(peer)
 
     def _sync_chaos(self, peer: str) -> None:
         """A (re)connected neighbour gets the whole table: it may have missed floods."""
@@ -1076,7 +1088,7 @@ class Node:
             "node": self.me.name, "index": self.me.index, "peer_id": self.me.peer_id,
             "kind": "ground" if self.is_ground else "satellite",
             "multiaddrs": self.host.listen_multiaddrs(),
-            "orbit": orbit,
+            "orbit": orbit, "clock": self._clock_brief(),
             "position": self.position(), "neighbours": neighbours,
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
@@ -1087,6 +1099,11 @@ class Node:
             "sessions": self.store.memory(),
             "storage": self.storage(),
         }
+
+    def _clock_brief(self) -> dict[str, Any]:
+        """The fleet clock as this node runs it (GET /v1/time has the whole record)."""
+        scale, paused = self.timekeeper.timeline.speed(time.time())
+        return {"scale": scale, "paused": paused}
 
     def storage(self) -> dict[str, Any]:
         """Recovery and integrity: what the journal recovered and quarantined, what the

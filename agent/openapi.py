@@ -101,6 +101,18 @@ SCHEMAS: dict[str, Any] = {
     "ProbeRequest": {"type": "object", "required": ["peer"], "properties": {
         "peer": {"type": "string"}, "rate_hz": {"type": "number"}, "size": {"type": "number"},
         "duration_s": {"type": "number"}}},
+    "TimeState": {"type": "object", "required": ["node", "wall", "orbit_t", "scale", "paused", "rate", "version",
+                                                 "origin", "since_wall", "pending"], "properties": {
+        "node": {"type": "string"}, "wall": {"type": "number"}, "orbit_t": {"type": "number"},
+        "scale": {"type": "number", "exclusiveMinimum": 0}, "paused": {"type": "boolean"}, "rate": {"type": "number"},
+        "version": {"type": ["number", "null"]}, "origin": {"type": ["string", "null"]},
+        "since_wall": {"type": ["number", "null"]}, "pending": {"type": ["object", "null"]},
+        "changed": {"type": "boolean"}, "switch": OBJECT}},
+    "TimeRequest": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                    "not": {"required": ["pause", "resume"]}, "description": "see docs/time.md", "properties": {
+        "speed": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+                  "description": "orbital seconds per wall second"},
+        "pause": {"const": True}, "resume": {"const": True}}},
     "ProbeStarted": {"type": "object", "required": ["peer", "frames", "rate_hz", "size"]},
     "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
         "type": "object", "required": ["name"]}}}},
@@ -176,6 +188,14 @@ def _v1() -> dict[str, Any]:
             "delete": _op("remove every fault", _responses({200: ("removed", _ref("Cleared"))}, {}))},
         "/v1/chaos/{fault_id}": {"delete": _op("remove one fault", _responses(
             {200: ("removed", _ref("Cleared"))}, {404: "no such fault"}), params=[fault_id])},
+        "/v1/time": {
+            "get": _op("the fleet's orbital clock as this node runs it", _responses(
+                {200: ("the clock", _ref("TimeState"))}, {})),
+            "post": _op("pause, resume or speed up the whole fleet's orbital clock (flooded over the mesh; "
+                        "takes effect ~1 s later)", _responses(
+                {200: ("the switch issued (or changed: false if the clock already runs so)", _ref("TimeState"))},
+                {400: BAD + " (speed outside (0, 1000], pause and resume together, unknown fields)",
+                 413: "body over 4 KiB"}), body=_json(_ref("TimeRequest"), {"speed": 10})["content"])},
         "/v1/probe": {"post": _op("send numbered probe frames on one link", _responses(
             {202: ("started", _ref("ProbeStarted"))}, {400: BAD, 404: "no laser link to that peer",
                                                        413: "body over 4 KiB"}),
