@@ -26,9 +26,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from agent import http_body
-from agent.chaos_cli import NODE_ACTIONS, LocalNodeChaos, NodeChaosError
+from agent.chaos_cli import NODE_ACTIONS, LocalNodeChaos, NodeChaosError, ScenarioError
 from agent.console import (MAX_STREAM_FRAMES, RECENT_TASKS, TASK_SHOWN_S, WEB_DIR, FleetFacts, FrameBuilder, Pair, Viewers,
                            ecef_to_geodetic, frames)
+from agent.console_scenario import MAX_SCENARIO_BYTES, ScenarioBusy, ScenarioRunner
 from agent.oip_codec import loads_strict
 from mesh.sun import illumination, sun_position_ecef
 
@@ -205,7 +206,31 @@ def console_routes(node: "Node", fleet_dir: Path | None, now=None) -> list:
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"node": body["node"], "action": body["action"], "result": done})
 
+    runner = ScenarioRunner(node, fleet_dir)
+
+    async def scenario_start(request: Request) -> JSONResponse:
+        try:
+            text = (await http_body.read_body(request, MAX_SCENARIO_BYTES)).decode()
+        except http_body.BodyError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "a scenario is TOML text in UTF-8"}, status_code=400)
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        try:
+            started = runner.start(text, token)
+        except ScenarioError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except (ScenarioBusy, NodeChaosError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse(started, status_code=202)
+
+    async def scenario_state(request: Request) -> JSONResponse:
+        return JSONResponse(runner.describe())
+
     return [
+        Route("/v1/console/scenario", scenario_start, methods=["POST"]),
+        Route("/v1/console/scenario", scenario_state, methods=["GET"]),
         Route("/", page, methods=["GET"]),
         Route("/console/{name}", static, methods=["GET"]),
         Route("/console/{folder}/{name}", static, methods=["GET"]),

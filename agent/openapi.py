@@ -227,6 +227,8 @@ def _v1() -> dict[str, Any]:
     }
 
 
+SCENARIO_EXAMPLE = '[[events]]\nat = "0s"\nkind = "delay"\nlink = "random"\ndelay = "5ms"\nfor = "2s"\n'
+
 # One event of the console's stream (the data is JSON text: docs/console.md#the-stream).
 SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"enum": ["fleet", "frame"]}, "data": {"type": "string"}, "retry": {"type": "integer"}}}
@@ -257,6 +259,14 @@ def _console() -> dict[str, Any]:
         "/v1/console/node/{name}": {"get": _op("one node as this agent knows it", _responses(
             {200: ("the node", OBJECT)}, {404: "unknown node"}), params=[_path("name", "a node's name")],
             tag="console")},
+        "/v1/console/scenario": {
+            "post": _op("run a chaos scenario (TOML, docs/chaos.md) from this agent", _responses(
+                {202: ("started", OBJECT)}, {400: "not a valid scenario for this fleet (the error says where)",
+                                            409: "a scenario is running here, or it has node faults this agent "
+                                                 "cannot apply", 413: "body over 64 KiB"}),
+                body={"text/plain": {"schema": {"type": "string"}, "example": SCENARIO_EXAMPLE}}, tag="console"),
+            "get": _op("the scenario running or last run here", _responses({200: ("its progress", OBJECT)}, {}),
+                       tag="console")},
         "/v1/console/node-chaos": {"post": _op("kill, pause, resume or restart a node's process (local fleets)",
             _responses({200: ("done", OBJECT)}, {400: BAD, 404: "unknown node", 409: "not possible here: a "
                         "deployment whose processes this agent cannot reach, or the node's state forbids it",

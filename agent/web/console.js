@@ -33,10 +33,11 @@ if (hashToken) {
 }
 const token = () => sessionStorage.getItem("orbitmesh-token");
 
-async function call(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
+async function call(method, path, body, contentType = "application/json") {
+  const headers = { "Content-Type": contentType };
   if (token()) headers.Authorization = `Bearer ${token()}`;
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+  const res = await fetch(path, { method, headers, body: payload });
   let doc = null;
   try { doc = await res.json(); } catch { doc = null; }
   if (!res.ok) {
@@ -443,6 +444,43 @@ document.getElementById("set-speed").onclick = () => {
 };
 document.getElementById("pause").onclick = () => setTime({ pause: true }, "pause");
 document.getElementById("resume").onclick = () => setTime({ resume: true }, "resume");
+
+// A scenario: the same TOML timeline as `orbitmesh chaos scenario` (docs/chaos.md).
+const SCENARIO_EXAMPLE = `seed = 7
+[[events]]
+at = "0s"
+kind = "cut"
+link = "random"
+for = "30s"
+[[events]]
+at = "5s"
+kind = "loss"
+link = "random"
+loss = "20%"
+for = "30s"
+`;
+async function watchScenario() {
+  const el = document.getElementById("scenario-state");
+  for (;;) {
+    let s;
+    try { s = await call("GET", "/v1/console/scenario"); } catch { return; }
+    el.textContent = s.running ? `scenario: ${s.log.length} of ${s.events} events` :
+      s.error ? `scenario failed: ${s.error}` : `scenario done (${s.events} events)`;
+    el.className = s.error ? "bad" : s.running ? "warn" : "ok";
+    if (!s.running) return;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+document.getElementById("scenario-btn").onclick = async () => {
+  const ok = await confirmAction("Run this chaos scenario on the fleet?",
+    `<textarea id="scenario-text" rows="14" spellcheck="false">${esc(SCENARIO_EXAMPLE)}</textarea>`);
+  if (!ok) return;
+  try {
+    const r = await call("POST", "/v1/console/scenario", document.getElementById("scenario-text").value, "text/plain");
+    toast(`scenario started: ${r.events} events over ${r.length_s} s`);
+    watchScenario();
+  } catch (err) { toast(err.message, "bad"); }
+};
 
 document.getElementById("token-btn").onclick = async () => {
   const ok = await confirmAction("The fleet's API token (.fleet/token; kept in this tab only):",
