@@ -124,17 +124,21 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             body = await read_task(request, node.config.limits.max_body_bytes)
             if not isinstance(body, dict):
                 raise SubmitError(400, "body must be a JSON object")
-            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key"}
+            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key", "cache"}
             if unknown:
                 raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s, "
-                                       f"idempotency_key")
+                                       f"idempotency_key, cache")
             if "model" not in body or "inputs" not in body:
                 raise SubmitError(400, "'model' and 'inputs' are required")
             timeout = body.get("timeout_s", 30.0)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
                 raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
             key = body.get("idempotency_key", request.headers.get("idempotency-key"))
-            rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key)
+            cache = body.get("cache", True)
+            if not isinstance(cache, bool):
+                raise SubmitError(400, "'cache' must be true or false (false: always compute, never the edge cache)")
+            rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key,
+                                         cache=cache)
         except SubmitError as exc:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)

@@ -86,11 +86,15 @@ class Client:
         return await self._call("GET", "/v1/models")
 
     async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
-                     timeout_s: float | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+                     timeout_s: float | None = None, idempotency_key: str | None = None,
+                     cache: bool | None = None) -> dict[str, Any]:
         """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
         returns the task the first submission created (HTTP 200) instead of a new one.
-        ``inputs`` of numpy arrays travel as binary tensors, others as JSON."""
+        ``inputs`` of numpy arrays travel as binary tensors, others as JSON.
+        ``cache=False``: compute it even if the entry holds the answer (agent/edge_cache.py)."""
         body: dict[str, Any] = {"model": model}
+        if cache is not None:
+            body["cache"] = cache
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if target is not None:

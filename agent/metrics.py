@@ -57,6 +57,17 @@ class TaskMetrics:
         yield from self.inference.collect()
 
 
+def _edge_cache(me: str, cache) -> Iterator[object]:
+    """Hit rate = hit / (hit + miss) of orbitmesh_edge_cache_lookups (agent/edge_cache.py)."""
+    lookups = CounterMetricFamily("orbitmesh_edge_cache_lookups", "Edge-cache lookups of placed tasks at this "
+                                  "entry, by result (hit: answered without computing)", labels=["node", "result"])
+    for result in ("hit", "miss"):
+        lookups.add_metric([me, result], cache.counts[result])
+    stored = GaugeMetricFamily("orbitmesh_edge_cache_bytes", "Bytes of answers held in the edge cache", labels=["node"])
+    stored.add_metric([me], cache.bytes)
+    yield from (lookups, stored)
+
+
 class NodeCollector:
     def __init__(self, node) -> None:
         self.node = node
@@ -100,6 +111,7 @@ class NodeCollector:
         faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
+        yield from _edge_cache(me, self.node.edge_cache)
         yield from _clock(me, self.node.timekeeper.timeline, time.time())
         yield from self._relay_membership_energy(me)
         yield from _storage(me, self.node.storage())
