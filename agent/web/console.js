@@ -218,7 +218,7 @@ function paintTasks(frame) {
   const rows = frame.tasks.map((t) => {
     const cls = t.status === "succeeded" ? "ok" : t.status === "failed" ? "bad" : "warn";
     const ms = t.ms === null ? "…" : `${t.ms.toFixed(1)} ms`;
-    return `<tr data-task="${t.id}"><td title="${t.id}">…${t.id.slice(-8)}</td><td>${t.model}</td><td>${t.entry} → ${t.executor}</td>` +
+    return `<tr><td title="${esc(t.id)}">…${esc(t.id.slice(-8))}</td><td>${esc(t.model)}</td><td>${esc(t.entry)} → ${esc(t.executor)}</td>` +
            `<td class="${cls}">${t.status}</td><td>${ms}</td><td>${Math.max(0, t.route.length - 1)} hops</td></tr>`;
   });
   document.getElementById("task-rows").innerHTML = rows.join("");
