@@ -124,10 +124,11 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             body = await read_task(request, node.config.limits.max_body_bytes)
             if not isinstance(body, dict):
                 raise SubmitError(400, "body must be a JSON object")
-            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key", "cache"}
+            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key", "cache", "replicas",
+                                   "agreement"}
             if unknown:
                 raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s, "
-                                       f"idempotency_key, cache")
+                                       f"idempotency_key, cache, replicas, agreement")
             if "model" not in body or "inputs" not in body:
                 raise SubmitError(400, "'model' and 'inputs' are required")
             timeout = body.get("timeout_s", 30.0)
@@ -138,7 +139,8 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             if not isinstance(cache, bool):
                 raise SubmitError(400, "'cache' must be true or false (false: always compute, never the edge cache)")
             rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key,
-                                         cache=cache)
+                                         cache=cache, replicas=body.get("replicas", 1),
+                                         agreement=body.get("agreement", "majority"))
         except SubmitError as exc:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)

@@ -216,6 +216,9 @@ async def run_scenario(events: list[Event], urls: str | list[str], echo=print, n
 
 def describe(f: dict[str, Any]) -> str:
     k = f["kind"]
+    if k == "bitflip":
+        dur = f" for {f['duration_s']:g}s" if f.get("duration_s") else ""
+        return f"[{f['id']}] bitflip {f['node']}: one bit flipped in {f['rate'] * 100:g}% of its results{dur}"
     where = f"{f['a']}–{f['b']}" if "a" in f else (f"groups {f['groups']}" if k == "partition" else f"plane {f.get('plane')}")
     what = {"loss": lambda: f"{f.get('loss', 0) * 100:g}% ({f['model']})", "delay": lambda: f"+{f['delay'] * 1e3:g} ms",
             "jitter": lambda: f"{f['jitter'] * 1e3:g} ms {f['distribution']}",
@@ -431,8 +434,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = link_cmd("jitter", "add jitter", "jitter", "e.g. 5ms")
     q.add_argument("--distribution", default="normal", choices=["uniform", "normal", "pareto"])
     link_cmd("bandwidth", "cap the bandwidth", "bandwidth", "e.g. 10M (bit/s)")
-    for kind in ("duplicate", "reorder", "corrupt"):
+    for kind in ("duplicate", "reorder"):
         link_cmd(kind, f"{kind} a share of frames", "probability", "e.g. 1%")
+    q = cs.add_parser("corrupt", help="corrupt a share of a link's frames (A B PROBABILITY), or flip bits in a "
+                                      "node's results (NODE --rate R: radiation upsets, caught by replicas in majority)")
+    q.add_argument("a", metavar="A|NODE")
+    q.add_argument("b", nargs="?", metavar="B")
+    q.add_argument("probability", nargs="?", help="a link's frames: e.g. 1%%")
+    q.add_argument("--rate", help="a node's results: the share with one bit flipped, e.g. 10%% or 0.1")
+    q.add_argument("--for", dest="duration", help="revert after this long (e.g. 30s)")
+    q.add_argument("--one-way", action="store_true", help="only the a→b direction")
     q = cs.add_parser("partition", help="split the fleet: each GROUP a comma-separated node list; the rest is one more group")
     q.add_argument("groups", nargs="+")
     q.add_argument("--for", dest="duration")
@@ -466,7 +477,14 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["groups"] = [[n.strip() for n in g.split(",") if n.strip()] for g in args.groups]
     elif kind == "plane":
         spec.update(plane=args.plane, shell=args.shell)
+    elif kind == "corrupt" and (args.rate is not None or args.b is None):
+        if args.rate is None or args.b is not None:
+            raise ScenarioError("corrupt takes either A B PROBABILITY (a link's frames) or NODE --rate R "
+                                "(a node's results)")
+        spec = {"kind": "bitflip", "node": args.a, "rate": args.rate}
     else:
+        if kind == "corrupt" and args.probability is None:
+            raise ScenarioError("corrupt A B PROBABILITY: the share of the link's frames to corrupt is missing")
         spec.update(a=args.a, b=args.b)
         if args.one_way:
             spec["direction"] = "a->b"

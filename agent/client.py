@@ -87,7 +87,8 @@ class Client:
 
     async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
                      timeout_s: float | None = None, idempotency_key: str | None = None,
-                     cache: bool | None = None) -> dict[str, Any]:
+                     cache: bool | None = None, replicas: int | None = None,
+                     agreement: str | None = None) -> dict[str, Any]:
         """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
         returns the task the first submission created (HTTP 200) instead of a new one.
         ``inputs`` of numpy arrays travel as binary tensors, others as JSON.
@@ -95,6 +96,10 @@ class Client:
         body: dict[str, Any] = {"model": model}
         if cache is not None:
             body["cache"] = cache
+        if replicas is not None:
+            body["replicas"] = replicas
+        if agreement is not None:
+            body["agreement"] = agreement
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if target is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import trio
 
 from agent.edge_cache import Answer, EdgeCache, cache_key
+from agent.replicas import agree, replica_view
 from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
@@ -46,6 +47,7 @@ from mesh.delivery import ExecutionCache, TaskFailed, TaskLedger, fleet_delivery
 from mesh.forwarding import Forwarder
 from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
+from mesh.voting import MAX_REPLICAS, MODES, Vote
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
 from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
@@ -157,6 +159,7 @@ class Node:
         self.recovered = 0                             # unfinished tasks read back from the journal at start
         self._idem: dict[str, str] = {}                # idempotency key -> task id (recent; the journal has all)
         self.edge_cache = EdgeCache()
+        self.upsets = 0                                  # results this node corrupted under a bitflip fault
         self._answer_keys: dict[str, str] = {}         # task id -> its edge-cache key, until it ends
         self._queries: dict[str, trio.MemorySendChannel] = {}   # task queries this node is waiting on
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
@@ -458,7 +461,8 @@ class Node:
 
     async def submit(self, model: str, inputs: Any, target: str | None,
                      timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None,
-                     journaled: bool = True, cache: bool = True) -> tuple[TaskRecord, bool]:
+                     journaled: bool = True, cache: bool = True, replicas: int = 1,
+                     agreement: str = "majority") -> tuple[TaskRecord, bool]:
         """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
 
         ``inputs`` is JSON (checked and typed here) or a dict of arrays already
@@ -503,19 +507,28 @@ class Node:
         if target in self.peers and self.peers[target].index in self.membership.dead_nodes():
             raise SubmitError(503, f"{target} is down (declared dead by the fleet's membership); "
                                    f"submit with target 'auto' or to another node")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+            raise SubmitError(400, f"'replicas' must be an integer in 1–{MAX_REPLICAS}")
+        if not isinstance(agreement, str) or agreement not in MODES:
+            raise SubmitError(400, f"'agreement' must be one of {', '.join(MODES)}")
+        if replicas != 1:
+            if not placed:
+                raise SubmitError(400, "replicas are placed by the fleet (one per plane): leave 'target' out or "
+                                       f"use one of {', '.join(TARGETS)}")
         answer_key = None
-        if cache and placed:           # a named target asks for execution there (agent/edge_cache.py)
+        if cache and placed and replicas == 1:   # a named target asks for execution there (agent/edge_cache.py)
             answer_key = cache_key(loaded.sha256 or self.store.sha256(model), arrays)
             hit = self.edge_cache.get(answer_key)
             if hit is not None:
                 return self._answer_from_cache(model, hit, idem_key, timeout_s), True
-        if len(self._requests) >= self.config.limits.max_pending_tasks:
+        if len(self._requests) + replicas > self.config.limits.max_pending_tasks:
             raise SubmitError(429, f"{len(self._requests)} tasks pending at {self.me.name}; retry later")
         why = "target chosen by the client"
         if placed:
-            executor, why = self._place(model, target or "auto", arrays, loaded, timeout_s)
+            executors, why = self._place(model, target or "auto", arrays, loaded, timeout_s, replicas)
+            executor = executors[0]
         else:
-            executor = target
+            executors, executor = [target], target
         if executor == self.me.name and self.executor.full:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
@@ -525,9 +538,18 @@ class Node:
             done = self._by_idem_key(idem_key)
             if done is not None:
                 return done, False
+        if replicas > 1:
+            return self._submit_replicas(model, loaded, arrays, executors, why, agreement, timeout_s, idem_key,
+                                         journaled), True
+        return self._accept(model, loaded, arrays, executor, why, timeout_s, idem_key, journaled, answer_key), True
+
+    def _accept(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executor: str, why: str,
+                timeout_s: float, idem_key: str | None, journaled: bool, answer_key: str | None,
+                task_id: str | None = None) -> TaskRecord:
+        """Record (journal first), track and start one task; no await, so nothing interleaves."""
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
-        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
+        rec = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
                          journaled=journaled and self.journal is not None, deadline=now + timeout_s)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
@@ -562,7 +584,26 @@ class Node:
         else:
             self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
             self._wake.set()
-        return rec, True
+        return rec
+
+    def _submit_replicas(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executors: list[str],
+                         why: str, agreement: str, timeout_s: float, idem_key: str | None,
+                         journaled: bool) -> TaskRecord:
+        """One task per replica (each journaled and delivered exactly once like any task), and a parent
+        whose outputs are the agreed answer (agent/replicas.py)."""
+        now = time.time()
+        parent = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
+                            created=now, journaled=False, deadline=now + timeout_s, placement=why)
+        children = [self._accept(model, loaded, arrays, ex, f"replica {i + 1} of {len(executors)} of {parent.task_id}",
+                                 timeout_s, None, journaled, None, task_id=f"{parent.task_id}.r{i}")
+                    for i, ex in enumerate(executors)]
+        vote = Vote(len(executors), agreement)
+        parent.replicas = replica_view(vote, children)
+        self.tasks.add(parent)
+        self._remember_key(idem_key, parent.task_id)
+        assert self._nursery is not None, "node is not running"
+        self._nursery.start_soon(agree, parent, children, vote, self._finalize)
+        return parent
 
     def _remember_key(self, idem_key: str | None, task_id: str) -> None:
         if idem_key is not None:
@@ -705,8 +746,10 @@ class Node:
         return True
 
     def _place(self, model: str, target: str, arrays: dict[str, np.ndarray], loaded: Any,
-               timeout_s: float) -> tuple[str, str]:
-        """Executor by expected completion (``mesh.placement``); SubmitError(503) if none fits."""
+               timeout_s: float, replicas: int = 1) -> tuple[list[str], str]:
+        """Executors by expected completion (``mesh.placement``): one, or ``replicas`` satellites in
+        different planes (so one plane's outage or one upset cannot take them all); SubmitError(503)
+        if not enough fit."""
         in_bytes = sum(a.nbytes for a in arrays.values())
         own = self._own_state()
         local = self.compute_table.get(self.me.name, model)
@@ -718,13 +761,27 @@ class Node:
         cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
                            self.compute_table, self._in_flight, own, load_s, loaded.path.stat().st_size,
                            self.config.links.isl_bandwidth_bps)
-        try:
-            choice = choose(target, cands, in_bytes=in_bytes, out_bytes=self._out_bytes.get(model, in_bytes),
-                            bandwidth_bps=self.config.links.isl_bandwidth_bps, default_compute_s=default,
-                            heavy_s=self.config.energy.heavy_ms / 1e3, time_left_s=timeout_s)
-        except PlacementError as exc:
-            raise SubmitError(503, f"cannot place a {model!r} task ({target}): {exc}") from None
-        return choice.node, f"{target}: {choice.why}"
+        c = self.constellation
+        plane = {n: (c.shell_of[self.peers[n].index], c.plane_of[self.peers[n].index]) for n in names
+                 if self.peers[n].index < len(c)}
+        chosen: list[str] = []
+        why = ""
+        for k in range(replicas):
+            if replicas > 1:   # satellites only, one per plane
+                used = {plane[n] for n in chosen}
+                cands = [x for x in cands if x.node in plane and plane[x.node] not in used]
+            try:
+                choice = choose(target, cands, in_bytes=in_bytes, out_bytes=self._out_bytes.get(model, in_bytes),
+                                bandwidth_bps=self.config.links.isl_bandwidth_bps, default_compute_s=default,
+                                heavy_s=self.config.energy.heavy_ms / 1e3, time_left_s=timeout_s)
+            except PlacementError as exc:
+                extra = f" (replica {k + 1} of {replicas}: one per plane, {k} placed)" if replicas > 1 else ""
+                raise SubmitError(503, f"cannot place a {model!r} task ({target}){extra}: {exc}") from None
+            chosen.append(choice.node)
+            why = why or choice.why
+        if replicas > 1:
+            return chosen, f"{target}: {replicas} replicas, one per plane, best first ({why})"
+        return chosen, f"{target}: {why}"
 
     def _path_to(self, dst: str) -> tuple[float, int] | None:
         """One-way latency and hop count of the route to ``dst`` as routing sees it now."""
@@ -1012,7 +1069,7 @@ class Node:
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
             self.metrics.inference_done(req.model, compute / max(1, result.batch_size))
-            outputs = {k: Tensor.from_array(np.asarray(v)) for k, v in result.outputs.items()}
+            outputs = self._upset({k: np.asarray(v) for k, v in result.outputs.items()})
         except ExecutorBusy as exc:
             error = f"{self.me.name}: executor busy ({exc}); retry later"
         except (ModelError, InputError, LimitError, ExecutionError, PowerError) as exc:
@@ -1025,6 +1082,21 @@ class Node:
                          req.trace + (hop,), compute, req.attempt, req.deadline)
         self.exec_cache.finish(req.task_id, res)
         self._send_result(res)
+
+    def _upset(self, outputs: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        """The results as they leave; under a ``bitflip`` fault one bit of them flips at its rate,
+        silently, as a radiation upset would (only replicas in majority can tell)."""
+        rate = self.chaos.result_corruption(self.me.name, time.time())
+        if rate and random.random() < rate:
+            names = [k for k, v in outputs.items() if v.nbytes]
+            if names:
+                k = random.choice(names)
+                flipped = np.array(outputs[k], copy=True)
+                raw = flipped.reshape(-1).view(np.uint8)
+                raw[random.randrange(raw.size)] ^= np.uint8(1 << random.randrange(8))
+                outputs = {**outputs, k: flipped}
+                self.upsets += 1
+        return {k: Tensor.from_array(v) for k, v in outputs.items()}
 
     def _check_power(self, model: str) -> None:
         """In eclipse below the reserve, heavy work is refused: the bus needs the charge."""
@@ -1129,6 +1201,7 @@ class Node:
             "sessions": self.store.memory(),
             "storage": self.storage(),
             "edge_cache": self.edge_cache.describe(),
+            "results_corrupted": self.upsets,
         }
 
     def _clock_brief(self) -> dict[str, Any]:

@@ -150,7 +150,8 @@ class InferenceService:
             # Journaled only with an idempotency key: without one, nothing could ask
             # for this task after a crash (see Node.submit).
             rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None,
-                                            cache=cache)
+                                            cache=cache, replicas=p.get("replicas", 1),
+                                            agreement=p.get("agreement", "majority"))
         except SubmitError as exc:
             raise OipError(exc.status, str(exc)) from None
         with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):

@@ -93,7 +93,7 @@ SCHEMAS: dict[str, Any] = {
         "node": {"type": "string"}, "faults": {"type": "array", "items": {"type": "object", "required": ["id"]}}}},
     "FaultSpec": {"type": "object", "required": ["kind"], "description": "see docs/chaos.md", "properties": {
         "kind": {"enum": ["cut", "loss", "delay", "jitter", "bandwidth", "duplicate", "reorder", "corrupt",
-                          "partition", "plane"]}}},
+                          "partition", "plane", "bitflip"]}}},
     "FaultApplied": {"type": "object", "required": ["fault", "created"], "properties": {
         "fault": {"type": "object", "required": ["id"]}, "created": {"type": "boolean"}}},
     "Cleared": {"type": "object", "required": ["cleared"],
@@ -123,7 +123,10 @@ SCHEMAS: dict[str, Any] = {
         "target": {"type": ["string", "null"]},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
-        "cache": {"type": "boolean", "description": "false: compute, never answer from the entry's edge cache"}}},
+        "cache": {"type": "boolean", "description": "false: compute, never answer from the entry's edge cache"},
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 7,
+                     "description": "run on this many satellites, one per plane, and agree"},
+        "agreement": {"enum": ["first", "majority"]}}},
     "TaskAccepted": {"type": "object", "required": ["task_id", "status", "executor", "entry", "placement", "url"],
                      "properties": {"task_id": {"type": "string"}, "status": {"type": "string"},
                                     "executor": {"type": "string"}, "entry": {"type": "string"},

@@ -37,6 +37,7 @@ class TaskRecord:
     placement: str = ""           # why this executor (placement's reason, or the client's choice)
     journaled: bool = True        # recorded in the journal (see Node.submit)
     deadline: float = math.inf    # wall time by which it ends, one way or the other (DeadlineTimers)
+    replicas: dict[str, Any] | None = None   # a replicated task's vote (agent/replicas.py)
     done: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def finish(self, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
@@ -84,6 +85,7 @@ class TaskRecord:
             "error": self.error or None,
             "outputs": {k: to_json(v) for k, v in self.outputs.items()} if self.outputs is not None else None,
             "trace": hops, "latency": self.breakdown(),
+            **({"replicas": self.replicas} if self.replicas is not None else {}),
         }
 
 

@@ -33,7 +33,8 @@ from mesh.link import JITTER_DISTRIBUTIONS, LinkProfile, LossModel
 
 LINK_KINDS = ("cut", "loss", "delay", "jitter", "bandwidth", "duplicate", "reorder", "corrupt")
 SET_KINDS = ("partition", "plane")
-KINDS = LINK_KINDS + SET_KINDS
+NODE_KINDS = ("bitflip",)           # acts on one node's results, not on links (radiation upsets)
+KINDS = LINK_KINDS + SET_KINDS + NODE_KINDS
 # Partitions and plane outages cut many links at once; starting them a moment
 # after they are issued lets the flood reach every node first, so both sides
 # of every affected link apply them (each side only stops its own sending).
@@ -142,8 +143,8 @@ def normalise(spec: Any, topo: Topo) -> tuple[dict[str, Any], frozenset[tuple[st
         "cut": set(), "loss": {"loss", "model", "p_good_to_bad", "p_bad_to_good", "loss_good", "loss_bad"},
         "delay": {"delay"}, "jitter": {"jitter", "distribution"}, "bandwidth": {"bandwidth"},
         "duplicate": {"probability"}, "reorder": {"probability", "gap"}, "corrupt": {"probability"},
-        "partition": {"groups"}, "plane": {"plane", "shell"},
-    }[kind] | common | ({"a", "b"} if kind in LINK_KINDS else set())
+        "partition": {"groups"}, "plane": {"plane", "shell"}, "bitflip": {"node", "rate"},
+    }[kind] | (common - ({"direction"} if kind in NODE_KINDS else set())) | ({"a", "b"} if kind in LINK_KINDS else set())
     unknown = set(spec) - allowed
     if unknown:
         raise FaultError(f"{kind}: unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -188,6 +189,9 @@ def normalise(spec: Any, topo: Topo) -> tuple[dict[str, Any], frozenset[tuple[st
             out["probability"] = _pct(spec.get("probability"), "probability")
             if kind == "reorder":
                 out["gap"] = _seconds(spec.get("gap", 0.002), "gap")
+    elif kind == "bitflip":
+        out.update(node=_node(topo, spec.get("node"), "node"), rate=_pct(spec.get("rate"), "rate"))
+        directed, settle = frozenset(), 0.0
     elif kind == "partition":
         groups = spec.get("groups")
         if not isinstance(groups, list) or len(groups) < 1 or not all(isinstance(g, list) and g for g in groups):
@@ -413,6 +417,11 @@ class FaultTable:
         """Directed links that carry nothing at ``now`` (routing avoids them)."""
         return frozenset(pair for pair, faults in self._by_link.items()
                          if any(f.active(now) and f.spec["kind"] in ("cut", "partition", "plane") for f in faults))
+
+    def result_corruption(self, node: str, now: float) -> float:
+        """The rate at which ``node`` flips a bit in a result it sends (``bitflip`` faults), 0 if none."""
+        return max((f.spec["rate"] for f in self._faults.values()
+                    if f.spec["kind"] == "bitflip" and f.spec["node"] == node and f.active(now)), default=0.0)
 
     def degraded_now(self, now: float) -> frozenset[tuple[str, str]]:
         """Directed links that still carry traffic but under a fault (loss, delay, …) at ``now``."""
