@@ -46,6 +46,14 @@ def format_task(rec: dict[str, Any], expected_label: int | None = None) -> str:
         lines.append(f"    total {lat['total_ms']:.2f} ms = physics {lat['physics_ms']:.2f} ms "
                      f"({lat['hops']} link crossings) + compute {lat['compute_ms']:.2f} ms "
                      f"+ overhead {lat['overhead_ms']:.2f} ms")
+    rep = rec.get("replicas")
+    if rep:
+        each = ", ".join(f"{r['node']} {r['status']}" + (f" {r['digest'][:8]}" if r.get("digest") else "")
+                         for r in rep["replicas"])
+        lines.append(f"    replicas ({rep['agreement']}): {each}")
+        lines.append(f"    decision: {rep['decision'] or 'pending'}"
+                     + (f"; disagreed: {', '.join(rep['dissenters'])}" if rep["dissenters"] else "")
+                     + (f"; failed: {', '.join(rep['failed'])}" if rep["failed"] else ""))
     return "\n".join(lines)
 
 
@@ -215,7 +223,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     async def main() -> dict[str, Any]:
         async with Client(url, token=token) as c:
-            accepted = await c.submit(args.model, inputs, args.target)
+            accepted = await c.submit(args.model, inputs, args.target, replicas=args.replicas,
+                                      agreement=args.agreement, cache=False if args.no_cache else None)
             return await c.wait(accepted["task_id"], timeout=args.timeout)
 
     try:
@@ -360,6 +369,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="inputs as JSON, or @FILE (default: a sample from the model's manifest)")
     p.add_argument("--sample", type=int, default=0, help="which manifest sample to send")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--replicas", type=int, help="run on this many satellites, one per plane, and agree")
+    p.add_argument("--agreement", choices=["majority", "first"], help="with --replicas (default: majority)")
+    p.add_argument("--no-cache", action="store_true", help="compute even if the entry holds the answer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_submit)
 
