@@ -363,12 +363,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, roster, sim_cli, stack, topo_cli
+    from agent import chaos_cli, check, compose, k8s, roster, sim_cli, stack, topo_cli
     roster.register(sub)
     chaos_cli.register(sub)
     check.register(sub)
     compose.register(sub)
     stack.register(sub)
+    k8s.register(sub)
     topo_cli.register(sub)
     sim_cli.register(sub)
     return ap

@@ -61,23 +61,25 @@ def issue_keys(fleet_dir: Path, authority_dir: Path, nodes_dir: Path, names: lis
 
 
 def install_node_key(key_file: Path, data_dir: Path) -> None:
-    """Install the node key a swarm secret handed this replica (64 hex digits) as
-    ``data_dir/identity.key``.  The secret is the authority here: a key issued
-    again replaces the volume's copy (:func:`roster_node` then checks it against
-    the roster)."""
+    """Install the node key a secret handed this node as ``data_dir/identity.key``: 64 hex
+    digits (a swarm secret template renders text) or the raw 32-byte seed (a Kubernetes
+    Secret made from the issued key file).  The secret is the authority here: a key issued
+    again replaces the volume's copy (:func:`roster_node` then checks it against the roster)."""
     try:
-        text = Path(key_file).read_text().strip()
+        raw = Path(key_file).read_bytes()
     except FileNotFoundError:
-        raise ComposeError(f"no node key at {key_file}: the stack's node-key secret is missing") from None
-    if not text:
+        raise ComposeError(f"no node key at {key_file}: the node's key secret is missing") from None
+    if not raw.strip():
         raise ComposeError(f"{key_file} is empty: the node-key secret holds no key for this task slot "
                            f"(more replicas than issued keys? run `orbitmesh stack` again and redeploy)")
-    try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        seed = b""
+    seed = raw
+    if len(raw) != 32:
+        try:
+            seed = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            seed = b""
     if len(seed) != 32:
-        raise ComposeError(f"{key_file} is not a node key (64 hex digits of an Ed25519 seed)")
+        raise ComposeError(f"{key_file} is not a node key (a 32-byte Ed25519 seed, raw or as 64 hex digits)")
     path = Path(data_dir) / "identity.key"
     if not path.exists() or path.read_bytes() != seed:
         write_atomic(path, seed, 0o600)
