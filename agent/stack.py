@@ -109,8 +109,8 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     cfg = _fleet(spec)
     replicas = cfg.size + len(station_names(cfg))
     cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--fleet", FLEET_TARGET,
-           "--node-key", KEY_TARGET, "--config", CONFIG_TARGET, "--address", "{name}", "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR,
-           "--api-token-file", TOKEN_TARGET]
+           "--node-key", KEY_TARGET, "--config", CONFIG_TARGET, "--address", "{name}",
+           "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR, "--api-token-file", TOKEN_TARGET]
     if not spec.realtime:
         cmd.append("--no-realtime")
     deploy: dict[str, Any] = {
