@@ -42,7 +42,7 @@ from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
 from agent import ort_limits
 from agent.ort_limits import cap_run
-from agent.priority import idle_thread, normal_priority_for_this_thread
+from agent.priority import idle_is_reversible, idle_thread, normal_priority_for_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class Executor:
         self._stuck = 0           # of those, still running (updated from their threads)
         self._stuck_lock = threading.Lock()
         self.idled: set[int] = set()   # native ids of abandoned runs' threads under SCHED_IDLE, while they run
+        idle_is_reversible()           # probed once here, not on the loop when a run is first abandoned
         self._watch = DeadlineWatch(ABANDON_GRACE_S)
         self.batch_waits = 0
         self._compute_s: dict[str, float] = {}    # per task, smoothed, per model
