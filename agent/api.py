@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from agent import http_body, http_coalesce
 from agent.auth import AccessControl, AccessPolicy
+from agent.console_api import console_routes
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
@@ -70,8 +72,9 @@ async def read_task(request: Request, limit: int) -> Any:
         raise SubmitError(exc.status, str(exc)) from None
 
 
-def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
-    """The node's routes behind ``access`` (token, Host and Origin checks; None: unchecked, for in-process use)."""
+def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | None = None) -> Starlette:
+    """The node's routes behind ``access`` (token, Host and Origin checks; None: unchecked, for in-process use).
+    ``fleet_dir``: a local fleet's directory, for the console's node chaos (agent/console_api.py)."""
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(node.health())
 
@@ -216,6 +219,7 @@ def build_app(node: Node, access: AccessPolicy | None = None) -> Starlette:
         Route("/v1/tasks", submit, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task),
         *kserve_routes(InferenceService(node), node.config.limits.max_body_bytes),
+        *console_routes(node, fleet_dir),
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -250,8 +254,8 @@ def server_config(host: str, port: int, tls: tuple[str, str] | None = None) -> H
 
 
 async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls: tuple[str, str] | None = None, *,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    fleet_dir: Path | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
     http_coalesce.install()     # head and body of a response in one write
-    await serve(build_app(node, access), server_config(host, port, tls), shutdown_trigger=trio.sleep_forever,
+    await serve(build_app(node, access, fleet_dir), server_config(host, port, tls), shutdown_trigger=trio.sleep_forever,
                 task_status=task_status)

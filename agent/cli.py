@@ -363,7 +363,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, k8s, roster, sim_cli, stack, topo_cli
+    from agent import chaos_cli, check, compose, console_cli, k8s, roster, sim_cli, stack, topo_cli
+    console_cli.register(sub)
     roster.register(sub)
     chaos_cli.register(sub)
     check.register(sub)

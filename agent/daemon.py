@@ -42,8 +42,9 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,
                     grpc: tuple[str, int] | None = None, workers: int | None = None, *,
                     auth: AgentAuth, revoked: frozenset[str] = frozenset(),
-                    roster: tuple[Path, Path] | None = None) -> None:
-    """``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
+                    roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None) -> None:
+    """``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
+    ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
     ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
     install_slow_step_logger()
     if auth.token is None:
@@ -92,7 +93,7 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
             if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
                 await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
                                             max_message_bytes=config.limits.max_body_bytes, token=auth.token))
-            await nursery.start(serve_api, node, api[0], api[1], access, auth.tls)
+            await nursery.start(partial(serve_api, fleet_dir=fleet_dir), node, api[0], api[1], access, auth.tls)
             log.info("%s up: peer %s, links on %s:%d, API on %s://%s:%d (%s), gRPC on %s", name, host.peer_id,
                      lhost, lport, "https" if auth.tls else "http", *api,
                      "control needs the fleet's token" if auth.token else "OPEN: no token needed",
@@ -149,7 +150,8 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
         return 2
     try:
         trio.run(partial(run_agent, name, config, peers, data_dir, models, listen, api, realtime, journal, discover,
-                         grpc, workers, auth=auth, revoked=revoked, roster=roster))
+                         grpc, workers, auth=auth, revoked=revoked, roster=roster,
+                         fleet_dir=Path(peers_path).resolve().parent))
     except (ValueError, JournalError, OSError) as exc:
         log.error("%s", exc)
         return 2

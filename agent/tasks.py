@@ -103,6 +103,15 @@ class TaskTable:
     def get(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
 
+    def recent(self, limit: int) -> list[TaskRecord]:
+        """The newest ``limit`` records, newest first (the console's task feed)."""
+        out: list[TaskRecord] = []
+        for rec in reversed(self._tasks.values()):
+            if len(out) >= limit:
+                break
+            out.append(rec)
+        return out
+
     def pending(self) -> int:
         return sum(1 for r in self._tasks.values() if r.status in PENDING)
 

@@ -414,6 +414,11 @@ class FaultTable:
         return frozenset(pair for pair, faults in self._by_link.items()
                          if any(f.active(now) and f.spec["kind"] in ("cut", "partition", "plane") for f in faults))
 
+    def degraded_now(self, now: float) -> frozenset[tuple[str, str]]:
+        """Directed links that still carry traffic but under a fault (loss, delay, …) at ``now``."""
+        return frozenset(pair for pair, faults in self._by_link.items()
+                         if any(f.active(now) and f.spec["kind"] not in ("cut", "partition", "plane") for f in faults))
+
     def listing(self, now: float) -> list[dict[str, Any]]:
         return [f.describe(now) for f in sorted(self._faults.values(), key=lambda f: (f.start, f.id))
                 if f.until is None or now < f.until]
