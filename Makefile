@@ -6,13 +6,21 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS ?= models
 ARGS   ?=
 
-.PHONY: run test test-fast bench up down status models deps clean protos
+.PHONY: run test test-fast bench up down status models deps browser clean protos
 
 # Native packages needed to build libp2p's fastecdsa dependency (source-only).
 deps:
 	@if ! dpkg -s libgmp-dev >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then \
 	  echo "installing build dependencies (gcc, libgmp-dev) with apt"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential libgmp-dev python3-venv; \
+	fi
+
+# Debian's Chromium for the console's browser test (Playwright drives it; its own
+# browser download is not used).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium (the console's browser test) with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -30,7 +38,7 @@ run: models
 	$(VENV)/bin/orbitmesh --models $(MODELS) run $(ARGS)
 
 ## The test suite: unit tests of mesh/, real multi-process fleets, real libp2p and onnxruntime.
-test: models
+test: models browser
 	$(PY) -m pytest -q -p no:cacheprovider -m "not engine" $(ARGS)
 
 ## Every test that starts no process and needs no built models (all of mesh/, in-process nodes and relays): < 60 s.

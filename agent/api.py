@@ -31,6 +31,7 @@ from agent.oip import InferenceService
 from agent.openapi import document as openapi_document
 from agent.oip_codec import HEADER_LENGTH, OipError, decode_task_body, loads_strict
 from mesh.chaos import FaultConflict, FaultError
+from mesh.timeline import ClockError
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +124,21 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             body = await read_task(request, node.config.limits.max_body_bytes)
             if not isinstance(body, dict):
                 raise SubmitError(400, "body must be a JSON object")
-            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key"}
+            unknown = set(body) - {"model", "inputs", "target", "timeout_s", "idempotency_key", "cache"}
             if unknown:
                 raise SubmitError(400, f"unknown fields {sorted(unknown)}; expected model, inputs, target, timeout_s, "
-                                       f"idempotency_key")
+                                       f"idempotency_key, cache")
             if "model" not in body or "inputs" not in body:
                 raise SubmitError(400, "'model' and 'inputs' are required")
             timeout = body.get("timeout_s", 30.0)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
                 raise SubmitError(400, "'timeout_s' must be a number in (0, 3600]")
             key = body.get("idempotency_key", request.headers.get("idempotency-key"))
-            rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key)
+            cache = body.get("cache", True)
+            if not isinstance(cache, bool):
+                raise SubmitError(400, "'cache' must be true or false (false: always compute, never the edge cache)")
+            rec, new = await node.submit(body["model"], body["inputs"], body.get("target"), float(timeout), key,
+                                         cache=cache)
         except SubmitError as exc:
             headers = {"Retry-After": str(node.executor.retry_after_s())} if exc.status == 429 else {}
             return error(exc.status, str(exc), **headers)
@@ -186,6 +191,19 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
             return error(404, f"no fault {fid!r} at {node.me.name}")
         return JSONResponse({"cleared": cleared})
 
+    async def time_get(request: Request) -> JSONResponse:
+        return JSONResponse(node.timekeeper.describe())
+
+    async def time_set(request: Request) -> JSONResponse:
+        """Pause, resume or speed up the whole fleet's orbital clock (flooded; takes effect in ~1 s)."""
+        try:
+            out = node.timekeeper.control(await read_json(request, 4096))
+        except SubmitError as exc:
+            return error(exc.status, str(exc))
+        except ClockError as exc:
+            return error(400, str(exc))
+        return JSONResponse(out)
+
     async def probe(request: Request) -> JSONResponse:
         try:
             body = await read_json(request, 4096)
@@ -213,6 +231,7 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
         Route("/v1/chaos", chaos_clear, methods=["DELETE"]),
         Route("/v1/chaos/{fault_id}", chaos_clear, methods=["DELETE"]),
         Route("/v1/probe", probe, methods=["POST"]), Route("/metrics", metrics),
+        Route("/v1/time", time_get, methods=["GET"]), Route("/v1/time", time_set, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/health", health), Route("/v1/ready", ready), Route("/v1/node", node_info), Route("/v1/membership", membership), Route("/v1/links", links),
         Route("/v1/models", models), Route("/v1/models/{name}", upload_model, methods=["PUT"]),

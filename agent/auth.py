@@ -3,7 +3,7 @@
 Why each piece (docs/security.md, "Access control"):
 
 * **Bearer token on every mutating request** (any method but GET, HEAD and
-  OPTIONS: tasks, model uploads, faults, probes, v2 inference and repository
+  OPTIONS: tasks, model uploads, faults, probes, time control, v2 inference and repository
   calls).  A browser never attaches an ``Authorization`` header by itself, so
   the token also stops cross-site requests and DNS rebinding from changing
   anything.  Reads (health, metadata, status, membership, metrics) stay open:

@@ -71,8 +71,12 @@ def fleet_topo(directory: Path) -> Topo:
     cfg = parse_config((directory / "config.toml").read_text())
     peers = Peers.load(directory / "peers.json")
     world = World.from_config(cfg)      # every shell, TLE sets included, as the agents build it
+    return world_topo(world, {e.index: e.name for e in peers.by_name.values()})
+
+
+def world_topo(world, names: dict[int, str]) -> Topo:
+    """The chaos view of a world whose nodes have these names (a fleet's, or a running agent's)."""
     constellation, topo = world.constellation, world.topology
-    names = {e.index: e.name for e in peers.by_name.values()}
     links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in topo.candidates.tolist()
                       if int(a) in names and int(b) in names)
     planes = {n: (constellation.shell_of[i], constellation.plane_of[i]) for i, n in names.items() if i < len(constellation)}
@@ -149,11 +153,12 @@ def parse_scenario(text: str, topo: Topo) -> list[Event]:
 
 
 async def run_scenario(events: list[Event], urls: str | list[str], echo=print, nodes=None,
-                       history=None) -> list[dict[str, Any]]:
+                       history=None, token: str | None = None) -> list[dict[str, Any]]:
     """Apply the timeline; link faults go to the first node in ``urls`` that answers
     (a scenario may kill the one you named), node faults to ``nodes`` (a
     :class:`LocalNodeChaos` or :class:`ComposeNodeChaos`).  With ``history`` (an
-    :class:`agent.history.History`), each event is a ``nemesis`` operation there."""
+    :class:`agent.history.History`), each event is a ``nemesis`` operation there.
+    ``token``: the API token to send (None: the client finds it)."""
     import trio
 
     from agent.client import ApiError, Client
@@ -166,7 +171,7 @@ async def run_scenario(events: list[Event], urls: str | list[str], echo=print, n
         last: ApiError | None = None
         for url in urls:
             try:
-                async with Client(url) as c:
+                async with Client(url, token=token) as c:
                     return await fn(c)
             except ApiError as exc:
                 if exc.status:          # the node answered: a real refusal

@@ -164,6 +164,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         tasks = ",".join(f"{k}={v}" for k, v in sorted(r["tasks"].items())) or "-"
         print(f"{name:<8} {orb['plane']}/{orb['slot']:<8} {pos['lat_deg']:>7.2f} {pos['lon_deg']:>8.2f} {tasks:<18} {links}")
     print(f"{len(peers.names()) - down}/{len(peers.names())} nodes answering")
+    clocks = {(r["clock"]["scale"], r["clock"]["paused"]) for r in results.values() if "clock" in r}
+    if len(clocks) > 1:
+        print(f"orbital clock: the nodes disagree ({sorted(clocks)}); a switch in flight, or a node that "
+              f"missed one: it is re-sent every 10 s (orbitmesh time)")
+    elif clocks:
+        scale, paused = clocks.pop()
+        print(f"orbital clock: {f'paused (at {scale:g}× when resumed)' if paused else f'{scale:g}×'} (orbitmesh time)")
     return 1 if down else 0
 
 
@@ -363,10 +370,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, console_cli, k8s, roster, sim_cli, stack, topo_cli
+    from agent import chaos_cli, check, compose, console_cli, k8s, roster, sim_cli, stack, time_cli, topo_cli
     console_cli.register(sub)
     roster.register(sub)
     chaos_cli.register(sub)
+    time_cli.register(sub)
     check.register(sub)
     compose.register(sub)
     stack.register(sub)

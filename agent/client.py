@@ -86,11 +86,15 @@ class Client:
         return await self._call("GET", "/v1/models")
 
     async def submit(self, model: str, inputs: dict[str, Any], target: str | None = None,
-                     timeout_s: float | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+                     timeout_s: float | None = None, idempotency_key: str | None = None,
+                     cache: bool | None = None) -> dict[str, Any]:
         """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
         returns the task the first submission created (HTTP 200) instead of a new one.
-        ``inputs`` of numpy arrays travel as binary tensors, others as JSON."""
+        ``inputs`` of numpy arrays travel as binary tensors, others as JSON.
+        ``cache=False``: compute it even if the entry holds the answer (agent/edge_cache.py)."""
         body: dict[str, Any] = {"model": model}
+        if cache is not None:
+            body["cache"] = cache
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if target is not None:
@@ -156,6 +160,23 @@ class Client:
 
     async def clear_faults(self, fault_id: str | None = None) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/chaos/{fault_id}" if fault_id else "/v1/chaos")
+
+    async def clock(self) -> dict[str, Any]:
+        """The fleet's orbital clock as this node runs it (``GET /v1/time``)."""
+        return await self._call("GET", "/v1/time")
+
+    async def set_clock(self, *, speed: float | None = None, pause: bool = False,
+                        resume: bool = False) -> dict[str, Any]:
+        """Speed up (``speed``: orbital seconds per wall second), pause or resume the whole
+        fleet's orbital clock; the switch is flooded and takes effect about a second later."""
+        body: dict[str, Any] = {}
+        if speed is not None:
+            body["speed"] = speed
+        if pause:
+            body["pause"] = True
+        if resume:
+            body["resume"] = True
+        return await self._call("POST", "/v1/time", json=body)
 
     async def probe(self, peer: str, rate_hz: float = 100.0, size: int = 1024, duration_s: float = 5.0) -> dict[str, Any]:
         return await self._call("POST", "/v1/probe",

@@ -40,6 +40,7 @@ from mesh.world import World
 FRAME_PERIOD_S = 1.0
 REWIRE_AHEAD_S = 15.0         # orbital seconds ahead in which a link that will break shows as re-wiring
 MAX_VIEWERS = 16
+MAX_STREAM_FRAMES = 3600      # a stream ends after an hour (the browser's EventSource reconnects)
 RECENT_TASKS = 40             # tasks per frame, newest first
 TASK_SHOWN_S = 60.0           # a finished task stays on the globe this long (wall seconds)
 STATUS_CODE = {"alive": 0, "suspect": 1, "dead": 2}
@@ -173,13 +174,15 @@ class Viewers:
 
 
 async def frames(builder: FrameBuilder, facts: FleetFacts, viewers: Viewers,
-                 now: Callable[[], float] = time.time, period_s: float = FRAME_PERIOD_S) -> AsyncIterator[bytes]:
-    """The SSE stream of one viewer: the fleet facts, then a frame per period until it leaves."""
+                 now: Callable[[], float] = time.time, period_s: float = FRAME_PERIOD_S,
+                 count: int = MAX_STREAM_FRAMES) -> AsyncIterator[bytes]:
+    """The SSE stream of one viewer: the fleet facts, then a frame per period, ``count`` frames at most."""
     try:
         yield f"retry: 2000\nevent: fleet\ndata: {json.dumps(facts.describe(), separators=(',', ':'))}\n\n".encode()
-        while True:
+        for k in range(count):
+            if k:
+                await trio.sleep(period_s)
             yield builder.encoded(now())
-            await trio.sleep(period_s)
     finally:
         viewers.leave()
 

@@ -23,13 +23,13 @@ import numpy as np
 import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from agent import http_body
-from agent.chaos_cli import NODE_ACTIONS, LocalNodeChaos, NodeChaosError
-from agent.console import (RECENT_TASKS, TASK_SHOWN_S, WEB_DIR, FleetFacts, FrameBuilder, Pair, Viewers,
+from agent.chaos_cli import NODE_ACTIONS, LocalNodeChaos, NodeChaosError, ScenarioError
+from agent.console import (MAX_STREAM_FRAMES, RECENT_TASKS, TASK_SHOWN_S, WEB_DIR, FleetFacts, FrameBuilder, Pair, Viewers,
                            ecef_to_geodetic, frames)
+from agent.console_scenario import MAX_SCENARIO_BYTES, ScenarioBusy, ScenarioRunner
 from agent.oip_codec import loads_strict
 from mesh.sun import illumination, sun_position_ecef
 
@@ -49,7 +49,9 @@ class NodeConsoleView:
         return self.node.orbit_t(wall)
 
     def clock(self, wall: float) -> dict[str, Any]:
-        return {"scale": self.node.config.clock.time_scale, "paused": False}
+        """The fleet clock as this node runs it (agent/timekeeper.py), so the page shows a pause or a speed."""
+        scale, paused = self.node.timekeeper.timeline.speed(wall)
+        return {"scale": scale, "paused": paused}
 
     def statuses(self) -> list[str]:
         m = self.node.membership.m
@@ -127,25 +129,52 @@ def node_details(node: "Node", name: str, wall: float) -> dict[str, Any]:
     return out
 
 
+def web_files() -> dict[str, Path]:
+    """The page's files by URL path under /console/: a fixed list, so no path reaches outside agent/web/."""
+    return {str(p.relative_to(WEB_DIR)): p for p in sorted(WEB_DIR.rglob("*")) if p.is_file()}
+
+
 def console_routes(node: "Node", fleet_dir: Path | None, now=None) -> list:
-    """The routes; ``fleet_dir``: a local fleet's directory (node chaos by signal), else None."""
+    """The routes; ``fleet_dir``: a local fleet's directory (node chaos by signal), else None.
+    The frame builder is made on first use: building routes touches nothing of the node."""
     import time
     now = now or time.time
-    facts = FleetFacts(node.world, node.me.name)
-    builder = FrameBuilder(node.world, NodeConsoleView(node))
+    files = web_files()
     viewers = Viewers()
+    made: list = []
+
+    def parts() -> tuple[FleetFacts, FrameBuilder]:
+        if not made:
+            made.extend([FleetFacts(node.world, node.me.name), FrameBuilder(node.world, NodeConsoleView(node))])
+        return made[0], made[1]
 
     async def page(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def static(request: Request) -> Response:
+        want = "/".join(p for p in (request.path_params.get("folder"), request.path_params["name"]) if p)
+        path = files.get(want)
+        if path is None:
+            return JSONResponse({"error": f"no console file {want!r}"}, status_code=404)
+        return FileResponse(path, headers={"Cache-Control": "no-cache" if path.parent == WEB_DIR else "max-age=86400"})
+
     async def fleet(request: Request) -> JSONResponse:
-        return JSONResponse(facts.describe())
+        return JSONResponse(parts()[0].describe())
 
     async def stream(request: Request) -> Response:
+        raw = request.query_params.get("frames", str(MAX_STREAM_FRAMES))
+        try:
+            count = int(raw)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_STREAM_FRAMES:
+            return JSONResponse({"error": f"'frames' must be an integer in [1, {MAX_STREAM_FRAMES}], not {raw!r}"},
+                                status_code=400)
         if not viewers.admit():
             return JSONResponse({"error": f"{viewers.limit} console viewers are open on {node.me.name}; "
                                           f"close one or open another node's page"}, status_code=503)
-        return StreamingResponse(frames(builder, facts, viewers, now), media_type="text/event-stream",
+        facts, builder = parts()
+        return StreamingResponse(frames(builder, facts, viewers, now, count=count), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def details(request: Request) -> JSONResponse:
@@ -161,7 +190,8 @@ def console_routes(node: "Node", fleet_dir: Path | None, now=None) -> list:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return JSONResponse({"error": f"body is not valid JSON: {exc}"}, status_code=400)
-        if not isinstance(body, dict) or not isinstance(body.get("node"), str) or body.get("action") not in NODE_ACTIONS:
+        if not isinstance(body, dict) or set(body) != {"node", "action"} or not isinstance(body["node"], str) \
+                or body["action"] not in NODE_ACTIONS:
             return JSONResponse({"error": f"expected {{\"node\": NAME, \"action\": one of {', '.join(NODE_ACTIONS)}}}"},
                                 status_code=400)
         if body["node"] not in node.peers:
@@ -176,9 +206,34 @@ def console_routes(node: "Node", fleet_dir: Path | None, now=None) -> list:
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"node": body["node"], "action": body["action"], "result": done})
 
+    runner = ScenarioRunner(node, fleet_dir)
+
+    async def scenario_start(request: Request) -> JSONResponse:
+        try:
+            text = (await http_body.read_body(request, MAX_SCENARIO_BYTES)).decode()
+        except http_body.BodyError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "a scenario is TOML text in UTF-8"}, status_code=400)
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        try:
+            started = runner.start(text, token)
+        except ScenarioError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except (ScenarioBusy, NodeChaosError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse(started, status_code=202)
+
+    async def scenario_state(request: Request) -> JSONResponse:
+        return JSONResponse(runner.describe())
+
     return [
+        Route("/v1/console/scenario", scenario_start, methods=["POST"]),
+        Route("/v1/console/scenario", scenario_state, methods=["GET"]),
         Route("/", page, methods=["GET"]),
-        Mount("/console", StaticFiles(directory=WEB_DIR), name="console"),
+        Route("/console/{name}", static, methods=["GET"]),
+        Route("/console/{folder}/{name}", static, methods=["GET"]),
         Route("/v1/console/fleet", fleet, methods=["GET"]),
         Route("/v1/console/stream", stream, methods=["GET"]),
         Route("/v1/console/node/{name}", details, methods=["GET"]),

@@ -57,6 +57,17 @@ class TaskMetrics:
         yield from self.inference.collect()
 
 
+def _edge_cache(me: str, cache) -> Iterator[object]:
+    """Hit rate = hit / (hit + miss) of orbitmesh_edge_cache_lookups (agent/edge_cache.py)."""
+    lookups = CounterMetricFamily("orbitmesh_edge_cache_lookups", "Edge-cache lookups of placed tasks at this "
+                                  "entry, by result (hit: answered without computing)", labels=["node", "result"])
+    for result in ("hit", "miss"):
+        lookups.add_metric([me, result], cache.counts[result])
+    stored = GaugeMetricFamily("orbitmesh_edge_cache_bytes", "Bytes of answers held in the edge cache", labels=["node"])
+    stored.add_metric([me], cache.bytes)
+    yield from (lookups, stored)
+
+
 class NodeCollector:
     def __init__(self, node) -> None:
         self.node = node
@@ -100,6 +111,8 @@ class NodeCollector:
         faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
+        yield from _edge_cache(me, self.node.edge_cache)
+        yield from _clock(me, self.node.timekeeper.timeline, time.time())
         yield from self._relay_membership_energy(me)
         yield from _storage(me, self.node.storage())
         if self.node.is_ground and self.node.topology.handover != "all":
@@ -144,6 +157,20 @@ class NodeCollector:
         used = CounterMetricFamily("orbitmesh_energy_compute_wh", "Energy spent on compute", labels=["node"])
         used.add_metric([me], battery.used_wh)
         yield from (charge, sunlit, used)
+
+
+def _clock(me: str, timeline, now: float) -> Iterator[object]:
+    """The fleet clock as this node runs it (time control, docs/time.md)."""
+    scale, paused = timeline.speed(now)
+    speed = GaugeMetricFamily("orbitmesh_clock_scale", "Orbital seconds per wall second the fleet clock is set to "
+                              "(kept while paused)", labels=["node"])
+    speed.add_metric([me], scale)
+    stopped = GaugeMetricFamily("orbitmesh_clock_paused", "1 while the fleet clock is paused", labels=["node"])
+    stopped.add_metric([me], 1.0 if paused else 0.0)
+    orbit = GaugeMetricFamily("orbitmesh_orbit_time_seconds", "Orbital time (seconds after the constellation "
+                              "epoch) on this node's copy of the fleet clock", labels=["node"])
+    orbit.add_metric([me], timeline.orbit_t(now))
+    yield from (speed, stopped, orbit)
 
 
 def _storage(me: str, st: dict) -> Iterator[object]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from agent.edge_cache import Answer, EdgeCache, cache_key
 from agent.executor import ExecutionError, Executor, ExecutorBusy
 from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
@@ -31,6 +32,7 @@ from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import LinkState, Relay
 from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
+from agent.timekeeper import Timekeeper
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
 from agent.zoo import LimitError, check_limits
@@ -46,7 +48,7 @@ from mesh.gossip_msgs import HopAck
 from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import (ChaosUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
                        TaskResult, TaskStatus, Tensor, WireError)
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,11 @@ class Node:
         self.executor = Executor(store, workers=workers)
         self.tasks = TaskTable()
         self.deadlines = DeadlineTimers()              # every accepted task ends by its deadline (backstop)
+        # The fleet's orbital clock (time control): the config's clock until a switch arrives.
+        self.timekeeper = Timekeeper(name, config.clock, trust=trust,
+                                     node_index=lambda n: peers[n].index if n in peers else None,
+                                     send=lambda peer, msg: self.links.send(peer, msg),
+                                     neighbours=lambda: self.links.links)
         partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
         self.trust = trust
         self.chaos = FaultTable(self._chaos_topo(), trust=trust,
@@ -149,6 +156,8 @@ class Node:
         self.journal = journal
         self.recovered = 0                             # unfinished tasks read back from the journal at start
         self._idem: dict[str, str] = {}                # idempotency key -> task id (recent; the journal has all)
+        self.edge_cache = EdgeCache()
+        self._answer_keys: dict[str, str] = {}         # task id -> its edge-cache key, until it ends
         self._queries: dict[str, trio.MemorySendChannel] = {}   # task queries this node is waiting on
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
         self.compute_table = ComputeTable()            # compute time per (node, model), from results
@@ -167,7 +176,9 @@ class Node:
     # -- physics ---------------------------------------------------------------
 
     def orbit_t(self, wall: float | None = None) -> float:
-        return self.config.clock.orbit_t(time.time() if wall is None else wall)
+        """Orbital time at ``wall`` on the fleet's clock (``agent.timekeeper``): everything
+        physics decides here (links, delays, handovers, positions, sunlight) reads it."""
+        return self.timekeeper.orbit_t(time.time() if wall is None else wall)
 
     def _propagation(self, a: str, b: str, sent_at: float) -> float:
         return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
@@ -309,6 +320,7 @@ class Node:
             nursery.start_soon(self._publish_state)
             nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
+            nursery.start_soon(self.timekeeper.run)
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------
@@ -446,7 +458,7 @@ class Node:
 
     async def submit(self, model: str, inputs: Any, target: str | None,
                      timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None,
-                     journaled: bool = True) -> tuple[TaskRecord, bool]:
+                     journaled: bool = True, cache: bool = True) -> tuple[TaskRecord, bool]:
         """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
 
         ``inputs`` is JSON (checked and typed here) or a dict of arrays already
@@ -491,6 +503,12 @@ class Node:
         if target in self.peers and self.peers[target].index in self.membership.dead_nodes():
             raise SubmitError(503, f"{target} is down (declared dead by the fleet's membership); "
                                    f"submit with target 'auto' or to another node")
+        answer_key = None
+        if cache and placed:           # a named target asks for execution there (agent/edge_cache.py)
+            answer_key = cache_key(loaded.sha256 or self.store.sha256(model), arrays)
+            hit = self.edge_cache.get(answer_key)
+            if hit is not None:
+                return self._answer_from_cache(model, hit, idem_key, timeout_s), True
         if len(self._requests) >= self.config.limits.max_pending_tasks:
             raise SubmitError(429, f"{len(self._requests)} tasks pending at {self.me.name}; retry later")
         why = "target chosen by the client"
@@ -522,10 +540,9 @@ class Node:
                                        f"read back ({exc}); use a new key") from None
             except JournalError as exc:
                 raise SubmitError(503, f"{self.me.name} cannot record the task: {exc}") from None
-        if idem_key is not None:
-            self._idem[idem_key] = rec.task_id
-            if len(self._idem) > 65536:
-                self._idem.pop(next(iter(self._idem)))
+        self._remember_key(idem_key, rec.task_id)
+        if answer_key is not None:
+            self._answer_keys[rec.task_id] = answer_key
         self.tasks.add(rec)
         self.deadlines.watch(rec)
         # A local task is not retried end to end (nothing can lose it); a remote one
@@ -546,6 +563,25 @@ class Node:
             self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
             self._wake.set()
         return rec, True
+
+    def _remember_key(self, idem_key: str | None, task_id: str) -> None:
+        if idem_key is not None:
+            self._idem[idem_key] = task_id
+            if len(self._idem) > 65536:
+                self._idem.pop(next(iter(self._idem)))
+
+    def _answer_from_cache(self, model: str, hit: Answer, idem_key: str | None, timeout_s: float) -> TaskRecord:
+        """A task answered at once from the edge cache: final before anyone sees it, not journaled."""
+        now = time.time()
+        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, self.me.name, created=now,
+                         journaled=False, deadline=now + timeout_s,
+                         placement=f"edge cache: computed by {hit.executor}")
+        self.tasks.add(rec)
+        self._finalize(rec, ok=True, when=time.time(), outputs=dict(hit.outputs),
+                       trace=(Hop(self.me.name, now, time.time(), "cache",
+                                  detail=f"answered from the edge cache; computed by {hit.executor}"),))
+        self._remember_key(idem_key, rec.task_id)
+        return rec
 
     def _by_idem_key(self, idem_key: str) -> TaskRecord | None:
         """The task an earlier submission with this idempotency key created, if any."""
@@ -657,6 +693,9 @@ class Node:
         """The task's one final state: in memory, then in the journal."""
         if not rec.finish(ok=ok, when=when, outputs=outputs, error=error, trace=trace, compute_s=compute_s):
             return False
+        answer_key = self._answer_keys.pop(rec.task_id, None)
+        if ok and answer_key is not None and outputs is not None:
+            self.edge_cache.put(answer_key, outputs, rec.executor, when)
         self.metrics.task_finished(rec.status, rec.breakdown())
         if self.journal is not None and rec.journaled:
             try:
@@ -788,6 +827,8 @@ class Node:
                     self.relay.send(msg, msg.requester, from_node)
         elif isinstance(msg, ChaosUpdate):
             self._on_chaos(msg, from_node)
+        elif isinstance(msg, ClockUpdate):
+            self.timekeeper.on_update(msg, from_node)
         elif isinstance(msg, Probe):
             self.links.links[from_node].stats.probes_received += 1
 
@@ -887,6 +928,7 @@ class Node:
     def _link_up(self, peer: str) -> None:
         self.membership.link_opened(peer)
         self._sync_chaos(peer)
+        self.timekeeper.sync(peer)
 
     def _sync_chaos(self, peer: str) -> None:
         """A (re)connected neighbour gets the whole table: it may have missed floods."""
@@ -1076,7 +1118,7 @@ class Node:
             "node": self.me.name, "index": self.me.index, "peer_id": self.me.peer_id,
             "kind": "ground" if self.is_ground else "satellite",
             "multiaddrs": self.host.listen_multiaddrs(),
-            "orbit": orbit,
+            "orbit": orbit, "clock": self._clock_brief(),
             "position": self.position(), "neighbours": neighbours,
             "models": self.store.names(),
             "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
@@ -1086,7 +1128,13 @@ class Node:
             "compute_ms": {m: round(s * 1e3, 3) for m, s in self.compute_table.of_node(self.me.name).items()},
             "sessions": self.store.memory(),
             "storage": self.storage(),
+            "edge_cache": self.edge_cache.describe(),
         }
+
+    def _clock_brief(self) -> dict[str, Any]:
+        """The fleet clock as this node runs it (GET /v1/time has the whole record)."""
+        scale, paused = self.timekeeper.timeline.speed(time.time())
+        return {"scale": scale, "paused": paused}
 
     def storage(self) -> dict[str, Any]:
         """Recovery and integrity: what the journal recovered and quarantined, what the

@@ -143,10 +143,14 @@ class InferenceService:
         key = p.get("idempotency_key")
         if key is not None and not isinstance(key, str):
             raise OipError(400, "parameters.idempotency_key must be a string")
+        cache = p.get("cache", True)
+        if not isinstance(cache, bool):
+            raise OipError(400, "parameters.cache must be true or false (false: always compute)")
         try:
             # Journaled only with an idempotency key: without one, nothing could ask
             # for this task after a crash (see Node.submit).
-            rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None)
+            rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None,
+                                            cache=cache)
         except SubmitError as exc:
             raise OipError(exc.status, str(exc)) from None
         with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):

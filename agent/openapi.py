@@ -101,6 +101,18 @@ SCHEMAS: dict[str, Any] = {
     "ProbeRequest": {"type": "object", "required": ["peer"], "properties": {
         "peer": {"type": "string"}, "rate_hz": {"type": "number"}, "size": {"type": "number"},
         "duration_s": {"type": "number"}}},
+    "TimeState": {"type": "object", "required": ["node", "wall", "orbit_t", "scale", "paused", "rate", "version",
+                                                 "origin", "since_wall", "pending"], "properties": {
+        "node": {"type": "string"}, "wall": {"type": "number"}, "orbit_t": {"type": "number"},
+        "scale": {"type": "number", "exclusiveMinimum": 0}, "paused": {"type": "boolean"}, "rate": {"type": "number"},
+        "version": {"type": ["number", "null"]}, "origin": {"type": ["string", "null"]},
+        "since_wall": {"type": ["number", "null"]}, "pending": {"type": ["object", "null"]},
+        "changed": {"type": "boolean"}, "switch": OBJECT}},
+    "TimeRequest": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                    "not": {"required": ["pause", "resume"]}, "description": "see docs/time.md", "properties": {
+        "speed": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+                  "description": "orbital seconds per wall second"},
+        "pause": {"const": True}, "resume": {"const": True}}},
     "ProbeStarted": {"type": "object", "required": ["peer", "frames", "rate_hz", "size"]},
     "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
         "type": "object", "required": ["name"]}}}},
@@ -110,7 +122,8 @@ SCHEMAS: dict[str, Any] = {
         "inputs": {"type": "object", "minProperties": 1, "additionalProperties": TENSOR_V1},
         "target": {"type": ["string", "null"]},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128}}},
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
+        "cache": {"type": "boolean", "description": "false: compute, never answer from the entry's edge cache"}}},
     "TaskAccepted": {"type": "object", "required": ["task_id", "status", "executor", "entry", "placement", "url"],
                      "properties": {"task_id": {"type": "string"}, "status": {"type": "string"},
                                     "executor": {"type": "string"}, "entry": {"type": "string"},
@@ -176,6 +189,14 @@ def _v1() -> dict[str, Any]:
             "delete": _op("remove every fault", _responses({200: ("removed", _ref("Cleared"))}, {}))},
         "/v1/chaos/{fault_id}": {"delete": _op("remove one fault", _responses(
             {200: ("removed", _ref("Cleared"))}, {404: "no such fault"}), params=[fault_id])},
+        "/v1/time": {
+            "get": _op("the fleet's orbital clock as this node runs it", _responses(
+                {200: ("the clock", _ref("TimeState"))}, {})),
+            "post": _op("pause, resume or speed up the whole fleet's orbital clock (flooded over the mesh; "
+                        "takes effect ~1 s later)", _responses(
+                {200: ("the switch issued (or changed: false if the clock already runs so)", _ref("TimeState"))},
+                {400: BAD + " (speed outside (0, 1000], pause and resume together, unknown fields)",
+                 413: "body over 4 KiB"}), body=_json(_ref("TimeRequest"), {"speed": 10})["content"])},
         "/v1/probe": {"post": _op("send numbered probe frames on one link", _responses(
             {202: ("started", _ref("ProbeStarted"))}, {400: BAD, 404: "no laser link to that peer",
                                                        413: "body over 4 KiB"}),
@@ -203,6 +224,55 @@ def _v1() -> dict[str, Any]:
             params=[_path("task_id", "an id from POST /v1/tasks"),
                     _query("wait", "long-poll up to this many seconds (max 60)", {"type": "number"})])},
         "/openapi.json": {"get": _op("this document", _responses({200: ("OpenAPI 3.1", OBJECT)}, {}))},
+        **_console(),
+    }
+
+
+SCENARIO_EXAMPLE = '[[events]]\nat = "0s"\nkind = "delay"\nlink = "random"\ndelay = "5ms"\nfor = "2s"\n'
+
+# One event of the console's stream (the data is JSON text: docs/console.md#the-stream).
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"enum": ["fleet", "frame"]}, "data": {"type": "string"}, "retry": {"type": "integer"}}}
+
+
+def _console() -> dict[str, Any]:
+    """The live globe (docs/console.md): its page and files, its stream, node details, node chaos."""
+    file = {"200": {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+            "404": {"description": "no such file", **_json(_ref("Error"))}}
+    html = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+    node_chaos = {"type": "object", "required": ["node", "action"], "additionalProperties": False, "properties": {
+        "node": {"type": "string"}, "action": {"enum": ["kill", "pause", "resume", "restart"]}}}
+    return {
+        "/": {"get": _op("the console: a live globe of the fleet", html, tag="console")},
+        "/console/{name}": {"get": _op("the page's own files", file, params=[
+            _path("name", "a file in agent/web/", "console.js")], tag="console")},
+        "/console/{folder}/{name}": {"get": _op("the page's vendored files (three.js, Earth textures)", file, params=[
+            _path("folder", "vendor", "vendor"), _path("name", "a file in agent/web/vendor/", "OrbitControls.js")],
+            tag="console")},
+        "/v1/console/fleet": {"get": _op("what the page draws that never changes: names, planes, stations",
+                                         _responses({200: ("the fleet", OBJECT)}, {}), tag="console")},
+        "/v1/console/stream": {"get": _op("Server-Sent Events: the fleet, then a frame a second", {
+            "200": {"description": "an event stream", "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+            "400": {"description": "'frames' out of range", **_json(_ref("Error"))},
+            "503": {"description": "too many viewers on this node", **_json(_ref("Error"))}},
+            params=[_query("frames", "end after this many frames (1–3600, the default)",
+                           {"type": "integer", "minimum": 1, "maximum": 3600})], tag="console")},
+        "/v1/console/node/{name}": {"get": _op("one node as this agent knows it", _responses(
+            {200: ("the node", OBJECT)}, {404: "unknown node"}), params=[_path("name", "a node's name")],
+            tag="console")},
+        "/v1/console/scenario": {
+            "post": _op("run a chaos scenario (TOML, docs/chaos.md) from this agent", _responses(
+                {202: ("started", OBJECT)}, {400: "not a valid scenario for this fleet (the error says where)",
+                                            409: "a scenario is running here, or it has node faults this agent "
+                                                 "cannot apply", 413: "body over 64 KiB"}),
+                body={"text/plain": {"schema": {"type": "string"}, "example": SCENARIO_EXAMPLE}}, tag="console"),
+            "get": _op("the scenario running or last run here", _responses({200: ("its progress", OBJECT)}, {}),
+                       tag="console")},
+        "/v1/console/node-chaos": {"post": _op("kill, pause, resume or restart a node's process (local fleets)",
+            _responses({200: ("done", OBJECT)}, {400: BAD, 404: "unknown node", 409: "not possible here: a "
+                        "deployment whose processes this agent cannot reach, or the node's state forbids it",
+                        413: "body over 4 KiB"}),
+            body=_json(node_chaos)["content"], tag="console")},
     }
 
 

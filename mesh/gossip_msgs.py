@@ -314,7 +314,7 @@ def update_from_wire(raw: Any) -> Update:
         raise GossipWireError("update: expected [kind, ...]")
     kind, args = raw[0], raw[1:]
     sig = b""
-    if len(args) == _ARITY.get(kind, -1) + 1:
+    if kind in _ARITY and len(args) == _ARITY[kind] + 1:      # an unknown kind with no fields has no signature
         sig = args.pop()
         if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
             raise GossipWireError(f"update signature: expected {SIG_BYTES} bytes")

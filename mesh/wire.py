@@ -223,6 +223,16 @@ class ChaosUpdate:
 
 
 @dataclass(frozen=True)
+class ClockUpdate:
+    """Fleet-clock records (mesh.timeline.ClockRecord.to_wire), flooded hop by hop."""
+
+    records: tuple[list, ...]
+
+
+MAX_CLOCK_RECORDS = 32
+
+
+@dataclass(frozen=True)
 class Probe:
     """Measurement traffic: a numbered frame padded to a chosen size."""
 
@@ -230,8 +240,8 @@ class Probe:
     padding: bytes = b""
 
 
-Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, Probe, Control, ModelFetch, ModelChunk, TaskQuery,
-                TaskStatus]
+Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, ClockUpdate, Probe, Control, ModelFetch, ModelChunk,
+                TaskQuery, TaskStatus]
 ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus)
 
 
@@ -280,6 +290,8 @@ def _encode_msg(msg: Message) -> list:
                 msg.ttl, msg.deadline, msg.attempt, msg.error]
     if isinstance(msg, ChaosUpdate):
         return ["chaos", list(msg.entries)]
+    if isinstance(msg, ClockUpdate):
+        return ["clock", list(msg.records)]
     if isinstance(msg, Probe):
         return ["probe", msg.seq, msg.padding]
     raise TypeError(f"not a wire message: {type(msg).__name__}")
@@ -450,6 +462,11 @@ def _decode_msg(raw: Any) -> Message:
             if len(entries) > 4096:
                 raise WireError("chaos: too many entries")
             return ChaosUpdate(tuple(_expect(e, list, "chaos entry") for e in entries))
+        if kind == "clock" and len(args) == 1:
+            records = _expect(args[0], list, "clock records")
+            if len(records) > MAX_CLOCK_RECORDS:
+                raise WireError(f"clock: more than {MAX_CLOCK_RECORDS} records")
+            return ClockUpdate(tuple(_expect(r, list, "clock record") for r in records))
         if kind == "probe" and len(args) == 2:
             return Probe(_expect(args[0], int, "probe.seq"), _expect(args[1], bytes, "probe.padding"))
     except (TypeError, ValueError) as exc:

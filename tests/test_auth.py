@@ -62,7 +62,7 @@ class StubNode:
     def describe_membership(self):
         return {"members": []}
 
-    async def submit(self, *a):
+    async def submit(self, *a, **kw):
         self._note("submit")
         raise SubmitError(404, "unknown model 'digits'")
 

@@ -284,5 +284,43 @@ def test_console_page_in_chromium(console_fleet, browser, tmp_path, capsys, monk
     page.click("#modal-ok")
     page.wait_for_function("document.getElementById('toast').textContent.startsWith('resumed sat-3')", timeout=10_000)
     page.wait_for_function(f"window.orbitmesh.cur.status[{i3}] === 0", timeout=30_000)
-    assert page.evaluate("window.orbitmesh.stats.errors") == 0
+
+    # the fleet's orbital clock from the page (POST /v1/time): paused, the frames' orbital time stops
+    # and the header says so; resumed at a speed, it runs again from where it stopped
+    page.click("#pause")
+    page.click("#modal-ok")
+    page.wait_for_function("window.orbitmesh.cur.clock.paused === true", timeout=15_000)
+    frozen = page.evaluate("window.orbitmesh.cur.t")
+    assert "paused" in page.inner_text("#clock")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.orbitmesh.cur.t") == frozen and page.evaluate("window.orbitmesh.cur.clock.paused")
+    page.fill("#speed", "5")
+    page.click("#set-speed")
+    page.click("#modal-ok")
+    page.click("#resume")
+    page.click("#modal-ok")
+    page.wait_for_function(f"!window.orbitmesh.cur.clock.paused && window.orbitmesh.cur.clock.scale === 5 "
+                           f"&& window.orbitmesh.cur.t > {frozen}", timeout=15_000)
+    assert page.evaluate("window.orbitmesh.cur.t") - frozen < 5 * 10      # continued, no jump
+    assert "5×" in page.inner_text("#clock")
+
+    # a scenario from the page: checked, then run by the agent; its cut shows on the globe
+    page.click("#scenario-btn")
+    page.fill("#scenario-text", '[[events]]\nat = "0s"\nkind = "cut"\na = "sat-9"\nb = "sat-10"\nfor = "20s"\n')
+    page.click("#modal-ok")
+    page.wait_for_function("document.getElementById('toast').textContent.startsWith('scenario started: 1 events')",
+                           timeout=10_000)
+    page.wait_for_function("document.getElementById('scenario-state').textContent.startsWith('scenario done')",
+                           timeout=15_000)
+    page.wait_for_function("""() => {
+        const f = window.orbitmesh.fleet, i = f.names.indexOf('sat-9'), j = f.names.indexOf('sat-10');
+        return window.orbitmesh.cur.links.some(([x, y, s]) => x === Math.min(i, j) && y === Math.max(i, j)
+                                                             && f.link_states[s] === 'cut'); }""", timeout=15_000)
     assert errors == [], errors
+    # a scenario that is not one is refused with the parser's reason (the browser logs the 400 it got)
+    page.click("#scenario-btn")
+    page.fill("#scenario-text", '[[events]]\nat = "0s"\nkind = "cut"\na = "sat-9"\nb = "sat-99"\n')
+    page.click("#modal-ok")
+    page.wait_for_function("document.getElementById('toast').textContent.includes('sat-99')", timeout=10_000)
+    assert page.evaluate("window.orbitmesh.stats.errors") == 0
+    assert errors == ["console.error: Failed to load resource: the server responded with a status of 400 ()"], errors

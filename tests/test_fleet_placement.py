@@ -65,7 +65,7 @@ async def test_auto_placement_from_a_dark_entry_runs_on_a_sunlit_node(pfleet, mo
     _, _, peers, _ = pfleet
     dark, lit = await dark_and_lit(peers)
     async with Client(peers[dark[0]].api) as c:
-        acc = await c.submit("digits", digits(models_dir), "auto")
+        acc = await c.submit("digits", digits(models_dir), "auto", cache=False)
         rec = await c.wait(acc["task_id"], timeout=30)
     assert rec["status"] == "succeeded", rec
     assert rec["executor"] in lit and "earliest expected completion" in acc["placement"], (acc, lit)
@@ -75,13 +75,13 @@ async def test_sunlit_and_nearest_targets(pfleet, models_dir):
     _, _, peers, _ = pfleet
     dark, lit = await dark_and_lit(peers)
     async with Client(peers[lit[0]].api) as c:
-        acc = await c.submit("digits", digits(models_dir), "sunlit")
+        acc = await c.submit("digits", digits(models_dir), "sunlit", cache=False)
         assert acc["executor"] == lit[0], acc       # itself: sunlit and no transfer at all
-        near = await c.submit("digits", digits(models_dir), "nearest")
+        near = await c.submit("digits", digits(models_dir), "nearest", cache=False)
         assert near["executor"] == lit[0]
         assert (await c.wait(acc["task_id"], timeout=30))["status"] == "succeeded"
     async with Client(peers[dark[0]].api) as c:
-        acc = await c.submit("digits", digits(models_dir), "sunlit")
+        acc = await c.submit("digits", digits(models_dir), "sunlit", cache=False)
         assert acc["executor"] in lit
         assert (await c.wait(acc["task_id"], timeout=30))["status"] == "succeeded"
 
@@ -105,7 +105,7 @@ async def test_a_burst_spreads_over_idle_sunlit_nodes(pfleet, models_dir):
 
     async def one():
         async with Client(peers[lit[0]].api, timeout=60) as c:
-            acc = await c.submit("cloudmask", image, "auto")
+            acc = await c.submit("cloudmask", image, "auto", cache=False)
             accs.append(acc)
             recs.append(await c.wait(acc["task_id"], timeout=60))
 

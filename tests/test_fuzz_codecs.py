@@ -24,7 +24,7 @@ from agent.oip_codec import OipError, decode_task_body, encode_infer_request, en
 from agent.tensors import InputError, TensorSpec, inputs_from_arrays, inputs_from_json, to_json
 from mesh.gossip_msgs import Ack, Alive, Dead, GossipWireError, HopAck, LinkState, NodeState, Ping, Suspect, \
     message_from_wire, message_to_wire
-from mesh.wire import (ChaosUpdate, Control, Hello, Hop, LinkFrame, ModelChunk, ModelFetch, Probe, TaskQuery,
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hello, Hop, LinkFrame, ModelChunk, ModelFetch, Probe, TaskQuery,
                        TaskRequest, TaskResult, TaskStatus, Tensor, WireError, decode_body, decode_message,
                        encode_frame, encode_message)
 
@@ -45,6 +45,7 @@ MESSAGES = [
     Control(Ack(5, 2, 1, (1, 2), (NodeState(3, 7, (("load", 0.5),)), LinkState(1, 2, False, 3, 1)))),
     Control(HopAck(("q:t1:0", "r:t1:0"))),
     ChaosUpdate((["abc", 1.0, "sat-1", False, "{}", 1.0, None],)),
+    ClockUpdate(([2000.0, "sat-1", 2001.0, 50.0, 10.0, False, b"s" * 64],)),
     Probe(7, b"x" * 10),
 ]
 LIMIT = 1 << 20
@@ -248,3 +249,12 @@ def test_what_the_clients_encode_the_servers_decode(arr):
     assert np.array_equal(decode_task_body(body, str(n))["inputs"]["a"], arr)
     body, n = encode_infer_request({"a": arr})
     assert np.array_equal(parse_infer(body, None if n is None else str(n)).inputs["a"], arr)
+
+
+def test_an_unknown_update_kind_without_fields_is_a_gossip_error_not_an_index_error():
+    """Found by the fuzzer above: [""] took the signature from an empty field list (IndexError
+    escaped the frame decoder, which turns only WireErrors into dropped frames)."""
+    from mesh.gossip_msgs import update_from_wire
+    for raw in ([""], ["zz"], ["a"]):
+        with pytest.raises(GossipWireError):
+            update_from_wire(raw)

@@ -183,10 +183,31 @@ def test_without_target_placement_decides(fleet, digits):
     _, x, want = digits
     inp = th.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    r = _http(fleet).infer("digits", [inp])
+    r = _http(fleet).infer("digits", [inp], parameters={"cache": False})
     p = r.get_response()["parameters"]
     assert p["executor"] in fleet[2] and p["placement"].startswith("auto")
     np.testing.assert_array_equal(r.as_numpy("label"), want["label"])
+
+
+def test_a_repeated_request_is_answered_from_the_entrys_edge_cache(fleet, digits):
+    """Same model version, same input bytes, placement left to the fleet: the second answer comes
+    from sat-0's cache (no route, no compute), equal to the first; cache=false computes again."""
+    _, x, want = digits
+    x = x + np.float32(1.0)                       # inputs no other test sends
+    inp = th.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    first = _http(fleet).infer("digits", [inp])
+    again = _http(fleet).infer("digits", [inp])
+    computed = _http(fleet).infer("digits", [inp], parameters={"cache": False})
+    p1, p2, p3 = (r.get_response()["parameters"] for r in (first, again, computed))
+    assert not p1["placement"].startswith("edge cache") and p1["compute_ms"] > 0
+    assert p2["placement"].startswith("edge cache: computed by") and p2["compute_ms"] == 0 and p2["route"] == "sat-0"
+    assert not p3["placement"].startswith("edge cache") and p3["compute_ms"] > 0
+    for r in (again, computed):
+        np.testing.assert_array_equal(r.as_numpy("label"), first.as_numpy("label"))
+    metrics = httpx.get(f"{fleet[2]['sat-0'].api}/metrics", timeout=10).text
+    hits = [line for line in metrics.splitlines() if line.startswith('orbitmesh_edge_cache_lookups_total{node="sat-0",result="hit"}')]
+    assert hits and float(hits[0].split()[-1]) >= 1
 
 
 def test_an_idempotency_key_makes_a_retry_get_the_same_task(fleet, digits):

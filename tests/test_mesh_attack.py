@@ -6,7 +6,8 @@ the test, which dials a running neighbour of that member, says Hello as it
 would: a Dead rumour about another node at incarnation 2^63−1, one at an
 incarnation the subject never published, one that names the subject itself
 as accuser (signed with the wrong key), an unsigned one, faults with version
-``inf`` and from the far future.  Every one is refused; a well-formed record
+``inf`` and from the far future, fleet-clock switches in another node's name,
+unsigned, from the far future or out of bounds.  Every one is refused; a well-formed record
 of the rogue's own (its node state) is applied, so the channel did carry.
 """
 
@@ -26,7 +27,8 @@ from agent.p2p import P2PError, load_or_create_identity, open_host
 from agent.transport import PRE_HELLO_MAX_BYTES, PRE_HELLO_STREAMS_PER_PEER
 from mesh.chaos import Entry
 from mesh.gossip_msgs import Dead, Gossip, NodeState, check_state_values, signed_bytes
-from mesh.wire import ISL_PROTOCOL, ChaosUpdate, Control, FrameDecoder, Hello, LinkFrame, encode_frame
+from mesh.timeline import ClockRecord
+from mesh.wire import ISL_PROTOCOL, ChaosUpdate, ClockUpdate, Control, FrameDecoder, Hello, LinkFrame, encode_frame
 from tests.conftest import free_port_block, member, membership_views
 
 N = 5
@@ -84,6 +86,16 @@ def _entry(fid, version, origin, seed: bytes | None, spec: dict):
     return replace(e, sig=Ed25519PrivateKey.from_private_bytes(seed).sign(e.signed_bytes())).to_wire()
 
 
+def _clock(origin, seed: bytes | None, *, version=None, scale=1000.0, paused=False):
+    """A fleet-clock switch as ``origin`` floods it, signed with ``seed`` (None: unsigned)."""
+    from dataclasses import replace
+    now = time.time() if version is None else version
+    rec = ClockRecord(now, origin, now + 1.0, 0.0, scale, paused)
+    if seed is not None:
+        rec = replace(rec, sig=Ed25519PrivateKey.from_private_bytes(seed).sign(rec.signed_bytes()))
+    return rec.to_wire()
+
+
 async def _speak_as(spec, peers, rogue, target, messages):
     """Dial ``target`` as ``rogue``, say Hello, send ``messages``; the Hello we got back."""
     kp = load_or_create_identity(spec.directory / "data" / rogue / "identity.key")
@@ -123,6 +135,10 @@ async def test_forged_rumours_and_unbounded_faults_are_refused(rogue_fleet):
         ChaosUpdate((_entry("cccccccccccc", time.time(), rogue, None, cut_off),)),    # unsigned
         ChaosUpdate((_entry("dddddddddddd", time.time(), rogue, seed, own_link),)),  # its own link: valid
         Control(Gossip((_signed(NodeState(r, 1, check_state_values({"rogue": 1})), seed),))),   # its own: valid
+        ClockUpdate((_clock(victim, seed, paused=True),)),                # the fleet clock, in the victim's name
+        ClockUpdate((_clock(rogue, None),)),                              # unsigned
+        ClockUpdate((_clock(rogue, seed, version=time.time() + 1e9),)),   # a switch no later one outranks
+        ClockUpdate((_clock(rogue, seed)[:4] + [1e9] + _clock(rogue, seed)[5:],)),   # out of bounds
     ]
     hello = await _speak_as(spec, peers, rogue, target, attacks)
     assert hello.msg == Hello(target)
@@ -134,6 +150,9 @@ async def test_forged_rumours_and_unbounded_faults_are_refused(rogue_fleet):
     assert view["trust"]["rejected: unsigned"] >= 2           # the unsigned rumour and fault
     async with Client(peers[target].api) as c:
         assert [f["id"] for f in (await c.faults())["faults"]] == ["dddddddddddd"]   # only the valid one
+        clock = await c.clock()
+    assert clock["version"] is None and not clock["paused"]              # no switch got through
+    assert view["trust"]["rejected: unsigned"] >= 3 and view["trust"]["rejected: bad signature"] >= 2
 
 
 async def _refused(host, addr: str, data: bytes) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.gossip_msgs import Alive, HopAck, Ping
-from mesh.wire import (ChaosUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
                        Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
@@ -34,7 +34,8 @@ def test_round_trip_all_messages():
             TaskQuery("q1", "sat-7", "sat-0", "sat-0-abc", 2.5, 60, 1.7e9, 1),
             TaskStatus("q1", "sat-7", "sat-0", "sat-0-abc", b'{"status": "succeeded"}', "", 60, 1.7e9, 1),
             Control(Ping(5, 1, 2, (1, 3, 2), (Alive(1, 4),))), Control(HopAck(("q:t1:0", "r:t1:0"))),
-            ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100)]
+            ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100),
+            ClockUpdate(([2000.0, "sat-1", 2001.0, 50.0, 10.0, True],))]
     dec = FrameDecoder(LIMIT)
     for m in msgs:
         out = dec.feed(encode_frame(LinkFrame(123.5, m, 0.25), LIMIT))

@@ -8,13 +8,14 @@ import { OrbitControls } from "/console/vendor/OrbitControls.js";
 
 const KM = 1 / 1000;                      // scene units per km
 const EARTH_R = 6371 * KM;
+// Colours are written in sRGB (as in the legend) and turned into the renderer's linear space.
+const rgb = (hex) => { const c = new THREE.Color(hex); return [c.r, c.g, c.b]; };
 const LINK_COLORS = {
-  up: [0.25, 0.66, 1.0], lossy: [1.0, 0.69, 0.13], cut: [1.0, 0.19, 0.25],
-  down: [0.63, 0.25, 0.38], rewiring: [0.71, 0.55, 1.0],
+  up: rgb("#3fa8ff"), lossy: rgb("#ffb020"), cut: rgb("#ff3040"), down: rgb("#a04060"), rewiring: rgb("#b58cff"),
 };
-const GROUND_LINK = [1.0, 0.55, 0.94];
-const STATUS_COLORS = [[0.91, 0.94, 1.0], [1.0, 0.78, 0.25], [1.0, 0.25, 0.25]];  // alive, suspect, dead
-const TASK_COLORS = { succeeded: [0.25, 1.0, 0.5], failed: [1.0, 0.31, 0.31], pending: [1.0, 1.0, 0.25] };
+const GROUND_LINK = rgb("#ff8cf0");
+const STATUS_COLORS = [rgb("#e8f0ff"), rgb("#ffc640"), rgb("#ff4040")];  // alive, suspect, dead
+const TASK_COLORS = { succeeded: rgb("#40ff80"), failed: rgb("#ff5050"), pending: rgb("#ffff40") };
 // A digit "0" from the digits model's test set (8×8, 0–16): what "send a task" sends.
 const DIGIT_ZERO = [0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0];
 
@@ -32,10 +33,11 @@ if (hashToken) {
 }
 const token = () => sessionStorage.getItem("orbitmesh-token");
 
-async function call(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
+async function call(method, path, body, contentType = "application/json") {
+  const headers = { "Content-Type": contentType };
   if (token()) headers.Authorization = `Bearer ${token()}`;
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+  const res = await fetch(path, { method, headers, body: payload });
   let doc = null;
   try { doc = await res.json(); } catch { doc = null; }
   if (!res.ok) {
@@ -152,7 +154,7 @@ function ensure(obj, n) {
 
 const sats = pointsLayer(4);
 const stations = pointsLayer(7);
-const links = linesLayer(0.75);
+const links = linesLayer(0.9);
 const routes = linesLayer(1.0);
 const movers = pointsLayer(8);
 const selection = pointsLayer(13);
@@ -173,7 +175,7 @@ function onFleet(fleet) {
   });
   const [p, c] = ensure(stations, fleet.stations.length);
   p.set(stationXYZ);
-  for (let k = 0; k < fleet.stations.length; k++) c.set([1.0, 0.55, 0.94], 3 * k);
+  for (let k = 0; k < fleet.stations.length; k++) c.set(GROUND_LINK, 3 * k);
 }
 
 function onFrame(frame) {
@@ -216,7 +218,7 @@ function paintTasks(frame) {
   const rows = frame.tasks.map((t) => {
     const cls = t.status === "succeeded" ? "ok" : t.status === "failed" ? "bad" : "warn";
     const ms = t.ms === null ? "…" : `${t.ms.toFixed(1)} ms`;
-    return `<tr data-task="${t.id}"><td>${t.id.slice(0, 8)}</td><td>${t.model}</td><td>${t.entry} → ${t.executor}</td>` +
+    return `<tr><td title="${esc(t.id)}">…${esc(t.id.slice(-8))}</td><td>${esc(t.model)}</td><td>${esc(t.entry)} → ${esc(t.executor)}</td>` +
            `<td class="${cls}">${t.status}</td><td>${ms}</td><td>${Math.max(0, t.route.length - 1)} hops</td></tr>`;
   });
   document.getElementById("task-rows").innerHTML = rows.join("");
@@ -300,7 +302,7 @@ function drawSelection() {
   const [p, c] = ensure(selection, state.selected === null ? 0 : 1);
   if (state.selected === null) return;
   nodeXYZ(state.fleet.names.indexOf(state.selected), p, 0);
-  c.set([0.2, 1.0, 1.0], 0);
+  c.set(rgb("#33ffff"), 0);
 }
 
 function animate(now) {
@@ -442,6 +444,43 @@ document.getElementById("set-speed").onclick = () => {
 };
 document.getElementById("pause").onclick = () => setTime({ pause: true }, "pause");
 document.getElementById("resume").onclick = () => setTime({ resume: true }, "resume");
+
+// A scenario: the same TOML timeline as `orbitmesh chaos scenario` (docs/chaos.md).
+const SCENARIO_EXAMPLE = `seed = 7
+[[events]]
+at = "0s"
+kind = "cut"
+link = "random"
+for = "30s"
+[[events]]
+at = "5s"
+kind = "loss"
+link = "random"
+loss = "20%"
+for = "30s"
+`;
+async function watchScenario() {
+  const el = document.getElementById("scenario-state");
+  for (;;) {
+    let s;
+    try { s = await call("GET", "/v1/console/scenario"); } catch { return; }
+    el.textContent = s.running ? `scenario: ${s.log.length} of ${s.events} events` :
+      s.error ? `scenario failed: ${s.error}` : `scenario done (${s.events} events)`;
+    el.className = s.error ? "bad" : s.running ? "warn" : "ok";
+    if (!s.running) return;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+document.getElementById("scenario-btn").onclick = async () => {
+  const ok = await confirmAction("Run this chaos scenario on the fleet?",
+    `<textarea id="scenario-text" rows="14" spellcheck="false">${esc(SCENARIO_EXAMPLE)}</textarea>`);
+  if (!ok) return;
+  try {
+    const r = await call("POST", "/v1/console/scenario", document.getElementById("scenario-text").value, "text/plain");
+    toast(`scenario started: ${r.events} events over ${r.length_s} s`);
+    watchScenario();
+  } catch (err) { toast(err.message, "bad"); }
+};
 
 document.getElementById("token-btn").onclick = async () => {
   const ok = await confirmAction("The fleet's API token (.fleet/token; kept in this tab only):",
