@@ -382,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, console_cli, roster, sim_cli, stack, time_cli, topo_cli
+    from agent import chaos_cli, check, compose, console_cli, k8s, roster, sim_cli, stack, time_cli, topo_cli
     console_cli.register(sub)
     roster.register(sub)
     chaos_cli.register(sub)
@@ -390,6 +390,7 @@ def parser() -> argparse.ArgumentParser:
     check.register(sub)
     compose.register(sub)
     stack.register(sub)
+    k8s.register(sub)
     topo_cli.register(sub)
     sim_cli.register(sub)
     return ap

@@ -15,8 +15,9 @@ Two parts, one module:
   writer in :mod:`agent.yamlfile`, the swarm stack generator in :mod:`agent.stack`.
 
 Identities: under compose the init service issues every node its own key
-and a roster signed by the fleet authority (:mod:`agent.fleet_keys`); swarm
-and Kubernetes derive them from one secret (:mod:`agent.fleet_identity`).
+and a roster signed by the fleet authority (:mod:`agent.fleet_keys`); on
+swarm ``orbitmesh stack`` issues them and each replica gets its own through
+``--node-key``; Kubernetes derives them from one secret (:mod:`agent.fleet_identity`).
 The API token (docs/security.md) is ``FLEET/api-token``:
 ``$ORBITMESH_TOKEN`` of ``docker compose up`` if set, else made once by ``init``.
 """
@@ -165,7 +166,8 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                  api_port: int = API_PORT, models: str = MODELS_DIR, realtime: bool = True,
                  hostname: str | None = None, preset: str = "demo", n: int | None = None,
                  time_scale: float | None = None, slot: int | None = None,
-                 discover: str | None = None, fleet_dir: Path | None = None) -> NodeLaunch:
+                 discover: str | None = None, fleet_dir: Path | None = None,
+                 node_key: Path | None = None) -> NodeLaunch:
     """Identity into ``data_dir``, the derived peers file into ``peers_path``; the agent's CLI args.
 
     ``node`` None takes the node from ``slot`` (a swarm task slot, from 1:
@@ -173,7 +175,8 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
     StatefulSet pod's hostname (``orbitmesh-7`` → ``sat-7``).  ``config_path`` None computes the config
     from ``preset`` (see :func:`preset_config_at_epoch`) and writes it beside
     the peers file.  ``fleet_dir`` holding a ``roster.json`` (compose's init
-    issued keys): this node's own key and the signed roster, no secret.
+    issued keys): this node's own key and the signed roster, no secret;
+    ``node_key`` (swarm: the replica's own key secret) is installed first.
     """
     from agent.peers import sat_name
     from mesh.config import ConfigError, parse_config
@@ -216,6 +219,9 @@ def prepare_node(node: str | None, *, secret_path: Path, config_path: Path | Non
                            f"sat-0 … sat-{cfg.size - 1}; ground stations: {', '.join(gs) or 'none'})")
     extra: list[str] = []
     if issued:
+        if node_key is not None:
+            from agent.fleet_keys import install_node_key
+            install_node_key(node_key, data_dir)
         peers_path, extra, peer_id = roster_node(Path(fleet_dir), data_dir, node)
     else:
         peer_id = ensure_identity(data_dir, secret, node)
@@ -523,6 +529,7 @@ def _parser() -> argparse.ArgumentParser:
                           "after the satellites)")
     p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR), help="directory with secret and config.toml")
     p.add_argument("--secret", type=Path, help="fleet secret file (default: FLEET/secret)")
+    p.add_argument("--node-key", type=Path, help="this node's own key (hex), with FLEET/roster.json (swarm)")
     p.add_argument("--config", type=Path, help="fleet config (default: FLEET/config.toml, unless --preset)")
     p.add_argument("--preset", help="compute the config from this preset, clock started at its epoch "
                                     "(Kubernetes: every pod derives the same one)")
@@ -578,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                   data_dir=args.data, peers_path=args.peers_out, address=args.address,
                                   p2p_port=args.p2p_port, api_port=args.api_port, models=args.models,
                                   realtime=not args.no_realtime, discover=args.discover,
-                                  fleet_dir=args.fleet if args.secret is None else None)
+                                  fleet_dir=args.fleet if args.secret is None else None, node_key=args.node_key)
             launch.argv += token_args(args)
             log.info("%s: peer %s; starting the agent", launch.node, launch.peer_id)
             # In this process (PID 1 of the container, so SIGTERM reaches the

@@ -135,7 +135,9 @@ class SwarmChaos(EngineChaos):
         try:
             svc = self.client.services.get(self.service)
             refs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []
-            data = self.client.configs.get(refs[0]["ConfigID"]).attrs["Spec"]["Data"]
+            # the fleet config (.toml) among the roster, peers and authority configs
+            ref = next((r for r in refs if str(r.get("File", {}).get("Name", "")).endswith(".toml")), refs[0])
+            data = self.client.configs.get(ref["ConfigID"]).attrs["Spec"]["Data"]
             cfg = parse_config(base64.b64decode(data).decode())
         except (IndexError, KeyError, ConfigError, UnicodeDecodeError) as exc:
             raise ChaosError(f"service {self.service} carries no readable fleet config: {exc}") from None

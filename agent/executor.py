@@ -17,7 +17,9 @@
   the worker carries on with a fresh one (``_deadline_exceeded``).  At most
   ``workers`` threads are abandoned at a time; beyond that the task still fails
   on time but its worker waits for the run to end, so a stream of such models
-  cannot multiply threads.  One task (``agent.deadline_watch``) watches every
+  cannot multiply threads.  An abandoned run's thread goes under ``SCHED_IDLE``
+  (where the agent may return it to the normal policy afterwards): its op
+  still computes to the end, but only on CPU time nothing else wants.  One task (``agent.deadline_watch``) watches every
   run's deadline: cheaper than a watchdog task and a nursery per run.
 """
 
@@ -40,7 +42,7 @@ from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
 from agent import ort_limits
 from agent.ort_limits import cap_run
-from agent.priority import normal_priority_for_this_thread
+from agent.priority import idle_is_reversible, idle_thread, normal_priority_for_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ class Executor:
         self.abandoned = 0        # runs left to finish in a thread of their own
         self._stuck = 0           # of those, still running (updated from their threads)
         self._stuck_lock = threading.Lock()
+        self.idled: set[int] = set()   # native ids of abandoned runs' threads under SCHED_IDLE, while they run
+        idle_is_reversible()           # probed once here, not on the loop when a run is first abandoned
         self._watch = DeadlineWatch(ABANDON_GRACE_S)
         self.batch_waits = 0
         self._compute_s: dict[str, float] = {}    # per task, smoothed, per model
@@ -326,6 +330,7 @@ class Executor:
         token = trio.lowlevel.current_trio_token()
 
         def run() -> Execution:
+            state["tid"] = threading.get_native_id()
             try:
                 return self._run_sync(model, feeds, options)
             finally:
@@ -333,6 +338,9 @@ class Executor:
                     state["finished"] = True
                     if state["left"]:
                         self._stuck -= 1
+                        if state["tid"] in self.idled:
+                            self.idled.discard(state["tid"])
+                            normal_priority_for_this_thread()    # trio reuses this thread
                         try:
                             token.run_sync_soon(state["ended"].set)
                         except trio.RunFinishedError:
@@ -351,6 +359,8 @@ class Executor:
                 ended = state["ended"] = trio.Event()
                 state["left"] = True
                 self._stuck += 1
+                if "tid" in state and idle_thread(state["tid"]):
+                    self.idled.add(state["tid"])
         self.abandoned += 1
         said = f"{model.name}: deadline exceeded: timed out after {timeout:g}s; onnxruntime did not stop within " \
                f"{ABANDON_GRACE_S:g}s more, so its run was abandoned"

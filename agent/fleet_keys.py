@@ -14,10 +14,11 @@ because a one-shot container can mount every node's volume:
 
 A node container then holds only its own private key and the signed roster
 (``python -m agent.compose node`` finds ``roster.json`` in the fleet volume
-and starts the agent with ``--roster``/``--authority``).  Swarm and
-Kubernetes have no volume that one task can share with every other, so they
-keep the derived scheme (docs/security.md, "Mesh trust", says what that
-leaves open).
+and starts the agent with ``--roster``/``--authority``).  Swarm has no
+volume one task can share with every other: there ``orbitmesh stack`` issues
+the keys on the operator's machine with the same :func:`issue_keys`, and the
+engine renders each replica only its own slot's key from a secret template
+(agent/stack.py); the replica installs it with :func:`install_node_key`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,31 @@ def issue_keys(fleet_dir: Path, authority_dir: Path, nodes_dir: Path, names: lis
             f"wrote {fleet_dir / 'peers.json'} and the signed {fleet_dir / 'roster.json'}"]
 
 
+def install_node_key(key_file: Path, data_dir: Path) -> None:
+    """Install the node key a secret handed this node as ``data_dir/identity.key``: 64 hex
+    digits (a swarm secret template renders text) or the raw 32-byte seed (a Kubernetes
+    Secret made from the issued key file).  The secret is the authority here: a key issued
+    again replaces the volume's copy (:func:`roster_node` then checks it against the roster)."""
+    try:
+        raw = Path(key_file).read_bytes()
+    except FileNotFoundError:
+        raise ComposeError(f"no node key at {key_file}: the node's key secret is missing") from None
+    if not raw.strip():
+        raise ComposeError(f"{key_file} is empty: the node-key secret holds no key for this task slot "
+                           f"(more replicas than issued keys? run `orbitmesh stack` again and redeploy)")
+    seed = raw
+    if len(raw) != 32:
+        try:
+            seed = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            seed = b""
+    if len(seed) != 32:
+        raise ComposeError(f"{key_file} is not a node key (a 32-byte Ed25519 seed, raw or as 64 hex digits)")
+    path = Path(data_dir) / "identity.key"
+    if not path.exists() or path.read_bytes() != seed:
+        write_atomic(path, seed, 0o600)
+
+
 def roster_node(fleet_dir: Path, data_dir: Path, node: str) -> tuple[Path, list[str], str]:
     """A node started from issued keys: (peers file, extra agent arguments, its peer id)."""
     from agent.p2p import load_or_create_identity, peer_id_of
@@ -83,4 +109,4 @@ def roster_node(fleet_dir: Path, data_dir: Path, node: str) -> tuple[Path, list[
     return fleet_dir / "peers.json", ["--roster", str(roster_path), "--authority", str(pub)], pid
 
 
-__all__ = ["AUTHORITY_DIR", "NODES_DIR", "RosterError", "issue_keys", "roster_node"]
+__all__ = ["AUTHORITY_DIR", "NODES_DIR", "RosterError", "install_node_key", "issue_keys", "roster_node"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.tensors import InputError, TensorSpec, cast_checked
+from agent.tensors import NON_FINITE, InputError, TensorSpec, cast_checked
 
 # The protocol's datatypes that orbitmesh carries (ONNX's numeric types; BYTES is not one).
 V2_TO_NP = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -267,8 +267,22 @@ def encode_tensor(name: str, arr: np.ndarray, binary: bool, blobs: list[bytes]) 
         t["parameters"] = {"binary_data_size": len(raw)}
         blobs.append(raw)
     else:
-        t["data"] = arr.ravel().tolist()
+        t["data"] = json_data(arr)
     return t
+
+
+def json_data(arr: np.ndarray) -> list:
+    """A tensor's elements for JSON ``data``, row-major.  JSON has no NaN or infinity: a
+    float output holding them (an overflow, log of 0) gets the strings "NaN", "Infinity"
+    and "-Infinity" for those elements, as protobuf's JSON mapping writes them (so a
+    ``ModelInferResponse`` in JSON says the same), as ``/v1`` results do, and as
+    ``np.array(data, dtype)`` (tritonclient's ``as_numpy``) reads them back.  Triton
+    itself writes bare ``NaN``/``Infinity`` tokens, which strict JSON parsers refuse;
+    binary outputs (``binary_data_output``) carry the exact bits either way."""
+    data = arr.ravel().tolist()
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        data = [v if math.isfinite(v) else NON_FINITE[repr(v)] for v in data]
+    return data
 
 
 def encode_infer_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray],
@@ -282,7 +296,7 @@ def encode_infer_response(model: str, req: InferRequest, outputs: dict[str, np.n
         doc["id"] = req.id
     if parameters:
         doc["parameters"] = parameters
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()    # strict JSON, always
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)
@@ -338,6 +352,17 @@ def encode_infer_request(inputs: dict[str, np.ndarray], *, parameters: dict[str,
     return (b"".join([head, *blobs]), len(head)) if blobs else (head, None)
 
 
+_NON_FINITE_WORDS = frozenset(NON_FINITE.values())
+
+
+def _non_finite_back(t: dict[str, Any]) -> Any:
+    """A float output's JSON ``data`` with :func:`json_data`'s "NaN"/"Infinity" strings as floats."""
+    data = t.get("data")
+    if str(t.get("datatype", "")).startswith(("FP", "BF")) and isinstance(data, list):
+        return [float(v) if isinstance(v, str) and v in _NON_FINITE_WORDS else v for v in data]
+    return data
+
+
 def decode_infer_response(body: bytes, header_length: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A v2 infer response (client side): (outputs as arrays, the response's parameters)."""
     doc, tail = split_binary(body, header_length)
@@ -347,6 +372,6 @@ def decode_infer_response(body: bytes, header_length: str | None) -> tuple[dict[
         size = (t.get("parameters") or {}).get("binary_data_size")
         shape = _shape(t.get("shape"), where)
         out[t["name"]] = array_from_bytes(reader.take(size, where), t.get("datatype"), shape, where) \
-            if size is not None else array_from_json(t.get("data"), t.get("datatype"), shape, where)
+            if size is not None else array_from_json(_non_finite_back(t), t.get("datatype"), shape, where)
     reader.finish()
     return out, doc.get("parameters") or {}

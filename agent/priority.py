@@ -40,3 +40,43 @@ def normal_priority_for_this_thread() -> None:
     """Worker threads inherit the loop's policy; hand them back to the normal one."""
     if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+_IDLE_REVERSIBLE: bool | None = None
+
+
+def idle_is_reversible() -> bool:
+    """Whether a thread here may enter ``SCHED_IDLE`` and leave it again.  Leaving it
+    needs CAP_SYS_NICE (or a permissive RLIMIT_NICE), and trio reuses worker threads, so
+    a thread that could not return to the normal policy must never be idled.  Probed
+    once, in a thread of its own."""
+    global _IDLE_REVERSIBLE
+    if _IDLE_REVERSIBLE is None:
+        import threading
+        result = [False]
+
+        def probe() -> None:
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                result[0] = True
+            except (AttributeError, PermissionError, OSError):
+                pass
+
+        t = threading.Thread(target=probe, name="orbitmesh-idle-probe")
+        t.start()
+        t.join()
+        _IDLE_REVERSIBLE = result[0]
+    return _IDLE_REVERSIBLE
+
+
+def idle_thread(tid: int) -> bool:
+    """Put thread ``tid`` (a native id) under ``SCHED_IDLE``: it then runs only on CPU
+    time nothing else wants.  For a run that cannot be stopped, only starved."""
+    if not idle_is_reversible():
+        return False
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return True
+    except (ProcessLookupError, PermissionError, OSError):
+        return False

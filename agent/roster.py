@@ -76,6 +76,16 @@ def raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def holds_key(seed_hex: str, peer_id: str) -> bool:
+    """Whether ``seed_hex`` (an Ed25519 seed, hex) is the private half of ``peer_id``: which
+    node a leaked or shipped key speaks for (the swarm checks use it)."""
+    try:
+        priv = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
+        return raw_public(priv.public_key()) == raw_public(public_key_of(peer_id))
+    except (ValueError, RosterError):
+        return False
+
+
 def read_seed(path: Path) -> bytes:
     """A 32-byte Ed25519 seed file (a node's ``identity.key``, the authority's key)."""
     try:

@@ -10,7 +10,17 @@ Why it is shaped this way (docs/deploy.md has the user's side):
 * **One replicated service, identity from the task slot.**  Replica slot k
   (from 1) runs node k - 1: ``sat-0`` … then the ground stations.  Swarm
   keeps a slot when it replaces a failed task, so a replaced satellite keeps
-  its name, its derived key and (through the per-slot volume) its journal.
+  its name, its key and (through the per-slot volume) its journal.
+* **A key per node, each replica holding only its own.**  ``orbitmesh stack``
+  issues every node a random Ed25519 key and a roster signed by a fleet
+  authority (:func:`agent.fleet_keys.issue_keys`) into ``<stack>-keys/`` on
+  the operator's machine, never committed.  The node keys reach the engine as
+  one secret *template* (``node-keys.tmpl``): an if/else-if chain over
+  ``{{.Task.Slot}}``, so the engine (which keeps secrets encrypted in its raft
+  log) renders each task only its own slot's key.  The roster, the peers file
+  and the authority's public key are swarm configs.  A swarm secret belongs to
+  a service, and the stack is one service: a plain secret would reach every
+  replica, which is what the derived scheme (one fleet secret) did.
 * **Peers through the service's name.**  Swarm resolves no per-replica name
   (a task's hostname is not in its DNS), only ``tasks.sat``: every healthy
   replica's address.  The peers file lists ``/dns4/sat-7/…``; that name does
@@ -19,13 +29,11 @@ Why it is shaped this way (docs/deploy.md has the user's side):
   "the API answers", not "every link is up": swarm lists only healthy tasks.
 * **Keys and config from the engine, never a shared volume.**  The config is
   a swarm config (the preset with its clock at the element sets' epoch, so
-  replicas on different machines agree with no coordinator).  The fleet
-  secret is a swarm secret: by default a template the engine fills with the
-  service's id, unique to the deployment and unknown before it, so nothing
-  secret is committed; ``--external-secret NAME`` uses one you created
-  (``docker secret create``), which survives ``docker stack rm``.  The API
-  token (docs/security.md) is a secret you create, ``orbitmesh-api-token`` by
-  default (``--token-secret``): a template would make it guessable.
+  replicas on different machines agree with no coordinator).  The API token
+  (docs/security.md) is a secret you create, ``orbitmesh-api-token`` by
+  default (``--token-secret``).  Swarm secrets and configs cannot change under
+  a running stack: re-running ``orbitmesh stack`` keeps the issued keys, so a
+  second ``docker stack deploy`` finds the same files.
 * **Journals per slot**: the volume ``orbitmesh-<service id>-<slot>`` on
   whichever machine runs the task: a new deployment (new identities) never
   meets an old deployment's journal.
@@ -45,11 +53,13 @@ from typing import Any
 
 from agent.compose import (DATA_DIR, DEFAULT_IMAGE, DEMO_GROUND, NETWORK, ComposeSpec, _check, preset_config_at_epoch,
                            station_names)
+from agent.atomic import write_atomic
 from agent.fleet_identity import API_PORT, ComposeError
 
 SERVICE = "sat"
 HOSTNAME = "orbitmesh-{{.Task.Slot}}"           # a swarm template, filled per task (for people: not resolvable)
-SECRET_TARGET = "/run/secrets/fleet"
+KEY_TARGET = "/run/secrets/node-key"           # this replica's own key (the engine renders only its slot's)
+FLEET_TARGET = "/etc/orbitmesh/fleet"            # roster.json, peers.json, authority.key.pub (swarm configs)
 TOKEN_SECRET = "orbitmesh-api-token"             # docker secret create orbitmesh-api-token - (docs/security.md)
 TOKEN_TARGET = "/run/secrets/api-token"
 CONFIG_TARGET = "/etc/orbitmesh/fleet.toml"
@@ -58,9 +68,8 @@ LIVE_CHECK = ["CMD", "bash", "-c",
               f"exec 3<>/dev/tcp/127.0.0.1/{API_PORT} && "
               "printf 'GET /v1/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
               "grep -q '\"status\":\"ok\"' <&3"]
-# The engine fills this per service: the same in every replica, new for every
-# deployment, never written anywhere in the repository.
-SECRET_TEMPLATE = "orbitmesh-fleet/{{ .Service.ID }}\n"
+KEYS_TEMPLATE = "node-keys.tmpl"
+FLEET_FILES = {"fleet-roster": "roster.json", "fleet-peers": "peers.json", "fleet-authority": "authority.key.pub"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,6 @@ class StackSpec:
     ground: tuple[str, ...] = DEMO_GROUND
     api_port: int = API_PORT                 # published on every machine (gateway or routing mesh)
     publish: str = "gateway"                 # gateway: one per machine (any kernel); mesh: swarm's routing mesh (IPVS)
-    external_secret: str | None = None       # a `docker secret create`d secret, else the engine's template
     max_per_machine: int | None = None       # placement: at most this many replicas on one machine
     token_secret: str = TOKEN_SECRET         # the swarm secret holding the API token
     realtime: bool = True
@@ -95,13 +103,14 @@ def _fleet(spec: StackSpec):
 
 
 def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml",
-                   secret_file: str = "fleet-secret.tmpl") -> dict[str, Any]:
-    """The stack file for ``spec`` as plain data (compose file format 3.8, ``docker stack deploy``)."""
+                   keys_dir: str = "stack-keys") -> dict[str, Any]:
+    """The stack file for ``spec`` as plain data (compose file format 3.8, ``docker stack deploy``);
+    ``keys_dir``: where :func:`issue_stack_keys` writes the secret template and the public configs."""
     cfg = _fleet(spec)
     replicas = cfg.size + len(station_names(cfg))
-    cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--secret", SECRET_TARGET,
-           "--config", CONFIG_TARGET, "--address", "{name}", "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR,
-           "--api-token-file", TOKEN_TARGET]
+    cmd = ["python", "-m", "agent.compose", "node", "--node-from-slot", "--fleet", FLEET_TARGET,
+           "--node-key", KEY_TARGET, "--config", CONFIG_TARGET, "--address", "{name}",
+           "--discover", f"tasks.{SERVICE}", "--data", DATA_DIR, "--api-token-file", TOKEN_TARGET]
     if not spec.realtime:
         cmd.append("--no-realtime")
     deploy: dict[str, Any] = {
@@ -120,9 +129,10 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
         "command": cmd,
         "environment": {"ORBITMESH_SLOT": "{{.Task.Slot}}"},
         "networks": [NETWORK],
-        "secrets": [{"source": "fleet", "target": "fleet", "mode": 0o400},
+        "secrets": [{"source": "node-key", "target": "node-key", "mode": 0o400},
                     {"source": "api-token", "target": "api-token", "mode": 0o400}],
-        "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}],
+        "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}]
+        + [{"source": src, "target": f"{FLEET_TARGET}/{name}", "mode": 0o444} for src, name in FLEET_FILES.items()],
         "volumes": [{"type": "volume", "source": "journal", "target": DATA_DIR}],
         "cap_drop": ["ALL"],
         # Alive, not ready: swarm lists only healthy tasks under tasks.sat, which is
@@ -153,14 +163,15 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
             "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
             "deploy": {"mode": "global", "restart_policy": {"condition": "any", "delay": "2s"}},
         }
-    secret: dict[str, Any] = ({"external": True, "name": spec.external_secret} if spec.external_secret
-                              else {"file": secret_file, "template_driver": "golang"})
     return {
         "version": "3.8",
         "services": services,
         "networks": {NETWORK: {"driver": "overlay", "attachable": True}},
-        "secrets": {"fleet": secret, "api-token": {"external": True, "name": spec.token_secret}},
-        "configs": {"fleet-config": {"file": config_file}},
+        # the engine renders each task only its own slot's key from this template
+        "secrets": {"node-key": {"file": f"{keys_dir}/{KEYS_TEMPLATE}", "template_driver": "golang"},
+                    "api-token": {"external": True, "name": spec.token_secret}},
+        "configs": {"fleet-config": {"file": config_file},
+                    **{src: {"file": f"{keys_dir}/fleet/{name}"} for src, name in FLEET_FILES.items()}},
         # the engine fills the template per task: one volume per slot and deployment
         "volumes": {"journal": {"name": "orbitmesh-{{.Service.ID}}-{{.Task.Slot}}"}},
     }
@@ -176,7 +187,6 @@ def stack_header(spec: StackSpec, cfg) -> str:
     how += [f"--image {spec.image}"] if spec.image != d.image else []
     how += [f"--api-port {spec.api_port}"] if spec.api_port != d.api_port else []
     how += [f"--publish {spec.publish}"] if spec.publish != d.publish else []
-    how += [f"--external-secret {spec.external_secret}"] if spec.external_secret else []
     how += [f"--max-per-machine {spec.max_per_machine}"] if spec.max_per_machine else []
     how += [f"--token-secret {spec.token_secret}"] if spec.token_secret != d.token_secret else []
     how += ["--no-realtime"] if not spec.realtime else []
@@ -187,6 +197,7 @@ def stack_header(spec: StackSpec, cfg) -> str:
     return (f"# Generated by `{' '.join(how)}`; regenerate rather than edit.\n"
             "# Build or load the image on every machine (`make image`), then, on a manager:\n"
             "#   docker swarm init\n"
+            f"#   {' '.join(how)} --out <this file>   (issues the node keys into <stem>-keys/, never commit them)\n"
             f"#   python -c 'import secrets; print(secrets.token_urlsafe(32))' | docker secret create {spec.token_secret} -\n"
             "#   docker stack deploy -c <this file> orbitmesh\n"
             f"# Control calls need that token (Authorization: Bearer; docs/security.md).\n"
@@ -195,28 +206,55 @@ def stack_header(spec: StackSpec, cfg) -> str:
             + ("a gateway per machine" if spec.publish == "gateway" else "routing mesh") + ").  See docs/deploy.md.\n")
 
 
+def slot_key_template(seeds: list[bytes]) -> str:
+    """A golang secret template that renders task slot k (from 1) only ``seeds[k - 1]``, as hex;
+    a slot beyond them renders nothing, which the replica refuses with a clear error."""
+    if not seeds:
+        raise ComposeError("a stack needs at least one node key")
+    chain = "".join(f'{{{{ {"if" if k == 1 else "else if"} eq .Task.Slot "{k}" }}}}{seed.hex()}'
+                    for k, seed in enumerate(seeds, 1))
+    return chain + "{{ end }}\n"
+
+
+def issue_stack_keys(keys_dir: Path, names: list[str], fleet: str) -> list[str]:
+    """Issue (or keep) every node's key and the authority's in ``keys_dir`` (mode 0700); write the
+    signed roster, peers file and authority's public key under ``keys_dir/fleet`` and the slot
+    template ``keys_dir/node-keys.tmpl`` (0600).  What it did, as lines."""
+    import os
+
+    from agent.fleet_keys import issue_keys
+    from agent.roster import read_seed
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    done = issue_keys(keys_dir / "fleet", keys_dir / "authority", keys_dir / "nodes", names, fleet)
+    seeds = [read_seed(keys_dir / "nodes" / name / "identity.key") for name in names]
+    write_atomic(keys_dir / KEYS_TEMPLATE, slot_key_template(seeds), 0o600)
+    return done + [f"wrote {keys_dir / KEYS_TEMPLATE} (each task slot renders only its own key)"]
+
+
 def write_stack(spec: StackSpec, out: Path) -> list[Path]:
-    """Write the stack file ``out`` and, beside it, its config and secret template; the files written."""
+    """Write the stack file ``out`` and its config beside it (both committable), and issue the
+    node keys into ``<stem>-keys/`` beside them (never to commit); the committable files written."""
     from agent.yamlfile import to_yaml
     from mesh.config import config_to_toml
+    from mesh.nodes import NodeNames
     cfg = _fleet(spec)
     out = Path(out)
     config_path = out.with_name(out.stem + "-fleet.toml")
-    secret_path = out.with_name(out.stem + "-secret.tmpl")
-    doc = stack_document(spec, config_file=f"./{config_path.name}", secret_file=f"./{secret_path.name}")
+    keys_dir = out.with_name(out.stem + "-keys")
+    doc = stack_document(spec, config_file=f"./{config_path.name}", keys_dir=f"./{keys_dir.name}")
+    names = NodeNames(cfg.size, station_names(cfg))
+    issue_stack_keys(keys_dir, [names.name(i) for i in range(len(names))], cfg.name)
     out.write_text(to_yaml(doc, stack_header(spec, cfg)))
     config_path.write_text(config_to_toml(cfg))
-    written = [out, config_path]
-    if not spec.external_secret:
-        secret_path.write_text(SECRET_TEMPLATE)
-        written.append(secret_path)
-    return written
+    return [out, config_path]
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
     spec = StackSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
                      ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND,
-                     api_port=args.api_port, publish=args.publish, external_secret=args.external_secret,
+                     api_port=args.api_port, publish=args.publish,
                      max_per_machine=args.max_per_machine, realtime=not args.no_realtime,
                      token_secret=args.token_secret)
     try:
@@ -224,7 +262,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
     except (ComposeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(str(p) for p in written)}; on a swarm manager: create the API token "
+    keys = written[0].with_name(written[0].stem + "-keys")
+    print(f"wrote {', '.join(str(p) for p in written)} and the node keys in {keys}/ (keep them like a "
+          f"password, never commit them); on a swarm manager: create the API token "
           f"(docker secret create {spec.token_secret} -), then docker stack deploy -c {written[0]} orbitmesh",
           file=sys.stderr)
     return 0
@@ -240,15 +280,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=None, help="orbital seconds per wall second")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"agent image on every machine (default: {DEFAULT_IMAGE})")
     p.add_argument("-o", "--out", default="stack.yml",
-                   help="stack file to write; its config (-fleet.toml) and secret template go beside it")
+                   help="stack file to write; its config (-fleet.toml) and the node keys (-keys/) go beside it")
     p.add_argument("--api-port", type=int, default=API_PORT,
                    help=f"port of the API on every machine, through the routing mesh (default: {API_PORT})")
     p.add_argument("--publish", choices=PUBLISH_CHOICES, default="gateway",
                    help="how port 8080 reaches the satellites: gateway (a small proxy per machine; works on "
                         "every kernel, the default) or mesh (swarm's routing mesh; needs IPVS in the kernel)")
-    p.add_argument("--external-secret", metavar="NAME",
-                   help="use this existing swarm secret (`docker secret create NAME`) instead of one the engine "
-                        "derives per deployment")
     p.add_argument("--max-per-machine", type=int, metavar="K", help="place at most K satellites on one machine")
     p.add_argument("--token-secret", default=TOKEN_SECRET, metavar="NAME",
                    help=f"the swarm secret with the API token, created before deploying (default: {TOKEN_SECRET})")

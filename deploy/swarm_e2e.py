@@ -1,4 +1,4 @@
-"""Drive a running swarm stack: identities from task slots, tasks through the routing mesh, a replica killed.
+"""Drive a running swarm stack: identities from task slots, per-node keys, tasks through the routing mesh, a replica killed.
 
 Run by deploy/test-swarm.sh after ``docker stack deploy``.  Tasks go where a
 user's go: port 8080 of the machine, which the routing mesh hands to some
@@ -6,7 +6,10 @@ replica.  Per-node views (health, identity, membership) are read inside each
 replica through the engine (``docker exec``: the overlay network is not
 reachable from the host).  The last line is "N passed, M failed".
 
-    python deploy/swarm_e2e.py --stack orbitmesh-ci --models models
+    python deploy/swarm_e2e.py --stack orbitmesh-ci --models models --keys /tmp/…/stack-keys
+
+``--keys``: the directory ``orbitmesh stack`` issued the keys into; its
+signed roster is what every replica's peer id must match.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 from agent.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
 from compose_e2e import Checks, api_token, label_of, path_of, reference_labels  # noqa: E402
 from agent.auth import bearer  # noqa: E402
+from agent.roster import holds_key  # noqa: E402
 
 # GET inside a replica with bash alone (no interpreter start per call).
 _GET = ("exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 "
@@ -96,6 +100,35 @@ class Mesh:
         return rec
 
 
+def check_keys(nodes: dict[str, Any], ids: dict[str, str | None], keys_dir: Path | None, checks: Checks) -> None:
+    """Each replica holds its own node's key and nothing else secret: not another node's key,
+    not a fleet secret from which keys derive."""
+    held: dict[str, tuple[list[str], str]] = {}
+    for n, c in nodes.items():
+        code, out = c.exec_run(["bash", "-c", "ls -A /run/secrets; echo ---; cat /run/secrets/node-key"])
+        listing, _, key = out.decode(errors="replace").partition("---\n")
+        held[n] = (sorted(listing.split()), key.strip() if code == 0 else "")
+    extra = {n: ls for n, (ls, _) in held.items() if ls != ["api-token", "node-key"]}
+    checks.check(not extra, f"every replica's /run/secrets holds only api-token and node-key ({len(held)} replicas)",
+                 "; ".join(f"{n}: {ls}" for n, ls in list(extra.items())[:3]))
+    wrong = [n for n, (_, k) in held.items() if not (ids.get(n) and holds_key(k, ids[n]))]
+    checks.check(not wrong, "each replica's node-key is the private key of its own peer id", ", ".join(wrong))
+    foreign = [f"{n} holds {m}'s key" for n, (_, k) in held.items() for m, pid in ids.items()
+               if m != n and pid and holds_key(k, pid)]
+    distinct = len({k for _, k in held.values()})
+    checks.check(not foreign and distinct == len(held),
+                 f"no replica holds another node's key ({distinct} different keys in {len(held)} replicas)",
+                 "; ".join(foreign[:3]))
+    if len(held) >= 2:
+        (a, (_, ka)), (b, (_, kb)) = list(held.items())[:2]
+        checks.check(ka != kb and not holds_key(ka, ids[b] or ""),
+                     f"{a}'s /run/secrets/node-key differs from {b}'s and does not sign as {b}")
+    if keys_dir is not None:
+        roster = json.loads((keys_dir / "fleet" / "roster.json").read_text())["nodes"]
+        checks.check(all(roster.get(n) == pid for n, pid in ids.items()),
+                     "every replica's peer id is the one the authority-signed roster lists")
+
+
 def wait_all_ready(chaos: SwarmChaos, names: list[str], timeout: float, checks: Checks) -> float | None:
     start, last = time.monotonic(), -1
     while time.monotonic() - start < timeout:
@@ -118,6 +151,7 @@ def main() -> int:
     ap.add_argument("--victim", default="sat-9")
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--metrics", type=Path)
+    ap.add_argument("--keys", type=Path, help="the keys directory `orbitmesh stack` wrote (its signed roster)")
     args = ap.parse_args()
 
     checks = Checks()
@@ -149,7 +183,8 @@ def main() -> int:
     checks.check(not wrong, f"replica slot k runs node k - 1 ({names[0]} … {names[-1]})", "; ".join(wrong))
     ids = {n: info[n].get("peer_id") for n in names}
     checks.check(len(set(ids.values())) == len(names) and None not in ids.values(),
-                 f"every replica has its own derived peer id ({len(names)})")
+                 f"every replica has its own peer id ({len(names)})")
+    check_keys(nodes, ids, args.keys, checks)
 
     # -- 2. tasks through the routing mesh to far targets ------------------------------------
     mesh = Mesh(args.url)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Docker Swarm, tested for real (`make test-swarm`, and CI after `make test-docker`):
 #   the engine as test-compose.sh gets it (deploy/engine.sh), the committed
-#   deploy/stack.yml checked against `orbitmesh stack`, the image built offline,
+#   deploy/stack.yml checked against `orbitmesh stack` (which also issues the
+#   per-node keys, into this run's own directory), the image built offline,
 #   `docker swarm init` (left again afterwards if this script did it),
-#   `docker stack deploy -c deploy/stack.yml`, then deploy/swarm_e2e.py: every
-#   slot's replica ready and running the node its slot names, tasks through
+#   `docker stack deploy` of that stack, then deploy/swarm_e2e.py: every
+#   slot's replica ready and running the node its slot names, each holding only
+#   its own key (no other node's, no fleet secret), tasks through
 #   port 8080 (the routing mesh) to far satellites, a replica's container killed
 #   while tasks flow (swarm replaces it; same identity, journal recovered), no
 #   false death anywhere; the stack removed, whatever happens.
@@ -59,6 +61,8 @@ teardown() {
       "$DOCKER" swarm leave --force >/dev/null 2>&1
     fi
   fi
+  # the node keys and the authority key `orbitmesh stack` issued for this run
+  [ "${KEEP_UP:-0}" = 1 ] || rm -rf "$WORK/stack-keys"
   [ "${KEEP_UP:-0}" = 1 ] || engine_stop
   [ $rc -eq 0 ] && step "docker swarm test passed" || step "docker swarm test FAILED (exit $rc)"
 }
@@ -68,9 +72,9 @@ engine_start
 host_tools
 
 # -- static: the committed stack is what the generator writes ---------------------------
-step "deploy/stack.yml, its config and secret template are what \`orbitmesh stack --preset demo\` writes"
-"$ROOT/.venv/bin/orbitmesh" stack --preset demo --out "$WORK/stack.yml" 2>/dev/null || die "orbitmesh stack failed"
-for f in stack.yml stack-fleet.toml stack-secret.tmpl; do
+step "deploy/stack.yml and its config are what \`orbitmesh stack --preset demo\` writes (node keys: $WORK/stack-keys)"
+"$PY" -m agent stack --preset demo --out "$WORK/stack.yml" 2>/dev/null || die "orbitmesh stack failed"
+for f in stack.yml stack-fleet.toml; do
   diff -u "deploy/$f" "$WORK/$f" >&2 || die "deploy/$f differs from the generator's output: regenerate it (orbitmesh stack --out deploy/stack.yml)"
 done
 
@@ -104,13 +108,15 @@ printf '%s' "$ORBITMESH_TOKEN" | "$DOCKER" secret create orbitmesh-api-token - >
   || die "docker secret create orbitmesh-api-token failed"
 
 start_hog
-step "docker stack deploy -c deploy/stack.yml $STACK"
+# the stack as a user deploys it: deploy/stack.yml (identical, checked above) beside the keys `orbitmesh stack` issued
+step "docker stack deploy -c stack.yml $STACK (in $WORK, beside stack-keys/)"
 td=$(date +%s)
-"$DOCKER" stack deploy -c deploy/stack.yml "$STACK" >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log"; die "docker stack deploy failed"; }
+(cd "$WORK" && "$DOCKER" stack deploy -c stack.yml "$STACK") >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log"; die "docker stack deploy failed"; }
 grep -i "ignoring\|unsupported" "$WORK/deploy.log" >&2 && die "docker stack deploy ignored part of deploy/stack.yml"
 
 step "tasks through :8080, a replica killed and replaced, verdicts (deploy/swarm_e2e.py)"
-"$PY" deploy/swarm_e2e.py --stack "$STACK" --models models --metrics "$WORK/e2e.json" || die "swarm end-to-end checks failed"
+"$PY" deploy/swarm_e2e.py --stack "$STACK" --models models --keys "$WORK/stack-keys" --metrics "$WORK/e2e.json" \
+  || die "swarm end-to-end checks failed"
 
 # -- numbers ------------------------------------------------------------------------------
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.CPUPerc}} {{.MemUsage}}' \

@@ -89,8 +89,10 @@ def test_k8s_pods_take_the_token_from_a_secret_and_allow_the_service_names():
 
 def test_k8s_network_policy_mesh_only_between_satellites_api_only_from_labelled_clients():
     (policy,) = _k8s("networkpolicy.yaml")
-    sts = _k8s("statefulset.yaml")[0]
-    sat_labels = sts["spec"]["template"]["metadata"]["labels"]
+    pods = [sts["spec"]["template"]["metadata"]["labels"] for sts in _k8s("statefulset.yaml")]
+    # the labels every satellite pod shares (each also has its own orbitmesh.io/node)
+    sat_labels = dict(set.intersection(*(set(p.items()) for p in pods)))
+    assert sat_labels == {"app.kubernetes.io/name": "orbitmesh"} and len(pods) == 24
     spec = policy["spec"]
     assert policy["kind"] == "NetworkPolicy" and spec["podSelector"]["matchLabels"].items() <= sat_labels.items()
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}

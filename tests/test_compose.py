@@ -412,24 +412,27 @@ def k8s_docs():
     return docs
 
 
-def test_k8s_statefulset_matches_its_headless_service_and_the_entry_point():
+def test_k8s_statefulsets_match_their_headless_service_and_the_entry_point():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_docs()}
-    sts = docs[("StatefulSet", "orbitmesh")]
-    svc = docs[("Service", sts["spec"]["serviceName"])]
-    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
-    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    sets = [d for (kind, _), d in docs.items() if kind == "StatefulSet"]
     from mesh.presets import preset
-    assert sts["spec"]["replicas"] == preset("demo").size
-    pod = sts["spec"]["template"]["spec"]
-    cmd = pod["containers"][0]["command"]
-    assert cmd[:4] == ["python", "-m", "agent.compose", "node"] and "--node-from-hostname" in cmd
-    assert cmd[cmd.index("--address") + 1] == f"{sts['metadata']['name']}-{{index}}.{svc['metadata']['name']}"
-    secret_vol = next(v for v in pod["volumes"] if "secret" in v)
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == secret_vol["name"])
-    assert cmd[cmd.index("--secret") + 1].startswith(mount["mountPath"] + "/")
-    assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {compose.P2P_PORT, compose.API_PORT}
-    # the entry point accepts the pod's command line
-    assert compose._parser().parse_args(cmd[3:]).node_from_hostname
+    assert len(sets) == preset("demo").size                 # one StatefulSet per satellite
+    for sts in sets:
+        svc = docs[("Service", sts["spec"]["serviceName"])]
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+        assert sts["spec"]["replicas"] == 1
+        pod = sts["spec"]["template"]["spec"]
+        cmd = pod["containers"][0]["command"]
+        assert cmd[:4] == ["python", "-m", "agent.compose", "node"]
+        args = compose._parser().parse_args(cmd[3:])          # the entry point accepts the pod's command line
+        assert sts["metadata"]["name"] == f"orbitmesh-{args.node}" and args.secret is None
+        key_vol = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName", "").startswith("orbitmesh-key-"))
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == key_vol["name"])
+        assert str(args.node_key).startswith(mount["mountPath"] + "/")
+        fleet_vol = next(v for v in pod["volumes"] if "configMap" in v)
+        fleet_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == fleet_vol["name"])
+        assert str(args.fleet) == fleet_mount["mountPath"]
+        assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {compose.P2P_PORT, compose.API_PORT}
 
 
 def test_k8s_manifests_validate_against_the_kubernetes_schemas():
@@ -437,6 +440,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
     docs = k8s_docs()
     for doc in docs:
         kv.validate(doc, "1.30.0", strict=True)
+    assert sum(d["kind"] == "StatefulSet" for d in docs) == 24
     broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "StatefulSet")))
     broken["spec"]["replicas"] = "many"
     with pytest.raises(kv.ValidationError):

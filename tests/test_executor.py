@@ -1,7 +1,9 @@
 """The executor: batching gives the same answers, a full queue refuses, timeouts stop onnxruntime."""
 
 import json
+import os
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -12,6 +14,7 @@ from onnx import TensorProto, helper
 from agent import executor as executor_module
 from agent.executor import DeadlineExceeded, ExecutionError, Executor, ExecutorBusy
 from agent.models import ModelError, ModelStore
+from agent.priority import idle_is_reversible
 
 
 def slow_model(path, size=600, depth=40):
@@ -237,6 +240,13 @@ async def test_a_run_that_ignores_terminate_is_abandoned_and_the_worker_replaced
             await ex.run("matmul", {"a": huge, "b": huge}, timeout_s=0.2)
         assert trio.current_time() - t0 < 0.2 + 0.3 + 1.0    # 1 s of slack: three busy threads on a loaded box
         assert ex.abandoned == 1 and ex.stuck == 1
+        # the op it cannot stop computes on only on CPU time nothing else wants (SCHED_IDLE),
+        # where the process may take its thread back to the normal policy afterwards
+        if idle_is_reversible():
+            (tid,) = ex.idled
+            assert os.sched_getscheduler(tid) == os.SCHED_IDLE
+        else:
+            assert ex.idled == set()
         t1 = trio.current_time()
         assert (await ex.run("digits", digits_inputs(models_dir, 0))).outputs["label"].shape == (1,)
         assert trio.current_time() - t1 < 0.5 and ex.stuck == 1   # served while the old run still computes
@@ -253,6 +263,33 @@ async def test_a_run_that_ignores_terminate_is_abandoned_and_the_worker_replaced
             assert ex.stuck <= 1
             while ex.stuck:
                 await trio.sleep(0.1)
+        assert ex.idled == set()           # both ended: their threads are back to the normal policy
+        n.cancel_scope.cancel()
+
+
+def _process_cpu_over(seconds: float) -> float:
+    t0 = time.process_time()
+    time.sleep(seconds)
+    return time.process_time() - t0
+
+
+@pytest.mark.parametrize("model", ["loop", "slow"])
+async def test_a_run_stopped_at_its_deadline_burns_no_cpu_afterwards(store, tmp_path, model):
+    """terminate stops the run itself, not just the wait for it: the process's CPU time
+    stops growing at the deadline (a Loop is checked between iterations, the MatMul
+    chain between nodes), where the thread would otherwise compute for seconds more."""
+    loop_model(tmp_path / "loop.onnx")
+    ex = Executor(store, workers=1)
+    inputs = {"loop": {"x": np.ones(16, np.float32)}, "slow": {"x": np.ones((2048, 600), np.float32)}}[model]
+    async with trio.open_nursery() as n:
+        await n.start(ex.serve)
+        c0, t0 = time.process_time(), trio.current_time()
+        with pytest.raises(DeadlineExceeded, match="deadline exceeded"):
+            await ex.run(model, inputs, timeout_s=0.4)
+        assert trio.current_time() - t0 < 0.4 + 0.5 and ex.abandoned == 0 and ex.stuck == 0
+        assert time.process_time() - c0 > 0.1          # it did compute until then (the measure can see a run)
+        after = await trio.to_thread.run_sync(_process_cpu_over, 1.0)
+        assert after < 0.1, f"{after:.2f} s of CPU in the second after the deadline: the run goes on"
         n.cancel_scope.cancel()
 
 

@@ -98,6 +98,34 @@ def test_http_infer_equals_onnxruntime(fleet, digits, binary):
     assert p["executor"] == "sat-0" and p["route"] == "sat-0" and p["hops"] == 0
 
 
+def test_non_finite_outputs_in_json_are_strict_json_and_read_back(fleet):
+    """A model may overflow on its own (3e38 × 10 in float32): the /v2 JSON answer stays JSON
+    (the strings "Infinity", "NaN", as protobuf's JSON mapping writes them), tritonclient's
+    as_numpy reads the floats back, and binary outputs carry the exact values."""
+    a = np.array([[3e38, 1.0], [3e38, -3e38], [-3e38, 1.0], [0.5, 0.25]], np.float32)
+    b = np.array([[10.0], [10.0]], np.float32)
+    want = np.array([[np.inf], [np.nan], [-np.inf], [7.5]], np.float32)
+    body = {"inputs": [{"name": "a", "datatype": "FP32", "shape": [4, 2], "data": a.ravel().tolist()},
+                       {"name": "b", "datatype": "FP32", "shape": [2, 1], "data": b.ravel().tolist()}],
+            "parameters": {"target": "sat-0"}}
+    r = httpx.post(f"{fleet[2]['sat-0'].api}/v2/models/matmul/infer", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+
+    def refuse(token):
+        raise ValueError(f"bare {token} is not JSON")
+    doc = json.loads(r.text, parse_constant=refuse)
+    assert doc["outputs"][0]["data"] == ["Infinity", "NaN", "-Infinity", 7.5]
+    for binary in (False, True):
+        ins = [th.InferInput("a", [4, 2], "FP32"), th.InferInput("b", [2, 1], "FP32")]
+        ins[0].set_data_from_numpy(a, binary_data=binary)
+        ins[1].set_data_from_numpy(b, binary_data=binary)
+        res = _http(fleet).infer("matmul", ins, outputs=[th.InferRequestedOutput("c", binary_data=binary)],
+                                 parameters={"target": "sat-0"})
+        got = res.as_numpy("c")
+        assert got.dtype == np.float32 and got.shape == (4, 1)
+        np.testing.assert_array_equal(got, want)         # NaN == NaN here, inf == inf
+
+
 def test_grpc_infer_equals_onnxruntime(fleet, digits):
     _, x, want = digits
     inp = tg.InferInput("input", list(x.shape), "FP32")

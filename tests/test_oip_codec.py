@@ -81,6 +81,41 @@ def test_response_mixes_binary_and_json_outputs_and_decodes_back():
         np.testing.assert_array_equal(got[k], outs[k])
 
 
+def _strict(text):
+    """Python's json.loads without its extensions: NaN/Infinity tokens are not JSON."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_non_finite_json_outputs_are_strict_json_strings_that_decode_back(dtype):
+    c = np.array([[np.inf], [np.nan], [-np.inf], [1.5]], dtype)
+    outs = {"c": c, "n": np.array([3], np.int64)}
+    body, header = encode_infer_response("matmul", InferRequest(), outs, {})
+    assert header is None
+    doc = _strict(body)                                  # a strict parser reads every byte of it
+    assert doc["outputs"][0]["data"] == ["Infinity", "NaN", "-Infinity", 1.5]
+    assert doc["outputs"][1]["data"] == [3]
+    assert b"NaN," not in body.replace(b'"NaN"', b"")     # no bare token anywhere
+    got, _ = decode_infer_response(body, None)           # the SDK reads the floats back
+    np.testing.assert_array_equal(got["c"], c)
+    assert got["c"].dtype == c.dtype
+    # tritonclient's as_numpy does np.array(data, dtype): the same values
+    np.testing.assert_array_equal(np.array(doc["outputs"][0]["data"], dtype).reshape(c.shape), c)
+    # binary outputs carry the exact bits, NaN's included
+    body, header = encode_infer_response("matmul", InferRequest(binary_default=True), outs, {})
+    got, _ = decode_infer_response(body, str(header))
+    assert got["c"].tobytes() == c.tobytes()
+
+
+def test_a_float_input_that_says_nan_is_still_refused():
+    """Only responses use the strings: a request's float data stays numbers, finite ones."""
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": ["NaN"]}]})
+    with pytest.raises(OipError, match="non-numbers"):
+        parse_infer(body.encode(), None)
+
+
 def test_v1_task_body_with_binary_tensors_round_trips():
     x = np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32)
     body, header = encode_task_body({"model": "cloudmask", "target": "sat-1"}, {"image": x})
