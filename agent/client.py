@@ -93,19 +93,9 @@ class Client:
         returns the task the first submission created (HTTP 200) instead of a new one.
         ``inputs`` of numpy arrays travel as binary tensors, others as JSON.
         ``cache=False``: compute it even if the entry holds the answer (agent/edge_cache.py)."""
-        body: dict[str, Any] = {"model": model}
-        if cache is not None:
-            body["cache"] = cache
-        if replicas is not None:
-            body["replicas"] = replicas
-        if agreement is not None:
-            body["agreement"] = agreement
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
-        if target is not None:
-            body["target"] = target
-        if timeout_s is not None:
-            body["timeout_s"] = timeout_s
+        options = {"idempotency_key": idempotency_key, "target": target, "timeout_s": timeout_s, "cache": cache,
+                   "replicas": replicas, "agreement": agreement}
+        body: dict[str, Any] = {"model": model, **{k: v for k, v in options.items() if v is not None}}
         if typed_arrays(inputs):
             data, header = encode_task_body(body, inputs)
             return await self._call("POST", "/v1/tasks", content=data,
