@@ -151,7 +151,7 @@ class Node:
         self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
-        self.ledger = TaskLedger(self.delivery_config)
+        self.ledger = TaskLedger(self.delivery_config, name_of=self.topology.names.name)
         self.fetcher = ModelFetcher(name, store, self._send_routed, config.limits.ttl)
         self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
         self.executed = 0                              # inferences run here (gossiped)

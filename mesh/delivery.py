@@ -342,8 +342,10 @@ class _Task:
 class TaskLedger:
     """The entry node's book of tasks in flight: retries, first result, explicit failure."""
 
-    def __init__(self, config: DeliveryConfig):
+    def __init__(self, config: DeliveryConfig, name_of: Callable[[int], str] = lambda i: f"node {i}"):
+        """``name_of``: how a node index reads in a failure's reason (the agent passes its names)."""
         self.config = config
+        self.name_of = name_of
         self._tasks: dict[str, _Task] = {}
         self._finished: OrderedDict[str, bool] = OrderedDict()
         self.retries = 0
@@ -394,7 +396,7 @@ class TaskLedger:
                 self._close(t.task_id, False)
                 why = f"; last problem: {t.last_problem}" if t.last_problem else ""
                 out.append(TaskFailed(t.task_id, f"no result within {t.deadline - t.created:.1f} s after "
-                                                 f"{t.attempts} attempt(s) to reach node {t.dst}{why}", t.attempts))
+                                                 f"{t.attempts} attempt(s) to reach {self.name_of(t.dst)}{why}", t.attempts))
             elif t.next_retry <= now:
                 # A first retry may be asked for early (a restarted entry node resends
                 # at once); from then on the usual spacing applies.

@@ -152,6 +152,13 @@ def test_a_task_without_a_result_fails_at_its_deadline_with_the_last_problem():
     assert led.on_result(11.0, "t") is False                  # a late result changes nothing
 
 
+def test_a_deadline_failure_names_the_node_as_the_agent_does():
+    led = TaskLedger(DeliveryConfig(), name_of=lambda i: f"sat-{i}")
+    led.submit(0.0, "t", 8, deadline=1.5)
+    (f,) = led.tick(2.0)
+    assert "no result within 1.5 s after 1 attempt(s) to reach sat-8" in f.reason
+
+
 def test_an_explicit_failure_is_final():
     led = TaskLedger(DeliveryConfig())
     led.submit(0.0, "t", 4, deadline=10.0)
