@@ -23,6 +23,7 @@ from starlette.routing import Route
 from agent import http_body, http_coalesce
 from agent.auth import AccessControl, AccessPolicy
 from agent.console_api import console_routes
+from agent.jobs_api import job_routes
 from agent.kserve_http import kserve_routes
 from agent.metrics import render as render_metrics
 from agent.models import UploadError
@@ -241,6 +242,7 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
         Route("/v1/tasks/{task_id}", get_task),
         *kserve_routes(InferenceService(node), node.config.limits.max_body_bytes),
         *console_routes(node, fleet_dir),
+        *job_routes(node, read_json),
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -185,6 +185,52 @@ class Client:
             kw["timeout"] = timeout
         return await self._call("GET", f"/v1/tasks/{task_id}", **kw)
 
+    # -- jobs (docs/jobs.md) ------------------------------------------------------------
+
+    async def submit_job(self, model: str, inputs: list[dict[str, Any]], *, shards: int | None = None,
+                         chunk: int | None = None, window: int | None = None, target: str | None = None,
+                         timeout_s: float | None = None, state: dict[str, Any] | None = None,
+                         idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a job: many inputs through ``model``, sharded across the fleet, checkpointed per chunk.
+        ``inputs``: one object of input tensors per input (numpy arrays or nested lists); ``state``:
+        ``{"carry": {OUTPUT: INPUT}, "initial": {INPUT: tensor}}`` for a stateful step."""
+        options = {"shards": shards, "chunk": chunk, "window": window, "target": target, "timeout_s": timeout_s,
+                   "state": _jsonable(state), "idempotency_key": idempotency_key}
+        body = {"model": model, "inputs": [_jsonable(item) for item in inputs],
+                **{k: v for k, v in options.items() if v is not None}}
+        return await self._call("POST", "/v1/jobs", json=body)
+
+    async def job(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
+        """A job's status: shards, where they run, their moves and progress."""
+        kw: dict[str, Any] = {"params": {"wait": wait}} if wait else {}
+        if wait:
+            kw["timeout"] = httpx.Timeout(self._http.timeout.read + wait)
+        return await self._call("GET", f"/v1/jobs/{job_id}", **kw)
+
+    async def jobs(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/jobs")
+
+    async def wait_job(self, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Long-poll until the job ends (or ``timeout`` passes)."""
+        with anyio.move_on_after(timeout):
+            while True:
+                info = await self.job(job_id, wait=min(10.0, timeout))
+                if info["status"] in ("succeeded", "failed", "cancelled"):
+                    return info
+        return await self.job(job_id)
+
+    async def job_result(self, job_id: str, *, arrays: bool = True) -> dict[str, Any]:
+        """The outputs of every input, in order (numpy arrays unless ``arrays`` is False)."""
+        body = await self._call("GET", f"/v1/jobs/{job_id}/result")
+        if arrays:
+            body["outputs"] = [{k: from_wire_json(v) for k, v in item.items()} for item in body["outputs"]]
+            if "state" in body:
+                body["state"] = [{k: from_wire_json(v) for k, v in st.items()} for st in body["state"]]
+        return body
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/jobs/{job_id}")
+
     async def wait(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Long-poll until the task is final (or ``timeout`` passes)."""
         with anyio.move_on_after(timeout):
@@ -193,3 +239,17 @@ class Client:
                 if rec["status"] in ("succeeded", "failed"):
                     return rec
         return await self.task(task_id)
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy arrays (at any depth of dicts) as typed JSON tensors; everything else as it is."""
+    if isinstance(value, np.ndarray):
+        return {"dtype": value.dtype.name, "shape": list(value.shape), "data": value.reshape(-1).tolist()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def from_wire_json(t: dict[str, Any]) -> np.ndarray:
+    """A tensor as the API returns it (``{"dtype", "shape", "data"}``, non-finite values as strings)."""
+    return np.array(t["data"], dtype=t["dtype"]).reshape(t["shape"])

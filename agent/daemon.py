@@ -16,6 +16,7 @@ from agent.atomic import write_atomic
 from agent.auth import AgentAuth, warn_open
 from agent.kserve_grpc import serve_grpc
 from agent.oip import InferenceService
+from agent.job_journal import JobJournal
 from agent.journal import Journal, JournalError
 from agent.loopwatch import install_from_env as install_slow_step_logger
 from agent.models import ModelStore
@@ -75,8 +76,10 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                            session_budget_bytes=config.limits.session_memory_mb << 20,
                            keep_versions=config.limits.model_versions_kept)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
+        job_journal = JobJournal(Path(data_dir) / "jobs.sqlite", config.limits.result_retention_s) \
+            if journaled else None
         node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
-                    workers=workers, trust=trust, revoked=revoked)
+                    workers=workers, trust=trust, revoked=revoked, job_journal=job_journal)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             if roster is not None:

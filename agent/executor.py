@@ -90,7 +90,7 @@ async def _terminate_at(options: ort.RunOptions, seconds: float) -> None:
     options.terminate = True  # onnxruntime stops the run from its side
 
 
-def _batchable(model: LoadedModel) -> bool:
+def batchable(model: LoadedModel) -> bool:
     """Only models whose manifest says so: a dynamic first dimension is not
     always a batch (matmul's ``b``), and some models' outputs depend on their
     batch-mates (int8 activations quantised per batch), so batching is opt-in."""
@@ -216,7 +216,7 @@ class Executor:
             except Exception as exc:
                 self._fail_all(queue, ExecutionError(f"{name}: {exc}"))
                 continue
-            if _batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0 and self._wait_pays(name):
+            if batchable(model) and len(queue) < self.max_batch and self.batch_wait_s > 0 and self._wait_pays(name):
                 self.batch_waits += 1
                 await trio.sleep(self.batch_wait_s)  # let same-model tasks gather
             jobs = self._drop_expired(self._take_batch(model, queue))
@@ -234,7 +234,7 @@ class Executor:
             return []
         first = queue.popleft()
         jobs = [first]
-        if _batchable(model):
+        if batchable(model):
             shape_of = lambda j: {k: v.shape[1:] for k, v in j.inputs.items()}  # noqa: E731
             size_of = lambda j: max((v.size for v in j.inputs.values()), default=0)  # noqa: E731
             want, budget = shape_of(first), _batch_element_budget(model)

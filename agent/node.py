@@ -23,6 +23,9 @@ import trio
 from agent.edge_cache import Answer, EdgeCache, cache_key
 from agent.replicas import agree, replica_view
 from agent.executor import ExecutionError, Executor, ExecutorBusy
+from agent.job_host import NodeJobHost
+from agent.job_journal import JobJournal
+from agent.jobs import JobBoard
 from agent.journal import DuplicateKey, Journal, JournalError, Row
 from agent.membership import MembershipService
 from agent.metrics import TaskMetrics
@@ -32,6 +35,7 @@ from agent.p2p import P2PHost
 from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import LinkState, Relay
+from agent.scan import run_scan, scan_inputs
 from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
 from agent.timekeeper import Timekeeper
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
@@ -50,7 +54,7 @@ from mesh.healing import HealingRouter
 from mesh.voting import MAX_REPLICAS, MODES, Vote
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
-from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
+from mesh.wire import (ChaosUpdate, Scan, ClockUpdate, Control, Hop, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
                        TaskResult, TaskStatus, Tensor, WireError)
 
 log = logging.getLogger(__name__)
@@ -96,7 +100,8 @@ class NodeIdentity:
 class Node:
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
                  *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
-                 trust: Trust | None = None, revoked: frozenset[str] = frozenset()):
+                 trust: Trust | None = None, revoked: frozenset[str] = frozenset(),
+                 job_journal: JobJournal | None = None):
         """``trust``: sign this node's gossip and faults and check others' (agent.roster.mesh_trust);
         ``revoked``: members the signed roster revoked (refused at Hello, their records ignored)."""
         if name not in peers:
@@ -175,6 +180,7 @@ class Node:
         self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
         self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
         self._nursery: trio.Nursery | None = None
+        self.jobs = JobBoard(NodeJobHost(self), job_journal)   # jobs this node is home to (agent/jobs.py)
 
     # -- physics ---------------------------------------------------------------
 
@@ -324,6 +330,7 @@ class Node:
             nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
             nursery.start_soon(self.timekeeper.run)
+            await nursery.start(self.jobs.serve)
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------
@@ -545,7 +552,7 @@ class Node:
 
     def _accept(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executor: str, why: str,
                 timeout_s: float, idem_key: str | None, journaled: bool, answer_key: str | None,
-                task_id: str | None = None) -> TaskRecord:
+                task_id: str | None = None, scan: Scan | None = None) -> TaskRecord:
         """Record (journal first), track and start one task; no await, so nothing interleaves."""
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
@@ -553,7 +560,7 @@ class Node:
                          journaled=journaled and self.journal is not None, deadline=now + timeout_s)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
-                          deadline=now + timeout_s, model_sha256=loaded.sha256 or self.store.sha256(model))
+                          deadline=now + timeout_s, model_sha256=loaded.sha256 or self.store.sha256(model), scan=scan)
         if self.journal is not None and journaled:
             try:       # on disk before anyone is told: a crash from here on loses nothing
                 self.journal.accept(req, executor, why, now, idem_key)
@@ -746,7 +753,7 @@ class Node:
         return True
 
     def _place(self, model: str, target: str, arrays: dict[str, np.ndarray], loaded: Any,
-               timeout_s: float, replicas: int = 1) -> tuple[list[str], str]:
+               timeout_s: float, replicas: int = 1, exclude: frozenset[str] = frozenset()) -> tuple[list[str], str]:
         """Executors by expected completion (``mesh.placement``): one, or ``replicas`` satellites in
         different planes (so one plane's outage or one upset cannot take them all); SubmitError(503)
         if not enough fit."""
@@ -757,7 +764,7 @@ class Node:
         default = local if local is not None else (0.1 if big else 0.005)
         load_s = self.store.load_s.get(model, 0.5 if big else 0.01)
         dead = self.membership.dead_nodes()
-        names = [e.name for i, e in self.peers.by_index.items() if i not in dead]
+        names = [e.name for i, e in self.peers.by_index.items() if i not in dead and e.name not in exclude]
         cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
                            self.compute_table, self._in_flight, own, load_s, loaded.path.stat().st_size,
                            self.config.links.isl_bandwidth_bps)
@@ -1053,18 +1060,23 @@ class Node:
             key = self.store.key(req.model, req.model_sha256)    # the task's version, whatever the name means here
             model = self.store.get(key) if self.store.loaded(key) else \
                 await trio.to_thread.run_sync(self.store.get, key)
-            arrays = {}
-            for spec in model.inputs:
-                if spec.name not in req.inputs:
-                    raise InputError(f"input {spec.name!r} missing")
-                arr = req.inputs[spec.name].to_array()
-                if arr.dtype.name != spec.dtype:
-                    raise InputError(f"input {spec.name!r}: dtype {arr.dtype.name}, model expects {spec.dtype}")
-                check_shape(arr, spec)
-                arrays[spec.name] = arr
-            check_limits(req.model, arrays, model.manifest)
-            # The task's own deadline, not the executor's default: a run past it is stopped there.
-            result = await self.executor.run(key, arrays, req.deadline - time.time() if req.deadline else None)
+            if req.scan is not None:        # a job chunk (agent/scan.py)
+                stacked, state = scan_inputs(model, req.inputs, req.scan)
+                result = await run_scan(model, stacked, state, req.scan,
+                                        lambda feeds, left: self.executor.run(key, feeds, left), req.deadline)
+            else:
+                arrays = {}
+                for spec in model.inputs:
+                    if spec.name not in req.inputs:
+                        raise InputError(f"input {spec.name!r} missing")
+                    arr = req.inputs[spec.name].to_array()
+                    if arr.dtype.name != spec.dtype:
+                        raise InputError(f"input {spec.name!r}: dtype {arr.dtype.name}, model expects {spec.dtype}")
+                    check_shape(arr, spec)
+                    arrays[spec.name] = arr
+                check_limits(req.model, arrays, model.manifest)
+                # The task's own deadline, not the executor's default: a run past it is stopped there.
+                result = await self.executor.run(key, arrays, req.deadline - time.time() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
@@ -1075,6 +1087,8 @@ class Node:
         except (ModelError, InputError, LimitError, ExecutionError, PowerError) as exc:
             error = f"{self.me.name}: {exc}"
         batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
+        if ok and req.scan is not None:
+            batch = f", chunk of {req.scan.steps} inputs"
         hop = Hop(self.me.name, arrived, time.time(), "execute", expected,
                   detail=f"compute {compute * 1e3:.2f} ms{batch}" if ok else error)
         self.executed += 1

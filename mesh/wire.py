@@ -88,6 +88,29 @@ class Hello:
     node: str
 
 
+MAX_SCAN_STEPS = 4096
+MAX_CARRY = 8
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Run the model ``steps`` times over inputs stacked on a new leading axis (one job chunk).
+
+    ``carry`` pairs (output, input): step t's output feeds step t+1's input, so a
+    recurrent step keeps its state; a carried input arrives unstacked, as the
+    state before the first step.  Outputs come back stacked the same way.
+    """
+
+    steps: int
+    carry: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= MAX_SCAN_STEPS:
+            raise WireError(f"scan steps must be in 1–{MAX_SCAN_STEPS}")
+        if len(self.carry) > MAX_CARRY:
+            raise WireError(f"at most {MAX_CARRY} carried states")
+
+
 @dataclass(frozen=True)
 class TaskRequest:
     task_id: str
@@ -100,6 +123,7 @@ class TaskRequest:
     attempt: int = 0          # end-to-end retry number (same task id): hop ids differ per attempt
     deadline: float = 0.0     # wall time after which nobody waits for it (store-and-forward expiry)
     model_sha256: str = ""    # the entry's version of the model: an executor without it fetches it
+    scan: Scan | None = None  # a job chunk: many inputs, run in order at the executor
 
     @property
     def hop_id(self) -> str:
@@ -270,7 +294,8 @@ def _encode_msg(msg: Message) -> list:
         return ["hello", msg.node]
     if isinstance(msg, TaskRequest):
         return ["task", msg.task_id, msg.entry, msg.executor, msg.model, _enc_tensors(msg.inputs),
-                msg.ttl, _enc_trace(msg.trace), msg.attempt, msg.deadline, msg.model_sha256]
+                msg.ttl, _enc_trace(msg.trace), msg.attempt, msg.deadline, msg.model_sha256] + \
+            ([[msg.scan.steps, [list(p) for p in msg.scan.carry]]] if msg.scan else [])
     if isinstance(msg, TaskResult):
         return ["result", msg.task_id, msg.entry, msg.executor, msg.ok, _enc_tensors(msg.outputs),
                 msg.error, msg.ttl, _enc_trace(msg.trace), msg.compute_s, msg.attempt, msg.deadline]
@@ -398,6 +423,18 @@ def _count(v: Any, what: str) -> int:
     return v
 
 
+def _scan(v: Any) -> Scan:
+    _expect(v, list, "scan")
+    if len(v) != 2:
+        raise WireError("scan: expected [steps, carry]")
+    carry = []
+    for pair in _expect(v[1], list, "scan.carry"):
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+            raise WireError("scan.carry: expected [output, input] name pairs")
+        carry.append((pair[0], pair[1]))
+    return Scan(_expect(v[0], int, "scan.steps"), tuple(carry))
+
+
 def _sha(v: Any, allow_empty: bool = False) -> str:
     _expect(v, str, "sha256")
     if (allow_empty and v == "") or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
@@ -413,12 +450,12 @@ def _decode_msg(raw: Any) -> Message:
     try:
         if kind == "hello" and len(args) == 1:
             return Hello(_expect(args[0], str, "hello.node"))
-        if kind == "task" and len(args) == 10:
-            tid, entry, ex, model, inputs, ttl, trace, attempt, deadline, sha = args
+        if kind == "task" and len(args) in (10, 11):
+            tid, entry, ex, model, inputs, ttl, trace, attempt, deadline, sha = args[:10]
             return TaskRequest(_expect(tid, str, "task_id"), _expect(entry, str, "entry"), _expect(ex, str, "executor"),
                                _expect(model, str, "model"), _dec_tensors(inputs, "inputs"),
                                _expect(ttl, int, "ttl"), _dec_trace(trace), _attempt(attempt), _deadline(deadline),
-                               _sha(sha, allow_empty=True))
+                               _sha(sha, allow_empty=True), _scan(args[10]) if len(args) == 11 else None)
         if kind == "tquery" and len(args) == 8:
             qid, asker, entry, tid, wait, ttl, deadline, attempt = args
             w = float(_expect(wait, (int, float), "wait_s"))

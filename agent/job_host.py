@@ -1,0 +1,109 @@
+"""What a job's home asks of its node: placement, chunk tasks, and how its satellites are doing.
+
+Kept apart from ``agent/node.py`` so the job machinery (``agent/jobs.py``)
+depends on a small interface, not on the node's internals.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from agent.job_spec import JobError, JobSpec, parse_job
+from agent.models import ModelError, bad_name
+from agent.tasks import TaskRecord
+from mesh.placement import TARGETS
+from mesh.wire import Scan
+
+if TYPE_CHECKING:
+    from agent.jobs import Job
+    from agent.node import Node
+
+DEFAULT_COMPUTE_S = 0.05      # a model never run anywhere yet: what a chunk's timeout assumes per input
+
+
+class NodeJobHost:
+    def __init__(self, node: "Node"):
+        self.node = node
+
+    @property
+    def name(self) -> str:
+        return self.node.me.name
+
+    def place_shard(self, spec: JobSpec, exclude: frozenset[str]) -> tuple[str, str]:
+        from agent.node import SubmitError
+        n = self.node
+        loaded = n.store.get(n.store.key(spec.model, spec.sha256))
+        sample = {k: v[:1].reshape(v.shape[1:]) for k, v in spec.inputs.items()} | spec.initial
+        try:
+            chosen, why = n._place(spec.model, spec.target, sample, loaded, spec.timeout_s, exclude=exclude)
+        except SubmitError as exc:
+            raise JobError(exc.status, str(exc)) from None
+        return chosen[0], why
+
+    def send_chunk(self, spec: JobSpec, task_id: str, executor: str, inputs: dict[str, np.ndarray], scan: Scan,
+                   timeout_s: float) -> TaskRecord:
+        from agent.node import SubmitError
+        n = self.node
+        if len(n._requests) >= n.config.limits.max_pending_tasks:
+            raise JobError(429, f"{len(n._requests)} tasks pending at {self.name}")
+        loaded = n.store.get(n.store.key(spec.model, spec.sha256))
+        try:
+            return n._accept(spec.model, loaded, inputs, executor, f"job chunk of {scan.steps}", timeout_s,
+                             None, False, None, task_id=task_id, scan=scan)
+        except SubmitError as exc:
+            raise JobError(exc.status, str(exc)) from None
+
+    def unfit(self, node: str) -> str | None:
+        """Why ``node`` should stop running a shard now, or None."""
+        n = self.node
+        if node not in n.peers:
+            return f"{node} is not in the fleet"
+        if n.peers[node].index in n.membership.dead_nodes():
+            return f"{node} declared dead by the fleet's membership"
+        state = n._own_state() if node == self.name else n.membership.state_of(node)
+        if state and state.get("low") and not state.get("sunlit", True):
+            return f"{node} in eclipse with its battery below the reserve"
+        return None
+
+    def reachable(self, node: str) -> bool:
+        return node == self.name or self.node._path_to(node) is not None
+
+    def expected_compute_s(self, node: str, model: str) -> float:
+        known = self.node.compute_table.get(node, model)
+        return known if known is not None else DEFAULT_COMPUTE_S
+
+
+async def submit_job(node: "Node", body: Any) -> tuple["Job", bool]:
+    """Check a ``POST /v1/jobs`` body in full and accept the job at ``node`` (JobError says why not)."""
+    if not isinstance(body, dict):
+        raise JobError(400, "a job is a JSON object with 'model' and 'inputs'")
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+        raise JobError(400, "an idempotency key must be a string of 1–128 characters")
+    if key is not None:
+        known = node.jobs.find_by_key(key)
+        if known is not None:
+            return known, False
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise JobError(400, "'model' must be a non-empty string")
+    if bad_name(model):
+        raise JobError(400, bad_name(model))
+    try:
+        loaded = node.store.get(model) if node.store.loaded(model) else \
+            await trio.to_thread.run_sync(node.store.get, model)
+    except ModelError as exc:
+        raise JobError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
+    limits = node.config.limits
+    spec = await trio.to_thread.run_sync(
+        lambda: parse_job(body, loaded, loaded.sha256 or node.store.sha256(model), max_elements=limits.max_frame_bytes // 4,
+                          max_chunk_bytes=limits.max_frame_bytes // 2, targets=TARGETS))
+    return node.jobs.submit(spec, key)
+
+
+def wait_left(job: "Job", wait_s: float) -> float:
+    return max(0.0, min(wait_s, job.deadline - time.time() + 1.0))

@@ -1,0 +1,368 @@
+"""Jobs at their home node: shards placed across the fleet, streamed in chunks, moved when their satellite fails.
+
+The home is the node a job was submitted to (a satellite, or a ground
+station: then the results come down wherever the station has a satellite in
+view, held by store-and-forward while it has none).  Each shard is driven by
+one coroutine: place it (``Node._place``, the task placement policy, spread
+over distinct satellites), send its chunks as ordinary tasks that carry a
+``Scan`` (so they are routed, retried, deadlined and traced like any task),
+keep each chunk that comes back as a checkpoint (``agent/job_journal.py``
+first, then the plan), and watch the satellite: declared dead, cut off (no
+route for ``UNREACHABLE_S``), low on battery in eclipse, or a chunk that
+failed or timed out moves the shard.  ``mesh.jobs`` decides what to send and
+fences off what a moved shard left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from collections import Counter, OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from agent.job_journal import JobJournal, JobJournalError
+from agent.job_spec import JobError, JobSpec
+from agent.tasks import TaskRecord
+from agent.tensors import to_json
+from mesh.jobs import JobPlan, PlanError
+from mesh.wire import Scan
+
+log = logging.getLogger(__name__)
+
+MAX_ACTIVE_JOBS = 16
+KEEP_FINISHED = 64          # finished jobs kept in memory; older ones are read back from the journal
+LOOK_EVERY_S = 0.5          # how often a shard's satellite is looked at
+UNREACHABLE_S = 5.0         # no route this long: the shard moves
+AVOID_S = 30.0              # a satellite that failed a shard is not given it again this soon
+CHUNK_MIN_S = 10.0          # a chunk's own deadline: at least this, more for slow models
+PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobHost(Protocol):
+    """What a job needs from its node (``agent/node.py`` provides it)."""
+
+    name: str
+
+    def place_shard(self, spec: JobSpec, exclude: frozenset[str]) -> tuple[str, str]: ...
+
+    def send_chunk(self, spec: JobSpec, task_id: str, executor: str, inputs: dict[str, np.ndarray],
+                   scan: Scan, timeout_s: float) -> TaskRecord: ...
+
+    def unfit(self, node: str) -> str | None: ...
+
+    def reachable(self, node: str) -> bool: ...
+
+    def expected_compute_s(self, node: str, model: str) -> float: ...
+
+
+class Job:
+    """One job's record at home: spec, plan, checkpoints (outputs by chunk), state per shard."""
+
+    def __init__(self, job_id: str, spec: JobSpec, created: float, idem_key: str | None = None):
+        self.job_id, self.spec, self.created, self.idem_key = job_id, spec, created, idem_key
+        self.deadline = created + spec.timeout_s
+        self.plan = JobPlan(spec.n, spec.shards, spec.chunk, spec.window, stateful=bool(spec.carry))
+        self.chunks: dict[int, tuple[int, dict[str, np.ndarray]]] = {}   # lo -> (hi, outputs)
+        self.state: dict[int, dict[str, np.ndarray]] = {s.index: dict(spec.initial) for s in self.plan.shards}
+        self.ran_on: Counter[str] = Counter()       # inputs checkpointed per executing node
+        self.status, self.error, self.finished = "running", "", None
+        self.compute_s = 0.0
+        self.done = trio.Event()
+        self.scope: trio.CancelScope | None = None
+
+    def end(self, status: str, error: str = "") -> bool:
+        if self.status in TERMINAL:
+            return False
+        self.status, self.error, self.finished = status, error, time.time()
+        self.done.set()
+        if self.scope is not None:
+            self.scope.cancel()
+        return True
+
+    def keep(self, shard: int, lo: int, hi: int, node: str, outputs: dict[str, np.ndarray]) -> None:
+        self.chunks[lo] = (hi, outputs)
+        self.ran_on[node] += hi - lo
+        if self.spec.carry:
+            self.state[shard] = {inp: np.ascontiguousarray(outputs[out][-1]) for out, inp in self.spec.carry}
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every output stacked in input order; each input exactly once, or JobError if one is missing."""
+        names, order, at = None, [], 0
+        for lo in sorted(self.chunks):
+            hi, outs = self.chunks[lo]
+            if lo != at:
+                raise JobError(409, f"job {self.job_id}: inputs {at}–{lo - 1} have no outputs")
+            order.append(outs)
+            names, at = list(outs), hi
+        if at != self.spec.n:
+            raise JobError(409, f"job {self.job_id}: {self.spec.n - at} inputs have no outputs yet")
+        return {k: np.concatenate([o[k] for o in order]) for k in names or ()}
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "job_id": self.job_id, "model": self.spec.model, "status": self.status, "error": self.error or None,
+            "created": self.created, "finished": self.finished, "deadline": self.deadline,
+            "inputs": self.spec.n, "done": plan.completed, "progress": plan.completed / self.spec.n,
+            "shards": [s.to_json() for s in plan.shards], "chunk": plan.chunk, "window": plan.window,
+            "stateful": bool(self.spec.carry), "target": self.spec.target,
+            "moves": sum(max(0, len(s.moves) - 1) for s in plan.shards), "resent": plan.resent,
+            "ran_on": dict(self.ran_on.most_common()), "compute_ms": self.compute_s * 1e3,
+        }
+
+    def result_json(self) -> dict[str, Any]:
+        outs = self.outputs()
+        body: dict[str, Any] = {"job_id": self.job_id, "model": self.spec.model, "status": self.status,
+                                "outputs": [{k: to_json(v[i]) for k, v in outs.items()} for i in range(self.spec.n)]}
+        if self.spec.carry:
+            body["state"] = [{k: to_json(v) for k, v in self.state[s.index].items()} for s in self.plan.shards]
+        return body
+
+
+class JobBoard:
+    """Every job this node is home to: accepted, driven, journaled, recovered after a restart."""
+
+    def __init__(self, host: JobHost, journal: JobJournal | None):
+        self.host, self.journal = host, journal
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self.moved = 0                  # shard moves, for metrics
+        self.checkpoints = 0
+        self.checkpoint_s = 0.0         # time spent writing checkpoints
+        self._why: dict[tuple[str, int], tuple[str, str]] = {}   # a shard's failed chunk: why, on which node
+
+    @property
+    def active(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.status == "running")
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._recover()
+            task_status.started()
+            while True:
+                await trio.sleep(PURGE_EVERY_S)
+                if self.journal is not None:
+                    try:
+                        self.journal.purge()
+                    except (JobJournalError, sqlite3.Error) as exc:
+                        log.error("job journal not purged: %s", exc)
+
+    def submit(self, spec: JobSpec, idem_key: str | None) -> tuple[Job, bool]:
+        """Accept (journal first) and start a job; (its record, whether it is new)."""
+        if idem_key is not None:
+            known = self.find_by_key(idem_key)
+            if known is not None:
+                return known, False
+        if self.active >= MAX_ACTIVE_JOBS:
+            raise JobError(429, f"{self.active} jobs running at {self.host.name}; retry later")
+        job = Job(f"{self.host.name}-job-{uuid.uuid4().hex[:16]}", spec, time.time(), idem_key)
+        if self.journal is not None:
+            try:
+                self.journal.accept(job.job_id, idem_key, job.created, spec.to_wire())
+            except JobJournalError as exc:
+                raise JobError(503, f"{self.host.name} cannot record the job: {exc}") from None
+            except Exception as exc:       # sqlite3.IntegrityError: the key raced another submission
+                known = self.find_by_key(idem_key) if idem_key else None
+                if known is not None:
+                    return known, False
+                raise JobError(409, f"cannot record the job: {exc}") from None
+        self._start(job)
+        return job, True
+
+    def _start(self, job: Job) -> None:
+        self.jobs[job.job_id] = job
+        self._forget_old()
+        assert self._nursery is not None, "job board is not serving"
+        self._nursery.start_soon(self._run, job)
+
+    def _forget_old(self) -> None:
+        done = [k for k, j in self.jobs.items() if j.status in TERMINAL]
+        for k in done[:max(0, len(done) - KEEP_FINISHED)]:
+            del self.jobs[k]
+
+    def find_by_key(self, idem_key: str) -> Job | None:
+        for job in self.jobs.values():
+            if job.idem_key == idem_key:
+                return job
+        known = self.journal.by_key(idem_key) if self.journal is not None else None
+        return self.get(known) if known else None
+
+    def get(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is not None or self.journal is None:
+            return job
+        try:
+            row = self.journal.job(job_id)
+            return self._read_back(row) if row is not None else None
+        except JobJournalError as exc:
+            raise JobError(503, str(exc)) from None
+
+    def recent(self, limit: int = 50) -> list[Job]:
+        return list(self.jobs.values())[-limit:][::-1]
+
+    def cancel(self, job_id: str) -> Job | None:
+        job = self.get(job_id)
+        if job is not None and job.end("cancelled", "cancelled by the client"):
+            self._record_end(job)
+        return job
+
+    # -- driving ------------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        with trio.CancelScope(deadline=trio.current_time() + max(0.0, job.deadline - time.time())) as scope:
+            job.scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    for shard in job.plan.shards:
+                        if not shard.finished:
+                            nursery.start_soon(self._drive, job, shard.index)
+            except* (PlanError, JobJournalError) as group:
+                job.end("failed", str(group.exceptions[0]))
+        if job.status == "running":
+            if job.plan.finished:
+                job.end("succeeded")
+            else:
+                job.end("failed", f"deadline passed with {job.plan.completed} of {job.spec.n} inputs done")
+        self._record_end(job)
+
+    def _record_end(self, job: Job) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.finish(job.job_id, job.status, job.finished or time.time(), job.error)
+            except JobJournalError as exc:
+                log.error("job %s: end not journaled: %s", job.job_id, exc)
+
+    async def _drive(self, job: Job, i: int) -> None:
+        """One shard to its end: place, send chunks, keep checkpoints, move when its satellite fails."""
+        plan, shard = job.plan, job.plan.shards[i]
+        avoid: dict[str, float] = {}
+        why_move = "placed" if not shard.moves else "resumed: the home restarted"
+        wake = trio.Event()
+        unreachable_since: float | None = None
+        async with trio.open_nursery() as chunks:
+            while not shard.finished:
+                now = time.time()
+                if shard.node is None:
+                    placed = self._place(job, i, avoid, now)
+                    if placed is None:
+                        await trio.sleep(1.0)        # nothing fits now; the fleet changes
+                        continue
+                    node, reason = placed
+                    move = plan.assign(i, node, now, f"{why_move} ({reason})")
+                    self.moved += len(shard.moves) > 1
+                    if self.journal is not None:
+                        self.journal.move(job.job_id, i, move)
+                    unreachable_since = None
+                for lo, hi in plan.next_chunks(i):
+                    chunks.start_soon(self._chunk, job, i, shard.epoch, shard.node, lo, hi, wake)
+                with trio.move_on_after(LOOK_EVERY_S):
+                    await wake.wait()
+                wake = trio.Event()
+                if shard.finished or shard.node is None:
+                    if shard.node is None:      # a chunk failed: _chunk said why and where
+                        why_move, failed_on = self._why.pop((job.job_id, i), ("moved", None))
+                        if failed_on is not None:
+                            avoid[failed_on] = time.time()
+                    continue
+                problem = self.host.unfit(shard.node)
+                if problem is None and not self.host.reachable(shard.node):
+                    unreachable_since = unreachable_since or time.time()
+                    if time.time() - unreachable_since >= UNREACHABLE_S:
+                        problem = f"{shard.node} cut off: no route for {UNREACHABLE_S:g} s"
+                elif problem is None:
+                    unreachable_since = None
+                if problem is not None:
+                    avoid[shard.node] = time.time()
+                    plan.abandon(i)
+                    why_move = f"moved: {problem}"
+            chunks.cancel_scope.cancel()
+
+    def _place(self, job: Job, i: int, avoid: dict[str, float], now: float) -> tuple[str, str] | None:
+        others = frozenset(s.node for s in job.plan.shards if s.node is not None and s.index != i)
+        recent = frozenset(n for n, at in avoid.items() if now - at < AVOID_S)
+        for exclude in (others | recent, recent):
+            try:
+                return self.host.place_shard(job.spec, exclude)
+            except JobError:
+                continue
+        return None
+
+    async def _chunk(self, job: Job, i: int, epoch: int, node: str, lo: int, hi: int, wake: trio.Event) -> None:
+        """Send one chunk and wait for it; keep it (checkpoint) or move the shard if it failed."""
+        spec, shard = job.spec, job.plan.shards[i]
+        inputs = spec.chunk_inputs(lo, hi) | job.state[i]
+        steps = hi - lo
+        timeout = max(CHUNK_MIN_S, 10 * steps * self.host.expected_compute_s(node, spec.model) + 5.0)
+        timeout = min(timeout, max(1.0, job.deadline - time.time()))
+        try:
+            rec = self.host.send_chunk(spec, f"{job.job_id}.s{i}.e{epoch}.c{lo}", node, inputs,
+                                       Scan(steps, spec.carry), timeout)
+        except JobError as exc:
+            rec = None
+            error = str(exc)
+        if rec is not None:
+            await rec.done.wait()
+            error = rec.error or ""
+        if rec is not None and rec.status == "succeeded" and rec.outputs is not None:
+            outputs = {k: np.asarray(v) for k, v in rec.outputs.items()}
+            if all(v.shape[:1] == (steps,) for v in outputs.values()) and \
+                    job.plan.chunk_done(i, epoch, lo, hi, time.time()):
+                t0 = time.perf_counter()
+                if self.journal is not None:     # on disk before the plan counts it
+                    self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
+                job.keep(i, lo, hi, rec.executor, outputs)
+                self.checkpoints += 1
+                self.checkpoint_s += time.perf_counter() - t0
+                job.compute_s += rec.compute_s
+            wake.set()
+            return
+        if epoch == shard.epoch and shard.node == node:
+            self._why[(job.job_id, i)] = (f"moved: chunk {lo}–{hi - 1} failed on {node}: {error}", node)
+            job.plan.abandon(i)
+        wake.set()
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        if self.journal is None:
+            return
+        try:
+            rows = self.journal.open_jobs()
+        except JobJournalError as exc:
+            log.error("%s: no job recovered: %s", self.host.name, exc)
+            return
+        for row in rows:
+            try:
+                job = self._read_back(row)
+            except (JobJournalError, JobError, PlanError, KeyError, ValueError, TypeError) as exc:
+                log.error("job %s cannot be recovered: %s", row.job_id, exc)
+                self.journal.finish(row.job_id, "failed", time.time(), f"not recoverable after a restart: {exc}")
+                continue
+            if time.time() >= job.deadline:
+                job.end("failed", "its deadline passed while its home was down")
+                self._record_end(job)
+                self.jobs[job.job_id] = job
+                continue
+            log.warning("%s: job %s resumes with %d of %d inputs checkpointed", self.host.name, job.job_id,
+                        job.plan.completed, job.spec.n)
+            self._start(job)
+
+    def _read_back(self, row: Any) -> Job:
+        assert self.journal is not None
+        job = Job(row.job_id, JobSpec.from_wire(row.spec), row.created, row.idem_key)
+        for c in self.journal.chunks(row.job_id):
+            job.plan.restore(c.shard, c.lo, c.hi)
+            job.keep(c.shard, c.lo, c.hi, c.node, c.outputs)
+        for shard_i, move in self.journal.moves(row.job_id):
+            job.plan.shards[shard_i].moves.append(move)
+        if row.finished is not None:
+            job.status, job.finished, job.error = row.status, row.finished, row.error
+            job.done.set()
+        return job

@@ -1,0 +1,102 @@
+"""``/v1/jobs``: submit a job, follow it, fetch its result, cancel it (docs/jobs.md).
+
+A job lives at its home node (the one it was submitted to; its id starts
+with that node's name).  Another node answers 404 naming the home, whose API
+address is in ``.fleet/peers.json``; ``orbitmesh job`` goes there by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agent.job_host import submit_job, wait_left
+from agent.job_spec import JobError
+from agent.jobs import Job
+from agent.node import SubmitError
+
+MAX_WAIT_S = 60.0
+
+
+def home_of(job_id: str) -> str:
+    return job_id.rsplit("-job-", 1)[0] if "-job-" in job_id else ""
+
+
+def job_routes(node: Any, read_json: Callable[[Request, int], Awaitable[Any]]) -> list[Route]:
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+    def find(job_id: str) -> Job:
+        job = node.jobs.get(job_id)
+        if job is not None:
+            return job
+        home = home_of(job_id)
+        if home in node.peers and home != node.me.name:
+            raise JobError(404, f"job {job_id!r} lives at its home node {home}: ask {home}'s API "
+                                f"({node.peers[home].api})")
+        raise JobError(404, f"no job {job_id!r} at {node.me.name}")
+
+    def wait_param(request: Request) -> float:
+        raw = request.query_params.get("wait")
+        if raw is None:
+            return 0.0
+        try:
+            return max(0.0, min(float(raw), MAX_WAIT_S))
+        except ValueError:
+            raise JobError(400, "'wait' must be a number of seconds") from None
+
+    async def submit(request: Request) -> JSONResponse:
+        try:
+            body = await read_json(request, node.config.limits.max_body_bytes)
+            job, new = await submit_job(node, body)
+        except (JobError, SubmitError) as exc:
+            return error(exc.status, str(exc), **({"Retry-After": "5"} if exc.status == 429 else {}))
+        return JSONResponse(job.to_json() | {"url": f"/v1/jobs/{job.job_id}"}, status_code=202 if new else 200)
+
+    async def listing(request: Request) -> JSONResponse:
+        return JSONResponse({"node": node.me.name, "jobs": [j.to_json() for j in node.jobs.recent()]})
+
+    async def status(request: Request) -> JSONResponse:
+        try:
+            job = find(request.path_params["job_id"])
+            seconds = wait_param(request)
+        except JobError as exc:
+            return error(exc.status, str(exc))
+        if seconds:
+            with trio.move_on_after(wait_left(job, seconds)):
+                await job.done.wait()
+        return JSONResponse(job.to_json())
+
+    async def result(request: Request) -> JSONResponse:
+        try:
+            job = find(request.path_params["job_id"])
+            seconds = wait_param(request)
+            if seconds:
+                with trio.move_on_after(wait_left(job, seconds)):
+                    await job.done.wait()
+            if job.status != "succeeded":
+                raise JobError(409, f"job {job.job_id} is {job.status}"
+                                    + (f": {job.error}" if job.error else f" ({job.plan.completed} of "
+                                                                           f"{job.spec.n} inputs done)"))
+            body = await trio.to_thread.run_sync(job.result_json)
+        except JobError as exc:
+            return error(exc.status, str(exc))
+        return JSONResponse(body)
+
+    async def cancel(request: Request) -> JSONResponse:
+        try:
+            job = find(request.path_params["job_id"])
+        except JobError as exc:
+            return error(exc.status, str(exc))
+        node.jobs.cancel(job.job_id)
+        return JSONResponse(job.to_json())
+
+    return [
+        Route("/v1/jobs", submit, methods=["POST"]), Route("/v1/jobs", listing, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", status, methods=["GET"]), Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
+        Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
+    ]
