@@ -382,8 +382,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, console_cli, k8s, roster, sim_cli, stack, time_cli, topo_cli
+    from agent import chaos_cli, check, compose, console_cli, job_cli, k8s, roster, sim_cli, stack, time_cli, topo_cli
     console_cli.register(sub)
+    job_cli.register(sub)
     roster.register(sub)
     chaos_cli.register(sub)
     time_cli.register(sub)

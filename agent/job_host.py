@@ -72,6 +72,14 @@ class NodeJobHost:
     def reachable(self, node: str) -> bool:
         return node == self.name or self.node._path_to(node) is not None
 
+    @property
+    def is_ground(self) -> bool:
+        return self.node.is_ground
+
+    def isolated(self) -> bool:
+        """No link up at all: nothing can be told about any satellite from here right now."""
+        return not any(link.up for link in self.node.links.links.values())
+
     def expected_compute_s(self, node: str, model: str) -> float:
         known = self.node.compute_table.get(node, model)
         return known if known is not None else DEFAULT_COMPUTE_S

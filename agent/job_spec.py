@@ -148,9 +148,11 @@ def _state(raw: Any, loaded: LoadedModel, max_elements: int) -> tuple[tuple[tupl
         if out not in outs or not isinstance(inp, str) or inp not in ins:
             raise JobError(400, f"state.carry: {out!r} → {inp!r} must map an output of {loaded.name} "
                                 f"({sorted(outs)}) to one of its inputs ({sorted(ins)})")
-        if outs[out].dtype != ins[inp].dtype or len(outs[out].shape) != len(ins[inp].shape):
-            raise JobError(400, f"state.carry: output {out!r} ({outs[out].dtype}, rank {len(outs[out].shape)}) "
-                                f"cannot feed input {inp!r} ({ins[inp].dtype}, rank {len(ins[inp].shape)})")
+        o, i = outs[out], ins[inp]
+        if o.dtype != i.dtype or len(o.shape) != len(i.shape) or \
+                any(a is not None and b is not None and a != b for a, b in zip(o.shape, i.shape)):
+            raise JobError(400, f"state.carry: output {out!r} ({o.dtype} {list(o.shape)}) cannot feed input "
+                                f"{inp!r} ({i.dtype} {list(i.shape)})")
         carry.append((out, inp))
     if len({i for _, i in carry}) != len(carry):
         raise JobError(400, "state.carry: two outputs feed the same input")

@@ -60,6 +60,11 @@ class JobHost(Protocol):
 
     def expected_compute_s(self, node: str, model: str) -> float: ...
 
+    @property
+    def is_ground(self) -> bool: ...
+
+    def isolated(self) -> bool: ...
+
 
 class Job:
     """One job's record at home: spec, plan, checkpoints (outputs by chunk), state per shard."""
@@ -71,6 +76,7 @@ class Job:
         self.chunks: dict[int, tuple[int, dict[str, np.ndarray]]] = {}   # lo -> (hi, outputs)
         self.state: dict[int, dict[str, np.ndarray]] = {s.index: dict(spec.initial) for s in self.plan.shards}
         self.ran_on: Counter[str] = Counter()       # inputs checkpointed per executing node
+        self.came_via: Counter[str] = Counter()     # chunks per node they reached home from (a station: downlinks)
         self.status, self.error, self.finished = "running", "", None
         self.compute_s = 0.0
         self.done = trio.Event()
@@ -113,7 +119,8 @@ class Job:
             "shards": [s.to_json() for s in plan.shards], "chunk": plan.chunk, "window": plan.window,
             "stateful": bool(self.spec.carry), "target": self.spec.target,
             "moves": sum(max(0, len(s.moves) - 1) for s in plan.shards), "resent": plan.resent,
-            "ran_on": dict(self.ran_on.most_common()), "compute_ms": self.compute_s * 1e3,
+            "ran_on": dict(self.ran_on.most_common()), "came_via": dict(self.came_via.most_common()),
+            "compute_ms": self.compute_s * 1e3,
         }
 
     def result_json(self) -> dict[str, Any]:
@@ -272,7 +279,9 @@ class JobBoard:
                             avoid[failed_on] = time.time()
                     continue
                 problem = self.host.unfit(shard.node)
-                if problem is None and not self.host.reachable(shard.node):
+                if self.host.isolated():
+                    unreachable_since = None      # the home is out of contact (a station between passes), not it
+                elif problem is None and not self.host.reachable(shard.node):
                     unreachable_since = unreachable_since or time.time()
                     if time.time() - unreachable_since >= UNREACHABLE_S:
                         problem = f"{shard.node} cut off: no route for {UNREACHABLE_S:g} s"
@@ -300,6 +309,8 @@ class JobBoard:
         inputs = spec.chunk_inputs(lo, hi) | job.state[i]
         steps = hi - lo
         timeout = max(CHUNK_MIN_S, 10 * steps * self.host.expected_compute_s(node, spec.model) + 5.0)
+        if self.host.is_ground:      # results wait for the station's next pass: only the job's deadline binds
+            timeout = job.deadline - time.time()
         timeout = min(timeout, max(1.0, job.deadline - time.time()))
         try:
             rec = self.host.send_chunk(spec, f"{job.job_id}.s{i}.e{epoch}.c{lo}", node, inputs,
@@ -318,6 +329,7 @@ class JobBoard:
                 if self.journal is not None:     # on disk before the plan counts it
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
                 job.keep(i, lo, hi, rec.executor, outputs)
+                job.came_via[_last_relay(rec, self.host.name)] += 1
                 self.checkpoints += 1
                 self.checkpoint_s += time.perf_counter() - t0
                 job.compute_s += rec.compute_s
@@ -366,3 +378,11 @@ class JobBoard:
             job.status, job.finished, job.error = row.status, row.finished, row.error
             job.done.set()
         return job
+
+
+def _last_relay(rec: TaskRecord, home: str) -> str:
+    """The node a chunk's result reached home from (itself if it ran at home)."""
+    nodes = [h.node for h in rec.trace]
+    while nodes and nodes[-1] == home:
+        nodes.pop()
+    return nodes[-1] if nodes else home

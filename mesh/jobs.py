@@ -127,7 +127,7 @@ class JobPlan:
         s = self.shards[i]
         if len(s.moves) >= MAX_MOVES:
             raise PlanError(f"shard {i} moved {MAX_MOVES} times; giving up")
-        move = Move(now, s.node, node, why, s.done)
+        move = Move(now, s.node or (s.moves[-1].dst if s.moves else None), node, why, s.done)
         s.node = node
         s.moves.append(move)
         s.progress_at = now
