@@ -67,7 +67,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 def _jobs(zoo_dir: Path) -> list[tuple[str, dict]]:
     jobs = []
-    for name in ("digits", "cloudmask", "embed", "matmul"):
+    for name in ("digits", "cloudmask", "embed", "matmul", "rnncell"):
         samples = json.loads((zoo_dir / f"{name}.json").read_text())["samples"]
         jobs += [(name, s) for s in samples[:2]]
     return jobs
@@ -116,7 +116,7 @@ def _same_shape_tasks(zoo_dir: Path, name: str) -> list[dict]:
     return [s["inputs"] for s in samples[:4]]
 
 
-@pytest.mark.parametrize("name", ["digits", "cloudmask", "embed", "matmul"])
+@pytest.mark.parametrize("name", ["digits", "cloudmask", "embed", "matmul", "rnncell"])
 async def test_concurrent_same_shape_tasks_match_local_inference(running_fleet, zoo_dir, name):
     """Tasks that arrive together may share one onnxruntime call; each must still get its own answer."""
     _, _, peers, _ = running_fleet
@@ -146,6 +146,7 @@ async def test_concurrent_same_shape_tasks_match_local_inference(running_fleet, 
     ("embed", {"input_ids": [[101.5, 102.0]], "attention_mask": [[1, 1]]}, 400, "without loss"),
     ("embed", {"input_ids": [[101, 102]]}, 400, "missing ['attention_mask']"),
     ("matmul", {"a": [1.0, 2.0], "b": [[1.0], [2.0]]}, 400, "rank 1"),
+    ("rnncell", {"x": [[0.5] * 8] * 2, "h": [[0.0] * 16] * 2}, 400, "dimension 0 is 2, model expects 1"),
     ("broken", {"x": [1.0]}, 422, "cannot be loaded"),
 ])
 async def test_bad_zoo_requests_get_clear_errors(running_fleet, model, inputs, status, words):
