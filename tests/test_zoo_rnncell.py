@@ -19,9 +19,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from agent import zoo  # noqa: E402
 from agent.executor import Executor  # noqa: E402
+from agent.job_spec import parse_job  # noqa: E402
 from agent.models import ModelStore, session_options  # noqa: E402
-from agent.tensors import InputError, inputs_from_json  # noqa: E402
+from agent.scan import run_scan, scan_inputs  # noqa: E402
+from agent.tensors import InputError, from_json, inputs_from_json, to_json  # noqa: E402
 from agent.zoo import rnncell  # noqa: E402
+from mesh.wire import Scan, Tensor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -76,8 +79,7 @@ def test_manifest_and_signature(manifest, built, sess):
     assert [(i.name, i.shape, i.type) for i in sess.get_inputs()] == [("x", [1, 8], "tensor(float)"),
                                                                       ("h", [1, 16], "tensor(float)")]
     assert [(o.name, o.shape) for o in sess.get_outputs()] == [("y", [1, 4]), ("h_out", [1, 16])]
-    assert manifest["state"] == {"input": "h", "output": "h_out", "initial": "zeros", "shape": [1, 16],
-                                 "dtype": "float32"}
+    assert manifest["state"] == {"carry": {"h_out": "h"}}                   # a job's "state", as is
     assert manifest["batching"]["batchable"] is False
     desc = manifest["description"]
     assert "Feed 'h_out' of step t as 'h' of step t+1, starting from zeros" in desc
@@ -217,6 +219,46 @@ async def test_interleaved_sequences_through_the_executor_are_never_batched(buil
     for i, xs in enumerate(seqs):
         ys, hs = _run(sess, xs, _zeros())
         assert got[i][0].tobytes() == ys.tobytes() and got[i][1].tobytes() == hs[-1:].tobytes(), i
+
+
+async def test_a_job_with_the_manifests_state_resumes_bit_identical(built, manifest, sess):
+    """The job machinery in process: ``manifest["state"]`` is accepted as the
+    job's state, and a 20-step series run as chunks through ``agent.scan``
+    (what an executing satellite does), cut after step 10 with the state
+    checkpointed as JSON and resumed on another executor, ends exactly like
+    the uninterrupted chunk and like stepping here."""
+    store = ModelStore(built)
+    loaded = store.get("rnncell")
+    xs = rnncell.series(STEPS)
+    body = {"model": "rnncell", "inputs": [{"x": x.reshape(1, 8).tolist()} for x in xs], "state": manifest["state"]}
+    spec = parse_job(body, loaded, manifest["sha256"], max_elements=1 << 20, max_chunk_bytes=1 << 20,
+                     targets=("auto",))
+    assert spec.carry == (("h_out", "h"),) and spec.shards == 1
+    assert spec.initial["h"].tobytes() == _zeros().tobytes()
+
+    async def chunk(ex: Executor, lo: int, hi: int, state: dict[str, np.ndarray]):
+        wire = {k: Tensor.from_array(v) for k, v in (spec.chunk_inputs(lo, hi) | state).items()}
+        scan = Scan(hi - lo, spec.carry)
+        stacked, carried = scan_inputs(loaded, wire, scan)
+        result = await run_scan(loaded, stacked, carried, scan, lambda feeds, left: ex.run("rnncell", feeds, left),
+                                None)
+        return result.outputs, {inp: result.outputs[out][-1] for out, inp in spec.carry}
+
+    async with trio.open_nursery() as n:
+        here, there = Executor(store, workers=1), Executor(ModelStore(built), workers=1)
+        await n.start(here.serve)
+        await n.start(there.serve)
+        whole, _ = await chunk(here, 0, STEPS, spec.initial)
+        head, state = await chunk(here, 0, 10, spec.initial)
+        checkpoint = json.loads(json.dumps({k: to_json(v) for k, v in state.items()}))
+        state = {k: from_json(v, next(s for s in loaded.inputs if s.name == k), 1 << 20) for k, v in checkpoint.items()}
+        tail, _ = await chunk(there, 10, STEPS, state)
+        n.cancel_scope.cancel()
+    ys, hs = _run(sess, xs, _zeros())
+    for out, want in (("y", ys), ("h_out", hs)):
+        assert whole[out].shape == (STEPS, 1, want.shape[1])
+        assert whole[out].tobytes() == want.tobytes(), out
+        assert np.concatenate([head[out], tail[out]]).tobytes() == want.tobytes(), out
 
 
 def _cli_build(out: Path, hashseed: str) -> str:

@@ -6,10 +6,12 @@ state between steps (issue 19, "stateful steps"):
     h_out = tanh(x @ W + h @ U + b)        x float32 [1, 8], h float32 [1, 16]
     y     = h_out @ V + c                  y float32 [1, 4]
 
-Feed ``h_out`` of step t as ``h`` of step t+1, starting from zeros.  A job
-that checkpoints ``h`` after step t and resumes from it must end bit-identical
-to one that never stopped: every step is a pure function of its two inputs,
-and float32 survives JSON (float32 -> Python float -> float32 is exact).
+Feed ``h_out`` of step t as ``h`` of step t+1, starting from zeros.  The
+manifest's ``state`` (``{"carry": {"h_out": "h"}}``) is that rule in the form a
+job's ``state`` takes (``POST /v1/jobs``, ``agent/job_spec.py``).  A job that
+checkpoints ``h`` after step t and resumes from it must end bit-identical to
+one that never stopped: every step is a pure function of its two inputs, and
+float32 survives JSON (float32 -> Python float -> float32 is exact).
 
 The weights are fixed, not trained: uniform draws from numpy's PCG64 with
 ``SEED``, scaled so that the recurrence neither saturates tanh nor blows up
@@ -170,9 +172,9 @@ def build(out_dir: Path) -> dict:
     model_bytes = model.SerializeToString()
     manifest = {
         **base_manifest(model, RECIPE, DESCRIPTION),
-        # What a job runner needs to chain steps and checkpoint between them.
-        "state": {"input": "h", "output": "h_out", "initial": "zeros", "shape": [1, N_STATE],
-                  "dtype": "float32"},
+        # A job's "state" as POST /v1/jobs takes it (agent/job_spec.py): h_out
+        # feeds h; "initial" left out means zeros.
+        "state": {"carry": {"h_out": "h"}},
         "weights": {"init": "uniform, variance gain^2/fan_in", "seed": SEED, "numpy_generator": "PCG64",
                     "gains": {"W": GAIN_W, "U": GAIN_U, "V": GAIN_V}},
         "batching": {"batchable": False,
