@@ -158,6 +158,31 @@ async def test_bad_zoo_requests_get_clear_errors(running_fleet, model, inputs, s
         assert (await http.get("/v1/health")).json()["status"] == "ok"
 
 
+async def test_rnncell_time_series_as_a_stateful_job_matches_local_steps(running_fleet, zoo_dir):
+    """The zoo's stateful step as a job (issue 19): the manifest's ``state`` as
+    the job's, chunks of 5 steps carried across the fleet; every step's outputs
+    and the final state equal stepping it here, bit for bit."""
+    from agent.zoo import rnncell
+    _, _, peers, _ = running_fleet
+    manifest = json.loads((zoo_dir / "rnncell.json").read_text())
+    xs = rnncell.series(20)
+    sess = ort.InferenceSession(str(zoo_dir / "rnncell.onnx"), sess_options=session_options(),
+                                providers=["CPUExecutionProvider"])
+    h, want = np.zeros((1, 16), np.float32), []
+    for x in xs:
+        y, h = sess.run(["y", "h_out"], {"x": x.reshape(1, 8), "h": h})
+        want.append((y, h))
+    async with Client(peers[ENTRY].api, timeout=60) as c:
+        acc = await c.submit_job("rnncell", [{"x": x.reshape(1, 8)} for x in xs], chunk=5, state=manifest["state"])
+        info = await c.wait_job(acc["job_id"], timeout=120)
+        assert info["status"] == "succeeded", info
+        res = await c.job_result(acc["job_id"])
+    assert len(res["outputs"]) == len(xs)
+    for t, (out, (y, h_out)) in enumerate(zip(res["outputs"], want)):
+        assert out["y"].tobytes() == y.tobytes() and out["h_out"].tobytes() == h_out.tobytes(), t
+    assert res["state"][0]["h"].tobytes() == want[-1][1].tobytes()
+
+
 async def test_matmul_shape_mismatch_fails_the_task_clearly(running_fleet):
     """Signature-valid (all dims dynamic) but unmultipliable: refused at the entry with the reason."""
     _, _, peers, _ = running_fleet
