@@ -158,7 +158,7 @@ def test_import_does_not_need_build_toolchain():
 
 @pytest.mark.slow    # a subprocess
 def test_registry_lists_every_model_module():
-    assert list(zoo.BUILDERS) == ["digits", "cloudmask", "embed", "matmul"]
+    assert list(zoo.BUILDERS) == ["digits", "cloudmask", "embed", "matmul", "rnncell"]
     for m in zoo._MODULES:
         assert zoo.BUILDERS[m.NAME] is m.build and zoo.RECIPES[m.NAME] == m.RECIPE
         assert isinstance(m.RECIPE, int) and m.DESCRIPTION

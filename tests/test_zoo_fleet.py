@@ -67,7 +67,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 def _jobs(zoo_dir: Path) -> list[tuple[str, dict]]:
     jobs = []
-    for name in ("digits", "cloudmask", "embed", "matmul"):
+    for name in ("digits", "cloudmask", "embed", "matmul", "rnncell"):
         samples = json.loads((zoo_dir / f"{name}.json").read_text())["samples"]
         jobs += [(name, s) for s in samples[:2]]
     return jobs
@@ -116,7 +116,7 @@ def _same_shape_tasks(zoo_dir: Path, name: str) -> list[dict]:
     return [s["inputs"] for s in samples[:4]]
 
 
-@pytest.mark.parametrize("name", ["digits", "cloudmask", "embed", "matmul"])
+@pytest.mark.parametrize("name", ["digits", "cloudmask", "embed", "matmul", "rnncell"])
 async def test_concurrent_same_shape_tasks_match_local_inference(running_fleet, zoo_dir, name):
     """Tasks that arrive together may share one onnxruntime call; each must still get its own answer."""
     _, _, peers, _ = running_fleet
@@ -146,6 +146,7 @@ async def test_concurrent_same_shape_tasks_match_local_inference(running_fleet, 
     ("embed", {"input_ids": [[101.5, 102.0]], "attention_mask": [[1, 1]]}, 400, "without loss"),
     ("embed", {"input_ids": [[101, 102]]}, 400, "missing ['attention_mask']"),
     ("matmul", {"a": [1.0, 2.0], "b": [[1.0], [2.0]]}, 400, "rank 1"),
+    ("rnncell", {"x": [[0.5] * 8] * 2, "h": [[0.0] * 16] * 2}, 400, "dimension 0 is 2, model expects 1"),
     ("broken", {"x": [1.0]}, 422, "cannot be loaded"),
 ])
 async def test_bad_zoo_requests_get_clear_errors(running_fleet, model, inputs, status, words):
@@ -155,6 +156,31 @@ async def test_bad_zoo_requests_get_clear_errors(running_fleet, model, inputs, s
         assert r.status_code == status, r.text
         assert words in r.json()["error"]
         assert (await http.get("/v1/health")).json()["status"] == "ok"
+
+
+async def test_rnncell_time_series_as_a_stateful_job_matches_local_steps(running_fleet, zoo_dir):
+    """The zoo's stateful step as a job (issue 19): the manifest's ``state`` as
+    the job's, chunks of 5 steps carried across the fleet; every step's outputs
+    and the final state equal stepping it here, bit for bit."""
+    from agent.zoo import rnncell
+    _, _, peers, _ = running_fleet
+    manifest = json.loads((zoo_dir / "rnncell.json").read_text())
+    xs = rnncell.series(20)
+    sess = ort.InferenceSession(str(zoo_dir / "rnncell.onnx"), sess_options=session_options(),
+                                providers=["CPUExecutionProvider"])
+    h, want = np.zeros((1, 16), np.float32), []
+    for x in xs:
+        y, h = sess.run(["y", "h_out"], {"x": x.reshape(1, 8), "h": h})
+        want.append((y, h))
+    async with Client(peers[ENTRY].api, timeout=60) as c:
+        acc = await c.submit_job("rnncell", [{"x": x.reshape(1, 8)} for x in xs], chunk=5, state=manifest["state"])
+        info = await c.wait_job(acc["job_id"], timeout=120)
+        assert info["status"] == "succeeded", info
+        res = await c.job_result(acc["job_id"])
+    assert len(res["outputs"]) == len(xs)
+    for t, (out, (y, h_out)) in enumerate(zip(res["outputs"], want)):
+        assert out["y"].tobytes() == y.tobytes() and out["h_out"].tobytes() == h_out.tobytes(), t
+    assert res["state"][0]["h"].tobytes() == want[-1][1].tobytes()
 
 
 async def test_matmul_shape_mismatch_fails_the_task_clearly(running_fleet):

@@ -25,14 +25,14 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from . import cloudmask, digits, embed, matmul
+from . import cloudmask, digits, embed, matmul, rnncell
 from .kit import (FetchError, artifact_paths, base_manifest, cache_dir,  # noqa: F401 (re-exported)
                   canonicalize_onnx, io_signature, pip_download, sha256_file, write_model)
 
-_MODULES = (digits, cloudmask, embed, matmul)
+_MODULES = (digits, cloudmask, embed, matmul, rnncell)
 
 #: name -> builder; a builder writes ``<dir>/<name>.onnx`` + ``.json`` and
-#: returns the manifest dict.  New models (cloudmask, embed, matmul, ...) are
+#: returns the manifest dict.  New models (cloudmask, embed, matmul, rnncell, ...) are
 #: added by writing a module and listing it in ``_MODULES``.
 BUILDERS: dict[str, Callable[[Path], dict]] = {m.NAME: m.build for m in _MODULES}
 
