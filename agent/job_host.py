@@ -14,27 +14,25 @@ import trio
 
 from agent.job_spec import JobError, JobSpec, parse_job
 from agent.models import ModelError, bad_name
-from agent.tasks import TaskRecord
+from agent.tasks import SubmitError, TaskRecord
 from mesh.placement import TARGETS
 from mesh.wire import Scan
 
 if TYPE_CHECKING:
     from agent.jobs import Job
-    from agent.node import Node
 
 DEFAULT_COMPUTE_S = 0.05      # a model never run anywhere yet: what a chunk's timeout assumes per input
 
 
 class NodeJobHost:
-    def __init__(self, node: "Node"):
-        self.node = node
+    def __init__(self, node: Any):
+        self.node = node        # agent.node.Node (not imported: it imports this module)
 
     @property
     def name(self) -> str:
         return self.node.me.name
 
     def place_shard(self, spec: JobSpec, exclude: frozenset[str]) -> tuple[str, str]:
-        from agent.node import SubmitError
         n = self.node
         loaded = n.store.get(n.store.key(spec.model, spec.sha256))
         sample = {k: v[:1].reshape(v.shape[1:]) for k, v in spec.inputs.items()} | spec.initial
@@ -46,7 +44,6 @@ class NodeJobHost:
 
     def send_chunk(self, spec: JobSpec, task_id: str, executor: str, inputs: dict[str, np.ndarray], scan: Scan,
                    timeout_s: float) -> TaskRecord:
-        from agent.node import SubmitError
         n = self.node
         if len(n._requests) >= n.config.limits.max_pending_tasks:
             raise JobError(429, f"{len(n._requests)} tasks pending at {self.name}")
@@ -64,6 +61,10 @@ class NodeJobHost:
             return f"{node} is not in the fleet"
         if n.peers[node].index in n.membership.dead_nodes():
             return f"{node} declared dead by the fleet's membership"
+        if n.peers[node].index in n.membership.suspects():
+            # No waiting for the verdict: a false suspicion costs the chunks in flight, a true one
+            # would cost the whole suspicion timeout.
+            return f"{node} suspected by the fleet's membership (it missed its probes)"
         state = n._own_state() if node == self.name else n.membership.state_of(node)
         if state and state.get("low") and not state.get("sunlit", True):
             return f"{node} in eclipse with its battery below the reserve"
@@ -85,7 +86,7 @@ class NodeJobHost:
         return known if known is not None else DEFAULT_COMPUTE_S
 
 
-async def submit_job(node: "Node", body: Any) -> tuple["Job", bool]:
+async def submit_job(node: Any, body: Any) -> tuple["Job", bool]:
     """Check a ``POST /v1/jobs`` body in full and accept the job at ``node`` (JobError says why not)."""
     if not isinstance(body, dict):
         raise JobError(400, "a job is a JSON object with 'model' and 'inputs'")

@@ -39,7 +39,9 @@ KEEP_FINISHED = 64          # finished jobs kept in memory; older ones are read 
 LOOK_EVERY_S = 0.5          # how often a shard's satellite is looked at
 UNREACHABLE_S = 5.0         # no route this long: the shard moves
 AVOID_S = 30.0              # a satellite that failed a shard is not given it again this soon
-CHUNK_MIN_S = 10.0          # a chunk's own deadline: at least this, more for slow models
+CHUNK_FIRST_S = 10.0        # a chunk's own deadline before the job has timed any chunk
+CHUNK_FLOOR_S = 3.0         # and after: CHUNK_SLACK × the job's typical chunk, never less than this
+CHUNK_SLACK = 5.0
 PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -79,6 +81,7 @@ class Job:
         self.came_via: Counter[str] = Counter()     # chunks per node they reached home from (a station: downlinks)
         self.status, self.error, self.finished = "running", "", None
         self.compute_s = 0.0
+        self.chunk_s: float | None = None           # typical round trip of a full chunk (EWMA): its deadline
         self.done = trio.Event()
         self.scope: trio.CancelScope | None = None
 
@@ -308,7 +311,11 @@ class JobBoard:
         spec, shard = job.spec, job.plan.shards[i]
         inputs = spec.chunk_inputs(lo, hi) | job.state[i]
         steps = hi - lo
-        timeout = max(CHUNK_MIN_S, 10 * steps * self.host.expected_compute_s(node, spec.model) + 5.0)
+        if job.chunk_s is None:
+            timeout = max(CHUNK_FIRST_S, 10 * steps * self.host.expected_compute_s(node, spec.model) + 5.0)
+        else:       # a chunk that takes many times the job's usual round trip is lost or stuck: move on
+            timeout = max(CHUNK_FLOOR_S, CHUNK_SLACK * job.chunk_s * steps / spec.chunk)
+        sent_at = time.monotonic()
         if self.host.is_ground:      # results wait for the station's next pass: only the job's deadline binds
             timeout = job.deadline - time.time()
         timeout = min(timeout, max(1.0, job.deadline - time.time()))
@@ -329,6 +336,8 @@ class JobBoard:
                 if self.journal is not None:     # on disk before the plan counts it
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
                 job.keep(i, lo, hi, rec.executor, outputs)
+                took = (time.monotonic() - sent_at) * spec.chunk / steps
+                job.chunk_s = took if job.chunk_s is None else 0.8 * job.chunk_s + 0.2 * took
                 job.came_via[_last_relay(rec, self.host.name)] += 1
                 self.checkpoints += 1
                 self.checkpoint_s += time.perf_counter() - t0

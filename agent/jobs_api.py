@@ -17,7 +17,7 @@ from starlette.routing import Route
 from agent.job_host import submit_job, wait_left
 from agent.job_spec import JobError
 from agent.jobs import Job
-from agent.node import SubmitError
+from agent.tasks import SubmitError
 
 MAX_WAIT_S = 60.0
 

@@ -177,6 +177,9 @@ class MembershipService:
     def dead_nodes(self) -> frozenset[int]:
         return self.m.dead_nodes()
 
+    def suspects(self) -> frozenset[int]:
+        return self.m.suspects()
+
     def down_links(self) -> frozenset[tuple[int, int]]:
         return self.m.down_links()
 

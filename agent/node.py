@@ -36,7 +36,7 @@ from agent.peers import Peers
 from agent.placement import ComputeTable, candidates, compute_to_state, state_changed_enough
 from agent.relay import LinkState, Relay
 from agent.scan import run_scan, scan_inputs
-from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
+from agent.tasks import DeadlineTimers, SubmitError, TaskRecord, TaskTable  # noqa: F401 (SubmitError re-exported)
 from agent.timekeeper import Timekeeper
 from agent.tensors import InputError, check_shape, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.transport import LinkLayer
@@ -80,14 +80,6 @@ OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not prob
 
 class PowerError(RuntimeError):
     """Work refused to protect the battery's reserve."""
-
-
-class SubmitError(Exception):
-    """A task the node refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

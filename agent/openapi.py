@@ -228,6 +228,57 @@ def _v1() -> dict[str, Any]:
                     _query("wait", "long-poll up to this many seconds (max 60)", {"type": "number"})])},
         "/openapi.json": {"get": _op("this document", _responses({200: ("OpenAPI 3.1", OBJECT)}, {}))},
         **_console(),
+        **_jobs(),
+    }
+
+
+DIGITS_ROW = [0.0, 0.0, 5.0, 13.0, 9.0, 1.0, 0.0, 0.0] * 8
+JOB_EXAMPLE = {"model": "digits", "inputs": [{"input": [DIGITS_ROW]}, {"input": [DIGITS_ROW]}], "shards": 2, "chunk": 1}
+
+
+def _jobs() -> dict[str, Any]:
+    """Jobs (docs/jobs.md): many inputs, sharded over satellites, checkpointed per chunk."""
+    count = {"type": "integer", "minimum": 1}
+    request = {"type": "object", "required": ["model", "inputs"], "additionalProperties": False, "properties": {
+        "model": NAME, "inputs": {"type": "array", "minItems": 1, "maxItems": 10000,
+                                  "items": {"type": "object", "additionalProperties": TENSOR_V1}},
+        "shards": {**count, "maximum": 64}, "chunk": {**count, "maximum": 256}, "window": {**count, "maximum": 8},
+        "target": {"enum": ["auto", "nearest", "sunlit"]},
+        "timeout_s": {"type": "number", "minimum": 1, "maximum": 21600},
+        "state": {"type": "object", "required": ["carry"], "additionalProperties": False, "properties": {
+            "carry": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
+            "initial": {"type": "object", "additionalProperties": TENSOR_V1}}},
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128}}}
+    shard = {"type": "object", "required": ["shard", "inputs", "node", "done", "moves", "resent"]}
+    job = {"type": "object", "required": ["job_id", "model", "status", "inputs", "done", "shards", "moves", "resent"],
+           "properties": {"job_id": {"type": "string"}, "status": {"enum": ["running", "succeeded", "failed",
+                                                                             "cancelled"]},
+                          "shards": {"type": "array", "items": shard}}}
+    result = {"type": "object", "required": ["job_id", "outputs"], "properties": {
+        "outputs": {"type": "array", "items": OBJECT}, "state": {"type": "array", "items": OBJECT}}}
+    wait = _query("wait", "long-poll up to this many seconds (max 60) for the job to end", {"type": "number"})
+    job_id = _path("job_id", "an id from POST /v1/jobs (it starts with its home node's name)")
+    missing = "no such job here (a job elsewhere: the error names its home node)"
+    return {
+        "/v1/jobs": {
+            "post": _op("submit a job: many inputs through one model, sharded over satellites", _responses(
+                {200: ("a repeat with the same idempotency key: its job", job), 202: ("accepted", job)},
+                {400: BAD + " (inputs of different shapes, a bad state, unknown fields)", 404: "unknown model",
+                 413: "body over limits.max_body_bytes, over 10,000 inputs, or one input over a chunk's limit",
+                 422: "the model file cannot be loaded", 429: "too many jobs running here (Retry-After)",
+                 503: "the job cannot be journaled"}),
+                body=_json(request, JOB_EXAMPLE)["content"]),
+            "get": _op("the jobs this node is home to, newest first", _responses(
+                {200: ("jobs", {"type": "object", "required": ["node", "jobs"]})}, {}))},
+        "/v1/jobs/{job_id}": {
+            "get": _op("a job's progress: shards, where they run, their moves", _responses(
+                {200: ("the job", job)}, {400: "'wait' is not a number", 404: missing}), params=[job_id, wait]),
+            "delete": _op("cancel a job (its checkpoints stay readable)", _responses(
+                {200: ("the job, cancelled (or already ended)", job)}, {404: missing}), params=[job_id])},
+        "/v1/jobs/{job_id}/result": {"get": _op("every input's outputs, in input order", _responses(
+            {200: ("the outputs", result)}, {400: "'wait' is not a number", 404: missing,
+                                             409: "the job has not succeeded (running, failed or cancelled)"}),
+            params=[job_id, wait])},
     }
 
 

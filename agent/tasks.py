@@ -18,6 +18,16 @@ from agent.tensors import to_json
 from mesh.wire import Hop
 
 PENDING = ("accepted", "forwarding", "running")
+
+
+class SubmitError(Exception):
+    """A task the node refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 FINAL = ("succeeded", "failed")
 
 
