@@ -36,8 +36,10 @@ class NodeJobHost:
         n = self.node
         loaded = n.store.get(n.store.key(spec.model, spec.sha256))
         sample = {k: v[:1].reshape(v.shape[1:]) for k, v in spec.inputs.items()} | spec.initial
-        try:
-            chosen, why = n._place(spec.model, spec.target, sample, loaded, spec.timeout_s, exclude=exclude)
+        stations = frozenset(e.name for i, e in n.peers.by_index.items() if n.topology.names.is_ground(i))
+        try:       # satellites only: a job's shards are orbital compute, its home may be a station
+            chosen, why = n._place(spec.model, spec.target, sample, loaded, spec.timeout_s,
+                                   exclude=exclude | stations)
         except SubmitError as exc:
             raise JobError(exc.status, str(exc)) from None
         return chosen[0], why

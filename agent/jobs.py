@@ -178,7 +178,7 @@ class JobBoard:
                 self.journal.accept(job.job_id, idem_key, job.created, spec.to_wire())
             except JobJournalError as exc:
                 raise JobError(503, f"{self.host.name} cannot record the job: {exc}") from None
-            except Exception as exc:       # sqlite3.IntegrityError: the key raced another submission
+            except sqlite3.IntegrityError as exc:    # the key raced another submission
                 known = self.find_by_key(idem_key) if idem_key else None
                 if known is not None:
                     return known, False
@@ -235,6 +235,9 @@ class JobBoard:
                             nursery.start_soon(self._drive, job, shard.index)
             except* (PlanError, JobJournalError) as group:
                 job.end("failed", str(group.exceptions[0]))
+            except* Exception as group:         # a bug must fail its job, not take the satellite down
+                log.error("job %s failed", job.job_id, exc_info=group)
+                job.end("failed", f"internal error: {type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
         if job.status == "running":
             if job.plan.finished:
                 job.end("succeeded")

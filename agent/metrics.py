@@ -68,6 +68,26 @@ def _edge_cache(me: str, cache) -> Iterator[object]:
     yield from (lookups, stored)
 
 
+def _jobs(me: str, board) -> Iterator[object]:
+    """Jobs at their home (agent/jobs.py): by status, shard moves, checkpoints and their journal time."""
+    jobs = GaugeMetricFamily("orbitmesh_jobs", "Jobs this node is home to (in memory), by status",
+                             labels=["node", "status"])
+    counts: dict[str, int] = {"running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    for job in board.jobs.values():
+        counts[job.status] = counts.get(job.status, 0) + 1
+    for status, n in counts.items():
+        jobs.add_metric([me, status], n)
+    moves = CounterMetricFamily("orbitmesh_job_shard_moves", "Shards moved off a satellite (dead, suspected, cut "
+                                "off, low in eclipse, or a failed chunk)", labels=["node"])
+    moves.add_metric([me], board.moved)
+    ckpt = CounterMetricFamily("orbitmesh_job_checkpoints", "Chunks kept as checkpoints", labels=["node"])
+    ckpt.add_metric([me], board.checkpoints)
+    ckpt_s = CounterMetricFamily("orbitmesh_job_checkpoint_seconds", "Time spent journaling checkpoints",
+                                 labels=["node"])
+    ckpt_s.add_metric([me], board.checkpoint_s)
+    yield from (jobs, moves, ckpt, ckpt_s)
+
+
 class NodeCollector:
     def __init__(self, node) -> None:
         self.node = node
@@ -112,6 +132,7 @@ class NodeCollector:
         faults.add_metric([me], len(self.node.chaos.listing(time.time())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
         yield from _edge_cache(me, self.node.edge_cache)
+        yield from _jobs(me, self.node.jobs)
         yield from _clock(me, self.node.timekeeper.timeline, time.time())
         yield from self._relay_membership_energy(me)
         yield from _storage(me, self.node.storage())

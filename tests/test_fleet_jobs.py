@@ -87,6 +87,7 @@ async def test_a_killed_satellites_shard_moves_and_resumes_from_its_checkpoint(j
         try:
             info = await c.wait_job(acc["job_id"], 90)
             result = await c.job_result(acc["job_id"])
+            metrics = (await c._http.get("/metrics")).text
         finally:
             await trio.to_thread.run_sync(chaos.run, "restart", victim["node"])
     assert info["status"] == "succeeded", info
@@ -96,6 +97,8 @@ async def test_a_killed_satellites_shard_moves_and_resumes_from_its_checkpoint(j
     assert move["at"] - killed_at < 10, f"the shard moved {move['at'] - killed_at:.1f} s after the kill"
     assert_resent_within_what_was_in_flight(info)
     assert_outputs_equal_onnxruntime(models_dir, xs, result)
+    moved = [line for line in metrics.splitlines() if line.startswith('orbitmesh_job_shard_moves_total{node="sat-0"}')]
+    assert moved and float(moved[0].split()[-1]) >= 1
 
 
 async def test_a_killed_home_resumes_its_job_from_its_journal(jfleet, models_dir):
@@ -155,7 +158,7 @@ async def test_bad_jobs_get_clear_errors_and_a_job_is_found_at_its_home(jfleet, 
 
 def test_the_cli_submits_shows_progress_and_writes_the_result(jfleet, tmp_path):
     spec, peers = jfleet
-    cli = [sys.executable, "-m", "agent.cli", "--dir", str(spec.directory), "--models", str(spec.models)]
+    cli = [sys.executable, "-m", "agent", "--dir", str(spec.directory), "--models", str(spec.models)]
     r = subprocess.run(cli + ["job", "--node", "sat-4", "submit", "digits", "--samples", "60", "--shards", "3"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
