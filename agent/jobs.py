@@ -20,7 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter, OrderedDict
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import trio
@@ -85,10 +85,10 @@ class Job:
         self.done = trio.Event()
         self.scope: trio.CancelScope | None = None
 
-    def end(self, status: str, error: str = "") -> bool:
+    def end(self, status: str, error: str = "", when: float | None = None) -> bool:
         if self.status in TERMINAL:
             return False
-        self.status, self.error, self.finished = status, error, time.time()
+        self.status, self.error, self.finished = status, error, time.time() if when is None else when
         self.done.set()
         if self.scope is not None:
             self.scope.cancel()
@@ -138,8 +138,9 @@ class Job:
 class JobBoard:
     """Every job this node is home to: accepted, driven, journaled, recovered after a restart."""
 
-    def __init__(self, host: JobHost, journal: JobJournal | None):
-        self.host, self.journal = host, journal
+    def __init__(self, host: JobHost, journal: JobJournal | None, clock: Callable[[], float] = time.time):
+        """``clock``: wall time (tests drive the board on trio's virtual clock)."""
+        self.host, self.journal, self.clock = host, journal, clock
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.moved = 0                  # shard moves, for metrics
@@ -172,7 +173,7 @@ class JobBoard:
                 return known, False
         if self.active >= MAX_ACTIVE_JOBS:
             raise JobError(429, f"{self.active} jobs running at {self.host.name}; retry later")
-        job = Job(f"{self.host.name}-job-{uuid.uuid4().hex[:16]}", spec, time.time(), idem_key)
+        job = Job(f"{self.host.name}-job-{uuid.uuid4().hex[:16]}", spec, self.clock(), idem_key)
         if self.journal is not None:
             try:
                 self.journal.accept(job.job_id, idem_key, job.created, spec.to_wire())
@@ -219,14 +220,16 @@ class JobBoard:
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.get(job_id)
-        if job is not None and job.end("cancelled", "cancelled by the client"):
+        if job is not None and job.end("cancelled", "cancelled by the client", self.clock()):
             self._record_end(job)
         return job
 
     # -- driving ------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
-        with trio.CancelScope(deadline=trio.current_time() + max(0.0, job.deadline - time.time())) as scope:
+        if job.status in TERMINAL:        # cancelled before it started
+            return
+        with trio.CancelScope(deadline=trio.current_time() + max(0.0, job.deadline - self.clock())) as scope:
             job.scope = scope
             try:
                 async with trio.open_nursery() as nursery:
@@ -234,21 +237,23 @@ class JobBoard:
                         if not shard.finished:
                             nursery.start_soon(self._drive, job, shard.index)
             except* (PlanError, JobJournalError) as group:
-                job.end("failed", str(group.exceptions[0]))
+                job.end("failed", str(group.exceptions[0]), self.clock())
             except* Exception as group:         # a bug must fail its job, not take the satellite down
                 log.error("job %s failed", job.job_id, exc_info=group)
-                job.end("failed", f"internal error: {type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
+                job.end("failed", f"internal error: {type(group.exceptions[0]).__name__}: {group.exceptions[0]}",
+                        self.clock())
         if job.status == "running":
             if job.plan.finished:
-                job.end("succeeded")
+                job.end("succeeded", when=self.clock())
             else:
-                job.end("failed", f"deadline passed with {job.plan.completed} of {job.spec.n} inputs done")
+                job.end("failed", f"deadline passed with {job.plan.completed} of {job.spec.n} inputs done",
+                        self.clock())
         self._record_end(job)
 
     def _record_end(self, job: Job) -> None:
         if self.journal is not None:
             try:
-                self.journal.finish(job.job_id, job.status, job.finished or time.time(), job.error)
+                self.journal.finish(job.job_id, job.status, job.finished or self.clock(), job.error)
             except JobJournalError as exc:
                 log.error("job %s: end not journaled: %s", job.job_id, exc)
 
@@ -261,7 +266,7 @@ class JobBoard:
         unreachable_since: float | None = None
         async with trio.open_nursery() as chunks:
             while not shard.finished:
-                now = time.time()
+                now = self.clock()
                 if shard.node is None:
                     placed = self._place(job, i, avoid, now)
                     if placed is None:
@@ -282,19 +287,19 @@ class JobBoard:
                     if shard.node is None:      # a chunk failed: _chunk said why and where
                         why_move, failed_on = self._why.pop((job.job_id, i), ("moved", None))
                         if failed_on is not None:
-                            avoid[failed_on] = time.time()
+                            avoid[failed_on] = self.clock()
                     continue
                 problem = self.host.unfit(shard.node)
                 if self.host.isolated():
                     unreachable_since = None      # the home is out of contact (a station between passes), not it
                 elif problem is None and not self.host.reachable(shard.node):
-                    unreachable_since = unreachable_since or time.time()
-                    if time.time() - unreachable_since >= UNREACHABLE_S:
+                    unreachable_since = unreachable_since or self.clock()
+                    if self.clock() - unreachable_since >= UNREACHABLE_S:
                         problem = f"{shard.node} cut off: no route for {UNREACHABLE_S:g} s"
                 elif problem is None:
                     unreachable_since = None
                 if problem is not None:
-                    avoid[shard.node] = time.time()
+                    avoid[shard.node] = self.clock()
                     plan.abandon(i)
                     why_move = f"moved: {problem}"
             chunks.cancel_scope.cancel()
@@ -318,10 +323,10 @@ class JobBoard:
             timeout = max(CHUNK_FIRST_S, 10 * steps * self.host.expected_compute_s(node, spec.model) + 5.0)
         else:       # a chunk that takes many times the job's usual round trip is lost or stuck: move on
             timeout = max(CHUNK_FLOOR_S, CHUNK_SLACK * job.chunk_s * steps / spec.chunk)
-        sent_at = time.monotonic()
+        sent_at = self.clock()
         if self.host.is_ground:      # results wait for the station's next pass: only the job's deadline binds
-            timeout = job.deadline - time.time()
-        timeout = min(timeout, max(1.0, job.deadline - time.time()))
+            timeout = job.deadline - self.clock()
+        timeout = min(timeout, max(1.0, job.deadline - self.clock()))
         try:
             rec = self.host.send_chunk(spec, f"{job.job_id}.s{i}.e{epoch}.c{lo}", node, inputs,
                                        Scan(steps, spec.carry), timeout)
@@ -334,12 +339,12 @@ class JobBoard:
         if rec is not None and rec.status == "succeeded" and rec.outputs is not None:
             outputs = {k: np.asarray(v) for k, v in rec.outputs.items()}
             if all(v.shape[:1] == (steps,) for v in outputs.values()) and \
-                    job.plan.chunk_done(i, epoch, lo, hi, time.time()):
+                    job.plan.chunk_done(i, epoch, lo, hi, self.clock()):
                 t0 = time.perf_counter()
                 if self.journal is not None:     # on disk before the plan counts it
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
                 job.keep(i, lo, hi, rec.executor, outputs)
-                took = (time.monotonic() - sent_at) * spec.chunk / steps
+                took = (self.clock() - sent_at) * spec.chunk / steps
                 job.chunk_s = took if job.chunk_s is None else 0.8 * job.chunk_s + 0.2 * took
                 job.came_via[_last_relay(rec, self.host.name)] += 1
                 self.checkpoints += 1
@@ -367,10 +372,10 @@ class JobBoard:
                 job = self._read_back(row)
             except (JobJournalError, JobError, PlanError, KeyError, ValueError, TypeError) as exc:
                 log.error("job %s cannot be recovered: %s", row.job_id, exc)
-                self.journal.finish(row.job_id, "failed", time.time(), f"not recoverable after a restart: {exc}")
+                self.journal.finish(row.job_id, "failed", self.clock(), f"not recoverable after a restart: {exc}")
                 continue
-            if time.time() >= job.deadline:
-                job.end("failed", "its deadline passed while its home was down")
+            if self.clock() >= job.deadline:
+                job.end("failed", "its deadline passed while its home was down", self.clock())
                 self._record_end(job)
                 self.jobs[job.job_id] = job
                 continue
