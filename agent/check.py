@@ -233,26 +233,7 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
             nursery.start_soon(submit, job)
 
     echo(f"  workload and scenario done after {time.monotonic() - started:.1f} s")
-    restarted = []
-    if nodes is not None:            # a node the scenario left down still has its journal: bring it back
-        for name in peers.names():
-            op = None
-            try:
-                if nodes.status(name) != "running":
-                    action = "restart" if nodes.status(name) == "down" else "resume"
-                    op = hist.invoke(NEMESIS, action, {"node": name})
-                    what = await trio.to_thread.run_sync(nodes.run, action, name)
-                    hist.complete(op, "ok", {"node": name, "result": what})
-                    restarted.append(name)
-            except NodeChaosError as exc:
-                if op is not None:
-                    hist.complete(op, "fail", error=str(exc))
-                echo(f"  could not bring {name} back: {exc}")
-        async with Client(urls[0]) as c:
-            try:
-                await c.clear_faults()
-            except ApiError:
-                pass
+    restarted = await bring_back(peers, nodes, hist, echo)
 
     async def settle(job: Job) -> None:
         if not job.task_id:
@@ -323,6 +304,35 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
     return Report(jobs, faults, restarted, time.monotonic() - started)
 
 
+async def bring_back(peers, nodes: LocalNodeChaos | None, hist: History, echo=print) -> list[str]:
+    """Restart (or resume) every node left down or paused: its journal is on disk, so what it
+    accepted must still end.  Then clear the link faults.  The nodes brought back, by name."""
+    restarted: list[str] = []
+    if nodes is None:
+        return restarted
+    for name in peers.names():
+        op = None
+        try:
+            if nodes.status(name) != "running":
+                action = "restart" if nodes.status(name) == "down" else "resume"
+                op = hist.invoke(NEMESIS, action, {"node": name})
+                what = await trio.to_thread.run_sync(nodes.run, action, name)
+                hist.complete(op, "ok", {"node": name, "result": what})
+                restarted.append(name)
+        except NodeChaosError as exc:
+            if op is not None:
+                hist.complete(op, "fail", error=str(exc))
+            echo(f"  could not bring {name} back: {exc}")
+    for name in peers.names():          # the first that answers: any may have been killed
+        try:
+            async with Client(peers[name].api) as c:
+                await c.clear_faults()
+            break
+        except ApiError:
+            continue
+    return restarted
+
+
 def observed(rec: dict[str, Any]) -> dict[str, Any]:
     """What a read saw, for the history: the state, and the outputs as a digest (compact, comparable)."""
     out = rec.get("outputs")
@@ -354,6 +364,9 @@ def cmd_check(args) -> int:
     if args.tasks < 1:
         print("error: --tasks must be at least 1", file=sys.stderr)
         return 2
+    if args.jobs is not None:
+        from agent.check_jobs import cmd_check_jobs
+        return cmd_check_jobs(args, peers, events, nodes, entries)
     if args.history and not args.history.resolve().parent.is_dir():
         print(f"error: --history: no directory {args.history.resolve().parent} to write into", file=sys.stderr)
         return 2
@@ -387,6 +400,21 @@ def register(sub) -> None:
     p.add_argument("--target", default="spread",
                    help="spread (task i runs on node i×7+3 mod N: every node executes; the default), or a placement "
                         "target for every task: auto, nearest, sunlit")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="a job workload instead of tasks: N jobs of digits samples, sharded across the fleet; "
+                        "verify none lost, duplicated, wrong or overworked (re-sent more than was in flight)")
+    p.add_argument("--job-inputs", type=int, default=50, help="inputs per job (default: 50)")
+    p.add_argument("--shards", type=int, default=4, help="shards per job (default: 4)")
+    p.add_argument("--chunk", type=int, default=5, help="inputs per chunk task (default: 5)")
+    p.add_argument("--job-timeout", type=float, default=180.0, help="each job's deadline in seconds (default: 180)")
+    p.add_argument("--kill-executing", type=int, default=0, metavar="N",
+                   help="with --jobs: also kill -9 N satellites that run a shard at that moment (spread over the "
+                        "run), each restarted --kill-for seconds later")
+    p.add_argument("--kill-homes", type=int, default=0, metavar="N",
+                   help="with --jobs: also kill -9 N entries while they are home to a running job (they resume "
+                        "it from their journal once restarted, --kill-for seconds later)")
+    p.add_argument("--kill-for", type=float, default=5.0, help="seconds a node killed by --kill-executing or "
+                                                               "--kill-homes stays down (default: 5)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--history", type=Path, metavar="FILE",
                    help="write every operation (invoke/ok/fail/info, process, time, value) as a Jepsen-style "
