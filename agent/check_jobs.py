@@ -4,13 +4,13 @@ The job workload of the checker (issue 19).  Each job is the zoo's digits
 samples (cycled, with a different offset and stride per job), submitted with
 an idempotency key to an entry node (the job's home), re-sent on no answer,
 429 or 503 while that entry is down or busy.  The scenario's link and node
-faults run meanwhile.  ``kill_executing`` more kills go to satellites that run
-a shard at that moment, and ``kill_homes`` to entries that are home to a
-running job (only the checker, which reads the jobs' status, can know which:
-a scenario file names its nodes before anything is placed, and a job of 50
-digits inputs lasts well under a second), each restarted ``kill_for_s`` later.
-Then every node left down is restarted (a home resumes its jobs from its
-journal) and every job is waited for.
+faults run meanwhile.  ``kill_executing`` more kills go to satellites that have
+chunks of a running job in flight at that moment, and ``kill_homes`` to entries
+that are home to a running job, each restarted ``kill_for_s`` later: only the
+checker, reading the entries' job lists, can know which nodes those are (a
+scenario file names its nodes before anything is placed, and a job of 50 digits
+inputs lasts about a second).  Then every node left down is restarted (a home
+resumes its jobs from its journal) and every job is waited for.
 
 Verdicts per job (:func:`judge`): **lost** (not succeeded, or its home forgot
 it), **duplicated** (one key, two job ids; outputs or checkpointed inputs that
@@ -39,7 +39,7 @@ from agent.history import History
 
 SHARDS, CHUNK, WINDOW = 4, 5, 2
 KILL_FOR_S = 5.0          # a node killed by --kill-executing/--kill-homes is restarted this long after
-FIND_EXECUTING_S = 10.0   # how long a kill waits for a job to run (from the job it follows on)
+FIND_EXECUTING_S = 20.0   # how long a --kill-* kill, at its turn, looks for something running to kill
 TERMINAL = ("succeeded", "failed", "cancelled")
 VERDICTS = ("lost", "duplicated", "wrong", "unexplained", "overworked")
 
@@ -77,9 +77,9 @@ class Recorder:
         return self.inner.status(node)
 
     def run(self, action: str, node: str) -> str:
+        ordered = time.time()          # SIGKILL lands at once; waiting for the process to go may not
         what = self.inner.run(action, node)
-        now = time.time()
-        self.events.append(NodeEvent(now, now - self.started, action, node, what))
+        self.events.append(NodeEvent(ordered, ordered - self.started, action, node, what))
         return what
 
 
@@ -193,6 +193,7 @@ class JobReport:
     restarted: list[str]
     kills: list[dict[str, Any]]
     seconds: float
+    missed: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         accepted = [j for j in self.jobs if j.job_id]
@@ -223,7 +224,7 @@ class JobReport:
                 "resent_bound": sum(max(0, len(s.get("moves") or []) - 1) * x["window"] * x["chunk"]
                                     for x in st for s in x["shards"]),
                 "job_s": {p: round(_pct(took, p), 2) for p in (50, 90, 100)} if took else {},
-                "kills": self.kills, "moved_by_kill": len(secs),
+                "kills": self.kills, "kills_missed": self.missed, "moved_by_kill": len(secs),
                 "kill_to_placement_s": {p: round(_pct(secs, p), 2) for p in (50, 90, 100)} if secs else {},
                 "violations": [f"job {j.index} ({j.job_id or j.key}): {v}" for j in self.jobs for v in j.violations]
                 + [f"job {j.index} ({j.key}) never accepted: {j.refused}" for j in self.jobs if not j.job_id],
@@ -254,6 +255,8 @@ class JobReport:
                                        else ""))
         for f in node_faults:
             lines.append(f"    t+{f['at']:.1f}s {f['result']}")
+        for m in self.missed:
+            lines.append(f"  kill not done: {m}")
         for v in d["violations"][:20]:
             lines.append(f"  VIOLATION {v}")
         return "\n".join(lines)
@@ -275,8 +278,9 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
     hist = History()
     faults: list[dict[str, Any]] = []
     touched = {e.spec["node"] for e in events if e.action in NODE_ACTIONS}
-    over: set[int] = set()       # jobs seen finished: no longer asked where their shards run
-    accepted = [trio.Event() for _ in runs]
+    missed: list[str] = []       # --kill-executing/--kill-homes kills that found nothing to kill
+    seen: dict[str, str] = {}    # each entry's last answer while looking for nodes to kill
+    since = time.time()          # jobs created at an entry since then are (most likely) this run's
 
     def body(job: JobRun) -> list[dict[str, Any]]:
         return [ref.samples[k]["inputs"] for k in job.samples]
@@ -300,59 +304,70 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
     async def first_submit(job: JobRun) -> None:
         await trio.sleep(span * job.index / max(1, jobs))
         job.job_id = await submit(job) or None
-        accepted[job.index].set()
 
-    async def running(since: int, homes: bool) -> set[str]:
-        """Nodes to kill now: satellites running a shard of a job from ``since`` on with chunks in
-        flight (never an entry), or (``homes``) the homes of such jobs."""
-        found: set[str] = set()
+    async def running(clients: dict[str, Client], homes: bool) -> dict[str, int]:
+        """Nodes to kill now, from every entry's job list (it shows a job before its submitter hears
+        back): satellites running a shard with chunks in flight (never an entry), or (``homes``)
+        entries that are home to a running job; each with the inputs its shards or jobs have left."""
+        found: dict[str, int] = {}
 
-        async def look(job: JobRun) -> None:
+        async def look(entry: str) -> None:
             try:
-                async with limiter, Client(peers[job.entry].api, timeout=5) as c:
-                    st = await c.job(job.job_id)
-            except ApiError:
+                listing = await clients[entry].jobs()
+            except ApiError as exc:
+                seen[entry] = str(exc)
                 return
-            if st["status"] != "running":
-                over.add(job.index)
-                return
-            busy = [s["node"] for s in st["shards"] if s["node"] and s["in_flight"]
-                    and s["checkpoint"] < s["inputs"][1] and s["node"] not in entries]
-            found.update(([job.entry] if busy else []) if homes else busy)
+            mine = [st for st in listing["jobs"] if st["status"] == "running" and st["created"] >= since]
+            seen[entry] = f"{len(mine)} of our jobs running" + "".join(
+                f"; {st['job_id']}: " + ", ".join(f"{x['node']} {x['in_flight']}" for x in st["shards"])
+                for st in mine[:2])
+            for st in mine:
+                if homes:
+                    found[entry] = found.get(entry, 0) + st["inputs"] - st["done"]
+                for s in st["shards"] if not homes else ():
+                    if s["node"] and s["in_flight"] and s["checkpoint"] < s["inputs"][1] and s["node"] not in entries:
+                        found[s["node"]] = found.get(s["node"], 0) + s["inputs"][1] - s["checkpoint"]
         async with trio.open_nursery() as n:
-            for job in runs[since:]:
-                if job.job_id and job.index not in over:
-                    n.start_soon(look, job)
-        return {x for x in found - touched if recorder.status(x) == "running"}
+            for entry in entries:
+                n.start_soon(look, entry)
+        return {x: left for x, left in found.items() if x not in touched and recorder.status(x) == "running"}
 
     async def killer(nursery: trio.Nursery) -> None:
-        """The extra kills, each once job ``j`` (spread over the run) is accepted: executing satellites,
-        and homes of running jobs (which must resume them from their journal after the restart)."""
+        """The extra kills, spread over the run: satellites that run a shard, and homes of running
+        jobs (which must resume them from their journal after the restart)."""
         rng = random.Random(seed)
         kinds = ["executing"] * kill_executing + ["home"] * kill_homes
         kinds = kinds[::2] + kinds[1::2]
-        for k, kind in enumerate(kinds):
-            j = min(jobs - 1, jobs * (k + 1) // (len(kinds) + 1))
-            await accepted[j].wait()
-            give_up = time.monotonic() + FIND_EXECUTING_S
-            while time.monotonic() < give_up:
-                up = await running(j, kind == "home")
-                if up:
-                    break
-                await trio.sleep(0.05)
-            else:
-                echo(f"  nothing to kill: no job from {j} on was running for {FIND_EXECUTING_S:g} s")
-                continue
-            node = rng.choice(sorted(up))
-            try:
-                what = await trio.to_thread.run_sync(recorder.run, "kill", node)
-            except NodeChaosError as exc:
-                echo(f"  could not kill {node}: {exc}")
-                continue
-            faults.append({"at": time.monotonic() - started, "action": "kill", "node": node, "result": what})
-            echo(f"  t+{time.monotonic() - started:7.2f}s  {what} (" +
-                 ("it was executing a shard)" if kind == "executing" else "home of a running job)"))
-            nursery.start_soon(restart_later, node)
+        clients = {e: Client(peers[e].api, timeout=10) for e in entries}
+        try:
+            for k, kind in enumerate(kinds):
+                await trio.sleep(max(0.0, started + span * (k + 1) / (len(kinds) + 1) - time.monotonic()))
+                give_up = time.monotonic() + FIND_EXECUTING_S
+                while time.monotonic() < give_up:
+                    up = await running(clients, kind == "home")
+                    if up:
+                        break
+                    await trio.sleep(0.02)
+                else:
+                    missed.append(f"{kind} kill {k + 1}: nothing to kill for {FIND_EXECUTING_S:g} s; last seen: "
+                                  + " | ".join(f"{e}: {what}" for e, what in sorted(seen.items())))
+                    echo(f"  nothing to kill: {missed[-1]}")
+                    continue
+                most = max(up.values())        # the most work left: the likeliest to be cut short
+                node = rng.choice(sorted(x for x, left in up.items() if left == most))
+                try:
+                    what = await trio.to_thread.run_sync(recorder.run, "kill", node)
+                except NodeChaosError as exc:
+                    missed.append(f"{kind} kill of {node}: {exc}")
+                    echo(f"  could not kill {node}: {exc}")
+                    continue
+                faults.append({"at": time.monotonic() - started, "action": "kill", "node": node, "result": what})
+                echo(f"  t+{time.monotonic() - started:7.2f}s  {what} (" +
+                     ("it was executing a shard)" if kind == "executing" else "home of a running job)"))
+                nursery.start_soon(restart_later, node)
+        finally:
+            for c in clients.values():
+                await c.aclose()
 
     async def restart_later(node: str) -> None:
         await trio.sleep(kill_for_s)
@@ -429,7 +444,7 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
     echo(f"  every job settled after {time.monotonic() - settle_from:.1f} s more")
     return JobReport(runs, faults, restarted,
                      kill_effects([j.status for j in runs if j.status], recorder.events if recorder else []),
-                     time.monotonic() - started)
+                     time.monotonic() - started, missed)
 
 
 # -- command line (``orbitmesh check --jobs``; the parser is agent/check.py's) ---------------
