@@ -158,6 +158,23 @@ def test_check_jobs_through_kills_of_executing_satellites_and_homes_and_cuts(fle
     assert report["moves"] >= len(moved) and sum(report["moves_by_reason"].values()) == report["moves"]
     kinds = [f["action"] for f in report["faults"]]
     assert kinds.count("kill") == len(kills) and kinds.count("restart") + len(report["restarted_at_end"]) >= len(kills)
+    print(f"jobs {c['succeeded']}/{c['submitted']}, inputs {report['inputs']}, moves {report['moves']} "
+          f"{report['moves_by_reason']}, resent {report['resent']} (bound {report['resent_bound']}), job s "
+          f"{report['job_s']}, kill → next placement s {report['kill_to_placement_s']}, home resumes s "
+          f"{[k['resumed_s'] for k in kills if k['resumed_s']]}, missed {report['kills_missed']}")
+
+
+def test_check_jobs_refuses_bad_input_before_running_anything(fleet24):
+    spec, _, _, _ = fleet24
+    for args, words in ((["--jobs", "0"], "--jobs must be at least 1"),
+                        (["--jobs", "2", "--job-inputs", "0"], "--job-inputs must be in 1–10000"),
+                        (["--jobs", "2", "--chunk", "999"], "--chunk must be in 1–256"),
+                        (["--jobs", "2", "--target", "sat-3"], "--target for jobs is a placement policy"),
+                        (["--jobs", "2", "--kill-homes", "5"], "--kill-homes must be in 0–4"),
+                        (["--jobs", "2", "--kill-executing", "20"], "--kill-executing must be in 0–19"),
+                        (["--jobs", "2", "--history", "h"], "--history records task workloads only")):
+        r = orbitmesh(spec, "check", *args, timeout=60)
+        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
 
 
 def _job_status(n=10, window=2, chunk=5):
