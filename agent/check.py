@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import trio
 
 from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError, run_scenario
+from agent.check_common import Reference, bring_back
+from agent.check_common import pct as _pct
 from agent.client import ApiError, Client
-from agent.history import NEMESIS, History
-from agent.models import session_options
+from agent.history import History
 
 QUERY_ATTEMPTS = 3      # a final check whose connection drops (no answer at all) is asked again
 LATE_GRACE_S = 5.0      # a loaded 2-core host may delay the entry's deadline timer this much
@@ -133,36 +132,6 @@ def _late(rec: dict[str, Any], timeout_s: float) -> str:
     if over <= LATE_GRACE_S or DOWN_AT_DEADLINE in (rec.get("error") or ""):
         return ""
     return f"late: {rec['status']} {over:.1f} s after its {timeout_s:g} s deadline"
-
-
-def _pct(xs: list[float], p: float) -> float:
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-class Reference:
-    """The expected outputs of the zoo's digits samples, computed here with onnxruntime."""
-
-    def __init__(self, models: Path):
-        self.samples = json.loads((models / "digits.json").read_text())["samples"]
-        sess = ort.InferenceSession(str(models / "digits.onnx"), sess_options=session_options(),
-                                    providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        self.outputs = []
-        for s in self.samples:
-            values = sess.run(None, {"input": np.asarray(s["inputs"]["input"], dtype=np.float32)})
-            self.outputs.append(dict(zip(names, values)))
-
-    def differs(self, k: int, outputs: dict[str, Any] | None) -> str:
-        if not outputs:
-            return "no outputs"
-        for name, want in self.outputs[k].items():
-            got = outputs.get(name)
-            if got is None:
-                return f"output {name!r} missing"
-            arr = np.asarray(got["data"], dtype=want.dtype)
-            if arr.shape != want.shape or not np.allclose(arr, want, rtol=1e-5, atol=1e-6):
-                return f"output {name!r} is {arr.tolist()}, onnxruntime here gives {want.tolist()}"
-        return ""
 
 
 async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models: Path, *, tasks: int,
@@ -302,35 +271,6 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
             nursery.start_soon(settle, job)
     echo(f"  every task settled after {time.monotonic() - settle_from:.1f} s more")
     return Report(jobs, faults, restarted, time.monotonic() - started)
-
-
-async def bring_back(peers, nodes: LocalNodeChaos | None, hist: History, echo=print) -> list[str]:
-    """Restart (or resume) every node left down or paused: its journal is on disk, so what it
-    accepted must still end.  Then clear the link faults.  The nodes brought back, by name."""
-    restarted: list[str] = []
-    if nodes is None:
-        return restarted
-    for name in peers.names():
-        op = None
-        try:
-            if nodes.status(name) != "running":
-                action = "restart" if nodes.status(name) == "down" else "resume"
-                op = hist.invoke(NEMESIS, action, {"node": name})
-                what = await trio.to_thread.run_sync(nodes.run, action, name)
-                hist.complete(op, "ok", {"node": name, "result": what})
-                restarted.append(name)
-        except NodeChaosError as exc:
-            if op is not None:
-                hist.complete(op, "fail", error=str(exc))
-            echo(f"  could not bring {name} back: {exc}")
-    for name in peers.names():          # the first that answers: any may have been killed
-        try:
-            async with Client(peers[name].api) as c:
-                await c.clear_faults()
-            break
-        except ApiError:
-            continue
-    return restarted
 
 
 def observed(rec: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,8 @@ import numpy as np
 import trio
 
 from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError, run_scenario
-from agent.check import Reference, _pct, bring_back
+from agent.check_common import Reference, bring_back
+from agent.check_common import pct as _pct
 from agent.client import ApiError, Client
 from agent.history import History
 
