@@ -342,7 +342,8 @@ def register(sub) -> None:
                         "target for every task: auto, nearest, sunlit")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="a job workload instead of tasks: N jobs of digits samples, sharded across the fleet; "
-                        "verify none lost, duplicated, wrong or overworked (re-sent more than was in flight)")
+                        "verify none lost, duplicated, wrong or overworked (re-sent more than was in flight past a "
+                        "checkpoint)")
     p.add_argument("--job-inputs", type=int, default=50, help="inputs per job (default: 50)")
     p.add_argument("--shards", type=int, default=4, help="shards per job (default: 4)")
     p.add_argument("--chunk", type=int, default=5, help="inputs per chunk task (default: 5)")

@@ -17,8 +17,9 @@ it), **duplicated** (one key, two job ids; outputs or checkpointed inputs that
 are more or fewer than the inputs; shards that overlap), **wrong** (an output
 that differs from onnxruntime run here), **unexplained** (failed without a
 reason), **overworked** (a shard re-sent more inputs than its moves can
-explain: at most ``window × chunk`` — what was in flight past its checkpoint —
-per move; or one that resumed before its checkpoint).
+explain: per move, what can have been in flight past the checkpoint it resumed
+at, ``window × chunk`` and no further than the shard's end; or a move that
+resumed before a checkpoint the shard had).
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def differs(got: dict[str, Any] | None, want: dict[str, np.ndarray]) -> str:
     return ""
 
 
+def resend_bound(shard: dict[str, Any], window: int, chunk: int) -> int:
+    """The most inputs a shard can have re-sent: at each move, what was in flight past the checkpoint
+    it resumed at, so at most ``window`` chunks of ``chunk`` and never past the shard's end."""
+    hi = shard["inputs"][1]
+    return sum(min(window * chunk, max(0, hi - m["resume_at"])) for m in (shard.get("moves") or [])[1:])
+
+
 def judge(status: dict[str, Any], outputs: list[Any] | None, expected: list[dict[str, np.ndarray]]) -> list[str]:
     """Every violation in one final job status and its result's outputs (None: no result)."""
     out: list[str] = []
@@ -132,10 +140,11 @@ def judge(status: dict[str, Any], outputs: list[Any] | None, expected: list[dict
     for s in status.get("shards", []):
         lo, hi = s["inputs"]
         moves = s.get("moves") or []
-        bound = max(0, len(moves) - 1) * window * chunk
+        bound = resend_bound(s, window, chunk)
         if s.get("resent", 0) > bound:
             out.append(f"overworked: shard {s['shard']} re-sent {s['resent']} inputs after {len(moves) - 1} moves; "
-                       f"at most {bound} ({window} chunks of {chunk} in flight per move) were past its checkpoint")
+                       f"at most {bound} were in flight past its checkpoints ({window} chunks of {chunk}, "
+                       f"before input {hi})")
         at = [m["resume_at"] for m in moves]
         if any(not lo <= a <= hi for a in at) or at != sorted(at):
             out.append(f"overworked: shard {s['shard']} [{lo}, {hi}) resumed at {at}: before a checkpoint it had")
@@ -222,8 +231,7 @@ class JobReport:
                 "inputs": sum(x["inputs"] for x in st), "shards": len(shards),
                 "moves": sum(x["moves"] for x in st), "moves_by_reason": kinds,
                 "resent": sum(x["resent"] for x in st),
-                "resent_bound": sum(max(0, len(s.get("moves") or []) - 1) * x["window"] * x["chunk"]
-                                    for x in st for s in x["shards"]),
+                "resent_bound": sum(resend_bound(s, x["window"], x["chunk"]) for x in st for s in x["shards"]),
                 "job_s": {p: round(_pct(took, p), 2) for p in (50, 90, 100)} if took else {},
                 "kills": self.kills, "kills_missed": self.missed, "moved_by_kill": len(secs),
                 "kill_to_placement_s": {p: round(_pct(secs, p), 2) for p in (50, 90, 100)} if secs else {},

@@ -181,12 +181,12 @@ def _job_status(n=10, window=2, chunk=5):
     """A finished job of ``n`` inputs in two shards, shard 1 moved once (its satellite died)."""
     half = n // 2
     return {"job_id": "sat-0-job-1", "status": "succeeded", "error": None, "inputs": n, "done": n,
-            "window": window, "chunk": chunk, "created": 100.0, "finished": 120.0, "moves": 1, "resent": 5,
+            "window": window, "chunk": chunk, "created": 100.0, "finished": 120.0, "moves": 1, "resent": 3,
             "ran_on": {"sat-1": half, "sat-3": n - half},
             "shards": [
                 {"shard": 0, "inputs": [0, half], "node": "sat-1", "checkpoint": half, "resent": 0,
                  "moves": [{"at": 101.0, "from": None, "to": "sat-1", "why": "placed (auto)", "resume_at": 0}]},
-                {"shard": 1, "inputs": [half, n], "node": "sat-3", "checkpoint": n, "resent": 5,
+                {"shard": 1, "inputs": [half, n], "node": "sat-3", "checkpoint": n, "resent": 3,
                  "moves": [{"at": 101.0, "from": None, "to": "sat-2", "why": "placed (auto)", "resume_at": half},
                            {"at": 107.5, "from": "sat-2", "to": "sat-3",
                             "why": "moved: sat-2 declared dead by the fleet's membership (auto)",
@@ -233,8 +233,14 @@ def test_job_verdicts_catch_every_kind_of_violation():
         st = copy.deepcopy(good)
         change(st)
         return verdicts(st)
-    assert mutated(lambda st: st["shards"][1].update(resent=11)) == ["overworked"]    # > 1 move × 2 × 5
-    assert mutated(lambda st: st["shards"][1].update(resent=10)) == []                # exactly the bound
+    # shard 1 [5, 10) moved once, resuming at 7: at most inputs 7–9 were in flight past its checkpoint
+    assert mutated(lambda st: st["shards"][1].update(resent=4)) == ["overworked"]
+    assert mutated(lambda st: st["shards"][1].update(resent=3)) == []                 # exactly the bound
+    big = _job_status(40)                                     # shard 1 [20, 40), resuming at 22: 2 chunks of 5
+    assert [v.split(":")[0] for v in judge(dict(big, shards=[big["shards"][0], dict(big["shards"][1], resent=11)]),
+                                           [outputs[0]] * 40, [expected[0]] * 40)] == ["overworked"]
+    assert [v.split(":")[0] for v in judge(dict(big, shards=[big["shards"][0], dict(big["shards"][1], resent=10)]),
+                                           [outputs[0]] * 40, [expected[0]] * 40)] == []
     assert mutated(lambda st: st["shards"][0].update(resent=1)) == ["overworked"]     # re-sent, never moved
     assert mutated(lambda st: st["shards"][1]["moves"][1].update(resume_at=n // 2 - 1)) == ["overworked"]
     assert mutated(lambda st: st["ran_on"].update({"sat-9": 2})) == ["duplicated"]   # 12 inputs checkpointed
@@ -243,7 +249,7 @@ def test_job_verdicts_catch_every_kind_of_violation():
     # The report counts each verdict and fails on any.
     runs = [JobRun(0, "sat-0", "k0", [], job_id="sat-0-job-1", status=good),
             JobRun(1, "sat-0", "k1", [], job_id="sat-0-job-2", status=good,
-                   violations=judge(dict(good, shards=[good["shards"][0], dict(good["shards"][1], resent=11)]),
+                   violations=judge(dict(good, shards=[good["shards"][0], dict(good["shards"][1], resent=4)]),
                                     outputs, expected))]
     report = JobReport(runs, [], [], [], 1.0)
     assert report.counts()["overworked"] == 1 and not report.ok and "1 overworked" in report.text()
