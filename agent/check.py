@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import trio
 
 from agent.chaos_cli import NODE_ACTIONS, Event, LocalNodeChaos, NodeChaosError, run_scenario
+from agent.check_common import Reference, bring_back
+from agent.check_common import pct as _pct
 from agent.client import ApiError, Client
-from agent.history import NEMESIS, History
-from agent.models import session_options
+from agent.history import History
 
 QUERY_ATTEMPTS = 3      # a final check whose connection drops (no answer at all) is asked again
 LATE_GRACE_S = 5.0      # a loaded 2-core host may delay the entry's deadline timer this much
@@ -135,36 +134,6 @@ def _late(rec: dict[str, Any], timeout_s: float) -> str:
     return f"late: {rec['status']} {over:.1f} s after its {timeout_s:g} s deadline"
 
 
-def _pct(xs: list[float], p: float) -> float:
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-class Reference:
-    """The expected outputs of the zoo's digits samples, computed here with onnxruntime."""
-
-    def __init__(self, models: Path):
-        self.samples = json.loads((models / "digits.json").read_text())["samples"]
-        sess = ort.InferenceSession(str(models / "digits.onnx"), sess_options=session_options(),
-                                    providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        self.outputs = []
-        for s in self.samples:
-            values = sess.run(None, {"input": np.asarray(s["inputs"]["input"], dtype=np.float32)})
-            self.outputs.append(dict(zip(names, values)))
-
-    def differs(self, k: int, outputs: dict[str, Any] | None) -> str:
-        if not outputs:
-            return "no outputs"
-        for name, want in self.outputs[k].items():
-            got = outputs.get(name)
-            if got is None:
-                return f"output {name!r} missing"
-            arr = np.asarray(got["data"], dtype=want.dtype)
-            if arr.shape != want.shape or not np.allclose(arr, want, rtol=1e-5, atol=1e-6):
-                return f"output {name!r} is {arr.tolist()}, onnxruntime here gives {want.tolist()}"
-        return ""
-
-
 async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models: Path, *, tasks: int,
                 entries: list[str], concurrency: int = 8, spread_s: float | None = None, task_timeout_s: float = 60.0,
                 target: str = "spread", echo=print, history: History | None = None) -> Report:
@@ -233,26 +202,7 @@ async def check(peers, events: list[Event], nodes: LocalNodeChaos | None, models
             nursery.start_soon(submit, job)
 
     echo(f"  workload and scenario done after {time.monotonic() - started:.1f} s")
-    restarted = []
-    if nodes is not None:            # a node the scenario left down still has its journal: bring it back
-        for name in peers.names():
-            op = None
-            try:
-                if nodes.status(name) != "running":
-                    action = "restart" if nodes.status(name) == "down" else "resume"
-                    op = hist.invoke(NEMESIS, action, {"node": name})
-                    what = await trio.to_thread.run_sync(nodes.run, action, name)
-                    hist.complete(op, "ok", {"node": name, "result": what})
-                    restarted.append(name)
-            except NodeChaosError as exc:
-                if op is not None:
-                    hist.complete(op, "fail", error=str(exc))
-                echo(f"  could not bring {name} back: {exc}")
-        async with Client(urls[0]) as c:
-            try:
-                await c.clear_faults()
-            except ApiError:
-                pass
+    restarted = await bring_back(peers, nodes, hist, echo)
 
     async def settle(job: Job) -> None:
         if not job.task_id:
@@ -354,6 +304,9 @@ def cmd_check(args) -> int:
     if args.tasks < 1:
         print("error: --tasks must be at least 1", file=sys.stderr)
         return 2
+    if args.jobs is not None:
+        from agent.check_jobs import cmd_check_jobs
+        return cmd_check_jobs(args, peers, events, nodes, entries)
     if args.history and not args.history.resolve().parent.is_dir():
         print(f"error: --history: no directory {args.history.resolve().parent} to write into", file=sys.stderr)
         return 2
@@ -387,6 +340,22 @@ def register(sub) -> None:
     p.add_argument("--target", default="spread",
                    help="spread (task i runs on node i×7+3 mod N: every node executes; the default), or a placement "
                         "target for every task: auto, nearest, sunlit")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="a job workload instead of tasks: N jobs of digits samples, sharded across the fleet; "
+                        "verify none lost, duplicated, wrong or overworked (re-sent more than was in flight past a "
+                        "checkpoint)")
+    p.add_argument("--job-inputs", type=int, default=50, help="inputs per job (default: 50)")
+    p.add_argument("--shards", type=int, default=4, help="shards per job (default: 4)")
+    p.add_argument("--chunk", type=int, default=5, help="inputs per chunk task (default: 5)")
+    p.add_argument("--job-timeout", type=float, default=180.0, help="each job's deadline in seconds (default: 180)")
+    p.add_argument("--kill-executing", type=int, default=0, metavar="N",
+                   help="with --jobs: also kill -9 N satellites that run a shard at that moment (spread over the "
+                        "run), each restarted --kill-for seconds later")
+    p.add_argument("--kill-homes", type=int, default=0, metavar="N",
+                   help="with --jobs: also kill -9 N entries while they are home to a running job (they resume "
+                        "it from their journal once restarted, --kill-for seconds later)")
+    p.add_argument("--kill-for", type=float, default=5.0, help="seconds a node killed by --kill-executing or "
+                                                               "--kill-homes stays down (default: 5)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--history", type=Path, metavar="FILE",
                    help="write every operation (invoke/ok/fail/info, process, time, value) as a Jepsen-style "
