@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agent.jobs import Job
 
 DEFAULT_COMPUTE_S = 0.05      # a model never run anywhere yet: what a chunk's timeout assumes per input
+FLEET_VIEW_S = 10.0           # after a start, the node itself is not a candidate for this long
 
 
 class NodeJobHost:
@@ -36,10 +37,15 @@ class NodeJobHost:
         n = self.node
         loaded = n.store.get(n.store.key(spec.model, spec.sha256))
         sample = {k: v[:1].reshape(v.shape[1:]) for k, v in spec.inputs.items()} | spec.initial
-        stations = frozenset(e.name for i, e in n.peers.by_index.items() if n.topology.names.is_ground(i))
-        try:       # satellites only: a job's shards are orbital compute, its home may be a station
+        # Satellites only (a job's shards are orbital compute; its home may be a station), and none
+        # the membership suspects: a node killed a moment ago is suspect before it is dead.
+        shunned = frozenset(e.name for i, e in n.peers.by_index.items()
+                            if n.topology.names.is_ground(i) or i in n.membership.suspects())
+        if time.time() - n.started < FLEET_VIEW_S:
+            shunned |= {self.name}    # just (re)started: it alone looks free, as it has heard of nobody yet
+        try:
             chosen, why = n._place(spec.model, spec.target, sample, loaded, spec.timeout_s,
-                                   exclude=exclude | stations)
+                                   exclude=exclude | shunned)
         except SubmitError as exc:
             raise JobError(exc.status, str(exc)) from None
         return chosen[0], why

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS moves (
     src       TEXT,
     dst       TEXT NOT NULL,
     why       TEXT NOT NULL,
-    resume_at INTEGER NOT NULL
+    resume_at INTEGER NOT NULL,
+    resent    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS moves_job ON moves (job_id);
 """
@@ -124,9 +125,11 @@ class JobJournal:
         self._write("INSERT OR IGNORE INTO chunks (job_id, shard, lo, hi, node, outputs) VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, shard, lo, hi, node, pack_arrays(outputs)))
 
-    def move(self, job_id: str, shard: int, move: Move) -> None:
-        self._write("INSERT INTO moves (job_id, shard, at, src, dst, why, resume_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, shard, move.at, move.src, move.dst, move.why, move.resume_at))
+    def move(self, job_id: str, shard: int, move: Move, resent: int = 0) -> None:
+        """A shard placed; ``resent``: the shard's inputs sent again so far (kept across a restart)."""
+        self._write("INSERT INTO moves (job_id, shard, at, src, dst, why, resume_at, resent) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, shard, move.at, move.src, move.dst, move.why, move.resume_at, resent))
 
     def finish(self, job_id: str, status: str, finished: float, error: str = "") -> None:
         self._write("UPDATE jobs SET status = ?, finished = ?, error = ? WHERE job_id = ? AND finished IS NULL",
@@ -151,10 +154,11 @@ class JobJournal:
                                "ORDER BY lo", (job_id,)).fetchall()
         return [ChunkRow(s, lo, hi, node, unpack_arrays(o)) for s, lo, hi, node, o in rows]
 
-    def moves(self, job_id: str) -> list[tuple[int, Move]]:
-        rows = self.db.execute("SELECT shard, at, src, dst, why, resume_at FROM moves WHERE job_id = ? "
+    def moves(self, job_id: str) -> list[tuple[int, Move, int]]:
+        """(shard, move, the shard's resent count then), in order."""
+        rows = self.db.execute("SELECT shard, at, src, dst, why, resume_at, resent FROM moves WHERE job_id = ? "
                                "ORDER BY rowid", (job_id,)).fetchall()
-        return [(s, Move(at, src, dst, why, r)) for s, at, src, dst, why, r in rows]
+        return [(s, Move(at, src, dst, why, r), n) for s, at, src, dst, why, r, n in rows]
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished jobs (and their checkpoints and moves) older than the retention."""

@@ -276,7 +276,7 @@ class JobBoard:
                     move = plan.assign(i, node, now, f"{why_move} ({reason})")
                     self.moved += len(shard.moves) > 1
                     if self.journal is not None:
-                        self.journal.move(job.job_id, i, move)
+                        self.journal.move(job.job_id, i, move, shard.resent)
                     unreachable_since = None
                 for lo, hi in plan.next_chunks(i):
                     chunks.start_soon(self._chunk, job, i, shard.epoch, shard.node, lo, hi, wake)
@@ -389,11 +389,18 @@ class JobBoard:
         for c in self.journal.chunks(row.job_id):
             job.plan.restore(c.shard, c.lo, c.hi)
             job.keep(c.shard, c.lo, c.hi, c.node, c.outputs)
-        for shard_i, move in self.journal.moves(row.job_id):
+        for shard_i, move, resent in self.journal.moves(row.job_id):
             job.plan.shards[shard_i].moves.append(move)
+            job.plan.shards[shard_i].resent = resent
         if row.finished is not None:
             job.status, job.finished, job.error = row.status, row.finished, row.error
             job.done.set()
+        else:
+            # What was in flight when the home went down is sent again and not known chunk by chunk:
+            # count the most it can be, so ``resent`` stays an upper bound across a restart.
+            for s in job.plan.shards:
+                if not s.finished and s.moves:
+                    s.resent += min(job.plan.window * job.plan.chunk, s.hi - s.done)
         return job
 
 

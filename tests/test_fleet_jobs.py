@@ -126,7 +126,8 @@ async def test_a_killed_home_resumes_its_job_from_its_journal(jfleet, models_dir
         info = await c.wait_job(acc["job_id"], 90)
         result = await c.job_result(acc["job_id"])
     assert info["status"] == "succeeded", info
-    assert any("home restarted" in m["why"] for s in info["shards"] for m in s["moves"])
+    resumed = [m for s in info["shards"] for m in s["moves"] if "home restarted" in m["why"]]
+    assert resumed and all(m["to"] != "sat-5" for m in resumed)     # not onto itself before it knows the fleet
     assert_outputs_equal_onnxruntime(models_dir, xs, result)
 
 

@@ -119,7 +119,7 @@ def test_the_journal_keeps_each_checkpoint_once_and_forgets_finished_jobs(tmp_pa
     j.move("sat-0-job-1", 0, Move(101.0, None, "sat-3", "placed", 0))
     (c,) = j.chunks("sat-0-job-1")
     assert c.node == "sat-3" and np.array_equal(c.outputs["label"], out["label"])
-    assert [m.dst for _, m in j.moves("sat-0-job-1")] == ["sat-3"] and j.by_key("k1") == "sat-0-job-1"
+    assert [m.dst for _, m, _ in j.moves("sat-0-job-1")] == ["sat-3"] and j.by_key("k1") == "sat-0-job-1"
     assert [r.job_id for r in j.open_jobs()] == ["sat-0-job-1"]
     j.finish("sat-0-job-1", "succeeded", 105.0)
     assert j.open_jobs() == [] and j.purge(now=120.0) == 1 and j.chunks("sat-0-job-1") == []
