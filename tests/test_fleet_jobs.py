@@ -50,6 +50,16 @@ def assert_resent_within_what_was_in_flight(info):
         assert s["resent"] <= moves * info["window"] * info["chunk"], s
 
 
+async def answering(url):
+    with trio.fail_after(60):
+        while True:
+            try:
+                async with Client(url) as c:
+                    return await c.health()
+            except ApiError:
+                await trio.sleep(0.3)
+
+
 async def wait_for(c, job_id, done_at_least):
     with trio.fail_after(60):
         while True:
@@ -90,6 +100,7 @@ async def test_a_killed_satellites_shard_moves_and_resumes_from_its_checkpoint(j
             metrics = (await c._http.get("/metrics")).text
         finally:
             await trio.to_thread.run_sync(chaos.run, "restart", victim["node"])
+            await answering(peers[victim["node"]].api)         # back for the tests after this one
     assert info["status"] == "succeeded", info
     shard = info["shards"][victim["shard"]]
     move = next(m for m in shard["moves"] if m["from"] == victim["node"])
