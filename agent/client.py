@@ -190,12 +190,15 @@ class Client:
     async def submit_job(self, model: str, inputs: list[dict[str, Any]], *, shards: int | None = None,
                          chunk: int | None = None, window: int | None = None, target: str | None = None,
                          timeout_s: float | None = None, state: dict[str, Any] | None = None,
-                         idempotency_key: str | None = None) -> dict[str, Any]:
+                         idempotency_key: str | None = None, replicas: int | None = None,
+                         agreement: str | None = None) -> dict[str, Any]:
         """Submit a job: many inputs through ``model``, sharded across the fleet, checkpointed per chunk.
         ``inputs``: one object of input tensors per input (numpy arrays or nested lists); ``state``:
-        ``{"carry": {OUTPUT: INPUT}, "initial": {INPUT: tensor}}`` for a stateful step."""
+        ``{"carry": {OUTPUT: INPUT}, "initial": {INPUT: tensor}}`` for a stateful step; ``replicas``: run
+        every chunk on that many satellites in different planes and vote (``agreement``)."""
         options = {"shards": shards, "chunk": chunk, "window": window, "target": target, "timeout_s": timeout_s,
-                   "state": _jsonable(state), "idempotency_key": idempotency_key}
+                   "state": _jsonable(state), "idempotency_key": idempotency_key, "replicas": replicas,
+                   "agreement": agreement}
         body = {"model": model, "inputs": [_jsonable(item) for item in inputs],
                 **{k: v for k, v in options.items() if v is not None}}
         return await self._call("POST", "/v1/jobs", json=body)

@@ -33,13 +33,18 @@ def format_job(info: dict[str, Any]) -> str:
              f"  model {info['model']}, {info['inputs']} inputs, chunks of {info['chunk']}, {info['window']} in flight"
              f" per shard{', stateful' if info['stateful'] else ''}, placement {info['target']}",
              f"  {info['done']}/{info['inputs']} done in {took:.1f} s; {info['moves']} moves, {info['resent']} inputs "
-             f"sent again, onnxruntime {info['compute_ms']:.0f} ms",
+             f"sent again, onnxruntime {info['compute_ms']:.0f} ms"
+             + (f"; {info['replicas']} replicas a chunk, {len(info['disagreements'])} chunks with a dissenter"
+                if info.get("replicas", 1) > 1 else ""),
              "  shard  inputs        node      done   moves  last placement"]
     for s in info["shards"]:
         lo, hi = s["inputs"]
         last = s["moves"][-1]["why"] if s["moves"] else ""
         lines.append(f"  {s['shard']:>5}  {lo:>5}–{hi - 1:<6} {s['node'] or '-':<9} {s['done']:>4}/{hi - lo:<4} "
                      f"{max(0, len(s['moves']) - 1):>5}  {last[:70]}")
+    for d in info.get("disagreements", [])[:10]:
+        lines.append(f"  inputs {d['inputs'][0]}–{d['inputs'][1]}: {d['decision'] or 'undecided'}; dissenters "
+                     f"{', '.join(d['dissenters']) or '-'}, failed {', '.join(d['failed']) or '-'}")
     return "\n".join(lines)
 
 
@@ -104,7 +109,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         async with Client(url, timeout=30) as c:
             if args.action == "submit":
                 info = await c.submit_job(args.model, items, shards=args.shards, chunk=args.chunk, window=args.window,
-                                          target=args.policy, timeout_s=args.timeout, state=state)
+                                          target=args.policy, timeout_s=args.timeout, state=state,
+                                          replicas=args.replicas, agreement=args.agreement)
                 if not args.json:
                     print(f"job {info['job_id']} accepted at {url}: {info['inputs']} inputs in "
                           f"{len(info['shards'])} shards")
@@ -164,6 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--policy", default=None, help="placement: auto, nearest or sunlit (default auto)")
     s.add_argument("--carry", action="append", metavar="OUTPUT=INPUT",
                    help="a stateful step: OUTPUT of each input feeds INPUT of the next (initial state zeros)")
+    s.add_argument("--replicas", type=int, help="run every chunk on this many satellites, one per plane, and vote")
+    s.add_argument("--agreement", choices=("first", "majority"), help="with --replicas: the vote (default majority)")
     s.add_argument("--timeout", type=float, default=600.0, help="the job's deadline in seconds (default 600)")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return")
     for name, what in (("status", "a job's shards, where they run, moves and progress"),

@@ -37,18 +37,22 @@ class NodeJobHost:
         n = self.node
         loaded = n.store.get(n.store.key(spec.model, spec.sha256))
         sample = {k: v[:1].reshape(v.shape[1:]) for k, v in spec.inputs.items()} | spec.initial
-        # Satellites only (a job's shards are orbital compute; its home may be a station), and none
-        # the membership suspects: a node killed a moment ago is suspect before it is dead.
-        shunned = frozenset(e.name for i, e in n.peers.by_index.items()
-                            if n.topology.names.is_ground(i) or i in n.membership.suspects())
-        if time.time() - n.started < FLEET_VIEW_S:
-            shunned |= {self.name}    # just (re)started: it alone looks free, as it has heard of nobody yet
         try:
             chosen, why = n._place(spec.model, spec.target, sample, loaded, spec.timeout_s,
-                                   exclude=exclude | shunned)
+                                   exclude=exclude | self._shunned())
         except SubmitError as exc:
             raise JobError(exc.status, str(exc)) from None
         return chosen[0], why
+
+    def _shunned(self) -> frozenset[str]:
+        """Never a shard's satellite: stations (a job's shards are orbital compute; its home may be a
+        station), suspects (a node killed a moment ago is suspect before it is dead), and the node
+        itself just after a start (it alone looks free, as it has heard of nobody yet)."""
+        n = self.node
+        out = {e.name for i, e in n.peers.by_index.items() if n.topology.names.is_ground(i) or i in n.membership.suspects()}
+        if time.time() - n.started < FLEET_VIEW_S:
+            out.add(self.name)
+        return frozenset(out)
 
     def send_chunk(self, spec: JobSpec, task_id: str, executor: str, inputs: dict[str, np.ndarray], scan: Scan,
                    timeout_s: float) -> TaskRecord:
@@ -57,6 +61,11 @@ class NodeJobHost:
             raise JobError(429, f"{len(n._requests)} tasks pending at {self.name}")
         loaded = n.store.get(n.store.key(spec.model, spec.sha256))
         try:
+            if spec.replicas > 1:       # k satellites in different planes, their answers voted on
+                executors, why = n._place(spec.model, spec.target, inputs, loaded, timeout_s, replicas=spec.replicas,
+                                          exclude=self._shunned())
+                return n._submit_replicas(spec.model, loaded, inputs, executors, f"job chunk of {scan.steps}: {why}",
+                                          spec.agreement, timeout_s, None, False, task_id=task_id, scan=scan)
             return n._accept(spec.model, loaded, inputs, executor, f"job chunk of {scan.steps}", timeout_s,
                              None, False, None, task_id=task_id, scan=scan)
         except SubmitError as exc:

@@ -24,12 +24,14 @@ from agent.models import LoadedModel
 from agent.tensors import InputError, from_json, inputs_from_json
 from agent.zoo import LimitError, check_limits
 from mesh.jobs import MAX_CHUNK, MAX_JOB_INPUTS, MAX_SHARDS
+from mesh.voting import MAX_REPLICAS, MODES
 
 DEFAULT_SHARDS = 8
 DEFAULT_CHUNK = 8
 DEFAULT_TIMEOUT_S = 600.0
 MAX_TIMEOUT_S = 6 * 3600.0
-KNOWN = {"model", "inputs", "shards", "chunk", "window", "target", "timeout_s", "state", "idempotency_key"}
+KNOWN = {"model", "inputs", "shards", "chunk", "window", "target", "timeout_s", "state", "idempotency_key",
+         "replicas", "agreement"}
 
 
 class JobError(ValueError):
@@ -53,6 +55,8 @@ class JobSpec:
     window: int
     target: str
     timeout_s: float
+    replicas: int = 1                      # each chunk on this many satellites, one per plane, voted
+    agreement: str = "majority"
 
     @property
     def item_bytes(self) -> int:
@@ -68,7 +72,7 @@ class JobSpec:
                 "carry": [list(p) for p in self.carry],
                 "initial": {k: [v.dtype.name, list(v.shape), v.tobytes()] for k, v in self.initial.items()},
                 "shards": self.shards, "chunk": self.chunk, "window": self.window, "target": self.target,
-                "timeout_s": self.timeout_s}
+                "timeout_s": self.timeout_s, "replicas": self.replicas, "agreement": self.agreement}
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> "JobSpec":
@@ -76,7 +80,8 @@ class JobSpec:
             return {k: np.frombuffer(b, dtype=np.dtype(t).newbyteorder("<")).reshape(s) for k, (t, s, b) in d.items()}
         return cls(raw["model"], raw["sha256"], arrays(raw["inputs"]), raw["n"],
                    tuple((a, b) for a, b in raw["carry"]), arrays(raw["initial"]), raw["shards"], raw["chunk"],
-                   raw["window"], raw["target"], raw["timeout_s"])
+                   raw["window"], raw["target"], raw["timeout_s"], raw.get("replicas", 1),
+                   raw.get("agreement", "majority"))
 
 
 def _int(body: dict, key: str, default: int, lo: int, hi: int) -> int:
@@ -127,10 +132,13 @@ def parse_job(body: Any, loaded: LoadedModel, sha256: str, *, max_elements: int,
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
             or not 1 <= timeout <= MAX_TIMEOUT_S:
         raise JobError(400, f"'timeout_s' must be a number of seconds in 1–{MAX_TIMEOUT_S:g}")
+    agreement = body.get("agreement", "majority")
+    if not isinstance(agreement, str) or agreement not in MODES:
+        raise JobError(400, f"'agreement' must be one of {', '.join(MODES)}")
     return JobSpec(loaded.name, sha256, stacked, len(items), carry, initial,
                    _int(body, "shards", DEFAULT_SHARDS if not carry else 1, 1, MAX_SHARDS),
                    min(_int(body, "chunk", DEFAULT_CHUNK, 1, MAX_CHUNK), fits), _int(body, "window", 2, 1, 8),
-                   target, float(timeout))
+                   target, float(timeout), _int(body, "replicas", 1, 1, MAX_REPLICAS), agreement)
 
 
 def _state(raw: Any, loaded: LoadedModel, max_elements: int) -> tuple[tuple[tuple[str, str], ...],

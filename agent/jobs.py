@@ -43,6 +43,7 @@ CHUNK_FIRST_S = 10.0        # a chunk's own deadline before the job has timed an
 CHUNK_FLOOR_S = 3.0         # and after: CHUNK_SLACK × the job's typical chunk, never less than this
 CHUNK_SLACK = 5.0
 PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
+MAX_VOTES_KEPT = 1000       # replicated chunks whose votes a job keeps for its status
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -79,6 +80,7 @@ class Job:
         self.state: dict[int, dict[str, np.ndarray]] = {s.index: dict(spec.initial) for s in self.plan.shards}
         self.ran_on: Counter[str] = Counter()       # inputs checkpointed per executing node
         self.came_via: Counter[str] = Counter()     # chunks per node they reached home from (a station: downlinks)
+        self.voted: list[tuple[int, int, TaskRecord]] = []   # replicated chunks and their votes
         self.status, self.error, self.finished = "running", "", None
         self.compute_s = 0.0
         self.chunk_s: float | None = None           # typical round trip of a full chunk (EWMA): its deadline
@@ -94,11 +96,29 @@ class Job:
             self.scope.cancel()
         return True
 
-    def keep(self, shard: int, lo: int, hi: int, node: str, outputs: dict[str, np.ndarray]) -> None:
+    def keep(self, shard: int, lo: int, hi: int, node: str, outputs: dict[str, np.ndarray],
+             voted: TaskRecord | None = None) -> None:
         self.chunks[lo] = (hi, outputs)
-        self.ran_on[node] += hi - lo
+        if voted is not None and voted.replicas is not None:      # every replica that answered ran it
+            for r in voted.replicas["replicas"]:
+                if r["status"] == "succeeded":
+                    self.ran_on[r["node"]] += hi - lo
+            if len(self.voted) < MAX_VOTES_KEPT:
+                self.voted.append((lo, hi, voted))
+        else:
+            self.ran_on[node] += hi - lo
         if self.spec.carry:
             self.state[shard] = {inp: np.ascontiguousarray(outputs[out][-1]) for out, inp in self.spec.carry}
+
+    def disagreements(self) -> list[dict[str, Any]]:
+        """Replicated chunks where a replica answered differently or failed (filled in as late answers come)."""
+        out = []
+        for lo, hi, rec in self.voted:
+            v = rec.replicas or {}
+            if v.get("dissenters") or v.get("failed"):
+                out.append({"inputs": [lo, hi - 1], "dissenters": v["dissenters"], "failed": v["failed"],
+                            "decision": v.get("decision")})
+        return out
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Every output stacked in input order; each input exactly once, or JobError if one is missing."""
@@ -123,6 +143,7 @@ class Job:
             "stateful": bool(self.spec.carry), "target": self.spec.target,
             "moves": sum(max(0, len(s.moves) - 1) for s in plan.shards), "resent": plan.resent,
             "ran_on": dict(self.ran_on.most_common()), "came_via": dict(self.came_via.most_common()),
+            "replicas": self.spec.replicas, "disagreements": self.disagreements(),
             "compute_ms": self.compute_s * 1e3,
         }
 
@@ -268,7 +289,8 @@ class JobBoard:
             while not shard.finished:
                 now = self.clock()
                 if shard.node is None:
-                    placed = self._place(job, i, avoid, now)
+                    placed = (f"{job.spec.replicas} replicas", "one satellite per plane, placed chunk by chunk") \
+                        if job.spec.replicas > 1 else self._place(job, i, avoid, now)
                     if placed is None:
                         await trio.sleep(1.0)        # nothing fits now; the fleet changes
                         continue
@@ -289,6 +311,8 @@ class JobBoard:
                         if failed_on is not None:
                             avoid[failed_on] = self.clock()
                     continue
+                if job.spec.replicas > 1:
+                    continue                 # each chunk is placed and voted on by itself
                 problem = self.host.unfit(shard.node)
                 if self.host.isolated():
                     unreachable_since = None      # the home is out of contact (a station between passes), not it
@@ -343,7 +367,7 @@ class JobBoard:
                 t0 = time.perf_counter()
                 if self.journal is not None:     # on disk before the plan counts it
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
-                job.keep(i, lo, hi, rec.executor, outputs)
+                job.keep(i, lo, hi, rec.executor, outputs, rec)
                 took = (self.clock() - sent_at) * spec.chunk / steps
                 job.chunk_s = took if job.chunk_s is None else 0.8 * job.chunk_s + 0.2 * took
                 job.came_via[_last_relay(rec, self.host.name)] += 1

@@ -101,3 +101,32 @@ async def test_first_answers_with_the_first_success_and_bad_requests_are_refused
         with pytest.raises(ApiError) as err:      # more planes than the fleet has
             await c.submit("digits", inputs, replicas=4)
         assert err.value.status == 503 and "one per plane" in err.value.message
+
+
+async def test_a_replicated_job_outvotes_the_corrupting_plane_chunk_by_chunk(rfleet, models_dir):
+    """Issue 19 item 3 for jobs: every chunk of a `replicas: 3` job runs in three planes; the plane whose
+    results flip bits is outvoted, every output is right, and the job names the corrupting nodes."""
+    spec, cfg, peers = rfleet
+    plane_of = planes(cfg, peers)
+    bad_plane = [n for n, p in plane_of.items() if p == 1]
+    samples = json.loads((models_dir / "digits.json").read_text())["samples"]
+    xs = [samples[i % len(samples)]["inputs"]["input"] for i in range(40)]
+    async with Client(peers["sat-0"].api) as c:
+        for n in bad_plane:
+            await c.apply_fault({"kind": "bitflip", "node": n, "rate": 1.0, "duration_s": 120})
+        try:
+            acc = await c.submit_job("digits", [{"input": x} for x in xs], shards=2, chunk=5, replicas=3)
+            info = await c.wait_job(acc["job_id"], 90)
+            result = await c.job_result(acc["job_id"])
+            with trio.fail_after(30):      # the votes keep listening for the third answer after deciding
+                while len(info["disagreements"]) < 8:
+                    await trio.sleep(0.3)
+                    info = await c.job(acc["job_id"])
+        finally:
+            await c.clear_faults()
+    assert info["status"] == "succeeded" and info["replicas"] == 3, info
+    sess = ort.InferenceSession(str(models_dir / "digits.onnx"))
+    for x, got in zip(xs, result["outputs"]):
+        np.testing.assert_array_equal(got["label"], sess.run(None, {"input": np.asarray(x, np.float32)})[0])
+    assert {plane_of[n] for n in info["ran_on"]} == {0, 1, 2}
+    assert all(set(d["dissenters"]) <= set(bad_plane) and d["dissenters"] for d in info["disagreements"])
