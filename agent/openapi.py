@@ -248,7 +248,8 @@ def _jobs() -> dict[str, Any]:
         "state": {"type": "object", "required": ["carry"], "additionalProperties": False, "properties": {
             "carry": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
             "initial": {"type": "object", "additionalProperties": TENSOR_V1}}},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128}}}
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
+        "replicas": {**count, "maximum": 7}, "agreement": {"enum": ["first", "majority"]}}}
     shard = {"type": "object", "required": ["shard", "inputs", "node", "done", "moves", "resent"]}
     job = {"type": "object", "required": ["job_id", "model", "status", "inputs", "done", "shards", "moves", "resent"],
            "properties": {"job_id": {"type": "string"}, "status": {"enum": ["running", "succeeded", "failed",
