@@ -242,7 +242,7 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
         Route("/v1/tasks/{task_id}", get_task),
         *kserve_routes(InferenceService(node), node.config.limits.max_body_bytes),
         *console_routes(node, fleet_dir),
-        *job_routes(node, read_json),
+        *job_routes(node, read_task),
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

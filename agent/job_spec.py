@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent.models import LoadedModel
-from agent.tensors import InputError, from_json, inputs_from_json
+from agent.tensors import InputError, from_json, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.zoo import LimitError, check_limits
 from mesh.jobs import MAX_CHUNK, MAX_JOB_INPUTS, MAX_SHARDS
 from mesh.voting import MAX_REPLICAS, MODES
@@ -103,14 +103,23 @@ def parse_job(body: Any, loaded: LoadedModel, sha256: str, *, max_elements: int,
     carried = {i for _, i in carry}
     specs = [s for s in loaded.inputs if s.name not in carried]
     raw = body.get("inputs")
-    if not isinstance(raw, list) or not raw:
+    if typed_arrays(raw):       # binary tensors: each input name stacked, leading axis = input number
+        sizes = {v.shape[0] if v.ndim else 0 for v in raw.values()}
+        if len(sizes) != 1 or not next(iter(sizes)):
+            raise JobError(400, "binary job inputs: every tensor stacks the inputs on its first axis, all "
+                                f"of the same length ≥ 1; got {({k: list(v.shape) for k, v in raw.items()})}")
+        raw = [{k: v[i] for k, v in raw.items()} for i in range(next(iter(sizes)))]
+        read = inputs_from_arrays
+    elif isinstance(raw, list) and raw:
+        read = inputs_from_json
+    else:
         raise JobError(400, "'inputs' must be a non-empty list, one object of input tensors per input")
     if len(raw) > MAX_JOB_INPUTS:
         raise JobError(413, f"a job has at most {MAX_JOB_INPUTS} inputs, got {len(raw)}")
     items = []
     for i, item in enumerate(raw):
         try:
-            arrays = inputs_from_json(item, specs, max_elements)
+            arrays = read(item, specs, max_elements)
             check_limits(loaded.name, arrays | initial, loaded.manifest)
         except (InputError, LimitError) as exc:
             raise JobError(400, f"input {i}: {exc}") from None

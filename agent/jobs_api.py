@@ -26,7 +26,8 @@ def home_of(job_id: str) -> str:
     return job_id.rsplit("-job-", 1)[0] if "-job-" in job_id else ""
 
 
-def job_routes(node: Any, read_json: Callable[[Request, int], Awaitable[Any]]) -> list[Route]:
+def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -> list[Route]:
+    """``read_task``: a body as JSON, or a JSON header and binary tensors (``agent.api.read_task``)."""
     def error(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
@@ -51,7 +52,7 @@ def job_routes(node: Any, read_json: Callable[[Request, int], Awaitable[Any]]) -
 
     async def submit(request: Request) -> JSONResponse:
         try:
-            body = await read_json(request, node.config.limits.max_body_bytes)
+            body = await read_task(request, node.config.limits.max_body_bytes)
             job, new = await submit_job(node, body)
         except (JobError, SubmitError) as exc:
             return error(exc.status, str(exc), **({"Retry-After": "5"} if exc.status == 429 else {}))

@@ -268,6 +268,8 @@ def _jobs() -> dict[str, Any]:
                  413: "body over limits.max_body_bytes, over 10,000 inputs, or one input over a chunk's limit",
                  422: "the model file cannot be loaded", 429: "too many jobs running here (Retry-After)",
                  503: "the job cannot be journaled"}),
+                params=[_header("Inference-Header-Content-Length", "binary tensors: the JSON job's length; each "
+                                "input name's tensors, stacked on a first axis, follow it", {"type": "string"})],
                 body=_json(request, JOB_EXAMPLE)["content"]),
             "get": _op("the jobs this node is home to, newest first", _responses(
                 {200: ("jobs", {"type": "object", "required": ["node", "jobs"]})}, {}))},

@@ -1,6 +1,6 @@
 """Jobs: throughput against onnxruntime alone, what a checkpoint costs, how fast a killed shard resumes.
 
-* Throughput: one cloud-mask job of ``--inputs`` 32×32 tiles (and one digits job)
+* Throughput: one cloud-mask job of ``--inputs`` 64×64 tiles (and one digits job), sent as binary tensors
   on a fleet of ``--sats`` agents, against the same inputs through one
   onnxruntime session here (4 threads, batch of one chunk), timed in the same run.
   The ratio is the job's inputs/s over onnxruntime's.  On this 2-core box
@@ -14,7 +14,7 @@
   running one shard is killed (SIGKILL); reported is the time until the shard
   is placed elsewhere (its move's timestamp) and the inputs sent again.
 
-    python bench/jobs.py [--sats 24] [--inputs 96] [--repeat 3] [--json]
+    python bench/jobs.py [--sats 24] [--inputs 192] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def tiles(model: str, n: int) -> list[np.ndarray]:
     samples = json.loads((MODELS / f"{model}.json").read_text())["samples"]
     name = next(iter(samples[0]["inputs"]))
     base = [np.asarray(s["inputs"][name], np.float32) for s in samples]
-    if model == "cloudmask":      # 32×32 crops of the sample scene: a job's JSON body stays under 16 MiB
-        base = [b[..., y:y + 32, x:x + 32] for b in base for y in range(0, b.shape[-2] - 31, 32)
-                for x in range(0, b.shape[-1] - 31, 32)]
+    if model == "cloudmask":      # 64×64 crops of the sample scene: the job's binary body stays under 16 MiB
+        base = [b[..., y:y + 64, x:x + 64] for b in base for y in range(0, b.shape[-2] - 63, 64)
+                for x in range(0, b.shape[-1] - 63, 64)]
     return [base[i % len(base)] for i in range(n)], name
 
 
@@ -67,7 +67,7 @@ def local_rate(model: str, xs: list[np.ndarray], name: str, chunk: int) -> float
 async def job_rate(peers, model: str, xs: list[np.ndarray], name: str, shards: int, chunk: int) -> dict:
     async with Client(peers["sat-0"].api, timeout=60) as c:
         t0 = time.perf_counter()
-        acc = await c.submit_job(model, [{name: x} for x in xs], shards=shards, chunk=chunk, timeout_s=600)
+        acc = await c.submit_job(model, {name: np.stack(xs)}, shards=shards, chunk=chunk, timeout_s=600)
         info = await c.wait_job(acc["job_id"], 600)
         took = time.perf_counter() - t0
     assert info["status"] == "succeeded", info
@@ -116,7 +116,7 @@ async def kill_resume(spec, peers, xs: list[np.ndarray], name: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sats", type=int, default=24)
-    ap.add_argument("--inputs", type=int, default=96, help="cloud-mask tiles (32×32); digits jobs get 20× as many")
+    ap.add_argument("--inputs", type=int, default=192, help="cloud-mask tiles (64×64); digits jobs get 20× as many")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

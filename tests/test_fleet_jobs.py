@@ -83,6 +83,17 @@ async def test_a_job_is_sharded_over_satellites_and_every_output_equals_onnxrunt
     assert_outputs_equal_onnxruntime(models_dir, xs, result)
 
 
+async def test_binary_inputs_make_the_same_job(jfleet, models_dir):
+    spec, peers = jfleet
+    xs = digits_inputs(models_dir, 30)
+    async with Client(peers["sat-6"].api) as c:
+        acc = await c.submit_job("digits", {"input": np.stack(xs)}, shards=2, chunk=4)   # binary tensors
+        info = await c.wait_job(acc["job_id"], 60)
+        result = await c.job_result(acc["job_id"])
+    assert info["status"] == "succeeded" and info["inputs"] == 30
+    assert_outputs_equal_onnxruntime(models_dir, xs, result)
+
+
 async def test_a_killed_satellites_shard_moves_and_resumes_from_its_checkpoint(jfleet, models_dir):
     spec, peers = jfleet
     xs = digits_inputs(models_dir, 400)

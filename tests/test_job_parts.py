@@ -36,6 +36,16 @@ def test_inputs_are_checked_and_stacked_and_the_spec_survives_the_journal_encodi
     assert back.n == 7 and np.array_equal(back.inputs["input"], spec.inputs["input"]) and back.chunk == spec.chunk
 
 
+def test_binary_inputs_arrive_stacked_and_are_checked_one_by_one():
+    xs = np.arange(5 * 64, dtype=np.float32).reshape(5, 1, 64)
+    spec = parse({"model": "digits", "inputs": {"input": xs}})
+    assert spec.n == 5 and np.array_equal(spec.inputs["input"], xs)
+    with pytest.raises(JobError, match="input 0"):
+        parse({"model": "digits", "inputs": {"input": np.zeros((5, 1, 63), np.float32)}})
+    with pytest.raises(JobError, match="first axis"):
+        parse({"model": "digits", "inputs": {"input": np.zeros((0, 1, 64), np.float32)}})
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "digits", "inputs": []}, 400, "non-empty list"),
     ({"model": "digits", "inputs": [{"input": [[1.0] * 63]}]}, 400, "input 0"),
