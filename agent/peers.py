@@ -21,6 +21,13 @@ class PeerEntry:
     grpc: str = ""      # host:port of its gRPC inference service; "" = none
 
 
+@dataclass(frozen=True)
+class NodeIdentity:
+    name: str
+    index: int
+    peer_id: str
+
+
 class Peers:
     def __init__(self, entries: list[PeerEntry]):
         self.by_name = {e.name: e for e in entries}
