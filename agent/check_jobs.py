@@ -334,7 +334,10 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
                 if homes:
                     found[entry] = found.get(entry, 0) + st["inputs"] - st["done"]
                 for s in st["shards"] if not homes else ():
-                    if s["node"] and s["in_flight"] and s["checkpoint"] < s["inputs"][1] and s["node"] not in entries:
+                    # a chunk in flight and more still to send: killed now, the shard must move (with nothing
+                    # left to send, the answer already on its way can finish it)
+                    unsent = s["inputs"][1] - max((hi for _, hi in s["in_flight"]), default=s["inputs"][1])
+                    if s["node"] and s["in_flight"] and unsent > 0 and s["node"] not in entries:
                         found[s["node"]] = found.get(s["node"], 0) + s["inputs"][1] - s["checkpoint"]
         async with trio.open_nursery() as n:
             for entry in entries:

@@ -220,14 +220,14 @@ class EntryTasks:
 
     def _submit_replicas(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executors: list[str],
                          why: str, agreement: str, timeout_s: float, idem_key: str | None,
-                         journaled: bool) -> TaskRecord:
+                         journaled: bool, task_id: str | None = None, scan: Scan | None = None) -> TaskRecord:
         """One task per replica (each journaled and delivered exactly once like any task), and a parent
-        whose outputs are the agreed answer (agent/replicas.py)."""
+        whose outputs are the agreed answer (agent/replicas.py).  ``scan``: a job's chunk (agent/jobs.py)."""
         now = time.time()
-        parent = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
+        parent = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
                             created=now, journaled=False, deadline=now + timeout_s, placement=why)
         children = [self._accept(model, loaded, arrays, ex, f"replica {i + 1} of {len(executors)} of {parent.task_id}",
-                                 timeout_s, None, journaled, None, task_id=f"{parent.task_id}.r{i}")
+                                 timeout_s, None, journaled, None, task_id=f"{parent.task_id}.r{i}", scan=scan)
                     for i, ex in enumerate(executors)]
         vote = Vote(len(executors), agreement)
         parent.replicas = replica_view(vote, children)
