@@ -43,6 +43,7 @@ CHUNK_FIRST_S = 10.0        # a chunk's own deadline before the job has timed an
 CHUNK_FLOOR_S = 3.0         # and after: CHUNK_SLACK × the job's typical chunk, never less than this
 CHUNK_SLACK = 5.0
 PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
+REFUSED_RETRY_S = 1.0       # a chunk the home could not send (its own limits) is tried again this soon
 MAX_VOTES_KEPT = 1000       # replicated chunks whose votes a job keeps for its status
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -351,12 +352,17 @@ class JobBoard:
         if self.host.is_ground:      # results wait for the station's next pass: only the job's deadline binds
             timeout = job.deadline - self.clock()
         timeout = min(timeout, max(1.0, job.deadline - self.clock()))
-        try:
-            rec = self.host.send_chunk(spec, f"{job.job_id}.s{i}.e{epoch}.c{lo}", node, inputs,
-                                       Scan(steps, spec.carry), timeout)
-        except JobError as exc:
-            rec = None
-            error = str(exc)
+        rec, error = None, ""
+        while epoch == shard.epoch:
+            try:
+                rec = self.host.send_chunk(spec, f"{job.job_id}.s{i}.e{epoch}.c{lo}", node, inputs,
+                                           Scan(steps, spec.carry), timeout)
+                break
+            except JobError as exc:      # refused here (too many tasks pending, no planes free): not the
+                error = str(exc)         # satellite's fault, so no move; the same chunk again shortly
+                if exc.status not in (429, 503):
+                    break
+                await trio.sleep(REFUSED_RETRY_S)
         if rec is not None:
             await rec.done.wait()
             error = rec.error or ""
@@ -365,7 +371,7 @@ class JobBoard:
             if all(v.shape[:1] == (steps,) for v in outputs.values()) and \
                     job.plan.chunk_done(i, epoch, lo, hi, self.clock()):
                 t0 = time.perf_counter()
-                if self.journal is not None:     # on disk before the plan counts it
+                if self.journal is not None:     # a write that fails fails the job (JobJournalError)
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
                 job.keep(i, lo, hi, rec.executor, outputs, rec)
                 took = (self.clock() - sent_at) * spec.chunk / steps

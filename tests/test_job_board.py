@@ -32,6 +32,7 @@ class Sky:
         self.is_ground = False
         self.executions: Counter[int] = Counter()     # input index -> times run anywhere
         self.sent: Counter[str] = Counter()           # chunks sent, per job id
+        self.refuse = 0                               # the next sends refused at home (its own limits)
 
     def place_shard(self, spec, exclude):
         for n, st in self.nodes.items():
@@ -40,6 +41,9 @@ class Sky:
         raise JobError(503, "no satellite fits")
 
     def send_chunk(self, spec, task_id, executor, inputs, scan, timeout_s):
+        if self.refuse:
+            self.refuse -= 1
+            raise JobError(429, "256 tasks pending at home")
         rec = TaskRecord(task_id, spec.model, self.name, executor, created=trio.current_time(),
                          deadline=trio.current_time() + timeout_s)
         first = int(task_id.rsplit(".c", 1)[1])
@@ -230,3 +234,14 @@ def test_cancel_stops_a_job_and_too_many_running_jobs_are_refused():
     job, sent, later, other = trio.run(run_board, ["s1", "s2"], body, clock=clock())
     assert job.status == "cancelled" and job.error == "cancelled by the client"
     assert later == sent and other.status == "running"                 # nothing more sent; the others go on
+
+
+def test_a_chunk_the_home_cannot_send_yet_waits_without_moving_the_shard():
+    async def body(sky, board):
+        sky.refuse = 25
+        job, _ = board.submit(spec(20, shards=1, chunk=4, window=2), None)
+        await job.done.wait()
+        return job
+    job = trio.run(run_board, ["s1", "s2"], body, clock=clock())
+    assert job.status == "succeeded" and len(job.plan.shards[0].moves) == 1 and job.plan.resent == 0
+
