@@ -152,6 +152,19 @@ def test_keeping_choices_are_pure_functions_of_t(starlink, chains, policy):
     assert np.array_equal(cold._seed(ANCHOR_SLOTS), seed)
 
 
+def test_a_walk_of_slots_propagates_each_boundary_once(starlink, chains, monkeypatch):
+    """Slot n's end is slot n+1's start: a chain computes the sky there once, and gets the same choices."""
+    calls = []
+    real = starlink.positions_at
+    monkeypatch.setattr(starlink, "positions_at", lambda times, *a: calls.append(np.atleast_1d(times).copy()) or
+                        real(times, *a))
+    h = Handover(starlink, STATIONS, policy="highest_elevation", interval_s=H)
+    walked = np.array([h.slot(n) for n in range(SLOTS)])
+    assert np.array_equal(walked, chains["highest_elevation"][1])
+    instants = [float(t) for ts in calls for t in ts]
+    assert sorted(instants) == [n * H for n in range(SLOTS + 1)]
+
+
 def test_bad_policy_and_interval_are_clear_errors(starlink):
     with pytest.raises(ValueError, match="handover must be one of"):
         Handover(starlink, STATIONS, policy="nearest")
