@@ -71,7 +71,8 @@ class Handover:
         self._slots: OrderedDict[int, np.ndarray] = OrderedDict()     # canonical choice per slot
         self._seeds: OrderedDict[int, np.ndarray] = OrderedDict()     # warm-up result per anchor
         # who is in view at slot boundary n: slot n's end is slot n+1's start, so a chain
-        # of slots propagates each boundary once, not twice
+        # of slots propagates each boundary once, not twice; an anchor's warm-up walks the
+        # ANCHOR_SLOTS boundaries the chain has just passed, so they are kept too
         self._bounds: OrderedDict[int, tuple] = OrderedDict()
 
     def _visible(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,7 +84,7 @@ class Handover:
         if hit is None:
             pos = self.constellation.positions_at(np.array([n * self.interval_s]))
             hit = self._visible(pos[:, 0, :])
-            self._remember(self._bounds, n, hit, 4)
+            self._remember(self._bounds, n, hit, 2 * ANCHOR_SLOTS + 2)
         return hit
 
     def slot_of(self, t: float) -> tuple[float, float]:
