@@ -42,8 +42,10 @@ test: models browser
 	$(PY) -m pytest -q -p no:cacheprovider -m "not engine" $(ARGS)
 
 ## Every test that starts no process and needs no built models (all of mesh/, in-process nodes and relays): < 60 s.
+## The codec fuzz properties take 100 cases each here (make test: 300); set FUZZ_EXAMPLES=300 for the full count.
+FUZZ_EXAMPLES ?= 100
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not engine" $(ARGS)
+	ORBITMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -m "not slow and not engine" $(ARGS)
 
 bench: models
 	$(PY) bench/task_overhead.py $(ARGS)

@@ -70,9 +70,22 @@ class Handover:
         self.max_range_km = max_range_km
         self._slots: OrderedDict[int, np.ndarray] = OrderedDict()     # canonical choice per slot
         self._seeds: OrderedDict[int, np.ndarray] = OrderedDict()     # warm-up result per anchor
+        # who is in view at slot boundary n: slot n's end is slot n+1's start, so a chain
+        # of slots propagates each boundary once, not twice; an anchor's warm-up walks the
+        # ANCHOR_SLOTS boundaries the chain has just passed, so they are kept too
+        self._bounds: OrderedDict[int, tuple] = OrderedDict()
 
     def _visible(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.stations.visible(pos, self.elevation_mask_deg, self.max_range_km)
+
+    def _in_view_at(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The visible pairs at the start of slot ``n`` (cached: a pure function of n)."""
+        hit = self._bounds.get(n)
+        if hit is None:
+            pos = self.constellation.positions_at(np.array([n * self.interval_s]))
+            hit = self._visible(pos[:, 0, :])
+            self._remember(self._bounds, n, hit, 2 * ANCHOR_SLOTS + 2)
+        return hit
 
     def slot_of(self, t: float) -> tuple[float, float]:
         """The slot [start, end) holding ``t``: the choice is fixed within it."""
@@ -149,14 +162,13 @@ class Handover:
 
     def _choose(self, n: int, prev: np.ndarray | None) -> np.ndarray:
         """The pick for slot n, keeping ``prev``'s satellite where it stays in view all slot."""
-        ts, te = n * self.interval_s, (n + 1) * self.interval_s
+        te = (n + 1) * self.interval_s
         K, N = len(self.stations), len(self.constellation)
         out = np.full(K, -1, dtype=np.int64)
         if K == 0:
             return out
-        both = self.constellation.positions_at(np.array([ts, te]))
-        k0, i0, s0, _ = self._visible(both[:, 0, :])
-        k1, i1, _, _ = self._visible(both[:, 1, :])
+        k0, i0, s0, _ = self._in_view_at(n)
+        k1, i1, _, _ = self._in_view_at(n + 1)
         if not len(k0):
             return out
         stays = np.isin(k0 * N + i0, k1 * N + i1)

@@ -37,7 +37,8 @@ def http_stubs(port: int, answers: dict[str, Answer]) -> Iterator[None]:
                 pass
 
         srv = ThreadingHTTPServer((ip, port), Stub)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        # shutdown() waits for serve_forever's next poll: 0.5 s per stub by default
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(srv)
     try:
         yield

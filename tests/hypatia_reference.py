@@ -23,7 +23,9 @@ project's modules:
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import ephem
 import networkx as nx
@@ -132,3 +134,25 @@ class Reference:
         except (nx.NetworkXNoPath, nx.NodeNotFound):
             return None
         return 2.0 * d / SPEED_OF_LIGHT_M_S
+
+
+# rtt_s(t) for t = 0, 1, … 199 s between the two stations, as this reference computes it
+# (~30 ms of pyephem per instant): tests compare against the table, and check it against a
+# live computation (every instant in the slow suite, a sample in the fast one).
+# Rewrite it with `python tests/hypatia_reference.py` after changing this file.
+RTT_TABLE = Path(__file__).with_name("hypatia_rtt_table.json")
+RTT_TABLE_SECONDS = 200
+
+
+def rtt_table() -> list[float | None]:
+    """The stored RTTs (s), indexed by whole second."""
+    return json.loads(RTT_TABLE.read_text())
+
+
+def compute_rtt_table() -> list[float | None]:
+    ref = Reference()
+    return [ref.rtt_s(float(t)) for t in range(RTT_TABLE_SECONDS)]
+
+
+if __name__ == "__main__":
+    RTT_TABLE.write_text(json.dumps(compute_rtt_table()) + "\n")

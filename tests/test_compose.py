@@ -435,8 +435,7 @@ def test_k8s_statefulsets_match_their_headless_service_and_the_entry_point():
         assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {compose.P2P_PORT, compose.API_PORT}
 
 
-def test_k8s_manifests_validate_against_the_kubernetes_schemas():
-    kv = pytest.importorskip("kubernetes_validate")
+def test_k8s_manifests_validate_against_the_kubernetes_schemas(kv):
     docs = k8s_docs()
     for doc in docs:
         kv.validate(doc, "1.30.0", strict=True)

@@ -27,6 +27,7 @@ async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monke
     # .7: a replica being replaced, refusing; .4: a ground station (no new requests: it may have no satellite in view)
     behind = ["127.0.0.2", "127.0.0.7", "127.0.0.3", "127.0.0.4"]
     monkeypatch.setattr(directory, "resolve_all", lambda name, family: list(behind))
+    monkeypatch.setattr(gateway, "REFRESH_S", 0.5)     # the list's staleness bound (2 s live): waited out below
     cfg = HypercornConfig()
     cfg.bind = [f"127.0.0.1:{gw}"]
     async with trio.open_nursery() as nursery:
@@ -56,8 +57,7 @@ async def test_requests_reach_live_replicas_round_robin_skipping_dead_ones(monke
                 r = await http.post("/v1/chaos", json={}, headers={"Origin": "https://evil.example"})
                 assert r.status_code == 403 and "cross-origin" in r.json()["error"]
         behind[:] = ["127.0.0.7"]
-        gateway_refresh = 2.1
-        await trio.sleep(gateway_refresh)
+        await trio.sleep(gateway.REFRESH_S + 0.1)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw}", timeout=10) as http:
             r = await http.get("/v1/health")
             assert r.status_code == 503 and "no replica behind tasks.sat answers" in r.json()["error"]

@@ -152,6 +152,24 @@ def test_keeping_choices_are_pure_functions_of_t(starlink, chains, policy):
     assert np.array_equal(cold._seed(ANCHOR_SLOTS), seed)
 
 
+@pytest.mark.parametrize("policy, first", [("highest_elevation", 0), ("sticky", -ANCHOR_SLOTS)])
+def test_a_walk_of_slots_propagates_each_boundary_once(starlink, chains, monkeypatch, policy, first):
+    """Slot n's end is slot n+1's start: a chain computes the sky there once, and gets the same choices.
+
+    A keeping policy warms up ANCHOR_SLOTS slots before each anchor: before slot 0 that is new sky,
+    before slot ANCHOR_SLOTS it is the sky the walk has just passed."""
+    calls = []
+    real = starlink.positions_at
+    monkeypatch.setattr(starlink, "positions_at", lambda times, *a: calls.append(np.atleast_1d(times).copy()) or
+                        real(times, *a))
+    h = Handover(starlink, STATIONS, policy=policy, interval_s=H)
+    assert SLOTS > ANCHOR_SLOTS
+    walked = np.array([h.slot(n) for n in range(SLOTS)])
+    assert np.array_equal(walked, chains[policy][1])
+    instants = [float(t) for ts in calls for t in ts]
+    assert sorted(instants) == [n * H for n in range(first, SLOTS + 1)]
+
+
 def test_bad_policy_and_interval_are_clear_errors(starlink):
     with pytest.raises(ValueError, match="handover must be one of"):
         Handover(starlink, STATIONS, policy="nearest")

@@ -59,7 +59,8 @@ async def _read_response(stream) -> tuple[int | None, dict]:
                                          ("POST", "/v1/probe"), ("POST", "/v2/models/m/infer"),
                                          ("POST", "/v2/repository/index")])
 async def test_a_trickled_body_gets_408_by_its_deadline(monkeypatch, method, path):
-    monkeypatch.setattr(http_body, "BODY_BASE_S", 2.0)
+    # a short deadline, bytes arriving 5x faster than it: an idle timer reset by each byte never fires
+    monkeypatch.setattr(http_body, "BODY_BASE_S", 0.5)
     declared = 1000
     bound = http_body.body_deadline_s(declared)
     async with trio.open_nursery() as nursery:
@@ -72,11 +73,12 @@ async def test_a_trickled_body_gets_408_by_its_deadline(monkeypatch, method, pat
         async def trickle():
             for _ in range(declared):
                 await stream.send_all(b" ")
-                await trio.sleep(0.5)       # one byte every 0.5 s, forever as far as the server knows
+                await trio.sleep(0.1)       # one byte every 0.1 s, forever as far as the server knows
 
         async with trio.open_nursery() as client:
             client.start_soon(trickle)
-            status, body = await _read_response(stream)
+            with trio.fail_after(bound + 5):
+                status, body = await _read_response(stream)
             took = time.monotonic() - started
             client.cancel_scope.cancel()
         assert status == 408, (status, body)

@@ -98,14 +98,30 @@ def test_rtt_matches_reference_every_second_for_200_s():
     world = World.from_config(_hypatia_config())
     topo = world.topology
     n = topo.n_sats
-    ref = H.Reference()
+    table = H.rtt_table()                  # the reference's RTT each second (checked against it below)
+    assert len(table) == H.RTT_TABLE_SECONDS == 200
     worst = 0.0
     for t in range(0, 200):
         path = topo.snapshot(float(t)).shortest_path(n, n + 1)
-        want = ref.rtt_s(float(t))
+        want = table[t]
         assert (path is None) == (want is None), t
         got = 2.0 * path[1]
         worst = max(worst, abs(got - want))
         assert abs(got - want) < 0.05e-3, (t, got, want)
         assert path[0][0] == n and path[0][-1] == n + 1 and all(x < n for x in path[0][1:-1])
     assert worst < 0.05e-3
+
+
+def test_the_stored_reference_rtts_are_the_references_own():
+    """A sample of instants here (the reference takes ~30 ms each); every one in the slow suite."""
+    ref, table = H.Reference(), H.rtt_table()
+    for t in (0, 1, 37, 64, 99, 100, 128, 151, 176, 199):
+        live = ref.rtt_s(float(t))
+        assert (table[t] is None) == (live is None) and table[t] == pytest.approx(live, rel=1e-12), t
+
+
+@pytest.mark.slow
+def test_the_stored_reference_rtts_are_the_references_own_every_second():
+    table, live = H.rtt_table(), H.compute_rtt_table()
+    assert [x is None for x in table] == [x is None for x in live]
+    assert [x for x in table if x is not None] == pytest.approx([x for x in live if x is not None], rel=1e-12)

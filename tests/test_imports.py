@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -101,15 +103,21 @@ def describe(graph: dict[str, set[str]], comp: list[str]) -> str:
     return "; ".join(f"{m} -> {', '.join(sorted(graph[m] & set(comp)))}" for m in comp)
 
 
-def test_no_import_cycles_among_agent_and_mesh():
-    graph = import_graph(ROOT)
+@pytest.fixture(scope="module")
+def tree():
+    """The real tree's graph, parsed once for the tests that only read it (~0.5 s of ast)."""
+    return import_graph(ROOT)
+
+
+def test_no_import_cycles_among_agent_and_mesh(tree):
+    graph = tree
     assert len(graph) > 60 and "mesh.forwarding" in graph["agent.relay"]      # the reader sees the real tree
     found = cycles(graph)
     assert not found, "import cycles: " + " | ".join(describe(graph, c) for c in found)
 
 
-def test_mesh_never_imports_agent():
-    graph = import_graph(ROOT)
+def test_mesh_never_imports_agent(tree):
+    graph = tree
     bad = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith("mesh") for d in deps
                  if d.startswith("agent"))
     assert not bad, bad

@@ -93,9 +93,8 @@ def test_issued_keys_differ_and_a_pod_runs_with_its_own_key_only(tmp_path):
     assert {n: (keys / "nodes" / n / "identity.key").read_bytes() for n in roster.nodes} == seeds
 
 
-def test_rendered_kustomization_validates_against_the_kubernetes_schemas(tmp_path):
+def test_rendered_kustomization_validates_against_the_kubernetes_schemas(tmp_path, kv):
     """What `kubectl apply -k` sends: kustomize's output, every object strict-valid for 1.30."""
-    import kubernetes_validate as kv
     out = _copy(tmp_path)
     write_k8s(out)
     docs = [d for d in yaml.safe_load_all((out / "statefulset.yaml").read_text()) if d]

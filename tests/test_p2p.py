@@ -376,12 +376,14 @@ async def test_unknown_name_fails_fast_and_clearly(keys):
 async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
     from agent.p2p import _NameCache
 
+    import threading
     calls = []
+    release, finished = threading.Event(), threading.Event()
 
     def hanging(name: str, family: int) -> list[str]:
         calls.append(name)
-        import time
-        time.sleep(1.0)  # a resolver that never answers in time
+        release.wait(10.0)  # a resolver that never answers in time (until the test lets it go)
+        finished.set()
         return ["127.0.0.1"]
 
     names = _NameCache(timeout=0.2, lookup=hanging)
@@ -393,7 +395,8 @@ async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
     with pytest.raises(P2PError, match="still pending"):
         await names.lookup("sat-3")
     assert calls == ["sat-3"]
-    await trio.sleep(1.0)  # let the abandoned thread finish
+    release.set()  # let the abandoned thread finish
+    assert await trio.to_thread.run_sync(finished.wait, 5.0)
 
 
 async def test_cached_address_is_reused_and_kept_when_lookups_fail(keys):
