@@ -1,0 +1,116 @@
+"""Every knob of :class:`mesh.membership.Membership`, and the presets that say why each
+has its value (real agent processes, thousands of simulated satellites, unit tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Every knob of membership and gossip; presets below say why each has its value."""
+
+    probe_interval_s: float = 0.5          # T: one neighbour probed per period
+    rtt_mult: float = 2.0                  # ack timeout = rtt_mult × physics RTT + rto_margin_s
+    rto_margin_s: float = 0.02             # processing and transport beyond physics
+    direct_attempts: int = 3               # direct pings per round before going indirect
+    indirect_paths: int = 2                # k of SWIM: indirect routes around the link under test
+    indirect_attempts: int = 2             # sends along each indirect route
+    link_fail_rounds: int = 3              # rounds in a row with no direct answer → link down
+    suspicion_mult: float = 3.0            # α: min suspicion = α · log10(n) · T
+    suspicion_max_mult: float = 4.0        # β: max suspicion = β · min
+    suspicion_k: int = 3                   # confirmations that bring the timeout down to min
+    max_lhm: int = 4                       # Lifeguard local health multiplier ceiling
+    dead_probe_every: int = 4              # probe a neighbour believed dead every Nth cycle
+    gossip_interval_s: float = 0.2         # re-send pending updates this often
+    state_gossip_s: float = 0.5            # repeat copies of state records (placement hints) go this often
+    eager_gap_s: float = 0.005             # news is pushed at once, at most this often per node
+    gossip_bytes: int = 2048               # update bytes per gossip frame
+    piggyback_bytes: int = 512             # update bytes riding on each probe/ack
+    retransmit_mult: float = 2.0           # λ of memberlist: λ·log10(n+1) sends per update (≥ 2 per neighbour)
+    sync_interval_s: float = 30.0          # push-pull anti-entropy with one neighbour
+    sync_max_bytes: int = 256 * 1024       # updates in one sync answer
+    start_grace_s: float = 2.0             # no verdicts while the fleet comes up
+    queue_items: int = 1024                # broadcast queue bound
+    state_max_bytes: int = 512             # one node's state record, encoded
+    relay_cap: int = 1024                  # indirect probes one relay tracks for nacks
+    lag_tolerance_s: float = 0.1           # own timers later than this: our silence verdicts are unreliable
+    lag_hold_mult: float = 4.0             # after a lag L, hold verdicts for max(T, lag_hold_mult · L)
+    remote_verdict_mult: float = 4.0       # a node that cannot probe the suspect waits this × its timeout
+    join_grace_s: float = 10.0             # no verdict about a neighbour this soon after its link (re)opened
+    unjoined_grace_s: float = 120.0        # ... nor, this long after our start, about one whose link never opened
+    incarnation_window: int = 1 << 16      # a rumour may raise an incarnation by at most this (no 2^63−1 for ever)
+    version_window: int = 1 << 32          # ... a state version or link report sequence by at most this
+
+    def __post_init__(self) -> None:
+        for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"membership {name} must be > 0")
+        for name in ("direct_attempts", "indirect_attempts", "link_fail_rounds", "dead_probe_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"membership {name} must be ≥ 1")
+        if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:
+            raise ValueError("membership indirect_paths, suspicion_k and max_lhm must be ≥ 0")
+        if self.join_grace_s < 0 or self.unjoined_grace_s < 0:
+            raise ValueError("membership join_grace_s and unjoined_grace_s must be ≥ 0")
+        if self.remote_verdict_mult < 1:
+            raise ValueError("membership remote_verdict_mult must be ≥ 1")
+        if self.lag_tolerance_s <= 0 or self.lag_hold_mult < 0:
+            raise ValueError("membership lag_tolerance_s must be > 0 and lag_hold_mult ≥ 0")
+        if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:
+            raise ValueError("membership suspicion_mult must be > 0 and suspicion_max_mult ≥ 1")
+        if self.gossip_bytes < 64 or self.piggyback_bytes < 0:
+            raise ValueError("membership gossip_bytes must be ≥ 64 and piggyback_bytes ≥ 0")
+        if self.incarnation_window < 1 or self.version_window < 1:
+            raise ValueError("membership incarnation_window and version_window must be ≥ 1")
+
+
+def fleet_config() -> MembershipConfig:
+    """Real agent processes (24 on a laptop, py-libp2p, wall clock).
+
+    T = 0.5 s: each agent probes one of its 4 neighbours twice a second, so a
+    dead node is probed by someone every ~0.5 s.  Each frame costs ~0.3–0.5
+    ms of CPU in py-libp2p (plus a yamux window update), and 24 agents share
+    2 cores here: at T = 0.25 s the probes alone pushed the fleet's task
+    overhead past 5 ms (docs/benchmarks.md).  RTO = 1.5 × physics RTT + 50 ms:
+    the margin covers event-loop, Noise and yamux delay on a loaded 2-core VM;
+    two direct pings, then two indirect sends around the link.  Suspicion
+    min = 2 · log10(24) · 0.5 ≈ 1.4 s, max 2.8 s: a refutation needs ~0.2 s to
+    come back over 3-hop detours, and confirmations from the other
+    neighbours (who re-probe a suspect at once) bring it to the minimum, so a
+    death is known everywhere in ~2.5 s (goal < 3 s).  Two rounds without a
+    direct answer mark a link down; the re-check round doubles its direct
+    pings, so 10% loss fakes a cut with p ≈ 6e-8 per round.
+    """
+    return MembershipConfig(probe_interval_s=0.5, rtt_mult=1.5, rto_margin_s=0.05, direct_attempts=2,
+                            link_fail_rounds=2, suspicion_mult=2.0, suspicion_max_mult=2.0,
+                            gossip_interval_s=0.1, eager_gap_s=0.01, sync_interval_s=20.0, start_grace_s=5.0)
+
+
+def constellation_config() -> MembershipConfig:
+    """Thousands of satellites (starlink-s1 in the simulator).
+
+    T = 0.5 s keeps probe traffic at ~2 rounds/s per node (~230 B/s);
+    links are 2–7 ms, so a 20 ms margin keeps RTOs under 50 ms and three
+    direct pings fit in 0.15 s.  Suspicion min = 3 · log10(1584) · 0.5 ≈
+    4.8 s, max 14 s: Lifeguard's log(n) scaling kept for safety although a
+    refutation only travels a few hops here; a death is known everywhere in
+    ~5.5 s.  Anti-entropy every 60 s: a 1,584-node digest is ~5 KB.
+    """
+    return MembershipConfig(probe_interval_s=0.5, rto_margin_s=0.02, link_fail_rounds=2, suspicion_mult=3.0,
+                            suspicion_max_mult=3.0, gossip_interval_s=0.2, sync_interval_s=60.0,
+                            start_grace_s=2.0)
+
+
+def small_config() -> MembershipConfig:
+    """Small simulated fleets (unit tests): the fleet preset with a short start-up grace."""
+    from dataclasses import replace
+    return replace(fleet_config(), start_grace_s=0.5)
+
+
+PRESETS: dict[str, Callable[[], MembershipConfig]] = {
+    "fleet": fleet_config,
+    "constellation": constellation_config,
+    "small": small_config,
+}
