@@ -8,26 +8,9 @@ import ast
 from pathlib import Path
 
 from agent.node import Node
+from tests.mixin_ast import classes as _classes, declared as _declared, defined as _defined, self_attrs as _self_attrs
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
-
-
-def _classes(path: Path) -> list[ast.ClassDef]:
-    return [c for c in ast.parse(path.read_text()).body if isinstance(c, ast.ClassDef)]
-
-
-def _self_attrs(cls: ast.ClassDef) -> set[str]:
-    return {n.attr for n in ast.walk(cls)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
-
-
-def _defined(cls: ast.ClassDef) -> set[str]:
-    return {x.name for x in cls.body if isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef))} | \
-           {t.id for x in cls.body if isinstance(x, ast.Assign) for t in x.targets if isinstance(t, ast.Name)}
-
-
-def _declared(cls: ast.ClassDef) -> set[str]:
-    return {x.target.id for x in cls.body if isinstance(x, ast.AnnAssign) and isinstance(x.target, ast.Name)}
 
 
 def _mixins() -> dict[str, ast.ClassDef]:
