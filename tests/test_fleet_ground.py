@@ -101,4 +101,5 @@ async def test_a_job_from_the_station_comes_home_through_whichever_satellite_is_
             spans.append((round(info["finished"] - info["created"], 1), info["came_via"]))
             if len(info["came_via"]) >= 2:
                 break
+    print(f"station jobs (seconds, chunks per downlink satellite): {spans}")
     assert len(spans[-1][1]) >= 2, f"no job's chunks came down through two satellites: {spans}"
