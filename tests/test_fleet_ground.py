@@ -79,27 +79,27 @@ async def test_satellites_keep_their_laser_links_while_the_ground_rewires(ground
 async def test_a_job_from_the_station_comes_home_through_whichever_satellite_is_in_view(ground_fleet, models_dir):
     """Issue 19 (delivery across handover): a job that outlives the pass it went up on. Its chunks come
     down through the satellites in view one after another (held by store-and-forward while none is),
-    and the station gets every output, once. A job may fit in one pass by chance: up to three jobs
-    run until one spans a handover; every one of them must be complete and correct."""
+    and the station gets every output, once. Jobs run back to back until one is in flight when its
+    satellite sets (a pass lasts about 10 wall seconds at 60×); every one must be complete and right."""
     spec, _, peers = ground_fleet
     samples = json.loads((models_dir / "digits.json").read_text())["samples"]
-    xs = [samples[i % len(samples)]["inputs"]["input"] for i in range(240)]
+    n = 120
+    xs = np.asarray([samples[i % len(samples)]["inputs"]["input"] for i in range(n)], np.float32)
     sess = ort.InferenceSession(str(models_dir / "digits.onnx"), providers=["CPUExecutionProvider"])
-    reference = [sess.run(None, {"input": np.asarray(x, np.float32)}) for x in xs]
+    reference = [sess.run(None, {"input": x}) for x in xs]
     spans = []
-    async with Client(peers["gs-london"].api) as c:
-        for _ in range(3):
-            acc = await c.submit_job("digits", [{"input": x} for x in xs], shards=1, chunk=1, window=1, timeout_s=170)
-            info = await c.wait_job(acc["job_id"], 180)
-            assert info["status"] == "succeeded", info
-            result = await c.job_result(acc["job_id"])
-            assert all(not n.startswith("gs-") for n in info["ran_on"])           # shards run in orbit
-            assert sum(info["came_via"].values()) == 240 and len(result["outputs"]) == 240
-            for got, (label, probs) in zip(result["outputs"], reference):
-                assert np.array_equal(got["label"], label)
-                assert np.allclose(got["probabilities"], probs, rtol=1e-5, atol=1e-6)
-            spans.append((round(info["finished"] - info["created"], 1), info["came_via"]))
-            if len(info["came_via"]) >= 2:
-                break
+    async with Client(peers["gs-london"].api, timeout=30) as c:
+        with trio.move_on_after(180):
+            while not spans or len(spans[-1][1]) < 2:
+                acc = await c.submit_job("digits", {"input": xs}, shards=1, chunk=1, window=1, timeout_s=170)
+                info = await c.wait_job(acc["job_id"], 180)
+                assert info["status"] == "succeeded", info
+                result = await c.job_result(acc["job_id"])
+                assert all(not n.startswith("gs-") for n in info["ran_on"])    # shards run in orbit
+                assert sum(info["came_via"].values()) == n and len(result["outputs"]) == n
+                for got, (label, probs) in zip(result["outputs"], reference):
+                    assert np.array_equal(got["label"], label)
+                    assert np.allclose(got["probabilities"], probs, rtol=1e-5, atol=1e-6)
+                spans.append((round(info["finished"] - info["created"], 1), info["came_via"]))
     print(f"station jobs (seconds, chunks per downlink satellite): {spans}")
-    assert len(spans[-1][1]) >= 2, f"no job's chunks came down through two satellites: {spans}"
+    assert spans and len(spans[-1][1]) >= 2, f"no job's chunks came down through two satellites: {spans}"
