@@ -13,7 +13,7 @@ import numpy as np
 import trio
 
 from agent.job_spec import JobError, JobSpec, parse_job
-from agent.models import ModelError, bad_name
+from agent.models import bad_name
 from agent.tasks import SubmitError, TaskRecord
 from mesh.placement import TARGETS
 from mesh.wire import Scan
@@ -119,11 +119,7 @@ async def submit_job(node: Any, body: Any) -> tuple["Job", bool]:
         raise JobError(400, "'model' must be a non-empty string")
     if bad_name(model):
         raise JobError(400, bad_name(model))
-    try:
-        loaded = node.store.get(model) if node.store.loaded(model) else \
-            await trio.to_thread.run_sync(node.store.get, model)
-    except ModelError as exc:
-        raise JobError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
+    loaded = await node.load_model(model)       # SubmitError 404/422, answered as such by the API
     limits = node.config.limits
     spec = await trio.to_thread.run_sync(
         lambda: parse_job(body, loaded, loaded.sha256 or node.store.sha256(model), max_elements=limits.max_frame_bytes // 4,

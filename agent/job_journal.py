@@ -62,17 +62,31 @@ class JobJournalError(RuntimeError):
     """The job journal cannot be written or read back."""
 
 
+def arrays_to_wire(arrays: dict[str, np.ndarray]) -> dict[str, list]:
+    """Arrays as msgpack-able ``[dtype, shape, bytes]`` (the wire's tensor form)."""
+    return {k: [t.dtype, list(t.shape), t.data] for k, t in ((k, Tensor.from_array(v)) for k, v in arrays.items())}
+
+
+def arrays_from_wire(raw: dict[str, list]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`arrays_to_wire`, each tensor checked (JobJournalError if damaged)."""
+    try:
+        return {k: Tensor(d, tuple(s), b).to_array() for k, (d, s, b) in raw.items()}
+    except (ValueError, TypeError, WireError) as exc:
+        raise JobJournalError(f"damaged tensors in the job journal: {exc}") from None
+
+
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    return msgpack.packb({k: [t.dtype, list(t.shape), t.data] for k, t in
-                          ((k, Tensor.from_array(v)) for k, v in arrays.items())})
+    return msgpack.packb(arrays_to_wire(arrays))
 
 
 def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
     try:
         raw = msgpack.unpackb(blob)
-        return {k: Tensor(d, tuple(s), b).to_array() for k, (d, s, b) in raw.items()}
-    except (ValueError, TypeError, WireError, msgpack.ExtraData) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:
         raise JobJournalError(f"damaged tensors in the job journal: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JobJournalError("damaged tensors in the job journal: not a map")
+    return arrays_from_wire(raw)
 
 
 @dataclass(frozen=True)

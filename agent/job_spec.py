@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.job_journal import arrays_from_wire, arrays_to_wire
 from agent.models import LoadedModel
 from agent.tensors import InputError, from_json, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.zoo import LimitError, check_limits
@@ -67,19 +68,15 @@ class JobSpec:
 
     def to_wire(self) -> dict[str, Any]:
         """For the journal (msgpack)."""
-        return {"model": self.model, "sha256": self.sha256, "n": self.n,
-                "inputs": {k: [v.dtype.name, list(v.shape), v.tobytes()] for k, v in self.inputs.items()},
-                "carry": [list(p) for p in self.carry],
-                "initial": {k: [v.dtype.name, list(v.shape), v.tobytes()] for k, v in self.initial.items()},
+        return {"model": self.model, "sha256": self.sha256, "n": self.n, "inputs": arrays_to_wire(self.inputs),
+                "carry": [list(p) for p in self.carry], "initial": arrays_to_wire(self.initial),
                 "shards": self.shards, "chunk": self.chunk, "window": self.window, "target": self.target,
                 "timeout_s": self.timeout_s, "replicas": self.replicas, "agreement": self.agreement}
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> "JobSpec":
-        def arrays(d: dict) -> dict[str, np.ndarray]:
-            return {k: np.frombuffer(b, dtype=np.dtype(t).newbyteorder("<")).reshape(s) for k, (t, s, b) in d.items()}
-        return cls(raw["model"], raw["sha256"], arrays(raw["inputs"]), raw["n"],
-                   tuple((a, b) for a, b in raw["carry"]), arrays(raw["initial"]), raw["shards"], raw["chunk"],
+        return cls(raw["model"], raw["sha256"], arrays_from_wire(raw["inputs"]), raw["n"],
+                   tuple((a, b) for a, b in raw["carry"]), arrays_from_wire(raw["initial"]), raw["shards"], raw["chunk"],
                    raw["window"], raw["target"], raw["timeout_s"], raw.get("replicas", 1),
                    raw.get("agreement", "majority"))
 

@@ -119,12 +119,7 @@ class EntryTasks:
             raise SubmitError(400, bad_name(model))
         if target is not None and not isinstance(target, str):
             raise SubmitError(400, "'target' must be a node name such as 'sat-7', or 'auto'")
-        try:
-            # Loading a large model takes a while: never on the event loop.
-            loaded = self.store.get(model) if self.store.loaded(model) else \
-                await trio.to_thread.run_sync(self.store.get, model)
-        except ModelError as exc:
-            raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
+        loaded = await self.load_model(model)
         try:
             limit = self.config.limits.max_frame_bytes // 4
             arrays = inputs_from_arrays(inputs, loaded.inputs, limit) if typed_arrays(inputs) else \
@@ -174,6 +169,15 @@ class EntryTasks:
             return self._submit_replicas(model, loaded, arrays, executors, why, agreement, timeout_s, idem_key,
                                          journaled), True
         return self._accept(model, loaded, arrays, executor, why, timeout_s, idem_key, journaled, answer_key), True
+
+    async def load_model(self, model: str) -> Any:
+        """A request's model, loaded; SubmitError 404 (unknown) or 422 (unusable).  Loading a large
+        model takes a while: never on the event loop."""
+        try:
+            return self.store.get(model) if self.store.loaded(model) else \
+                await trio.to_thread.run_sync(self.store.get, model)
+        except ModelError as exc:
+            raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
 
     def _accept(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executor: str, why: str,
                 timeout_s: float, idem_key: str | None, journaled: bool, answer_key: str | None,
