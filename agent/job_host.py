@@ -1,4 +1,4 @@
-"""What a job's home asks of its node: placement, chunk tasks, and how its satellites are doing.
+"""What a job's home asks of its node: placement, chunk tasks, how its satellites are doing, and a keeper.
 
 Kept apart from ``agent/node.py`` so the job machinery (``agent/jobs.py``)
 depends on a small interface, not on the node's internals.
@@ -7,6 +7,7 @@ depends on a small interface, not on the node's internals.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,13 +17,14 @@ from agent.job_spec import JobError, JobSpec, parse_job
 from agent.models import bad_name
 from agent.tasks import SubmitError, TaskRecord
 from mesh.placement import TARGETS
-from mesh.wire import Scan
+from mesh.wire import JobCopy, Scan
 
 if TYPE_CHECKING:
     from agent.jobs import Job
 
 DEFAULT_COMPUTE_S = 0.05      # a model never run anywhere yet: what a chunk's timeout assumes per input
 FLEET_VIEW_S = 10.0           # after a start, the node itself is not a candidate for this long
+COPY_DEADLINE_S = 30.0        # a job copy's record may wait (store-and-forward) this long on its way
 
 
 class NodeJobHost:
@@ -97,6 +99,50 @@ class NodeJobHost:
     def isolated(self) -> bool:
         """No link up at all: nothing can be told about any satellite from here right now."""
         return not any(link.up for link in self.node.links.links.values())
+
+    # -- a job's copy on a neighbour (agent/job_copies.py) ------------------------------------------
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.node.config.limits.max_frame_bytes
+
+    def choose_keeper(self, exclude: frozenset[str]) -> str | None:
+        """A satellite this home has a laser link up to, fit to keep a copy: one of its own plane first
+        (intra-plane links never rewire), then the nearest by name, so a restarted home picks the same one."""
+        n = self.node
+        mine = n.constellation.plane_of[n.me.index] if not n.is_ground else None
+        fit = [name for name, link in n.links.links.items()
+               if link.up and name not in exclude and self.keeper_problem(name) is None]
+        if not fit:
+            return None
+        return min(fit, key=lambda name: (n.constellation.plane_of[n.peers[name].index] != mine, name))
+
+    def keeper_problem(self, node: str) -> str | None:
+        """Why ``node`` cannot keep (or go on keeping) a job's copy, or None."""
+        n = self.node
+        if node not in n.peers or node == self.name:
+            return f"{node} is not another node of the fleet"
+        i = n.peers[node].index
+        if n.topology.names.is_ground(i):
+            return f"{node} is a ground station"
+        if i in n.membership.dead_nodes() or i in n.membership.suspects():
+            return f"{node} is suspected or declared dead"
+        if n._path_to(node) is None:
+            return f"{node} is cut off from {self.name}"
+        return None
+
+    def declared_dead(self, node: str) -> bool:
+        n = self.node
+        return node in n.peers and n.peers[node].index in n.membership.dead_nodes()
+
+    def send_copy(self, dst: str, job_id: str, op: str, body: bytes) -> str:
+        n = self.node
+        msg = JobCopy(uuid.uuid4().hex[:16], self.name, dst, job_id, op, body, n.config.limits.ttl,
+                      time.time() + COPY_DEADLINE_S)
+        n.relay.seen(msg)
+        problem = n.relay.send(msg, dst)
+        n._wake.set()
+        return problem
 
     def expected_compute_s(self, node: str, model: str) -> float:
         known = self.node.compute_table.get(node, model)

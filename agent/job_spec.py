@@ -66,9 +66,10 @@ class JobSpec:
     def chunk_inputs(self, lo: int, hi: int) -> dict[str, np.ndarray]:
         return {k: v[lo:hi] for k, v in self.inputs.items()}
 
-    def to_wire(self) -> dict[str, Any]:
-        """For the journal (msgpack)."""
-        return {"model": self.model, "sha256": self.sha256, "n": self.n, "inputs": arrays_to_wire(self.inputs),
+    def to_wire(self, with_inputs: bool = True) -> dict[str, Any]:
+        """For the journal (msgpack); a job's copy sends its inputs apart, in slices."""
+        return {"model": self.model, "sha256": self.sha256, "n": self.n,
+                "inputs": arrays_to_wire(self.inputs) if with_inputs else {},
                 "carry": [list(p) for p in self.carry], "initial": arrays_to_wire(self.initial),
                 "shards": self.shards, "chunk": self.chunk, "window": self.window, "target": self.target,
                 "timeout_s": self.timeout_s, "replicas": self.replicas, "agreement": self.agreement}

@@ -16,21 +16,25 @@ fences off what a moved shard left behind.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 import uuid
 from collections import Counter, OrderedDict
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import trio
 
-from agent.job_journal import JobJournal, JobJournalError
+from agent.job_journal import ChunkRow, JobJournal, JobJournalError
 from agent.job_spec import JobError, JobSpec
 from agent.tasks import TaskRecord
 from agent.tensors import to_json
-from mesh.jobs import JobPlan, PlanError
+from mesh.jobs import JobPlan, Move, PlanError
 from mesh.wire import Scan
+
+if TYPE_CHECKING:
+    from agent.job_copy_store import Assembled
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,8 @@ CHUNK_SLACK = 5.0
 PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
 REFUSED_RETRY_S = 1.0       # a chunk the home could not send (its own limits) is tried again this soon
 MAX_VOTES_KEPT = 1000       # replicated chunks whose votes a job keeps for its status
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "handed_over")
+_HANDED_TO = re.compile(r"taken over by (\S+) while ")
 
 
 class JobHost(Protocol):
@@ -70,6 +75,18 @@ class JobHost(Protocol):
     def isolated(self) -> bool: ...
 
 
+class CopySink(Protocol):
+    """Where a home's job records go as they are written (``agent/job_copies.py``: to its keeper)."""
+
+    def accepted(self, job: Job) -> None: ...
+
+    def checkpoint(self, job: Job, lo: int) -> None: ...
+
+    def moved(self, job: Job, shard: int) -> None: ...
+
+    def ended(self, job: Job) -> None: ...
+
+
 class Job:
     """One job's record at home: spec, plan, checkpoints (outputs by chunk), state per shard."""
 
@@ -78,6 +95,7 @@ class Job:
         self.deadline = created + spec.timeout_s
         self.plan = JobPlan(spec.n, spec.shards, spec.chunk, spec.window, stateful=bool(spec.carry))
         self.chunks: dict[int, tuple[int, dict[str, np.ndarray]]] = {}   # lo -> (hi, outputs)
+        self.chunk_node: dict[int, str] = {}        # lo -> the node that ran it (for the job's copy)
         self.state: dict[int, dict[str, np.ndarray]] = {s.index: dict(spec.initial) for s in self.plan.shards}
         self.ran_on: Counter[str] = Counter()       # inputs checkpointed per executing node
         self.came_via: Counter[str] = Counter()     # chunks per node they reached home from (a station: downlinks)
@@ -87,6 +105,9 @@ class Job:
         self.chunk_s: float | None = None           # typical round trip of a full chunk (EWMA): its deadline
         self.done = trio.Event()
         self.scope: trio.CancelScope | None = None
+        self.resume_why = "resumed: the home restarted"    # why its shards are placed again after a read-back
+        self.taken_from: str | None = None      # the home this job was taken over from (agent/job_copies.py)
+        self.handed_to: str | None = None       # the node that took it over while this home was down
 
     def end(self, status: str, error: str = "", when: float | None = None) -> bool:
         if self.status in TERMINAL:
@@ -100,6 +121,7 @@ class Job:
     def keep(self, shard: int, lo: int, hi: int, node: str, outputs: dict[str, np.ndarray],
              voted: TaskRecord | None = None) -> None:
         self.chunks[lo] = (hi, outputs)
+        self.chunk_node[lo] = node
         if voted is not None and voted.replicas is not None:      # every replica that answered ran it
             for r in voted.replicas["replicas"]:
                 if r["status"] == "succeeded":
@@ -145,7 +167,7 @@ class Job:
             "moves": sum(max(0, len(s.moves) - 1) for s in plan.shards), "resent": plan.resent,
             "ran_on": dict(self.ran_on.most_common()), "came_via": dict(self.came_via.most_common()),
             "replicas": self.spec.replicas, "disagreements": self.disagreements(),
-            "compute_ms": self.compute_s * 1e3,
+            "compute_ms": self.compute_s * 1e3, "taken_from": self.taken_from, "handed_to": self.handed_to,
         }
 
     def result_json(self) -> dict[str, Any]:
@@ -163,6 +185,7 @@ class JobBoard:
     def __init__(self, host: JobHost, journal: JobJournal | None, clock: Callable[[], float] = time.time):
         """``clock``: wall time (tests drive the board on trio's virtual clock)."""
         self.host, self.journal, self.clock = host, journal, clock
+        self.copies: CopySink | None = None      # each job copied to a neighbour (set by the node)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.moved = 0                  # shard moves, for metrics
@@ -207,6 +230,8 @@ class JobBoard:
                     return known, False
                 raise JobError(409, f"cannot record the job: {exc}") from None
         self._start(job)
+        if self.copies is not None:
+            self.copies.accepted(job)
         return job, True
 
     def _start(self, job: Job) -> None:
@@ -278,12 +303,14 @@ class JobBoard:
                 self.journal.finish(job.job_id, job.status, job.finished or self.clock(), job.error)
             except JobJournalError as exc:
                 log.error("job %s: end not journaled: %s", job.job_id, exc)
+        if self.copies is not None:
+            self.copies.ended(job)
 
     async def _drive(self, job: Job, i: int) -> None:
         """One shard to its end: place, send chunks, keep checkpoints, move when its satellite fails."""
         plan, shard = job.plan, job.plan.shards[i]
         avoid: dict[str, float] = {}
-        why_move = "placed" if not shard.moves else "resumed: the home restarted"
+        why_move = job.resume_why if shard.moves or job.taken_from else "placed"
         wake = trio.Event()
         unreachable_since: float | None = None
         async with trio.open_nursery() as chunks:
@@ -300,6 +327,8 @@ class JobBoard:
                     self.moved += len(shard.moves) > 1
                     if self.journal is not None:
                         self.journal.move(job.job_id, i, move, shard.resent)
+                    if self.copies is not None:
+                        self.copies.moved(job, i)
                     unreachable_since = None
                 for lo, hi in plan.next_chunks(i):
                     chunks.start_soon(self._chunk, job, i, shard.epoch, shard.node, lo, hi, wake)
@@ -374,6 +403,8 @@ class JobBoard:
                 if self.journal is not None:     # a write that fails fails the job (JobJournalError)
                     self.journal.checkpoint(job.job_id, i, lo, hi, rec.executor, outputs)
                 job.keep(i, lo, hi, rec.executor, outputs, rec)
+                if self.copies is not None:
+                    self.copies.checkpoint(job, lo)
                 took = (self.clock() - sent_at) * spec.chunk / steps
                 job.chunk_s = took if job.chunk_s is None else 0.8 * job.chunk_s + 0.2 * took
                 job.came_via[_last_relay(rec, self.host.name)] += 1
@@ -412,26 +443,76 @@ class JobBoard:
             log.warning("%s: job %s resumes with %d of %d inputs checkpointed", self.host.name, job.job_id,
                         job.plan.completed, job.spec.n)
             self._start(job)
+            if self.copies is not None:
+                self.copies.accepted(job)
 
     def _read_back(self, row: Any) -> Job:
         assert self.journal is not None
-        job = Job(row.job_id, JobSpec.from_wire(row.spec), row.created, row.idem_key)
-        for c in self.journal.chunks(row.job_id):
-            job.plan.restore(c.shard, c.lo, c.hi)
-            job.keep(c.shard, c.lo, c.hi, c.node, c.outputs)
-        for shard_i, move, resent in self.journal.moves(row.job_id):
-            job.plan.shards[shard_i].moves.append(move)
-            job.plan.shards[shard_i].resent = resent
+        job = _rebuilt(row.job_id, JobSpec.from_wire(row.spec), row.created, row.idem_key,
+                       self.journal.chunks(row.job_id), self.journal.moves(row.job_id))
         if row.finished is not None:
             job.status, job.finished, job.error = row.status, row.finished, row.error
+            if row.status == "handed_over":
+                job.handed_to = _HANDED_TO.match(row.error).group(1) if _HANDED_TO.match(row.error) else None
             job.done.set()
         else:
-            # What was in flight when the home went down is sent again and not known chunk by chunk:
-            # count the most it can be, so ``resent`` stays an upper bound across a restart.
-            for s in job.plan.shards:
-                if not s.finished and s.moves:
-                    s.resent += min(job.plan.window * job.plan.chunk, s.hi - s.done)
+            _count_in_flight_as_resent(job)
         return job
+
+    # -- take-over (agent/job_copies.py) -----------------------------------------------------------
+
+    def adopt(self, kept: Assembled) -> bool:
+        """Drive a job whose home was declared dead, from the copy kept here; False if it is known here already."""
+        if kept.job_id in self.jobs or (self.journal is not None and self.journal.job(kept.job_id) is not None):
+            return False
+        job = _rebuilt(kept.job_id, kept.spec, kept.created, kept.idem_key, kept.chunks, kept.moves)
+        job.taken_from = kept.home
+        job.resume_why = f"taken over by {self.host.name}: its home {kept.home} was declared dead"
+        _count_in_flight_as_resent(job)
+        if self.journal is not None:     # journaled as this node's own, so a restart here resumes it too
+            try:
+                self.journal.accept(job.job_id, None, job.created, kept.spec.to_wire())
+            except sqlite3.IntegrityError:
+                return False
+            for c in kept.chunks:
+                self.journal.checkpoint(job.job_id, c.shard, c.lo, c.hi, c.node, c.outputs)
+            for shard_i, move, _ in kept.moves:
+                self.journal.move(job.job_id, shard_i, move, job.plan.shards[shard_i].resent)
+        self._start(job)
+        if self.copies is not None:
+            self.copies.accepted(job)
+        return True
+
+    def handed_over(self, job_id: str, by: str) -> bool:
+        """Another node took this job over while this home was down: stop driving it, and say where it went."""
+        job = self.get(job_id)
+        if job is None or job.status != "running":
+            return False
+        job.handed_to = by
+        if job.end("handed_over", f"taken over by {by} while {self.host.name} was down", self.clock()):
+            self._record_end(job)
+        return True
+
+
+def _rebuilt(job_id: str, spec: JobSpec, created: float, idem_key: str | None, chunks: list[ChunkRow],
+             moves: list[tuple[int, Move, int]]) -> Job:
+    """A job put back from its checkpoints and moves (its journal here, or a copy of another home's)."""
+    job = Job(job_id, spec, created, idem_key)
+    for c in chunks:
+        job.plan.restore(c.shard, c.lo, c.hi)
+        job.keep(c.shard, c.lo, c.hi, c.node, c.outputs)
+    for shard_i, move, resent in moves:
+        job.plan.shards[shard_i].moves.append(move)
+        job.plan.shards[shard_i].resent = resent
+    return job
+
+
+def _count_in_flight_as_resent(job: Job) -> None:
+    """What was in flight when the home went down is sent again and not known chunk by chunk:
+    count the most it can be, so ``resent`` stays an upper bound across a restart or a take-over."""
+    for s in job.plan.shards:
+        if not s.finished and s.moves:
+            s.resent += min(job.plan.window * job.plan.chunk, s.hi - s.done)
 
 
 def _last_relay(rec: TaskRecord, home: str) -> str:

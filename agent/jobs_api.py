@@ -1,8 +1,10 @@
 """``/v1/jobs``: submit a job, follow it, fetch its result, cancel it (docs/jobs.md).
 
 A job lives at its home node (the one it was submitted to; its id starts
-with that node's name).  Another node answers 404 naming the home, whose API
-address is in ``.fleet/peers.json``; ``orbitmesh job`` goes there by itself.
+with that node's name, unless its keeper took it over: ``taken_from``).
+Another node answers 404 naming the home, whose API address is in
+``.fleet/peers.json``; ``orbitmesh job`` goes there by itself, and to the
+job's keeper when the home does not answer.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
         if job is not None:
             return job
         home = home_of(job_id)
+        kept = node.job_copies.kept(job_id)
+        if kept is not None:
+            raise JobError(404, f"job {job_id!r} lives at its home node {kept['home']}: ask "
+                                f"{kept['home']}'s API ({node.peers[kept['home']].api}); {node.me.name} keeps its "
+                                f"copy ({kept['checkpointed']} of {kept['inputs']} inputs checkpointed) and takes "
+                                f"it over if {kept['home']} is declared dead")
         if home in node.peers and home != node.me.name:
             raise JobError(404, f"job {job_id!r} lives at its home node {home}: ask {home}'s API "
                                 f"({node.peers[home].api})")
@@ -56,10 +64,14 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
             job, new = await submit_job(node, body)
         except (JobError, SubmitError) as exc:
             return error(exc.status, str(exc), **({"Retry-After": "5"} if exc.status == 429 else {}))
-        return JSONResponse(job.to_json() | {"url": f"/v1/jobs/{job.job_id}"}, status_code=202 if new else 200)
+        return JSONResponse(status_of(job) | {"url": f"/v1/jobs/{job.job_id}"}, status_code=202 if new else 200)
 
     async def listing(request: Request) -> JSONResponse:
-        return JSONResponse({"node": node.me.name, "jobs": [j.to_json() for j in node.jobs.recent()]})
+        return JSONResponse({"node": node.me.name, "jobs": [status_of(j) for j in node.jobs.recent()],
+                             "kept": node.job_copies.kept_list()})
+
+    def status_of(job: Job) -> dict[str, Any]:
+        return job.to_json() | {"home": node.me.name, "copy": node.job_copies.describe(job.job_id)}
 
     async def status(request: Request) -> JSONResponse:
         try:
@@ -70,7 +82,7 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
         if seconds:
             with trio.move_on_after(wait_left(job, seconds)):
                 await job.done.wait()
-        return JSONResponse(job.to_json())
+        return JSONResponse(status_of(job))
 
     async def result(request: Request) -> JSONResponse:
         try:
@@ -94,7 +106,7 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
         except JobError as exc:
             return error(exc.status, str(exc))
         node.jobs.cancel(job.job_id)
-        return JSONResponse(job.to_json())
+        return JSONResponse(status_of(job))
 
     return [
         Route("/v1/jobs", submit, methods=["POST"]), Route("/v1/jobs", listing, methods=["GET"]),

@@ -25,6 +25,8 @@ import trio
 
 from agent.edge_cache import EdgeCache
 from agent.executor import Executor
+from agent.job_copies import JobCopies
+from agent.job_copy_store import CopyStore
 from agent.job_host import NodeJobHost
 from agent.job_journal import JobJournal
 from agent.jobs import JobBoard
@@ -153,6 +155,9 @@ class Node(NodePhysics, EntryTasks, TaskRecovery, Execution, RoutedMessages, Fau
         self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
         self._nursery: trio.Nursery | None = None
         self.jobs = JobBoard(NodeJobHost(self), job_journal)   # jobs this node is home to (agent/jobs.py)
+        self.job_copies = JobCopies(NodeJobHost(self), self.jobs,       # their copies on a neighbour, and
+                                    CopyStore(job_journal) if job_journal else None)   # others' kept here
+        self.jobs.copies = self.job_copies
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -187,6 +192,7 @@ class Node(NodePhysics, EntryTasks, TaskRecovery, Execution, RoutedMessages, Fau
             nursery.start_soon(self._prewarm_routes)
             nursery.start_soon(self.timekeeper.run)
             await nursery.start(self.jobs.serve)
+            await nursery.start(self.job_copies.serve)
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What arrives over the links, dispatched by kind (membership, tasks, results, task
-queries, model pieces, chaos, clock, probes), and the routed messages this node starts:
+queries, model pieces, job copies, chaos, clock, probes), and the routed messages this node starts:
 task queries to another entry node and model pieces.
 """
 
@@ -15,10 +15,11 @@ import trio
 
 from agent.tasks import SubmitError
 from mesh.gossip_msgs import HopAck
-from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, JobCopy, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
                        TaskResult, TaskStatus)
 
 if TYPE_CHECKING:
+    from agent.job_copies import JobCopies
     from agent.membership import MembershipService
     from agent.model_fetch import ModelFetcher
     from agent.peers import NodeIdentity, Peers
@@ -44,6 +45,7 @@ class RoutedMessages:
     membership: MembershipService
     fetcher: ModelFetcher
     timekeeper: Timekeeper
+    job_copies: JobCopies
     _queries: dict[str, trio.MemorySendChannel]
     _nursery: trio.Nursery | None
     _wake: trio.Event
@@ -93,6 +95,12 @@ class RoutedMessages:
                     self.fetcher.on_chunk(msg)
                 else:
                     self.relay.send(msg, msg.requester, from_node)
+        elif isinstance(msg, JobCopy):
+            if self.relay.received(msg, from_node):
+                if msg.receiver == self.me.name:
+                    self.job_copies.on_message(msg)
+                else:
+                    self.relay.send(msg, msg.receiver, from_node)
         elif isinstance(msg, ChaosUpdate):
             self._on_chaos(msg, from_node)
         elif isinstance(msg, ClockUpdate):
@@ -136,7 +144,7 @@ class RoutedMessages:
                                      json.dumps(rec.to_json()).encode(), "", self.config.limits.ttl, q.deadline,
                                      q.attempt), q.asker)
 
-    def _send_routed(self, msg: ModelFetch | ModelChunk | TaskQuery | TaskStatus, dst: str) -> None:
+    def _send_routed(self, msg: ModelFetch | ModelChunk | TaskQuery | TaskStatus | JobCopy, dst: str) -> None:
         """Start a model piece (or a request for one) towards ``dst`` over the relay."""
         if dst == self.me.name:
             return

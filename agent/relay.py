@@ -31,11 +31,11 @@ from agent.peers import Peers
 from agent.transport import LinkLayer
 from mesh.delivery import DedupWindow, DeliveryConfig, HopFailed, HopSender, StoreAndForward, Transmit
 from mesh.forwarding import DEADLINE, Decision, Forward, Forwarder, Hold
-from mesh.wire import Hop, ModelChunk, ModelFetch, TaskQuery, TaskRequest, TaskResult, TaskStatus
+from mesh.wire import Hop, JobCopy, ModelChunk, ModelFetch, TaskQuery, TaskRequest, TaskResult, TaskStatus
 
 log = logging.getLogger(__name__)
 
-Routed = Union[TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus]
+Routed = Union[TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus, JobCopy]
 ExpiredFn = Callable[[Routed, str], None]
 FRAME_OVERHEAD_BYTES = 256
 _NODE = re.compile(r"node (\d+)")
@@ -54,8 +54,9 @@ LinkStateFn = Callable[[float], LinkState]     # wall time -> link state
 
 def frame_bytes(msg: Routed) -> int:
     """Approximate wire size, for the serialization term of the RTO (no re-encoding)."""
-    if isinstance(msg, (ModelFetch, ModelChunk, TaskQuery, TaskStatus)):
-        return FRAME_OVERHEAD_BYTES + len(getattr(msg, "data", b"")) + len(getattr(msg, "record", b""))
+    if isinstance(msg, (ModelFetch, ModelChunk, TaskQuery, TaskStatus, JobCopy)):
+        return FRAME_OVERHEAD_BYTES + len(getattr(msg, "data", b"")) + len(getattr(msg, "record", b"")) + \
+            len(getattr(msg, "body", b""))
     tensors = msg.inputs if isinstance(msg, TaskRequest) else msg.outputs
     return FRAME_OVERHEAD_BYTES + sum(t.nbytes for t in tensors.values()) + 64 * len(msg.trace)
 

@@ -233,6 +233,35 @@ class TaskStatus:
 
 
 @dataclass(frozen=True)
+class JobCopy:
+    """One record of a job's copy between its home and the neighbour that keeps it (routed).
+
+    ``op`` says what ``body`` (msgpack) holds: the job (``accept``), a slice of
+    its inputs (``inputs``), a checkpoint (``chunk``), a shard's move (``move``),
+    its end (``end``), ``forget`` (the home chose another keeper), ``ack`` (the
+    keeper has stored a record) or ``taken`` (the keeper took the job over).
+    """
+
+    copy_id: str
+    sender: str
+    receiver: str
+    job_id: str
+    op: str
+    body: bytes = b""
+    ttl: int = 64
+    deadline: float = 0.0
+    attempt: int = 0
+    trace: tuple[Hop, ...] = ()
+
+    @property
+    def hop_id(self) -> str:
+        return f"jc:{self.copy_id}:{self.attempt}"
+
+
+COPY_OPS = ("accept", "inputs", "chunk", "move", "end", "forget", "ack", "taken")
+
+
+@dataclass(frozen=True)
 class Control:
     """Membership, gossip and hop acknowledgements: one ``mesh.gossip_msgs`` message."""
 
@@ -265,8 +294,8 @@ class Probe:
 
 
 Message = Union[Hello, TaskRequest, TaskResult, ChaosUpdate, ClockUpdate, Probe, Control, ModelFetch, ModelChunk,
-                TaskQuery, TaskStatus]
-ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus)
+                TaskQuery, TaskStatus, JobCopy]
+ROUTED = (TaskRequest, TaskResult, ModelFetch, ModelChunk, TaskQuery, TaskStatus, JobCopy)
 
 
 @dataclass(frozen=True)
@@ -313,6 +342,9 @@ def _encode_msg(msg: Message) -> list:
     if isinstance(msg, ModelChunk):
         return ["mchunk", msg.fetch_id, msg.requester, msg.holder, msg.sha256, msg.offset, msg.total, msg.data,
                 msg.ttl, msg.deadline, msg.attempt, msg.error]
+    if isinstance(msg, JobCopy):
+        return ["jcopy", msg.copy_id, msg.sender, msg.receiver, msg.job_id, msg.op, msg.body, msg.ttl, msg.deadline,
+                msg.attempt]
     if isinstance(msg, ChaosUpdate):
         return ["chaos", list(msg.entries)]
     if isinstance(msg, ClockUpdate):
@@ -470,6 +502,14 @@ def _decode_msg(raw: Any) -> Message:
                               _expect(entry, str, "entry"), _expect(tid, str, "task_id"),
                               _expect(record, bytes, "record"), _expect(err, str, "error"), _expect(ttl, int, "ttl"),
                               _deadline(deadline), _attempt(attempt))
+        if kind == "jcopy" and len(args) == 9:
+            cid, sender, receiver, jid, op, body, ttl, deadline, attempt = args
+            if op not in COPY_OPS:
+                raise WireError(f"op {op!r} is not one of {', '.join(COPY_OPS)}")
+            return JobCopy(_expect(cid, str, "copy_id"), _expect(sender, str, "sender"),
+                           _expect(receiver, str, "receiver"), _expect(jid, str, "job_id"), op,
+                           _expect(body, bytes, "body"), _expect(ttl, int, "ttl"), _deadline(deadline),
+                           _attempt(attempt))
         if kind == "mfetch" and len(args) == 10:
             fid, req, holder, model, sha, offset, length, ttl, deadline, attempt = args
             return ModelFetch(_expect(fid, str, "fetch_id"), _expect(req, str, "requester"),

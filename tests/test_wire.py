@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.gossip_msgs import Alive, HopAck, Ping
-from mesh.wire import (ChaosUpdate, ClockUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
+from mesh.wire import (JobCopy, ChaosUpdate, ClockUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
                        Tensor, WireError, corrupt_frame, decode_body, encode_frame)
 
 LIMIT = 1 << 20
@@ -33,6 +33,7 @@ def test_round_trip_all_messages():
             ModelChunk("f1", "sat-5", "sat-0", "cd" * 32, 0, 0, b"", error="unknown model"),
             TaskQuery("q1", "sat-7", "sat-0", "sat-0-abc", 2.5, 60, 1.7e9, 1),
             TaskStatus("q1", "sat-7", "sat-0", "sat-0-abc", b'{"status": "succeeded"}', "", 60, 1.7e9, 1),
+            JobCopy("c1", "sat-0", "sat-1", "sat-0-job-ab", "chunk", b"\x80", 60, 1.7e9, 2),
             Control(Ping(5, 1, 2, (1, 3, 2), (Alive(1, 4),))), Control(HopAck(("q:t1:0", "r:t1:0"))),
             ChaosUpdate(([ "abc", 1.0, "sat-1", False, "{}", 1.0, None],)), Probe(7, b"x" * 100),
             ClockUpdate(([2000.0, "sat-1", 2001.0, 50.0, 10.0, True],))]
@@ -40,6 +41,13 @@ def test_round_trip_all_messages():
     for m in msgs:
         out = dec.feed(encode_frame(LinkFrame(123.5, m, 0.25), LIMIT))
         assert len(out) == 1 and out[0] == LinkFrame(123.5, m, 0.25)
+
+
+def test_a_job_copy_with_an_unknown_op_is_refused():
+    body = msgpack.packb([1, 1.0, 0.0, ["jcopy", "c1", "sat-0", "sat-1", "j", "delete-all", b"", 60, 0.0, 0]],
+                         use_bin_type=True)
+    with pytest.raises(WireError, match="delete-all"):
+        decode_body(body)
 
 
 def test_hop_ids_name_the_attempt_and_direction():
