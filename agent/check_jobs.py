@@ -42,7 +42,7 @@ from agent.history import History
 SHARDS, CHUNK, WINDOW = 4, 5, 2
 KILL_FOR_S = 5.0          # a node killed by --kill-executing/--kill-homes is restarted this long after
 FIND_EXECUTING_S = 20.0   # how long a --kill-* kill, at its turn, looks for something running to kill
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")     # handed_over is followed to the node that took it over
 VERDICTS = ("lost", "duplicated", "wrong", "unexplained", "overworked")
 
 
@@ -418,16 +418,19 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
         if not job.job_id:
             return
         deadline = time.monotonic() + job_timeout_s + 60.0
-        st = None
+        st, at = None, job.entry
         while time.monotonic() < deadline:
             try:
-                async with limiter, Client(peers[job.entry].api, timeout=30) as c:
+                async with limiter, Client(peers[at].api, timeout=30) as c:
                     st = await c.job(job.job_id, wait=5.0)
             except ApiError as exc:
                 if exc.status == 404:
-                    job.violations.append(f"lost: {job.entry} no longer knows it ({exc.message})")
+                    job.violations.append(f"lost: {at} no longer knows it ({exc.message})")
                     return
                 await trio.sleep(0.5)
+                continue
+            if st["status"] == "handed_over" and st.get("handed_to") in peers:
+                at = st["handed_to"]        # its keeper took it over while the home was down
                 continue
             if st["status"] in TERMINAL:
                 break
@@ -439,7 +442,7 @@ async def check_jobs(peers, events: list[Event], nodes: LocalNodeChaos | None, m
         outputs = None
         if st["status"] == "succeeded":
             try:
-                async with limiter, Client(peers[job.entry].api, timeout=60) as c:
+                async with limiter, Client(peers[at].api, timeout=60) as c:
                     outputs = (await c.job_result(job.job_id, arrays=False))["outputs"]
             except ApiError as exc:
                 job.violations.append(f"lost: its result cannot be read ({exc.message})")

@@ -219,11 +219,12 @@ class Client:
         return await self._call("GET", "/v1/jobs")
 
     async def wait_job(self, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
-        """Long-poll until the job ends (or ``timeout`` passes)."""
+        """Long-poll until the job ends (or ``timeout`` passes) at this node.  ``handed_over`` ends it here
+        too: its keeper (``handed_to``) took it over while this home was down, and follows it from there."""
         with anyio.move_on_after(timeout):
             while True:
                 info = await self.job(job_id, wait=min(10.0, timeout))
-                if info["status"] in ("succeeded", "failed", "cancelled"):
+                if info["status"] in ("succeeded", "failed", "cancelled", "handed_over"):
                     return info
         return await self.job(job_id)
 

@@ -2,7 +2,9 @@
 
 A job's id names its home node; the commands go to that node's API (from
 ``.fleet/peers.json``) whatever ``--node`` says, so status and results are
-one call away from any shell.
+one call away from any shell.  When the home does not answer, or answers
+that its job was handed over, they find the node that took it over (its
+keeper, named in the last status seen, first) and go on there.
 """
 
 from __future__ import annotations
@@ -74,13 +76,66 @@ def _url(args: argparse.Namespace, job_id: str | None = None) -> str:
     return peers[home].api if home in peers else peers[args.node].api
 
 
-async def _follow(c: Any, job_id: str, timeout: float, show: bool) -> dict[str, Any]:
+LOCATE_TIMEOUT_S = 3.0
+
+
+async def locate(job_id: str, apis: dict[str, str], hint: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The API of the node that drives ``job_id`` now, and the job's status there: its home, or the
+    keeper that took it over (``hint`` first, then the home, then every other node)."""
+    from agent.client import ApiError, Client
+    from agent.jobs_api import home_of
+    home = home_of(job_id)
+    order = [n for n in dict.fromkeys([hint or "", home, *sorted(apis)]) if n in apis]
+    seen: dict[str, Any] | None = None
+    tried: set[str] = set()
+    while order:
+        name = order.pop(0)
+        if name in tried:
+            continue
+        tried.add(name)
+        try:
+            async with Client(apis[name], timeout=LOCATE_TIMEOUT_S) as c:
+                info = await c.job(job_id)
+        except ApiError:
+            continue
+        if info["status"] != "handed_over":
+            return apis[name], info
+        seen = seen or info
+        if info.get("handed_to") in apis:
+            order.insert(0, info["handed_to"])
+    if seen is not None:
+        return apis[home], seen
+    raise ApiError(404, f"no node of the fleet answers for job {job_id}")
+
+
+async def _follow(url: str, job_id: str, timeout: float, show: bool,
+                  apis: dict[str, str] | None = None) -> dict[str, Any]:
+    """Poll until the job ends, with a progress bar; if its home stops answering (or hands the job over)
+    and ``apis`` names the fleet, go on at the node that took it over."""
     import trio
+
+    from agent.client import ApiError, Client
     tty = sys.stdout.isatty()
     deadline = time.monotonic() + timeout
-    last_print = 0.0
+    last_print, keeper = 0.0, None
     while True:
-        info = await c.job(job_id, wait=1.0)
+        try:
+            async with Client(url, timeout=30) as c:
+                info = await c.job(job_id, wait=1.0)
+        except ApiError as exc:
+            if not apis or exc.status not in (0, 502, 503, 504) or time.monotonic() > deadline:
+                raise
+            info = None
+        if info is None or (info["status"] == "handed_over" and apis):
+            try:
+                url, info = await locate(job_id, apis, (info or {}).get("handed_to") or keeper)
+            except ApiError:
+                await trio.sleep(1.0)     # nobody drives it yet: its keeper takes it over once the home is dead
+                continue
+            if show:
+                print(("\n" if tty else "") + f"job {job_id} now followed at {url}"
+                      + (f" (taken over from {info['taken_from']})" if info.get("taken_from") else ""), flush=True)
+        keeper = (info.get("copy") or {}).get("keeper") or keeper
         if show and (tty or time.monotonic() - last_print > 5 or info["status"] != "running"):
             print(("\r" if tty else "") + progress_line(info), end="" if tty else "\n", flush=True)
             last_print = time.monotonic()
@@ -89,6 +144,17 @@ async def _follow(c: Any, job_id: str, timeout: float, show: bool) -> dict[str, 
                 print()
             return info
         await trio.sleep(0.5 if info["status"] == "running" else 0)
+
+
+def _apis(args: argparse.Namespace) -> dict[str, str] | None:
+    from agent.fleet import FleetError, load_peers
+    if args.url:
+        return None
+    try:
+        peers = load_peers(args.dir)
+        return {name: peers[name].api for name in peers.names()}
+    except (FleetError, OSError):
+        return None
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -105,7 +171,20 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    apis = _apis(args)
+
     async def main() -> tuple[dict[str, Any], str]:
+        nonlocal url
+        if args.action in ("status", "result", "cancel") and apis:
+            try:
+                async with Client(url, timeout=LOCATE_TIMEOUT_S) as c:
+                    here = await c.job(args.job_id)
+                if here["status"] == "handed_over":
+                    url = (await locate(args.job_id, apis, here.get("handed_to")))[0]
+            except ApiError as exc:
+                if exc.status != 0:
+                    raise
+                url = (await locate(args.job_id, apis))[0]    # the home does not answer: who took it over?
         async with Client(url, timeout=30) as c:
             if args.action == "submit":
                 info = await c.submit_job(args.model, items, shards=args.shards, chunk=args.chunk, window=args.window,
@@ -116,10 +195,10 @@ def cmd_job(args: argparse.Namespace) -> int:
                           f"{len(info['shards'])} shards")
                 if args.no_wait:
                     return info, "status"
-                return await _follow(c, info["job_id"], args.timeout + 5, not args.json), "status"
+                return await _follow(url, info["job_id"], args.timeout + 5, not args.json, apis), "status"
             if args.action == "status":
                 if args.watch:
-                    return await _follow(c, args.job_id, 24 * 3600, not args.json), "status"
+                    return await _follow(url, args.job_id, 24 * 3600, not args.json, apis), "status"
                 return await c.job(args.job_id), "status"
             if args.action == "list":
                 return await c.jobs(), "list"
@@ -149,7 +228,7 @@ def cmd_job(args: argparse.Namespace) -> int:
             print(f"no jobs at {body['node']}")
     else:
         print(format_job(body))
-    return 0 if kind != "status" or body["status"] in ("running", "succeeded", "cancelled") else 1
+    return 0 if kind != "status" or body["status"] in ("running", "succeeded", "cancelled", "handed_over") else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,8 +9,9 @@ Each record is acknowledged once the keeper has written it
 ``RECORD_WINDOW`` of a job in flight.  A keeper that is suspected, dead or
 cut off is replaced, and the new one gets the whole copy.
 
-When the fleet's membership declares the home dead, the keeper takes the job
-over: it journals the copy as its own, and shards resume from the last
+When the fleet's membership declares the home dead and it stays dead for
+``TAKEOVER_GRACE_S`` (a home restarted sooner resumes its jobs from its own
+journal, which is never behind the copy), the keeper takes the job over: it journals the copy as its own, and shards resume from the last
 checkpoint the copy holds (the inputs sent again are at most those
 checkpointed at the old home but not yet copied, plus those in flight).
 If the old home comes back, the keeper tells it (``taken``), and the old
@@ -46,6 +47,8 @@ RECORD_WINDOW = 16          # a job's records sent and not yet acknowledged
 RESEND_S = 3.0              # an unacknowledged record goes again after this
 LOOK_EVERY_S = 1.0          # keepers checked, records resent, dead homes' jobs taken over
 TELL_EVERY_S = 5.0          # a home that is back hears "taken" this often until it acknowledges
+TAKEOVER_GRACE_S = 10.0     # a home dead this long loses its jobs to their keepers: one restarted sooner
+                            # resumes them from its own journal, which is never behind its copy
 MAX_RECORD_BYTES_SHARE = 2  # a slice of inputs fills at most 1/2 of a frame
 
 
@@ -90,6 +93,7 @@ class JobCopies:
         self.handovers = 0
         self._unassemblable: set[str] = set()
         self._told_at: dict[str, float] = {}
+        self._dead_since: dict[str, float] = {}     # homes of kept jobs seen declared dead, since when
 
     # -- the home's side ----------------------------------------------------------------------
 
@@ -279,10 +283,17 @@ class JobCopies:
         if self.store is None:
             return
         now = self.clock()
-        for row in self.store.kept():
+        rows = self.store.kept()
+        for home in {r.home for r in rows}:
+            if self.host.declared_dead(home):
+                self._dead_since.setdefault(home, now)
+            else:
+                self._dead_since.pop(home, None)
+        for row in rows:
             if row.status != "running":
                 continue
-            if row.taken is None and row.job_id not in self._unassemblable and self.host.declared_dead(row.home):
+            dead_for = now - self._dead_since.get(row.home, now)
+            if row.taken is None and row.job_id not in self._unassemblable and dead_for >= TAKEOVER_GRACE_S:
                 try:
                     job = self.store.assemble(row.job_id)
                 except CopyError as exc:

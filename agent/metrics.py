@@ -72,7 +72,7 @@ def _jobs(me: str, board) -> Iterator[object]:
     """Jobs at their home (agent/jobs.py): by status, shard moves, checkpoints and their journal time."""
     jobs = GaugeMetricFamily("orbitmesh_jobs", "Jobs this node is home to (in memory), by status",
                              labels=["node", "status"])
-    counts: dict[str, int] = {"running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    counts: dict[str, int] = {"running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "handed_over": 0}
     for job in board.jobs.values():
         counts[job.status] = counts.get(job.status, 0) + 1
     for status, n in counts.items():
@@ -86,6 +86,15 @@ def _jobs(me: str, board) -> Iterator[object]:
                                  labels=["node"])
     ckpt_s.add_metric([me], board.checkpoint_s)
     yield from (jobs, moves, ckpt, ckpt_s)
+    copies = board.copies
+    if copies is not None:      # agent/job_copies.py: each job's copy on a neighbour, and take-overs
+        sent = CounterMetricFamily("orbitmesh_job_copy_records", "Job copy records sent to keepers (resends "
+                                   "included)", labels=["node"])
+        sent.add_metric([me], copies.records_sent)
+        taken = CounterMetricFamily("orbitmesh_job_takeovers", "Jobs this node took over from a home declared dead",
+                                    labels=["node"])
+        taken.add_metric([me], copies.takeovers)
+        yield from (sent, taken)
 
 
 class NodeCollector:

@@ -253,8 +253,15 @@ def _jobs() -> dict[str, Any]:
     shard = {"type": "object", "required": ["shard", "inputs", "node", "done", "moves", "resent"]}
     job = {"type": "object", "required": ["job_id", "model", "status", "inputs", "done", "shards", "moves", "resent"],
            "properties": {"job_id": {"type": "string"}, "status": {"enum": ["running", "succeeded", "failed",
-                                                                             "cancelled"]},
-                          "shards": {"type": "array", "items": shard}}}
+                                                                             "cancelled", "handed_over"]},
+                          "shards": {"type": "array", "items": shard},
+                          "home": {"type": "string", "description": "the node driving the job (this one)"},
+                          "copy": {"type": ["object", "null"], "description": "its keeper (a neighbour holding "
+                                   "a copy) and how many records it still lacks"},
+                          "taken_from": {"type": ["string", "null"], "description": "the home it was taken over "
+                                         "from, declared dead"},
+                          "handed_to": {"type": ["string", "null"], "description": "handed_over: the keeper "
+                                        "that took it over while this home was down"}}}
     result = {"type": "object", "required": ["job_id", "outputs"], "properties": {
         "outputs": {"type": "array", "items": OBJECT}, "state": {"type": "array", "items": OBJECT}}}
     wait = _query("wait", "long-poll up to this many seconds (max 60) for the job to end", {"type": "number"})
@@ -271,8 +278,9 @@ def _jobs() -> dict[str, Any]:
                 params=[_header("Inference-Header-Content-Length", "binary tensors: the JSON job's length; each "
                                 "input name's tensors, stacked on a first axis, follow it", {"type": "string"})],
                 body=_json(request, JOB_EXAMPLE)["content"]),
-            "get": _op("the jobs this node is home to, newest first", _responses(
-                {200: ("jobs", {"type": "object", "required": ["node", "jobs"]})}, {}))},
+            "get": _op("the jobs this node is home to, newest first, and the copies it keeps for its "
+                       "neighbours", _responses({200: ("jobs", {"type": "object", "required": ["node", "jobs", "kept"]})},
+                                                {}))},
         "/v1/jobs/{job_id}": {
             "get": _op("a job's progress: shards, where they run, their moves", _responses(
                 {200: ("the job", job)}, {400: "'wait' is not a number", 404: missing}), params=[job_id, wait]),

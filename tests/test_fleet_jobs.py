@@ -153,6 +153,60 @@ async def test_a_killed_home_resumes_its_job_from_its_journal(jfleet, models_dir
     assert_outputs_equal_onnxruntime(models_dir, xs, result)
 
 
+async def test_a_dead_homes_job_is_taken_over_by_the_neighbour_that_keeps_its_copy(jfleet, models_dir):
+    spec, peers = jfleet
+    xs = digits_inputs(models_dir, 400)
+    chaos = LocalNodeChaos(spec.directory)
+    async with Client(peers["sat-6"].api) as c:
+        acc = await c.submit_job("digits", [{"input": x} for x in xs], shards=3, chunk=2, window=1)
+        job_id = acc["job_id"]
+        with trio.fail_after(30):     # its keeper holds every input (then it can take the job over)
+            while True:
+                info = await c.job(job_id)
+                keeper = (info["copy"] or {}).get("keeper")
+                if keeper:
+                    async with Client(peers[keeper].api) as k:
+                        kept = {j["job_id"]: j for j in (await k.jobs())["kept"]}
+                    if kept.get(job_id, {}).get("inputs_held") == 400:
+                        break
+                await trio.sleep(0.1)
+    assert info["status"] == "running", "the job ended before its home could be killed"
+    assert keeper != "sat-6" and int(keeper.split("-")[1]) < N
+    await trio.to_thread.run_sync(chaos.run, "kill", "sat-6")
+    killed_at = time.time()
+    try:
+        async with Client(peers[keeper].api) as k:
+            with trio.fail_after(90):
+                while True:
+                    try:
+                        taken = await k.job(job_id)
+                        break
+                    except ApiError as exc:
+                        assert exc.status == 404 and "keeps its copy" in exc.message, exc.message
+                        await trio.sleep(0.2)
+            took_over_s = time.time() - killed_at
+            cli = [sys.executable, "-m", "agent", "--dir", str(spec.directory), "--models", str(spec.models)]
+            shown = await trio.to_thread.run_sync(lambda: subprocess.run(
+                cli + ["job", "status", job_id], capture_output=True, text=True, timeout=120))
+            info = await k.wait_job(job_id, 120)
+            result = await k.job_result(job_id)
+    finally:
+        await trio.to_thread.run_sync(chaos.run, "restart", "sat-6")
+        await answering(peers["sat-6"].api)
+    print(f"take-over {took_over_s:.1f} s after the kill (membership's verdict + the grace)")
+    assert taken["taken_from"] == "sat-6" and taken["home"] == keeper
+    assert shown.returncode == 0 and f"job {job_id}" in shown.stdout, shown.stdout + shown.stderr
+    assert info["status"] == "succeeded", info
+    assert_outputs_equal_onnxruntime(models_dir, xs, result)
+    resumed = [m for s in info["shards"] for m in s["moves"] if f"taken over by {keeper}" in m["why"]]
+    assert resumed
+    async with Client(peers["sat-6"].api) as c:      # back: the keeper tells it, and it yields
+        with trio.fail_after(60):
+            while (old := await c.job(job_id))["status"] == "running":
+                await trio.sleep(0.5)
+    assert old["status"] == "handed_over" and old["handed_to"] == keeper, old
+
+
 async def test_bad_jobs_get_clear_errors_and_a_job_is_found_at_its_home(jfleet, models_dir):
     spec, peers = jfleet
     x = digits_inputs(models_dir, 1)[0].tolist()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import trio
 
-from agent.job_copies import JobCopies
+from agent.job_copies import TAKEOVER_GRACE_S, JobCopies
 from agent.job_copy_store import CopyError, CopyStore
 from agent.job_journal import JobJournal
 from agent.jobs import JobBoard
@@ -181,6 +181,25 @@ def test_a_home_that_comes_back_after_the_take_over_hands_its_job_over(tmp_path)
     assert taken.status == "succeeded" and row.told
 
 
+def test_a_home_restarted_within_the_grace_resumes_its_own_job_and_its_keeper_leaves_it(tmp_path):
+    async def body(sky, wire, st, nursery):
+        job, _ = st["home"].board.submit(spec(120, shards=2, chunk=4, window=1), None)
+        await until(lambda: job.plan.completed >= 20 and st["keeper"].copies.store.progress(job.job_id)[0] == 120)
+        st["home"].kill()
+        await trio.sleep(TAKEOVER_GRACE_S / 2)
+        back = await st["home"].start(nursery)
+        await until(lambda: back.get(job.job_id) is not None)
+        again = back.get(job.job_id)
+        await again.done.wait()
+        await trio.sleep(TAKEOVER_GRACE_S)
+        return again, st["keeper"]
+    again, keeper = trio.run(fleet, tmp_path, body, clock=clock())
+    assert again.status == "succeeded" and again.handed_to is None
+    assert np.array_equal(again.outputs()["y"], again.spec.inputs["x"] * 3)
+    assert again.job_id not in keeper.board.jobs and keeper.copies.takeovers == 0
+    assert keeper.copies.store.row(again.job_id).status == "succeeded"
+
+
 def test_a_keeper_that_dies_is_replaced_and_the_new_one_gets_the_whole_copy(tmp_path):
     async def body(sky, wire, st, nursery):
         job, _ = st["home"].board.submit(spec(60, shards=2, chunk=4), None)
@@ -201,7 +220,7 @@ def test_a_copy_missing_inputs_is_not_taken_over(tmp_path):
         keeper.on_message(JobCopy("a", "ghost", "keeper", "ghost-job-1", "accept",
                                   msgpack.packb({"key": "accept", "idem_key": None, "created": 0.0, "spec": meta})))
         wire.dead.add("ghost")
-        await trio.sleep(3.0)
+        await trio.sleep(TAKEOVER_GRACE_S + 3.0)
         return keeper
     keeper = trio.run(fleet, tmp_path, body, clock=clock())
     assert "ghost-job-1" not in keeper.board.jobs and "ghost-job-1" in keeper._unassemblable
