@@ -58,6 +58,20 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_task ON quarantine (task_id);
 CREATE INDEX IF NOT EXISTS quarantine_key ON quarantine (idem_key);
+CREATE TABLE IF NOT EXISTS replicated (
+    task_id   TEXT PRIMARY KEY,
+    idem_key  TEXT UNIQUE,
+    model     TEXT NOT NULL,
+    executors TEXT NOT NULL,
+    agreement TEXT NOT NULL,
+    placement TEXT NOT NULL DEFAULT '',
+    created   REAL NOT NULL,
+    deadline  REAL NOT NULL,
+    status    TEXT NOT NULL DEFAULT 'accepted',
+    finished  REAL,
+    winner    TEXT,
+    error     TEXT NOT NULL DEFAULT ''
+);
 """
 
 log = logging.getLogger(__name__)
@@ -77,6 +91,25 @@ class DamagedRow(JournalError):
 
 class DuplicateKey(JournalError):
     """An idempotency key already recorded for another task."""
+
+
+@dataclass(frozen=True)
+class ReplicatedRow:
+    """A replicated task's parent: its replicas are the tasks ``TASK_ID.rI`` (rows of their own); its
+    answer is its ``winner``'s result, kept in that replica's row."""
+
+    task_id: str
+    idem_key: str | None
+    model: str
+    executors: tuple[str, ...]
+    agreement: str
+    placement: str
+    created: float
+    deadline: float
+    status: str
+    finished: float | None
+    winner: str | None
+    error: str
 
 
 @dataclass(frozen=True)
@@ -160,11 +193,46 @@ class Journal:
                     ("succeeded" if ok else "failed", finished, encode_message(result) if result else None, error,
                      task_id))
 
+    # -- replicated tasks' parents (agent/replicas.py) ----------------------------------------------
+
+    def accept_replicated(self, task_id: str, idem_key: str | None, model: str, executors: list[str],
+                          agreement: str, placement: str, created: float, deadline: float) -> None:
+        """Record a replicated task before its replicas (and before it is acknowledged)."""
+        try:
+            self._write("INSERT INTO replicated (task_id, idem_key, model, executors, agreement, placement, created, "
+                        "deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (task_id, idem_key, model, ",".join(executors), agreement, placement, created, deadline))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateKey(f"task journal {self.path}: {exc}") from None
+
+    def finish_replicated(self, task_id: str, ok: bool, finished: float, winner: str | None, error: str = "") -> None:
+        self._write("UPDATE replicated SET status = ?, finished = ?, winner = ?, error = ? "
+                    "WHERE task_id = ? AND finished IS NULL",
+                    ("succeeded" if ok else "failed", finished, winner, error, task_id))
+
+    _REPLICATED = ("SELECT task_id, idem_key, model, executors, agreement, placement, created, deadline, status, "
+                   "finished, winner, error FROM replicated")
+
+    def replicated(self, task_id: str) -> ReplicatedRow | None:
+        try:
+            r = self.db.execute(f"{self._REPLICATED} WHERE task_id = ?", (task_id,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
+        return _replicated_row(r) if r else None
+
+    def open_replicated(self) -> list[ReplicatedRow]:
+        try:
+            rows = self.db.execute(f"{self._REPLICATED} WHERE finished IS NULL ORDER BY created").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
+        return [_replicated_row(r) for r in rows]
+
     def by_key(self, idem_key: str) -> str | None:
-        """The task an idempotency key names (a quarantined one included: a retry with
-        the key gets that task's failure, not a second task)."""
+        """The task an idempotency key names (a replicated task's parent, or a quarantined one included:
+        a retry with the key gets that task's failure, not a second task)."""
         try:
             row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone() or \
+                self.db.execute("SELECT task_id FROM replicated WHERE idem_key = ?", (idem_key,)).fetchone() or \
                 self.db.execute("SELECT task_id FROM quarantine WHERE idem_key = ? ORDER BY rowid DESC",
                                 (idem_key,)).fetchone()
         except sqlite3.Error as exc:
@@ -271,6 +339,7 @@ class Journal:
         """Forget finished tasks older than the retention."""
         cutoff = (time.time() if now is None else now) - self.retention_s
         cur = self.db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
+        self.db.execute("DELETE FROM replicated WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
         return cur.rowcount
 
     def counts(self) -> dict[str, int]:
@@ -278,6 +347,10 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _replicated_row(r: tuple) -> ReplicatedRow:
+    return ReplicatedRow(r[0], r[1], r[2], tuple(r[3].split(",")), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
 
 
 def _row(r: tuple) -> Row:

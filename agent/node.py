@@ -30,7 +30,7 @@ from agent.job_copy_store import CopyStore
 from agent.job_host import NodeJobHost
 from agent.job_journal import JobJournal
 from agent.jobs import JobBoard
-from agent.journal import Journal, JournalError
+from agent.journal import Journal, JournalError, ReplicatedRow
 from agent.membership import MembershipService
 from agent.metrics import TaskMetrics
 from agent.model_fetch import ModelFetcher
@@ -40,6 +40,7 @@ from agent.node_exec import Execution, PowerError  # noqa: F401 (PowerError re-e
 from agent.node_messages import RoutedMessages
 from agent.node_physics import NodePhysics
 from agent.node_recovery import TaskRecovery
+from agent.node_replicas import ReplicatedTasks
 from agent.node_tasks import DEFAULT_TASK_TIMEOUT_S, EntryTasks  # noqa: F401 (DEFAULT_TASK_TIMEOUT_S re-exported)
 from agent.node_views import NodeViews
 from agent.p2p import P2PHost
@@ -70,7 +71,7 @@ POWER_STEP_S = 1.0
 JOURNAL_PURGE_EVERY_S = 60.0
 
 
-class Node(NodePhysics, EntryTasks, TaskRecovery, Execution, RoutedMessages, FaultsAndProbes,
+class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, RoutedMessages, FaultsAndProbes,
            NodeViews):
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
                  *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
@@ -141,6 +142,7 @@ class Node(NodePhysics, EntryTasks, TaskRecovery, Execution, RoutedMessages, Fau
         self.upsets = 0                                  # results this node corrupted under a bitflip fault
         self._answer_keys: dict[str, str] = {}         # task id -> its edge-cache key, until it ends
         self._queries: dict[str, trio.MemorySendChannel] = {}   # task queries this node is waiting on
+        self._votes_to_resume: list[ReplicatedRow] = []   # replicated tasks open at a restart (agent/node_replicas.py)
         self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
         self.compute_table = ComputeTable()            # compute time per (node, model), from results
         self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
@@ -180,6 +182,7 @@ class Node(NodePhysics, EntryTasks, TaskRecovery, Execution, RoutedMessages, Fau
         self._recover()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._resume_votes()
             await nursery.start(self.executor.serve)
             nursery.start_soon(self.links.run)
             nursery.start_soon(self._expire_faults)

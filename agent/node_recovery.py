@@ -1,6 +1,7 @@
 """The entry node's journal, read back: after a restart every unfinished task is sent
 again under its id (or failed if its deadline passed meanwhile), and a finished task is
-found there when it is no longer in memory. Writing the journal is ``agent.node_tasks``.
+found there when it is no longer in memory (a replicated task's parent too: it votes again on
+its replicas, ``agent/node_replicas.py``). Writing the journal is ``agent.node_tasks``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
-from agent.journal import JournalError, Row
+from agent.journal import JournalError, ReplicatedRow, Row
 from agent.tasks import TaskRecord
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class TaskRecovery:
     _in_flight: collections.Counter[str]
     _wake: trio.Event
     _finalize: Callable[..., bool]                                  # EntryTasks
+    _nursery: trio.Nursery | None
+    _votes_to_resume: list[ReplicatedRow]
+    _resume_votes: Callable[[], None]                               # ReplicatedTasks
+    _replicated_record: Callable[[ReplicatedRow], TaskRecord]       # ReplicatedTasks
 
     def find_task(self, task_id: str) -> TaskRecord | None:
         """A task this node accepted: in memory, or (finished, within retention) in the journal."""
@@ -60,7 +65,7 @@ class TaskRecovery:
                        error=f"{self.me.name}: the task's journal entry was damaged and is quarantined ({reason})")
             return rec
         if row is None:
-            return None
+            return self._replicated_task(task_id)
         if row.finished is None:
             # Open in the journal but unknown here (recovery missed it): it gets what
             # recovery gives every open task, a re-send and a deadline timer.
@@ -88,9 +93,32 @@ class TaskRecovery:
         now = time.time()
         for row in rows:
             self._recover_row(row, now)
+        try:        # replicated tasks vote again once the node runs (agent/node_replicas.py)
+            self._votes_to_resume = self.journal.open_replicated()
+        except JournalError as exc:
+            log.error("%s: no replicated task recovered: %s", self.me.name, exc)
         if rows or self.journal.quarantined_now:
             log.warning("%s: recovered %d unfinished tasks from the journal; %d damaged row(s) quarantined",
                         self.me.name, self.recovered, self.journal.quarantined_now)
+
+    def _replicated_task(self, task_id: str) -> TaskRecord | None:
+        """A replicated task's parent from the journal: final (with the winner's outputs), or open and
+        voting again (its entry restarted and recovery has not reached it yet)."""
+        assert self.journal is not None
+        try:
+            row = self.journal.replicated(task_id)
+        except JournalError as exc:
+            log.error("%s", exc)
+            return None
+        if row is None:
+            return None
+        if row.finished is not None:
+            return self._replicated_record(row)
+        if self._nursery is None:
+            return None
+        self._votes_to_resume.append(row)
+        self._resume_votes()
+        return self.tasks.get(task_id)
 
     def _recover_row(self, row: Row, now: float) -> TaskRecord:
         """One open journal row back in memory: re-sent at once, with its deadline timer."""

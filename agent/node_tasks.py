@@ -20,13 +20,12 @@ from agent.edge_cache import Answer, cache_key
 from agent.journal import DuplicateKey, JournalError
 from agent.models import ModelError, bad_name
 from agent.placement import candidates
-from agent.replicas import agree, replica_view
 from agent.tasks import SubmitError, TaskRecord
 from agent.tensors import InputError, inputs_from_arrays, inputs_from_json, typed_arrays
 from agent.zoo import LimitError, check_limits
 from mesh.delivery import TaskFailed
 from mesh.placement import TARGETS, PlacementError, choose
-from mesh.voting import MAX_REPLICAS, MODES, Vote
+from mesh.voting import MAX_REPLICAS, MODES
 from mesh.wire import Hop, Scan, TaskRequest, TaskResult, Tensor
 
 if TYPE_CHECKING:
@@ -88,6 +87,7 @@ class EntryTasks:
     _on_request: Callable[..., Any]                                 # Execution
     _execute: Callable[..., Any]                                    # Execution
     _send_result: Callable[[TaskResult], None]                      # Execution
+    _submit_replicas: Callable[..., TaskRecord]                     # ReplicatedTasks
 
     # -- tasks at the entry node --------------------------------------------------
 
@@ -221,25 +221,6 @@ class EntryTasks:
             self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
             self._wake.set()
         return rec
-
-    def _submit_replicas(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executors: list[str],
-                         why: str, agreement: str, timeout_s: float, idem_key: str | None,
-                         journaled: bool, task_id: str | None = None, scan: Scan | None = None) -> TaskRecord:
-        """One task per replica (each journaled and delivered exactly once like any task), and a parent
-        whose outputs are the agreed answer (agent/replicas.py).  ``scan``: a job's chunk (agent/jobs.py)."""
-        now = time.time()
-        parent = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
-                            created=now, journaled=False, deadline=now + timeout_s, placement=why)
-        children = [self._accept(model, loaded, arrays, ex, f"replica {i + 1} of {len(executors)} of {parent.task_id}",
-                                 timeout_s, None, journaled, None, task_id=f"{parent.task_id}.r{i}", scan=scan)
-                    for i, ex in enumerate(executors)]
-        vote = Vote(len(executors), agreement)
-        parent.replicas = replica_view(vote, children)
-        self.tasks.add(parent)
-        self._remember_key(idem_key, parent.task_id)
-        assert self._nursery is not None, "node is not running"
-        self._nursery.start_soon(agree, parent, children, vote, self._finalize)
-        return parent
 
     def _remember_key(self, idem_key: str | None, task_id: str) -> None:
         if idem_key is not None:

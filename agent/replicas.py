@@ -5,9 +5,9 @@ delivered exactly once, with its deadline and trace), placed on a satellite
 of a different plane.  The parent is what the client sees: its outputs are
 the agreed answer (``mesh.voting``), its ``replicas`` field lists every
 replica's node, status and output digest, the decision, and the nodes that
-disagreed or failed, filled in as late answers arrive.  The parent itself is
-not journaled: after the entry restarts, its replicas (journaled) are still
-recoverable one by one, the vote is not.
+disagreed or failed, filled in as late answers arrive.  The parent is
+journaled with its replicas (``agent/node_replicas.py``): after the entry
+restarts, the vote is taken again on what the replicas recovered.
 """
 
 from __future__ import annotations

@@ -130,3 +130,39 @@ async def test_a_replicated_job_outvotes_the_corrupting_plane_chunk_by_chunk(rfl
         np.testing.assert_array_equal(got["label"], sess.run(None, {"input": np.asarray(x, np.float32)})[0])
     assert {plane_of[n] for n in info["ran_on"]} == {0, 1, 2}
     assert all(set(d["dissenters"]) <= set(bad_plane) and d["dissenters"] for d in info["disagreements"])
+
+
+async def test_a_replicated_task_survives_a_crash_of_its_entry_and_its_key_still_names_it(rfleet, models_dir):
+    from agent.chaos_cli import LocalNodeChaos
+    spec, _, peers = rfleet
+    chaos = LocalNodeChaos(spec.directory)
+    entry, inputs = "sat-7", digits(models_dir, 3)
+    others = [n for n in peers.names() if n != entry]
+    for n in others:        # frozen: the replicas cannot answer before the entry dies
+        await trio.to_thread.run_sync(chaos.run, "pause", n)
+    try:
+        async with Client(peers[entry].api) as c:
+            acc = await c.submit("digits", inputs, replicas=3, cache=False, timeout_s=90,
+                                 idempotency_key="replicated-crash-1")
+        await trio.to_thread.run_sync(chaos.run, "kill", entry)
+        await trio.to_thread.run_sync(chaos.run, "restart", entry)
+    finally:
+        for n in others:
+            await trio.to_thread.run_sync(chaos.run, "resume", n)
+    with trio.fail_after(60):
+        while True:
+            try:
+                async with Client(peers[entry].api) as c:
+                    again = await c.submit("digits", inputs, replicas=3, cache=False, idempotency_key="replicated-crash-1")
+                break
+            except ApiError as exc:
+                assert exc.status in (0, 503), exc
+                await trio.sleep(0.5)
+    assert again["task_id"] == acc["task_id"]           # the key names the same replicated task after the crash
+    async with Client(peers[entry].api) as c:
+        rec = await wait_task(c, acc["task_id"], 90)
+    assert rec["status"] == "succeeded", rec
+    assert np.array_equal(np.asarray(rec["outputs"]["label"]["data"]), expected(models_dir, inputs))
+    view = rec["replicas"]
+    assert len(view["replicas"]) == 3 and view["decision"], view
+    assert [r["task_id"] for r in view["replicas"]] == [f"{acc['task_id']}.r{i}" for i in range(3)]

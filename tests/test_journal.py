@@ -5,7 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from agent.journal import Journal, JournalError
+from agent.journal import DuplicateKey, Journal, JournalError
 from mesh.wire import Hop, TaskRequest, TaskResult, Tensor, encode_message
 
 
@@ -121,3 +121,20 @@ def test_a_file_that_is_no_database_any_more_is_set_aside_and_the_node_starts(tm
     assert again.open_tasks() == []
     again.accept(request("sat-0-new"), "sat-5", "", 200.0)          # and it works
     assert [r.task_id for r in again.open_tasks()] == ["sat-0-new"]
+
+
+def test_a_replicated_tasks_parent_is_kept_open_then_final_and_its_key_names_it(tmp_path):
+    j = Journal(tmp_path / "tasks.sqlite", retention_s=10)
+    j.accept_replicated("sat-0-abc", "k1", "digits", ["sat-1", "sat-5", "sat-9"], "majority", "one per plane", 100.0, 130.0)
+    with pytest.raises(DuplicateKey):
+        j.accept_replicated("sat-0-def", "k1", "digits", ["sat-2"], "first", "", 101.0, 131.0)
+    assert j.by_key("k1") == "sat-0-abc"
+    [row] = j.open_replicated()
+    assert row.executors == ("sat-1", "sat-5", "sat-9") and row.agreement == "majority" and row.finished is None
+    j.finish_replicated("sat-0-abc", True, 120.0, "sat-0-abc.r1")
+    j.finish_replicated("sat-0-abc", False, 121.0, None, "late")        # one final state: the first
+    row = j.replicated("sat-0-abc")
+    assert (row.status, row.finished, row.winner, row.error) == ("succeeded", 120.0, "sat-0-abc.r1", "")
+    assert j.open_replicated() == [] and j.replicated("nope") is None
+    j.purge(now=131.0)
+    assert j.replicated("sat-0-abc") is None and j.by_key("k1") is None
