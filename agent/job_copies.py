@@ -5,7 +5,8 @@ of the home itself.  So the home also sends every job to one *keeper*, a
 satellite it has a laser link to (same plane first: those links never
 rewire): the job, its inputs in slices, every checkpoint and move, its end.
 Each record is acknowledged once the keeper has written it
-(``agent/job_copy_store.py``) and sent again until then, at most
+(``agent/job_copy_store.py``) and sent again until then (after 3 s, doubling
+to 24 s), at most
 ``RECORD_WINDOW`` of a job in flight.  A keeper that is suspected, dead or
 cut off is replaced, and the new one gets the whole copy.
 
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD_WINDOW = 16          # a job's records sent and not yet acknowledged
-RESEND_S = 3.0              # an unacknowledged record goes again after this
+RESEND_S = 3.0              # an unacknowledged record goes again after this, doubling up to
+RESEND_MAX_S = 24.0         # this (a record held by store-and-forward is not piled up behind itself)
 LOOK_EVERY_S = 1.0          # keepers checked, records resent, dead homes' jobs taken over
 TELL_EVERY_S = 5.0          # a home that is back hears "taken" this often until it acknowledges
 TAKEOVER_GRACE_S = 10.0     # a home dead this long loses its jobs to their keepers: one restarted sooner
@@ -72,12 +74,16 @@ class Outbox:
     """A job's records on their way to its keeper; each key names a record rebuilt from the job when sent."""
 
     keeper: str
-    pending: OrderedDict[str, float | None] = field(default_factory=OrderedDict)   # key -> last sent (None: not yet)
-    acked: int = 0
+    pending: OrderedDict[str, tuple[float, int] | None] = field(default_factory=OrderedDict)
+    acked: int = 0          # pending: key -> (when last sent, times sent), None before the first
 
     def queue(self, key: str) -> None:
         if key not in self.pending:
             self.pending[key] = None
+
+    def due(self, key: str, now: float) -> bool:
+        sent = self.pending[key]
+        return sent is None or now - sent[0] >= min(RESEND_MAX_S, RESEND_S * 2 ** (sent[1] - 1))
 
 
 class JobCopies:
@@ -193,18 +199,18 @@ class JobCopies:
         if box is None or not box.keeper:
             return
         now = self.clock()
-        in_flight = sum(1 for at in box.pending.values() if at is not None and now - at < RESEND_S)
-        for key, at in list(box.pending.items()):
+        in_flight = sum(1 for key, sent in box.pending.items() if sent is not None and not box.due(key, now))
+        for key, sent in list(box.pending.items()):
             if in_flight >= RECORD_WINDOW:
                 break
-            if at is not None and now - at < RESEND_S:
+            if not box.due(key, now):
                 continue
             body = msgpack.packb(self._body(job, key) | {"key": key})
             problem = self.host.send_copy(box.keeper, job.job_id, key.partition(":")[0], body)
             if problem:
                 log.debug("job %s: copy record %s to %s: %s", job.job_id, key, box.keeper, problem)
                 break
-            box.pending[key] = now
+            box.pending[key] = (now, 1 if sent is None else sent[1] + 1)
             in_flight += 1
             self.records_sent += 1
 

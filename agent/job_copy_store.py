@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS copies (
     created  REAL NOT NULL,
     spec     BLOB NOT NULL,
     n        INTEGER NOT NULL,
+    deadline REAL NOT NULL,
     status   TEXT NOT NULL DEFAULT 'running',
     finished REAL,
     error    TEXT NOT NULL DEFAULT '',
@@ -115,9 +116,11 @@ class CopyStore:
         """Keep one record from ``home`` (CopyError if it is malformed, JobJournalError if it cannot be written)."""
         try:
             if op == "accept":
-                self._write("INSERT OR IGNORE INTO copies (job_id, home, idem_key, created, spec, n) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (job_id, home, body["idem_key"], float(body["created"]),
-                                                          msgpack.packb(body["spec"]), int(body["spec"]["n"])))
+                created = float(body["created"])
+                self._write("INSERT OR IGNORE INTO copies (job_id, home, idem_key, created, spec, n, deadline) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (job_id, home, body["idem_key"], created, msgpack.packb(body["spec"]),
+                             int(body["spec"]["n"]), created + float(body["spec"]["timeout_s"])))
             elif op == "inputs":
                 arrays = arrays_from_wire(body["arrays"])
                 self._write("INSERT OR IGNORE INTO copy_inputs (job_id, lo, hi, arrays) VALUES (?, ?, ?, ?)",
@@ -198,11 +201,12 @@ class CopyStore:
         return Assembled(job_id, home, idem_key, created, replace(spec, inputs=inputs), chunks, moves)
 
     def purge(self, retention_s: float, now: float | None = None) -> int:
-        """Forget copies of jobs that ended (or were taken over) longer ago than the retention."""
+        """Forget copies of jobs that ended, were taken over, or passed their deadline (a home that never
+        came back, a copy that never completed) longer ago than the retention."""
         cutoff = (time.time() if now is None else now) - retention_s
         old = [r[0] for r in self.db.execute(
             "SELECT job_id FROM copies WHERE (finished IS NOT NULL AND finished < ?) OR (taken IS NOT NULL AND told = 1 "
-            "AND taken < ?)", (cutoff, cutoff)).fetchall()]
+            "AND taken < ?) OR deadline < ?", (cutoff, cutoff, cutoff)).fetchall()]
         for job_id in old:
             self.forget(job_id)
         return len(old)

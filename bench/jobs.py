@@ -102,7 +102,7 @@ def checkpoint_cost(model: str, xs: list[np.ndarray], name: str, chunk: int, rep
         k = JobJournal(Path(d) / "keeper.sqlite")
         store = CopyStore(k)
         store.store("bench-job-1", "sat-0", "accept", {"idem_key": None, "created": time.time(),
-                                                       "spec": {"model": model, "n": repeat * chunk}})
+                                                       "spec": {"model": model, "n": repeat * chunk, "timeout_s": 600}})
         t0 = time.perf_counter()
         for n in range(repeat):
             body = msgpack.packb({"key": f"chunk:{n * chunk}", "shard": 0, "lo": n * chunk, "hi": (n + 1) * chunk,

@@ -244,3 +244,16 @@ def test_bad_records_are_refused_and_nothing_is_acknowledged(tmp_path):
     assert not any(op == "ack" for _, _, op in first)
     assert keeper.store.row("home-job-1") is None
     assert keeper.store.row(job.job_id).status != "cancelled"     # only the job's home may end its copy
+
+
+def test_copies_are_purged_after_their_end_or_their_deadline(tmp_path):
+    store = CopyStore(JobJournal(tmp_path / "k.sqlite"))
+    meta = spec(4).to_wire(with_inputs=False) | {"timeout_s": 100.0}
+    for job_id, created in (("a-job-1", 0.0), ("a-job-2", 1000.0), ("a-job-3", 1000.0)):
+        store.store(job_id, "a", "accept", {"idem_key": None, "created": created, "spec": meta})
+    store.store("a-job-2", "a", "end", {"status": "succeeded", "finished": 1010.0, "error": ""})
+    assert store.purge(retention_s=60.0, now=1050.0) == 1          # job 1: its deadline (100) long past
+    assert store.purge(retention_s=60.0, now=1080.0) == 1          # job 2: ended at 1010
+    assert [r.job_id for r in store.kept()] == ["a-job-3"]
+    with pytest.raises(CopyError, match="keeper stores no"):
+        store.store("a-job-3", "a", "ack", {})
