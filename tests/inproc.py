@@ -1,0 +1,106 @@
+"""Many production nodes in one process, linked by the in-memory twin host (``agent/memory_host.py``).
+
+The same ``agent.node.Node`` as the daemon runs (membership, relay, routing,
+delivery, journal, executor with real onnxruntime); only the host under the
+link layer is memory instead of libp2p.  A node can be killed (its scope
+cancelled and its host down, as a crash: volatile state gone, journal kept)
+and started again from its journal.  Wall clock, not virtual: the node still
+reads ``time.time()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from agent.fleet import FleetSpec, fleet_config
+from agent.job_journal import JobJournal
+from agent.journal import Journal
+from agent.memory_host import MemoryHost, MemoryNetwork
+from agent.models import ModelStore
+from agent.node import Node
+from agent.peers import PeerEntry, Peers
+from mesh.world import World
+
+
+@dataclass
+class Member:
+    name: str
+    host: MemoryHost
+    node: Node | None = None
+    scope: trio.CancelScope | None = None
+    journals: list = field(default_factory=list)
+    incarnation: int = 0
+
+
+class InProcFleet:
+    def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("digits",),
+                 preset: str = "demo"):
+        self.directory = directory
+        self.models = directory / "models"
+        self.models.mkdir(parents=True, exist_ok=True)
+        for m in models:        # only what the test needs: every node warms each model it has at start
+            for suffix in (".onnx", ".json"):
+                shutil.copy(models_dir / f"{m}{suffix}", self.models / f"{m}{suffix}")
+        self.config = fleet_config(FleetSpec(preset=preset, n=n)).with_start(time.time())
+        names = World.from_config(self.config).names
+        self.peers = Peers([PeerEntry(names.name(i), i, f"mem-{names.name(i)}",
+                                      f"/memory/mem-{names.name(i)}/p2p/mem-{names.name(i)}", "http://127.0.0.1:9")
+                            for i in range(len(names))])
+        self.net = MemoryNetwork()
+        self.members = {name: Member(name, self.net.host(self.peers[name].peer_id)) for name in self.peers.names()}
+        self._nursery: trio.Nursery | None = None
+
+    def __getitem__(self, name: str) -> Node:
+        node = self.members[name].node
+        assert node is not None, f"{name} is down"
+        return node
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        for name in self.members:
+            await self.start_node(name)
+
+    async def start_node(self, name: str) -> Node:
+        m = self.members[name]
+        assert m.scope is None, f"{name} is running"
+        m.incarnation += 1
+        data = self.directory / "data" / name
+        journal = Journal(data / "tasks.sqlite")
+        jobs = JobJournal(data / "jobs.sqlite")
+        m.journals = [journal, jobs]
+        m.node = Node(name, self.config, self.peers, m.host, ModelStore(self.models), workers=1, journal=journal,
+                      incarnation=m.incarnation, job_journal=jobs)
+        assert self._nursery is not None
+        m.scope = await self._nursery.start(self._run, m)
+        return m.node
+
+    async def _run(self, m: Member, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as n:
+                await n.start(m.host.serve)
+                await n.start(m.node.run)
+                task_status.started(scope)
+                await trio.sleep_forever()
+
+    def kill(self, name: str) -> None:
+        """A crash: the node's tasks end where they are, its streams drop; its journals stay on disk."""
+        m = self.members[name]
+        assert m.scope is not None, f"{name} is not running"
+        m.scope.cancel()
+        m.scope = None
+        for j in m.journals:
+            j.close()
+
+    async def until(self, predicate, timeout: float, step: float = 0.1) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(step)
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        """Every running node has all its laser links up."""
+        await self.until(lambda: all(m.node.links.all_up() for m in self.members.values() if m.scope), timeout)

@@ -1,0 +1,146 @@
+"""Node behaviour in one process: production nodes over the in-memory twin host (``tests/inproc.py``).
+
+What needs no sockets is tested here, in seconds, instead of on a fleet of
+processes: routing a task over relays to a far satellite, detecting a crash
+(and no false suspicion of anyone else), a restarted node rejoining, and
+exactly-once across a crash of a task's entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import trio
+
+from agent.memory_host import MemoryNetwork
+from agent.p2p import P2PError
+from tests.inproc import InProcFleet
+
+N = 6
+
+
+def digits(models_dir, k=0):
+    sample = json.loads((models_dir / "digits.json").read_text())["samples"][k]["inputs"]
+    return {name: np.asarray(v, np.float32) for name, v in sample.items()}
+
+
+def onnxruntime_label(models_dir, inputs):
+    return ort.InferenceSession(str(models_dir / "digits.onnx")).run(None, inputs)[0]
+
+
+async def fleet_of(tmp_path, models_dir, body):
+    fleet = InProcFleet(tmp_path, models_dir, N)
+    async with trio.open_nursery() as nursery:
+        await fleet.start(nursery)
+        await fleet.ready()
+        try:
+            return await body(fleet)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def far_from(fleet, name):
+    """A satellite that is not a laser neighbour of ``name``."""
+    near = set(fleet[name].links.links)
+    return next(n for n in fleet.peers.names() if n != name and n not in near)
+
+
+async def test_a_task_crosses_relays_to_a_far_satellite_and_equals_onnxruntime(tmp_path, models_dir):
+    inputs = digits(models_dir, 2)
+
+    async def body(fleet):
+        target = far_from(fleet, "sat-0")
+        rec, new = await fleet["sat-0"].submit("digits", {k: v.tolist() for k, v in inputs.items()}, target)
+        with trio.fail_after(20):
+            await rec.done.wait()
+        return rec, target
+    rec, target = await fleet_of(tmp_path, models_dir, body)
+    assert rec.status == "succeeded" and rec.executor == target, rec.error
+    assert np.array_equal(rec.outputs["label"], onnxruntime_label(models_dir, inputs))
+    nodes = [h.node for h in rec.trace]
+    assert nodes[0] == "sat-0" and target in nodes and len(set(nodes)) >= 3, nodes     # at least one relay
+
+
+async def test_a_cut_on_the_route_is_flooded_and_the_task_goes_around_it(tmp_path, models_dir):
+    inputs = {k: v.tolist() for k, v in digits(models_dir, 1).items()}
+
+    async def body(fleet):
+        target = far_from(fleet, "sat-0")
+        first_hop = fleet["sat-0"].relay.next_hop(target)
+        fault, _ = fleet["sat-0"].apply_fault({"kind": "cut", "a": "sat-0", "b": first_hop})
+        # flooded: every node holds the fault before the task leaves
+        await fleet.until(lambda: all(any(f["id"] == fault["id"] for f in fleet[n].chaos.listing(time.time()))
+                                      for n in fleet.peers.names()), 10)
+        rec, _ = await fleet["sat-0"].submit("digits", inputs, target)
+        with trio.fail_after(20):
+            await rec.done.wait()
+        return rec, first_hop, target
+    rec, cut_hop, target = await fleet_of(tmp_path, models_dir, body)
+    assert rec.status == "succeeded" and rec.executor == target, rec.error
+    nodes = [h.node for h in rec.trace]
+    assert nodes[1] != cut_hop, nodes          # the cut link was not used
+    assert ["sat-0", cut_hop] not in [nodes[i:i + 2] for i in range(len(nodes) - 1)]
+
+
+async def test_a_crashed_node_is_declared_dead_by_all_others_and_no_one_else_is_suspected(tmp_path, models_dir):
+    async def body(fleet):
+        victim = fleet.peers["sat-4"].index
+        fleet.kill("sat-4")
+        others = [n for n in fleet.peers.names() if n != "sat-4"]
+        with trio.fail_after(30):
+            while not all(victim in fleet[n].membership.dead_nodes() for n in others):
+                wrong = {n: fleet[n].membership.suspects() | fleet[n].membership.dead_nodes() for n in others}
+                assert all(s <= {victim} for s in wrong.values()), wrong
+                await trio.sleep(0.1)
+        back = await fleet.start_node("sat-4")
+        await fleet.until(lambda: all(victim not in fleet[n].membership.dead_nodes() for n in others), 30)
+        return back
+    back = await fleet_of(tmp_path, models_dir, body)
+    assert back.links.links
+
+
+async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, models_dir):
+    inputs = {k: v.tolist() for k, v in digits(models_dir, 4).items()}
+
+    async def body(fleet):
+        target = far_from(fleet, "sat-1")
+        rec, _ = await fleet["sat-1"].submit("digits", inputs, target, idem_key="inproc-crash-1")
+        fleet.kill("sat-1")           # at once: its result has not come back
+        node = await fleet.start_node("sat-1")
+        again, new = await node.submit("digits", inputs, target, idem_key="inproc-crash-1")
+        with trio.fail_after(30):
+            await again.done.wait()
+        return rec, again, new
+    rec, again, new = await fleet_of(tmp_path, models_dir, body)
+    assert not new and again.task_id == rec.task_id
+    assert again.status == "succeeded", again.error
+
+
+async def test_the_twin_host_refuses_what_libp2p_would(tmp_path):
+    net = MemoryNetwork()
+    a, b = net.host("a"), net.host("b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        with pytest.raises(P2PError, match="connection refused"):
+            await a.open_stream("/memory/b/p2p/b", "/isl/1")
+        await nursery.start(b.serve)
+        with pytest.raises(P2PError, match="not supported"):
+            await a.open_stream("/memory/b/p2p/b", "/isl/1")
+        got = []
+
+        async def echo(stream):
+            got.append(await stream.receive_some(3))
+            await stream.send_all(b"pong")
+            await stream.aclose()
+        b.set_stream_handler("/isl/1", echo)
+        s = await a.open_stream("/memory/b/p2p/b", "/isl/1")
+        await s.send_all(b"ping")
+        assert await s.receive_some(2) == b"po" and await s.receive_some() == b"ng"
+        assert await s.receive_some() == b"" and got == [b"pin"] and s.remote_peer_id == "b"
+        with pytest.raises(ValueError):
+            net.host("a")
+        nursery.cancel_scope.cancel()
