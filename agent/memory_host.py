@@ -105,7 +105,10 @@ class MemoryHost:
         self.handlers[protocol] = handler
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Accept streams until cancelled; then it is down (a crash: every stream it had ends)."""
+        """Accept streams until cancelled; then it is down (a crash: every stream it had ends).
+        One run at a time: a restart waits for the crash to finish."""
+        if self._nursery is not None:
+            raise RuntimeError(f"twin host {self.peer_id} is serving already")
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -35,18 +35,19 @@ class Member:
     scope: trio.CancelScope | None = None
     journals: list = field(default_factory=list)
     incarnation: int = 0
+    stopped: trio.Event | None = None
 
 
 class InProcFleet:
     def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("digits",),
-                 preset: str = "demo"):
+                 preset: str = "demo", time_scale: float | None = None):
         self.directory = directory
         self.models = directory / "models"
         self.models.mkdir(parents=True, exist_ok=True)
         for m in models:        # only what the test needs: every node warms each model it has at start
             for suffix in (".onnx", ".json"):
                 shutil.copy(models_dir / f"{m}{suffix}", self.models / f"{m}{suffix}")
-        self.config = fleet_config(FleetSpec(preset=preset, n=n)).with_start(time.time())
+        self.config = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale)).with_start(time.time())
         names = World.from_config(self.config).names
         self.peers = Peers([PeerEntry(names.name(i), i, f"mem-{names.name(i)}",
                                       f"/memory/mem-{names.name(i)}/p2p/mem-{names.name(i)}", "http://127.0.0.1:9")
@@ -80,19 +81,25 @@ class InProcFleet:
         return m.node
 
     async def _run(self, m: Member, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as n:
-                await n.start(m.host.serve)
-                await n.start(m.node.run)
-                task_status.started(scope)
-                await trio.sleep_forever()
+        m.stopped = stopped = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as n:
+                    await n.start(m.host.serve)
+                    await n.start(m.node.run)
+                    task_status.started(scope)
+                    await trio.sleep_forever()
+        finally:
+            stopped.set()
 
-    def kill(self, name: str) -> None:
-        """A crash: the node's tasks end where they are, its streams drop; its journals stay on disk."""
+    async def kill(self, name: str) -> None:
+        """A crash: the node's tasks end where they are, its streams drop; its journals stay on disk.
+        Returns once it is down (a restart must not race the old run's end)."""
         m = self.members[name]
-        assert m.scope is not None, f"{name} is not running"
+        assert m.scope is not None and m.stopped is not None, f"{name} is not running"
         m.scope.cancel()
         m.scope = None
+        await m.stopped.wait()
         for j in m.journals:
             j.close()
 
