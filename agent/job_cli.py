@@ -226,6 +226,9 @@ def cmd_job(args: argparse.Namespace) -> int:
                   f"{j['moves']} moves")
         if not body["jobs"]:
             print(f"no jobs at {body['node']}")
+        for k in body.get("kept", []):
+            print(f"{k['job_id']}  copy kept for {k['home']}: {k['checkpointed']}/{k['inputs']} inputs checkpointed"
+                  + (", taken over" if k["taken"] else ""))
     else:
         print(format_job(body))
     return 0 if kind != "status" or body["status"] in ("running", "succeeded", "cancelled", "handed_over") else 1

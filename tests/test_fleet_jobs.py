@@ -190,12 +190,15 @@ async def test_a_dead_homes_job_is_taken_over_by_the_neighbour_that_keeps_its_co
                 cli + ["job", "status", job_id], capture_output=True, text=True, timeout=120))
             info = await k.wait_job(job_id, 120)
             result = await k.job_result(job_id)
+            listed = await trio.to_thread.run_sync(lambda: subprocess.run(
+                cli + ["job", "--node", keeper, "list"], capture_output=True, text=True, timeout=60))
     finally:
         await trio.to_thread.run_sync(chaos.run, "restart", "sat-6")
         await answering(peers["sat-6"].api)
     print(f"take-over {took_over_s:.1f} s after the kill (membership's verdict + the grace)")
     assert taken["taken_from"] == "sat-6" and taken["home"] == keeper
     assert shown.returncode == 0 and f"job {job_id}" in shown.stdout, shown.stdout + shown.stderr
+    assert f"{job_id}  copy kept for sat-6" in listed.stdout and "taken over" in listed.stdout, listed.stdout
     assert info["status"] == "succeeded", info
     assert_outputs_equal_onnxruntime(models_dir, xs, result)
     resumed = [m for s in info["shards"] for m in s["moves"] if f"taken over by {keeper}" in m["why"]]
