@@ -26,6 +26,7 @@ authenticated links, but a routed record's sender is not signed end to end.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections import OrderedDict
@@ -99,6 +100,7 @@ class JobCopies:
         self.handovers = 0
         self._unassemblable: set[str] = set()
         self._told_at: dict[str, float] = {}
+        self._forgets: dict[tuple[str, str], float] = {}   # (job, old keeper) -> last sent, until acknowledged
         self._dead_since: dict[str, float] = {}     # homes of kept jobs seen declared dead, since when
 
     # -- the home's side ----------------------------------------------------------------------
@@ -200,8 +202,9 @@ class JobCopies:
             return
         now = self.clock()
         in_flight = sum(1 for key, sent in box.pending.items() if sent is not None and not box.due(key, now))
+        gate = "accept" in box.pending      # nothing else before the keeper has the job itself
         for key, sent in list(box.pending.items()):
-            if in_flight >= RECORD_WINDOW:
+            if in_flight >= RECORD_WINDOW or (gate and key != "accept"):
                 break
             if not box.due(key, now):
                 continue
@@ -226,10 +229,19 @@ class JobCopies:
                 if keeper is not None and keeper != box.keeper:
                     if box.keeper:
                         log.warning("job %s: copy moves from %s to %s (%s)", job_id, box.keeper, keeper, problem)
-                        self.host.send_copy(box.keeper, job_id, "forget", msgpack.packb({"key": "forget"}))
+                        self._forgets[(job_id, box.keeper)] = -math.inf
                     self.out[job_id] = Outbox(keeper)
                     self._queue_all(job)
             self._pump(job)
+        # An old keeper must drop its copy, or it could take the job over too: told until it acknowledges
+        # (for as long as the job is known here).
+        now = self.clock()
+        for (job_id, old), at in list(self._forgets.items()):
+            if job_id not in self.board.jobs:
+                del self._forgets[(job_id, old)]
+            elif now - at >= TELL_EVERY_S:
+                self._forgets[(job_id, old)] = now
+                self.host.send_copy(old, job_id, "forget", msgpack.packb({"key": "forget"}))
 
     # -- the keeper's side --------------------------------------------------------------------
 
@@ -254,25 +266,41 @@ class JobCopies:
             return      # no journal: nothing kept, nothing acknowledged; the home keeps trying another
         row = self.store.row(msg.job_id)
         if row is not None and row.home != msg.sender:
-            raise CopyError(f"job {msg.job_id} is kept here for {row.home}, not {msg.sender}")
+            if row.taken is not None:       # this node drives the job: whoever else does must yield
+                self.host.send_copy(msg.sender, msg.job_id, "taken", msgpack.packb({"key": "taken", "by": self.host.name}))
+                return
+            if msg.op != "accept":
+                raise CopyError(f"job {msg.job_id} is kept here for {row.home}, not {msg.sender}")
+            # The job has a new home (it took it over from row.home): its copy replaces the old one.
+            log.warning("job %s: copy kept for %s replaced by %s's", msg.job_id, row.home, msg.sender)
+            self.store.forget(msg.job_id)
+            row = None
         if row is not None and row.taken is not None:
             if msg.op != "forget":      # the old home is back and still sending: it must yield
                 self.host.send_copy(msg.sender, msg.job_id, "taken", msgpack.packb({"key": "taken", "by": self.host.name}))
             return
-        # A record may overtake the job's accept on another route: it is kept, and the accept follows.
+        if row is None and msg.op not in ("accept", "forget"):
+            # The home sends nothing else before its accept is acknowledged: a record of an unknown job is
+            # not kept (a copy never holds rows of a job it does not know) and not acknowledged.
+            raise CopyError(f"{msg.op} record of job {msg.job_id} before its accept")
         self.store.store(msg.job_id, msg.sender, msg.op, body)
-        if msg.op != "forget":
-            self.host.send_copy(msg.sender, msg.job_id, "ack", msgpack.packb({"key": body["key"]}))
+        self.host.send_copy(msg.sender, msg.job_id, "ack", msgpack.packb({"key": body["key"]}))
 
     def _on_ack(self, job_id: str, key: str, sender: str) -> None:
         if key == "taken":
             if self.store is not None and self.store.row(job_id) is not None:
                 self.store.mark_told(job_id)
             return
+        if key == "forget":
+            self._forgets.pop((job_id, sender), None)
+            return
         box = self.out.get(job_id)
         if box is None or box.keeper != sender or box.pending.pop(key, False) is False:
             return
         box.acked += 1
+        for k, sent in box.pending.items():     # the keeper answers: what it lacks need not wait out a backoff
+            if sent is not None:
+                box.pending[k] = (sent[0], 1)
         job = self.board.jobs.get(job_id)
         if job is None or (not box.pending and job.finished is not None):     # its end is acknowledged too
             del self.out[job_id]
@@ -280,7 +308,9 @@ class JobCopies:
         self._pump(job)
 
     def _on_taken(self, job_id: str, by: str, sender: str) -> None:
-        self.out.pop(job_id, None)
+        box = self.out.get(job_id)
+        if box is not None and box.keeper == sender:
+            del self.out[job_id]      # the taker was its keeper; any other keeper hears the end (handed_over)
         if self.board.handed_over(job_id, by):
             self.handovers += 1
         self.host.send_copy(sender, job_id, "ack", msgpack.packb({"key": "taken"}))
@@ -306,10 +336,18 @@ class JobCopies:
                     log.error("job %s cannot be taken over from %s: %s", row.job_id, row.home, exc)
                     self._unassemblable.add(row.job_id)
                     continue
+                try:
+                    adopted = self.board.adopt(job)
+                except (JobJournalError, sqlite3.Error) as exc:     # not taken: tried again next round
+                    log.error("job %s cannot be taken over from %s now: %s", row.job_id, row.home, exc)
+                    continue
+                if not adopted:         # known here already (this node was its home once): left alone
+                    log.error("job %s is known here already; its copy from %s is not taken over", row.job_id, row.home)
+                    self._unassemblable.add(row.job_id)
+                    continue
                 self.store.mark_taken(row.job_id, now)
-                if self.board.adopt(job):
-                    self.takeovers += 1
-                    log.warning("%s: took job %s over from %s, declared dead", self.host.name, row.job_id, row.home)
+                self.takeovers += 1
+                log.warning("%s: took job %s over from %s, declared dead", self.host.name, row.job_id, row.home)
             elif row.taken is not None and not row.told and not self.host.declared_dead(row.home) \
                     and now - self._told_at.get(row.job_id, -TELL_EVERY_S) >= TELL_EVERY_S:
                 self._told_at[row.job_id] = now

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 import numpy as np
@@ -128,6 +129,24 @@ class JobJournal:
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
+            raise JobJournalError(f"job journal {self.path}: {exc}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes as one: all of them, or (on any error) none."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise JobJournalError(f"job journal {self.path}: {exc}") from None
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db.execute("ROLLBACK")
             raise JobJournalError(f"job journal {self.path}: {exc}") from None
 
     def accept(self, job_id: str, idem_key: str | None, created: float, spec: dict[str, Any]) -> None:

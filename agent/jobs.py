@@ -469,15 +469,15 @@ class JobBoard:
         job.taken_from = kept.home
         job.resume_why = f"taken over by {self.host.name}: its home {kept.home} was declared dead"
         _count_in_flight_as_resent(job)
-        if self.journal is not None:     # journaled as this node's own, so a restart here resumes it too
-            try:
-                self.journal.accept(job.job_id, None, job.created, kept.spec.to_wire())
-            except sqlite3.IntegrityError:
-                return False
-            for c in kept.chunks:
-                self.journal.checkpoint(job.job_id, c.shard, c.lo, c.hi, c.node, c.outputs)
-            for shard_i, move, _ in kept.moves:
-                self.journal.move(job.job_id, shard_i, move, job.plan.shards[shard_i].resent)
+        if self.journal is not None:     # journaled as this node's own (all or nothing), so a restart resumes it
+            key_taken = kept.idem_key is not None and self.journal.by_key(kept.idem_key) is not None
+            job.idem_key = None if key_taken else kept.idem_key      # a key naming another job here stays its
+            with self.journal.transaction():
+                self.journal.accept(job.job_id, job.idem_key, job.created, kept.spec.to_wire())
+                for c in kept.chunks:
+                    self.journal.checkpoint(job.job_id, c.shard, c.lo, c.hi, c.node, c.outputs)
+                for shard_i, move, _ in kept.moves:
+                    self.journal.move(job.job_id, shard_i, move, job.plan.shards[shard_i].resent)
         self._start(job)
         if self.copies is not None:
             self.copies.accepted(job)

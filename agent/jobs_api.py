@@ -9,6 +9,7 @@ job's keeper when the home does not answer.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agent.job_host import submit_job, wait_left
+from agent.job_journal import JobJournalError
 from agent.job_spec import JobError
 from agent.jobs import Job
 from agent.tasks import SubmitError
@@ -38,7 +40,10 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
         if job is not None:
             return job
         home = home_of(job_id)
-        kept = node.job_copies.kept(job_id)
+        try:
+            kept = node.job_copies.kept(job_id)
+        except (sqlite3.Error, JobJournalError) as exc:
+            raise JobError(503, f"{node.me.name} cannot read its job journal: {exc}") from None
         if kept is not None:
             raise JobError(404, f"job {job_id!r} lives at its home node {kept['home']}: ask "
                                 f"{kept['home']}'s API ({node.peers[kept['home']].api}); {node.me.name} keeps its "
@@ -67,8 +72,11 @@ def job_routes(node: Any, read_task: Callable[[Request, int], Awaitable[Any]]) -
         return JSONResponse(status_of(job) | {"url": f"/v1/jobs/{job.job_id}"}, status_code=202 if new else 200)
 
     async def listing(request: Request) -> JSONResponse:
-        return JSONResponse({"node": node.me.name, "jobs": [status_of(j) for j in node.jobs.recent()],
-                             "kept": node.job_copies.kept_list()})
+        try:
+            kept = node.job_copies.kept_list()
+        except (sqlite3.Error, JobJournalError) as exc:
+            return error(503, f"{node.me.name} cannot read its job journal: {exc}")
+        return JSONResponse({"node": node.me.name, "jobs": [status_of(j) for j in node.jobs.recent()], "kept": kept})
 
     def status_of(job: Job) -> dict[str, Any]:
         return job.to_json() | {"home": node.me.name, "copy": node.job_copies.describe(job.job_id)}

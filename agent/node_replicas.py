@@ -64,9 +64,19 @@ class ReplicatedTasks:
                 raise SubmitError(409, f"idempotency key {idem_key!r} is taken ({exc}); use a new key") from None
             except JournalError as exc:
                 raise SubmitError(503, f"{self.me.name} cannot record the task: {exc}") from None
-        children = [self._accept(model, loaded, arrays, ex, f"replica {i + 1} of {len(executors)} of {parent.task_id}",
-                                 timeout_s, None, journaled, None, task_id=f"{parent.task_id}.r{i}", scan=scan)
-                    for i, ex in enumerate(executors)]
+        try:
+            children = [self._accept(model, loaded, arrays, ex, f"replica {i + 1} of {len(executors)} of "
+                                     f"{parent.task_id}", timeout_s, None, journaled, None,
+                                     task_id=f"{parent.task_id}.r{i}", scan=scan)
+                        for i, ex in enumerate(executors)]
+        except SubmitError as exc:
+            if journaled:       # refused: its row must not stay open, or a retry with its key would find it
+                assert self.journal is not None
+                try:
+                    self.journal.finish_replicated(parent.task_id, False, time.time(), None, f"not accepted: {exc}")
+                except JournalError as exc2:
+                    log.error("%s", exc2)
+            raise
         self._remember_key(idem_key, parent.task_id)
         self._start_vote(parent, children, agreement, journaled)
         return parent
