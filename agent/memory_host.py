@@ -134,9 +134,12 @@ class MemoryHost:
         b_send, a_recv = trio.open_memory_channel[bytes](STREAM_BUFFER)
         mine = MemoryStream(self, peer, a_send, a_recv)
         theirs = MemoryStream(remote, self.peer_id, b_send, b_recv)
+        try:
+            remote._nursery.start_soon(handler, theirs)
+        except RuntimeError:            # it is going down right now (its nursery closes): as if it were down
+            raise P2PError(f"cannot open {protocol} to {peer_multiaddr}: connection refused") from None
         self.streams.add(mine)
         remote.streams.add(theirs)
-        remote._nursery.start_soon(handler, theirs)
         return mine
 
     async def disconnect(self, peer_id: str) -> None:
