@@ -151,7 +151,7 @@ class InferenceService:
             # for this task after a crash (see Node.submit).
             rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None,
                                             cache=cache, replicas=p.get("replicas", 1),
-                                            agreement=p.get("agreement", "majority"))
+                                            agreement=p.get("agreement", "majority"), wait=True)
         except SubmitError as exc:
             raise OipError(exc.status, str(exc)) from None
         with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):
