@@ -373,10 +373,12 @@ class Executor:
         if len(jobs) > 1:
             self.batches += 1
             self.batched_tasks += len(jobs)
+        if len(jobs) == 1:
+            jobs[0].result = Execution(result.outputs, result.compute_s, 1)
+            return
         offsets = np.cumsum([0] + sizes)
         for j, lo, hi in zip(jobs, offsets[:-1], offsets[1:]):
-            outs = result.outputs if len(jobs) == 1 else {k: v[lo:hi] for k, v in result.outputs.items()}
-            j.result = Execution(outs, result.compute_s, len(jobs))
+            j.result = Execution({k: v[lo:hi] for k, v in result.outputs.items()}, result.compute_s, len(jobs))
 
     async def _run_bounded(self, model: LoadedModel, feeds: dict[str, np.ndarray], options: ort.RunOptions,
                            scope: trio.CancelScope, budget: float,
