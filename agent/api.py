@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import http_body, http_coalesce
+from agent import http_body, http_coalesce, http_reads
 from agent.auth import AccessControl, AccessPolicy
 from agent.console_api import console_routes
 from agent.jobs_api import job_routes
@@ -280,5 +280,6 @@ async def serve_api(node: Node, host: str, port: int, access: AccessPolicy, tls:
                     fleet_dir: Path | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on ``host:port``; ``tls`` (certificate, key: PEM files) makes it HTTPS."""
     http_coalesce.install()     # head and body of a response in one write
+    http_reads.install()        # a 256 KB tensor body in a few receives, not a dozen
     await serve(build_app(node, access, fleet_dir), server_config(host, port, tls), shutdown_trigger=trio.sleep_forever,
                 task_status=task_status)

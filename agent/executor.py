@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -88,6 +88,47 @@ class _Job:
 async def _terminate_at(options: ort.RunOptions, seconds: float) -> None:
     await trio.sleep(seconds)
     options.terminate = True  # onnxruntime stops the run from its side
+
+
+async def _in_thread(fn: Callable[[], Execution],
+                     on_end: Callable[[Execution | None, ExecutionError | None], None] | None) -> Execution:
+    """``fn()`` in a thread of trio's cache, given up if cancelled (the thread is left to finish).
+
+    What ``trio.to_thread.run_sync(fn, abandon_on_cancel=True)`` does, less its per-call
+    costs (a capacity limiter, a copied context, the thread renamed each time), and with
+    ``on_end`` called on the event loop in the same callback that wakes this task: the
+    jobs' waiters and this worker then run in one pass of the loop instead of two."""
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+    abandoned = False
+
+    def back(result: Any) -> None:       # on the event loop; ``result``: an outcome.Value or Error
+        if abandoned:
+            return
+        try:
+            if on_end is not None:
+                error = getattr(result, "error", None)
+                if error is None:
+                    on_end(result.value, None)
+                elif isinstance(error, ExecutionError):
+                    on_end(None, error)
+        except Exception:      # a bug; never raised into trio's own callback runner
+            log.exception("ending a run failed")
+        trio.lowlevel.reschedule(task, result)
+
+    def deliver(result: Any) -> None:    # in the thread
+        try:
+            token.run_sync_soon(back, result)
+        except trio.RunFinishedError:
+            pass
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        nonlocal abandoned
+        abandoned = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    trio.lowlevel.start_thread_soon(fn, deliver)
+    return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def batchable(model: LoadedModel) -> bool:
@@ -287,42 +328,62 @@ class Executor:
             cap_run(options)
         budget = min(j.timeout_s for j in jobs)     # what the message says: the task's own timeout
         self.running += len(jobs)
-        result, reason = None, None
         scope = trio.CancelScope()
         watched = self._watch.watch(min(j.deadline for j in jobs), options, scope)
-        try:
-            result = await self._run_bounded(model, feeds, options, scope, budget)
-        except ExecutionError as failure:
-            reason = failure
-            if options.terminate:
+        reason: list[ExecutionError | None] = []
+
+        def settle(result: Execution | None, failure: ExecutionError | None = None) -> None:
+            """The jobs' end, once: called on the event loop as soon as the run ends (before
+            this worker resumes, so their waiters wake in the same pass), or by the worker."""
+            if reason:
+                return
+            if result is None and failure is not None and options.terminate:
                 self.expired += len(jobs)
                 if not isinstance(failure, DeadlineExceeded):
-                    reason = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
-            for j in jobs:
-                j.error = reason
+                    failure = DeadlineExceeded(f"{model.name}: deadline exceeded: timed out after {budget:g}s")
+            reason.append(failure)
+            try:
+                self._watch.done(watched)
+                self.running -= len(jobs)
+                self.completed += len(jobs)
+                if result is not None:
+                    self._record(model, jobs, sizes, result)
+            finally:
+                for j in jobs:
+                    j.error = failure
+                    j.done.set()
+
+        try:
+            result = await self._run_bounded(model, feeds, options, scope, budget, on_end=settle)
+        except ExecutionError as failure:
+            settle(None, failure)
+        else:
+            settle(result)
         finally:
-            self._watch.done(watched)
-            self.running -= len(jobs)
-            self.completed += len(jobs)
-            for j in jobs:
-                j.done.set()
-        if result is None:
-            if isinstance(reason, DeadlineExceeded) and reason.still_running is not None:
-                await reason.still_running.wait()    # over the cap of abandoned runs: this worker waits for its own
-            return
+            settle(None)        # cancelled (the node stops): the waiters wake all the same
+        failure = reason[0]
+        if isinstance(failure, DeadlineExceeded) and failure.still_running is not None:
+            await failure.still_running.wait()    # over the cap of abandoned runs: this worker waits for its own
+
+    def _record(self, model: LoadedModel, jobs: list[_Job], sizes: list[int], result: Execution) -> None:
+        """A finished run: its jobs' results (a batch split back), the model's smoothed compute time."""
         per_task = result.compute_s / max(1, len(jobs))
         seen = self._compute_s.get(model.name)
         self._compute_s[model.name] = per_task if seen is None else seen + COMPUTE_EWMA * (per_task - seen)
         if len(jobs) > 1:
             self.batches += 1
             self.batched_tasks += len(jobs)
+        if len(jobs) == 1:
+            jobs[0].result = Execution(result.outputs, result.compute_s, 1)
+            return
         offsets = np.cumsum([0] + sizes)
         for j, lo, hi in zip(jobs, offsets[:-1], offsets[1:]):
-            outs = result.outputs if len(jobs) == 1 else {k: v[lo:hi] for k, v in result.outputs.items()}
-            j.result = Execution(outs, result.compute_s, len(jobs))
+            j.result = Execution({k: v[lo:hi] for k, v in result.outputs.items()}, result.compute_s, len(jobs))
 
     async def _run_bounded(self, model: LoadedModel, feeds: dict[str, np.ndarray], options: ort.RunOptions,
-                           scope: trio.CancelScope, budget: float) -> Execution:
+                           scope: trio.CancelScope, budget: float,
+                           on_end: Callable[[Execution | None, ExecutionError | None], None] | None = None
+                           ) -> Execution:
         """The run in a worker thread, given up when ``scope`` is cancelled (``ABANDON_GRACE_S``
         after its deadline, if onnxruntime has not stopped by then): a thread cannot be
         killed, so it is left to finish."""
@@ -347,7 +408,7 @@ class Executor:
                             pass
 
         with scope:
-            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+            return await _in_thread(run, on_end)
         return self._deadline_exceeded(model, options, budget, state)
 
     def _deadline_exceeded(self, model: LoadedModel, options: ort.RunOptions, timeout: float,

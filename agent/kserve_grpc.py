@@ -32,6 +32,7 @@ import numpy as np
 import trio
 
 from agent.auth import token_matches
+from agent.priority import normal_priority_for_this_thread
 from agent.oip import MAX_TIMEOUT_S, WAIT_MARGIN_S, InferenceService
 from agent.oip_codec import (V2_TO_NP, InferRequest, OipError, array_from_bytes, array_from_json, select_outputs,
                              v2_datatype)
@@ -338,7 +339,14 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 def _run_server(servicer: InferenceServicer, address: str, max_message: int, max_concurrent: int,
                 started: threading.Event, box: dict[str, Any], token: str | None = None) -> None:
-    """The gRPC thread: its own asyncio loop, until ``box['stop']`` is called."""
+    """The gRPC thread: its own asyncio loop, until ``box['stop']`` is called.
+
+    At the normal scheduling policy, as are the threads grpc starts from it: only the
+    event loop that releases frames needs real time (agent/priority.py).  Inherited
+    from that loop, real time cost ~0.5 ms of CPU per cloud-mask request under load
+    (docs/benchmarks.md, "Open Inference Protocol")."""
+    normal_priority_for_this_thread()
+
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                           ("grpc.max_send_message_length", max_message),

@@ -29,6 +29,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 INFERENCE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                        2.5, 5.0, float("inf"))
 PHASES = ("total", "physics", "compute", "overhead")
+CHILDREN_MAX = 1024     # label values remembered per histogram; beyond, looked up each time
 
 
 class TaskMetrics:
@@ -42,15 +43,29 @@ class TaskMetrics:
         self.inference = Histogram("orbitmesh_inference_seconds", "onnxruntime time per task at this executor "
                                    "(a batch's time shared by its tasks)", ["node", "model"],
                                    buckets=INFERENCE_BUCKETS_S, registry=None)
+        # Each task's histograms by label values, looked up once: ``labels()`` takes a lock and
+        # checks its arguments, ~10 µs a call, five calls a task (bounded: statuses and models).
+        self._by_status: dict[str, list] = {}
+        self._by_model: dict[str, object] = {}
 
     def task_finished(self, status: str, breakdown: dict[str, float] | None) -> None:
         if not breakdown:
             return
-        for phase in PHASES:
-            self.latency.labels(self.node, phase, status).observe(max(0.0, breakdown[f"{phase}_ms"] / 1e3))
+        children = self._by_status.get(status)
+        if children is None:
+            children = [self.latency.labels(self.node, phase, status) for phase in PHASES]
+            if len(self._by_status) < CHILDREN_MAX:
+                self._by_status[status] = children
+        for phase, child in zip(PHASES, children):
+            child.observe(max(0.0, breakdown[f"{phase}_ms"] / 1e3))
 
     def inference_done(self, model: str, seconds: float) -> None:
-        self.inference.labels(self.node, model).observe(max(0.0, seconds))
+        child = self._by_model.get(model)
+        if child is None:
+            child = self.inference.labels(self.node, model)
+            if len(self._by_model) < CHILDREN_MAX:
+                self._by_model[model] = child
+        child.observe(max(0.0, seconds))
 
     def collect(self) -> Iterator[object]:
         yield from self.latency.collect()

@@ -181,7 +181,14 @@ class ModelStore:
         return self._sha[key]
 
     def has(self, name: str, sha256: str | None = None) -> bool:
-        """Whether ``name`` is here and (with ``sha256``) means that version."""
+        """Whether ``name`` is here and (with ``sha256``) means that version.
+
+        A session loaded under the name answers without touching the disk: it is the
+        name's version until ``put`` or ``unload`` drops it (every inference asks, up
+        to three times; each look on disk is several stat calls on the event loop)."""
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.sha256 and (not sha256 or loaded.sha256 == sha256):
+            return True
         if self.path_of(name) is None:
             return False
         return sha256 is None or not sha256 or self.sha256(name) == sha256

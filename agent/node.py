@@ -156,6 +156,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
         self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
         self._nursery: trio.Nursery | None = None
+        self._inline_runs: set[trio.CancelScope] = set()   # tasks run on their submitter's trio task
         self.jobs = JobBoard(NodeJobHost(self), job_journal)   # jobs this node is home to (agent/jobs.py)
         self.job_copies = JobCopies(NodeJobHost(self), self.jobs,       # their copies on a neighbour, and
                                     CopyStore(job_journal) if job_journal else None)   # others' kept here
@@ -190,6 +191,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             nursery.start_soon(self.membership.run)
             nursery.start_soon(self._delivery_loop)
             nursery.start_soon(self._enforce_deadlines)
+            nursery.start_soon(self._end_inline_runs)
             nursery.start_soon(self._publish_state)
             nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)

@@ -78,6 +78,7 @@ class EntryTasks:
     _in_flight: collections.Counter[str]
     _out_bytes: dict[str, int]
     _nursery: trio.Nursery | None
+    _inline_runs: set[trio.CancelScope]
     _wake: trio.Event
     _tick_at: float
     orbit_t: Callable[..., float]                                   # NodePhysics
@@ -94,7 +95,7 @@ class EntryTasks:
     async def submit(self, model: str, inputs: Any, target: str | None,
                      timeout_s: float = DEFAULT_TASK_TIMEOUT_S, idem_key: str | None = None,
                      journaled: bool = True, cache: bool = True, replicas: int = 1,
-                     agreement: str = "majority") -> tuple[TaskRecord, bool]:
+                     agreement: str = "majority", wait: bool = False) -> tuple[TaskRecord, bool]:
         """Validate and accept a task; (its record, whether it is new). SubmitError with a clear reason.
 
         ``inputs`` is JSON (checked and typed here) or a dict of arrays already
@@ -106,6 +107,12 @@ class EntryTasks:
 
         With ``idem_key``, a retry of the same submission (the client never saw
         the answer) gets the task it created the first time, not a second one.
+
+        ``wait=True``: the caller waits for the task's end anyway (the v2 protocol),
+        so a task executed here runs on the caller's own trio task, to its end, before
+        this returns: two task hand-offs fewer (agent/oip.py).  The run is shielded
+        from the caller's cancellation (the task's deadline bounds it, as any task's)
+        and ends with the node.
         """
         if idem_key is not None:
             if not isinstance(idem_key, str) or not 0 < len(idem_key) <= 128:
@@ -168,7 +175,28 @@ class EntryTasks:
         if replicas > 1:
             return self._submit_replicas(model, loaded, arrays, executors, why, agreement, timeout_s, idem_key,
                                          journaled), True
-        return self._accept(model, loaded, arrays, executor, why, timeout_s, idem_key, journaled, answer_key), True
+        rec = self._accept(model, loaded, arrays, executor, why, timeout_s, idem_key, journaled, answer_key,
+                           inline=wait)
+        if wait and executor == self.me.name:
+            await self._execute_inline(self._requests[rec.task_id], rec.created)
+        return rec, True
+
+    async def _execute_inline(self, req: TaskRequest, arrived: float) -> None:
+        """``_execute`` on the caller's task: shielded from the caller, cancelled with the node."""
+        with trio.CancelScope(shield=True) as scope:
+            self._inline_runs.add(scope)
+            try:
+                await self._execute(req, arrived, 0.0, "entry")
+            finally:
+                self._inline_runs.discard(scope)
+
+    async def _end_inline_runs(self) -> None:
+        """A task of the node's nursery: when the node stops, runs on callers' tasks stop too."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            for scope in list(self._inline_runs):
+                scope.cancel()
 
     async def load_model(self, model: str) -> Any:
         """A request's model, loaded; SubmitError 404 (unknown) or 422 (unusable).  Loading a large
@@ -181,8 +209,9 @@ class EntryTasks:
 
     def _accept(self, model: str, loaded: Any, arrays: dict[str, np.ndarray], executor: str, why: str,
                 timeout_s: float, idem_key: str | None, journaled: bool, answer_key: str | None,
-                task_id: str | None = None, scan: Scan | None = None) -> TaskRecord:
-        """Record (journal first), track and start one task; no await, so nothing interleaves."""
+                task_id: str | None = None, scan: Scan | None = None, inline: bool = False) -> TaskRecord:
+        """Record (journal first), track and start one task; no await, so nothing interleaves.
+        ``inline``: a task for this node is not started; the caller runs it (``submit(wait=True)``)."""
         now = time.time()
         # The entry's name in the id: any node can tell where to ask about it.
         rec = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
@@ -214,7 +243,8 @@ class EntryTasks:
         if executor == self.me.name:
             # What _on_request would do, one task hand-off sooner; the ledger's only
             # time for it is its deadline, usually long after the loop's next look.
-            self._nursery.start_soon(self._execute, req, now, 0.0, "entry")
+            if not inline:
+                self._nursery.start_soon(self._execute, req, now, 0.0, "entry")
             if req.deadline < self._tick_at:
                 self._wake.set()
         else:

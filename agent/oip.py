@@ -151,11 +151,12 @@ class InferenceService:
             # for this task after a crash (see Node.submit).
             rec, _ = await self.node.submit(name, req.inputs, target, float(timeout), key, journaled=key is not None,
                                             cache=cache, replicas=p.get("replicas", 1),
-                                            agreement=p.get("agreement", "majority"))
+                                            agreement=p.get("agreement", "majority"), wait=True)
         except SubmitError as exc:
             raise OipError(exc.status, str(exc)) from None
-        with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):
-            await rec.done.wait()
+        if not rec.done.is_set():       # run here, it has ended already: no checkpoint (one loop pass fewer)
+            with trio.move_on_after(float(timeout) + WAIT_MARGIN_S):
+                await rec.done.wait()
         if rec.status == "failed":
             raise OipError(failure_status(rec.error), f"task {rec.task_id} failed: {rec.error}")
         if rec.status != "succeeded" or rec.outputs is None:
