@@ -16,6 +16,7 @@ import trio
 from agent.job_spec import JobError, JobSpec, parse_job
 from agent.models import bad_name
 from agent.tasks import SubmitError, TaskRecord
+from mesh.contacts import ContactPlan, contact_plan
 from mesh.placement import TARGETS
 from mesh.wire import JobCopy, Scan
 
@@ -25,11 +26,15 @@ if TYPE_CHECKING:
 DEFAULT_COMPUTE_S = 0.05      # a model never run anywhere yet: what a chunk's timeout assumes per input
 FLEET_VIEW_S = 10.0           # after a start, the node itself is not a candidate for this long
 COPY_DEADLINE_S = 30.0        # a job copy's record may wait (store-and-forward) this long on its way
+DOWNLINK_PLAN_S = (3600.0, 6 * 3600.0)  # a station's pass plan looks 1 h ahead (0.1 s for starlink-s1), then 6 h
+DOWNLINK_STEP_S = 20.0        # orbital s between samples (edges refined to 1 s): LEO passes last minutes
+DOWNLINK_PASS_S = 20.0        # wall s a pass must still last to bring a result down
 
 
 class NodeJobHost:
     def __init__(self, node: Any):
         self.node = node        # agent.node.Node (not imported: it imports this module)
+        self._plan: ContactPlan | None = None     # a station's own passes, for its chunks' deadlines
 
     @property
     def name(self) -> str:
@@ -99,6 +104,26 @@ class NodeJobHost:
     def isolated(self) -> bool:
         """No link up at all: nothing can be told about any satellite from here right now."""
         return not any(link.up for link in self.node.links.links.values())
+
+    def downlink_wait_s(self, after_s: float) -> float | None:
+        """Seconds from now until this station next has a satellite in view for ``DOWNLINK_PASS_S`` or more,
+        ``after_s`` from now at the earliest (a chunk's result can come down no sooner), from its contact
+        plan; None if no such pass comes within a plan's horizon or the fleet's clock is paused."""
+        n = self.node
+        now = time.time()
+        rate = n.timekeeper.timeline.rate(now)
+        if rate <= 0:
+            return None
+        t = n.orbit_t(now + after_s)
+        for horizon in DOWNLINK_PLAN_S:         # the short plan serves dense shells; sparse ones, the long
+            plan = self._plan
+            if plan is None or not plan.t0 <= t <= (plan.t0 + plan.t1) / 2 or plan.t1 - plan.t0 < horizon:
+                plan = self._plan = contact_plan(n.topology, t, horizon, nodes=[n.me.index],
+                                                 step_s=DOWNLINK_STEP_S, tol_s=1.0)
+            seen = plan.next_in_view(n.me.index, t, lasting_s=DOWNLINK_PASS_S * rate)
+            if seen is not None:
+                return after_s + (seen - t) / rate
+        return None
 
     # -- a job's copy on a neighbour (agent/job_copies.py) ------------------------------------------
 

@@ -46,6 +46,7 @@ AVOID_S = 30.0              # a satellite that failed a shard is not given it ag
 CHUNK_FIRST_S = 10.0        # a chunk's own deadline before the job has timed any chunk
 CHUNK_FLOOR_S = 3.0         # and after: CHUNK_SLACK × the job's typical chunk, never less than this
 CHUNK_SLACK = 5.0
+DOWNLINK_SLACK_S = 60.0     # a station's chunk: its result may come down this long into the pass after it is done
 PURGE_EVERY_S = 300.0       # finished jobs past the retention leave the journal
 REFUSED_RETRY_S = 1.0       # a chunk the home could not send (its own limits) is tried again this soon
 MAX_VOTES_KEPT = 1000       # replicated chunks whose votes a job keeps for its status
@@ -73,6 +74,8 @@ class JobHost(Protocol):
     def is_ground(self) -> bool: ...
 
     def isolated(self) -> bool: ...
+
+    def downlink_wait_s(self, after_s: float) -> float | None: ...
 
 
 class CopySink(Protocol):
@@ -378,8 +381,9 @@ class JobBoard:
         else:       # a chunk that takes many times the job's usual round trip is lost or stuck: move on
             timeout = max(CHUNK_FLOOR_S, CHUNK_SLACK * job.chunk_s * steps / spec.chunk)
         sent_at = self.clock()
-        if self.host.is_ground:      # results wait for the station's next pass: only the job's deadline binds
-            timeout = job.deadline - self.clock()
+        if self.host.is_ground:      # a result comes down at the station's next pass after it is computed
+            wait = self.host.downlink_wait_s(timeout)
+            timeout = job.deadline - self.clock() if wait is None else wait + DOWNLINK_SLACK_S
         timeout = min(timeout, max(1.0, job.deadline - self.clock()))
         rec, error = None, ""
         while epoch == shard.epoch:

@@ -83,6 +83,14 @@ class ContactPlan:
         out.sort(key=lambda e: (e[0], e[1] == "up", e[2], e[3]))  # downs first at a shared instant
         return out
 
+    def next_in_view(self, node: int, t: float, lasting_s: float = 0.0) -> float | None:
+        """The first instant ≥ ``t`` from which ``node`` has a link up for ``lasting_s`` more (``t`` itself if
+        one is), if the plan has one: when a ground station can next hear from the constellation.
+        A window the plan's end cuts short counts as lasting."""
+        starts = [max(c.start, t) for c in self.of(node)
+                  if c.end >= t and (c.end - max(c.start, t) >= lasting_s or c.end >= self.t1 - self.tol_s)]
+        return min(starts) if starts else None
+
     def next_change(self, node: int, t: float) -> float | None:
         """The first predicted link change of ``node`` after ``t``, if any in the plan."""
         times = sorted(e[0] for e in self.events(node))

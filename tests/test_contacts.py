@@ -98,3 +98,23 @@ def test_plan_for_one_node(starlink):
     assert mine.contacts == tuple(c for c in full.contacts if tokyo in (c.a, c.b))
     with pytest.raises(ValueError):
         contact_plan(topo, 0.0, 0.0)
+
+
+def test_a_station_is_next_in_view_when_the_sky_says_so():
+    cfg = demo()
+    topo = Topology(Constellation(list(cfg.shells), cfg.epoch_jd), stations=[builtin_station("london")])
+    gs = topo.names.index("gs-london")
+    plan = contact_plan(topo, 0.0, 3 * 3600.0, nodes=[gs], step_s=10.0, tol_s=0.05)
+    first = plan.contacts[0]
+    assert first.start > 60.0, "the demo's 24 satellites leave London gaps between passes"
+    for t in (0.0, first.start - 30.0, first.start + 1.0, first.end + 5.0):
+        nxt = plan.next_in_view(gs, t)
+        assert nxt is not None and nxt >= t
+        assert topo.partners_of(gs, nxt + plan.tol_s), f"nothing in view at {nxt} (asked at {t})"
+        gap = np.arange(t, nxt - plan.tol_s, 5.0)
+        assert not any(topo.partners_of(gs, x) for x in gap), f"in view before {nxt} (asked at {t})"
+    assert plan.next_in_view(gs, first.start + 1.0) == first.start + 1.0
+    assert plan.next_in_view(gs, plan.t1 + 1.0) is None
+    late = first.end - 10.0                              # 10 s of this pass left: too short to last 60 s
+    assert plan.next_in_view(gs, late, lasting_s=60.0) == plan.contacts[1].start
+    assert plan.next_in_view(gs, late, lasting_s=5.0) == late

@@ -55,6 +55,8 @@ class Sky:
         with trio.move_on_after(timeout_s):
             st = self.nodes[node]
             await trio.sleep(self.compute_s * scan.steps)
+            if self.is_ground:                       # the result comes down at the station's next pass
+                await trio.sleep(self.downlink_wait_s(0.0))
             while st["silent"]:
                 await trio.sleep(1.0)
             if st["dead"] and not st["late"]:
@@ -91,6 +93,15 @@ class Sky:
 
     def isolated(self):
         return False
+
+    def downlink_wait_s(self, after_s):
+        """A station (``is_ground``) sees a satellite for the first PASS_S of every PASS_EVERY_S."""
+        at = trio.current_time() + after_s
+        phase = at % PASS_EVERY_S
+        return after_s if phase <= PASS_S - 20.0 else after_s + PASS_EVERY_S - phase
+
+
+PASS_EVERY_S, PASS_S = 600.0, 120.0
 
 
 def spec(n: int, shards: int = 3, chunk: int = 4, window: int = 2, stateful: bool = False) -> JobSpec:
@@ -176,6 +187,25 @@ def test_a_stalled_satellite_is_left_after_its_chunk_outlives_the_usual_round_tr
     job, moved_after = trio.run(run_board, ["s1", "s2"], body, clock=clock())
     assert job.status == "succeeded" and "failed on s1" in job.plan.shards[0].moves[-1].why
     assert moved_after < 4.0, f"moved {moved_after:.1f} s after the satellite stalled"
+
+
+def test_a_station_home_waits_for_passes_without_moving_and_leaves_a_stalled_satellite_after_the_next_one():
+    async def body(sky, board):
+        sky.is_ground = True
+        job, _ = board.submit(spec(40, shards=1, chunk=4, window=1), None)
+        await until(lambda: job.plan.completed >= 12, step=1.0)
+        assert len(job.plan.shards[0].moves) == 1, "results that wait for a pass are not lost chunks"
+        stalled_at = trio.current_time()
+        sky.nodes[job.plan.shards[0].node]["silent"] = True
+        await until(lambda: len(job.plan.shards[0].moves) > 1 or job.done.is_set(), step=1.0)
+        moved_after = trio.current_time() - stalled_at
+        await job.done.wait()
+        return sky, job, moved_after
+    sky, job, moved_after = trio.run(run_board, ["s1", "s2"], body, None, 10.0, clock=clock())   # 40 s a chunk
+    assert job.status == "succeeded" and "failed on s1" in job.plan.shards[0].moves[-1].why
+    assert np.array_equal(job.outputs()["y"], job.spec.inputs["x"] * 3)
+    # before: a stalled chunk at a station waited for the job's whole deadline (3,600 s here)
+    assert moved_after < PASS_EVERY_S + PASS_S + 120.0, f"moved {moved_after:.0f} s after the satellite stalled"
 
 
 def test_a_stateful_job_that_moves_ends_bit_identical_to_one_that_does_not():
