@@ -44,7 +44,7 @@ class Member:
 
 
 class InProcFleet:
-    def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("matmul",),
+    def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("digits",),
                  preset: str = "demo", time_scale: float | None = None):
         self.directory = directory
         self.models = directory / "models"

@@ -37,7 +37,7 @@ def onnxruntime_product(models_dir, inputs):
 
 async def fleet_of(tmp_path, models_dir, body, n=N, **kw):
     assert wallclock.is_virtual(), "take the virtual_clock fixture"
-    fleet = InProcFleet(tmp_path, models_dir, n, **kw)
+    fleet = InProcFleet(tmp_path, models_dir, n, models=("matmul",), **kw)
     async with trio.open_nursery() as nursery:
         await fleet.start(nursery)
         if "time_scale" not in kw:
