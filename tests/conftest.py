@@ -148,6 +148,8 @@ def member(view: dict, node: str) -> dict:
 # use the ``models_dir`` fixture are marked here; any other unmarked test that
 # starts a Python process (an agent, the CLI, a build) or docker fails, so a
 # forgotten marker cannot slow test-fast down unnoticed.
+# A test that needs a model but not the zoo takes ``tiny_models`` (matmul, built
+# here in ~0.2 s) instead; one that runs nodes takes ``virtual_clock`` as well.
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
