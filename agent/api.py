@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import http_body, http_coalesce, http_reads
+from agent import http_body, http_coalesce, http_reads, wallclock
 from agent.auth import AccessControl, AccessPolicy
 from agent.console_api import console_routes
 from agent.jobs_api import job_routes
@@ -172,7 +172,7 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
 
     async def chaos_list(request: Request) -> JSONResponse:
         import time
-        return JSONResponse({"node": node.me.name, "faults": node.chaos.listing(time.time())})
+        return JSONResponse({"node": node.me.name, "faults": node.chaos.listing(wallclock.now())})
 
     async def chaos_apply(request: Request) -> JSONResponse:
         try:

@@ -22,9 +22,9 @@ import logging
 import os
 import re
 import threading
-import time
 from pathlib import Path
 
+from agent import wallclock
 from agent.atomic import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class BlobStore:
             live.update(ref["versions"][:self.keep_versions])
             live.add(ref["sha256"])
         unnamed, removed = [], []
-        now = time.time()
+        now = wallclock.now()
         for p in self.blobs.iterdir():
             if p.name.startswith("."):
                 if p.name.endswith(".tmp") and now - _mtime(p) > STALE_TMP_S:

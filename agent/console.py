@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -34,6 +33,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 import trio
 
+from agent import wallclock
 from mesh.sun import illumination, sun_position_ecef
 from mesh.world import World
 
@@ -174,7 +174,7 @@ class Viewers:
 
 
 async def frames(builder: FrameBuilder, facts: FleetFacts, viewers: Viewers,
-                 now: Callable[[], float] = time.time, period_s: float = FRAME_PERIOD_S,
+                 now: Callable[[], float] = wallclock.now, period_s: float = FRAME_PERIOD_S,
                  count: int = MAX_STREAM_FRAMES) -> AsyncIterator[bytes]:
     """The SSE stream of one viewer: the fleet facts, then a frame per period, ``count`` frames at most."""
     try:

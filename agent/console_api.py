@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agent import http_body
+from agent import http_body, wallclock
 from agent.chaos_cli import NODE_ACTIONS, LocalNodeChaos, NodeChaosError, ScenarioError
 from agent.console import (MAX_STREAM_FRAMES, RECENT_TASKS, TASK_SHOWN_S, WEB_DIR, FleetFacts, FrameBuilder, Pair, Viewers,
                            ecef_to_geodetic, frames)
@@ -137,8 +137,7 @@ def web_files() -> dict[str, Path]:
 def console_routes(node: "Node", fleet_dir: Path | None, now=None) -> list:
     """The routes; ``fleet_dir``: a local fleet's directory (node chaos by signal), else None.
     The frame builder is made on first use: building routes touches nothing of the node."""
-    import time
-    now = now or time.time
+    now = now or wallclock.now
     files = web_files()
     viewers = Viewers()
     made: list = []

@@ -20,7 +20,6 @@ import itertools
 import logging
 import re
 import sys
-import time
 
 import httpx
 import trio
@@ -32,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent import wallclock
 from agent.auth import AccessControl, AccessPolicy, HostPolicy, env_hosts
 from agent.directory import SwarmDirectory
 from agent.http_body import BodyError, read_body
@@ -65,9 +65,9 @@ class Replicas:
         self._turn = itertools.count()
 
     async def _refresh(self) -> None:
-        if time.monotonic() - self._at < REFRESH_S:
+        if wallclock.monotonic() - self._at < REFRESH_S:
             return
-        self._at = time.monotonic()
+        self._at = wallclock.monotonic()
         try:
             _, known = await trio.to_thread.run_sync(self.directory.refresh, 0)
         except OSError as exc:

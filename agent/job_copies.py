@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import msgpack
 import trio
 
+from agent import wallclock
 from agent.job_copy_store import CopyError, CopyRow, CopyStore
 from agent.job_journal import JobJournalError, arrays_to_wire
 from mesh.wire import JobCopy
@@ -91,7 +91,7 @@ class JobCopies:
     """Both sides: the home's outboxes (its jobs' copies) and the keeper's store (others' jobs)."""
 
     def __init__(self, host: CopyHost, board: "JobBoard", store: CopyStore | None,
-                 clock: Callable[[], float] = time.time, retention_s: float = 3600.0):
+                 clock: Callable[[], float] = wallclock.now, retention_s: float = 3600.0):
         self.host, self.board, self.store, self.clock = host, board, store, clock
         self.retention_s = retention_s
         self.out: dict[str, Outbox] = {}

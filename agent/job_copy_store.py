@@ -12,13 +12,13 @@ drive the job from here.
 from __future__ import annotations
 
 import sqlite3
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from agent import wallclock
 from agent.job_spec import JobSpec
 from agent.job_journal import ChunkRow, JobJournal, JobJournalError, arrays_from_wire, pack_arrays, unpack_arrays
 from mesh.jobs import Move
@@ -203,7 +203,7 @@ class CopyStore:
     def purge(self, retention_s: float, now: float | None = None) -> int:
         """Forget copies of jobs that ended, were taken over, or passed their deadline (a home that never
         came back, a copy that never completed) longer ago than the retention."""
-        cutoff = (time.time() if now is None else now) - retention_s
+        cutoff = (wallclock.now() if now is None else now) - retention_s
         old = [r[0] for r in self.db.execute(
             "SELECT job_id FROM copies WHERE (finished IS NOT NULL AND finished < ?) OR (taken IS NOT NULL AND told = 1 "
             "AND taken < ?) OR deadline < ?", (cutoff, cutoff, cutoff)).fetchall()]

@@ -6,13 +6,12 @@ depends on a small interface, not on the node's internals.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import trio
 
+from agent import wallclock
 from agent.job_spec import JobError, JobSpec, parse_job
 from agent.models import bad_name
 from agent.tasks import SubmitError, TaskRecord
@@ -57,7 +56,7 @@ class NodeJobHost:
         itself just after a start (it alone looks free, as it has heard of nobody yet)."""
         n = self.node
         out = {e.name for i, e in n.peers.by_index.items() if n.topology.names.is_ground(i) or i in n.membership.suspects()}
-        if time.time() - n.started < FLEET_VIEW_S:
+        if wallclock.now() - n.started < FLEET_VIEW_S:
             out.add(self.name)
         return frozenset(out)
 
@@ -163,7 +162,7 @@ class NodeJobHost:
     def send_copy(self, dst: str, job_id: str, op: str, body: bytes) -> str:
         n = self.node
         msg = JobCopy(uuid.uuid4().hex[:16], self.name, dst, job_id, op, body, n.config.limits.ttl,
-                      time.time() + COPY_DEADLINE_S)
+                      wallclock.now() + COPY_DEADLINE_S)
         n.relay.seen(msg)
         problem = n.relay.send(msg, dst)
         n._wake.set()
@@ -192,11 +191,11 @@ async def submit_job(node: Any, body: Any) -> tuple["Job", bool]:
         raise JobError(400, bad_name(model))
     loaded = await node.load_model(model)       # SubmitError 404/422, answered as such by the API
     limits = node.config.limits
-    spec = await trio.to_thread.run_sync(
+    spec = await wallclock.off_loop(
         lambda: parse_job(body, loaded, loaded.sha256 or node.store.sha256(model), max_elements=limits.max_frame_bytes // 4,
                           max_chunk_bytes=limits.max_frame_bytes // 2, targets=TARGETS))
     return node.jobs.submit(spec, key)
 
 
 def wait_left(job: "Job", wait_s: float) -> float:
-    return max(0.0, min(wait_s, job.deadline - time.time() + 1.0))
+    return max(0.0, min(wait_s, job.deadline - wallclock.now() + 1.0))

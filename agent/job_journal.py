@@ -14,7 +14,6 @@ after the same retention as tasks.
 from __future__ import annotations
 
 import sqlite3
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Iterator
 import msgpack
 import numpy as np
 
+from agent import wallclock
 from mesh.jobs import Move
 from mesh.wire import Tensor, WireError
 
@@ -195,7 +195,7 @@ class JobJournal:
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished jobs (and their checkpoints and moves) older than the retention."""
-        cutoff = (time.time() if now is None else now) - self.retention_s
+        cutoff = (wallclock.now() if now is None else now) - self.retention_s
         old = [r[0] for r in self.db.execute("SELECT job_id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
                                              (cutoff,)).fetchall()]
         for job_id in old:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 import trio
 
+from agent import wallclock
 from agent.job_journal import ChunkRow, JobJournal, JobJournalError
 from agent.job_spec import JobError, JobSpec
 from agent.tasks import TaskRecord
@@ -115,7 +116,7 @@ class Job:
     def end(self, status: str, error: str = "", when: float | None = None) -> bool:
         if self.status in TERMINAL:
             return False
-        self.status, self.error, self.finished = status, error, time.time() if when is None else when
+        self.status, self.error, self.finished = status, error, wallclock.now() if when is None else when
         self.done.set()
         if self.scope is not None:
             self.scope.cancel()
@@ -185,7 +186,7 @@ class Job:
 class JobBoard:
     """Every job this node is home to: accepted, driven, journaled, recovered after a restart."""
 
-    def __init__(self, host: JobHost, journal: JobJournal | None, clock: Callable[[], float] = time.time):
+    def __init__(self, host: JobHost, journal: JobJournal | None, clock: Callable[[], float] = wallclock.now):
         """``clock``: wall time (tests drive the board on trio's virtual clock)."""
         self.host, self.journal, self.clock = host, journal, clock
         self.copies: CopySink | None = None      # each job copied to a neighbour (set by the node)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import wallclock
 from mesh.wire import TaskRequest, TaskResult, WireError, decode_message, encode_message
 
 SCHEMA = """
@@ -294,7 +295,7 @@ class Journal:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT INTO quarantine (task_id, idem_key, quarantined, reason, created, row) "
                             "VALUES (?, ?, ?, ?, ?, ?)",
-                            (task_id if isinstance(task_id, str) else f"rowid {rowid}", key, time.time(), reason,
+                            (task_id if isinstance(task_id, str) else f"rowid {rowid}", key, wallclock.now(), reason,
                              created, raw if isinstance(raw, bytes) else None))
             self.db.execute("DELETE FROM tasks WHERE rowid = ?", (rowid,))
             self.db.execute("DELETE FROM quarantine WHERE rowid NOT IN "
@@ -337,7 +338,7 @@ class Journal:
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished tasks older than the retention."""
-        cutoff = (time.time() if now is None else now) - self.retention_s
+        cutoff = (wallclock.now() if now is None else now) - self.retention_s
         cur = self.db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
         self.db.execute("DELETE FROM replicated WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
         return cur.rowcount

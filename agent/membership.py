@@ -12,11 +12,11 @@ from __future__ import annotations
 import collections
 import logging
 import random
-import time
 from typing import Any, Callable
 
 import trio
 
+from agent import wallclock
 from agent.loopwatch import LoopLag
 from agent.peers import Peers
 from agent.transport import LinkLayer
@@ -105,11 +105,11 @@ class MembershipService:
         idx = self.peers[from_node].index if from_node in self.peers else None
         if idx is None:
             return
-        self._send_all(self.m.on_message(time.time(), idx, inner))
+        self._send_all(self.m.on_message(wallclock.now(), idx, inner))
         self._wake.set()
 
     def set_state(self, values: dict[str, Any]) -> None:
-        self._send_all(self.m.set_state(time.time(), values))
+        self._send_all(self.m.set_state(wallclock.now(), values))
 
     def _after(self) -> None:
         for ev in self.m.take_events():
@@ -150,15 +150,15 @@ class MembershipService:
     def link_opened(self, peer: str) -> None:
         """The transport connected ``peer``: it may be starting (see Membership.link_opened)."""
         if peer in self.peers:
-            self.m.link_opened(time.time(), self.peers[peer].index)
+            self.m.link_opened(wallclock.now(), self.peers[peer].index)
 
     def _on_lag(self, lag_s: float) -> None:
-        self.m.note_lag(time.time(), lag_s)
+        self.m.note_lag(wallclock.now(), lag_s)
 
     async def _run_protocol(self) -> None:
-        self._send_all(self.m.start(time.time()))
+        self._send_all(self.m.start(wallclock.now()))
         while True:
-            now = time.time()
+            now = wallclock.now()
             wait = min(self.m.next_deadline() - now, MAX_TICK_S)
             if wait > 0:
                 with trio.move_on_after(wait) as scope:
@@ -167,10 +167,10 @@ class MembershipService:
                 if scope.cancelled_caught:
                     # Woken by the clock: how late?  A stalled loop must not judge
                     # silence before it has read what arrived meanwhile.
-                    late = time.time() - (now + wait)
+                    late = wallclock.now() - (now + wait)
                     if late > 0:
-                        self.m.note_lag(time.time(), late)
-            self._send_all(self.m.tick(time.time()))
+                        self.m.note_lag(wallclock.now(), late)
+            self._send_all(self.m.tick(wallclock.now()))
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class MembershipService:
             "down_links": sorted([self.names.get(a, str(a)), self.names.get(b, str(b))]
                                  for a, b in self.m.down_links()),
             "local_health": self.m.lhm, "loop_lag": self.lag.describe(),
-            "holding_verdicts": self.m.holding_verdicts(time.time()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
+            "holding_verdicts": self.m.holding_verdicts(wallclock.now()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
             "verdicts": {kind: dict(c) for kind, c in self.verdicts.items()},
             "trust": dict(self.m.trust.stats) if self.m.trust is not None else None,
             "events": list(self.events),

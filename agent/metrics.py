@@ -11,7 +11,6 @@ inference time) are prometheus_client histograms the node feeds as tasks end
 
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 from prometheus_client import Histogram
@@ -19,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from agent import wallclock
 from agent.transport import ERROR_BUCKETS_S
 
 
@@ -153,17 +153,17 @@ class NodeCollector:
         for status, n in sorted(self.node.tasks.counts().items()):
             tasks.add_metric([me, status], n)
         faults = GaugeMetricFamily("orbitmesh_faults_active", "Faults in this node's table", labels=["node"])
-        faults.add_metric([me], len(self.node.chaos.listing(time.time())))
+        faults.add_metric([me], len(self.node.chaos.listing(wallclock.now())))
         yield from (sent, sent_b, recv, recv_b, dropped, late, up, err, tasks, faults)
         yield from _edge_cache(me, self.node.edge_cache)
         yield from _jobs(me, self.node.jobs)
-        yield from _clock(me, self.node.timekeeper.timeline, time.time())
+        yield from _clock(me, self.node.timekeeper.timeline, wallclock.now())
         yield from self._relay_membership_energy(me)
         yield from _storage(me, self.node.storage())
         if self.node.is_ground and self.node.topology.handover != "all":
             ho = CounterMetricFamily("orbitmesh_ground_handovers", "Satellite-to-satellite handovers of this "
                                      "ground station since it started", labels=["node", "policy"])
-            ho.add_metric([me, self.node.topology.handover], self.node.count_handovers(time.time()))
+            ho.add_metric([me, self.node.topology.handover], self.node.count_handovers(wallclock.now()))
             yield ho
 
     def _relay_membership_energy(self, me: str) -> Iterator[object]:

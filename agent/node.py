@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import collections
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
 
+from agent import wallclock
 from agent.edge_cache import EdgeCache
 from agent.executor import Executor
 from agent.job_copies import JobCopies
@@ -107,7 +107,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
                                      node_index=lambda n: peers[n].index if n in peers else None,
                                      send=lambda peer, msg: self.links.send(peer, msg),
                                      neighbours=lambda: self.links.links)
-        partners = [peers.by_index[i].name for i in self._wanted_partners(time.time()) if i in peers.by_index]
+        partners = [peers.by_index[i].name for i in self._wanted_partners(wallclock.now()) if i in peers.by_index]
         self.trust = trust
         self.chaos = FaultTable(self._chaos_topo(), trust=trust,
                                 node_index=lambda n: peers[n].index if n in peers else None)
@@ -152,7 +152,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
-        self.started = time.time()
+        self.started = wallclock.now()
         self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
         self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
         self._nursery: trio.Nursery | None = None
@@ -171,7 +171,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         # release) when the first task arrives.
         for name in self.store.preloadable():
             try:
-                await trio.to_thread.run_sync(self.store.get, name)
+                await wallclock.off_loop(self.store.get, name)
             except ModelError as exc:
                 log.error("model %s is unusable: %s", name, exc)
                 continue
@@ -234,7 +234,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         """Open and close ground links as satellites rise, set and hand over."""
         while True:
             await trio.sleep(self.REWIRE_EVERY_S)
-            now = time.time()
+            now = wallclock.now()
             self.count_handovers(now)
             wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
             for name in wanted - set(self.links.links):
@@ -266,7 +266,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         physics says the link exists now (a station that just saw us rise)."""
         if name not in self.peers or self.peers[name].peer_id != peer_id:
             return None
-        if self.peers[name].index not in self._wanted_partners(time.time()):
+        if self.peers[name].index not in self._wanted_partners(wallclock.now()):
             return None
         return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
 
@@ -292,12 +292,12 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         load from the compute seconds actually run here."""
         if self.battery is None:
             return
-        wall, busy_s = time.time(), self._busy_s
+        wall, busy_s = wallclock.now(), self._busy_s
         while True:
             t = self.orbit_t()
             pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
             lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
-            now = time.time()
+            now = wallclock.now()
             busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
             self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
             wall, busy_s = now, self._busy_s
@@ -310,7 +310,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         published = 0.0
         while True:
             state = self._own_state()
-            now = time.time()
+            now = wallclock.now()
             if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
                 try:
                     self.membership.set_state(state)
@@ -320,12 +320,12 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             await trio.sleep(STATE_EVERY_S)
 
     async def _expire_faults(self) -> None:
-        purged_at = time.time()
+        purged_at = wallclock.now()
         while True:
             await trio.sleep(1.0)
-            self.chaos.expire(time.time())
-            if self.journal is not None and time.time() - purged_at > JOURNAL_PURGE_EVERY_S:
-                purged_at = time.time()
+            self.chaos.expire(wallclock.now())
+            if self.journal is not None and wallclock.now() - purged_at > JOURNAL_PURGE_EVERY_S:
+                purged_at = wallclock.now()
                 try:
                     self.journal.purge(purged_at)
                 except JournalError as exc:

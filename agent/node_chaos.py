@@ -5,11 +5,11 @@ every node, synced to a neighbour whose link (re)opens; and probe trains on one 
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agent import wallclock
 from agent.tasks import SubmitError
 from mesh.chaos import Entry, FaultConflict, FaultError
 from mesh.wire import ChaosUpdate, Probe, WireError
@@ -41,7 +41,7 @@ class FaultsAndProbes:
 
     def apply_fault(self, spec: Any) -> tuple[dict[str, Any], bool]:
         """Validate, record and flood a fault; raises FaultError with the reason."""
-        now = time.time()
+        now = wallclock.now()
         entry, changed = self.chaos.issue(spec, now, self.me.name)
         if changed:
             self._flood([entry], exclude=None)
@@ -53,7 +53,7 @@ class FaultsAndProbes:
 
     def clear_fault(self, fid: str | None) -> list[str]:
         """Remove one fault (KeyError if unknown) or, with None, all of them."""
-        now = time.time()
+        now = wallclock.now()
         tombs = self.chaos.remove_all(now, self.me.name) if fid is None else [self.chaos.remove(fid, now, self.me.name)]
         if tombs:
             self._flood(tombs, exclude=None)
@@ -73,7 +73,7 @@ class FaultsAndProbes:
             except (FaultError, WireError) as exc:
                 log.warning("bad chaos entry from %s: %s", from_node, exc)
                 continue
-            if self.chaos.merge(entry, now=time.time()):
+            if self.chaos.merge(entry, now=wallclock.now()):
                 news.append(entry)
             elif self.chaos.last_refusal is not None:
                 log.warning("chaos entry %s from %s refused: %s", entry.id, from_node, self.chaos.last_refusal)

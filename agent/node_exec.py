@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import trio
 
+from agent import wallclock
 from agent.executor import ExecutionError, ExecutorBusy
 from agent.models import ModelError
 from agent.scan import run_scan, scan_inputs
@@ -90,7 +90,7 @@ class Execution:
             return          # a retry overtook the first attempt; that one's result answers both
         if state == "done":
             self._send_result(replace(cached, attempt=req.attempt, trace=req.trace + (
-                Hop(self.me.name, arrived, time.time(), "execute", expected, detail="repeat: answered from cache"),)))
+                Hop(self.me.name, arrived, wallclock.now(), "execute", expected, detail="repeat: answered from cache"),)))
             return
         rec = self.tasks.get(req.task_id) if req.entry == self.me.name else None
         if rec is not None:
@@ -99,10 +99,10 @@ class Execution:
         try:
             self._check_power(req.model)
             if req.model_sha256 and not self.store.has_version(req.model, req.model_sha256):
-                await self.fetcher.fetch(req.model, req.model_sha256, req.entry, req.deadline or time.time() + 60)
+                await self.fetcher.fetch(req.model, req.model_sha256, req.entry, req.deadline or wallclock.now() + 60)
             key = self.store.key(req.model, req.model_sha256)    # the task's version, whatever the name means here
             model = self.store.get(key) if self.store.loaded(key) else \
-                await trio.to_thread.run_sync(self.store.get, key)
+                await wallclock.off_loop(self.store.get, key)
             if req.scan is not None:        # a job chunk (agent/scan.py)
                 stacked, state = scan_inputs(model, req.inputs, req.scan)
                 result = await run_scan(model, stacked, state, req.scan,
@@ -119,7 +119,7 @@ class Execution:
                     arrays[spec.name] = arr
                 check_limits(req.model, arrays, model.manifest)
                 # The task's own deadline, not the executor's default: a run past it is stopped there.
-                result = await self.executor.run(key, arrays, req.deadline - time.time() if req.deadline else None)
+                result = await self.executor.run(key, arrays, req.deadline - wallclock.now() if req.deadline else None)
             ok, compute = True, result.compute_s
             self._busy_s += compute
             self.compute_table.observe(self.me.name, req.model, compute / max(1, result.batch_size))
@@ -132,7 +132,7 @@ class Execution:
         batch = f", batch of {result.batch_size}" if ok and result.batch_size > 1 else ""
         if ok and req.scan is not None:
             batch = f", chunk of {req.scan.steps} inputs"
-        hop = Hop(self.me.name, arrived, time.time(), "execute", expected,
+        hop = Hop(self.me.name, arrived, wallclock.now(), "execute", expected,
                   detail=f"compute {compute * 1e3:.2f} ms{batch}" if ok else error)
         self.executed += 1
         res = TaskResult(req.task_id, req.entry, self.me.name, ok, outputs, error, self.config.limits.ttl,
@@ -143,7 +143,7 @@ class Execution:
     def _upset(self, outputs: dict[str, np.ndarray]) -> dict[str, Tensor]:
         """The results as they leave; under a ``bitflip`` fault one bit of them flips at its rate,
         silently, as a radiation upset would (only replicas in majority can tell)."""
-        rate = self.chaos.result_corruption(self.me.name, time.time())
+        rate = self.chaos.result_corruption(self.me.name, wallclock.now())
         if rate and random.random() < rate:
             names = [k for k, v in outputs.items() if v.nbytes]
             if names:
@@ -170,12 +170,12 @@ class Execution:
     def _send_result(self, res: TaskResult) -> None:
         """Send a result (its trace already ends with this node's hop) back to its entry node."""
         if res.entry == self.me.name:
-            self._complete(res, time.time(), 0.0)
+            self._complete(res, wallclock.now(), 0.0)
             return
         self.relay.seen(res)
         last = res.trace[-1] if res.trace and res.trace[-1].node == self.me.name else None
         trace = res.trace[:-1] if last else res.trace
-        hop = last or Hop(self.me.name, time.time(), 0.0, "forward")
+        hop = last or Hop(self.me.name, wallclock.now(), 0.0, "forward")
         problem = self._forward(replace(res, trace=trace), res.entry, hop, None)
         if problem:
             log.warning("result of %s cannot return to %s: %s", res.task_id, res.entry, problem)

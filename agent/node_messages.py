@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
+from agent import wallclock
 from agent.tasks import SubmitError
 from mesh.gossip_msgs import HopAck
 from mesh.wire import (ChaosUpdate, ClockUpdate, Control, JobCopy, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
@@ -119,7 +119,7 @@ class RoutedMessages:
         try:
             for attempt in range(QUERY_ATTEMPTS):
                 self._send_routed(TaskQuery(qid, self.me.name, entry, task_id, wait_s, self.config.limits.ttl,
-                                            time.time() + wait_s + QUERY_TIMEOUT_S, attempt), entry)
+                                            wallclock.now() + wait_s + QUERY_TIMEOUT_S, attempt), entry)
                 with trio.move_on_after(wait_s + QUERY_TIMEOUT_S):
                     status = await recv.receive()
                     if status.error:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
 
+from agent import wallclock
 from agent.relay import LinkState
 from mesh.chaos import Topo
 from mesh.link import LinkProfile
@@ -57,7 +57,7 @@ class NodePhysics:
     def orbit_t(self, wall: float | None = None) -> float:
         """Orbital time at ``wall`` on the fleet's clock (``agent.timekeeper``): everything
         physics decides here (links, delays, handovers, positions, sunlight) reads it."""
-        return self.timekeeper.orbit_t(time.time() if wall is None else wall)
+        return self.timekeeper.orbit_t(wallclock.now() if wall is None else wall)
 
     def _propagation(self, a: str, b: str, sent_at: float) -> float:
         return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
@@ -108,13 +108,13 @@ class NodePhysics:
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
         while True:
             await trio.sleep(PREWARM_EVERY_S * random.uniform(0.5, 1.5))
-            ahead = time.time() + ahead_s
+            ahead = wallclock.now() + ahead_s
             t = self.orbit_t(ahead)
             key = math.floor(t / self.router.step_s)
             if key == warmed or self.orbit_t(ahead + 1.0) - t > PREWARM_MAX_RATE:
                 continue      # done already, or the clock runs so fast that steps outpace warming
             warmed = key
-            down = self.membership.down_links() | self._cut_links(time.time())
+            down = self.membership.down_links() | self._cut_links(wallclock.now())
             dead = self.membership.dead_nodes()
             self._pairs_up(ahead)
             await trio.sleep(0)

@@ -7,9 +7,9 @@ its replicas, ``agent/node_replicas.py``). Writing the journal is ``agent.node_t
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Callable
 
+from agent import wallclock
 from agent.journal import JournalError, ReplicatedRow, Row
 from agent.tasks import TaskRecord
 
@@ -69,7 +69,7 @@ class TaskRecovery:
         if row.finished is None:
             # Open in the journal but unknown here (recovery missed it): it gets what
             # recovery gives every open task, a re-send and a deadline timer.
-            return self._recover_row(row, time.time())
+            return self._recover_row(row, wallclock.now())
         rec = TaskRecord(row.task_id, row.model, self.me.name, row.executor, created=row.created,
                          placement=row.placement)
         if row.finished is not None:
@@ -90,7 +90,7 @@ class TaskRecovery:
         except JournalError as exc:
             log.error("%s: no task recovered: %s", self.me.name, exc)
             return
-        now = time.time()
+        now = wallclock.now()
         for row in rows:
             self._recover_row(row, now)
         try:        # replicated tasks vote again once the node runs (agent/node_replicas.py)

@@ -12,12 +12,12 @@ the winner's outputs.  The vote itself is ``agent/replicas.py`` (and
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from agent import wallclock
 from agent.journal import DuplicateKey, JournalError, ReplicatedRow
 from agent.replicas import agree, digest, replica_view
 from agent.tasks import SubmitError, TaskRecord
@@ -51,7 +51,7 @@ class ReplicatedTasks:
                          journaled: bool, task_id: str | None = None, scan: Scan | None = None) -> TaskRecord:
         """One task per replica (each journaled and delivered exactly once like any task), and a parent
         whose outputs are the agreed answer (agent/replicas.py).  ``scan``: a job's chunk (agent/jobs.py)."""
-        now = time.time()
+        now = wallclock.now()
         journaled = journaled and self.journal is not None
         parent = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
                             created=now, journaled=False, deadline=now + timeout_s, placement=why)
@@ -73,7 +73,7 @@ class ReplicatedTasks:
             if journaled:       # refused: its row must not stay open, or a retry with its key would find it
                 assert self.journal is not None
                 try:
-                    self.journal.finish_replicated(parent.task_id, False, time.time(), None, f"not accepted: {exc}")
+                    self.journal.finish_replicated(parent.task_id, False, wallclock.now(), None, f"not accepted: {exc}")
                 except JournalError as exc2:
                     log.error("%s", exc2)
             raise

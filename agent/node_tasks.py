@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import trio
 
+from agent import wallclock
 from agent.edge_cache import Answer, cache_key
 from agent.journal import DuplicateKey, JournalError
 from agent.models import ModelError, bad_name
@@ -203,7 +203,7 @@ class EntryTasks:
         model takes a while: never on the event loop."""
         try:
             return self.store.get(model) if self.store.loaded(model) else \
-                await trio.to_thread.run_sync(self.store.get, model)
+                await wallclock.off_loop(self.store.get, model)
         except ModelError as exc:
             raise SubmitError(404 if "unknown model" in str(exc) else 422, str(exc)) from None
 
@@ -212,7 +212,7 @@ class EntryTasks:
                 task_id: str | None = None, scan: Scan | None = None, inline: bool = False) -> TaskRecord:
         """Record (journal first), track and start one task; no await, so nothing interleaves.
         ``inline``: a task for this node is not started; the caller runs it (``submit(wait=True)``)."""
-        now = time.time()
+        now = wallclock.now()
         # The entry's name in the id: any node can tell where to ask about it.
         rec = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
                          journaled=journaled and self.journal is not None, deadline=now + timeout_s)
@@ -260,13 +260,13 @@ class EntryTasks:
 
     def _answer_from_cache(self, model: str, hit: Answer, idem_key: str | None, timeout_s: float) -> TaskRecord:
         """A task answered at once from the edge cache: final before anyone sees it, not journaled."""
-        now = time.time()
+        now = wallclock.now()
         rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, self.me.name, created=now,
                          journaled=False, deadline=now + timeout_s,
                          placement=f"edge cache: computed by {hit.executor}")
         self.tasks.add(rec)
-        self._finalize(rec, ok=True, when=time.time(), outputs=dict(hit.outputs),
-                       trace=(Hop(self.me.name, now, time.time(), "cache",
+        self._finalize(rec, ok=True, when=wallclock.now(), outputs=dict(hit.outputs),
+                       trace=(Hop(self.me.name, now, wallclock.now(), "cache",
                                   detail=f"answered from the edge cache; computed by {hit.executor}"),))
         self._remember_key(idem_key, rec.task_id)
         return rec
@@ -284,16 +284,16 @@ class EntryTasks:
         now, failed with the reason, whatever happened to its target or its frames.
         A task of its own, so nothing that delays delivery can delay this."""
         while True:
-            wait = self.deadlines.next_at() - time.time()
+            wait = self.deadlines.next_at() - wallclock.now()
             await trio.sleep(max(0.05, min(wait, 1.0)))
-            for rec in self.deadlines.due(time.time(), self.tasks):
+            for rec in self.deadlines.due(wallclock.now(), self.tasks):
                 self._deadline_passed(rec)
 
     def _deadline_passed(self, rec: TaskRecord) -> None:
         reason = (f"{self.me.name}: no result by the task's deadline ({rec.deadline - rec.created:.1f} s after it "
                   f"was accepted); executor {rec.executor}")
         log.warning("task %s still %s at its deadline: failed by the deadline timer", rec.task_id, rec.status)
-        self.ledger.fail(time.time(), rec.task_id, reason)
+        self.ledger.fail(wallclock.now(), rec.task_id, reason)
         self._fail(rec.task_id, reason)
 
     def _finalize(self, rec: TaskRecord, *, ok: bool, when: float, outputs: dict[str, np.ndarray] | None = None,
@@ -353,7 +353,7 @@ class EntryTasks:
 
     def _path_to(self, dst: str) -> tuple[float, int] | None:
         """One-way latency and hop count of the route to ``dst`` as routing sees it now."""
-        now = time.time()
+        now = wallclock.now()
         t = self.orbit_t(now)
         path = self.healing.path(self.me.index, self.peers[dst].index, t, down_nodes=self.membership.dead_nodes(),
                                  down_links=self.membership.down_links() | self._cut_links(now))
@@ -365,7 +365,7 @@ class EntryTasks:
     async def _delivery_loop(self) -> None:
         """Hop retransmissions, held frames, end-to-end retries and task deadlines."""
         while True:
-            now = time.time()
+            now = wallclock.now()
             wait = min(self.relay.next_deadline(), self.ledger.next_deadline()) - now
             if wait > 0:
                 nap = min(wait, DELIVERY_TICK_MAX_S)
@@ -375,21 +375,21 @@ class EntryTasks:
                 self._wake = trio.Event()
             self._tick_at = -math.inf       # ticking now: a new deadline is seen on the next pass
             self.relay.tick()
-            for x in self.ledger.tick(time.time()):
+            for x in self.ledger.tick(wallclock.now()):
                 if isinstance(x, TaskFailed):
                     self._fail(x.task_id, x.reason)
                 else:
                     req = self._requests.get(x.task_id)
                     if req is not None:
                         log.info("%s: no result for task %s yet; attempt %d", self.me.name, x.task_id, x.attempt)
-                        await self._on_request(replace(req, attempt=x.attempt), time.time(), 0.0, None, "retry")
+                        await self._on_request(replace(req, attempt=x.attempt), wallclock.now(), 0.0, None, "retry")
 
     def _fail(self, task_id: str, reason: str) -> None:
         self._requests.pop(task_id, None)
         rec = self.tasks.get(task_id)
         if rec is not None and rec.status not in ("succeeded", "failed") and self._in_flight.get(rec.executor):
             self._in_flight[rec.executor] -= 1
-        if rec is not None and self._finalize(rec, ok=False, when=time.time(), error=reason):
+        if rec is not None and self._finalize(rec, ok=False, when=wallclock.now(), error=reason):
             log.warning("task %s failed: %s", task_id, reason)
 
     def _undeliverable(self, msg: TaskRequest | TaskResult, reason: str) -> None:
@@ -397,13 +397,13 @@ class EntryTasks:
         if isinstance(msg, TaskRequest):
             if msg.entry == self.me.name:
                 self.ledger.note(msg.task_id, reason)
-                failed = self.ledger.fail(time.time(), msg.task_id, reason)
+                failed = self.ledger.fail(wallclock.now(), msg.task_id, reason)
                 if failed is not None:
                     self._fail(msg.task_id, reason)
                 return
             self._send_result(TaskResult(msg.task_id, msg.entry, msg.executor, ok=False, error=reason,
                                          ttl=self.config.limits.ttl, trace=msg.trace, attempt=msg.attempt,
-                                         deadline=time.time() + DEFAULT_TASK_TIMEOUT_S))
+                                         deadline=wallclock.now() + DEFAULT_TASK_TIMEOUT_S))
         elif isinstance(msg, TaskResult):
             log.warning("result of %s could not return to %s: %s", msg.task_id, msg.entry, reason)
         else:

@@ -4,8 +4,8 @@ statistics): read-only views of state the other parts own.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Callable
+from agent import wallclock
 
 if TYPE_CHECKING:
     from agent.edge_cache import EdgeCache
@@ -75,7 +75,7 @@ class NodeViews:
                                      "serving": None if view.serving is None or view.serving < 0
                                      else self.topology.names.name(view.serving),
                                      "visible": len(view.visible), "handover": view.policy,
-                                     "handovers": None if view.policy == "all" else self.count_handovers(time.time())}
+                                     "handovers": None if view.policy == "all" else self.count_handovers(wallclock.now())}
         else:
             shell = self.constellation.shells[self.constellation.shell_of[self.me.index]]
             orbit = {"shell": shell.name, "plane": self.constellation.plane_of[self.me.index],
@@ -88,7 +88,7 @@ class NodeViews:
             "orbit": orbit, "clock": self._clock_brief(),
             "position": self.position(), "neighbours": neighbours,
             "models": self.store.names(),
-            "tasks": self.tasks.counts(), "uptime_s": time.time() - self.started,
+            "tasks": self.tasks.counts(), "uptime_s": wallclock.now() - self.started,
             "incarnation": self.membership.m.incarnation, "members_alive": self.membership.alive_count(),
             "executed": self.executed,
             "energy": self.battery.describe() if self.battery is not None else None,
@@ -101,7 +101,7 @@ class NodeViews:
 
     def _clock_brief(self) -> dict[str, Any]:
         """The fleet clock as this node runs it (GET /v1/time has the whole record)."""
-        scale, paused = self.timekeeper.timeline.speed(time.time())
+        scale, paused = self.timekeeper.timeline.speed(wallclock.now())
         return {"scale": scale, "paused": paused}
 
     def storage(self) -> dict[str, Any]:

@@ -23,10 +23,10 @@ import collections
 import logging
 import math
 import re
-import time
 from dataclasses import replace
 from typing import Callable, NamedTuple, Union
 
+from agent import wallclock
 from agent.peers import Peers
 from agent.transport import LinkLayer
 from mesh.delivery import DedupWindow, DeliveryConfig, HopFailed, HopSender, StoreAndForward, Transmit
@@ -86,17 +86,17 @@ class Relay:
     def received(self, msg: Routed, from_node: str) -> bool:
         """Acknowledge a routed frame; True the first time it is seen here."""
         self.send_ack(from_node, msg.hop_id)
-        if self.dedup.first(time.time(), msg.hop_id):
+        if self.dedup.first(wallclock.now(), msg.hop_id):
             return True
         self.counts["duplicates_dropped"] += 1
         return False
 
     def seen(self, msg: Routed) -> None:
         """A frame this node originates: a copy bounced back to it is a repeat."""
-        self.dedup.first(time.time(), msg.hop_id)
+        self.dedup.first(wallclock.now(), msg.hop_id)
 
     def on_ack(self, hop_id: str, from_node: str) -> None:
-        if from_node in self.peers and self.hops.on_ack(time.time(), hop_id, self.peers[from_node].index) is not None:
+        if from_node in self.peers and self.hops.on_ack(wallclock.now(), hop_id, self.peers[from_node].index) is not None:
             self.counts["acked"] += 1
 
     # -- sending ------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class Relay:
         """The neighbour a frame for ``dst`` would go to now, or None (no usable route)."""
         if dst not in self.peers or dst == self.me:
             return None
-        now = time.time()
+        now = wallclock.now()
         s = self.link_state(now)
         prev = self.peers[came_from].index if came_from in self.peers else None
         nh = self.fwd.next_hop(now, s.orbit_t, self.peers[dst].index, dead_nodes=s.dead_nodes,
@@ -139,12 +139,12 @@ class Relay:
             return f"{self.me}: unknown destination {dst!r}"
         if dst == self.me:
             return f"{self.me}: a frame for this node is delivered here, not forwarded"
-        now = time.time()
+        now = wallclock.now()
         d = self._decide(now, msg, dst, came_from)
         if type(d) is Forward:
             nh = self.names[d.to]
             out = replace(msg, ttl=d.ttl,
-                          trace=msg.trace + (replace(hop, departed=time.time()),) if hop is not None else msg.trace)
+                          trace=msg.trace + (replace(hop, departed=wallclock.now()),) if hop is not None else msg.trace)
             self._transmit(nh, out)    # first: the RTO's physics below is not link time
             self.hops.cancel(msg.hop_id)
             self.hops.send(now, msg.hop_id, d.to, (msg, dst, came_from, hop, out), frame_bytes(msg))
@@ -176,8 +176,8 @@ class Relay:
     # -- timers -----------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        self._handle(self.hops.tick(time.time()))
-        now = time.time()
+        self._handle(self.hops.tick(wallclock.now()))
+        now = wallclock.now()
         for e in self.store.expire(now):
             msg, _, _ = e.item
             self.counts["expired"] += 1
@@ -187,7 +187,7 @@ class Relay:
             self.release()
 
     def _handle(self, actions: list) -> None:
-        now = time.time()
+        now = wallclock.now()
         for x in actions:
             msg, dst, came_from, hop, out = x.item
             to = self.names[x.to]
@@ -207,14 +207,14 @@ class Relay:
     def view_changed(self, gone: Callable[[str], bool]) -> None:
         """Membership's view changed: take back transfers to next hops now known dead
         or cut off (``gone``) and route them again; release held frames that have a route."""
-        self._handle(self.hops.abandon(time.time(), lambda to: gone(self.names[to])))
+        self._handle(self.hops.abandon(wallclock.now(), lambda to: gone(self.names[to])))
         self.release()
 
     def release(self) -> None:
         """Forward held frames whose destination is reachable again."""
         if not len(self.store):
             return
-        now = time.time()
+        now = wallclock.now()
         for h in self.store.release_ready(now, lambda dst: self.next_hop(self.names[dst]) is not None):
             msg, came_from, hop = h.item
             self.counts["released"] += 1

@@ -12,11 +12,11 @@ restarts, the vote is taken again on what the replicas recovered.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import trio
 
+from agent import wallclock
 from agent.edge_cache import cache_key
 from agent.tasks import FINAL, TaskRecord
 from mesh.voting import Vote
@@ -48,7 +48,7 @@ async def agree(parent: TaskRecord, children: list[TaskRecord], vote: Vote, fina
         await child.done.wait()
         send.send_nowait(child)
 
-    until = trio.current_time() + max(0.0, parent.deadline - time.time()) + GRACE_S
+    until = trio.current_time() + max(0.0, parent.deadline - wallclock.now()) + GRACE_S
     async with trio.open_nursery() as nursery:
         for child in children:
             nursery.start_soon(watch, child)
@@ -59,13 +59,13 @@ async def agree(parent: TaskRecord, children: list[TaskRecord], vote: Vote, fina
                 parent.replicas = replica_view(vote, children)
                 if decided is not None and decided.ok:
                     won = next(c for c in children if c.executor == decided.node)
-                    finalize(parent, ok=True, when=time.time(), outputs=won.outputs, trace=won.trace,
+                    finalize(parent, ok=True, when=wallclock.now(), outputs=won.outputs, trace=won.trace,
                              compute_s=won.compute_s)
                 elif decided is not None:
-                    finalize(parent, ok=False, when=time.time(), error=decided.reason)
+                    finalize(parent, ok=False, when=wallclock.now(), error=decided.reason)
         nursery.cancel_scope.cancel()
     if parent.status not in FINAL:
-        finalize(parent, ok=False, when=time.time(),
+        finalize(parent, ok=False, when=wallclock.now(),
                  error=f"{len(vote.answers)} of {vote.replicas} replicas answered by the deadline; "
                        f"{vote.needed} had to agree")
     parent.replicas = replica_view(vote, children)

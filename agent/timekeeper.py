@@ -15,7 +15,6 @@ however the flood went.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable, Iterable
 
 import trio
@@ -23,6 +22,7 @@ import trio
 from mesh.clock import OrbitalClock
 from mesh.timeline import ClockError, ClockRecord, Timeline, parse_request
 from mesh.wire import ClockUpdate, Message, WireError
+from agent import wallclock
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ class Timekeeper:
         return self.timeline.orbit_t(wall)
 
     def describe(self, now: float | None = None) -> dict[str, Any]:
-        return {"node": self.me, **self.timeline.describe(time.time() if now is None else now)}
+        return {"node": self.me, **self.timeline.describe(wallclock.now() if now is None else now)}
 
     def control(self, body: Any, now: float | None = None) -> dict[str, Any]:
         """An API request (``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``):
         issue the switch here and flood it.  ClockError (a 400) says what is wrong."""
         speed, paused = parse_request(body)
-        now = time.time() if now is None else now
+        now = wallclock.now() if now is None else now
         rec, changed = self.timeline.issue(now, self.me, speed=speed, paused=paused)
         if changed:
             log.info("%s: fleet clock to %g× %s from %.3f (orbital t %.3f)", self.me, rec.scale,
@@ -64,7 +64,7 @@ class Timekeeper:
                 self._send(peer, msg)
 
     def on_update(self, msg: ClockUpdate, from_node: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = wallclock.now() if now is None else now
         news = []
         for raw in msg.records:
             try:

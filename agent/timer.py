@@ -8,6 +8,10 @@ frames are stamped with) becomes readable exactly then, and trio waits on it
 like on a socket: no long busy loop stealing cores from the other agents.
 Python 3.11 has no ``os.timerfd_create``, hence ctypes.  On other systems a
 short yield loop covers the last millisecond instead.
+
+On a virtual clock (``agent.wallclock.virtual``) there is no kernel time to
+match: the timer sleeps with trio until the due instant in trio time, which
+the virtual clock reaches exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import time
 
 import trio
+
+from agent import wallclock
 
 _CLOCK_REALTIME = 0
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -76,6 +82,10 @@ class PreciseTimer:
             self._fd = -1
 
     async def sleep_until(self, due: float) -> None:
+        """Return at the wall instant ``due`` (``agent.wallclock`` time)."""
+        if wallclock.is_virtual():
+            await trio.sleep_until(wallclock.to_trio(due))
+            return
         delay = due - time.time()
         if delay > COARSE_MARGIN_S:
             await trio.sleep(delay - COARSE_MARGIN_S)

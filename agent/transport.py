@@ -34,12 +34,12 @@ import collections
 import heapq
 import itertools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
 
+from agent import wallclock
 from agent.p2p import P2PError, P2PHost, P2PStream
 from agent.timer import COARSE_MARGIN_S, PreciseTimer
 from mesh.link import Dropped, LinkEmulator, LinkProfile
@@ -164,7 +164,7 @@ class LinkLayer:
         # drops first, these only hold what the emulator let through.
         out_s, out_r = trio.open_memory_channel(self.queue_frames * 2)
         rel_s, rel_r = trio.open_memory_channel(self.queue_frames)
-        link = Link(name, addr, dialer=self.me < name, emulator=LinkEmulator(self.profile(name, time.time()), seed),
+        link = Link(name, addr, dialer=self.me < name, emulator=LinkEmulator(self.profile(name, wallclock.now()), seed),
                     outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
         self._peer_ids[name] = peer_id
         self.links[name] = link
@@ -189,7 +189,7 @@ class LinkLayer:
         link = self.links.get(name)
         if link is not None and not link.retiring:
             link.retiring = True
-            link.retire_at = time.time() + grace_s
+            link.retire_at = wallclock.now() + grace_s
 
     def revoke(self, name: str, peer_id: str) -> None:
         """The roster revoked ``name``: refuse its streams and close its link now."""
@@ -207,7 +207,7 @@ class LinkLayer:
         delay is transport latency that the receiver cancels out.
         """
         link = self.links[peer]
-        now = time.time()
+        now = wallclock.now()
         link.emulator.set_profile(self.profile(peer, now))
         message = encode_message(msg)
         fate = link.emulator.transmit(now, frame_size(message))
@@ -266,7 +266,7 @@ class LinkLayer:
             # Frames in flight are written and released before the link closes;
             # a link that is not connected has nobody to write them to, and
             # would otherwise wait for ever (and keep its node from being ready).
-            if (link.retiring and time.time() >= link.retire_at
+            if (link.retiring and wallclock.now() >= link.retire_at
                     and (not link.up or (link.outbound_recv.statistics().current_buffer_used == 0
                                          and link.release_recv.statistics().current_buffer_used == 0))):
                 link.scope.cancel()
@@ -314,7 +314,7 @@ class LinkLayer:
             await stream.reset()          # not aclose: a half-closed stream would still buffer what it is sent
             return
         link = self.links[peer]
-        if link.retiring and time.time() >= link.retire_at:
+        if link.retiring and wallclock.now() >= link.retire_at:
             await stream.aclose()
             return
         await self._serve_stream(link, stream, hello_first=False, decoder=decoder, leftover=leftover)
@@ -365,9 +365,9 @@ class LinkLayer:
             link.stream = None
             await old.aclose()
         # Hello is the real transport's handshake, not an emulated frame.
-        await stream.send_all(encode_frame(LinkFrame(time.time(), Hello(self.me)), self.max_frame_bytes))
+        await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
         link.stream = stream
-        link.up_since = time.time()
+        link.up_since = wallclock.now()
         link.stats.connects += 1
         self._signal(link)
         log.info("link %s–%s up (%s)", self.me, link.peer, "dialled" if hello_first else "accepted")
@@ -464,7 +464,7 @@ class LinkLayer:
                     except trio.WouldBlock:
                         break
                 due = heap[0][0]
-                now = time.time()
+                now = wallclock.now()
                 if due - now > COARSE_MARGIN_S and len(heap) < self.queue_frames:
                     # Sleep, but wake for a newly arrived frame that may be due sooner.
                     with trio.move_on_after(due - now - COARSE_MARGIN_S):
@@ -476,7 +476,7 @@ class LinkLayer:
                     link.stats.late_frames += 1
                     link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
                 due, _, expected, frame = heapq.heappop(heap)
-                released = time.time()
+                released = wallclock.now()
                 link.stats.record_error(released - due)
                 if isinstance(frame.msg, Probe):
                     link.stats.probe_errors.append(released - due)

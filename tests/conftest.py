@@ -68,6 +68,29 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """``matmul``, a real one-node ONNX model with its manifest, built here with the ``onnx``
+    helper API (a core dependency; no torch): for tests that need a model but not the zoo."""
+    from agent.zoo import matmul
+    out = tmp_path_factory.mktemp("tiny-models")
+    matmul.build(out)
+    return out
+
+
+@pytest.fixture
+def virtual_clock():
+    """The process on a virtual wall clock (``agent.wallclock``) driven by trio's
+    ``MockClock(autojump_threshold=0)``; a test that takes it as an argument runs on it
+    (pytest-trio passes a Clock fixture to ``trio.run``)."""
+    from trio.testing import MockClock
+
+    from agent import wallclock
+    clock = MockClock(autojump_threshold=0)
+    with wallclock.virtual(clock):
+        yield clock
+
+
+@pytest.fixture(scope="session")
 def kv():
     """kubernetes_validate, its schema files parsed once a session: each validate() call re-reads
     and parses megabytes of JSON (~14 ms a document); the parsed schemas are only read."""
@@ -125,6 +148,8 @@ def member(view: dict, node: str) -> dict:
 # use the ``models_dir`` fixture are marked here; any other unmarked test that
 # starts a Python process (an agent, the CLI, a build) or docker fails, so a
 # forgotten marker cannot slow test-fast down unnoticed.
+# A test that needs a model but not the zoo takes ``tiny_models`` (matmul, built
+# here in ~0.2 s) instead; one that runs nodes takes ``virtual_clock`` as well.
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -4,19 +4,24 @@ The same ``agent.node.Node`` as the daemon runs (membership, relay, routing,
 delivery, journal, executor with real onnxruntime); only the host under the
 link layer is memory instead of libp2p.  A node can be killed (its scope
 cancelled and its host down, as a crash: volatile state gone, journal kept)
-and started again from its journal.  Wall clock, not virtual: the node still
-reads ``time.time()``.
+and started again from its journal.
+
+Run it on a virtual clock (the ``virtual_clock`` fixture of ``tests/conftest.py``:
+a trio ``MockClock(autojump_threshold=0)`` that ``agent.wallclock`` turns into the
+process's wall time): every node reads that clock, timers sleep in trio time,
+inference runs inline in zero virtual time, so a test takes as long as its
+CPU work, not as long as the mesh's timeouts.  It also runs on the real clock.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from agent import wallclock
 from agent.fleet import FleetSpec, fleet_config
 from agent.job_journal import JobJournal
 from agent.journal import Journal
@@ -47,7 +52,7 @@ class InProcFleet:
         for m in models:        # only what the test needs: every node warms each model it has at start
             for suffix in (".onnx", ".json"):
                 shutil.copy(models_dir / f"{m}{suffix}", self.models / f"{m}{suffix}")
-        self.config = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale)).with_start(time.time())
+        self.config = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale)).with_start(wallclock.now())
         names = World.from_config(self.config).names
         self.peers = Peers([PeerEntry(names.name(i), i, f"mem-{names.name(i)}",
                                       f"/memory/mem-{names.name(i)}/p2p/mem-{names.name(i)}", "http://127.0.0.1:9")

@@ -3,19 +3,20 @@
 What needs no sockets is tested here, in seconds, instead of on a fleet of
 processes: routing a task over relays to a far satellite, detecting a crash
 (and no false suspicion of anyone else), a restarted node rejoining, and
-exactly-once across a crash of a task's entry.
+exactly-once across a crash of a task's entry.  On a virtual clock (the
+``virtual_clock`` fixture): timeouts and orbits pass as fast as the CPU work
+allows.  The model is ``matmul`` (``tiny_models``: built by the session with
+the onnx helper API), so ``make test-fast`` runs these without the zoo.
 """
 
 from __future__ import annotations
-
-import json
-import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import trio
 
+from agent import wallclock
 from agent.memory_host import MemoryNetwork
 from agent.p2p import P2PError
 from tests.inproc import InProcFleet
@@ -23,17 +24,20 @@ from tests.inproc import InProcFleet
 N = 6
 
 
-def digits(models_dir, k=0):
-    sample = json.loads((models_dir / "digits.json").read_text())["samples"][k]["inputs"]
-    return {name: np.asarray(v, np.float32) for name, v in sample.items()}
+def matmul_inputs(k=0):
+    """``a`` [4, 8] @ ``b`` [8, 3], small integers and halves (exact in float32), varied by ``k``."""
+    a = ((np.arange(32) * (k + 1) % 7) - 3).reshape(4, 8) / 2
+    b = ((np.arange(24) * (k + 2) % 5) - 2).reshape(8, 3) / 2
+    return {"a": a.astype(np.float32), "b": b.astype(np.float32)}
 
 
-def onnxruntime_label(models_dir, inputs):
-    return ort.InferenceSession(str(models_dir / "digits.onnx")).run(None, inputs)[0]
+def onnxruntime_product(models_dir, inputs):
+    return ort.InferenceSession(str(models_dir / "matmul.onnx")).run(None, inputs)[0]
 
 
 async def fleet_of(tmp_path, models_dir, body, n=N, **kw):
-    fleet = InProcFleet(tmp_path, models_dir, n, **kw)
+    assert wallclock.is_virtual(), "take the virtual_clock fixture"
+    fleet = InProcFleet(tmp_path, models_dir, n, models=("matmul",), **kw)
     async with trio.open_nursery() as nursery:
         await fleet.start(nursery)
         if "time_scale" not in kw:
@@ -50,44 +54,44 @@ def far_from(fleet, name):
     return next(n for n in fleet.peers.names() if n != name and n not in near)
 
 
-async def test_a_task_crosses_relays_to_a_far_satellite_and_equals_onnxruntime(tmp_path, models_dir):
-    inputs = digits(models_dir, 2)
+async def test_a_task_crosses_relays_to_a_far_satellite_and_equals_onnxruntime(tmp_path, tiny_models, virtual_clock):
+    inputs = matmul_inputs(2)
 
     async def body(fleet):
         target = far_from(fleet, "sat-0")
-        rec, new = await fleet["sat-0"].submit("digits", {k: v.tolist() for k, v in inputs.items()}, target)
+        rec, new = await fleet["sat-0"].submit("matmul", {k: v.tolist() for k, v in inputs.items()}, target)
         with trio.fail_after(20):
             await rec.done.wait()
         return rec, target
-    rec, target = await fleet_of(tmp_path, models_dir, body)
+    rec, target = await fleet_of(tmp_path, tiny_models, body)
     assert rec.status == "succeeded" and rec.executor == target, rec.error
-    assert np.array_equal(rec.outputs["label"], onnxruntime_label(models_dir, inputs))
+    assert np.array_equal(rec.outputs["c"], onnxruntime_product(tiny_models, inputs))
     nodes = [h.node for h in rec.trace]
     assert nodes[0] == "sat-0" and target in nodes and len(set(nodes)) >= 3, nodes     # at least one relay
 
 
-async def test_a_cut_on_the_route_is_flooded_and_the_task_goes_around_it(tmp_path, models_dir):
-    inputs = {k: v.tolist() for k, v in digits(models_dir, 1).items()}
+async def test_a_cut_on_the_route_is_flooded_and_the_task_goes_around_it(tmp_path, tiny_models, virtual_clock):
+    inputs = {k: v.tolist() for k, v in matmul_inputs(1).items()}
 
     async def body(fleet):
         target = far_from(fleet, "sat-0")
         first_hop = fleet["sat-0"].relay.next_hop(target)
         fault, _ = fleet["sat-0"].apply_fault({"kind": "cut", "a": "sat-0", "b": first_hop})
         # flooded: every node holds the fault before the task leaves
-        await fleet.until(lambda: all(any(f["id"] == fault["id"] for f in fleet[n].chaos.listing(time.time()))
+        await fleet.until(lambda: all(any(f["id"] == fault["id"] for f in fleet[n].chaos.listing(wallclock.now()))
                                       for n in fleet.peers.names()), 10)
-        rec, _ = await fleet["sat-0"].submit("digits", inputs, target)
+        rec, _ = await fleet["sat-0"].submit("matmul", inputs, target)
         with trio.fail_after(20):
             await rec.done.wait()
         return rec, first_hop, target
-    rec, cut_hop, target = await fleet_of(tmp_path, models_dir, body)
+    rec, cut_hop, target = await fleet_of(tmp_path, tiny_models, body)
     assert rec.status == "succeeded" and rec.executor == target, rec.error
     nodes = [h.node for h in rec.trace]
     assert nodes[1] != cut_hop, nodes          # the cut link was not used
     assert ["sat-0", cut_hop] not in [nodes[i:i + 2] for i in range(len(nodes) - 1)]
 
 
-async def test_a_crashed_node_is_declared_dead_by_all_others_and_no_one_else_is_suspected(tmp_path, models_dir):
+async def test_a_crashed_node_is_declared_dead_by_all_others_and_no_one_else_is_suspected(tmp_path, tiny_models, virtual_clock):
     async def body(fleet):
         victim = fleet.peers["sat-4"].index
         await fleet.kill("sat-4")
@@ -100,23 +104,23 @@ async def test_a_crashed_node_is_declared_dead_by_all_others_and_no_one_else_is_
         back = await fleet.start_node("sat-4")
         await fleet.until(lambda: all(victim not in fleet[n].membership.dead_nodes() for n in others), 30)
         return back
-    back = await fleet_of(tmp_path, models_dir, body)
+    back = await fleet_of(tmp_path, tiny_models, body)
     assert back.links.links
 
 
-async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, models_dir):
-    inputs = {k: v.tolist() for k, v in digits(models_dir, 4).items()}
+async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, tiny_models, virtual_clock):
+    inputs = {k: v.tolist() for k, v in matmul_inputs(4).items()}
 
     async def body(fleet):
         target = far_from(fleet, "sat-1")
-        rec, _ = await fleet["sat-1"].submit("digits", inputs, target, idem_key="inproc-crash-1")
+        rec, _ = await fleet["sat-1"].submit("matmul", inputs, target, idem_key="inproc-crash-1")
         await fleet.kill("sat-1")           # at once: its result has not come back
         node = await fleet.start_node("sat-1")
-        again, new = await node.submit("digits", inputs, target, idem_key="inproc-crash-1")
+        again, new = await node.submit("matmul", inputs, target, idem_key="inproc-crash-1")
         with trio.fail_after(30):
             await again.done.wait()
         return rec, again, new
-    rec, again, new = await fleet_of(tmp_path, models_dir, body)
+    rec, again, new = await fleet_of(tmp_path, tiny_models, body)
     assert not new and again.task_id == rec.task_id
     assert again.status == "succeeded", again.error
 
@@ -147,8 +151,8 @@ async def test_the_twin_host_refuses_what_libp2p_would(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_hop_by_hop_retransmission_carries_tasks_over_a_lossy_link(tmp_path, models_dir):
-    inputs = {k: v.tolist() for k, v in digits(models_dir, 6).items()}
+async def test_hop_by_hop_retransmission_carries_tasks_over_a_lossy_link(tmp_path, tiny_models, virtual_clock):
+    inputs = {k: v.tolist() for k, v in matmul_inputs(6).items()}
 
     async def body(fleet):
         target = far_from(fleet, "sat-0")
@@ -156,18 +160,18 @@ async def test_hop_by_hop_retransmission_carries_tasks_over_a_lossy_link(tmp_pat
         fleet["sat-0"].apply_fault({"kind": "loss", "a": "sat-0", "b": hop, "loss": "40%"})
         recs = []
         for _ in range(8):
-            rec, _ = await fleet["sat-0"].submit("digits", inputs, target, cache=False)
+            rec, _ = await fleet["sat-0"].submit("matmul", inputs, target, cache=False)
             recs.append(rec)
         with trio.fail_after(60):
             for rec in recs:
                 await rec.done.wait()
         return recs, fleet["sat-0"].links.links[hop].stats.dropped["loss"], fleet["sat-0"].relay.counts
-    recs, lost, counts = await fleet_of(tmp_path, models_dir, body)
+    recs, lost, counts = await fleet_of(tmp_path, tiny_models, body)
     assert [r.status for r in recs] == ["succeeded"] * 8, [r.error for r in recs]
     assert lost > 0 and counts["retransmissions"] > 0, (lost, dict(counts))
 
 
-async def test_links_lost_to_the_earth_are_not_taken_for_dead_nodes(tmp_path, models_dir):
+async def test_links_lost_to_the_earth_are_not_taken_for_dead_nodes(tmp_path, tiny_models, virtual_clock):
     """Telesat's polar shell, 12 satellites at 600x: its links clear the Earth's limb only part of each
     orbit, so the mesh splits and joins again; physics predicts each loss, and nobody is suspected."""
     async def body(fleet):
@@ -176,11 +180,11 @@ async def test_links_lost_to_the_earth_are_not_taken_for_dead_nodes(tmp_path, mo
         up = set()
         for _ in range(40):       # 20 s at 600x: two orbits
             await trio.sleep(0.5)
-            snap = topo.snapshot(fleet.config.clock.orbit_t(time.time()))
+            snap = topo.snapshot(fleet.config.clock.orbit_t(wallclock.now()))
             up.add(frozenset(tuple(sorted(map(int, p))) for p in snap.pairs))
         nodes = [fleet[n] for n in names]      # its ground stations included
         return len(up), {n.me.name: n.membership.m.stats["suspicions"] for n in nodes if n.membership.m.stats["suspicions"]}, \
             {n.me.name: n.membership.dead_nodes() for n in nodes if n.membership.dead_nodes()}
-    shapes, suspicions, dead = await fleet_of(tmp_path, models_dir, body, n=12, preset="telesat-t1", time_scale=600.0)
+    shapes, suspicions, dead = await fleet_of(tmp_path, tiny_models, body, n=12, preset="telesat-t1", time_scale=600.0)
     assert shapes > 1, "no link came or went: the test would prove nothing"
     assert not suspicions and not dead, (suspicions, dead)

@@ -1,0 +1,86 @@
+"""The process's wall clock: real by default, virtual for nodes that share a simulated process.
+
+Every part of a node reads wall time here (``now()``), never ``time.time()``:
+frames are stamped with it, links release at ``sent + distance / c`` by it,
+membership, deadlines and journals count with it.  A process runs on one clock
+because all the satellites it hosts share wall time.
+
+``virtual(clock)`` switches the process to ``origin + clock.current_time()``
+for a trio ``MockClock`` (tests, the simulator): wall time and trio time then
+move together, so a deadline computed from one and slept on with the other
+agrees exactly, and virtual time passes only when every task waits.  Readable
+from any thread (a float read).
+
+Work that the daemon puts on a thread (onnxruntime, model loading) must not
+run in a thread under a virtual clock: with ``autojump_threshold=0`` the clock
+jumps as soon as the loop waits for the thread, so deadlines would pass while
+it computes.  ``off_loop`` therefore runs such work inline under a virtual
+clock (compute takes zero virtual time, as in a simulator's model of it) and
+in trio's thread cache otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterator, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+_clock: trio.abc.Clock | None = None
+_origin = 0.0
+
+
+def now() -> float:
+    """Wall time in seconds since the Unix epoch: real, or the virtual clock's."""
+    clock = _clock
+    if clock is None:
+        return time.time()
+    return _origin + clock.current_time()
+
+
+def monotonic() -> float:
+    """A clock for intervals (cache ages, refresh periods): ``time.monotonic()``, or the virtual clock."""
+    clock = _clock
+    if clock is None:
+        return time.monotonic()
+    return clock.current_time()
+
+
+def is_virtual() -> bool:
+    return _clock is not None
+
+
+def to_trio(wall: float) -> float:
+    """The trio-clock instant of the wall instant ``wall`` (for ``trio.sleep_until`` / deadlines)."""
+    if _clock is not None:
+        return wall - _origin
+    return trio.current_time() + (wall - time.time())
+
+
+@contextlib.contextmanager
+def virtual(clock: trio.abc.Clock, origin: float | None = None) -> Iterator[float]:
+    """Run the process on ``origin + clock.current_time()`` inside the block (one at a time).
+
+    ``origin`` defaults to the real time now, so the virtual wall starts where the
+    real one is; yields the origin."""
+    global _clock, _origin
+    if _clock is not None:
+        raise RuntimeError("the process is on a virtual clock already")
+    _origin = (time.time() if origin is None else origin) - clock.current_time()
+    _clock = clock
+    try:
+        yield _origin
+    finally:
+        _clock, _origin = None, 0.0
+
+
+async def off_loop(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` off the event loop: in a worker thread on the real clock, inline
+    (after a checkpoint, taking no virtual time) on a virtual one."""
+    if _clock is not None:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+    return await trio.to_thread.run_sync(fn, *args)

@@ -1,0 +1,128 @@
+"""agent.wallclock: the process's clock, real or virtual, and what follows it (timer, links, compute)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import trio
+from trio.testing import MockClock
+
+from agent import wallclock
+from agent.executor import Executor
+from agent.memory_host import MemoryNetwork
+from agent.models import ModelStore
+from agent.timer import PreciseTimer
+from agent.transport import LinkLayer
+from mesh.link import LinkProfile
+from mesh.wire import Probe
+
+
+def test_the_real_clock_is_the_default_and_comes_back_after_a_virtual_one():
+    assert not wallclock.is_virtual()
+    assert abs(wallclock.now() - time.time()) < 0.05
+    clock = MockClock()
+    with wallclock.virtual(clock, origin=1_000_000.0) as origin:
+        assert origin == 1_000_000.0 and wallclock.is_virtual()
+        assert wallclock.now() == 1_000_000.0
+        clock.jump(2.5)
+        assert wallclock.now() == 1_000_002.5 and wallclock.monotonic() == clock.current_time()
+        with pytest.raises(RuntimeError, match="virtual clock already"):
+            with wallclock.virtual(MockClock()):
+                pass
+    assert not wallclock.is_virtual() and abs(wallclock.now() - time.time()) < 0.05
+
+
+async def test_wall_time_and_trio_time_move_together_and_threads_read_the_same(virtual_clock):
+    t0, trio0 = wallclock.now(), trio.current_time()
+    await trio.sleep(3600)                       # an hour of virtual time, no real time
+    assert wallclock.now() - t0 == pytest.approx(3600, abs=1e-6)
+    assert trio.current_time() - trio0 == pytest.approx(3600, abs=1e-9)
+    assert wallclock.to_trio(wallclock.now()) == pytest.approx(trio.current_time(), abs=1e-9)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(wallclock.now()))
+    worker.start()
+    worker.join()
+    assert seen == [wallclock.now()]
+
+
+async def test_the_precise_timer_wakes_exactly_at_the_due_wall_instant_in_virtual_time(virtual_clock):
+    timer = PreciseTimer()
+    try:
+        for ahead in (0.0001, 0.0123, 90.0):
+            due = wallclock.now() + ahead
+            await timer.sleep_until(due)
+            assert wallclock.now() == pytest.approx(due, abs=1e-9)
+        before = wallclock.now()
+        await timer.sleep_until(before - 1.0)      # already past: no wait
+        assert wallclock.now() == before
+    finally:
+        timer.close()
+
+
+async def test_off_loop_runs_inline_on_a_virtual_clock_and_in_a_thread_on_the_real_one(virtual_clock):
+    loop_thread = threading.get_ident()
+    t0 = trio.current_time()
+    assert await wallclock.off_loop(threading.get_ident) == loop_thread
+    assert trio.current_time() == t0
+
+
+async def test_off_loop_uses_a_worker_thread_on_the_real_clock():
+    assert await wallclock.off_loop(threading.get_ident) != threading.get_ident()
+
+
+async def test_a_link_over_the_twin_releases_each_frame_at_sent_plus_delay_in_virtual_time(virtual_clock):
+    net = MemoryNetwork()
+    hosts = {n: net.host(f"mem-{n}") for n in ("a", "b")}
+    addr = {n: (f"/memory/mem-{n}/p2p/mem-{n}", f"mem-{n}") for n in hosts}
+    got = []
+
+    async def deliver(msg, peer, released, expected):
+        got.append((msg, released, expected))
+
+    async def ignore(*_):
+        pass
+
+    delay = 0.0123
+    layers = {n: LinkLayer(n, hosts[n], {o: addr[o] for o in hosts if o != n}, lambda a, b, t: delay,
+                           lambda peer, t: LinkProfile(), deliver if n == "b" else ignore,
+                           seeds={o: 7 for o in hosts}, queue_frames=64, max_frame_bytes=1 << 20)
+              for n in hosts}
+    async with trio.open_nursery() as nursery:
+        for n in hosts:
+            await nursery.start(hosts[n].serve)
+            nursery.start_soon(layers[n].run)
+        with trio.fail_after(10):
+            while not all(layer.all_up() for layer in layers.values()):
+                await trio.sleep(0.01)
+        sent = []
+        for k in range(5):
+            sent.append(wallclock.now())
+            assert layers["a"].send("b", Probe(k, b"x" * k))
+            await trio.sleep(0.004)                  # frames overlap in flight
+        with trio.fail_after(10):
+            while len(got) < 5:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [m.seq for m, _, _ in got] == list(range(5))
+    for at, (_, released, expected) in zip(sent, got):
+        assert expected == pytest.approx(delay, abs=1e-9)
+        assert released - at == pytest.approx(delay, abs=1e-6)      # serialization: none on this profile
+    stats = layers["b"].links["a"].stats
+    assert stats.late_frames == 0 and max(abs(e) for e in stats.probe_errors) < 1e-6
+
+
+async def test_inference_takes_no_virtual_time_and_no_thread_on_a_virtual_clock(tiny_models, virtual_clock):
+    executor = Executor(ModelStore(tiny_models), workers=1)
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((3, 2), np.float32)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor.serve)
+        await executor.warm_up("matmul")
+        threads = threading.active_count()
+        t0 = trio.current_time()
+        out = await executor.run("matmul", {"a": a, "b": b}, timeout_s=0.001)   # its deadline cannot pass
+        assert trio.current_time() == t0 and threading.active_count() == threads
+        nursery.cancel_scope.cancel()
+    assert np.array_equal(out.outputs["c"], a @ b) and out.compute_s > 0 and executor.expired == 0
