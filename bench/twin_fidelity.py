@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.priority import raise_event_loop_priority  # noqa: E402
 from bench.link_fidelity import pcts, raw_socket_one_way  # noqa: E402
-from tests.inproc import InProcFleet  # noqa: E402
+from agent.inproc import InProcFleet  # noqa: E402
 
 
 def rss_mb() -> float:

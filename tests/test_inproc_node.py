@@ -19,7 +19,7 @@ import trio
 from agent import wallclock
 from agent.memory_host import MemoryNetwork
 from agent.p2p import P2PError
-from tests.inproc import InProcFleet
+from agent.inproc import InProcFleet
 
 N = 6
 

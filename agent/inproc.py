@@ -63,7 +63,8 @@ class InProcFleet:
 
     def __getitem__(self, name: str) -> Node:
         node = self.members[name].node
-        assert node is not None, f"{name} is down"
+        if node is None:
+            raise KeyError(f"{name} is down")
         return node
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -73,7 +74,8 @@ class InProcFleet:
 
     async def start_node(self, name: str) -> Node:
         m = self.members[name]
-        assert m.scope is None, f"{name} is running"
+        if m.scope is not None:
+            raise RuntimeError(f"{name} is running")
         m.incarnation += 1
         data = self.directory / "data" / name
         journal = Journal(data / "tasks.sqlite")
@@ -81,7 +83,8 @@ class InProcFleet:
         m.journals = [journal, jobs]
         m.node = Node(name, self.config, self.peers, m.host, ModelStore(self.models), workers=1, journal=journal,
                       incarnation=m.incarnation, job_journal=jobs)
-        assert self._nursery is not None
+        if self._nursery is None:
+            raise RuntimeError("start() the fleet first")
         m.scope = await self._nursery.start(self._run, m)
         return m.node
 
@@ -101,7 +104,8 @@ class InProcFleet:
         """A crash: the node's tasks end where they are, its streams drop; its journals stay on disk.
         Returns once it is down (a restart must not race the old run's end)."""
         m = self.members[name]
-        assert m.scope is not None and m.stopped is not None, f"{name} is not running"
+        if m.scope is None or m.stopped is None:
+            raise RuntimeError(f"{name} is not running")
         m.scope.cancel()
         m.scope = None
         await m.stopped.wait()
