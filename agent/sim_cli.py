@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-AUTO_NODES_MAX = 200        # --engine auto: production nodes up to this size (measured: docs/benchmarks.md)
+AUTO_NODES_MAX = 100        # --engine auto: production nodes up to this size (measured: docs/benchmarks.md)
 
 
 class SimError(Exception):
