@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,7 +43,7 @@ import trio
 
 from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
-from agent import ort_limits, wallclock
+from agent import entropy, ort_limits, wallclock
 from agent.ort_limits import cap_run
 from agent.priority import idle_is_reversible, idle_thread, normal_priority_for_this_thread
 
@@ -452,10 +453,12 @@ class Executor:
         return self._compute(model, inputs, options)
 
     def _compute(self, model: LoadedModel, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> Execution:
-        t0 = wallclock.monotonic()      # zero under a virtual clock: inline compute takes no virtual time
+        t0 = time.perf_counter()
         try:
             values = model.session.run(None, inputs, options)
         except Exception as exc:
             raise ExecutionError(f"{model.name}: {ort_limits.explain(str(exc))}") from None
-        compute = wallclock.monotonic() - t0
+        # In a seeded simulation (agent.entropy) inference takes zero virtual time, and its real
+        # duration must not reach gossip (compute times are gossiped) or the run would not replay.
+        compute = 0.0 if entropy.is_seeded() else time.perf_counter() - t0
         return Execution({spec.name: np.asarray(v) for spec, v in zip(model.outputs, values)}, compute)
