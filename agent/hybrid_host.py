@@ -1,0 +1,59 @@
+"""A satellite's host when it shares its process with others: memory inside, libp2p outside.
+
+A satellite host process (``agent/sat_host.py``) runs K satellites.  Each
+keeps its own libp2p host (its own key, peer id and port), so satellites of
+other processes dial it and check its Noise identity as before.  Streams to a
+satellite of the *same* process go over the in-memory twin
+(``agent/memory_host.py``) instead: no TCP, Noise or yamux between two
+objects in one address space.  The twin host carries the satellite's real
+peer id, so ``LinkLayer``'s Hello check (the claimed name must match the
+stream's peer id) holds on both carriers, and the link model above is the
+same (``agent/transport.py`` releases every frame at its emulated due time,
+whatever carried it).
+
+Which carrier: a peer whose peer id has a twin in this process's
+``MemoryNetwork`` is local.  A local peer that is down (killed) refuses the
+dial like a dead process; there is no fall-back to TCP, whose listener died
+with it.  Inbound streams come from both carriers: the handler is set on both.
+"""
+
+from __future__ import annotations
+
+from agent.memory_host import Handler, MemoryHost
+from agent.p2p import P2PHost
+
+
+def peer_of(multiaddr: str) -> str:
+    """The peer id at the end of ``.../p2p/<id>``."""
+    return multiaddr.rstrip("/").rsplit("/p2p/", 1)[-1]
+
+
+class HybridHost:
+    """``agent.p2p.P2PHost``'s interface over two carriers; both must carry the same peer id."""
+
+    def __init__(self, p2p: P2PHost, twin: MemoryHost):
+        if p2p.peer_id != twin.peer_id:
+            raise ValueError(f"the twin host is {twin.peer_id}, the libp2p host {p2p.peer_id}: one identity per satellite")
+        self.p2p, self.twin = p2p, twin
+        self.peer_id = p2p.peer_id
+
+    def is_local(self, peer_id: str) -> bool:
+        return peer_id in self.twin.network.hosts
+
+    def listen_multiaddrs(self) -> list[str]:
+        return self.p2p.listen_multiaddrs()
+
+    def set_stream_handler(self, protocol: str, handler: Handler) -> None:
+        self.p2p.set_stream_handler(protocol, handler)
+        self.twin.set_stream_handler(protocol, handler)
+
+    async def open_stream(self, peer_multiaddr: str, protocol: str, *, timeout: float = 5.0):
+        if self.is_local(peer_of(peer_multiaddr)):
+            return await self.twin.open_stream(peer_multiaddr, protocol, timeout=timeout)
+        return await self.p2p.open_stream(peer_multiaddr, protocol, timeout=timeout)
+
+    async def disconnect(self, peer_id: str) -> None:
+        if self.is_local(peer_id):
+            await self.twin.disconnect(peer_id)
+        else:
+            await self.p2p.disconnect(peer_id)
