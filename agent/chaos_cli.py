@@ -283,20 +283,17 @@ class LocalNodeChaos:
             raise NodeChaosError(f"{node} (in {host}): {exc}") from None
 
     def _hosted(self, action: str, node: str, host: str) -> str:
-        """kill and restart of one satellite of a host, through its control socket; the host lives on."""
+        """One satellite of a host, through its control socket: the host and its other satellites live on."""
         pid = self._pid(node)
-        if action in ("pause", "resume"):
-            raise NodeChaosError(f"{node} shares process {host} with other satellites: pausing one of them alone "
-                                 f"is not supported yet (SIGSTOP would freeze all of {host}); kill/restart work")
         if pid is None:
-            if action == "kill":
-                raise NodeChaosError(f"{node} is already down (its host process {host} is not running)")
+            if action != "restart":
+                raise NodeChaosError(f"{node} is down (its host process {host} is not running)")
             from agent.fleet import start_host
             names = self.state["hosts"][host]
             proc = start_host(self._spec(), host, names)
             return f"restarted {host} ({', '.join(names)}; it was down), new pid {proc.pid}"
         reply = self._control(host, action, node)
-        past = {"kill": "killed", "restart": "restarted"}[action]
+        past = {"kill": "killed", "restart": "restarted", "pause": "paused", "resume": "resumed"}[action]
         return f"{past} {node} alone in {host} (pid {pid} keeps running): {reply.get('state')}"
 
     def _spec(self):

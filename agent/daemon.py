@@ -18,7 +18,7 @@ from agent.kserve_grpc import serve_grpc
 from agent.oip import InferenceService
 from agent.job_journal import JobJournal
 from agent.journal import Journal, JournalError
-from agent.hybrid_host import HybridHost
+from agent.hybrid_host import Gate, HybridHost
 from agent.loopwatch import install_from_env as install_slow_step_logger
 from agent.memory_host import MemoryNetwork
 from agent.models import ModelStore
@@ -66,14 +66,16 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                         grpc: tuple[str, int] | None = None, workers: int | None = None, *,
                         auth: AgentAuth, revoked: frozenset[str] = frozenset(),
                         roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None,
-                        memory: MemoryNetwork | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        memory: MemoryNetwork | None = None, gate: Gate | None = None,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one satellite (host, node, gRPC, API) until cancelled; started once its API answers.
 
     The daemon runs one per process, the satellite host (``agent/sat_host.py``)
     several: cancelling this is a crash of this satellite alone (its links,
     ports and volatile state go; its journals stay on disk).
     ``memory``: the process's twin network when satellites share the process:
-    peers with a twin there are reached over memory (``agent/hybrid_host.py``).
+    peers with a twin there are reached over memory (``agent/hybrid_host.py``);
+    ``gate``: closed, it pauses this satellite's links (with ``memory`` only).
     ``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
     ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
     ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
@@ -116,7 +118,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                     if twin is None:
                         raise ValueError(f"{name}: no twin host for {p2p.peer_id} in this process")
                     await nursery.start(twin.serve)
-                    host = HybridHost(p2p, twin)
+                    host = HybridHost(p2p, twin, gate)
                 node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
                             journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal)
                 await nursery.start(node.run)

@@ -15,7 +15,8 @@ tasks stop where they are, its links drop, its ports close, its volatile
 state is gone; its journals stay on disk, and a restart runs it again from
 them, with a new incarnation.  A satellite that fails on its own (an
 unexpected error) is logged and counted down; the others keep running.
-Not done yet: pausing one satellite (SIGSTOP freezes the whole process).
+Pausing one satellite closes its gate (``agent.hybrid_host.Gate``): its links
+fall silent both ways, as under SIGSTOP, while the others run on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import trio
 
 from agent.auth import AgentAuth
 from agent.daemon import run_satellite
+from agent.hybrid_host import Gate
 from agent.memory_host import MemoryNetwork
 from agent.priority import raise_event_loop_priority
 from agent.sat_host_control import MAX_LINE, ControlError, socket_path
@@ -50,6 +52,7 @@ class Satellite:
     scope: trio.CancelScope | None = None
     stopped: trio.Event | None = None
     crashed: str | None = None          # why it went down on its own, if it did
+    gate: Gate | None = None            # closed while paused
 
 
 class SatHost:
@@ -78,7 +81,10 @@ class SatHost:
         self._lock = trio.Lock()            # one lifecycle change at a time
 
     def state(self, name: str) -> str:
-        return "running" if self.sats[name].scope is not None else "down"
+        sat = self.sats[name]
+        if sat.scope is None:
+            return "down"
+        return "paused" if sat.gate is not None and sat.gate.paused else "running"
 
     async def run(self, *, control: Path | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -97,7 +103,7 @@ class SatHost:
             raise ControlError(f"{name} is running")
         if self._nursery is None:
             raise RuntimeError("the host is not running")
-        sat.crashed = None
+        sat.crashed, sat.gate = None, Gate()
         try:
             await self._nursery.start(self._run, sat)
         except Exception as exc:
@@ -115,7 +121,7 @@ class SatHost:
                 await run_satellite(sat.name, self.config, self.peers, self.data_root / sat.name, self.models,
                                     journaled=self.journaled, workers=self.workers, auth=self.auth,
                                     revoked=self.revoked, roster=self.roster, fleet_dir=self.fleet_dir,
-                                    memory=self.net, task_status=status)
+                                    memory=self.net, gate=sat.gate, task_status=status)
         except Exception as exc:
             if not status.done:
                 raise                       # to start()'s caller
@@ -134,6 +140,24 @@ class SatHost:
         sat.scope.cancel()
         await sat.stopped.wait()
         log.info("%s killed (its host process and the other satellites in it keep running)", name)
+
+    def pause(self, name: str) -> None:
+        sat = self.sats[name]
+        if sat.scope is None or sat.gate is None:
+            raise ControlError(f"{name} is down; cannot pause it")
+        if sat.gate.paused:
+            raise ControlError(f"{name} is already paused")
+        sat.gate.close()
+        log.info("%s paused: its links are silent", name)
+
+    def resume(self, name: str) -> None:
+        sat = self.sats[name]
+        if sat.scope is None or sat.gate is None:
+            raise ControlError(f"{name} is down; restart it instead")
+        if not sat.gate.paused:
+            raise ControlError(f"{name} is not paused")
+        sat.gate.open()
+        log.info("%s resumed", name)
 
     async def restart(self, name: str) -> None:
         if self.sats[name].scope is not None:
@@ -199,10 +223,13 @@ class SatHost:
             raise ControlError(f"{name!r} is not hosted here ({self.host_name}: {', '.join(self.names)})")
         if action == "status":
             return {"ok": True, "state": self.state(name), "crashed": self.sats[name].crashed}
-        if action not in ("kill", "restart"):
-            raise ControlError(f"unknown action {action!r}: kill, restart or status")
+        if action not in ("kill", "restart", "pause", "resume"):
+            raise ControlError(f"unknown action {action!r}: kill, restart, pause, resume or status")
         async with self._lock:
-            await (self.kill(name) if action == "kill" else self.restart(name))
+            if action in ("pause", "resume"):
+                getattr(self, action)(name)
+            else:
+                await (self.kill(name) if action == "kill" else self.restart(name))
         return {"ok": True, "state": self.state(name), "detail": f"{action} {name} in {self.host_name}"}
 
 

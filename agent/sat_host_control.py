@@ -1,4 +1,4 @@
-"""The control socket of a satellite host process: one satellite's kill, restart and status.
+"""The control socket of a satellite host process: one satellite's kill, restart, pause, resume, status.
 
 A signal reaches a whole process, so ``orbitmesh chaos kill sat-3`` cannot
 signal a host of K satellites without killing all K.  Each host listens on a
@@ -8,8 +8,8 @@ a request must also carry the fleet's API token when the fleet has one: the
 same secret that mutating API calls need (agent/auth.py).
 
 One request, one reply, each a JSON line of at most ``MAX_LINE`` bytes:
-``{"action": "kill"|"restart"|"status", "node": "sat-3", "token": "..."}`` →
-``{"ok": true, "state": "running"|"down", "detail": "..."}`` or
+``{"action": "kill"|"restart"|"pause"|"resume"|"status", "node": "sat-3", "token": "..."}`` →
+``{"ok": true, "state": "running"|"paused"|"down", "detail": "..."}`` or
 ``{"ok": false, "error": "..."}``.  This module is the client side (plain
 sockets: the chaos tools are synchronous); ``agent/sat_host.py`` serves it.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 MAX_LINE = 4096
 TIMEOUT_S = 30.0            # a restart waits for the satellite's API to answer
-ACTIONS = ("kill", "restart", "status")
+ACTIONS = ("kill", "restart", "pause", "resume", "status")
 # AF_UNIX paths are limited to 108 bytes (sun_path) on Linux, less the NUL.
 MAX_SOCKET_PATH = 107
 

@@ -3,8 +3,9 @@
 Links inside a process go over memory, between the two over libp2p.  A task
 relayed across the process boundary equals onnxruntime's local output; one
 satellite killed through its host's control socket (``orbitmesh chaos kill``)
-goes down alone: its siblings keep serving, the fleet declares it dead, and a
-restart brings it back from its journal with a new incarnation.
+goes down alone, another paused falls silent alone: their siblings keep
+serving, the fleet declares both dead, and a restart (from its journal, with a
+new incarnation) and a resume bring them back.
 """
 
 import json
@@ -51,22 +52,26 @@ async def test_k_satellites_share_a_process_and_a_task_crosses_between_processes
     assert len({hosts[n] for n in nodes}) == 2 and len(set(nodes)) >= 3, nodes     # relayed, across processes
 
 
-async def test_killing_one_satellite_of_a_host_spares_its_siblings_and_it_rejoins(hosted_fleet, models_dir):
+async def test_one_satellite_of_a_host_killed_another_paused_spare_their_siblings_and_rejoin(
+        hosted_fleet, models_dir):
     spec, cfg, peers, procs = hosted_fleet
     chaos = LocalNodeChaos(spec.directory)
     assert "alone in host-0" in chaos.run("kill", "sat-2")
+    assert "alone in host-1" in chaos.run("pause", "sat-5")
     assert chaos.status("sat-2") == "down" and procs["sat-2"].poll() is None      # the process lives on
-    with pytest.raises(NodeChaosError, match="not supported"):
-        chaos.run("pause", "sat-1")
+    assert chaos.status("sat-5") == "paused" and procs["sat-5"].poll() is None
+    with pytest.raises(NodeChaosError, match="already paused"):
+        chaos.run("pause", "sat-5")
     with pytest.raises(ApiError):
         async with Client(peers["sat-2"].api, timeout=2.0) as c:
             await c.health()
-    others = [n for n in peers.names() if n != "sat-2"]
+    victims = ("sat-2", "sat-5")
+    others = [n for n in peers.names() if n not in victims]
 
-    async def all_hold_it_dead() -> bool:
+    async def all_hold_them_dead() -> bool:
         views = await membership_views(peers, others)
-        return all(member(v, "sat-2")["status"] == "dead" for v in views.values())
-    await until(all_hold_it_dead, 30)
+        return all(member(v, x)["status"] == "dead" for v in views.values() for x in victims)
+    await until(all_hold_them_dead, 30)
     views = await membership_views(peers, others)
     assert all(member(v, n)["status"] == "alive" for v in views.values() for n in others)   # no one else
     sample = samples(models_dir)[1]
@@ -75,12 +80,13 @@ async def test_killing_one_satellite_of_a_host_spares_its_siblings_and_it_rejoin
     assert rec["status"] == "succeeded", rec
 
     assert "restarted sat-2 alone" in chaos.run("restart", "sat-2")
+    assert "resumed sat-5 alone" in chaos.run("resume", "sat-5")
 
-    async def all_hold_it_alive() -> bool:
-        views = await membership_views(peers, others)
-        return all(member(v, "sat-2")["status"] == "alive" and member(v, "sat-2")["incarnation"] >= 2
-                   for v in views.values())
-    await until(all_hold_it_alive, 30)
+    async def all_alive_again() -> bool:
+        views = await membership_views(peers, peers.names())
+        return all(member(v, n)["status"] == "alive" for v in views.values() for n in peers.names()) \
+            and all(member(v, "sat-2")["incarnation"] >= 2 for v in views.values())
+    await until(all_alive_again, 30)
     async with Client(peers["sat-2"].api) as c:
         rec = await c.wait((await c.submit("digits", sample["inputs"], "sat-5"))["task_id"], timeout=30)
     assert rec["status"] == "succeeded", rec

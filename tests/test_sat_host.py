@@ -185,6 +185,7 @@ async def test_the_control_socket_needs_the_token_and_refuses_bad_requests(tmp_p
     assert "unknown action" in (await ask({**ok, "action": "explode", "node": "sat-0"}))["error"]
     assert (await ask({**ok, "action": "status", "node": "sat-1"})) == {"ok": True, "state": "down", "crashed": None}
     assert "already down" in (await ask({**ok, "action": "kill", "node": "sat-1"}))["error"]
+    assert "cannot pause" in (await ask({**ok, "action": "pause", "node": "sat-1"}))["error"]
     with pytest.raises(ValueError, match="not in the peers file"):
         SatHost("h", ["sat-7"], None, _Peers(["sat-0"]), tmp_path, tmp_path, auth=AgentAuth(None))
     with pytest.raises(ValueError, match="twice"):
