@@ -117,7 +117,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=24)
     ap.add_argument("--k", default="1,6,24", help="satellites per process to compare; the first is the baseline")
     ap.add_argument("--idle-seconds", type=float, default=15.0)
-    ap.add_argument("--rate", type=float, default=50.0, help="probe frames per second per link direction")
+    ap.add_argument("--rate", type=float, default=10.0, help="probe frames per second per link direction")
     ap.add_argument("--probe-seconds", type=float, default=4.0)
     ap.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     ap.add_argument("--json", action="store_true")

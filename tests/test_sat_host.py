@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from agent.auth import AgentAuth
+from agent import fleet as fleet_mod
 from agent.fleet import FleetError, host_groups
 from agent.hybrid_host import HybridHost
 from agent.inproc import InProcFleet
@@ -147,6 +148,19 @@ async def test_killing_a_host_is_a_correlated_failure_of_all_its_satellites(tmp_
     assert rec.status == "succeeded", rec.error
 
 
+async def test_a_paused_satellite_falls_silent_alone_and_comes_back_on_resume(tmp_path, tiny_models, virtual_clock):
+    async def body(fleet, nets):
+        gate = fleet.members["sat-8"].host.gate
+        gate.close()
+        await until_dead(fleet, ["sat-8"], [n for n in fleet.peers.names() if n != "sat-8"])
+        assert fleet["sat-8"].links.links          # still running: its links are open, only silent
+        gate.open()
+        await fleet.until(lambda: all(not fleet[n].membership.dead_nodes() and not fleet[n].membership.suspects()
+                                      for n in fleet.peers.names()), 60)
+        return fleet["sat-8"].links.all_up()
+    assert await hosted(tmp_path, tiny_models, body)
+
+
 def test_host_groups_are_consecutive_runs_of_k_and_ground_stations_stay_alone():
     names = [f"sat-{i}" for i in range(10)] + ["gs-london"]
     groups = host_groups(names, 4)
@@ -154,6 +168,8 @@ def test_host_groups_are_consecutive_runs_of_k_and_ground_stations_stay_alone():
     assert list(host_groups(names, 1))[:2] == ["host-0", "host-1"] and len(host_groups(names, 1)) == 11
     with pytest.raises(FleetError, match="at least 1"):
         host_groups(names, 0)
+    with pytest.raises(FleetError, match="at least 1"):
+        fleet_mod.start(fleet_mod.FleetSpec(sats_per_process=0))
 
 
 class _Peers:
