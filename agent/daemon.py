@@ -116,7 +116,8 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                 if memory is not None:
                     twin = memory.hosts.get(p2p.peer_id)
                     if twin is None:
-                        raise ValueError(f"{name}: no twin host for {p2p.peer_id} in this process")
+                        raise ValueError(f"identity mismatch: peers file says {name} is {entry.peer_id}, "
+                                         f"but this data dir holds {p2p.peer_id}")
                     await nursery.start(twin.serve)
                     host = HybridHost(p2p, twin, gate)
                 node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
