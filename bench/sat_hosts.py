@@ -92,10 +92,11 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs) * 1e3, q)) if xs else math.nan
 
 
-def measure(models: Path, n: int, k: int, idle_s: float, rate: float, probe_s: float) -> dict:
+def measure(models: Path, n: int, k: int, idle_s: float, rate: float, probe_s: float, preset: str = "demo") -> dict:
     with tempfile.TemporaryDirectory(prefix=f"sathosts-k{k}-") as d:
         t0 = time.monotonic()
-        with local_fleet(Path(d) / "f", models, n, sats_per_process=k, ready_timeout=300.0) as (spec, cfg, peers, procs):
+        with local_fleet(Path(d) / "f", models, n, sats_per_process=k, ready_timeout=600.0,
+                         preset=preset) as (spec, cfg, peers, procs):
             ready_s = time.monotonic() - t0
             pids = {p.pid for p in procs.values()}
             time.sleep(5.0)                       # let start-up work (warm-ups, first gossip rounds) settle
@@ -115,6 +116,7 @@ def measure(models: Path, n: int, k: int, idle_s: float, rate: float, probe_s: f
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=24)
+    ap.add_argument("--preset", default="demo", help="constellation preset (-n reshapes its first shell)")
     ap.add_argument("--k", default="1,6,24", help="satellites per process to compare; the first is the baseline")
     ap.add_argument("--idle-seconds", type=float, default=15.0)
     ap.add_argument("--rate", type=float, default=10.0, help="probe frames per second per link direction")
@@ -127,7 +129,7 @@ def main() -> int:
           flush=True)
     rows = []
     for k in ks:
-        rows.append(measure(args.models, args.n, k, args.idle_seconds, args.rate, args.probe_seconds))
+        rows.append(measure(args.models, args.n, k, args.idle_seconds, args.rate, args.probe_seconds, args.preset))
         print(f"  K={k}: {json.dumps(rows[-1])}", flush=True)
     base = rows[0]
     print(f"\n{'K':>3} {'procs':>5} {'ready s':>8} {'idle cores':>10} {'mcore/sat':>9} {'RSS MB/sat':>10} "
