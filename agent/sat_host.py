@@ -89,8 +89,11 @@ class SatHost:
     async def run(self, *, control: Path | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for name in self.names:
-                await self.start(name, initial=True)
+            # All at once: a satellite's start-up waits (model warm-up in threads, binding its
+            # servers) overlap, and its siblings' links come up over memory without redials.
+            async with trio.open_nursery() as starting:
+                for name in self.names:
+                    starting.start_soon(partial(self.start, name, initial=True))
             if control is not None:
                 await nursery.start(self.serve_control, control)
             task_status.started()
