@@ -109,7 +109,7 @@ class NodeJobHost:
         ``after_s`` from now at the earliest (a chunk's result can come down no sooner), from its contact
         plan; None if no such pass comes within a plan's horizon or the fleet's clock is paused."""
         n = self.node
-        now = time.time()
+        now = wallclock.now()
         rate = n.timekeeper.timeline.rate(now)
         if rate <= 0:
             return None
