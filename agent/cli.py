@@ -84,7 +84,7 @@ def _spec(args: argparse.Namespace):
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                      time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
-                     handover=args.handover, auth=not args.no_auth)
+                     handover=args.handover, auth=not args.no_auth, sats_per_process=args.sats_per_process)
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -287,6 +287,9 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true",
                    help="an open lab: agents take control calls without a token (default: a token in DIR/token, "
                         "$ORBITMESH_TOKEN if set); see docs/security.md")
+    p.add_argument("--sats-per-process", type=int, default=1, metavar="K",
+                   help="host K satellites per agent process (default 1): links inside a process go over memory, "
+                        "between processes over libp2p; docs/sat-hosts.md")
 
 
 def parser() -> argparse.ArgumentParser:
