@@ -269,6 +269,42 @@ class LocalNodeChaos:
         except FleetError as exc:
             raise NodeChaosError(str(exc)) from None
 
+    def _host_of(self, node: str) -> str | None:
+        """The satellite host process ``node`` shares (``--sats-per-process``), if it shares one."""
+        return next((h for h, names in self.state.get("hosts", {}).items() if node in names), None)
+
+    def _control(self, host: str, action: str, node: str) -> dict:
+        from agent.auth import client_token
+        from agent.sat_host_control import ControlError, request, socket_path
+        try:
+            token = client_token(self.directory) if self.state.get("spec", {}).get("auth", True) else None
+            return request(socket_path(self.directory, host), action, node, token)
+        except (ControlError, ValueError) as exc:
+            raise NodeChaosError(f"{node} (in {host}): {exc}") from None
+
+    def _hosted(self, action: str, node: str, host: str) -> str:
+        """One satellite of a host, through its control socket: the host and its other satellites live on."""
+        pid = self._pid(node)
+        if pid is None:
+            if action != "restart":
+                raise NodeChaosError(f"{node} is down (its host process {host} is not running)")
+            from agent.fleet import start_host
+            names = self.state["hosts"][host]
+            proc = start_host(self._spec(), host, names)
+            return f"restarted {host} ({', '.join(names)}; it was down), new pid {proc.pid}"
+        reply = self._control(host, action, node)
+        past = {"kill": "killed", "restart": "restarted", "pause": "paused", "resume": "resumed"}[action]
+        return f"{past} {node} alone in {host} (pid {pid} keeps running): {reply.get('state')}"
+
+    def _spec(self):
+        from agent.fleet import FleetSpec
+        spec = self.state.get("spec", {})
+        models = Path(spec.get("models", "models"))
+        if not models.is_absolute() and not models.is_dir() and (self.directory.parent / models).is_dir():
+            models = self.directory.parent / models      # relative to where `up` ran
+        return FleetSpec(directory=self.directory, models=models, auth=spec.get("auth", True),
+                         sats_per_process=spec.get("sats_per_process", 1))
+
     def _pid(self, node: str) -> int | None:
         if node not in self.nodes:
             raise NodeChaosError(f"unknown node {node!r}: this fleet has {self.nodes[0]} … {self.nodes[-1]}")
@@ -278,6 +314,9 @@ class LocalNodeChaos:
 
     def status(self, node: str) -> str:
         pid = self._pid(node)
+        host = self._host_of(node)
+        if host is not None and pid is not None and _proc_state(pid) != "T":
+            return self._control(host, "status", node)["state"]
         return "down" if pid is None else "paused" if _proc_state(pid) == "T" else "running"
 
     def _signal(self, pid: int, sig: int) -> None:
@@ -313,16 +352,12 @@ class LocalNodeChaos:
         return f"resumed {node} (pid {pid}, SIGCONT)"
 
     def restart(self, node: str) -> str:
-        from agent.fleet import FleetSpec, start_agent
+        from agent.fleet import start_agent
         pid = self._pid(node)
         if pid is not None:
             self._signal(pid, signal.SIGKILL)
             self._wait_gone(node, pid)
-        spec = self.state.get("spec", {})
-        models = Path(spec.get("models", "models"))
-        if not models.is_absolute() and not models.is_dir() and (self.directory.parent / models).is_dir():
-            models = self.directory.parent / models      # relative to where `up` ran
-        proc = start_agent(FleetSpec(directory=self.directory, models=models, auth=spec.get("auth", True)), node)
+        proc = start_agent(self._spec(), node)
         what = f"killed pid {pid}, " if pid is not None else "was down, "
         return f"restarted {node} ({what}new pid {proc.pid})"
 
@@ -336,6 +371,9 @@ class LocalNodeChaos:
     def run(self, action: str, node: str) -> str:
         if action not in NODE_ACTIONS:
             raise NodeChaosError(f"unknown action {action!r}; one of {', '.join(NODE_ACTIONS)}")
+        host = self._host_of(node)
+        if host is not None:
+            return self._hosted(action, node, host)
         return getattr(self, action)(node)
 
 

@@ -84,7 +84,7 @@ def _spec(args: argparse.Namespace):
     return FleetSpec(directory=args.dir, preset=args.preset, n=args.n, host=args.host,
                      p2p_base_port=args.p2p_port, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                      time_scale=args.time_scale, models=args.models, ground=tuple(args.ground or ()),
-                     handover=args.handover, auth=not args.no_auth)
+                     handover=args.handover, auth=not args.no_auth, sats_per_process=args.sats_per_process)
 
 
 def _start_fleet(args: argparse.Namespace):
@@ -128,58 +128,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     n = stop(args.dir)
     print(f"stopped {n} agents" if n else f"no agents running from {args.dir}/")
     return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    import trio
-
-    from agent.client import ApiError, Client
-    from agent.fleet import FleetError, load_peers
-    try:
-        peers = load_peers(args.dir)
-        token = _token(args)
-    except (FleetError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    results: dict[str, Any] = {}
-
-    async def one(name: str) -> None:
-        async with Client(peers[name].api, timeout=3.0, token=token) as c:
-            try:
-                results[name] = await c.node()
-            except ApiError as exc:
-                results[name] = {"error": exc.message}
-
-    async def main() -> None:
-        async with trio.open_nursery() as n:
-            for name in peers.names():
-                n.start_soon(one, name)
-
-    trio.run(main)
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
-    down = 0
-    print(f"{'node':<8} {'plane/slot':<10} {'lat':>7} {'lon':>8} {'tasks':<18} links (latency ms, * = stream up)")
-    for name in peers.names():
-        r = results[name]
-        if "error" in r:
-            down += 1
-            print(f"{name:<8} DOWN  {r['error']}")
-            continue
-        pos, orb = r["position"], r["orbit"]
-        links = "  ".join(f"{n['node']}{'*' if n['link_up'] else ' '}{n['latency_ms']:.1f}" for n in r["neighbours"])
-        tasks = ",".join(f"{k}={v}" for k, v in sorted(r["tasks"].items())) or "-"
-        print(f"{name:<8} {orb['plane']}/{orb['slot']:<8} {pos['lat_deg']:>7.2f} {pos['lon_deg']:>8.2f} {tasks:<18} {links}")
-    print(f"{len(peers.names()) - down}/{len(peers.names())} nodes answering")
-    clocks = {(r["clock"]["scale"], r["clock"]["paused"]) for r in results.values() if "clock" in r}
-    if len(clocks) > 1:
-        print(f"orbital clock: the nodes disagree ({sorted(clocks)}); a switch in flight, or a node that "
-              f"missed one: it is re-sent every 10 s (orbitmesh time)")
-    elif clocks:
-        scale, paused = clocks.pop()
-        print(f"orbital clock: {f'paused (at {scale:g}× when resumed)' if paused else f'{scale:g}×'} (orbitmesh time)")
-    return 1 if down else 0
 
 
 def _load_samples(models: Path, model: str) -> list[dict[str, Any]]:
@@ -339,6 +287,9 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true",
                    help="an open lab: agents take control calls without a token (default: a token in DIR/token, "
                         "$ORBITMESH_TOKEN if set); see docs/security.md")
+    p.add_argument("--sats-per-process", type=int, default=1, metavar="K",
+                   help="host K satellites per agent process (default 1): links inside a process go over memory, "
+                        "between processes over libp2p; docs/sat-hosts.md")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -356,10 +307,6 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("down", help="stop the local fleet")
     p.set_defaults(func=cmd_down)
-
-    p = sub.add_parser("status", help="nodes, links and latencies of the running fleet")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("submit", help="submit a task to a node and print its result and trace")
     p.add_argument("--node", default="sat-0", help="entry node (default: sat-0)")
@@ -382,7 +329,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stay up this many seconds, then stop")
     p.set_defaults(func=cmd_run)
 
-    from agent import chaos_cli, check, compose, console_cli, job_cli, k8s, roster, sim_cli, stack, time_cli, topo_cli
+    from agent import (chaos_cli, check, compose, console_cli, job_cli, k8s, roster, sim_cli, stack, status_cli, time_cli,
+                       topo_cli)
+    status_cli.register(sub)
     console_cli.register(sub)
     job_cli.register(sub)
     roster.register(sub)

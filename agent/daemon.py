@@ -18,7 +18,9 @@ from agent.kserve_grpc import serve_grpc
 from agent.oip import InferenceService
 from agent.job_journal import JobJournal
 from agent.journal import Journal, JournalError
+from agent.hybrid_host import Gate, HybridHost
 from agent.loopwatch import install_from_env as install_slow_step_logger
+from agent.memory_host import MemoryNetwork
 from agent.models import ModelStore
 from agent.node import Node
 from agent.p2p import load_or_create_identity, open_host
@@ -44,7 +46,37 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
                     grpc: tuple[str, int] | None = None, workers: int | None = None, *,
                     auth: AgentAuth, revoked: frozenset[str] = frozenset(),
                     roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None) -> None:
-    """``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
+    """One satellite in this process, until SIGTERM or SIGINT (see :func:`run_satellite`)."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_satellite, name, config, peers, data_dir, models, listen, api, journaled,
+                                    discover, grpc, workers, auth=auth, revoked=revoked, roster=roster,
+                                    fleet_dir=fleet_dir))
+        if realtime:
+            raise_event_loop_priority()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
+                        listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
+                        journaled: bool = True, discover: str | None = None,
+                        grpc: tuple[str, int] | None = None, workers: int | None = None, *,
+                        auth: AgentAuth, revoked: frozenset[str] = frozenset(),
+                        roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None,
+                        memory: MemoryNetwork | None = None, gate: Gate | None = None,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one satellite (host, node, gRPC, API) until cancelled; started once its API answers.
+
+    The daemon runs one per process, the satellite host (``agent/sat_host.py``)
+    several: cancelling this is a crash of this satellite alone (its links,
+    ports and volatile state go; its journals stay on disk).
+    ``memory``: the process's twin network when satellites share the process:
+    peers with a twin there are reached over memory (``agent/hybrid_host.py``);
+    ``gate``: closed, it pauses this satellite's links (with ``memory`` only).
+    ``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
     ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
     ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
     install_slow_step_logger()
@@ -71,41 +103,62 @@ async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path
         # swarm replicas have no names of their own: find peers behind the service's name
         from agent.directory import SwarmDirectory
         lookup = SwarmDirectory(discover, api[1]).lookup
-    async with open_host(keypair, lhost, lport, name_lookup=lookup) as host:
+    async with open_host(keypair, lhost, lport, name_lookup=lookup) as p2p:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
                            session_budget_bytes=config.limits.session_memory_mb << 20,
                            keep_versions=config.limits.model_versions_kept)
         journal = Journal(Path(data_dir) / "tasks.sqlite", config.limits.result_retention_s) if journaled else None
         job_journal = JobJournal(Path(data_dir) / "jobs.sqlite", config.limits.result_retention_s) \
             if journaled else None
-        node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)), journal=journal,
-                    workers=workers, trust=trust, revoked=revoked, job_journal=job_journal)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            if roster is not None:
-                nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)
-            # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
-            # full GC pass take 20–60 ms here, which would hold every frame due
-            # in that window.  Freezing the start-up heap makes later passes
-            # scan only what the agent allocates while running (~0.01 ms).
-            # Done before the API answers, so "ready" means ready.
-            gc.collect()
-            gc.freeze()
-            if realtime:
-                raise_event_loop_priority()
-            if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
-                await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
-                                            max_message_bytes=config.limits.max_body_bytes, token=auth.token))
-            await nursery.start(partial(serve_api, fleet_dir=fleet_dir), node, api[0], api[1], access, auth.tls)
-            log.info("%s up: peer %s, links on %s:%d, API on %s://%s:%d (%s), gRPC on %s", name, host.peer_id,
-                     lhost, lport, "https" if auth.tls else "http", *api,
-                     "control needs the fleet's token" if auth.token else "OPEN: no token needed",
-                     "%s:%d" % grpc if grpc else "none")
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+        try:
+            async with trio.open_nursery() as nursery:
+                host = p2p
+                if memory is not None:
+                    twin = memory.hosts.get(p2p.peer_id)
+                    if twin is None:
+                        raise ValueError(f"identity mismatch: peers file says {name} is {entry.peer_id}, "
+                                         f"but this data dir holds {p2p.peer_id}")
+                    await nursery.start(twin.serve)
+                    host = HybridHost(p2p, twin, gate)
+                node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
+                            journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal)
+                await nursery.start(node.run)
+                if roster is not None:
+                    nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)
+                # ~100k objects from libp2p, onnxruntime, numpy and starlette make a
+                # full GC pass take 20–60 ms here, which would hold every frame due
+                # in that window.  Freezing the start-up heap makes later passes
+                # scan only what the agent allocates while running (~0.01 ms).
+                # Done before the API answers, so "ready" means ready.
+                gc.collect()
+                gc.freeze()
+                if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
+                    await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
+                                                max_message_bytes=config.limits.max_body_bytes, token=auth.token))
+                await nursery.start(partial(serve_api, fleet_dir=fleet_dir), node, api[0], api[1], access, auth.tls)
+                log.info("%s up: peer %s, links on %s:%d%s, API on %s://%s:%d (%s), gRPC on %s", name,
+                         p2p.peer_id, lhost, lport, " (in-process peers over memory)" if memory is not None else "",
+                         "https" if auth.tls else "http", *api,
+                         "control needs the fleet's token" if auth.token else "OPEN: no token needed",
+                         "%s:%d" % grpc if grpc else "none")
+                task_status.started()
+        finally:
+            for j in (journal, job_journal):
+                if j is not None:
+                    j.close()
+
+
+def load_fleet(config_path: Path, peers_path: Path,
+               roster: tuple[Path, Path] | None) -> tuple[FleetConfig, Peers, frozenset[str]]:
+    """The config, the peers file and the members the signed roster revokes (which must agree with the peers)."""
+    config = parse_config(Path(config_path).read_text())
+    peers = Peers.load(peers_path)
+    revoked: frozenset[str] = frozenset()
+    if roster is not None:
+        signed = load_roster(*roster)
+        signed.check_peers(peers)
+        revoked = signed.revoked
+    return config, peers, revoked
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -134,14 +187,8 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
          workers: int | None = None, *, auth: AgentAuth, roster: tuple[Path, Path] | None = None) -> int:
     """``roster``: (signed roster, the fleet authority's public key): the peers file
     must agree with it, and the members it revokes are refused (agent/roster.py)."""
-    revoked: frozenset[str] = frozenset()
     try:
-        config = parse_config(Path(config_path).read_text())
-        peers = Peers.load(peers_path)
-        if roster is not None:
-            signed = load_roster(*roster)
-            signed.check_peers(peers)
-            revoked = signed.revoked
+        config, peers, revoked = load_fleet(config_path, peers_path, roster)
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2

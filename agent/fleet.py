@@ -35,6 +35,8 @@ from mesh.world import World
 from mesh.presets import preset
 
 AUTHORITY_KEY = "authority.key"     # the fleet authority (operator side): signs roster.json
+READY_POLLS_AT_ONCE = 32            # health polls in flight while a fleet starts (1,584 agents share the cores)
+READY_NAMES_SHOWN = 12              # nodes named when some are not ready in time
 
 
 class FleetError(RuntimeError):
@@ -58,6 +60,7 @@ class FleetSpec:
     journal: bool = True               # False: agents keep tasks in memory only (for measuring the journal)
     workers: int | None = None         # inference worker threads per agent; None = one per core
     auth: bool = True                  # False: an open lab (agents run with --no-auth)
+    sats_per_process: int = 1          # K > 1: satellite hosts of K satellites each (agent/sat_host.py)
 
 
 def walker_shape(n: int) -> tuple[int, int]:
@@ -139,42 +142,99 @@ def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
     return cfg, peers
 
 
-def agent_command(spec: FleetSpec, name: str) -> list[str]:
+def _shared_args(spec: FleetSpec) -> list[str]:
     d = spec.directory
-    who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
-    return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
-            "--config", str(d / "config.toml"), "--peers", str(d / "peers.json"), "--data-dir", str(d / "data" / name),
+    return ["--config", str(d / "config.toml"), "--peers", str(d / "peers.json"),
             "--roster", str(d / "roster.json"), "--authority", str(d / (AUTHORITY_KEY + ".pub")),
             *(["--api-token-file", str(d / TOKEN_FILE)] if spec.auth else ["--no-auth"]),
             *([] if spec.journal else ["--no-journal"]),
             *([] if spec.workers is None else ["--workers", str(spec.workers)])]
 
 
-def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
-    log = open(spec.directory / "logs" / f"{name}.log", "ab")
+def agent_command(spec: FleetSpec, name: str) -> list[str]:
+    who = ["--sat", name.split("-", 1)[1]] if name.startswith("sat-") else ["--node", name]
+    return [sys.executable, "-m", "agent", "--models", str(spec.models), "agent", *who,
+            "--data-dir", str(spec.directory / "data" / name), *_shared_args(spec)]
+
+
+def host_groups(names: list[str], k: int) -> dict[str, list[str]]:
+    """Satellite hosts for K satellites per process: ⌈N/K⌉ runs of consecutive satellites.
+
+    Satellites are numbered plane by plane, so a run keeps neighbours of a
+    plane together (intra-plane links never re-wire); with K a multiple or a
+    divisor of the plane size, no plane is split across processes more than it
+    must be.  Ground stations keep a process each (K = 1 for them)."""
+    if k < 1:
+        raise FleetError(f"--sats-per-process must be at least 1, not {k}")
+    sats = [n for n in names if n.startswith("sat-")]
+    groups = {f"host-{i // k}": sats[i:i + k] for i in range(0, len(sats), k)}
+    return {**groups, **{n: [n] for n in names if not n.startswith("sat-")}}
+
+
+def host_command(spec: FleetSpec, host: str, names: list[str]) -> list[str]:
+    from agent.sat_host_control import ControlError, socket_path
+    try:
+        control = socket_path(spec.directory, host)
+    except ControlError as exc:
+        raise FleetError(str(exc)) from None
+    return [sys.executable, "-m", "agent", "--models", str(spec.models), "sat-host", "--names", ",".join(names),
+            "--host-name", host, "--data-root", str(spec.directory / "data"), "--control", str(control),
+            *_shared_args(spec)]
+
+
+def _spawn(spec: FleetSpec, command: list[str], log_name: str) -> subprocess.Popen:
+    log = open(spec.directory / "logs" / f"{log_name}.log", "ab")
     # One BLAS thread per agent: many agents share few cores, and multi-threaded
     # BLAS in each made the ground-visibility check 5–10× slower here.
     env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     # Own session: a Ctrl-C in the launcher's terminal reaches the launcher,
     # which then stops the agents in order, instead of killing them mid-write.
-    proc = subprocess.Popen(agent_command(spec, name), stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    _record_pid(spec.directory, name, proc.pid)
+
+
+def start_agent(spec: FleetSpec, name: str) -> subprocess.Popen:
+    proc = _spawn(spec, agent_command(spec, name), name)
+    _record_pid(spec.directory, {name: proc.pid})
     return proc
 
 
-def _record_pid(directory: Path, name: str, pid: int) -> None:
+def start_host(spec: FleetSpec, host: str, names: list[str]) -> subprocess.Popen:
+    """One satellite host process for ``names``; its log is logs/HOST.log, and each name's log links to it."""
+    proc = _spawn(spec, host_command(spec, host, names), host)
+    for name in names:
+        link = spec.directory / "logs" / f"{name}.log"
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"{host}.log")
+    _record_pid(spec.directory, {name: proc.pid for name in names}, {host: names})
+    return proc
+
+
+def _record_pid(directory: Path, pids: dict[str, int], hosts: dict[str, list[str]] | None = None) -> None:
     """Keep fleet.json's pid list current, so `down` also stops restarted agents."""
     path = directory / "fleet.json"
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    state["pids"][name] = pid
+    state["pids"].update(pids)
+    if hosts:
+        state.setdefault("hosts", {}).update(hosts)
     write_atomic(path, json.dumps(state, indent=1))
 
 
+def fleet_hosts(directory: Path) -> dict[str, list[str]]:
+    """The satellite hosts of a running fleet (host name → its satellites); {} when every agent has a process."""
+    try:
+        return json.loads((directory / "fleet.json").read_text()).get("hosts", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Popen]]:
+    if spec.sats_per_process < 1:
+        raise FleetError(f"--sats-per-process must be at least 1, not {spec.sats_per_process}")
     if not (spec.models / "digits.onnx").is_file():
         raise FleetError(f"no models in {spec.models}/: build them with `python -m agent.zoo build --out {spec.models}`")
     if (spec.directory / "fleet.json").exists() and any(_alive(p) for p in _pids(spec.directory).values()):
@@ -184,8 +244,13 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
         {"pids": {}, "started": time.time(), "spec": {
             "preset": spec.preset, "n": cfg.size, "host": spec.host, "p2p_base_port": spec.p2p_base_port,
             "api_base_port": spec.api_base_port, "grpc_base_port": spec.grpc_base_port,
-            "models": str(spec.models), "auth": spec.auth}}, indent=1))
-    procs = {name: start_agent(spec, name) for name in peers.names()}
+            "models": str(spec.models), "auth": spec.auth, "sats_per_process": spec.sats_per_process}}, indent=1))
+    if spec.sats_per_process == 1:
+        return cfg, peers, {name: start_agent(spec, name) for name in peers.names()}
+    procs: dict[str, subprocess.Popen] = {}
+    for host, names in host_groups(peers.names(), spec.sats_per_process).items():
+        proc = start_agent(spec, names[0]) if host == names[0] else start_host(spec, host, names)
+        procs.update({n: proc for n in names})
     return cfg, peers, procs
 
 
@@ -200,27 +265,36 @@ async def wait_ready(peers: Peers, timeout: float = 120.0, progress=None,
     deadline = time.monotonic() + timeout
     ready: set[str] = set()
     clients = {n: Client(peers[n].api, timeout=2.0, token="") for n in peers.names()}   # reads need no token
+    limit = anyio.CapacityLimiter(READY_POLLS_AT_ONCE)
+
+    async def poll(name: str) -> None:
+        async with limit:
+            try:
+                h = await clients[name].health()
+            except ApiError:
+                return
+            if h.get("ready") and h.get("members_alive", 0) >= h.get("members_total", 0):
+                ready.add(name)
+
     try:
         while True:
-            for name, client in clients.items():
-                if name in ready:
-                    continue
-                if procs and procs[name].poll() is not None:
+            for name in clients:
+                if name not in ready and procs and procs[name].poll() is not None:
                     raise FleetError(f"{name} exited with code {procs[name].returncode}"
                                      + _log_tail(log_dir, name))
-                try:
-                    h = await client.health()
-                    if h.get("ready") and h.get("members_alive", 0) >= h.get("members_total", 0):
-                        ready.add(name)
-                except ApiError:
-                    pass
+            async with anyio.create_task_group() as tg:
+                for name in clients:
+                    if name not in ready:
+                        tg.start_soon(poll, name)
             if progress:
                 progress(len(ready), len(clients))
             if len(ready) == len(clients):
                 return
             if time.monotonic() > deadline:
                 missing = sorted(set(clients) - ready, key=lambda n: peers[n].index)
-                raise FleetError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
+                shown = ", ".join(missing[:READY_NAMES_SHOWN])
+                more = f" and {len(missing) - READY_NAMES_SHOWN} more" if len(missing) > READY_NAMES_SHOWN else ""
+                raise FleetError(f"not ready after {timeout:.0f}s: {len(missing)} of {len(clients)}: {shown}{more}")
             await anyio.sleep(0.3)
     finally:
         for c in clients.values():
@@ -249,13 +323,14 @@ def _alive(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"agent" in cmd and (b"--sat" in cmd or b"--node" in cmd)  # not a recycled pid of something else
+    # not a recycled pid of something else
+    return b"agent" in cmd and (b"--sat" in cmd or b"--node" in cmd or b"--names" in cmd)
 
 
 def stop(directory: Path, timeout: float = 10.0) -> int:
     """SIGTERM every agent of the fleet, SIGKILL stragglers; returns how many were running."""
     pids = {n: p for n, p in _pids(directory).items() if _alive(p)}
-    for pid in pids.values():
+    for pid in set(pids.values()):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

@@ -5,7 +5,10 @@
    on the entry satellite (``parameters.target`` = the entry) of a 2-satellite
    fleet.  Baseline: raw onnxruntime in this process, the agents' session
    options, 4 threads calling ``session.run`` in a loop, measured while the fleet
-   is up and idle.  Modes: binary HTTP, gRPC, JSON HTTP (for reference).
+   is up and idle.  The agents get as many inference workers as the baseline has
+   threads (``--workers 4``; ``--workers 0`` keeps their default of one per
+   core: with 2 workers for 4 closed-loop clients a core idles whenever the
+   next request is still on its way).  Modes: binary HTTP, gRPC, JSON HTTP.
 2. Per-request overhead, digits, one client, on the entry satellite: the node's
    own split (``overhead_ms`` = task total − compute, from the response
    parameters) and the client's view (round trip − raw onnxruntime median).
@@ -191,8 +194,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="per mode and round")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--digits", type=int, default=400)
-    ap.add_argument("--workers", type=int, default=None,
-                    help="the agents' inference workers (default: one per core, as agents run)")
+    ap.add_argument("--workers", type=int, default=CLIENTS,
+                    help=f"the agents' inference workers (default {CLIENTS}: as many threads as the raw baseline "
+                         f"has; 0 = the agent's own default, one per core)")
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument("--json", action="store_true", help="also the (slow) JSON HTTP mode")
     args = ap.parse_args()
@@ -203,7 +207,7 @@ def main() -> int:
           f"date {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f}; "
           f"agents' workers: {args.workers or os.cpu_count()}")
     with tempfile.TemporaryDirectory() as d, \
-            local_fleet(Path(d), args.models, 2, workers=args.workers) as (_, _, peers, procs):
+            local_fleet(Path(d), args.models, 2, workers=args.workers or None) as (_, _, peers, procs):
         print(f"cloud-mask {list(x.shape)} ({x.nbytes} bytes), batch 1, {CLIENTS} clients, executed on the entry "
               f"satellite; raw onnxruntime with {CLIENTS} threads measured before and after each round:")
         ratios, cpu_ratios = throughput(peers, [p.pid for p in procs.values()], x, sess, args.seconds,

@@ -109,7 +109,11 @@ def kv():
 @contextlib.contextmanager
 def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...] = (), ready_timeout: float = 120.0,
                 **spec_fields):
-    """A real local fleet for a test module: started on free ports, ready, always stopped."""
+    """A real local fleet for a test module: started on free ports, ready, always stopped (a SIGTERM
+    to the test or bench process included: it exits through the ``finally`` instead of orphaning agents)."""
+    import signal
+    import threading
+
     import trio
 
     from agent import fleet
@@ -117,12 +121,20 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
     base = free_port_block(3 * nodes)
     spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes,
                            grpc_base_port=base + 2 * nodes, models=models, ground=tuple(ground), **spec_fields)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main else None
     cfg, peers, procs = fleet.start(spec)
     try:
         trio.run(partial(fleet.wait_ready, peers, ready_timeout, None, procs, log_dir=directory / "logs"))
         yield spec, cfg, peers, procs
     finally:
         fleet.stop(directory)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 async def membership_views(peers, names) -> dict:

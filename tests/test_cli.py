@@ -39,6 +39,10 @@ def test_up_status_submit_down(tmp_path, models_dir):
         status = orbitmesh(*common, "status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "4/4 nodes answering" in status.stdout
+        some = orbitmesh(*common, "status", "--nodes", "sat-2", "sat-1", env=env)
+        assert some.returncode == 0 and "2/2 nodes answering" in some.stdout and "sat-0 " not in some.stdout
+        nope = orbitmesh(*common, "status", "--nodes", "sat-9", env=env)
+        assert nope.returncode == 1 and "not in the fleet: sat-9" in nope.stderr
         sub = orbitmesh(*common, "submit", "--node", "sat-0", "--target", "sat-3", "--sample", "2", env=env)
         assert sub.returncode == 0, sub.stdout + sub.stderr
         assert "SUCCEEDED" in sub.stdout and "sat-0 → sat-3" in sub.stdout and "execute" in sub.stdout
