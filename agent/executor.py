@@ -43,7 +43,7 @@ import trio
 
 from agent.deadline_watch import DeadlineWatch
 from agent.models import LoadedModel, ModelStore
-from agent import ort_limits, wallclock
+from agent import entropy, ort_limits, wallclock
 from agent.ort_limits import cap_run
 from agent.priority import idle_is_reversible, idle_thread, normal_priority_for_this_thread
 
@@ -458,5 +458,7 @@ class Executor:
             values = model.session.run(None, inputs, options)
         except Exception as exc:
             raise ExecutionError(f"{model.name}: {ort_limits.explain(str(exc))}") from None
-        compute = time.perf_counter() - t0
+        # In a seeded simulation (agent.entropy) inference takes zero virtual time, and its real
+        # duration must not reach gossip (compute times are gossiped) or the run would not replay.
+        compute = 0.0 if entropy.is_seeded() else time.perf_counter() - t0
         return Execution({spec.name: np.asarray(v) for spec, v in zip(model.outputs, values)}, compute)

@@ -45,15 +45,22 @@ class Member:
 
 class InProcFleet:
     def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("digits",),
-                 preset: str = "demo", time_scale: float | None = None):
+                 preset: str = "demo", time_scale: float | None = None, start: float | None = None,
+                 on_node=None, share_world: bool = True):
+        """``start``: the fleet's wall start (default now); ``on_node(node)``: called with each Node built,
+        before it runs (the simulator hooks its probes there); ``share_world``: one World for all nodes."""
         self.directory = directory
         self.models = directory / "models"
         self.models.mkdir(parents=True, exist_ok=True)
         for m in models:        # only what the test needs: every node warms each model it has at start
             for suffix in (".onnx", ".json"):
                 shutil.copy(models_dir / f"{m}{suffix}", self.models / f"{m}{suffix}")
-        self.config = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale)).with_start(wallclock.now())
-        names = World.from_config(self.config).names
+        self.config = fleet_config(FleetSpec(preset=preset, n=n, time_scale=time_scale)).with_start(
+            wallclock.now() if start is None else start)
+        self.world = World.from_config(self.config)
+        self.share_world = share_world
+        self.on_node = on_node
+        names = self.world.names
         self.peers = Peers([PeerEntry(names.name(i), i, f"mem-{names.name(i)}",
                                       f"/memory/mem-{names.name(i)}/p2p/mem-{names.name(i)}", "http://127.0.0.1:9")
                             for i in range(len(names))])
@@ -82,7 +89,9 @@ class InProcFleet:
         jobs = JobJournal(data / "jobs.sqlite")
         m.journals = [journal, jobs]
         m.node = Node(name, self.config, self.peers, m.host, ModelStore(self.models), workers=1, journal=journal,
-                      incarnation=m.incarnation, job_journal=jobs)
+                      incarnation=m.incarnation, job_journal=jobs, world=self.world if self.share_world else None)
+        if self.on_node is not None:
+            self.on_node(m.node)
         if self._nursery is None:
             raise RuntimeError("start() the fleet first")
         m.scope = await self._nursery.start(self._run, m)

@@ -6,12 +6,11 @@ depends on a small interface, not on the node's internals.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent import wallclock
+from agent import entropy, wallclock
 from agent.job_spec import JobError, JobSpec, parse_job
 from agent.models import bad_name
 from agent.tasks import SubmitError, TaskRecord
@@ -161,7 +160,7 @@ class NodeJobHost:
 
     def send_copy(self, dst: str, job_id: str, op: str, body: bytes) -> str:
         n = self.node
-        msg = JobCopy(uuid.uuid4().hex[:16], self.name, dst, job_id, op, body, n.config.limits.ttl,
+        msg = JobCopy(entropy.hex_id(16), self.name, dst, job_id, op, body, n.config.limits.ttl,
                       wallclock.now() + COPY_DEADLINE_S)
         n.relay.seen(msg)
         problem = n.relay.send(msg, dst)

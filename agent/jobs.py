@@ -19,14 +19,13 @@ import logging
 import re
 import sqlite3
 import time
-import uuid
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import trio
 
-from agent import wallclock
+from agent import entropy, wallclock
 from agent.job_journal import ChunkRow, JobJournal, JobJournalError
 from agent.job_spec import JobError, JobSpec
 from agent.tasks import TaskRecord
@@ -222,7 +221,7 @@ class JobBoard:
                 return known, False
         if self.active >= MAX_ACTIVE_JOBS:
             raise JobError(429, f"{self.active} jobs running at {self.host.name}; retry later")
-        job = Job(f"{self.host.name}-job-{uuid.uuid4().hex[:16]}", spec, self.clock(), idem_key)
+        job = Job(f"{self.host.name}-job-{entropy.hex_id(16)}", spec, self.clock(), idem_key)
         if self.journal is not None:
             try:
                 self.journal.accept(job.job_id, idem_key, job.created, spec.to_wire())

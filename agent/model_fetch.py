@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-import uuid
 from typing import Callable
 
 import trio
 
+from agent import entropy, wallclock
 from agent.models import ModelError, ModelStore, UploadError
 from mesh.wire import ModelChunk, ModelFetch
 
@@ -59,9 +58,9 @@ class ModelFetcher:
                 raise ModelError(self._errors.get(sha256, f"fetching {name!r} from {holder} failed"))
             return
         done = self._active[sha256] = trio.Event()
-        started = time.time()
+        started = wallclock.now()
         try:
-            data = await self._pieces(uuid.uuid4().hex[:16], name, sha256, holder, deadline)
+            data = await self._pieces(entropy.hex_id(16), name, sha256, holder, deadline)
             got = hashlib.sha256(data).hexdigest()
             if got != sha256:
                 raise ModelError(f"model {name!r} from {holder} hashes to {got}, not {sha256}: discarded")
@@ -71,7 +70,7 @@ class ModelFetcher:
                 raise ModelError(f"model {name!r} from {holder} refused: {exc}") from None
             self.fetched += 1
             log.info("%s: fetched %s (%d bytes) from %s in %.2f s", self.me, name, len(data), holder,
-                     time.time() - started)
+                     wallclock.now() - started)
         except ModelError as exc:
             self._errors[sha256] = str(exc)
             raise
@@ -102,7 +101,7 @@ class ModelFetcher:
 
     async def _piece(self, fid: str, name: str, sha256: str, holder: str, offset: int, deadline: float) -> ModelChunk:
         for attempt in range(PIECE_ATTEMPTS):
-            left = deadline - time.time()
+            left = deadline - wallclock.now()
             if left <= 0:
                 break
             send, recv = trio.open_memory_channel(1)

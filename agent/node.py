@@ -76,9 +76,11 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
                  *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
                  trust: Trust | None = None, revoked: frozenset[str] = frozenset(),
-                 job_journal: JobJournal | None = None):
+                 job_journal: JobJournal | None = None, world: World | None = None):
         """``trust``: sign this node's gossip and faults and check others' (agent.roster.mesh_trust);
-        ``revoked``: members the signed roster revoked (refused at Hello, their records ignored)."""
+        ``revoked``: members the signed roster revoked (refused at Hello, their records ignored);
+        ``world``: one built from ``config`` to share (nodes in one process need one copy of the
+        constellation and its snapshot cache, not one each)."""
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -88,7 +90,9 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         if peers[name].peer_id != host.peer_id:
             raise ValueError(f"identity mismatch: peers file says {name} is {peers[name].peer_id}, "
                              f"but this data dir holds {host.peer_id}")
-        self.world = World.from_config(config)
+        if world is not None and world.config is not config:
+            raise ValueError("world: must be built from this node's config")
+        self.world = world if world is not None else World.from_config(config)
         self.constellation = self.world.constellation
         self.topology = self.world.topology
         self.router = self.world.router

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from agent import wallclock
+from agent import entropy, wallclock
 from agent.tasks import SubmitError
 from mesh.gossip_msgs import HopAck
 from mesh.wire import (ChaosUpdate, ClockUpdate, Control, JobCopy, Message, ModelChunk, ModelFetch, Probe, TaskQuery, TaskRequest,
@@ -113,7 +112,7 @@ class RoutedMessages:
         entry = task_id.rsplit("-", 1)[0] if "-" in task_id else ""
         if entry not in self.peers or entry == self.me.name:
             raise SubmitError(404, f"no task {task_id!r} at {self.me.name}")
-        qid = uuid.uuid4().hex[:16]
+        qid = entropy.hex_id(16)
         send, recv = trio.open_memory_channel(1)
         self._queries[qid] = send
         try:

@@ -89,9 +89,7 @@ class NodePhysics:
         snap = self.router.snapshot(self.orbit_t(wall))
         hit = self._pairs_cache.get(snap.t)
         if hit is None:
-            pairs = [(int(a), int(b)) for a, b in snap.pairs.tolist()]
-            pairs += [(min(int(g), int(s)), max(int(g), int(s))) for g, s in snap.ground_pairs.tolist()]
-            hit = frozenset(pairs)
+            hit = snap.pair_set()
             if len(self._pairs_cache) >= 8:
                 self._pairs_cache.pop(next(iter(self._pairs_cache)))
             self._pairs_cache[snap.t] = hit

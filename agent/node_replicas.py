@@ -12,12 +12,11 @@ the winner's outputs.  The vote itself is ``agent/replicas.py`` (and
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from agent import wallclock
+from agent import entropy, wallclock
 from agent.journal import DuplicateKey, JournalError, ReplicatedRow
 from agent.replicas import agree, digest, replica_view
 from agent.tasks import SubmitError, TaskRecord
@@ -53,7 +52,7 @@ class ReplicatedTasks:
         whose outputs are the agreed answer (agent/replicas.py).  ``scan``: a job's chunk (agent/jobs.py)."""
         now = wallclock.now()
         journaled = journaled and self.journal is not None
-        parent = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, ",".join(executors),
+        parent = TaskRecord(task_id or f"{self.me.name}-{entropy.hex_id()}", model, self.me.name, ",".join(executors),
                             created=now, journaled=False, deadline=now + timeout_s, placement=why)
         if journaled:
             assert self.journal is not None

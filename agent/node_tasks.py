@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import trio
 
-from agent import wallclock
+from agent import entropy, wallclock
 from agent.edge_cache import Answer, cache_key
 from agent.journal import DuplicateKey, JournalError
 from agent.models import ModelError, bad_name
@@ -214,7 +213,7 @@ class EntryTasks:
         ``inline``: a task for this node is not started; the caller runs it (``submit(wait=True)``)."""
         now = wallclock.now()
         # The entry's name in the id: any node can tell where to ask about it.
-        rec = TaskRecord(task_id or f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, executor, created=now,
+        rec = TaskRecord(task_id or f"{self.me.name}-{entropy.hex_id()}", model, self.me.name, executor, created=now,
                          journaled=journaled and self.journal is not None, deadline=now + timeout_s)
         req = TaskRequest(rec.task_id, self.me.name, executor, model,
                           {k: Tensor.from_array(v) for k, v in arrays.items()}, ttl=self.config.limits.ttl,
@@ -261,7 +260,7 @@ class EntryTasks:
     def _answer_from_cache(self, model: str, hit: Answer, idem_key: str | None, timeout_s: float) -> TaskRecord:
         """A task answered at once from the edge cache: final before anyone sees it, not journaled."""
         now = wallclock.now()
-        rec = TaskRecord(f"{self.me.name}-{uuid.uuid4().hex}", model, self.me.name, self.me.name, created=now,
+        rec = TaskRecord(f"{self.me.name}-{entropy.hex_id()}", model, self.me.name, self.me.name, created=now,
                          journaled=False, deadline=now + timeout_s,
                          placement=f"edge cache: computed by {hit.executor}")
         self.tasks.add(rec)

@@ -69,10 +69,20 @@ class Snapshot:
     ground_relays: bool = False
     _csr: tuple | None = field(default=None, repr=False)
     _trees: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _pair_set: frozenset | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_sats is None:
             self.n_sats = len(self.positions)
+
+    def pair_set(self) -> frozenset[tuple[int, int]]:
+        """Every link up (laser and ground) as ``(a, b)``, ``a < b``; built once per snapshot, so
+        nodes that share a world (a simulation, a satellite host) share it."""
+        if self._pair_set is None:
+            pairs = [(int(a), int(b)) for a, b in self.pairs.tolist()]
+            pairs += [(min(int(g), int(s)), max(int(g), int(s))) for g, s in self.ground_pairs.tolist()]
+            self._pair_set = frozenset(pairs)
+        return self._pair_set
 
     @property
     def n_nodes(self) -> int:

@@ -1,0 +1,85 @@
+"""How the production-node simulator scales: start-up and simulated s per CPU s against fleet size.
+
+    python bench/sim_scale.py --preset starlink-s1 --sizes 96 192 384 --seconds 5
+
+Each size is a fresh interpreter running an ``InProcFleet`` (``agent/inproc.py``:
+one ``agent.node.Node`` per satellite, the preset's shells reshaped to n
+satellites by ``FleetSpec(n=…)``, plus its ground stations) on a seeded virtual
+clock, with no faults and no tasks: the cost of the nodes themselves.  Prints
+CPU seconds to start, simulated seconds per CPU second after an 8 s warm-up,
+peak resident memory, and each size's speed relative to the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(preset: str, n: int, seconds: float) -> None:
+    sys.path.insert(0, str(ROOT))
+    import resource
+    import tempfile
+    import time
+
+    import trio
+    from trio.testing import MockClock
+
+    from agent import entropy, wallclock
+    from agent.inproc import InProcFleet
+    from agent.zoo import matmul
+    tmp = Path(tempfile.mkdtemp(prefix="sim-scale-"))
+    matmul.build(tmp / "m")
+    out: dict = {}
+
+    async def main() -> None:
+        fleet = InProcFleet(tmp / "f", tmp / "m", n, models=("matmul",), preset=preset)
+        t0 = time.process_time()
+        async with trio.open_nursery() as nursery:
+            await fleet.start(nursery)
+            out["nodes"], out["start_cpu_s"] = len(fleet.members), time.process_time() - t0
+            await trio.sleep(8.0)
+            t1 = time.process_time()
+            await trio.sleep(seconds)
+            out["sim_per_cpu_s"] = seconds / (time.process_time() - t1)
+            nursery.cancel_scope.cancel()
+    clock = MockClock(autojump_threshold=0)
+    with entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
+        trio.run(main, clock=clock)
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="starlink-s1")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[96, 192, 384])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    print("| satellites | nodes | start (CPU s) | simulated s per CPU s | peak RSS (MB) | speed vs smallest |")
+    print("|---|---|---|---|---|---|")
+    base = None
+    for n in args.sizes:
+        got = subprocess.run([sys.executable, __file__, "--worker", args.preset, str(n), str(args.seconds)],
+                             capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONHASHSEED": "0"})
+        if got.returncode != 0:
+            print(f"| {n} | failed: {got.stderr.strip().splitlines()[-1:]} |||||")
+            continue
+        r = json.loads(got.stdout.strip().splitlines()[-1])
+        base = base or r["sim_per_cpu_s"]
+        print(f"| {n} | {r['nodes']} | {r['start_cpu_s']:.1f} | {r['sim_per_cpu_s']:.3f} | {r['max_rss_mb']:.0f} | "
+              f"{r['sim_per_cpu_s'] / base:.3f}× |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
