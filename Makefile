@@ -82,11 +82,11 @@ test-docker: models
 test-swarm: models
 	STRESS=$(STRESS) deploy/test-swarm.sh
 
-## Regenerate the gRPC descriptor set from agent/oip_proto/oip_service.proto (needs grpcio-tools;
-## agents only read the generated .binpb, see agent/oip_proto/__init__.py).  A venv of its own:
+## Regenerate the gRPC descriptor set from agent/serve/oip_proto/oip_service.proto (needs grpcio-tools;
+## agents only read the generated .binpb, see agent/serve/oip_proto/__init__.py).  A venv of its own:
 ## grpcio-tools pulls a protobuf newer than libp2p allows, and a descriptor set is the same either way.
 protos:
 	test -x build/protoc/bin/python || $(PYTHON) -m venv build/protoc
 	build/protoc/bin/python -m pip install -q 'grpcio-tools>=1.63,<2'
-	build/protoc/bin/python -m grpc_tools.protoc -Iagent/oip_proto \
-	  --descriptor_set_out=agent/oip_proto/oip_service.binpb agent/oip_proto/oip_service.proto
+	build/protoc/bin/python -m grpc_tools.protoc -Iagent/serve/oip_proto \
+	  --descriptor_set_out=agent/serve/oip_proto/oip_service.binpb agent/serve/oip_proto/oip_service.proto

@@ -1,8 +1,8 @@
 """``orbitmesh agent``: run one satellite (or ground-station) agent.
 
 The command line of the daemon, apart from the operator commands in
-``agent/cli.py``: ``orbitmesh`` registers it, and a container's entry point
-(``python -m agent.compose node``) runs it in its own process without
+``agent/ops/cli.py``: ``orbitmesh`` registers it, and a container's entry point
+(``python -m agent.ops.compose node``) runs it in its own process without
 importing the operator tools (no import cycle between ``cli`` and ``compose``).
 """
 
@@ -43,7 +43,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
                                   "\"grpc\"; none if it has none)")
     p.add_argument("--discover", metavar="NAME",
                    help="peers whose names do not resolve are found behind this DNS name, which lists every "
-                        "node's address (a swarm's tasks.<service>; agent/directory.py)")
+                        "node's address (a swarm's tasks.<service>; agent/links/directory.py)")
     _add_daemon_args(p)
     p.set_defaults(func=cmd_agent)
 
@@ -53,7 +53,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
                                                      "the first satellite's)")
     h.add_argument("--data-root", required=True, help="the directory holding one data dir per satellite (by name)")
     h.add_argument("--control", type=Path, help="Unix socket for per-satellite kill/restart/status "
-                                                "(agent/sat_host_control.py); none if omitted")
+                                                "(agent/ops/sat_host_control.py); none if omitted")
     _add_daemon_args(h)
     h.set_defaults(func=cmd_sat_host)
     return p
@@ -69,7 +69,7 @@ def _add_daemon_args(p: argparse.ArgumentParser) -> None:
                    help="keep accepted tasks in memory only (lost if the agent dies; bench/durability.py "
                         "measures what the journal costs)")
     p.add_argument("--no-realtime", action="store_true",
-                   help="do not ask for real-time scheduling of the event loop (see agent/priority.py)")
+                   help="do not ask for real-time scheduling of the event loop (see agent/links/priority.py)")
     p.add_argument("--roster", metavar="FILE",
                    help="the fleet's signed roster (roster.json): the peers file must agree with it; the members "
                         "it revokes are refused (docs/security.md, Mesh trust)")
@@ -93,8 +93,8 @@ def _add_daemon_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from agent import daemon
-    from agent.auth import TokenError
-    from agent.peers import sat_name
+    from agent.serve.auth import TokenError
+    from agent.links.peers import sat_name
     from mesh.nodes import ground_name
     name = args.node or (ground_name(args.ground) if args.ground else sat_name(args.sat))
     peers = args.peers or Path(args.config).parent / "peers.json"
@@ -114,7 +114,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def _auth_of(args: argparse.Namespace):
     """Check the shared daemon options; the access settings they give (ValueError, TokenError)."""
-    from agent.auth import AgentAuth, agent_token
+    from agent.serve.auth import AgentAuth, agent_token
     if args.workers is not None and not 1 <= args.workers <= 64:
         raise ValueError(f"--workers {args.workers}: use 1 to 64")
     if bool(args.roster) != bool(args.authority):
@@ -130,7 +130,7 @@ def _auth_of(args: argparse.Namespace):
 
 def cmd_sat_host(args: argparse.Namespace) -> int:
     from agent import sat_host
-    from agent.auth import TokenError
+    from agent.serve.auth import TokenError
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     peers = args.peers or Path(args.config).parent / "peers.json"
     try:
@@ -147,7 +147,7 @@ def cmd_sat_host(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``orbitmesh [-v] [--models DIR] agent ...`` (what ``agent.compose``'s ``node`` launches)."""
+    """Run ``orbitmesh [-v] [--models DIR] agent ...`` (what ``agent.ops.compose``'s ``node`` launches)."""
     ap = argparse.ArgumentParser(prog="orbitmesh")
     add_common_args(ap)
     register(ap.add_subparsers(dest="command", required=True))

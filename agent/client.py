@@ -8,7 +8,7 @@ arrays, binary tensors).
 
 Control calls carry the fleet's API token (``Authorization: Bearer``): given
 as ``token``, else found in ``$ORBITMESH_TOKEN``, ``$ORBITMESH_TOKEN_FILE`` or
-``.fleet/token`` (:func:`agent.auth.client_token`).
+``.fleet/token`` (:func:`agent.serve.auth.client_token`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import anyio
 import httpx
 import numpy as np
 
-from agent.auth import bearer, client_token
-from agent.oip_codec import (HEADER_LENGTH, OipError, decode_infer_response, encode_infer_request, encode_task_body)
-from agent.tensors import typed_arrays
+from agent.serve.auth import bearer, client_token
+from agent.serve.oip_codec import (HEADER_LENGTH, OipError, decode_infer_response, encode_infer_request, encode_task_body)
+from agent.compute.tensors import typed_arrays
 
 
 class ApiError(Exception):
@@ -92,7 +92,7 @@ class Client:
         """Submit a task. With ``idempotency_key``, resubmitting after a lost answer
         returns the task the first submission created (HTTP 200) instead of a new one.
         ``inputs`` of numpy arrays travel as binary tensors, others as JSON.
-        ``cache=False``: compute it even if the entry holds the answer (agent/edge_cache.py)."""
+        ``cache=False``: compute it even if the entry holds the answer (agent/runtime/edge_cache.py)."""
         options = {"idempotency_key": idempotency_key, "target": target, "timeout_s": timeout_s, "cache": cache,
                    "replicas": replicas, "agreement": agreement}
         body: dict[str, Any] = {"model": model, **{k: v for k, v in options.items() if v is not None}}

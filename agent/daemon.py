@@ -11,22 +11,22 @@ from urllib.parse import urlparse
 
 import trio
 
-from agent.api import serve_api
+from agent.serve.api import serve_api
 from agent.atomic import write_atomic
-from agent.auth import AgentAuth, warn_open
-from agent.kserve_grpc import serve_grpc
-from agent.oip import InferenceService
-from agent.job_journal import JobJournal
-from agent.journal import Journal, JournalError
-from agent.hybrid_host import Gate, HybridHost
-from agent.loopwatch import install_from_env as install_slow_step_logger
-from agent.memory_host import MemoryNetwork
-from agent.models import ModelStore
-from agent.node import Node
-from agent.p2p import load_or_create_identity, open_host
-from agent.peers import Peers
-from agent.priority import raise_event_loop_priority
-from agent.roster import load_roster, mesh_trust, read_seed, watch_roster
+from agent.serve.auth import AgentAuth, warn_open
+from agent.serve.kserve_grpc import serve_grpc
+from agent.serve.oip import InferenceService
+from agent.runtime.job_journal import JobJournal
+from agent.runtime.journal import Journal, JournalError
+from agent.links.hybrid_host import Gate, HybridHost
+from agent.runtime.loopwatch import install_from_env as install_slow_step_logger
+from agent.links.memory_host import MemoryNetwork
+from agent.compute.models import ModelStore
+from agent.runtime.node import Node
+from agent.links.p2p import load_or_create_identity, open_host
+from agent.links.peers import Peers
+from agent.links.priority import raise_event_loop_priority
+from agent.links.roster import load_roster, mesh_trust, read_seed, watch_roster
 from mesh.config import FleetConfig, parse_config
 
 log = logging.getLogger("orbitmesh.agent")
@@ -74,7 +74,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
     several: cancelling this is a crash of this satellite alone (its links,
     ports and volatile state go; its journals stay on disk).
     ``memory``: the process's twin network when satellites share the process:
-    peers with a twin there are reached over memory (``agent/hybrid_host.py``);
+    peers with a twin there are reached over memory (``agent/links/hybrid_host.py``);
     ``gate``: closed, it pauses this satellite's links (with ``memory`` only).
     ``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
     ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
@@ -101,7 +101,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
     lookup = None
     if discover:
         # swarm replicas have no names of their own: find peers behind the service's name
-        from agent.directory import SwarmDirectory
+        from agent.links.directory import SwarmDirectory
         lookup = SwarmDirectory(discover, api[1]).lookup
     async with open_host(keypair, lhost, lport, name_lookup=lookup) as p2p:
         store = ModelStore(models, uploads=Path(data_dir) / "models",
@@ -186,7 +186,7 @@ def main(name: str, config_path: Path, peers_path: Path, data_dir: Path, models:
          journal: bool = True, discover: str | None = None, grpc: tuple[str, int] | None = None,
          workers: int | None = None, *, auth: AgentAuth, roster: tuple[Path, Path] | None = None) -> int:
     """``roster``: (signed roster, the fleet authority's public key): the peers file
-    must agree with it, and the members it revokes are refused (agent/roster.py)."""
+    must agree with it, and the members it revokes are refused (agent/links/roster.py)."""
     try:
         config, peers, revoked = load_fleet(config_path, peers_path, roster)
     except (OSError, ValueError) as exc:

@@ -6,16 +6,16 @@ HTTP API and gRPC ports from the peers file.  What they share: the process,
 one trio event loop, trio's worker-thread cache (each node's executor keeps
 its own compute slots and queue, so one satellite's inference cannot take
 another's slots), and an in-memory twin network that carries the links
-between satellites of this process (``agent/hybrid_host.py``).
+between satellites of this process (``agent/links/hybrid_host.py``).
 
 Failure semantics: killing the process fails all its satellites at once, a
 correlated failure like losing a plane.  Killing one satellite (over the
-control socket, ``agent/sat_host_control.py``) cancels only its scope: its
+control socket, ``agent/ops/sat_host_control.py``) cancels only its scope: its
 tasks stop where they are, its links drop, its ports close, its volatile
 state is gone; its journals stay on disk, and a restart runs it again from
 them, with a new incarnation.  A satellite that fails on its own (an
 unexpected error) is logged and counted down; the others keep running.
-Pausing one satellite closes its gate (``agent.hybrid_host.Gate``): its links
+Pausing one satellite closes its gate (``agent.links.hybrid_host.Gate``): its links
 fall silent both ways, as under SIGSTOP, while the others run on.
 """
 
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import trio
 
-from agent.auth import AgentAuth
+from agent.serve.auth import AgentAuth
 from agent.daemon import run_satellite
-from agent.hybrid_host import Gate
-from agent.memory_host import MemoryNetwork
-from agent.priority import raise_event_loop_priority
-from agent.sat_host_control import MAX_LINE, ControlError, socket_path
+from agent.links.hybrid_host import Gate
+from agent.links.memory_host import MemoryNetwork
+from agent.links.priority import raise_event_loop_priority
+from agent.ops.sat_host_control import MAX_LINE, ControlError, socket_path
 from mesh.config import FleetConfig
 
 log = logging.getLogger("orbitmesh.sathost")
@@ -266,7 +266,7 @@ def main(host_name: str, names: list[str], config_path: Path, peers_path: Path, 
          roster: tuple[Path, Path] | None) -> int:
     """The process's entry (``orbitmesh sat-host``): the same checks as the daemon's, then every satellite."""
     from agent.daemon import load_fleet
-    from agent.journal import JournalError
+    from agent.runtime.journal import JournalError
     try:
         config, peers, revoked = load_fleet(config_path, peers_path, roster)
         bad = [n for n in names if n in revoked]

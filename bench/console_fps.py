@@ -1,6 +1,6 @@
 """The console at full size: Starlink's first shell (1,584 satellites) on the globe.
 
-Serves the real page and stream (agent/console.py) for a quiet fleet of a
+Serves the real page and stream (agent/serve/console.py) for a quiet fleet of a
 preset (no agents needed: the frames come from the same physics an agent
 uses), opens it in Debian's Chromium (software WebGL, as in CI) and reports:
 
@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from agent.console import WEB_DIR, ConsoleView, FleetFacts, FrameBuilder, Viewers, frames
+from agent.serve.console import WEB_DIR, ConsoleView, FleetFacts, FrameBuilder, Viewers, frames
 from mesh.ground import GroundStation
 from mesh.presets import preset
 from mesh.world import World

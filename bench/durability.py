@@ -28,7 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import fleet  # noqa: E402
+from agent.ops import fleet# noqa: E402
 from agent.client import ApiError, Client  # noqa: E402
 from tests.conftest import local_fleet  # noqa: E402
 
@@ -116,7 +116,7 @@ def journal_write_us(directory: Path, n: int = 2000) -> float:
     """Mean cost of one task's two journal commits (accept, finish), in µs, on this disk."""
     import numpy as np
 
-    from agent.journal import Journal
+    from agent.runtime.journal import Journal
     from mesh.wire import TaskRequest, TaskResult, Tensor
     j = Journal(directory / "bench.sqlite")
     x = {"input": Tensor.from_array(np.ones((1, 64), np.float32))}

@@ -3,7 +3,7 @@
     python bench/gossip_signing.py
 
 1. Per record (``cryptography``'s Ed25519, as the agent wires it through
-   ``agent.roster.mesh_trust``): sign, verify, and a repeated check answered
+   ``agent.links.roster.mesh_trust``): sign, verify, and a repeated check answered
    by ``mesh.trust.Trust``'s cache.
 2. Membership on the in-memory twin of tests/test_membership.py (a 4×4
    torus, 10% loss, a state change per node per second, one node killed):

@@ -35,8 +35,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.client import Client  # noqa: E402
-from agent.executor import Executor  # noqa: E402
-from agent.models import ModelStore, session_options  # noqa: E402
+from agent.compute.executor import Executor  # noqa: E402
+from agent.compute.models import ModelStore, session_options  # noqa: E402
 from tests.conftest import local_fleet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@
   chunk.
 * Checkpoint copy: what the same chunk costs to copy to the home's keeper,
   timed here: the home's record (msgpack of the outputs) and the keeper's
-  write of it (``agent/job_copy_store.py``), against the same compute.
+  write of it (``agent/runtime/job_copy_store.py``), against the same compute.
 * Kill → resume: a digits job streamed in small chunks; the satellite
   running one shard is killed (SIGKILL); reported is the time until the shard
   is placed elsewhere (its move's timestamp) and the inputs sent again.
@@ -41,11 +41,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.chaos_cli import LocalNodeChaos  # noqa: E402
+from agent.ops.chaos_cli import LocalNodeChaos  # noqa: E402
 from agent.client import Client  # noqa: E402
 from agent.client import ApiError  # noqa: E402
-from agent.job_copy_store import CopyStore  # noqa: E402
-from agent.job_journal import JobJournal, arrays_to_wire  # noqa: E402
+from agent.runtime.job_copy_store import CopyStore  # noqa: E402
+from agent.runtime.job_journal import JobJournal, arrays_to_wire  # noqa: E402
 from tests.conftest import local_fleet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

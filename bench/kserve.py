@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tritonclient.grpc as tg  # noqa: E402
 import tritonclient.http as th  # noqa: E402
 
-from agent.models import session_options  # noqa: E402
+from agent.compute.models import session_options  # noqa: E402
 from tests.conftest import local_fleet, with_token  # noqa: E402
 
 CLIENTS = 4

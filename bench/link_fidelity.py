@@ -109,7 +109,7 @@ def main() -> int:
           f"python {platform.python_version()} date {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as d:
         with local_fleet(Path(d), args.models, args.n, ready_timeout=180.0) as (_, cfg, peers, _):
-            from agent.chaos_cli import fleet_topo
+            from agent.ops.chaos_cli import fleet_topo
             topo = fleet_topo(Path(d))
             links = sorted(tuple(sorted(link)) for link in topo.links)
             directed = links + [(b, a) for a, b in links]

@@ -25,7 +25,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import fleet  # noqa: E402
+from agent.ops import fleet# noqa: E402
 from agent.client import ApiError, Client  # noqa: E402
 from mesh.gossip_msgs import Dead, Gossip, NodeState, check_state_values  # noqa: E402
 from mesh.wire import ChaosUpdate, Control  # noqa: E402

@@ -10,7 +10,7 @@ has passed, and prints the peak growth.
     python bench/prehello_flood.py --compare /work/main  # and another checkout's, in the same run
 
 Issue 18 measured +200–390 MB for 40 streams before pre-Hello reads were
-bounded (agent/transport.py); the ratio printed is this tree's growth over
+bounded (agent/links/transport.py); the ratio printed is this tree's growth over
 the compared tree's.
 """
 
@@ -29,9 +29,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import fleet  # noqa: E402
+from agent.ops import fleet# noqa: E402
 from agent.client import Client  # noqa: E402
-from agent.p2p import load_or_create_identity, open_host  # noqa: E402
+from agent.links.p2p import load_or_create_identity, open_host  # noqa: E402
 from mesh.wire import ISL_PROTOCOL  # noqa: E402
 from tests.conftest import free_port_block  # noqa: E402
 

@@ -34,7 +34,7 @@ def middleware_cost(n: int = 20000) -> tuple[float, float]:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from agent.auth import AccessControl, AccessPolicy
+    from agent.serve.auth import AccessControl, AccessPolicy
 
     async def ok(request):
         return Response(b"{}", media_type="application/json")

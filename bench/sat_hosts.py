@@ -35,7 +35,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.client import Client  # noqa: E402
-from agent.fleet import host_groups  # noqa: E402
+from agent.ops.fleet import host_groups  # noqa: E402
 from tests.conftest import local_fleet  # noqa: E402
 
 CLK_TCK = 100

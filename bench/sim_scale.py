@@ -2,8 +2,8 @@
 
     python bench/sim_scale.py --preset starlink-s1 --sizes 96 192 384 --seconds 5
 
-Each size is a fresh interpreter running an ``InProcFleet`` (``agent/inproc.py``:
-one ``agent.node.Node`` per satellite, the preset's shells reshaped to n
+Each size is a fresh interpreter running an ``InProcFleet`` (``agent/ops/inproc.py``:
+one ``agent.runtime.node.Node`` per satellite, the preset's shells reshaped to n
 satellites by ``FleetSpec(n=…)``, plus its ground stations) on a seeded virtual
 clock, with no faults and no tasks: the cost of the nodes themselves.  Prints
 CPU seconds to start, simulated seconds per CPU second after an 8 s warm-up,
@@ -32,7 +32,7 @@ def worker(preset: str, n: int, seconds: float) -> None:
     from trio.testing import MockClock
 
     from agent import entropy, wallclock
-    from agent.inproc import InProcFleet
+    from agent.ops.inproc import InProcFleet
     from agent.zoo import matmul
     tmp = Path(tempfile.mkdtemp(prefix="sim-scale-"))
     matmul.build(tmp / "m")

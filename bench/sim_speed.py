@@ -6,7 +6,7 @@ or the production-node engine against the discrete-event one in this tree (``--e
     python bench/sim_speed.py --engines --presets demo:60 starlink-s1:10 --clock cpu
 
 ``--engines``: each preset runs ``orbitmesh sim --engine des`` (``mesh/sim``) and
-``--engine nodes`` (``agent/sim_nodes.py``: a production Node per satellite) with
+``--engine nodes`` (``agent/ops/sim_nodes.py``: a production Node per satellite) with
 the same plan (seed 1, one kill, one cut, tasks), each in a fresh interpreter,
 alternating; the nodes figure includes building and starting the fleet.  A
 preset over ``--nodes-max`` nodes is not started on the nodes engine (its
@@ -50,7 +50,7 @@ def nodes_worker(preset: str, seconds: float, tasks: int, clock: str) -> None:
     sys.path.insert(0, str(ROOT))
     import time
 
-    from agent.sim_nodes import SimSpec, run as run_nodes
+    from agent.ops.sim_nodes import SimSpec, run as run_nodes
     timer = time.process_time if clock == "cpu" else time.perf_counter
     t0 = timer()
     rep = run_nodes(SimSpec(preset=preset, seconds=seconds, seed=1, tasks=tasks, deadline_s=min(30.0, seconds / 3)))

@@ -32,9 +32,9 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.atomic import write_atomic  # noqa: E402
-from agent.blobstore import read_verified  # noqa: E402
-from agent.journal import COLUMNS, Journal, _row  # noqa: E402
-from agent.models import ModelStore, session_options  # noqa: E402
+from agent.compute.blobstore import read_verified  # noqa: E402
+from agent.runtime.journal import COLUMNS, Journal, _row  # noqa: E402
+from agent.compute.models import ModelStore, session_options  # noqa: E402
 from mesh.wire import TaskRequest, Tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from agent.client import Client  # noqa: E402
-from agent.models import session_options  # noqa: E402
+from agent.compute.models import session_options  # noqa: E402
 from mesh.orbit import Constellation, iso_to_jd  # noqa: E402
 from mesh.topology import Topology  # noqa: E402
 from tests.conftest import local_fleet  # noqa: E402

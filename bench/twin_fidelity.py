@@ -1,7 +1,7 @@
 """Satellites sharing one process over the in-memory twin host: link fidelity, idle cost, memory.
 
 N production nodes (the demo preset) run in this process (``tests/inproc.py``),
-linked by ``agent/memory_host.py`` instead of libp2p.  Measured in the same run:
+linked by ``agent/links/memory_host.py`` instead of libp2p.  Measured in the same run:
 
 * link fidelity: every laser link direction sends numbered probe frames of
   SIZE bytes at RATE/s; the receiver records release time minus due time
@@ -32,9 +32,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.priority import raise_event_loop_priority  # noqa: E402
+from agent.links.priority import raise_event_loop_priority  # noqa: E402
 from bench.link_fidelity import pcts, raw_socket_one_way  # noqa: E402
-from agent.inproc import InProcFleet  # noqa: E402
+from agent.ops.inproc import InProcFleet  # noqa: E402
 
 
 def rss_mb() -> float:

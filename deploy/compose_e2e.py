@@ -27,8 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.auth import bearer, client_token  # noqa: E402
-from agent.engine_chaos import EngineChaos  # noqa: E402
+from agent.serve.auth import bearer, client_token  # noqa: E402
+from agent.ops.engine_chaos import EngineChaos  # noqa: E402
 
 
 def api_token() -> str:

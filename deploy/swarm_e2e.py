@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from agent.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
+from agent.ops.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
 from compose_e2e import Checks, api_token, label_of, path_of, reference_labels  # noqa: E402
-from agent.auth import bearer  # noqa: E402
-from agent.roster import holds_key  # noqa: E402
+from agent.serve.auth import bearer  # noqa: E402
+from agent.links.roster import holds_key  # noqa: E402
 
 # GET inside a replica with bash alone (no interpreter start per call).
 _GET = ("exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 "

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Vendor the console's JavaScript and Earth textures from the npm registry into
-# agent/web/vendor/ (committed: agents serve them offline, no CDN at run time).
+# agent/serve/web/vendor/ (committed: agents serve them offline, no CDN at run time).
 # Re-run after changing a pin below; it rewrites SOURCES.json (file hashes that
 # tests/test_console.py checks) from what npm delivered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREE=three@0.187.0              # WebGL renderer + OrbitControls (MIT)
 THREE_GLOBE=three-globe@2.45.2   # only for its Earth images (package MIT; NASA Blue/Black Marble, public domain)
-out=agent/web/vendor
+out=agent/serve/web/vendor
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "$THREE" "$THREE_GLOBE" >/dev/null)
 mkdir -p "$work/three" "$work/globe"

@@ -1,6 +1,6 @@
 """The forwarding decision: one rule for every driver of a node.
 
-The agent's relay (``agent/relay.py``, real links) and the simulator's node
+The agent's relay (``agent/runtime/relay.py``, real links) and the simulator's node
 (``mesh/sim/node.py``, virtual time) both ask ``Forwarder.decide`` what to do
 with a routed frame that is not for this node, and do what it says:
 

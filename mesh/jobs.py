@@ -10,7 +10,7 @@ epoch fences off every chunk still out there, and the next satellite starts
 from the first input without a checkpoint.  So every input's output is kept
 exactly once, and the work done twice is at most what was in flight.
 
-Pure: the runner (``agent/jobs.py``) tells the plan what happened, with the
+Pure: the runner (``agent/runtime/jobs.py``) tells the plan what happened, with the
 time, and asks it what to send next.
 """
 

@@ -2,7 +2,7 @@
 
 Who is alive, how to reach them, and every node's small state, agreed by
 gossip over the emulated links.  The object never touches a socket or a
-clock: the driver (``agent/node.py`` or ``mesh/sim``) feeds it time and
+clock: the driver (``agent/runtime/node.py`` or ``mesh/sim``) feeds it time and
 messages and sends what it returns.
 
 Integration API::

@@ -116,7 +116,7 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
 
     import trio
 
-    from agent import fleet
+    from agent.ops import fleet
     nodes = n + len(ground)
     base = free_port_block(3 * nodes)
     spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes,

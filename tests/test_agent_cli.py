@@ -1,8 +1,8 @@
 """``orbitmesh agent`` as its own module: what ``orbitmesh`` parses and what a container's
-entry point (``python -m agent.compose node``) runs are one command."""
+entry point (``python -m agent.ops.compose node``) runs are one command."""
 
 from agent import agent_cli
-from agent.cli import parser
+from agent.ops.cli import parser
 
 
 ARGV = ["--models", "/m", "agent", "--node", "sat-3", "--config", "/f/config.toml", "--data-dir", "/d",

@@ -1,6 +1,6 @@
 """The OpenAPI document is the API, and a schemathesis run against a live agent finds no 5xx (issue 18).
 
-``GET /openapi.json`` is written by hand (agent/openapi.py); the first test
+``GET /openapi.json`` is written by hand (agent/serve/openapi.py); the first test
 keeps it and the routes in step.  The fuzz run starts a real two-satellite
 fleet, loads the document from the agent, and sends every operation
 schemathesis-generated requests, valid (positive) and invalid (negative),
@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import (content_type_conformance, negative_data_rejection, not_a_server_error,
                                  response_schema_conformance, status_code_conformance)
 
-from agent.api import build_app
-from agent.openapi import document
+from agent.serve.api import build_app
+from agent.serve.openapi import document
 from tests.conftest import AUTH, local_fleet
 
 NODES = {f"sat-{i}" for i in range(64)}

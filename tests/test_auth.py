@@ -12,10 +12,10 @@ import tritonclient.grpc as tg
 from starlette.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from agent import auth
-from agent.api import build_app
-from agent.auth import AccessPolicy, AgentAuth, HostPolicy
-from agent.node import SubmitError
+from agent.serve import auth
+from agent.serve.api import build_app
+from agent.serve.auth import AccessPolicy, AgentAuth, HostPolicy
+from agent.runtime.node import SubmitError
 from tests.conftest import free_port_block
 
 TOKEN = "t" * 43
@@ -216,7 +216,7 @@ def test_client_token_order(tmp_path, monkeypatch):
 
 
 def test_agent_needs_a_token_or_an_explicit_opt_out(tmp_path, monkeypatch):
-    from agent.cli import main
+    from agent.ops.cli import main
     monkeypatch.delenv(auth.TOKEN_ENV, raising=False)
     monkeypatch.delenv(auth.TOKEN_FILE_ENV, raising=False)
     assert main(["agent", "--sat", "0", "--config", str(tmp_path / "c.toml"), "--data-dir", str(tmp_path)]) == 2
@@ -241,7 +241,7 @@ async def test_sdk_sends_the_token_it_finds(tmp_path, monkeypatch):
 
 
 def test_local_fleet_writes_the_token_and_hands_it_to_every_agent(tmp_path, monkeypatch):
-    from agent.fleet import FleetSpec, agent_command, prepare
+    from agent.ops.fleet import FleetSpec, agent_command, prepare
     monkeypatch.delenv(auth.TOKEN_ENV, raising=False)
     base = free_port_block(12)      # prepare() checks each port is free: fixed ports raced other sockets
     spec = FleetSpec(directory=tmp_path / "f", n=4, p2p_base_port=base, api_base_port=base + 4,
@@ -258,7 +258,7 @@ def test_local_fleet_writes_the_token_and_hands_it_to_every_agent(tmp_path, monk
 # -- gRPC ---------------------------------------------------------------------------------
 
 async def test_grpc_inference_needs_the_token_in_metadata():
-    from agent.kserve_grpc import serve_grpc
+    from agent.serve.kserve_grpc import serve_grpc
 
     class Service:
         def live(self):
@@ -335,7 +335,7 @@ async def test_tls_serves_the_api_over_https_with_the_same_checks(tmp_path):
 
     import httpx
 
-    from agent.api import serve_api
+    from agent.serve.api import serve_api
     cert, key = _self_signed(tmp_path)
     node = StubNode()
     async with trio.open_nursery() as nursery:

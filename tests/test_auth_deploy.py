@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import auth, compose
-from agent.cli import parser
-from agent.compose import compose_document, init_fleet, prepare_node
-from agent.fleet_identity import API_PORT, GRPC_PORT, P2P_PORT
-from agent.stack import TOKEN_SECRET, TOKEN_TARGET, StackSpec, stack_document
+from agent.serve import auth
+from agent.ops import compose
+from agent.ops.cli import parser
+from agent.ops.compose import compose_document, init_fleet, prepare_node
+from agent.links.fleet_identity import API_PORT, GRPC_PORT, P2P_PORT
+from agent.ops.stack import TOKEN_SECRET, TOKEN_TARGET, StackSpec, stack_document
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

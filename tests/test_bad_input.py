@@ -6,10 +6,10 @@ import threading
 import numpy as np
 import pytest
 
-from agent.journal import DuplicateKey, Journal
-from agent.models import ModelStore
-from agent.oip_codec import OipError, array_from_json
-from agent.tensors import InputError, TensorSpec, from_json, to_json
+from agent.runtime.journal import DuplicateKey, Journal
+from agent.compute.models import ModelStore
+from agent.serve.oip_codec import OipError, array_from_json
+from agent.compute.tensors import InputError, TensorSpec, from_json, to_json
 from mesh.chaos import MAX_FAULTS, FaultConflict, FaultTable, Topo
 from mesh.wire import TaskRequest
 from tests.test_model_store import doubler

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from agent.chaos_cli import ScenarioError, fleet_topo, parse_scenario
-from agent.history import read_jsonl
+from agent.ops.chaos_cli import ScenarioError, fleet_topo, parse_scenario
+from agent.ops.history import read_jsonl
 from tests.conftest import ROOT, local_fleet
 from tests.test_history import check_history
 
@@ -116,8 +116,8 @@ def test_a_task_that_ends_after_its_deadline_is_a_violation_unless_its_entry_was
     """The checker's "late" verdict (issue 18: recovered tasks stayed `accepted` past their deadline)."""
     import inspect
 
-    from agent.check import DOWN_AT_DEADLINE, LATE_GRACE_S, Job, Report, _late
-    from agent.node import Node
+    from agent.ops.check import DOWN_AT_DEADLINE, LATE_GRACE_S, Job, Report, _late
+    from agent.runtime.node import Node
     on_time = {"status": "failed", "created": 100.0, "finished": 120.0 + LATE_GRACE_S, "error": "no route"}
     late = {"status": "succeeded", "created": 100.0, "finished": 200.0, "error": None}
     entry_down = {"status": "failed", "created": 100.0, "finished": 200.0,
@@ -199,7 +199,7 @@ def test_job_verdicts_catch_every_kind_of_violation():
 
     import numpy as np
 
-    from agent.check_jobs import JobReport, JobRun, judge
+    from agent.ops.check_jobs import JobReport, JobRun, judge
     n = 10
     expected = [{"label": np.array([k % 10], dtype=np.int64), "probabilities": np.full((1, 3), k / 10, np.float32)}
                 for k in range(n)]
@@ -257,7 +257,7 @@ def test_job_verdicts_catch_every_kind_of_violation():
 
 
 def test_job_kill_effects_name_the_shards_a_killed_node_held_and_when_they_moved():
-    from agent.check_jobs import NodeEvent, kill_effects
+    from agent.ops.check_jobs import NodeEvent, kill_effects
     st = _job_status()
     home = dict(_job_status(), job_id="sat-0-job-2")
     home["shards"][0]["moves"].append({"at": 112.0, "from": "sat-1", "to": "sat-4",

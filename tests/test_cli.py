@@ -72,8 +72,8 @@ def test_an_agent_that_dies_at_start_is_reported_with_its_log(tmp_path):
     import pytest
     import trio
 
-    from agent.fleet import FleetError, wait_ready
-    from agent.peers import PeerEntry, Peers
+    from agent.ops.fleet import FleetError, wait_ready
+    from agent.links.peers import PeerEntry, Peers
 
     class Exited:
         returncode = 1

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import compose
-from agent.compose import (
+from agent.ops import compose
+from agent.ops.compose import (
     ComposeError,
     ComposeSpec,
     compose_document,
@@ -24,10 +24,10 @@ from agent.compose import (
     init_fleet,
     prepare_node,
 )
-from agent.engine_chaos import ChaosError, EngineChaos
-from agent.fleet_identity import derive_seed, derived_peer_id, ensure_identity, fleet_peers, read_secret
-from agent.yamlfile import to_yaml
-from agent.p2p import load_or_create_identity, peer_id_of
+from agent.ops.engine_chaos import ChaosError, EngineChaos
+from agent.links.fleet_identity import derive_seed, derived_peer_id, ensure_identity, fleet_peers, read_secret
+from agent.ops.yamlfile import to_yaml
+from agent.links.p2p import load_or_create_identity, peer_id_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -62,7 +62,7 @@ def test_demo_document_runs_every_satellite_on_one_network():
     assert list(nodes(doc)) == list(s) + ["gs-london", "gs-tokyo"]
     assert set(doc["volumes"]) == {"fleet", "authority", "prometheus-data"} | {f"{n}-data" for n in nodes(doc)}
     init = doc["services"]["init"]
-    assert init["command"][:4] == ["python", "-m", "agent.compose", "init"]
+    assert init["command"][:4] == ["python", "-m", "agent.ops.compose", "init"]
     assert init["command"][-4:] == ["--ground", "london", "--ground", "tokyo"]
     # init issues every node its key in the node's own volume; only init sees the authority's key
     assert init["network_mode"] == "none" and init["volumes"] == (
@@ -70,7 +70,7 @@ def test_demo_document_runs_every_satellite_on_one_network():
     assert not any("authority" in v for svc in nodes(doc).values() for v in svc["volumes"])
     for i, (name, svc) in enumerate(nodes(doc).items()):
         assert svc["hostname"] == name
-        assert svc["command"][:4] == ["python", "-m", "agent.compose", "node"]
+        assert svc["command"][:4] == ["python", "-m", "agent.ops.compose", "node"]
         assert svc["command"][svc["command"].index("--node") + 1] == name
         assert svc["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
         assert svc["networks"] == ["constellation"]
@@ -116,7 +116,7 @@ def test_bad_options_are_clear_errors(spec, match):
 
 def test_committed_compose_file_is_the_generators_demo():
     assert (ROOT / "docker-compose.yml").read_text() == generate(ComposeSpec()), \
-        "docker-compose.yml is stale: python -m agent.compose generate -o docker-compose.yml"
+        "docker-compose.yml is stale: python -m agent.ops.compose generate -o docker-compose.yml"
 
 
 # -- the YAML writer ----------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_node_entry_prepares_identity_peers_and_agent_args(tmp_path):
     assert args[2:5] == ["agent", "--node", "sat-4"]
     assert args[args.index("--listen") + 1] == "0.0.0.0:4001" and args[args.index("--api") + 1] == "0.0.0.0:8080"
     assert args[-1] == "--no-realtime"
-    from agent.cli import parser
+    from agent.ops.cli import parser
     ns = parser().parse_args(args)                         # the CLI accepts what we hand it
     assert ns.node == "sat-4" and ns.no_realtime
 
@@ -261,7 +261,7 @@ def test_ground_stations_join_the_config_and_peers_file(tmp_path):
     launch = prepare_node("gs-london", secret_path=fleet / "secret", config_path=fleet / "config.toml",
                           data_dir=tmp_path / "data", peers_path=tmp_path / "run" / "peers.json")
     assert launch.peer_id == peers[24]["peer_id"]
-    from agent.cli import parser
+    from agent.ops.cli import parser
     assert parser().parse_args(launch.argv).node == "gs-london"
     with pytest.raises(ComposeError, match="ground stations: gs-london, gs-tokyo"):
         prepare_node("gs-paris", secret_path=fleet / "secret", config_path=fleet / "config.toml",
@@ -423,7 +423,7 @@ def test_k8s_statefulsets_match_their_headless_service_and_the_entry_point():
         assert sts["spec"]["replicas"] == 1
         pod = sts["spec"]["template"]["spec"]
         cmd = pod["containers"][0]["command"]
-        assert cmd[:4] == ["python", "-m", "agent.compose", "node"]
+        assert cmd[:4] == ["python", "-m", "agent.ops.compose", "node"]
         args = compose._parser().parse_args(cmd[3:])          # the entry point accepts the pod's command line
         assert sts["metadata"]["name"] == f"orbitmesh-{args.node}" and args.secret is None
         key_vol = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName", "").startswith("orbitmesh-key-"))
@@ -471,8 +471,8 @@ def test_node_chaos_on_a_local_fleet(tmp_path, models_dir, capsys, monkeypatch):
     """A 4-agent fleet: pause/resume by SIGSTOP/SIGCONT, kill by SIGKILL, restart with the same identity."""
     import trio
 
-    from agent import cli, fleet
-    from agent.chaos_cli import LocalNodeChaos, NodeChaosError, _proc_state
+    from agent.ops import cli, fleet
+    from agent.ops.chaos_cli import LocalNodeChaos, NodeChaosError, _proc_state
     from tests.conftest import free_port_block
     base = free_port_block(12)
     spec = fleet.FleetSpec(directory=tmp_path / "f", n=4, p2p_base_port=base, api_base_port=base + 4,
@@ -530,7 +530,7 @@ def test_node_chaos_on_a_local_fleet(tmp_path, models_dir, capsys, monkeypatch):
 
 
 def test_node_chaos_without_a_fleet_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from agent import cli
+    from agent.ops import cli
     monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
     assert cli.main(["--dir", str(tmp_path / "none"), "chaos", "kill", "sat-1"]) == 1
     err = capsys.readouterr().err
@@ -538,7 +538,7 @@ def test_node_chaos_without_a_fleet_is_a_clear_error(tmp_path, capsys, monkeypat
 
 
 def test_node_chaos_through_the_engine():
-    from agent.chaos_cli import ComposeNodeChaos, NodeChaosError, node_chaos
+    from agent.ops.chaos_cli import ComposeNodeChaos, NodeChaosError, node_chaos
     cs = [FakeContainer(f"sat-{i}") for i in range(3)]
     chaos = ComposeNodeChaos("p", engine=EngineChaos("p", client=FakeClient(cs)))
     assert chaos.run("kill", "sat-1") == "killed sat-1 (compose project p): container exited"
@@ -584,7 +584,7 @@ def test_init_issues_per_node_keys_and_a_signed_roster_and_nodes_hold_only_their
     assert launch.peer_id == before["sat-4"]
     args = launch.argv
     assert args[args.index("--roster") + 1] == str(fleet / "roster.json")
-    from agent.cli import parser
+    from agent.ops.cli import parser
     assert parser().parse_args(args).authority == str(fleet / "authority.key.pub")
     with pytest.raises(ComposeError, match="not the key the roster lists"):
         prepare_node("sat-5", secret_path=fleet / "secret", config_path=fleet / "config.toml",

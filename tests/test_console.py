@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 
-from agent.console import (LINK_STATES, REWIRE_AHEAD_S, WEB_DIR, ConsoleView, FleetFacts, FrameBuilder, Viewers,
+from agent.serve.console import (LINK_STATES, REWIRE_AHEAD_S, WEB_DIR, ConsoleView, FleetFacts, FrameBuilder, Viewers,
                            ecef_to_geodetic, frames)
 from mesh.ground import GroundStation
 from mesh.presets import preset
@@ -27,7 +27,7 @@ BROWSER_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ign
 
 
 def test_console_url_keeps_the_token_in_the_fragment():
-    from agent.console_cli import console_url
+    from agent.ops.console_cli import console_url
     assert console_url("http://127.0.0.1:8100", "a/b+c") == "http://127.0.0.1:8100/#token=a%2Fb%2Bc"
     assert console_url("http://sat-3:8080/", None) == "http://sat-3:8080/"
 
@@ -157,7 +157,7 @@ def browser():
 
 def console_address(fleet_dir, capsys) -> str:
     """What `orbitmesh console` prints for this fleet."""
-    from agent.cli import main
+    from agent.ops.cli import main
     assert main(["--dir", str(fleet_dir), "console", "--node", "sat-0"]) == 0
     return capsys.readouterr().out.strip()
 

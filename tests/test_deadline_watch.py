@@ -4,7 +4,7 @@ grace, never touch a finished run, and keep its heap to the runs still going."""
 import onnxruntime as ort
 import trio
 
-from agent.deadline_watch import DeadlineWatch
+from agent.compute.deadline_watch import DeadlineWatch
 
 
 async def test_terminate_then_cancel_and_finished_runs_are_left_alone(autojump_clock):   # virtual time: exact

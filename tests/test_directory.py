@@ -1,4 +1,4 @@
-"""agent.directory: naming swarm replicas by asking the addresses behind the service's name."""
+"""agent.links.directory: naming swarm replicas by asking the addresses behind the service's name."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import socket
 import multiaddr
 import pytest
 
-from agent import directory
-from agent.directory import DirectoryError, SwarmDirectory
-from agent.p2p import _NameCache
+from agent.links import directory
+from agent.links.directory import DirectoryError, SwarmDirectory
+from agent.links.p2p import _NameCache
 from tests.conftest import free_port_block
 from tests.http_stubs import http_stubs
 

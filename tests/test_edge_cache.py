@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.edge_cache import EdgeCache, cache_key
+from agent.runtime.edge_cache import EdgeCache, cache_key
 
 
 def arrays(x, dtype=np.float32, name="input"):

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import trio
 
-from agent.fleet import FleetSpec, fleet_config
-from agent.models import ModelStore
-from agent.node import Node
-from agent.peers import PeerEntry, Peers
+from agent.ops.fleet import FleetSpec, fleet_config
+from agent.compute.models import ModelStore
+from agent.runtime.node import Node
+from agent.links.peers import PeerEntry, Peers
 
 X = {"input": np.ones((1, 64), np.float32)}
 

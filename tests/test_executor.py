@@ -11,10 +11,10 @@ import pytest
 import trio
 from onnx import TensorProto, helper
 
-from agent import executor as executor_module
-from agent.executor import DeadlineExceeded, ExecutionError, Executor, ExecutorBusy
-from agent.models import ModelError, ModelStore
-from agent.priority import idle_is_reversible
+from agent.compute import executor as executor_module
+from agent.compute.executor import DeadlineExceeded, ExecutionError, Executor, ExecutorBusy
+from agent.compute.models import ModelError, ModelStore
+from agent.links.priority import idle_is_reversible
 
 
 def slow_model(path, size=600, depth=40):

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 import trio
 
-from agent import fleet
+from agent.ops import fleet
 from agent.client import ApiError, Client
-from agent.models import session_options
+from agent.compute.models import session_options
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
 from tests.conftest import AUTH, local_fleet

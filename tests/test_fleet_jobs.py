@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import trio
 
-from agent.chaos_cli import LocalNodeChaos
+from agent.ops.chaos_cli import LocalNodeChaos
 from agent.client import ApiError, Client
 from tests.conftest import local_fleet
 

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import trio
 
-from agent import fleet
+from agent.ops import fleet
 from agent.client import ApiError, Client
 from mesh.membership import fleet_config
 from mesh.orbit import Constellation, iso_to_jd

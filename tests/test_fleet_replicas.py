@@ -54,7 +54,7 @@ async def test_majority_outvotes_a_plane_that_flips_bits_and_names_the_node(rfle
     plane_of = planes(cfg, peers)
     assert len(set(plane_of.values())) == 3
     bad_plane = [n for n, p in plane_of.items() if p == 1]
-    from agent.cli import main as cli
+    from agent.ops.cli import main as cli
     for n in bad_plane:      # the CLI the issue names: orbitmesh chaos corrupt NODE --rate R
         argv = ["--dir", str(spec.directory), "chaos", "corrupt", n, "--rate", "100%", "--for", "120s"]
         assert await trio.to_thread.run_sync(cli, argv) == 0
@@ -133,7 +133,7 @@ async def test_a_replicated_job_outvotes_the_corrupting_plane_chunk_by_chunk(rfl
 
 
 async def test_a_replicated_task_survives_a_crash_of_its_entry_and_its_key_still_names_it(rfleet, models_dir):
-    from agent.chaos_cli import LocalNodeChaos
+    from agent.ops.chaos_cli import LocalNodeChaos
     spec, _, peers = rfleet
     chaos = LocalNodeChaos(spec.directory)
     entry, inputs = "sat-7", digits(models_dir, 3)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import trio
 
-from agent.chaos_cli import LocalNodeChaos, NodeChaosError
+from agent.ops.chaos_cli import LocalNodeChaos, NodeChaosError
 from agent.client import ApiError, Client
 from tests.conftest import local_fleet, member, membership_views
 from tests.test_fleet import local_reference, samples

@@ -15,7 +15,7 @@ import time
 import httpx
 import trio
 
-from agent import fleet
+from agent.ops import fleet
 from agent.client import Client
 from tests.conftest import AUTH, ROOT, local_fleet
 

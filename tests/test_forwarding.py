@@ -106,7 +106,7 @@ def test_the_relay_and_the_simulator_decide_nowhere_else():
     nor tests a hop limit or keeps an avoid set of its own."""
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    for rel in ("agent/relay.py", "mesh/sim/node.py"):
+    for rel in ("agent/runtime/relay.py", "mesh/sim/node.py"):
         src = (root / rel).read_text()
         assert "router.next_hop" not in src and "healing.next_hop" not in src, rel
         assert ".ttl <=" not in src and ".ttl - 1" not in src, rel

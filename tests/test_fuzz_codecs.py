@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.oip_codec import OipError, decode_task_body, encode_infer_request, encode_task_body, parse_infer
-from agent.tensors import InputError, TensorSpec, inputs_from_arrays, inputs_from_json, to_json
+from agent.serve.oip_codec import OipError, decode_task_body, encode_infer_request, encode_task_body, parse_infer
+from agent.compute.tensors import InputError, TensorSpec, inputs_from_arrays, inputs_from_json, to_json
 from mesh.gossip_msgs import Ack, Alive, Dead, GossipWireError, HopAck, LinkState, NodeState, Ping, Suspect, \
     message_from_wire, message_to_wire
 from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hello, Hop, LinkFrame, ModelChunk, ModelFetch, Probe, TaskQuery,

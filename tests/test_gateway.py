@@ -1,4 +1,4 @@
-"""agent.gateway: port 8080 on a swarm machine forwards to any live replica (no IPVS needed)."""
+"""agent.serve.gateway: port 8080 on a swarm machine forwards to any live replica (no IPVS needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from agent import directory, gateway
+from agent.links import directory
+from agent.serve import gateway
 from tests.conftest import free_port_block
 from tests.http_stubs import LAST_HEADERS, http_stubs
 

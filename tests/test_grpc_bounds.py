@@ -9,9 +9,9 @@ import grpc
 import pytest
 import trio
 
-from agent import kserve_grpc
-from agent.kserve_grpc import serve_grpc
-from agent.oip_proto import METHODS
+from agent.serve import kserve_grpc
+from agent.serve.kserve_grpc import serve_grpc
+from agent.serve.oip_proto import METHODS
 from tests.conftest import free_port_block
 
 SERVICE = "/inference.GRPCInferenceService/"

@@ -1,13 +1,13 @@
 """The gRPC thread runs at the normal scheduling policy even when the event loop that
-starts it is real time (agent/priority.py): it does not preempt onnxruntime's workers."""
+starts it is real time (agent/links/priority.py): it does not preempt onnxruntime's workers."""
 
 import os
 import threading
 
 import trio
 
-from agent.kserve_grpc import serve_grpc
-from agent.priority import normal_priority_for_this_thread, raise_event_loop_priority
+from agent.serve.kserve_grpc import serve_grpc
+from agent.links.priority import normal_priority_for_this_thread, raise_event_loop_priority
 from tests.conftest import free_port_block
 
 

@@ -1,4 +1,4 @@
-"""Jepsen-style histories (agent.history): pairing rules, crashed processes, JSONL and EDN alike."""
+"""Jepsen-style histories (agent.ops.history): pairing rules, crashed processes, JSONL and EDN alike."""
 
 import json
 
@@ -6,7 +6,7 @@ import edn_format
 import pytest
 from edn_format import Keyword
 
-from agent.history import NEMESIS, History, read_jsonl
+from agent.ops.history import NEMESIS, History, read_jsonl
 
 
 def test_every_completion_pairs_with_its_process_open_invoke():

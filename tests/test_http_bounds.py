@@ -10,8 +10,8 @@ import pytest
 import trio
 from hypercorn.trio import serve
 
-from agent import http_body
-from agent.api import build_app, server_config
+from agent.serve import http_body
+from agent.serve.api import build_app, server_config
 from tests.conftest import free_port_block
 
 LIMIT = 64 * 1024

@@ -1,4 +1,4 @@
-"""A response's head and body leave in one socket write (agent/http_coalesce.py)."""
+"""A response's head and body leave in one socket write (agent/serve/http_coalesce.py)."""
 
 import httpx
 import trio
@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent import http_coalesce
+from agent.serve import http_coalesce
 
 
 async def test_head_and_body_are_one_write(monkeypatch):

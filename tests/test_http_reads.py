@@ -1,4 +1,4 @@
-"""hypercorn reads a request in receives of up to 256 KiB (agent/http_reads.py)."""
+"""hypercorn reads a request in receives of up to 256 KiB (agent/serve/http_reads.py)."""
 
 import httpx
 import trio
@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from agent import http_reads
+from agent.serve import http_reads
 
 
 async def test_large_reads(monkeypatch):

@@ -111,7 +111,7 @@ def tree():
 
 def test_no_import_cycles_among_agent_and_mesh(tree):
     graph = tree
-    assert len(graph) > 60 and "mesh.forwarding" in graph["agent.relay"]      # the reader sees the real tree
+    assert len(graph) > 60 and "mesh.forwarding" in graph["agent.runtime.relay"]      # the reader sees the real tree
     found = cycles(graph)
     assert not found, "import cycles: " + " | ".join(describe(graph, c) for c in found)
 
@@ -140,3 +140,36 @@ def test_the_checker_finds_cycles_of_every_kind(tmp_path):
     graph = import_graph(tmp_path)
     assert cycles(graph) == [["agent.a", "agent.b"], ["agent.c", "agent.d"], ["agent.e", "agent.sub.x"]]
     assert graph["agent.ok"] == {"agent.a", "agent.sub"}
+
+
+# agent/'s packages, lowest first: a package may import those below it, never one above
+# (docs/architecture.md, "The house"). The process modules at the top of agent/ (daemon,
+# agent_cli, __main__) compose them; client, atomic and wallclock are used from anywhere.
+LAYERS = ("links", "compute", "runtime", "serve", "ops")
+ALLOWED_UP = {("agent.serve.console_api", "agent.ops.chaos_cli"),        # the console a node serves runs
+              ("agent.serve.console_scenario", "agent.ops.chaos_cli")}   # chaos scenarios with the operator's tool
+
+
+def layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[0] == "agent" and parts[1] in LAYERS else None
+
+
+def test_agent_packages_import_only_downwards(tree):
+    assert {m.split(".")[1] for m in tree if m.count(".") >= 2 and m.startswith("agent.")} >= set(LAYERS)
+    up = sorted(f"{m} -> {d}" for m, deps in tree.items() for d in deps
+                if layer(m) is not None and layer(d) is not None and layer(d) > layer(m) and (m, d) not in ALLOWED_UP)
+    assert not up, "imports from a lower package to a higher one: " + "; ".join(up)
+    assert all(d in tree[m] for m, d in ALLOWED_UP), "an allowed exception is gone: drop it from ALLOWED_UP"
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    for pkg in ("agent/links", "agent/ops", "mesh"):
+        (tmp_path / pkg).mkdir(parents=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "agent" / "__init__.py").write_text("")
+    (tmp_path / "agent" / "links" / "p2p.py").write_text("def f():\n    from agent.ops import fleet\n")
+    (tmp_path / "agent" / "ops" / "fleet.py").write_text("from agent.links import p2p\n")
+    graph = import_graph(tmp_path)
+    assert layer("agent.links.p2p") < layer("agent.ops.fleet")
+    assert "agent.ops.fleet" in graph["agent.links.p2p"]

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from agent import wallclock
-from agent.memory_host import MemoryNetwork
-from agent.p2p import P2PError
-from agent.inproc import InProcFleet
+from agent.links.memory_host import MemoryNetwork
+from agent.links.p2p import P2PError
+from agent.ops.inproc import InProcFleet
 
 N = 6
 

@@ -15,10 +15,10 @@ import pytest
 import trio
 import trio.testing
 
-from agent.job_journal import JobJournal
-from agent.job_spec import JobError, JobSpec
-from agent.jobs import JobBoard
-from agent.tasks import TaskRecord
+from agent.runtime.job_journal import JobJournal
+from agent.runtime.job_spec import JobError, JobSpec
+from agent.runtime.jobs import JobBoard
+from agent.runtime.tasks import TaskRecord
 from mesh.wire import Hop
 
 

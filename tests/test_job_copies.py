@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import trio
 
-from agent.job_copies import TAKEOVER_GRACE_S, JobCopies
-from agent.job_copy_store import CopyError, CopyStore
-from agent.job_journal import JobJournal
-from agent.jobs import JobBoard
+from agent.runtime.job_copies import TAKEOVER_GRACE_S, JobCopies
+from agent.runtime.job_copy_store import CopyError, CopyStore
+from agent.runtime.job_journal import JobJournal
+from agent.runtime.jobs import JobBoard
 from mesh.wire import JobCopy
 from tests.test_job_board import Sky, clock, spec, until
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import trio
 
-from agent.executor import Execution
-from agent.job_journal import JobJournal, JobJournalError
-from agent.job_spec import JobError, JobSpec, parse_job
-from agent.models import LoadedModel
-from agent.scan import run_scan, scan_inputs
-from agent.tensors import InputError, TensorSpec
+from agent.compute.executor import Execution
+from agent.runtime.job_journal import JobJournal, JobJournalError
+from agent.runtime.job_spec import JobError, JobSpec, parse_job
+from agent.compute.models import LoadedModel
+from agent.runtime.scan import run_scan, scan_inputs
+from agent.compute.tensors import InputError, TensorSpec
 from mesh.jobs import Move
 from mesh.wire import Scan, Tensor
 

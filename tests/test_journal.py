@@ -5,7 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from agent.journal import DuplicateKey, Journal, JournalError
+from agent.runtime.journal import DuplicateKey, Journal, JournalError
 from mesh.wire import Hop, TaskRequest, TaskResult, Tensor, encode_message
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes: a StatefulSet per node, each pod mounting only its own key Secret (agent/k8s.py)."""
+"""Kubernetes: a StatefulSet per node, each pod mounting only its own key Secret (agent/ops/k8s.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import compose
-from agent.compose import ComposeError, prepare_node
-from agent.k8s import FLEET_CONFIGMAP, TOKEN_SECRET, key_secret, write_k8s
-from agent.roster import holds_key, load_roster
+from agent.ops import compose
+from agent.ops.compose import ComposeError, prepare_node
+from agent.ops.k8s import FLEET_CONFIGMAP, TOKEN_SECRET, key_secret, write_k8s
+from agent.links.roster import holds_key, load_roster
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -14,7 +14,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from agent.client import Client
-from agent.models import session_options
+from agent.compute.models import session_options
 from mesh.orbit import Constellation, iso_to_jd
 from mesh.topology import Topology
 from tests.conftest import AUTH, local_fleet, with_token
@@ -319,8 +319,8 @@ async def test_sdk_speaks_v2_and_v1_binary_tasks(fleet, digits):
 
 async def test_grpc_pushes_back_beyond_its_limit_instead_of_queueing():
     """With one call allowed in flight, a second is refused with RESOURCE_EXHAUSTED at once."""
-    from agent.kserve_grpc import serve_grpc
-    from agent.oip_codec import InferRequest
+    from agent.serve.kserve_grpc import serve_grpc
+    from agent.serve.oip_codec import InferRequest
 
     release = trio.Event()
 

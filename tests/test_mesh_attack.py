@@ -21,10 +21,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import fleet
+from agent.ops import fleet
 from agent.client import Client
-from agent.p2p import P2PError, load_or_create_identity, open_host
-from agent.transport import PRE_HELLO_MAX_BYTES, PRE_HELLO_STREAMS_PER_PEER
+from agent.links.p2p import P2PError, load_or_create_identity, open_host
+from agent.links.transport import PRE_HELLO_MAX_BYTES, PRE_HELLO_STREAMS_PER_PEER
 from mesh.chaos import Entry
 from mesh.gossip_msgs import Dead, Gossip, NodeState, check_state_values, signed_bytes
 from mesh.timeline import ClockRecord
@@ -200,7 +200,7 @@ async def test_a_stranger_and_a_pre_hello_flood_get_bounded_treatment(rogue_flee
 
 async def test_a_member_revoked_by_the_roster_is_refused_at_hello_at_once(rogue_fleet):
     """`orbitmesh revoke`: the running target re-reads its roster and refuses the rogue's Hello."""
-    from agent.roster import WATCH_EVERY_S, revoke
+    from agent.links.roster import WATCH_EVERY_S, revoke
     spec, peers, rogue, target, _ = rogue_fleet
     assert (await _speak_as(spec, peers, rogue, target, [])).msg == Hello(target)    # a member still
     assert revoke(spec.directory, [rogue])["revoked"] == [rogue]

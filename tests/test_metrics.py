@@ -4,7 +4,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from agent.metrics import TaskMetrics
+from agent.runtime.metrics import TaskMetrics
 
 
 def scrape(m: TaskMetrics) -> dict[str, dict[tuple, float]]:

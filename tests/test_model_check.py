@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.model_check import ModelCheckError, check_model
-from agent.models import ModelStore, UploadError
+from agent.compute.model_check import ModelCheckError, check_model
+from agent.compute.models import ModelStore, UploadError
 
 I64, F32 = TensorProto.INT64, TensorProto.FLOAT
 
@@ -155,7 +155,7 @@ def test_a_stored_blob_that_never_passed_the_check_is_refused_at_load(store):
     import hashlib
     import json
 
-    from agent.models import ModelError
+    from agent.compute.models import ModelError
     data = attack()
     sha = hashlib.sha256(data).hexdigest()
     (store.uploads / "blobs").mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_a_stored_blob_that_never_passed_the_check_is_refused_at_load(store):
 async def test_a_task_stopped_by_the_arena_says_so_in_words(store):
     import trio
 
-    from agent.executor import ExecutionError, Executor
+    from agent.compute.executor import ExecutionError, Executor
     k = numpy_helper.from_array(np.array([1000], np.int64), "k")
     store.put("amplify", model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "k"], ["s2"]),
                                 helper.make_node("ConstantOfShape", ["s2"], ["y"]),

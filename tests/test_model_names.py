@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.models import bad_name
-from agent.node import Node, SubmitError
-from agent.oip import InferenceService
-from agent.oip_codec import InferRequest, OipError
+from agent.compute.models import bad_name
+from agent.runtime.node import Node, SubmitError
+from agent.serve.oip import InferenceService
+from agent.serve.oip_codec import InferRequest, OipError
 
 BAD = ["evil\n", "../etc", "", "A", "x" * 65, "sat/0", " digits", "digits\x00"]
 

@@ -7,8 +7,8 @@ import pytest
 import trio
 from onnx import TensorProto, helper
 
-from agent.model_fetch import ModelFetcher
-from agent.models import ModelError, ModelStore, UploadError
+from agent.compute.model_fetch import ModelFetcher
+from agent.compute.models import ModelError, ModelStore, UploadError
 
 
 def doubler(factor: float = 2.0, pad: int = 0) -> bytes:
@@ -99,7 +99,7 @@ async def test_a_model_is_fetched_in_chunks_verified_and_stored(tmp_path, models
 
 
 async def test_lost_pieces_are_asked_for_again(tmp_path, models_dir, monkeypatch):
-    monkeypatch.setattr("agent.model_fetch.PIECE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr("agent.compute.model_fetch.PIECE_TIMEOUT_S", 0.05)
     dropped = []
 
     def lossy(msg, to):

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from agent.fleet import FleetError, FleetSpec, fleet_config
-from agent.metrics import render
-from agent.models import ModelStore
-from agent.node import Node
-from agent.peers import PeerEntry, Peers
+from agent.ops.fleet import FleetError, FleetSpec, fleet_config
+from agent.runtime.metrics import render
+from agent.compute.models import ModelStore
+from agent.runtime.node import Node
+from agent.links.peers import PeerEntry, Peers
 from mesh.handover import Handover
 from mesh.world import World
 

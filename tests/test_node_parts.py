@@ -1,4 +1,4 @@
-"""agent.node's Node is split into mixins (agent/node_*.py) that share ``self``. Each
+"""agent.runtime.node's Node is split into mixins (agent/runtime/node_*.py) that share ``self``. Each
 declares, as class annotations, what it uses of the node: read statically here, so a
 method that starts using a new attribute, or a declaration that names nothing, fails."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from agent.node import Node
+from agent.runtime.node import Node
 from tests.mixin_ast import classes as _classes, declared as _declared, defined as _defined, self_attrs as _self_attrs
 
-AGENT = Path(__file__).resolve().parent.parent / "agent"
+AGENT = Path(__file__).resolve().parent.parent / "agent" / "runtime"
 
 
 def _mixins() -> dict[str, ast.ClassDef]:

@@ -1,15 +1,15 @@
-"""The Open Inference Protocol codec (agent/oip_codec.py) and the gRPC messages: pure, no fleet."""
+"""The Open Inference Protocol codec (agent/serve/oip_codec.py) and the gRPC messages: pure, no fleet."""
 
 import json
 
 import numpy as np
 import pytest
 
-from agent.kserve_grpc import request_from_proto, response_to_proto
-from agent.oip_codec import (InferRequest, OipError, check_inputs, decode_infer_response, decode_task_body,
+from agent.serve.kserve_grpc import request_from_proto, response_to_proto
+from agent.serve.oip_codec import (InferRequest, OipError, check_inputs, decode_infer_response, decode_task_body,
                              encode_infer_request, encode_infer_response, encode_task_body, parse_infer)
-from agent.oip_proto import METHODS, POOL
-from agent.tensors import TensorSpec
+from agent.serve.oip_proto import METHODS, POOL
+from agent.compute.tensors import TensorSpec
 
 DIGITS_IN = [TensorSpec("input", "float32", (None, 64))]
 

@@ -1,4 +1,4 @@
-"""Tests for agent.p2p: identity files and two real hosts in one trio run."""
+"""Tests for agent.links.p2p: identity files and two real hosts in one trio run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from tests.conftest import free_port_block
-from agent.p2p import (
+from agent.links.p2p import (
     P2PError,
     P2PHost,
     P2PStream,
@@ -374,7 +374,7 @@ async def test_unknown_name_fails_fast_and_clearly(keys):
 
 
 async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
-    from agent.p2p import _NameCache
+    from agent.links.p2p import _NameCache
 
     import threading
     calls = []
@@ -400,7 +400,7 @@ async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
 
 
 async def test_cached_address_is_reused_and_kept_when_lookups_fail(keys):
-    from agent.p2p import _NameCache
+    from agent.links.p2p import _NameCache
 
     answers = {"sat-3": ["127.0.0.1"]}
     calls = []

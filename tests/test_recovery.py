@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import trio
 
-from agent.fleet import FleetSpec, fleet_config
-from agent.journal import Journal
-from agent.metrics import render
-from agent.models import ModelStore
-from agent.node import Node
-from agent.peers import PeerEntry, Peers
+from agent.ops.fleet import FleetSpec, fleet_config
+from agent.runtime.journal import Journal
+from agent.runtime.metrics import render
+from agent.compute.models import ModelStore
+from agent.runtime.node import Node
+from agent.links.peers import PeerEntry, Peers
 from mesh.wire import TaskRequest, Tensor, encode_message
 
 
@@ -114,7 +114,7 @@ def test_a_task_open_in_the_journal_but_unknown_in_memory_gets_a_timer_when_aske
 
 
 def test_deadline_timers_on_a_fake_clock():
-    from agent.tasks import DeadlineTimers, TaskRecord, TaskTable
+    from agent.runtime.tasks import DeadlineTimers, TaskRecord, TaskTable
     table, timers = TaskTable(capacity=4), DeadlineTimers(grace_s=1.0)
     recs = [TaskRecord(f"t{k}", "digits", "sat-0", "sat-5", created=0.0, deadline=10.0 * (k + 1)) for k in range(3)]
     for r in recs:

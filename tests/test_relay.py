@@ -1,4 +1,4 @@
-"""agent.relay in one process: real Relay, fake links, the forwarding decision of mesh.forwarding.
+"""agent.runtime.relay in one process: real Relay, fake links, the forwarding decision of mesh.forwarding.
 
 No sockets, no agents: the link layer is a dict of open links and a list of
 what was sent, so each rule (hop limit, avoid set, hold or drop) is checked
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from agent.peers import PeerEntry, Peers
-from agent.relay import LinkState, Relay
+from agent.links.peers import PeerEntry, Peers
+from agent.runtime.relay import LinkState, Relay
 from mesh.delivery import fleet_delivery
 from mesh.forwarding import Forwarder
 from mesh.healing import HealingRouter

@@ -7,8 +7,8 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.p2p import load_or_create_identity, peer_id_of
-from agent.roster import (RosterError, ensure_authority, load_roster, mesh_trust, public_key_of, raw_public, revoke,
+from agent.links.p2p import load_or_create_identity, peer_id_of
+from agent.links.roster import (RosterError, ensure_authority, load_roster, mesh_trust, public_key_of, raw_public, revoke,
                           sign_roster, verify_roster, write_roster)
 from mesh.gossip_msgs import Alive
 

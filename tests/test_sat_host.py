@@ -1,7 +1,7 @@
 """Satellite hosts (issue 14): K satellites per process, memory inside, another carrier outside.
 
 In one process on the virtual clock: twelve production nodes in two "host
-processes" A and B.  Each node's host is ``agent.hybrid_host.HybridHost``: its
+processes" A and B.  Each node's host is ``agent.links.hybrid_host.HybridHost``: its
 twin on its process's own ``MemoryNetwork`` for siblings, and, standing in for
 libp2p between processes, a second twin on a shared network (libp2p cannot run
 on a virtual clock; the real-process test in ``tests/test_fleet_sat_hosts.py``
@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import trio
 
-from agent.auth import AgentAuth
-from agent import fleet as fleet_mod
-from agent.fleet import FleetError, host_groups
-from agent.hybrid_host import HybridHost
-from agent.inproc import InProcFleet
-from agent.memory_host import MemoryNetwork
-from agent.p2p import P2PError
+from agent.serve.auth import AgentAuth
+from agent.ops import fleet as fleet_mod
+from agent.ops.fleet import FleetError, host_groups
+from agent.links.hybrid_host import HybridHost
+from agent.ops.inproc import InProcFleet
+from agent.links.memory_host import MemoryNetwork
+from agent.links.p2p import P2PError
 from agent.sat_host import SatHost
-from agent.sat_host_control import ControlError
+from agent.ops.sat_host_control import ControlError
 from tests.test_inproc_node import far_from, matmul_inputs, onnxruntime_product
 
 N = 12

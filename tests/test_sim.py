@@ -186,7 +186,7 @@ def test_scenario_rejects_a_plan_that_does_not_fit():
 
 
 def test_cli_prints_figures_and_json(capsys):
-    from agent.cli import main as cli_main
+    from agent.ops.cli import main as cli_main
     assert cli_main(["sim", "--engine", "des", "--preset", "demo", "--seconds", "25", "--loss", "0.1", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "kill node" in text and "cut link" in text and "bytes/node/s" in text

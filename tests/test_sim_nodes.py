@@ -1,4 +1,4 @@
-"""``orbitmesh sim`` on the production nodes (``agent/sim_nodes.py``): scenario figures, determinism, trace, replay.
+"""``orbitmesh sim`` on the production nodes (``agent/ops/sim_nodes.py``): scenario figures, determinism, trace, replay.
 
 In-process runs share one result per spec (``_run``): each is a whole fleet of
 24 production nodes on a virtual clock, a few seconds of CPU.  The CLI's
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from agent import entropy
-from agent.cli import main
-from agent.sim_nodes import SimRunError, SimSpec, run
-from agent.sim_trace import Trace, first_divergence
+from agent.ops.cli import main
+from agent.ops.sim_nodes import SimRunError, SimSpec, run
+from agent.ops.sim_trace import Trace, first_divergence
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SimSpec(preset="demo", seconds=28.0, seed=3, tasks=6, deadline_s=10.0, restarts=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.compose import ComposeError, prepare_node
-from agent.engine_chaos import ChaosError, SwarmChaos
-from agent.stack import StackSpec, slot_key_template, stack_document, write_stack
+from agent.ops.compose import ComposeError, prepare_node
+from agent.ops.engine_chaos import ChaosError, SwarmChaos
+from agent.ops.stack import StackSpec, slot_key_template, stack_document, write_stack
 from mesh.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def test_demo_stack_is_one_replicated_service_with_slot_identities():
     api = doc["services"]["api"]
     assert "ports" not in svc and api["deploy"]["mode"] == "global"
     assert api["ports"] == [{"target": 8080, "published": 8080, "protocol": "tcp", "mode": "host"}]
-    assert api["command"][:3] == ["python", "-m", "agent.gateway"] and "tasks.sat" in api["command"]
+    assert api["command"][:3] == ["python", "-m", "agent.serve.gateway"] and "tasks.sat" in api["command"]
     # keys and config from the engine, journals per slot: no shared volume
     assert doc["secrets"]["node-key"] == {"file": "stack-keys/node-keys.tmpl", "template_driver": "golang"}
     assert set(doc["secrets"]) == {"node-key", "api-token"}          # no fleet secret any more
@@ -91,8 +91,8 @@ def render_slot(template: str, slot: int) -> str:
 
 
 def test_issued_keys_one_per_node_the_template_renders_each_slot_only_its_own(tmp_path):
-    from agent.roster import load_roster
-    from agent.roster import holds_key
+    from agent.links.roster import load_roster
+    from agent.links.roster import holds_key
     write_stack(StackSpec(n=4, ground=("london",)), tmp_path / "s.yml")
     keys = tmp_path / "s-keys"
     assert oct(keys.stat().st_mode & 0o777) == "0o700"
@@ -154,7 +154,7 @@ def test_slot_entry_installs_its_own_key_and_runs_node_slot_minus_one(tmp_path):
 
 @pytest.mark.slow    # a subprocess
 def test_a_bad_slot_variable_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agent.compose", "node", "--node-from-slot", "--fleet", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "agent.ops.compose", "node", "--node-from-slot", "--fleet", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, env={"ORBITMESH_SLOT": "{{.Task.Slot}}",
                                                                       "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "ORBITMESH_SLOT must be a task slot number" in r.stderr

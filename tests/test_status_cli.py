@@ -1,6 +1,6 @@
 """``orbitmesh status`` output: a table for a small fleet, a summary that stays short for a large one."""
 
-from agent.status_cli import NAMES_SHOWN, format_summary, format_table
+from agent.ops.status_cli import NAMES_SHOWN, format_summary, format_table
 
 
 def report(name, plane, slot, *, links_down=(), tasks=None):

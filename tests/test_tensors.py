@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.tensors import InputError, TensorSpec, from_json, inputs_from_json, to_json
+from agent.compute.tensors import InputError, TensorSpec, from_json, inputs_from_json, to_json
 
 SPEC = TensorSpec("input", "float32", (None, 4))
 INT_SPEC = TensorSpec("ids", "int64", (1, None))

@@ -7,13 +7,13 @@ import time
 import pytest
 import trio
 
-from agent.console_api import NodeConsoleView
-from agent.fleet import FleetSpec, fleet_config
-from agent.metrics import render
-from agent.models import ModelStore
-from agent.node import Node
-from agent.peers import PeerEntry, Peers
-from agent.timekeeper import REFRESH_EVERY_S, Timekeeper
+from agent.serve.console_api import NodeConsoleView
+from agent.ops.fleet import FleetSpec, fleet_config
+from agent.runtime.metrics import render
+from agent.compute.models import ModelStore
+from agent.runtime.node import Node
+from agent.links.peers import PeerEntry, Peers
+from agent.runtime.timekeeper import REFRESH_EVERY_S, Timekeeper
 from mesh.clock import OrbitalClock
 from mesh.timeline import ClockError
 from mesh.wire import ClockUpdate, decode_message, encode_message

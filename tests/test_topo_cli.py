@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from agent.cli import main
-from agent.topo_cli import register
+from agent.ops.cli import main
+from agent.ops.topo_cli import register
 from mesh.config import config_to_toml
 from mesh.orbit import WalkerShell, iso_to_jd
 from mesh.presets import preset

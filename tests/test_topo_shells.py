@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hypatia_reference as H
-from agent.cli import main
+from agent.ops.cli import main
 from mesh.contacts import contact_plan
 from mesh.orbit import Constellation, WalkerShell, iso_to_jd
 from mesh.presets import preset

@@ -1,11 +1,11 @@
-"""agent.transport in-process: one real libp2p host, links that come and go."""
+"""agent.links.transport in-process: one real libp2p host, links that come and go."""
 
 from __future__ import annotations
 
 import trio
 
-from agent.p2p import load_or_create_identity, open_host, peer_id_of
-from agent.transport import LinkLayer
+from agent.links.p2p import load_or_create_identity, open_host, peer_id_of
+from agent.links.transport import LinkLayer
 from mesh.link import LinkProfile
 from mesh.wire import Probe
 from tests.conftest import free_port_block

@@ -11,11 +11,11 @@ import trio
 from trio.testing import MockClock
 
 from agent import wallclock
-from agent.executor import Executor
-from agent.memory_host import MemoryNetwork
-from agent.models import ModelStore
-from agent.timer import PreciseTimer
-from agent.transport import LinkLayer
+from agent.compute.executor import Executor
+from agent.links.memory_host import MemoryNetwork
+from agent.compute.models import ModelStore
+from agent.links.timer import PreciseTimer
+from agent.links.transport import LinkLayer
 from mesh.link import LinkProfile
 from mesh.wire import Probe
 

@@ -4,8 +4,8 @@ so a config means the same mesh everywhere (TLE shells and ground stations inclu
 import ast
 from pathlib import Path
 
-from agent.chaos_cli import fleet_topo
-from agent.peers import PeerEntry, Peers
+from agent.ops.chaos_cli import fleet_topo
+from agent.links.peers import PeerEntry, Peers
 from mesh.config import config_to_toml, parse_config
 from mesh.orbit import WalkerShell, iso_to_jd
 from mesh.presets import preset

@@ -19,8 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
 
 from agent import zoo  # noqa: E402
-from agent.models import ModelStore, session_options  # noqa: E402
-from agent.tensors import InputError, inputs_from_json  # noqa: E402
+from agent.compute.models import ModelStore, session_options  # noqa: E402
+from agent.compute.tensors import InputError, inputs_from_json  # noqa: E402
 from agent.zoo import embed, textprep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

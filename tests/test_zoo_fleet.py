@@ -19,7 +19,7 @@ import trio
 
 from agent import zoo
 from agent.client import ApiError, Client
-from agent.models import session_options
+from agent.compute.models import session_options
 from tests.conftest import AUTH, local_fleet
 
 pytestmark = pytest.mark.slow    # needs the built models

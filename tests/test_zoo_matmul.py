@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow    # needs the built model and rebuilds it in a su
 ort = pytest.importorskip("onnxruntime")
 
 from agent import zoo  # noqa: E402
-from agent.models import ModelStore, session_options  # noqa: E402
-from agent.tensors import InputError, inputs_from_json  # noqa: E402
+from agent.compute.models import ModelStore, session_options  # noqa: E402
+from agent.compute.tensors import InputError, inputs_from_json  # noqa: E402
 from agent.zoo import matmul  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

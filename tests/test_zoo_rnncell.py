@@ -18,11 +18,11 @@ pytestmark = pytest.mark.slow    # needs the built model and rebuilds it in a su
 ort = pytest.importorskip("onnxruntime")
 
 from agent import zoo  # noqa: E402
-from agent.executor import Executor  # noqa: E402
-from agent.job_spec import parse_job  # noqa: E402
-from agent.models import ModelStore, session_options  # noqa: E402
-from agent.scan import run_scan, scan_inputs  # noqa: E402
-from agent.tensors import InputError, from_json, inputs_from_json, to_json  # noqa: E402
+from agent.compute.executor import Executor  # noqa: E402
+from agent.runtime.job_spec import parse_job  # noqa: E402
+from agent.compute.models import ModelStore, session_options  # noqa: E402
+from agent.runtime.scan import run_scan, scan_inputs  # noqa: E402
+from agent.compute.tensors import InputError, from_json, inputs_from_json, to_json  # noqa: E402
 from agent.zoo import rnncell  # noqa: E402
 from mesh.wire import Scan, Tensor  # noqa: E402
 
@@ -223,7 +223,7 @@ async def test_interleaved_sequences_through_the_executor_are_never_batched(buil
 
 async def test_a_job_with_the_manifests_state_resumes_bit_identical(built, manifest, sess):
     """The job machinery in process: ``manifest["state"]`` is accepted as the
-    job's state, and a 20-step series run as chunks through ``agent.scan``
+    job's state, and a 20-step series run as chunks through ``agent.runtime.scan``
     (what an executing satellite does), cut after step 10 with the state
     checkpointed as JSON and resumed on another executor, ends exactly like
     the uninterrupted chunk and like stepping here."""

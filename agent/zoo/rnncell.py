@@ -8,7 +8,7 @@ state between steps (issue 19, "stateful steps"):
 
 Feed ``h_out`` of step t as ``h`` of step t+1, starting from zeros.  The
 manifest's ``state`` (``{"carry": {"h_out": "h"}}``) is that rule in the form a
-job's ``state`` takes (``POST /v1/jobs``, ``agent/job_spec.py``).  A job that
+job's ``state`` takes (``POST /v1/jobs``, ``agent/runtime/job_spec.py``).  A job that
 checkpoints ``h`` after step t and resumes from it must end bit-identical to
 one that never stopped: every step is a pure function of its two inputs, and
 float32 survives JSON (float32 -> Python float -> float32 is exact).
@@ -172,7 +172,7 @@ def build(out_dir: Path) -> dict:
     model_bytes = model.SerializeToString()
     manifest = {
         **base_manifest(model, RECIPE, DESCRIPTION),
-        # A job's "state" as POST /v1/jobs takes it (agent/job_spec.py): h_out
+        # A job's "state" as POST /v1/jobs takes it (agent/runtime/job_spec.py): h_out
         # feeds h; "initial" left out means zeros.
         "state": {"carry": {"h_out": "h"}},
         "weights": {"init": "uniform, variance gain^2/fan_in", "seed": SEED, "numpy_generator": "PCG64",

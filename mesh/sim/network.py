@@ -1,6 +1,6 @@
 """The simulated laser mesh: physics adjacency per step, one LinkEmulator per link direction, faults.
 
-This is the in-memory twin of ``agent/transport.py``: a frame handed to a
+This is the in-memory twin of ``agent/links/transport.py``: a frame handed to a
 link direction meets the same :class:`mesh.link.LinkEmulator` (queue, loss,
 serialization, jitter, duplication, reordering, corruption) and is released
 at ``sent + extra + distance / c``.  Distances come from topology snapshots

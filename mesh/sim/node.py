@@ -1,6 +1,6 @@
 """One simulated satellite: the same Membership and delivery objects an agent drives.
 
-This is what ``agent/node.py`` does with real time and real links, done
+This is what ``agent/runtime/node.py`` does with real time and real links, done
 with virtual time: feed messages and time into ``mesh.membership`` and
 ``mesh.delivery``, send what they return, and forward tasks as
 ``mesh.forwarding`` decides (the agent's relay asks the same object).  Task

@@ -1,0 +1,1 @@
+"""Models and their execution: tensors, the model store, fetching, checks, limits, the executor."""

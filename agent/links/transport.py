@@ -1,0 +1,488 @@
+"""Emulated laser links: one long-lived libp2p stream per neighbour.
+
+Sending: the link's :class:`mesh.link.LinkEmulator` (with any faults laid
+over its profile) decides each frame's fate at the moment the node hands it
+over: dropped (cut, loss, full transmit queue), or put on the wire once or
+twice, stamped with its emulated send time and extra delay (serialization,
+jitter, injected delay), possibly corrupted.  A writer task then carries the
+bytes over libp2p.
+
+Receiving: each frame's CRC is checked, its due time computed as
+``sent_at + distance(t_sent)/c + extra``, and a releaser hands frames to the
+node in due-time order, each exactly when due.  Releasing at the receiver
+cancels the real transport's latency out, as long as that latency is below
+the emulated one (loopback: ~0.3–1 ms; a laser hop: ≥ 2 ms).  A frame that
+arrives after its due time is released at once and counted as late.
+
+The lower-named end of a link dials; the other accepts.  The first frame each
+way is ``Hello``, and the claimed node name must match the Noise-authenticated
+peer id listed for it in the peers file.
+
+Before Hello a stream is a stranger's and costs bounded memory and time: a
+peer id that is not a (non-revoked) member is refused before anything is
+read; a member gets at most ``PRE_HELLO_STREAMS_PER_PEER`` streams awaiting
+Hello at once (``PRE_HELLO_STREAMS`` in all), each may send at most
+``PRE_HELLO_MAX_BYTES`` before its Hello and must send it within
+``HELLO_TIMEOUT_S``.  (Before these bounds a stream could buffer a whole
+8 MiB frame while its Hello was awaited: 40 streams, +200–390 MB RSS.)
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import trio
+
+from agent import wallclock
+from agent.links.p2p import P2PError, P2PHost, P2PStream
+from agent.links.timer import COARSE_MARGIN_S, PreciseTimer
+from mesh.link import Dropped, LinkEmulator, LinkProfile
+from mesh.wire import (ISL_PROTOCOL, ChecksumError, Control, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
+                       encode_frame, encode_message, frame_from_message, frame_size)
+
+log = logging.getLogger(__name__)
+
+# (message, from_node, released_at_wall, expected_link_delay_s)
+DeliverFn = Callable[[Message, str, float, float], Awaitable[None]]
+# (from_node, to_node, sent_at_wall) -> one-way propagation delay in seconds
+PropagationFn = Callable[[str, str, float], float]
+# (to_node, now) -> the profile of the link direction me→to_node, faults included
+ProfileFn = Callable[[str, float], LinkProfile]
+
+HELLO_TIMEOUT_S = 5.0
+PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames after it wait in the decoder
+PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
+PRE_HELLO_STREAMS = 64           # all peers together
+REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
+# Upper bounds (seconds) of the delay-error histogram: release time − due time.
+ERROR_BUCKETS_S = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, float("inf"))
+DROP_CAUSES = ("out_of_sight", "cut", "loss", "queue_full", "corrupt", "malformed", "overflow")
+
+
+@dataclass
+class LinkStats:
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    control_frames_sent: int = 0   # membership, gossip and hop acks (a subset of the frames above)
+    control_bytes_sent: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+    probes_sent: int = 0
+    probes_received: int = 0
+    duplicates_sent: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_CAUSES, 0))
+    late_frames: int = 0           # arrived after their due time (transport slower than the emulated link)
+    max_lateness_s: float = 0.0
+    error_buckets: list[int] = field(default_factory=lambda: [0] * len(ERROR_BUCKETS_S))
+    error_sum_s: float = 0.0
+    error_max_s: float = 0.0
+    connects: int = 0
+    # Release error of recent probe frames, for exact percentiles in benchmarks.
+    probe_errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50_000))
+
+    def record_error(self, err: float) -> None:
+        self.error_buckets[bisect.bisect_left(ERROR_BUCKETS_S, err)] += 1
+        self.error_sum_s += err
+        self.error_max_s = max(self.error_max_s, err)
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("error_buckets", "probe_errors")}
+        out["dropped"] = dict(self.dropped)
+        out["delay_error_histogram"] = {("+Inf" if b == float("inf") else f"{b:g}"): n
+                                        for b, n in zip(ERROR_BUCKETS_S, self.error_buckets)}
+        return out
+
+
+@dataclass
+class Link:
+    """Both directions of the link to one neighbour."""
+
+    peer: str
+    multiaddr: str
+    dialer: bool
+    emulator: LinkEmulator
+    outbound_send: trio.MemorySendChannel
+    outbound_recv: trio.MemoryReceiveChannel
+    release_send: trio.MemorySendChannel
+    release_recv: trio.MemoryReceiveChannel
+    stats: LinkStats = field(default_factory=LinkStats)
+    stream: P2PStream | None = None
+    up_since: float | None = None
+    stream_changed: trio.Event = field(default_factory=trio.Event)
+    retiring: bool = False
+    retire_at: float = 0.0
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def up(self) -> bool:
+        return self.stream is not None
+
+
+class LinkLayer:
+    def __init__(self, me: str, host: P2PHost, neighbours: dict[str, tuple[str, str]],
+                 propagation: PropagationFn, profile: ProfileFn, deliver: DeliverFn,
+                 *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
+                 on_link_up: Callable[[str], None] | None = None,
+                 accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None,
+                 members: set[str] | None = None, revoked: frozenset[str] = frozenset()):
+        """``neighbours`` maps node name → (multiaddr with /p2p/, peer id).
+
+        ``accept_unknown(name, peer_id)`` decides about an inbound stream from a
+        node that is not (yet) a partner: (its multiaddr, link seed) to add it.
+        ``members``: the roster's peer ids (revoked ones left out); a stream from
+        any other peer is refused unread (None: no such check).  ``revoked``:
+        node names refused at Hello.
+        """
+        self.me = me
+        self.host = host
+        self.propagation = propagation
+        self.profile = profile
+        self.deliver = deliver
+        self.max_frame_bytes = max_frame_bytes
+        self.queue_frames = queue_frames
+        self.on_link_up = on_link_up
+        self.accept_unknown = accept_unknown
+        self.members = members
+        self.revoked = revoked
+        self._pre_hello: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self._peer_ids = {name: pid for name, (_, pid) in neighbours.items()}
+        self._seq = itertools.count()
+        self._nursery: trio.Nursery | None = None
+        self.links: dict[str, Link] = {}
+        for name, (addr, pid) in sorted(neighbours.items()):
+            self._new_link(name, addr, pid, seeds[name])
+
+    def _new_link(self, name: str, addr: str, peer_id: str, seed: int) -> Link:
+        # The real transport's buffers are bounded too: the emulated queue
+        # drops first, these only hold what the emulator let through.
+        out_s, out_r = trio.open_memory_channel(self.queue_frames * 2)
+        rel_s, rel_r = trio.open_memory_channel(self.queue_frames)
+        link = Link(name, addr, dialer=self.me < name, emulator=LinkEmulator(self.profile(name, wallclock.now()), seed),
+                    outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
+        self._peer_ids[name] = peer_id
+        self.links[name] = link
+        return link
+
+    def add_link(self, name: str, addr: str, peer_id: str, seed: int) -> None:
+        """Start a link to a new partner (e.g. a satellite that came into view)."""
+        if name in self.revoked:
+            return
+        link = self.links.get(name)
+        if link is not None:
+            link.retiring = False  # back in view before it was closed
+            return
+        link = self._new_link(name, addr, peer_id, seed)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_link, link)
+
+    def retire_link(self, name: str, grace_s: float) -> None:
+        """Close a link once it went out of view, without losing frames in flight:
+        the node stops routing over it now; frames already sent are still
+        written and released; after ``grace_s`` (≫ a link's delay) it closes."""
+        link = self.links.get(name)
+        if link is not None and not link.retiring:
+            link.retiring = True
+            link.retire_at = wallclock.now() + grace_s
+
+    def revoke(self, name: str, peer_id: str) -> None:
+        """The roster revoked ``name``: refuse its streams and close its link now."""
+        self.revoked = self.revoked | {name}
+        if self.members is not None:
+            self.members.discard(peer_id)
+        self.retire_link(name, 0.0)
+
+    # -- public -------------------------------------------------------------
+
+    def send(self, peer: str, msg: Message) -> bool:
+        """Hand ``msg`` to the link towards ``peer``; False if the link dropped it.
+
+        The emulated transmission starts now; the writer task's scheduling
+        delay is transport latency that the receiver cancels out.
+        """
+        link = self.links[peer]
+        now = wallclock.now()
+        link.emulator.set_profile(self.profile(peer, now))
+        message = encode_message(msg)
+        fate = link.emulator.transmit(now, frame_size(message))
+        if isinstance(fate, Dropped):
+            link.stats.dropped[fate.cause] += 1
+            return False
+        if isinstance(msg, Control):
+            link.stats.control_frames_sent += len(fate)
+            link.stats.control_bytes_sent += len(fate) * frame_size(message)
+        for i, emission in enumerate(fate):
+            frame = frame_from_message(emission.sent_at, emission.extra_s, message, self.max_frame_bytes)
+            if emission.corrupt:
+                frame = corrupt_frame(frame, next(self._seq))
+            try:
+                link.outbound_send.send_nowait(frame)
+            except trio.WouldBlock:  # the real transport is stalled (e.g. peer restarting)
+                link.stats.dropped["overflow"] += 1
+                return False
+            if i:
+                link.stats.duplicates_sent += 1
+        return True
+
+    def all_up(self) -> bool:
+        return all(link.up for link in self.links.values())
+
+    async def run(self) -> None:
+        """Keep every link up until cancelled."""
+        self.host.set_stream_handler(ISL_PROTOCOL, self._on_inbound)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for link in list(self.links.values()):
+                nursery.start_soon(self._run_link, link)
+            # Stay open: links are added later as partners come into view (a
+            # ground station may start with none).
+            await trio.sleep_forever()
+
+    async def _run_link(self, link: Link) -> None:
+        """All of one link's tasks, under its own cancel scope (closed on retirement)."""
+        with link.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._release_loop, link)
+                nursery.start_soon(self._write_loop, link)
+                nursery.start_soon(self._retire_watch, link)
+                if link.dialer:
+                    nursery.start_soon(self._dial_loop, link)
+        if link.stream is not None:
+            with trio.CancelScope(shield=True):
+                await link.stream.aclose()
+        if self.links.get(link.peer) is link:
+            del self.links[link.peer]
+        log.info("link %s–%s closed (out of view)", self.me, link.peer)
+
+    async def _retire_watch(self, link: Link) -> None:
+        while True:
+            await trio.sleep(0.5)
+            # Frames in flight are written and released before the link closes;
+            # a link that is not connected has nobody to write them to, and
+            # would otherwise wait for ever (and keep its node from being ready).
+            if (link.retiring and wallclock.now() >= link.retire_at
+                    and (not link.up or (link.outbound_recv.statistics().current_buffer_used == 0
+                                         and link.release_recv.statistics().current_buffer_used == 0))):
+                link.scope.cancel()
+                return
+
+    # -- connection management ------------------------------------------------
+
+    async def _dial_loop(self, link: Link) -> None:
+        backoff = REDIAL_MIN_S
+        while True:
+            try:
+                stream = await self.host.open_stream(link.multiaddr, ISL_PROTOCOL, timeout=5.0)
+            except P2PError as exc:
+                log.debug("dial %s failed: %s", link.peer, exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, REDIAL_MAX_S)
+                continue
+            backoff = REDIAL_MIN_S
+            await self._serve_stream(link, stream, hello_first=True)
+            await trio.sleep(REDIAL_MIN_S)
+
+    async def _on_inbound(self, stream: P2PStream) -> None:
+        pid = stream.remote_peer_id
+        why = None
+        if self.members is not None and pid not in self.members:
+            why = "not a member"
+        elif self._pre_hello[pid] >= PRE_HELLO_STREAMS_PER_PEER:
+            why = "too many streams awaiting Hello from this peer"
+        elif sum(self._pre_hello.values()) >= PRE_HELLO_STREAMS:
+            why = "too many streams awaiting Hello"
+        if why is not None:
+            self.refused[why] += 1
+            log.warning("refusing a stream from %s: %s", pid, why)
+            await stream.reset()
+            return
+        decoder = FrameDecoder(self.max_frame_bytes)
+        self._pre_hello[pid] += 1
+        try:
+            peer, leftover = await self._read_hello(stream, decoder)
+        finally:
+            self._pre_hello[pid] -= 1
+            if not self._pre_hello[pid]:
+                del self._pre_hello[pid]
+        if peer is None:
+            await stream.reset()          # not aclose: a half-closed stream would still buffer what it is sent
+            return
+        link = self.links[peer]
+        if link.retiring and wallclock.now() >= link.retire_at:
+            await stream.aclose()
+            return
+        await self._serve_stream(link, stream, hello_first=False, decoder=decoder, leftover=leftover)
+
+    async def _read_hello(self, stream: P2PStream, decoder: FrameDecoder) -> tuple[str | None, list]:
+        read = 0
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            while True:
+                if read >= PRE_HELLO_MAX_BYTES:
+                    self.refused["no Hello in the first bytes"] += 1
+                    log.warning("rejecting stream from %s: no Hello in its first %d bytes", stream.remote_peer_id,
+                                PRE_HELLO_MAX_BYTES)
+                    return None, []
+                data = await stream.receive_some(PRE_HELLO_MAX_BYTES - read)
+                if not data:
+                    return None, []
+                read += len(data)
+                items = decoder.feed(data)
+                if not items:
+                    continue
+                first, rest = items[0], items[1:]
+                if isinstance(first, LinkFrame) and isinstance(first.msg, Hello):
+                    name = first.msg.node
+                    if name in self.revoked:
+                        self.refused["revoked"] += 1
+                        log.warning("rejecting stream: %s is revoked by the roster", name)
+                        return None, []
+                    if name not in self.links and self.accept_unknown is not None:
+                        found = self.accept_unknown(name, stream.remote_peer_id)
+                        if found is not None:
+                            self.add_link(name, found[0], stream.remote_peer_id, found[1])
+                    if name not in self.links or self._peer_ids.get(name) != stream.remote_peer_id:
+                        log.warning("rejecting stream: %s claims to be %r, which is not a neighbour with that peer id",
+                                    stream.remote_peer_id, name)
+                        return None, []
+                    return name, rest
+                log.warning("rejecting stream from %s: first frame is not Hello", stream.remote_peer_id)
+                return None, []
+        self.refused["no Hello in time"] += 1
+        log.warning("rejecting stream from %s: no Hello within %.0fs", stream.remote_peer_id, HELLO_TIMEOUT_S)
+        return None, []
+
+    async def _serve_stream(self, link: Link, stream: P2PStream, *, hello_first: bool,
+                            decoder: FrameDecoder | None = None, leftover: list | None = None) -> None:
+        """Run one stream for ``link`` until it breaks or a newer one replaces it."""
+        if link.stream is not None:  # a newer stream (e.g. after a peer restart) wins
+            old = link.stream
+            link.stream = None
+            await old.aclose()
+        # Hello is the real transport's handshake, not an emulated frame.
+        await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
+        link.stream = stream
+        link.up_since = wallclock.now()
+        link.stats.connects += 1
+        self._signal(link)
+        log.info("link %s–%s up (%s)", self.me, link.peer, "dialled" if hello_first else "accepted")
+        if self.on_link_up:
+            self.on_link_up(link.peer)
+        decoder = decoder or FrameDecoder(self.max_frame_bytes)
+        try:
+            if not hello_first and leftover:
+                await self._accept_frames(link, leftover)
+            await self._read_loop(link, stream, decoder, expect_hello=hello_first)
+        except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("link %s–%s broke: %s", self.me, link.peer, exc)
+        finally:
+            if link.stream is stream:
+                link.stream = None
+                link.up_since = None
+                self._signal(link)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def _signal(self, link: Link) -> None:
+        link.stream_changed.set()
+        link.stream_changed = trio.Event()
+
+    async def _read_loop(self, link: Link, stream: P2PStream, decoder: FrameDecoder, *, expect_hello: bool) -> None:
+        while link.stream is stream:
+            data = await stream.receive_some()
+            if not data:
+                return
+            items = decoder.feed(data)
+            if expect_hello and items:
+                first = items.pop(0)
+                if not (isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer):
+                    log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
+                    return
+                expect_hello = False
+            await self._accept_frames(link, items)
+
+    async def _accept_frames(self, link: Link, items: list) -> None:
+        for item in items:
+            if isinstance(item, WireError):
+                cause = "corrupt" if isinstance(item, ChecksumError) else "malformed"
+                link.stats.dropped[cause] += 1
+                (log.debug if cause == "corrupt" else log.warning)("link %s→%s: dropped a frame: %s",
+                                                                    link.peer, self.me, item)
+                continue
+            if isinstance(item.msg, Hello):
+                continue
+            expected = self.propagation(link.peer, self.me, item.sent_at) + item.extra_s
+            link.stats.frames_received += 1
+            link.stats.bytes_received += item.wire_size
+            await link.release_send.send((item.sent_at + expected, next(self._seq), expected, item))
+
+    # -- data path ------------------------------------------------------------
+
+    async def _write_loop(self, link: Link) -> None:
+        pending: bytes | None = None
+        while True:
+            if pending is None:
+                pending = await link.outbound_recv.receive()
+            stream = link.stream
+            if stream is None:
+                await link.stream_changed.wait()
+                continue
+            try:
+                await stream.send_all(pending)
+            except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("link %s→%s: write failed (%s); will resend on the next stream", self.me, link.peer, exc)
+                if link.stream is stream:
+                    link.stream = None
+                    self._signal(link)
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+                continue
+            link.stats.frames_sent += 1
+            link.stats.bytes_sent += len(pending)
+            pending = None
+
+    async def _release_loop(self, link: Link) -> None:
+        """Hand frames to the node in due-time order, each exactly when due.
+
+        A heap, not a FIFO: a frame held back (reordering) or a duplicate may
+        be due after frames that arrived behind it.
+        """
+        timer = PreciseTimer()
+        heap: list[tuple[float, int, float, LinkFrame]] = []
+        try:
+            while True:
+                if not heap:
+                    heapq.heappush(heap, await link.release_recv.receive())
+                while len(heap) < self.queue_frames:
+                    try:
+                        heapq.heappush(heap, link.release_recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                due = heap[0][0]
+                now = wallclock.now()
+                if due - now > COARSE_MARGIN_S and len(heap) < self.queue_frames:
+                    # Sleep, but wake for a newly arrived frame that may be due sooner.
+                    with trio.move_on_after(due - now - COARSE_MARGIN_S):
+                        heapq.heappush(heap, await link.release_recv.receive())
+                    continue
+                if due > now:
+                    await timer.sleep_until(due)
+                else:
+                    link.stats.late_frames += 1
+                    link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
+                due, _, expected, frame = heapq.heappop(heap)
+                released = wallclock.now()
+                link.stats.record_error(released - due)
+                if isinstance(frame.msg, Probe):
+                    link.stats.probe_errors.append(released - due)
+                try:
+                    await self.deliver(frame.msg, link.peer, released, expected)
+                except Exception:  # a bug in one handler must not take the link down
+                    log.exception("handler failed for a frame from %s", link.peer)
+        finally:
+            timer.close()

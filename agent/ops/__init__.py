@@ -1,0 +1,1 @@
+"""The operator's tools: the CLI, the local fleet, compose/stack/k8s, chaos, the checker, the simulator."""

@@ -1,0 +1,177 @@
+"""Node faults through the Docker engine: kill, pause, resume, restart containers.
+
+Link faults stay with the agents' own chaos API (they are frames on links);
+a node fault is something done to a process, and in containers the engine is
+what holds the process.  Used by ``orbitmesh chaos --compose`` and the e2e tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The container label that names a node: written by agent/ops/compose.py, read here.
+LABEL_NODE = "org.orbitmesh.node"
+
+
+class ChaosError(Exception):
+    """A chaos action could not be done; the message says why."""
+
+
+class EngineChaos:
+    """Kill, pause, resume, restart and start node containers through the Docker engine.
+
+    Containers are found by the labels the generator puts on every service
+    (``org.orbitmesh.node``), within one compose project when ``project`` is
+    given (Compose 1.29 and v2 both label ``com.docker.compose.project``).
+    Link faults stay with the agents' own chaos API: they are frames on links.
+    """
+
+    ACTIONS = ("kill", "pause", "resume", "restart", "start", "stop", "state")
+
+    def __init__(self, project: str | None = None, client: Any = None):
+        self.project = project
+        if client is None:
+            try:
+                import docker
+            except ImportError:
+                raise ChaosError("the Docker SDK is not installed: pip install 'orbitmesh[docker]'") from None
+            try:
+                client = docker.from_env()
+                client.ping()
+            except Exception as exc:  # docker.errors.DockerException and connection errors
+                raise ChaosError(f"no Docker engine answers: {exc}") from None
+        self.client = client
+
+    def _filters(self, node: str | None = None) -> dict[str, Any]:
+        labels = [f"{LABEL_NODE}={node}" if node else LABEL_NODE]
+        if self.project:
+            labels.append(f"com.docker.compose.project={self.project}")
+        return {"label": labels}
+
+    def nodes(self) -> dict[str, Any]:
+        """node name → container (running or not)."""
+        out: dict[str, Any] = {}
+        for c in self.client.containers.list(all=True, filters=self._filters()):
+            node = c.labels.get(LABEL_NODE)
+            if node in out:
+                raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
+            out[node] = c
+        return out
+
+    def container(self, node: str) -> Any:
+        found = self.client.containers.list(all=True, filters=self._filters(node))
+        if not found:
+            where = f" in compose project {self.project!r}" if self.project else ""
+            raise ChaosError(f"no container for {node}{where}; is the constellation up?")
+        if len(found) > 1:
+            raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
+        return found[0]
+
+    def state(self, node: str) -> str:
+        c = self.container(node)
+        c.reload()
+        return c.status            # running, paused, exited, created, restarting
+
+    def _do(self, node: str, what: str, fn) -> str:
+        c = self.container(node)
+        try:
+            fn(c)
+        except Exception as exc:
+            raise ChaosError(f"cannot {what} {node}: {getattr(exc, 'explanation', None) or exc}") from None
+        c.reload()
+        return c.status
+
+    def kill(self, node: str, signal: str = "SIGKILL") -> str:
+        """Crash ``node`` (SIGKILL: no shutdown, no goodbye on its links)."""
+        return self._do(node, "kill", lambda c: c.kill(signal=signal))
+
+    def pause(self, node: str) -> str:
+        """Freeze ``node`` (cgroup freezer): its links stay open but silent, like SIGSTOP."""
+        return self._do(node, "pause", lambda c: c.pause())
+
+    def resume(self, node: str) -> str:
+        return self._do(node, "resume", lambda c: c.unpause())
+
+    def stop(self, node: str, timeout: int = 5) -> str:
+        return self._do(node, "stop", lambda c: c.stop(timeout=timeout))
+
+    def start(self, node: str) -> str:
+        """Start a killed or stopped ``node`` again (same volume, so the same peer id)."""
+        return self._do(node, "start", lambda c: c.start())
+
+    def restart(self, node: str, timeout: int = 5) -> str:
+        return self._do(node, "restart", lambda c: c.restart(timeout=timeout))
+
+    def run(self, action: str, node: str) -> str:
+        if action not in self.ACTIONS:
+            raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
+        return getattr(self, action)(node)
+
+
+class SwarmChaos(EngineChaos):
+    """The same faults on a swarm stack (``docker stack deploy``), on this machine's replicas.
+
+    A replica is a container of service ``<stack>_sat`` whose task slot k runs
+    node k - 1 (agent/ops/stack.py); the node names come from the fleet config the
+    stack ships as a swarm config, read back through the engine.  Swarm's
+    restart policy brings a killed replica back in its slot (a new container:
+    same name, key and journal volume), so ``kill`` here is a crash followed by
+    the engine's recovery; ``start`` only waits for that.
+    """
+
+    ACTIONS = ("kill", "pause", "resume", "restart", "state")
+
+    def __init__(self, stack: str, client: Any = None, service: str = "sat"):
+        super().__init__(None, client)
+        self.stack = stack
+        self.service = f"{stack}_{service}"
+        self.names = self._node_names()
+
+    def _node_names(self) -> list[str]:
+        import base64
+
+        from mesh.config import ConfigError, parse_config
+        from mesh.nodes import NodeNames
+        try:
+            svc = self.client.services.get(self.service)
+            refs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []
+            # the fleet config (.toml) among the roster, peers and authority configs
+            ref = next((r for r in refs if str(r.get("File", {}).get("Name", "")).endswith(".toml")), refs[0])
+            data = self.client.configs.get(ref["ConfigID"]).attrs["Spec"]["Data"]
+            cfg = parse_config(base64.b64decode(data).decode())
+        except (IndexError, KeyError, ConfigError, UnicodeDecodeError) as exc:
+            raise ChaosError(f"service {self.service} carries no readable fleet config: {exc}") from None
+        except Exception as exc:   # docker.errors.NotFound, APIError
+            raise ChaosError(f"no swarm service {self.service} (is the stack {self.stack!r} deployed?): "
+                             f"{getattr(exc, 'explanation', None) or exc}") from None
+        names = NodeNames(cfg.size, tuple(st.name for st in cfg.ground.stations))
+        return [names.name(i) for i in range(len(names))]
+
+    def _slot(self, container: Any) -> int | None:
+        task = container.labels.get("com.docker.swarm.task.name", "")      # <stack>_sat.<slot>.<task id>
+        parts = task.split(".")
+        return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+    def nodes(self) -> dict[str, Any]:
+        """node name → its newest container on this machine."""
+        out: dict[str, Any] = {}
+        found = self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"})
+        for c in sorted(found, key=lambda c: c.attrs.get("Created", "")):
+            slot = self._slot(c)
+            if slot is not None and 1 <= slot <= len(self.names):
+                out[self.names[slot - 1]] = c          # a replacement replica supersedes the dead one
+        return out
+
+    def container(self, node: str) -> Any:
+        if node not in self.names:
+            raise ChaosError(f"{node} is not in stack {self.stack} ({self.names[0]} … {self.names[-1]})")
+        c = self.nodes().get(node)
+        if c is None:
+            raise ChaosError(f"no replica of {node} runs on this machine (slot {self.names.index(node) + 1}; "
+                             f"`docker service ps {self.service}` shows where it runs)")
+        return c
+
+    def start(self, node: str) -> str:
+        raise ChaosError("swarm starts killed replicas itself (restart policy); wait for the new one")
+
+    stop = start

@@ -1,0 +1,1 @@
+"""One node at run time: the node and its parts, membership, relay, tasks, journals, long jobs."""

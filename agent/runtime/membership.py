@@ -1,0 +1,216 @@
+"""Drives the pure ``mesh.membership`` state machine over the agent's links, in wall time.
+
+``mesh.membership`` decides (who to probe, who is dead, what to gossip);
+this module only feeds it the clock and the frames that arrive, and puts
+what it returns on the emulated links as ``Control`` frames.  Node ids are
+the node indices of the peers file; the protocol's clock is wall time, the
+same on every agent, so everyone's physics (``neighbours_fn``) agrees.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Callable
+
+import trio
+
+from agent import entropy, wallclock
+from agent.runtime.loopwatch import LoopLag
+from agent.links.peers import Peers
+from agent.links.transport import LinkLayer
+from mesh.gossip_msgs import HopAck
+from mesh.membership import (LinkDown, LinkUp, Membership, MembershipConfig, NodeAlive, NodeDead, NodeSuspect,
+                             SelfRefuted, Send, StateChanged, fleet_config)
+from mesh.topology import Snapshot
+from mesh.trust import Trust
+from mesh.wire import Control
+
+log = logging.getLogger(__name__)
+
+MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and arriving frames wake the loop
+RECENT_EVENTS = 256
+
+
+class MembershipService:
+    """One agent's membership: the state machine, its clock, and its frames."""
+
+    def __init__(self, me: str, peers: Peers, links: LinkLayer, snapshot_at: Callable[[float], Snapshot],
+                 link_down_expected: Callable[[int, int, float], bool], *, incarnation: int = 0,
+                 config: MembershipConfig | None = None, on_hop_ack: Callable[[HopAck, str], None] | None = None,
+                 on_view_change: Callable[[], None] | None = None, trust: Trust | None = None):
+        self.peers = peers
+        self.links = links
+        self.snapshot_at = snapshot_at
+        self.on_hop_ack = on_hop_ack
+        self.on_view_change = on_view_change
+        self.names = {i: e.name for i, e in peers.by_index.items()}
+        self.me = peers[me].index
+        self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
+                            entropy.rng(f"membership:{me}:{incarnation}"), incarnation=incarnation, link_down_expected=link_down_expected,
+                            reports_links=True, trust=trust)
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
+        self.counts = collections.Counter()
+        # Every suspect / dead verdict this view has held, by subject, for the
+        # whole run (the event ring above forgets): what tests and operators
+        # check for false deaths.
+        self.verdicts: dict[str, collections.Counter[str]] = {"suspect": collections.Counter(),
+                                                              "dead": collections.Counter()}
+        self.state_at: dict[int, tuple[int, float]] = {}   # node -> (state version, wall time it arrived here)
+        self._view = self.m.view_version
+        self.on_event: Callable[[Any], None] | None = None   # every protocol event as it happens (the simulator)
+        self._wake = trio.Event()
+        self.lag = LoopLag()
+        self._adj_key: float | None = None
+        self._adj: dict[int, list[tuple[int, float]]] = {}
+
+    # -- physics as the protocol sees it -----------------------------------------------------
+
+    def _neighbours(self, node: int, now: float) -> list[tuple[int, float]]:
+        """Links physics has up at ``now`` for any node, limited to the fleet's nodes."""
+        snap = self.snapshot_at(now)
+        if snap.t != self._adj_key:
+            self._adj_key, self._adj = snap.t, {}
+        got = self._adj.get(node)
+        if got is None:
+            got = self._adj[node] = [(j, lat) for j, lat in snap.neighbours(node) if j in self.names]
+        return got
+
+    # -- I/O ----------------------------------------------------------------------------------
+
+    def _send_all(self, sends: list[Send]) -> None:
+        for s in sends:
+            name = self.names.get(s.to)
+            if name is None or name not in self.links.links:
+                self.counts["unsendable"] += 1   # physics has the link, the agent has not opened it yet
+                continue
+            self.links.send(name, Control(s.msg))
+        self._after()
+
+    def send_to(self, peer: str, msg: Any) -> bool:
+        """Put one control message (e.g. a hop ack) on the link to ``peer``."""
+        if peer not in self.links.links:
+            return False
+        return self.links.send(peer, Control(msg))
+
+    def send_hop_ack(self, peer: str, hop_id: str) -> bool:
+        return self.send_to(peer, HopAck((hop_id,)))
+
+    def on_control(self, msg: Control, from_node: str) -> None:
+        inner = msg.msg
+        if isinstance(inner, HopAck):
+            if self.on_hop_ack is not None:
+                self.on_hop_ack(inner, from_node)
+            return
+        idx = self.peers[from_node].index if from_node in self.peers else None
+        if idx is None:
+            return
+        self._send_all(self.m.on_message(wallclock.now(), idx, inner))
+        self._wake.set()
+
+    def set_state(self, values: dict[str, Any]) -> None:
+        self._send_all(self.m.set_state(wallclock.now(), values))
+
+    def _after(self) -> None:
+        for ev in self.m.take_events():
+            self._record(ev)
+        if self.m.view_version != self._view:
+            self._view = self.m.view_version
+            if self.on_view_change is not None:
+                self.on_view_change()
+
+    def _record(self, ev: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+        name = self.names.get
+        if isinstance(ev, StateChanged):
+            self.counts["state_changes"] += 1
+            self.state_at[ev.node] = (ev.version, ev.t)
+            return
+        row: dict[str, Any] = {"event": type(ev).__name__, "t": ev.t}
+        if isinstance(ev, (NodeAlive, NodeSuspect, NodeDead)):
+            row["node"] = name(ev.node, str(ev.node))
+            row["incarnation"] = ev.incarnation
+            if isinstance(ev, (NodeSuspect, NodeDead)):
+                row["by"] = name(ev.by, str(ev.by))
+                self.verdicts["dead" if isinstance(ev, NodeDead) else "suspect"][row["node"]] += 1
+        elif isinstance(ev, (LinkDown, LinkUp)):
+            row["link"] = [name(ev.a, str(ev.a)), name(ev.b, str(ev.b))]
+            row["by"] = name(ev.by, str(ev.by))
+        elif isinstance(ev, SelfRefuted):
+            row["incarnation"] = ev.incarnation
+        self.counts[row["event"]] += 1
+        self.events.append(row)
+        level = logging.WARNING if isinstance(ev, (NodeDead, LinkDown)) else logging.INFO
+        log.log(level, "%s: membership %s", self.names[self.me], row)
+
+    async def run(self) -> None:
+        if wallclock.is_virtual():
+            # Virtual time passes only when every task waits: a timer can never run late, so the
+            # 10 Hz lag sampler would measure 0 for ever (a fifth of a simulated node's wake-ups).
+            await self._run_protocol()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.lag.watch, self._on_lag)
+            await self._run_protocol()
+
+    def link_opened(self, peer: str) -> None:
+        """The transport connected ``peer``: it may be starting (see Membership.link_opened)."""
+        if peer in self.peers:
+            self.m.link_opened(wallclock.now(), self.peers[peer].index)
+
+    def _on_lag(self, lag_s: float) -> None:
+        self.m.note_lag(wallclock.now(), lag_s)
+
+    async def _run_protocol(self) -> None:
+        self._send_all(self.m.start(wallclock.now()))
+        while True:
+            now = wallclock.now()
+            wait = min(self.m.next_deadline() - now, MAX_TICK_S)
+            if wait > 0:
+                with trio.move_on_after(wait) as scope:
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if scope.cancelled_caught:
+                    # Woken by the clock: how late?  A stalled loop must not judge
+                    # silence before it has read what arrived meanwhile.
+                    late = wallclock.now() - (now + wait)
+                    if late > 0:
+                        self.m.note_lag(wallclock.now(), late)
+            self._send_all(self.m.tick(wallclock.now()))
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def dead_nodes(self) -> frozenset[int]:
+        return self.m.dead_nodes()
+
+    def suspects(self) -> frozenset[int]:
+        return self.m.suspects()
+
+    def down_links(self) -> frozenset[tuple[int, int]]:
+        return self.m.down_links()
+
+    def state_of(self, name: str) -> dict[str, Any] | None:
+        return self.m.node_state(self.peers[name].index)
+
+    def alive_count(self) -> int:
+        return sum(1 for n in self.names if self.m.status(n) == "alive")
+
+    def describe(self) -> dict[str, Any]:
+        members = []
+        for i in sorted(self.names):
+            version, at = self.state_at.get(i, (0, None))
+            members.append({"node": self.names[i], "status": self.m.status(i),
+                            "incarnation": self.m.incarnation_of(i), "state": self.m.node_state(i),
+                            "state_version": version, "state_received_at": at})
+        return {
+            "node": self.names[self.me], "incarnation": self.m.incarnation, "view_version": self.m.view_version,
+            "alive": self.alive_count(), "members": members,
+            "down_links": sorted([self.names.get(a, str(a)), self.names.get(b, str(b))]
+                                 for a, b in self.m.down_links()),
+            "local_health": self.m.lhm, "loop_lag": self.lag.describe(),
+            "holding_verdicts": self.m.holding_verdicts(wallclock.now()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
+            "verdicts": {kind: dict(c) for kind, c in self.verdicts.items()},
+            "trust": dict(self.m.trust.stats) if self.m.trust is not None else None,
+            "events": list(self.events),
+        }

@@ -1,0 +1,340 @@
+"""The agent: one satellite's daemon, tying physics, links, tasks and inference together.
+
+Everything it owns runs in one nursery; cancelling it (SIGTERM, Ctrl-C)
+tears the links down and closes the libp2p host cleanly.
+
+``Node`` is one object whose concerns live in mixins, one module each (they share
+``self``; each declares what it uses of the node): physics (``agent.runtime.node_physics``),
+the task at its entry node (``agent.runtime.node_tasks``) and its journal read back
+(``agent.runtime.node_recovery``), the task at its executor (``agent.runtime.node_exec``), routed
+messages (``agent.runtime.node_messages``), faults and probes (``agent.runtime.node_chaos``) and the
+views (``agent.runtime.node_views``). Here: the constructor, ``run`` and the live topology.
+"""
+
+from __future__ import annotations
+
+import logging
+import collections
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from agent import wallclock
+from agent.runtime.edge_cache import EdgeCache
+from agent.compute.executor import Executor
+from agent.runtime.job_copies import JobCopies
+from agent.runtime.job_copy_store import CopyStore
+from agent.runtime.job_host import NodeJobHost
+from agent.runtime.job_journal import JobJournal
+from agent.runtime.jobs import JobBoard
+from agent.runtime.journal import Journal, JournalError, ReplicatedRow
+from agent.runtime.membership import MembershipService
+from agent.runtime.metrics import TaskMetrics
+from agent.compute.model_fetch import ModelFetcher
+from agent.compute.models import ModelError, ModelStore
+from agent.runtime.node_chaos import FaultsAndProbes
+from agent.runtime.node_exec import Execution, PowerError  # noqa: F401 (PowerError re-exported)
+from agent.runtime.node_messages import RoutedMessages
+from agent.runtime.node_physics import NodePhysics
+from agent.runtime.node_recovery import TaskRecovery
+from agent.runtime.node_replicas import ReplicatedTasks
+from agent.runtime.node_tasks import DEFAULT_TASK_TIMEOUT_S, EntryTasks  # noqa: F401 (DEFAULT_TASK_TIMEOUT_S re-exported)
+from agent.runtime.node_views import NodeViews
+from agent.links.p2p import P2PHost
+from agent.links.peers import NodeIdentity, Peers
+from agent.runtime.placement import ComputeTable, compute_to_state, state_changed_enough
+from agent.runtime.relay import Relay
+from agent.runtime.tasks import DeadlineTimers, SubmitError, TaskTable  # noqa: F401 (SubmitError re-exported)
+from agent.runtime.timekeeper import Timekeeper
+from agent.links.transport import LinkLayer
+from mesh.chaos import FaultTable
+from mesh.config import FleetConfig
+from mesh.energy import Battery
+from mesh.sun import sunlit
+from mesh.trust import Trust
+from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
+from mesh.forwarding import Forwarder
+from mesh.healing import HealingRouter
+from mesh.link import LinkProfile, link_seed
+from mesh.world import World
+from mesh.wire import TaskRequest
+
+log = logging.getLogger(__name__)
+
+EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried task without running it again
+STATE_EVERY_S = 1.0             # how often this node's state is looked at for news worth gossiping
+STATE_REFRESH_S = 30.0          # small drifts (battery, compute times, backlog) are gossiped at most this often
+POWER_STEP_S = 1.0
+JOURNAL_PURGE_EVERY_S = 60.0
+
+
+class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, RoutedMessages, FaultsAndProbes,
+           NodeViews):
+    def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
+                 *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
+                 trust: Trust | None = None, revoked: frozenset[str] = frozenset(),
+                 job_journal: JobJournal | None = None, world: World | None = None):
+        """``trust``: sign this node's gossip and faults and check others' (agent.links.roster.mesh_trust);
+        ``revoked``: members the signed roster revoked (refused at Hello, their records ignored);
+        ``world``: one built from ``config`` to share (nodes in one process need one copy of the
+        constellation and its snapshot cache, not one each)."""
+        if name not in peers:
+            raise ValueError(f"node {name!r} is not in the peers file")
+        self.config = config
+        self.peers = peers
+        self.host = host
+        self.me = NodeIdentity(name, peers[name].index, host.peer_id)
+        if peers[name].peer_id != host.peer_id:
+            raise ValueError(f"identity mismatch: peers file says {name} is {peers[name].peer_id}, "
+                             f"but this data dir holds {host.peer_id}")
+        if world is not None and world.config is not config:
+            raise ValueError("world: must be built from this node's config")
+        self.world = world if world is not None else World.from_config(config)
+        self.constellation = self.world.constellation
+        self.topology = self.world.topology
+        self.router = self.world.router
+        if self.topology.names.index(name) != self.me.index:
+            raise ValueError(f"peers file numbers {name} as {self.me.index}, the config as "
+                             f"{self.topology.names.index(name)}")
+        if len(peers.by_name) > self.topology.n_nodes:
+            raise ValueError("peers file lists more nodes than the config has satellites and stations")
+        self.is_ground = self.topology.names.is_ground(self.me.index)
+        self.store = store
+        self.executor = Executor(store, workers=workers)
+        self.tasks = TaskTable()
+        self.deadlines = DeadlineTimers()              # every accepted task ends by its deadline (backstop)
+        # The fleet's orbital clock (time control): the config's clock until a switch arrives.
+        self.timekeeper = Timekeeper(name, config.clock, trust=trust,
+                                     node_index=lambda n: peers[n].index if n in peers else None,
+                                     send=lambda peer, msg: self.links.send(peer, msg),
+                                     neighbours=lambda: self.links.links)
+        partners = [peers.by_index[i].name for i in self._wanted_partners(wallclock.now()) if i in peers.by_index]
+        self.trust = trust
+        self.chaos = FaultTable(self._chaos_topo(), trust=trust,
+                                node_index=lambda n: peers[n].index if n in peers else None)
+        self.base_profile = LinkProfile(bandwidth_bps=config.links.isl_bandwidth_bps,
+                                        queue_frames=config.limits.link_queue_frames)
+        self.links = LinkLayer(
+            name, host, {p: (peers[p].multiaddr, peers[p].peer_id) for p in partners},
+            self._propagation, self._link_profile, self._on_message,
+            seeds={p: link_seed(config.name, name, p) for p in partners},
+            queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
+            on_link_up=self._link_up, accept_unknown=self._accept_ground,
+            members={e.peer_id for e in peers.by_name.values() if e.name not in revoked}, revoked=revoked,
+        )
+        self.healing = HealingRouter(self.router.snapshot)
+        self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
+        self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
+        self.membership = MembershipService(
+            name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust)
+        self.delivery_config = fleet_delivery()
+        self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
+                           lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
+                           self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
+        self.ledger = TaskLedger(self.delivery_config, name_of=self.topology.names.name)
+        self.fetcher = ModelFetcher(name, store, self._send_routed, config.limits.ttl)
+        self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)
+        self.executed = 0                              # inferences run here (gossiped)
+        self.journal = journal
+        self.recovered = 0                             # unfinished tasks read back from the journal at start
+        self._idem: dict[str, str] = {}                # idempotency key -> task id (recent; the journal has all)
+        self.edge_cache = EdgeCache()
+        self.upsets = 0                                  # results this node corrupted under a bitflip fault
+        self._answer_keys: dict[str, str] = {}         # task id -> its edge-cache key, until it ends
+        self._queries: dict[str, trio.MemorySendChannel] = {}   # task queries this node is waiting on
+        self._votes_to_resume: list[ReplicatedRow] = []   # replicated tasks open at a restart (agent/runtime/node_replicas.py)
+        self.battery = None if self.is_ground else Battery(config.energy)   # stations are on the grid
+        self.compute_table = ComputeTable()            # compute time per (node, model), from results
+        self._out_bytes: dict[str, int] = {}           # last result size per model (placement's transfer term)
+        self._in_flight: collections.Counter[str] = collections.Counter()   # tasks placed per executor, unfinished
+        self._busy_s = 0.0                             # compute seconds run here (drives the battery)
+        self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
+        self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
+        self._wake = trio.Event()
+        self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
+        self.started = wallclock.now()
+        self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
+        self._handover_t = self.orbit_t(self.started)  # orbital time they are counted up to
+        self._nursery: trio.Nursery | None = None
+        self._inline_runs: set[trio.CancelScope] = set()   # tasks run on their submitter's trio task
+        self.jobs = JobBoard(NodeJobHost(self), job_journal)   # jobs this node is home to (agent/runtime/jobs.py)
+        self.job_copies = JobCopies(NodeJobHost(self), self.jobs,       # their copies on a neighbour, and
+                                    CopyStore(job_journal) if job_journal else None)   # others' kept here
+        self.jobs.copies = self.job_copies
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # Load and warm every model before reporting ready: creating a session
+        # takes tens of ms and its first run allocates onnxruntime's arena;
+        # neither may stall the event loop (and every frame it is due to
+        # release) when the first task arrives.
+        for name in self.store.preloadable():
+            try:
+                await wallclock.off_loop(self.store.get, name)
+            except ModelError as exc:
+                log.error("model %s is unusable: %s", name, exc)
+                continue
+            await self.executor.warm_up(name)
+        # The first route pays scipy's and the view cache's start-up (~4 ms):
+        # not while a frame is due.
+        for peer in self.peers.by_index.values():
+            self.relay.next_hop(peer.name)
+        self._recover()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._resume_votes()
+            await nursery.start(self.executor.serve)
+            nursery.start_soon(self.links.run)
+            nursery.start_soon(self._expire_faults)
+            nursery.start_soon(self._follow_the_sky)
+            nursery.start_soon(self.membership.run)
+            nursery.start_soon(self._delivery_loop)
+            nursery.start_soon(self._enforce_deadlines)
+            nursery.start_soon(self._end_inline_runs)
+            nursery.start_soon(self._publish_state)
+            nursery.start_soon(self._power)
+            nursery.start_soon(self._prewarm_routes)
+            nursery.start_soon(self.timekeeper.run)
+            await nursery.start(self.jobs.serve)
+            await nursery.start(self.job_copies.serve)
+            task_status.started()
+
+    # -- live topology ---------------------------------------------------------------
+
+    LINK_GRACE_S = 2.0  # ≫ any link's delay: frames in flight land before a retired link closes
+    REWIRE_EVERY_S = 0.5
+
+    def _wanted_partners(self, wall: float) -> set[int]:
+        """Laser partners always (their streams stay up; physics drops frames
+        while out of sight), plus the ground links physics gives at t."""
+        i = self.me.index
+        wanted = set(self.topology.partners_of(i, self.orbit_t(wall)))
+        if not self.is_ground:
+            wanted |= set(self.topology.neighbours_of(i))
+        return wanted
+
+    # A longer gap (a stopped process, a clock step) is skipped, not replayed: it would
+    # walk every handover slot in it while the event loop waits.
+    HANDOVER_COUNT_MAX_S = 3600.0
+
+    def count_handovers(self, wall: float) -> int:
+        """Handovers this station has made since it started, under the configured policy
+        (mesh.handover's count, advanced to ``wall``); 0 for satellites and under ``all``."""
+        if self.is_ground and self.topology.handover != "all":
+            t = self.orbit_t(wall)
+            if t - self._handover_t > self.HANDOVER_COUNT_MAX_S:
+                self._handover_t = t
+            elif t > self._handover_t:
+                self.handovers += self.topology.handovers(self.me.index, self._handover_t, t)
+                self._handover_t = t
+        return self.handovers
+
+    async def _follow_the_sky(self) -> None:
+        """Open and close ground links as satellites rise, set and hand over."""
+        while True:
+            await trio.sleep(self.REWIRE_EVERY_S)
+            now = wallclock.now()
+            self.count_handovers(now)
+            wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
+            for name in wanted - set(self.links.links):
+                if name < self.me.name:
+                    continue  # the other end dials; _accept_ground takes it
+                entry = self.peers[name]
+                log.info("%s: %s came into view", self.me.name, name)
+                self.links.add_link(name, entry.multiaddr, entry.peer_id, link_seed(self.config.name, self.me.name, name))
+            for name, link in list(self.links.links.items()):
+                if name not in wanted and not link.retiring:
+                    log.info("%s: %s out of view; closing the link in %.0fs", self.me.name, name, self.LINK_GRACE_S)
+                    self.links.retire_link(name, self.LINK_GRACE_S)
+                elif name in wanted and link.retiring:
+                    self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
+
+    def revoke(self, names: frozenset[str]) -> None:
+        """The roster now revokes ``names``: close their links, refuse them, ignore their records."""
+        for name in sorted(names - self.links.revoked):
+            if name not in self.peers or name == self.me.name:
+                continue
+            log.warning("%s: %s is revoked by the roster; closing its link and ignoring its records",
+                        self.me.name, name)
+            if self.trust is not None:
+                self.trust.revoke(self.peers[name].index)
+            self.links.revoke(name, self.peers[name].peer_id)
+
+    def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
+        """An inbound stream from a node we don't link to yet: accept it if
+        physics says the link exists now (a station that just saw us rise)."""
+        if name not in self.peers or self.peers[name].peer_id != peer_id:
+            return None
+        if self.peers[name].index not in self._wanted_partners(wallclock.now()):
+            return None
+        return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
+
+    def _own_state(self) -> dict[str, Any]:
+        """What the rest of the fleet should know about this node (gossiped; small).
+
+        Only what placement reads: every published change is a fleet-wide
+        dissemination, so counters that move with every task (tasks run,
+        tasks pending) stay in ``GET /v1/node`` instead."""
+        workers = max(1, self.executor.workers)
+        backlog = (self.executor.running + self.executor.queued) / workers
+        state: dict[str, Any] = {
+            "backlog": round(backlog, 1), "workers": workers,
+            "models": sorted(self.store.names())[:12], "loaded": self.store.loaded_names()[:8],
+            "cm": compute_to_state(self.compute_table.of_node(self.me.name), limit=6)}
+        if self.battery is not None:
+            state.update(battery=round(self.battery.fraction * 50) / 50, sunlit=self.battery.sunlit,
+                         low=self.battery.low())
+        return state
+
+    async def _power(self) -> None:
+        """Step the battery with orbital time: sunlight from the shared ephemeris,
+        load from the compute seconds actually run here."""
+        if self.battery is None:
+            return
+        wall, busy_s = wallclock.now(), self._busy_s
+        while True:
+            t = self.orbit_t()
+            pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
+            lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
+            now = wallclock.now()
+            busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
+            self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
+            wall, busy_s = now, self._busy_s
+            await trio.sleep(POWER_STEP_S)
+
+    async def _publish_state(self) -> None:
+        """Gossip this node's state when it changed enough to matter to placement
+        (checked every STATE_EVERY_S), and small drifts at most every STATE_REFRESH_S."""
+        last: dict[str, Any] | None = None
+        published = 0.0
+        while True:
+            state = self._own_state()
+            now = wallclock.now()
+            if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
+                try:
+                    self.membership.set_state(state)
+                    last, published = state, now
+                except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
+                    log.error("state not published: %s", exc)
+            await trio.sleep(STATE_EVERY_S)
+
+    async def _expire_faults(self) -> None:
+        purged_at = wallclock.now()
+        while True:
+            await trio.sleep(1.0)
+            self.chaos.expire(wallclock.now())
+            if self.journal is not None and wallclock.now() - purged_at > JOURNAL_PURGE_EVERY_S:
+                purged_at = wallclock.now()
+                try:
+                    self.journal.purge(purged_at)
+                except JournalError as exc:
+                    log.error("%s", exc)
+
+
+def data_paths(data_dir: Path) -> dict[str, Path]:
+    return {"identity": Path(data_dir) / "identity.key"}

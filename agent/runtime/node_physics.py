@@ -1,0 +1,167 @@
+"""The node's physics: orbital time, link delays and profiles, which links are up or
+expected down, and route warming. Every agent computes these by itself from the
+shared config (``mesh.world``), so these methods only read; the node owns the state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from agent import wallclock
+from agent.runtime.relay import LinkState
+from mesh.chaos import Topo
+from mesh.link import LinkProfile
+
+if TYPE_CHECKING:
+    from agent.runtime.membership import MembershipService
+    from agent.links.peers import NodeIdentity, Peers
+    from agent.runtime.relay import Relay
+    from agent.runtime.timekeeper import Timekeeper
+    from mesh.chaos import FaultTable
+    from mesh.healing import HealingRouter
+    from mesh.orbit import Constellation
+    from mesh.routing import Router
+    from mesh.topology import Topology
+
+CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected down", not a failure
+PREWARM_EVERY_S = 0.25
+PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
+PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
+OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
+
+
+class NodePhysics:
+    """Mixin of ``agent.runtime.node.Node``; what it reads of the node:"""
+    me: NodeIdentity
+    peers: Peers
+    constellation: Constellation
+    topology: Topology
+    router: Router
+    healing: HealingRouter
+    timekeeper: Timekeeper
+    chaos: FaultTable
+    base_profile: LinkProfile
+    membership: MembershipService
+    relay: Relay
+    _cut_cache: tuple[float, frozenset[tuple[int, int]]]
+    _pairs_cache: dict[float, frozenset[tuple[int, int]]]
+    _wake: trio.Event
+
+    # -- physics ---------------------------------------------------------------
+
+    def orbit_t(self, wall: float | None = None) -> float:
+        """Orbital time at ``wall`` on the fleet's clock (``agent.runtime.timekeeper``): everything
+        physics decides here (links, delays, handovers, positions, sunlight) reads it."""
+        return self.timekeeper.orbit_t(wallclock.now() if wall is None else wall)
+
+    def _propagation(self, a: str, b: str, sent_at: float) -> float:
+        return self.topology.link_latency(self.peers[a].index, self.peers[b].index, self.orbit_t(sent_at))
+
+    def _cut_links(self, now: float) -> frozenset[tuple[int, int]]:
+        """Links chaos cuts now, as undirected index pairs (cached for 50 ms: asked per probe)."""
+        at, cut = self._cut_cache
+        if now - at > 0.05 or now < at:
+            pairs = self.chaos.cut_now(now)
+            cut = frozenset((min(self.peers[a].index, self.peers[b].index), max(self.peers[a].index, self.peers[b].index))
+                            for a, b in pairs if a in self.peers and b in self.peers)
+            self._cut_cache = (now, cut)
+        return cut
+
+    def _link_down_expected(self, a: int, b: int, now: float) -> bool:
+        """A link that is down for a known reason is not a failure: a chaos cut, a
+        contact physics closes within a second, or a ground contact still opening."""
+        if (min(a, b), max(a, b)) in self._cut_links(now):
+            return True
+        if (min(a, b), max(a, b)) not in self._pairs_up(now + CLOSING_LOOKAHEAD_S):
+            return True
+        names = self.topology.names
+        if names.is_ground(a) or names.is_ground(b):
+            return (min(a, b), max(a, b)) not in self._pairs_up(now - OPENING_SETTLE_S)
+        return False
+
+    def _pairs_up(self, wall: float) -> frozenset[tuple[int, int]]:
+        """Links (laser and ground) physics has up at ``wall``, from the shared snapshot."""
+        snap = self.router.snapshot(self.orbit_t(wall))
+        hit = self._pairs_cache.get(snap.t)
+        if hit is None:
+            hit = snap.pair_set()
+            if len(self._pairs_cache) >= 8:
+                self._pairs_cache.pop(next(iter(self._pairs_cache)))
+            self._pairs_cache[snap.t] = hit
+        return hit
+
+    async def _prewarm_routes(self) -> None:
+        """Compute the next snapshot, its routes and what membership will ask of it
+        before they are needed, so that forwarding and probing find them cached.
+
+        Each agent warms at its own random point of the step: every agent needs
+        the same new snapshot at the same instant, and computing it there would
+        stall the whole fleet's event loops together (2 cores, 24 agents)."""
+        warmed = None
+        ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
+        while True:
+            await trio.sleep(PREWARM_EVERY_S * random.uniform(0.5, 1.5))
+            ahead = wallclock.now() + ahead_s
+            t = self.orbit_t(ahead)
+            key = math.floor(t / self.router.step_s)
+            if key == warmed or self.orbit_t(ahead + 1.0) - t > PREWARM_MAX_RATE:
+                continue      # done already, or the clock runs so fast that steps outpace warming
+            warmed = key
+            down = self.membership.down_links() | self._cut_links(wallclock.now())
+            dead = self.membership.dead_nodes()
+            self._pairs_up(ahead)
+            await trio.sleep(0)
+            self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
+            await trio.sleep(0)
+            self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
+                              down_nodes=dead, down_links=down)
+
+    def _link_state(self, now: float) -> LinkState:
+        """What the relay's forwarding decision reads: orbital time, dead nodes, and
+        links reported down or cut by chaos (links this node saw fail, the relay's
+        ``Forwarder`` adds itself)."""
+        return LinkState(self.orbit_t(now), self.membership.dead_nodes(),
+                         self.membership.down_links() | self._cut_links(now))
+
+    def _view_changed(self) -> None:
+        """A death or a link reported down: frames on their way to it go around now."""
+        dead, down = self.membership.dead_nodes(), self.membership.down_links()
+        me = self.me.index
+
+        def gone(peer: str) -> bool:
+            i = self.peers[peer].index
+            return i in dead or (min(me, i), max(me, i)) in down
+
+        self.relay.view_changed(gone)
+        self._wake.set()
+
+    def _link_profile(self, peer: str, now: float) -> LinkProfile:
+        profile = self.chaos.profile(self.me.name, peer, now, self.base_profile)
+        if not self._in_sight(peer, now):
+            profile = replace(profile, in_sight=False)
+        return profile
+
+    def _in_sight(self, peer: str, now: float) -> bool:
+        """Whether physics has this link up now (line of sight, range)."""
+        snap = self.router.snapshot(self.orbit_t(now))
+        idx = self.peers[peer].index
+        return any(n == idx for n, _ in snap.neighbours(self.me.index))
+
+    def _chaos_topo(self) -> Topo:
+        names = {i: e.name for i, e in self.peers.by_index.items()}
+        links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in self.topology.candidates.tolist()
+                          if int(a) in names and int(b) in names)
+        planes = {n: (self.constellation.shell_of[i], self.constellation.plane_of[i]) for i, n in names.items()
+                  if i < len(self.constellation)}
+        return Topo(frozenset(names.values()), links, planes)
+
+    def position(self) -> dict[str, float]:
+        x, y, z = (float(v) for v in self.topology.node_position(self.me.index, self.orbit_t()))
+        r = math.sqrt(x * x + y * y + z * z)
+        return {"x_km": x, "y_km": y, "z_km": z, "lat_deg": math.degrees(math.asin(z / r)),
+                "lon_deg": math.degrees(math.atan2(y, x)), "radius_km": r}
