@@ -54,6 +54,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
     h.add_argument("--data-root", required=True, help="the directory holding one data dir per satellite (by name)")
     h.add_argument("--control", type=Path, help="Unix socket for per-satellite kill/restart/status "
                                                 "(agent/ops/sat_host_control.py); none if omitted")
+    h.add_argument("--bind", metavar="ADDR", help="listen on ADDR (0.0.0.0 in a container) with the ports each "
+                                                  "satellite's peers entry lists (default: the entry's own host)")
     _add_daemon_args(h)
     h.set_defaults(func=cmd_sat_host)
     return p
@@ -143,7 +145,7 @@ def cmd_sat_host(args: argparse.Namespace) -> int:
     return sat_host.main(args.host_name or names[0], names, Path(args.config), Path(peers), Path(args.data_root),
                          Path(args.models), control=args.control, realtime=not args.no_realtime,
                          journal=not args.no_journal, workers=args.workers, auth=auth,
-                         roster=(Path(args.roster), Path(args.authority)) if args.roster else None)
+                         roster=(Path(args.roster), Path(args.authority)) if args.roster else None, bind=args.bind)
 
 
 def main(argv: list[str]) -> int:

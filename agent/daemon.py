@@ -40,6 +40,19 @@ def _listen_of(multiaddr: str) -> tuple[str, int]:
         raise ValueError(f"cannot find /ip4/HOST/tcp/PORT in {multiaddr!r}") from None
 
 
+def bound_to(entry, host: str) -> tuple[tuple[str, int], tuple[str, int], tuple[str, int] | None]:
+    """(libp2p, API, gRPC) addresses on ``host`` with the ports ``entry`` lists: a satellite in a
+    container listens on every interface there, whatever name the peers file gives it."""
+    parts = entry.multiaddr.strip("/").split("/")
+    try:
+        p2p = int(parts[parts.index("tcp") + 1])
+    except (ValueError, IndexError):
+        raise ValueError(f"cannot find /tcp/PORT in {entry.multiaddr!r}") from None
+    api = urlparse(entry.api).port or 80
+    grpc = parse_hostport(entry.grpc)[1] if entry.grpc else None
+    return (host, p2p), (host, api), ((host, grpc) if grpc is not None else None)
+
+
 async def run_agent(name: str, config: FleetConfig, peers: Peers, data_dir: Path, models: Path,
                     listen: tuple[str, int] | None = None, api: tuple[str, int] | None = None,
                     realtime: bool = True, journaled: bool = True, discover: str | None = None,

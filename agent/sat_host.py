@@ -33,7 +33,7 @@ from pathlib import Path
 import trio
 
 from agent.serve.auth import AgentAuth
-from agent.daemon import run_satellite
+from agent.daemon import bound_to, run_satellite
 from agent.links.hybrid_host import Gate
 from agent.links.memory_host import MemoryNetwork
 from agent.links.priority import raise_event_loop_priority
@@ -61,7 +61,9 @@ class SatHost:
     def __init__(self, host_name: str, names: list[str], config: FleetConfig, peers, data_root: Path,
                  models: Path, *, auth: AgentAuth, journaled: bool = True, workers: int | None = None,
                  revoked: frozenset[str] = frozenset(), roster: tuple[Path, Path] | None = None,
-                 fleet_dir: Path | None = None):
+                 fleet_dir: Path | None = None, bind: str | None = None):
+        """``bind``: listen on this address (0.0.0.0 in a container) with each satellite's
+        ports from the peers file, instead of on the host names it lists."""
         unknown = [n for n in names if n not in peers]
         if unknown:
             raise ValueError(f"not in the peers file: {', '.join(unknown)}")
@@ -71,6 +73,7 @@ class SatHost:
         self.config, self.peers, self.data_root, self.models = config, peers, Path(data_root), Path(models)
         self.auth, self.journaled, self.workers = auth, journaled, workers
         self.revoked, self.roster, self.fleet_dir = revoked, roster, fleet_dir
+        self.bind = bind
         # Every satellite's twin exists before any starts, so a dial to a sibling
         # never goes out over TCP just because the sibling started later.
         self.net = MemoryNetwork()
@@ -121,8 +124,9 @@ class SatHost:
         try:
             with trio.CancelScope() as scope:
                 sat.scope = scope
+                listen, api, grpc = bound_to(self.peers[sat.name], self.bind) if self.bind else (None, None, None)
                 await run_satellite(sat.name, self.config, self.peers, self.data_root / sat.name, self.models,
-                                    journaled=self.journaled, workers=self.workers, auth=self.auth,
+                                    listen=listen, api=api, grpc=grpc, journaled=self.journaled, workers=self.workers, auth=self.auth,
                                     revoked=self.revoked, roster=self.roster, fleet_dir=self.fleet_dir,
                                     memory=self.net, gate=sat.gate, task_status=status)
         except Exception as exc:
@@ -263,7 +267,7 @@ async def run_host(host: SatHost, control: Path | None, realtime: bool = True) -
 
 def main(host_name: str, names: list[str], config_path: Path, peers_path: Path, data_root: Path, models: Path, *,
          control: Path | None, realtime: bool, journal: bool, workers: int | None, auth: AgentAuth,
-         roster: tuple[Path, Path] | None) -> int:
+         roster: tuple[Path, Path] | None, bind: str | None = None) -> int:
     """The process's entry (``orbitmesh sat-host``): the same checks as the daemon's, then every satellite."""
     from agent.daemon import load_fleet
     from agent.runtime.journal import JournalError
@@ -274,7 +278,7 @@ def main(host_name: str, names: list[str], config_path: Path, peers_path: Path, 
             raise ValueError(f"revoked by the roster {roster[0] if roster else ''}: {', '.join(bad)}")
         host = SatHost(host_name, names, config, peers, data_root, models, auth=auth, journaled=journal,
                        workers=workers, revoked=revoked, roster=roster,
-                       fleet_dir=Path(peers_path).resolve().parent)
+                       fleet_dir=Path(peers_path).resolve().parent, bind=bind)
         trio.run(run_host, host, control, realtime)
     except (ValueError, JournalError, OSError, ControlError) as exc:
         log.error("%s", exc)

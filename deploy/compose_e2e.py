@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.serve.auth import bearer, client_token  # noqa: E402
+from agent.ops.compose_hosts import container_groups  # noqa: E402
 from agent.ops.engine_chaos import EngineChaos  # noqa: E402
 
 
@@ -156,7 +157,7 @@ def path_of(rec: dict[str, Any]) -> list[str]:
 
 def routes(fleet: Fleet, chaos: EngineChaos) -> Any:
     """A function (src, dst) -> node path (or None), from the fleet's own config and physics."""
-    sat0 = chaos.container("sat-0")
+    sat0 = chaos.hosting("sat-0") or chaos.container("sat-0")     # a host container, or sat-0's own
     code, out = sat0.exec_run(["cat", "/fleet/config.toml"])
     if code != 0:
         return None
@@ -313,6 +314,40 @@ def cut_link(checks: Checks, fleet: Fleet, names: list[str], entry: str, target:
     checks.check(got >= 20, f"{a}–{b} carries frames again after the clear", f"{got}/25 probes arrived")
 
 
+def host_kill(checks: Checks, fleet: Fleet, chaos: EngineChaos, services: dict[str, list[str]],
+              ids: dict[str, str], samples: list[dict[str, Any]], rejoin_timeout: float,
+              metrics: dict[str, Any]) -> None:
+    """Kill the host container that does not run sat-0: every one of its satellites goes down at
+    once (a lost plane); started again, every one comes back with its own peer id."""
+    host, group = next((h, g) for h, g in services.items() if len(g) > 1 and "sat-0" not in g)
+    state = chaos.kill(host)
+    checks.check(state in ("exited", "dead"), f"docker kill {host} (satellites {group[0]} … {group[-1]})",
+                 f"state {state}")
+    gone = []
+    for n in group:
+        try:
+            fleet.get(n, "/v1/health", timeout=2.0)
+        except httpx.HTTPError:
+            gone.append(n)
+    checks.check(gone == group, f"all {len(group)} satellites of {host} are down with it",
+                 ", ".join(sorted(set(group) - set(gone))))
+    rec = fleet.run_task("sat-0", group[-1], samples[1], timeout_s=8.0, wait_margin=10.0)
+    checks.check(rec.get("status") == "failed" and bool(rec.get("error")),
+                 f"task sat-0 → {group[-1]} in the dead host fails with a reason", str(rec.get("error")))
+    t0 = time.monotonic()
+    state = chaos.start(group[0])          # any of its satellites names the host to start
+    checks.check(state == "running", f"starting {group[0]} starts {host}", f"state {state}")
+    late = [n for n in group if fleet.wait_ready(n, max(10.0, rejoin_timeout - (time.monotonic() - t0))) is None]
+    checks.check(not late, f"all {len(group)} satellites of {host} rejoined with every link up",
+                 f"{time.monotonic() - t0:.1f} s after start" if not late else f"not ready: {', '.join(late)}")
+    metrics["host_rejoin_s"] = time.monotonic() - t0
+    checks.check(all(fleet.get(n, "/v1/node")["peer_id"] == ids[n] for n in group),
+                 f"every satellite of {host} kept its peer id")
+    rec = fleet.run_task("sat-0", group[-1], samples[2])
+    checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[2]["label"],
+                 f"task sat-0 → {group[-1]} after the restart: {rec.get('status')}", str(rec.get("error") or ""))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--project", required=True, help="compose project name")
@@ -324,6 +359,8 @@ def main() -> int:
     ap.add_argument("--victim", default="sat-9")
     ap.add_argument("--rejoin-timeout", type=float, default=150.0)
     ap.add_argument("--metrics", type=Path, help="write measured numbers here (JSON)")
+    ap.add_argument("--sats-per-container", type=int, default=1, metavar="K",
+                    help="the file runs K satellites per container (orbitmesh compose --sats-per-container)")
     args = ap.parse_args()
 
     checks = Checks()
@@ -340,8 +377,9 @@ def main() -> int:
 
     # -- 0. the engine sees every node; each answers with its identity -----------------
     nodes = chaos.nodes()
-    checks.check(sorted(nodes) == sorted(names + gs_names), f"Docker engine lists {len(nodes)} node containers",
-                 ", ".join(sorted(set(names + gs_names) - set(nodes))) or "")
+    services = container_groups(names + gs_names, args.sats_per_container)
+    checks.check(sorted(nodes) == sorted(services), f"Docker engine lists {len(nodes)} node containers",
+                 ", ".join(sorted(set(services) - set(nodes))) or "")
     ids = {n: fleet.get(n, "/v1/node")["peer_id"] for n in names + gs_names}
     checks.check(len(set(ids.values())) == len(ids), f"every node has its own peer id ({len(ids)} nodes)")
     route = routes(fleet, chaos)
@@ -489,6 +527,10 @@ def main() -> int:
 
     # -- 5. for the whole run: no verdict about a node that no fault touched -------------------
     metrics.update(verdict_checks(checks, fleet, names + gs_names, {victim, other}, "whole run"))
+
+    # -- 6. satellites sharing a container: the container killed is a correlated failure ---------
+    if args.sats_per_container > 1:
+        host_kill(checks, fleet, chaos, services, ids, samples, args.rejoin_timeout, metrics)
 
     if args.metrics:
         args.metrics.write_text(json.dumps(metrics, indent=1))

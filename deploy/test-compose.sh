@@ -34,6 +34,24 @@ FAILED_STEP=""
 
 step() { printf '[test-docker +%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { FAILED_STEP="$*"; echo "error: $*" >&2; exit 1; }
+# Until every node's API answers ready: satellites sat-i on API_BASE+i, then the ground
+# stations (a station with no satellite in view has no links, and is ready once its API answers).
+wait_all_ready() {
+  local project=$1 ready=0 last=-1 exited deadline=$(( $(date +%s) + READY_TIMEOUT ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    ready=0
+    for i in $(seq 0 $((NODES - 1))); do
+      curl -s -m 2 "http://127.0.0.1:$((API_BASE + i))/v1/health" 2>/dev/null | grep -q '"ready":true' && ready=$((ready + 1))
+    done
+    [ "$ready" != "$last" ] && step "agents ready: $ready/$NODES"
+    last=$ready
+    [ "$ready" -eq "$NODES" ] && return 0
+    exited=$("$DOCKER" ps -a --filter "label=com.docker.compose.project=$project" --filter "label=org.orbitmesh.node" --filter status=exited -q | wc -l)
+    [ "$exited" -eq 0 ] || die "$exited node containers exited during start-up"
+    sleep 2
+  done
+  die "only $ready/$NODES agents ready after ${READY_TIMEOUT} s"
+}
 
 # -- 1. engine (deploy/engine.sh: Debian's packages, dockerd started by hand) ----------
 # shellcheck source=deploy/engine.sh
@@ -49,7 +67,7 @@ teardown() {
   if [ $rc -ne 0 ]; then
     echo "---- FAILED${FAILED_STEP:+: $FAILED_STEP} — container states and logs ----" >&2
     "${COMPOSE[@]}" ps >&2 2>/dev/null
-    for svc in init sat-0 sat-2 sat-9 sat-15 gs-london; do
+    for svc in init sat-0 sat-2 sat-9 sat-15 gs-london host-0 host-1; do
       echo "---- logs of $svc (last 40 lines) ----" >&2
       "${COMPOSE[@]}" logs --no-color --tail=40 "$svc" >&2 2>/dev/null
     done
@@ -108,23 +126,7 @@ tu=$(date +%s.%N)
 timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log"; die "docker-compose up failed"; }
 UP_RETURNED_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
 step "up returned after ${UP_RETURNED_S} s; waiting for every agent's links (at most ${READY_TIMEOUT} s)"
-ready=0; last=-1
-deadline=$(( $(date +%s) + READY_TIMEOUT ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-  ready=0
-  # satellites sat-i on API_BASE+i, then the ground stations (a station with no
-  # satellite in view has no links, and is ready once its API answers)
-  for i in $(seq 0 $((NODES - 1))); do
-    curl -s -m 2 "http://127.0.0.1:$((API_BASE + i))/v1/health" 2>/dev/null | grep -q '"ready":true' && ready=$((ready + 1))
-  done
-  [ "$ready" != "$last" ] && step "agents ready: $ready/$NODES"
-  last=$ready
-  [ "$ready" -eq "$NODES" ] && break
-  exited=$("$DOCKER" ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.node" --filter status=exited -q | wc -l)
-  [ "$exited" -eq 0 ] || die "$exited node containers exited during start-up"
-  sleep 2
-done
-[ "$ready" -eq "$NODES" ] || die "only $ready/$NODES agents ready after ${READY_TIMEOUT} s"
+wait_all_ready "$PROJECT"
 READY_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
 step "all $NODES agents ($SIZE satellites, ground stations $GROUND) ready ${READY_S} s after up"
 "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' \
@@ -176,3 +178,26 @@ print(f"measured: build {m['build_s']} s, image {m['image_mb']} MB, up→ready {
       f"at ready, {a.get('median', 0):.0f} MiB after tasks; ground stations "
       f"{m['mem_mib_ground_ready'].get('median', 0):.0f} MiB; written to {out}")
 EOF
+
+# -- 8. satellites sharing containers (orbitmesh compose --sats-per-container 12) -------------
+# The same constellation as 2 host containers of 12 satellites beside the 2 ground stations:
+# the same end-to-end checks (a hosted satellite killed, started, paused and resumed alone,
+# through the host's control socket), then a host container killed: all its satellites at once.
+step "tearing down $PROJECT; the same fleet in host containers of 12 (--sats-per-container 12)"
+timeout 120 "${COMPOSE[@]}" --profile monitoring down -v -t 5 --remove-orphans >"$WORK/down.log" 2>&1 \
+  || { tail -5 "$WORK/down.log"; die "compose down of $PROJECT failed"; }
+HOSTS_FILE=$WORK/hosts-compose.yml
+"$PY" -m agent compose --sats-per-container 12 -o "$HOSTS_FILE" || die "orbitmesh compose --sats-per-container failed"
+PROJECT=$PROJECT-hosts
+COMPOSE=(docker-compose -p "$PROJECT" -f "$HOSTS_FILE")
+docker-compose -f "$HOSTS_FILE" config -q || die "docker-compose config rejected the --sats-per-container file"
+"${COMPOSE[@]}" down -v -t 2 --remove-orphans >/dev/null 2>&1 || true
+tu=$(date +%s.%N)
+timeout 300 "${COMPOSE[@]}" up -d >"$WORK/up-hosts.log" 2>&1 || { tail -30 "$WORK/up-hosts.log"; die "docker-compose up (hosts) failed"; }
+wait_all_ready "$PROJECT"
+HOSTS_READY_S=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$tu")
+step "all $NODES agents ready ${HOSTS_READY_S} s after up, in $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.sats" | wc -l) host containers"
+"$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.CPUPerc}}' \
+  $("$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=org.orbitmesh.sats")
+"$PY" deploy/compose_e2e.py --project "$PROJECT" --size "$SIZE" --ground "$GROUND" --api-base "$API_BASE" --models models \
+  --sats-per-container 12 --metrics "$WORK/e2e-hosts.json" || die "end-to-end checks with host containers failed"

@@ -35,6 +35,19 @@ from agent.atomic import write_atomic
 P2P_PORT = 4001                  # libp2p links, inside every container
 API_PORT = 8080                  # HTTP API, inside every container
 GRPC_PORT = 8081                 # gRPC inference (Open Inference Protocol), inside every container
+MAX_SLOTS = 1000                 # satellites one container may host (their ports stay below 10,081)
+
+
+def slot_ports(slot: int) -> tuple[int, int, int]:
+    """(libp2p, API, gRPC) ports inside a container of the satellite in ``slot`` (from 0).
+
+    A container that hosts several satellites (``--sats-per-container``) shares one
+    network namespace among them, so each needs ports of its own: slot 0 keeps the
+    single-satellite container's ports, and API and gRPC ports interleave so they
+    never collide (8080/8081, 8082/8083, ...)."""
+    if not 0 <= slot < MAX_SLOTS:
+        raise ValueError(f"container slot {slot}: a container hosts at most {MAX_SLOTS} satellites")
+    return P2P_PORT + slot, API_PORT + 2 * slot, GRPC_PORT + 2 * slot
 IDENTITY_CONTEXT = b"orbitmesh/identity/v1/"
 MIN_SECRET_BYTES = 16
 

@@ -39,12 +39,15 @@ from agent.ops import monitoring
 from agent.atomic import write_atomic
 from agent.ops.engine_chaos import LABEL_NODE
 from agent.links.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
-                                  read_secret)
+                                        read_secret, slot_ports)
 from agent.ops.fleet_keys import AUTHORITY_DIR, NODES_DIR
+from agent.ops.compose_spec import (DEFAULT_IMAGE, DEMO_GROUND, PUBLISH_CHOICES, ComposeSpec, _check,
+                                   station_names)
+from agent.ops.compose_hosts import (CONTROL_SOCKET, LABEL_SATS, container_groups, container_slots, healthcheck,
+                                    host_command, published_ports, run_host)
 
 log = logging.getLogger("orbitmesh.compose")
 
-DEFAULT_IMAGE = "orbitmesh:latest"
 FLEET_DIR = "/fleet"             # the fleet volume: secret, api-token, config.toml, peers.json
 TOKEN_NAME = "api-token"
 DATA_DIR = "/data"               # a node's own volume: identity.key
@@ -63,13 +66,15 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
                time_scale: float | None = None, now: float | None = None,
-               ground: tuple[str, ...] = (), keys: Path | None = None, authority: Path | None = None) -> list[str]:
+               ground: tuple[str, ...] = (), keys: Path | None = None, authority: Path | None = None,
+               sats_per_container: int = 1) -> list[str]:
     """Create the fleet volume's secret and config (kept if present); what it did, as lines.
 
     ``ground``: stations added to the preset's config (as ``orbitmesh up
     --ground`` does), each then run by its own ``gs-<name>`` service.
     ``keys`` (every node's volume, at ``keys/<node>``) and ``authority``: issue
     per-node keys and a signed roster instead of a fleet secret (agent/ops/fleet_keys.py).
+    ``sats_per_container``: the compose file's K, which gives each satellite its ports.
     """
     from agent.ops.fleet import FleetError, FleetSpec, fleet_config
     from mesh.config import ConfigError, config_to_toml, parse_config
@@ -104,12 +109,17 @@ def init_fleet(fleet_dir: Path, preset: str = "demo", n: int | None = None,
     from mesh.nodes import NodeNames
     names = NodeNames(cfg.size, station_names(cfg))
     nodes = [names.name(i) for i in range(len(names))]
-    _write_atomic(fleet_dir / monitoring.CONFIG_NAME, monitoring.prometheus_config(nodes, API_PORT))
+    slots = container_slots(nodes, sats_per_container)
+    _write_atomic(fleet_dir / monitoring.CONFIG_NAME,
+                  monitoring.prometheus_config(nodes, {n: slot_ports(slots[n])[1] for n in nodes}))
     done.append(f"wrote {fleet_dir / monitoring.CONFIG_NAME} ({len(nodes)} scrape targets, for the "
                 f"'{monitoring.PROFILE}' profile)")
     if keys is not None:
         from agent.ops.fleet_keys import AUTHORITY_DIR, issue_keys
-        return done + issue_keys(fleet_dir, Path(authority or AUTHORITY_DIR), Path(keys), nodes, cfg.name)
+        return done + issue_keys(fleet_dir, Path(authority or AUTHORITY_DIR), Path(keys), nodes, cfg.name,
+                                 slots=slots)
+    if sats_per_container > 1:
+        raise ComposeError("--sats-per-container needs issued keys (--keys): a derived fleet has no per-satellite ports")
     # For people and tools; every node derives the same file itself.
     secret = read_secret(secret_path)
     _write_atomic(fleet_dir / "peers.json", fleet_peers(secret, cfg.size, stations=station_names(cfg)).to_json())
@@ -127,10 +137,6 @@ def _init_token(path: Path) -> str:
     return f"kept the API token in {path}" if existed else \
         f"created an API token in {path} (read it: docker compose exec sat-0 cat {path})"
 
-
-def station_names(cfg) -> tuple[str, ...]:
-    """The config's ground stations, in node order (station k is node n_sats + k)."""
-    return tuple(st.name for st in cfg.ground.stations)
 
 
 def _stations_note(cfg) -> str:
@@ -249,67 +255,6 @@ def token_args(args: argparse.Namespace) -> list[str]:
 # the compose file
 
 
-# The committed docker-compose.yml runs these two beside the demo satellites.
-DEMO_GROUND = ("london", "tokyo")
-
-
-@dataclass(frozen=True)
-class ComposeSpec:
-    preset: str = "demo"
-    n: int | None = None                 # satellites; None = the preset's size
-    time_scale: float | None = None
-    image: str = DEFAULT_IMAGE
-    api_host: str = "127.0.0.1"          # where published API ports listen on the host
-    api_base_port: int = 8100            # sat-i's API is published on api_base_port + i
-    grpc_base_port: int = 8200           # ... and its gRPC inference port (Open Inference Protocol) on grpc_base_port + i
-    publish: str = "all"                 # all | first | none
-    realtime: bool = True                # cap_add SYS_NICE (else --no-realtime)
-    # ground-station services gs-<name>, nodes size+k; built-in station names
-    ground: tuple[str, ...] = DEMO_GROUND
-
-
-PUBLISH_CHOICES = ("all", "first", "none")
-# DNS label: a service name other containers resolve (gs-<name>)
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$")
-
-
-def _check(spec: ComposeSpec):
-    """Validate ``spec``; the fleet config it runs (ground stations included)."""
-    from agent.ops.fleet import FleetError, FleetSpec, fleet_config
-    from mesh.ground import parse_station
-    if spec.publish not in PUBLISH_CHOICES:
-        raise ComposeError(f"--publish must be one of {', '.join(PUBLISH_CHOICES)}, not {spec.publish!r}")
-    seen = set()
-    for g in spec.ground:
-        try:
-            st = parse_station(g)
-        except (KeyError, ValueError) as exc:
-            raise ComposeError(f"--ground: {exc.args[0] if exc.args else exc}") from None
-        if st.name in seen:
-            raise ComposeError(f"--ground {g}: ground station {st.name!r} given twice")
-        seen.add(st.name)
-    try:
-        cfg = fleet_config(FleetSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale,
-                                     ground=tuple(spec.ground)))
-    except FleetError as exc:
-        raise ComposeError(str(exc)) from None
-    for name in station_names(cfg):       # the preset's own stations and the added ones
-        if not _SERVICE_NAME.fullmatch(name):
-            # lat,lon stations are named after their coordinates ("51.5000N,0.1200W"),
-            # which is no DNS name: other containers could not resolve the service.
-            raise ComposeError(f"ground station {name!r} cannot be a compose service (gs-<name> must be "
-                               f"a DNS name); use a built-in station such as london")
-    nodes = cfg.size + len(cfg.ground.stations)
-    if spec.publish != "none" and not 0 < spec.api_base_port <= 65535 - (nodes - 1):
-        raise ComposeError(f"--api-port {spec.api_base_port}: the {nodes} published ports must fit below 65536")
-    if spec.publish != "none" and not 0 < spec.grpc_base_port <= 65535 - (nodes - 1):
-        raise ComposeError(f"--grpc-port {spec.grpc_base_port}: the {nodes} published ports must fit below 65536")
-    if spec.publish != "none" and abs(spec.grpc_base_port - spec.api_base_port) < nodes:
-        raise ComposeError(f"--grpc-port {spec.grpc_base_port} and --api-port {spec.api_base_port} overlap "
-                           f"({nodes} ports each)")
-    if not spec.image or any(c.isspace() for c in spec.image):
-        raise ComposeError(f"bad image name {spec.image!r}")
-    return cfg
 
 
 # A container is healthy once its API answers and every laser link is up.
@@ -340,6 +285,8 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
         init_cmd += ["--time-scale", repr(float(spec.time_scale))]
     for g in spec.ground:
         init_cmd += ["--ground", g]
+    if spec.sats_per_container > 1:
+        init_cmd += ["--sats-per-container", str(spec.sats_per_container)]
     services: dict[str, Any] = {
         "init": {
             "image": spec.image,
@@ -357,41 +304,45 @@ def compose_document(spec: ComposeSpec = ComposeSpec()) -> dict[str, Any]:
         },
     }
     volumes: dict[str, Any] = {"fleet": {}, "authority": {}}
-    for i in range(len(names)):
-        name = names.name(i)
-        role = "ground" if names.is_ground(i) else "satellite"
-        cmd = ["python", "-m", "agent.ops.compose", "node", "--node", name, "--fleet", FLEET_DIR, "--data", DATA_DIR]
-        if not spec.realtime:
-            cmd.append("--no-realtime")
+    all_names = [names.name(i) for i in range(len(names))]
+    index_of = {n: i for i, n in enumerate(all_names)}
+    for service, group in container_groups(all_names, spec.sats_per_container).items():
+        name = group[0]
+        role = "ground" if names.is_ground(index_of[name]) else "satellite"
         svc: dict[str, Any] = {
             "image": spec.image,
-            "hostname": name,
-            "command": cmd,
+            "hostname": service,
+            "command": host_command(service, group, FLEET_DIR, DATA_DIR, spec.realtime) if service != name else
+            ["python", "-m", "agent.ops.compose", "node", "--node", name, "--fleet", FLEET_DIR, "--data", DATA_DIR,
+             *([] if spec.realtime else ["--no-realtime"])],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
-            "networks": [NETWORK],
-            "volumes": [f"fleet:{FLEET_DIR}:ro", f"{name}-data:{DATA_DIR}"],
+            # a hosted satellite's name reaches its host: peers.json names every node by its own name
+            "networks": {NETWORK: {"aliases": group}} if service != name else [NETWORK],
+            "volumes": [f"fleet:{FLEET_DIR}:ro", *((f"{name}-data:{DATA_DIR}",) if service == name else
+                                                  (f"{n}-data:{DATA_DIR}/{n}" for n in group))],
         }
-        if spec.publish == "all" or (spec.publish == "first" and i == 0):
-            svc["ports"] = [f"{spec.api_host}:{spec.api_base_port + i}:{API_PORT}",
-                            f"{spec.api_host}:{spec.grpc_base_port + i}:{GRPC_PORT}"]
+        ports = published_ports(spec, index_of, group)
+        if ports:
+            svc["ports"] = ports
         svc["cap_drop"] = ["ALL"]
         if spec.realtime:
             # SCHED_RR for the event loop (agent/links/priority.py); nothing else.
             svc["cap_add"] = ["SYS_NICE"]
         svc.update({
             "security_opt": ["no-new-privileges:true"],
-            "labels": {LABEL_NODE: name, LABEL_ROLE: role},
+            "labels": {LABEL_NODE: service, LABEL_ROLE: role,
+                       **({LABEL_SATS: ",".join(group)} if service != name else {})},
             # a killed node stays down until chaos (or you) start it again
             "restart": "no",
             "stop_grace_period": "5s",
             # ready = API answers and every link up; a ground station with no
             # satellite in view has no links, so it is ready too
-            "healthcheck": {"test": HEALTHCHECK, "interval": "30s",
+            "healthcheck": {"test": HEALTHCHECK if service == name else healthcheck(group), "interval": "30s",
                             "timeout": "5s", "retries": 3, "start_period": "60s"},
             "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
         })
-        services[name] = svc
-        volumes[f"{name}-data"] = {}
+        services[service] = svc
+        volumes.update({f"{n}-data": {} for n in group})
     services["prometheus"] = monitoring.prometheus_service("fleet", FLEET_DIR, NETWORK, spec.api_host,
                                                           {LABEL_ROLE: monitoring.PROFILE})
     volumes["prometheus-data"] = {}
@@ -412,6 +363,7 @@ def compose_header(spec: ComposeSpec) -> str:
     how += [f"--api-port {spec.api_base_port}"] if spec.api_base_port != d.api_base_port else []
     how += [f"--grpc-port {spec.grpc_base_port}"] if spec.grpc_base_port != d.grpc_base_port else []
     how += ["--no-realtime"] if not spec.realtime else []
+    how += [f"--sats-per-container {spec.sats_per_container}"] if spec.sats_per_container > 1 else []
     cfg = _check(spec)
     gs = station_names(cfg)
     ground = ""
@@ -459,6 +411,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="host port of sat-0's gRPC inference service; sat-i gets this + i (default: 8200)")
     p.add_argument("--no-realtime", action="store_true",
                    help="run agents with --no-realtime instead of granting CAP_SYS_NICE for SCHED_RR")
+    p.add_argument("--sats-per-container", type=int, default=1, metavar="K",
+                   help="run K satellites per container (services host-0 …, docs/sat-hosts.md); default 1")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--ground", action="append", default=None, metavar="NAME",
                    help="a ground-station service gs-NAME (a built-in station such as london); repeatable; "
@@ -470,7 +424,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     spec = ComposeSpec(preset=args.preset, n=args.n, time_scale=args.time_scale, image=args.image,
                        api_host=args.api_host, api_base_port=args.api_port, grpc_base_port=args.grpc_port,
                        publish=args.publish,
-                       realtime=not args.no_realtime,
+                       realtime=not args.no_realtime, sats_per_container=args.sats_per_container,
                        ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND)
     try:
         text = generate(spec)
@@ -518,6 +472,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="issue each node a key in DIR/<node> (its volume) and a signed roster, no fleet secret")
     p.add_argument("--authority", type=Path, default=Path(AUTHORITY_DIR), metavar="DIR",
                    help="where the fleet authority's key lives (only the init service mounts it)")
+    p.add_argument("--sats-per-container", type=int, default=1, metavar="K",
+                   help="the compose file's K: satellites sharing a container get ports of their own")
+
+    p = sub.add_parser("host", help="(in a host container) run several satellites, keys issued by init")
+    p.add_argument("--host-name", required=True)
+    p.add_argument("--names", required=True, help="the satellites of this container, comma-separated")
+    p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR))
+    p.add_argument("--data-root", type=Path, default=Path(DATA_DIR), help="every satellite's volume, by name")
+    p.add_argument("--control", default=CONTROL_SOCKET, help="the host's control socket (per-satellite chaos)")
+    p.add_argument("--models", default=MODELS_DIR)
+    p.add_argument("--no-realtime", action="store_true")
+    p.add_argument("--api-token-file", type=Path)
+    p.add_argument("--no-auth", action="store_true")
 
     p = sub.add_parser("node", help="(in a satellite container) derive identity and peers, then run the agent")
     who = p.add_mutually_exclusive_group(required=True)
@@ -567,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "init":
             for line in init_fleet(args.fleet, args.preset, args.n, args.time_scale, ground=tuple(args.ground),
-                                   keys=args.keys, authority=args.authority):
+                                   keys=args.keys, authority=args.authority,
+                                   sats_per_container=args.sats_per_container):
                 log.info("%s", line)
             return 0
         if args.command == "node":
@@ -593,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             # would pay ~1 s of CPU per container again.
             from agent import agent_cli
             return agent_cli.main(launch.argv)
+        if args.command == "host":
+            return run_host(args, token_args(args))
         if args.command == "chaos":
             from agent.ops.engine_chaos import ChaosError, EngineChaos
             try:

@@ -11,6 +11,8 @@ from typing import Any
 
 #: The container label that names a node: written by agent/ops/compose.py, read here.
 LABEL_NODE = "org.orbitmesh.node"
+#: A container that hosts several satellites lists them here (agent/ops/compose_hosts.py).
+LABEL_SATS = "org.orbitmesh.sats"
 
 
 class ChaosError(Exception):
@@ -58,6 +60,45 @@ class EngineChaos:
             out[node] = c
         return out
 
+    def hosting(self, node: str) -> Any | None:
+        """The container that hosts satellite ``node`` among others (``--sats-per-container``), if one does."""
+        labels = [LABEL_SATS] + ([f"com.docker.compose.project={self.project}"] if self.project else [])
+        found = [c for c in self.client.containers.list(all=True, filters={"label": labels})
+                 if node in c.labels.get(LABEL_SATS, "").split(",")]
+        if len(found) > 1:
+            raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
+        return found[0] if found else None
+
+    def _hosted(self, node: str, action: str) -> str | None:
+        """``action`` done to one satellite of a host container, through the host's control
+        socket inside it (``docker exec``); None when ``node`` has a container of its own.
+        Its state comes back as the engine's words: running, paused, exited."""
+        if action not in self.ACTIONS:
+            raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
+        if self.client.containers.list(all=True, filters=self._filters(node)):
+            return None
+        host = self.hosting(node)
+        if host is None:
+            return None
+        host.reload()
+        if host.status != "running":
+            if action == "start":        # its host is down: starting it starts all its satellites
+                return self._do_on(host, node, "start", lambda c: c.start())
+            if action == "state":
+                return host.status
+            raise ChaosError(f"cannot {action} {node}: its host container {host.name} is {host.status}")
+        verb = {"start": "restart", "stop": "kill", "state": "status"}.get(action, action)
+        try:
+            code, out = host.exec_run(["python", "-m", "agent.ops.compose_hosts", verb, node])
+        except Exception as exc:
+            raise ChaosError(f"cannot {action} {node} in {host.name}: {getattr(exc, 'explanation', None) or exc}") \
+                from None
+        text = out.decode(errors="replace").strip() if isinstance(out, bytes) else str(out).strip()
+        if code != 0:
+            raise ChaosError(f"cannot {action} {node} in {host.name}: {text.removeprefix('error: ')}")
+        state = text.splitlines()[-1] if text else ""
+        return {"down": "exited"}.get(state, state)
+
     def container(self, node: str) -> Any:
         found = self.client.containers.list(all=True, filters=self._filters(node))
         if not found:
@@ -68,12 +109,20 @@ class EngineChaos:
         return found[0]
 
     def state(self, node: str) -> str:
+        hosted = self._hosted(node, "state")
+        if hosted is not None:
+            return hosted
         c = self.container(node)
         c.reload()
         return c.status            # running, paused, exited, created, restarting
 
     def _do(self, node: str, what: str, fn) -> str:
-        c = self.container(node)
+        hosted = self._hosted(node, what)
+        if hosted is not None:
+            return hosted
+        return self._do_on(self.container(node), node, what, fn)
+
+    def _do_on(self, c: Any, node: str, what: str, fn) -> str:
         try:
             fn(c)
         except Exception as exc:
@@ -82,7 +131,7 @@ class EngineChaos:
         return c.status
 
     def kill(self, node: str, signal: str = "SIGKILL") -> str:
-        """Crash ``node`` (SIGKILL: no shutdown, no goodbye on its links)."""
+        """Crash ``node`` (SIGKILL: no shutdown, no goodbye on its links); a hosted satellite alone."""
         return self._do(node, "kill", lambda c: c.kill(signal=signal))
 
     def pause(self, node: str) -> str:
@@ -170,6 +219,9 @@ class SwarmChaos(EngineChaos):
             raise ChaosError(f"no replica of {node} runs on this machine (slot {self.names.index(node) + 1}; "
                              f"`docker service ps {self.service}` shows where it runs)")
         return c
+
+    def _hosted(self, node: str, action: str) -> str | None:
+        return None           # a stack runs one satellite per replica
 
     def start(self, node: str) -> str:
         raise ChaosError("swarm starts killed replicas itself (restart policy); wait for the new one")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.atomic import write_atomic
-from agent.links.fleet_identity import API_PORT, GRPC_PORT, P2P_PORT, ComposeError
+from agent.links.fleet_identity import ComposeError, slot_ports
 from agent.links.roster import RosterError, ensure_authority, load_roster, sign_roster, write_roster
 
 NODES_DIR = "/nodes"            # init: every node's data volume, at /nodes/<node>
@@ -35,9 +35,11 @@ AUTHORITY_KEY = "authority.key"
 
 
 def issue_keys(fleet_dir: Path, authority_dir: Path, nodes_dir: Path, names: list[str], fleet: str,
-               address: str = "{name}") -> list[str]:
+               address: str = "{name}", slots: dict[str, int] | None = None) -> list[str]:
     """Create (or keep) every node's key in its volume; write peers, roster and the authority's
-    public key into the fleet volume.  What it did, as lines."""
+    public key into the fleet volume.  What it did, as lines.  ``slots``: a node's place in a
+    container that hosts several (``--sats-per-container``), which gives it its own ports
+    (:func:`agent.links.fleet_identity.slot_ports`); absent nodes have slot 0."""
     from agent.links.p2p import load_or_create_identity, peer_id_of
     from agent.links.peers import PeerEntry, Peers
     fleet_dir, nodes_dir = Path(fleet_dir), Path(nodes_dir)
@@ -48,8 +50,9 @@ def issue_keys(fleet_dir: Path, authority_dir: Path, nodes_dir: Path, names: lis
         created += not key.exists()
         pid = peer_id_of(load_or_create_identity(key))
         host = address.format(name=name, index=i)
-        entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{P2P_PORT}/p2p/{pid}", f"http://{host}:{API_PORT}",
-                                 f"{host}:{GRPC_PORT}"))
+        p2p, api, grpc = slot_ports((slots or {}).get(name, 0))
+        entries.append(PeerEntry(name, i, pid, f"/dns4/{host}/tcp/{p2p}/p2p/{pid}", f"http://{host}:{api}",
+                                 f"{host}:{grpc}"))
     peers = Peers(entries)
     fleet_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(fleet_dir / "peers.json", peers.to_json())

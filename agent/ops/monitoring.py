@@ -21,12 +21,15 @@ SCRAPE_INTERVAL_S = 5        # an emulated link changes in seconds; 5 s keeps 26
 PROFILE = "monitoring"
 
 
-def prometheus_config(nodes: list[str], api_port: int, *, scrape_interval_s: int = SCRAPE_INTERVAL_S) -> str:
-    """The scrape config: one job, every node a target labelled with its name and role."""
+def prometheus_config(nodes: list[str], api_port: int | dict[str, int], *,
+                      scrape_interval_s: int = SCRAPE_INTERVAL_S) -> str:
+    """The scrape config: one job, every node a target labelled with its name and role.
+    ``api_port``: every node's, or each node's (satellites that share a container)."""
     from agent.ops.yamlfile import to_yaml
     sats = [n for n in nodes if n.startswith("sat-")]
     ground = [n for n in nodes if not n.startswith("sat-")]
-    groups = [{"targets": [f"{n}:{api_port}" for n in group], "labels": {"role": role}}
+    port = api_port.get if isinstance(api_port, dict) else (lambda _n: api_port)
+    groups = [{"targets": [f"{n}:{port(n)}" for n in group], "labels": {"role": role}}
               for group, role in ((sats, "satellite"), (ground, "ground")) if group]
     doc = {
         "global": {"scrape_interval": f"{scrape_interval_s}s", "evaluation_interval": f"{scrape_interval_s}s"},
