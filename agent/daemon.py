@@ -134,7 +134,8 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                     await nursery.start(twin.serve)
                     host = HybridHost(p2p, twin, gate)
                 node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
-                            journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal)
+                            journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal,
+                            gate=gate)
                 await nursery.start(node.run)
                 if roster is not None:
                     nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)

@@ -157,6 +157,11 @@ async def test_a_paused_satellite_falls_silent_alone_and_comes_back_on_resume(tm
         gate.open()
         await fleet.until(lambda: all(not fleet[n].membership.dead_nodes() and not fleet[n].membership.suspects()
                                       for n in fleet.peers.names()), 60)
+        await trio.sleep(10)         # what the paused satellite thought meanwhile has reached everyone
+        # Stopped like a process under SIGSTOP, it judged no one: it could not hear its neighbours,
+        # and after the resume it holds its verdicts as after any stall.
+        assert not fleet["sat-8"].membership.verdicts["dead"], fleet["sat-8"].membership.verdicts
+        assert all(set(fleet[n].membership.verdicts["dead"]) <= {"sat-8"} for n in fleet.peers.names())
         return fleet["sat-8"].links.all_up()
     assert await hosted(tmp_path, tiny_models, body)
 

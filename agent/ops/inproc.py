@@ -89,7 +89,8 @@ class InProcFleet:
         jobs = JobJournal(data / "jobs.sqlite")
         m.journals = [journal, jobs]
         m.node = Node(name, self.config, self.peers, m.host, ModelStore(self.models), workers=1, journal=journal,
-                      incarnation=m.incarnation, job_journal=jobs, world=self.world if self.share_world else None)
+                      incarnation=m.incarnation, job_journal=jobs, world=self.world if self.share_world else None,
+                      gate=getattr(m.host, "gate", None))      # a hybrid host's pause gate, as a satellite host's
         if self.on_node is not None:
             self.on_node(m.node)
         if self._nursery is None:

@@ -38,8 +38,13 @@ class MembershipService:
     def __init__(self, me: str, peers: Peers, links: LinkLayer, snapshot_at: Callable[[float], Snapshot],
                  link_down_expected: Callable[[int, int, float], bool], *, incarnation: int = 0,
                  config: MembershipConfig | None = None, on_hop_ack: Callable[[HopAck, str], None] | None = None,
-                 on_view_change: Callable[[], None] | None = None, trust: Trust | None = None):
+                 on_view_change: Callable[[], None] | None = None, trust: Trust | None = None,
+                 gate: Any = None):
+        """``gate``: a paused satellite's (``agent.links.hybrid_host.Gate``): while it is closed the
+        protocol stops like a process under SIGSTOP, and on resume holds its verdicts as after
+        any stall, instead of judging neighbours it could not hear."""
         self.peers = peers
+        self.gate = gate
         self.links = links
         self.snapshot_at = snapshot_at
         self.on_hop_ack = on_hop_ack
@@ -177,6 +182,10 @@ class MembershipService:
                     late = wallclock.now() - (now + wait)
                     if late > 0:
                         self.m.note_lag(wallclock.now(), late)
+            if self.gate is not None and self.gate.paused:
+                stopped = wallclock.now()
+                await self.gate.wait()
+                self.m.note_lag(wallclock.now(), wallclock.now() - stopped)
             self._send_all(self.m.tick(wallclock.now()))
 
     # -- views ----------------------------------------------------------------------------------

@@ -76,11 +76,12 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
                  *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
                  trust: Trust | None = None, revoked: frozenset[str] = frozenset(),
-                 job_journal: JobJournal | None = None, world: World | None = None):
+                 job_journal: JobJournal | None = None, world: World | None = None, gate: Any = None):
         """``trust``: sign this node's gossip and faults and check others' (agent.links.roster.mesh_trust);
         ``revoked``: members the signed roster revoked (refused at Hello, their records ignored);
         ``world``: one built from ``config`` to share (nodes in one process need one copy of the
-        constellation and its snapshot cache, not one each)."""
+        constellation and its snapshot cache, not one each); ``gate``: a satellite host's pause gate
+        for this node, which stops its membership protocol while closed (``MembershipService``)."""
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -130,7 +131,8 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
-            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust)
+            incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust,
+            gate=gate)
         self.delivery_config = fleet_delivery()
         self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
