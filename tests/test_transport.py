@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
-from agent.links.p2p import load_or_create_identity, open_host, peer_id_of
-from agent.links.transport import LinkLayer
+from agent.links.memory_host import MemoryNetwork
+from agent.links.p2p import P2PTimeout, load_or_create_identity, open_host, peer_id_of
+from agent.links.transport import DIAL_TIMEOUT_MAX_S, LinkLayer
 from mesh.link import LinkProfile
 from mesh.wire import Probe
 from tests.conftest import free_port_block
@@ -36,3 +39,84 @@ async def test_a_link_that_never_connected_is_retired_with_frames_queued(tmp_pat
                     await trio.sleep(0.1)
             assert links.all_up()            # no links left: nothing to wait for
             nursery.cancel_scope.cancel()
+
+
+class SlowDialHost:
+    """A satellite's host whose dials need ``dial_s`` of uninterrupted progress, as a real libp2p
+    dial needs ~200 turns of two busy event loops (11 s at 50 ms a turn, measured); a dial cut
+    short by its timeout is lost and the next starts from scratch, as with libp2p."""
+
+    def __init__(self, twin, dial_s: float):
+        self.twin, self.dial_s = twin, dial_s
+        self.peer_id = twin.peer_id
+        self.timeouts: list[float] = []
+
+    def set_stream_handler(self, protocol, handler):
+        self.twin.set_stream_handler(protocol, handler)
+
+    async def open_stream(self, addr, protocol, *, timeout: float = 5.0):
+        with trio.move_on_after(timeout):
+            await trio.sleep(self.dial_s)
+            return await self.twin.open_stream(addr, protocol, timeout=timeout)
+        self.timeouts.append(timeout)
+        raise P2PTimeout(f"timed out after {timeout:g}s opening {protocol} to {addr}")
+
+
+async def _two_ends(dial_s: float, run_s: float, b_up: bool = True):
+    """sat-0 (the dialer: "sat-0" < "sat-263") and sat-263 for up to ``run_s`` or until their
+    link is up: (both ends up then, their link layers, the dialer's host)."""
+    net = MemoryNetwork()
+    a, b = net.host("peer-a"), net.host("peer-b")
+    dialer = SlowDialHost(a, dial_s)
+
+    async def deliver(*_):
+        pass
+
+    def layer(me, host, peer, pid):
+        return LinkLayer(me, host, {peer: (f"/memory/{pid}/p2p/{pid}", pid)}, lambda x, y, t: 0.002,
+                         lambda p, t: LinkProfile(), deliver, seeds={peer: 1}, queue_frames=16,
+                         max_frame_bytes=1 << 20)
+
+    ends = layer("sat-0", dialer, "sat-263", "peer-b"), layer("sat-263", b, "sat-0", "peer-a")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        if b_up:
+            await nursery.start(b.serve)
+        for end in ends:
+            nursery.start_soon(end.run)
+        with trio.move_on_after(run_s):
+            while not all(end.all_up() for end in ends):
+                await trio.sleep(0.5)
+        up = all(end.all_up() for end in ends)
+        nursery.cancel_scope.cancel()
+    return up, ends, dialer
+
+
+async def test_a_dial_slower_than_its_first_timeout_still_connects(virtual_clock):
+    # Issue 14's seam links: under load a dial took longer than the fixed 5 s timeout, every
+    # retry started over and was cut at 5 s again, so the link never came up (silently).
+    up, (a, b), dialer = await _two_ends(dial_s=11.0, run_s=120.0)
+    assert up, f"still down after 120 s; dials timed out after {dialer.timeouts}"
+    assert a.links["sat-263"].stats.connects == 1 and b.links["sat-0"].stats.connects == 1
+    assert dialer.timeouts == [5.0, 10.0]           # each timeout doubled the next dial's time
+
+
+async def test_a_peer_that_never_answers_gets_ever_longer_dials_up_to_the_cap(virtual_clock):
+    up, (a, _), dialer = await _two_ends(dial_s=float("inf"), run_s=300.0)
+    assert not up and a.links["sat-263"].stats.dial_failures == len(dialer.timeouts)
+    assert dialer.timeouts[:6] == [5.0, 10.0, 20.0, 40.0, 80.0, DIAL_TIMEOUT_MAX_S]
+
+
+async def test_a_link_that_cannot_connect_is_warned_about_once_a_minute(virtual_clock, caplog):
+    # A peer that is down refuses at once: ~30 failed dials in 150 s, three warnings.
+    caplog.set_level(logging.DEBUG, logger="agent.links.transport")
+    up, (a, _), _ = await _two_ends(dial_s=0.0, run_s=150.0, b_up=False)
+    failures = a.links["sat-263"].stats.dial_failures
+    assert not up and failures >= 25
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, [w.getMessage() for w in warnings]    # after 10 s, then once a minute
+    texts = [w.getMessage() for w in warnings]
+    assert all(t.startswith("link sat-0–sat-263: no connection for") and t.endswith("refused") for t in texts)
+    down_s = [int(t.split("no connection for ")[1].split("s ")[0]) for t in texts]
+    assert 10 <= down_s[0] < 16 and all(60 <= b - a < 66 for a, b in zip(down_s, down_s[1:])), down_s
+    assert sum(r.levelno == logging.DEBUG and "dial failed" in r.getMessage() for r in caplog.records) == failures - 3

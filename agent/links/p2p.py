@@ -119,6 +119,7 @@ from agent.atomic import write_atomic
 __all__ = [
     "P2PError",
     "P2PHost",
+    "P2PTimeout",
     "P2PStream",
     "load_or_create_identity",
     "open_host",
@@ -151,6 +152,10 @@ DNS_CACHE_TTL_S = 30.0
 
 class P2PError(Exception):
     """A link-level failure: dial, negotiation, timeout or broken stream."""
+
+
+class P2PTimeout(P2PError):
+    """``open_stream`` ran out of time: the peer may be slow (a busy event loop), not gone."""
 
 
 # --------------------------------------------------------------------------
@@ -433,7 +438,7 @@ class P2PHost:
                 await self._ensure_connected(addr, peer)
                 net_stream = await self._host.new_stream(peer, [TProtocol(protocol)])
         except trio.TooSlowError:
-            raise P2PError(
+            raise P2PTimeout(
                 f"timed out after {timeout:g}s opening {protocol} to {peer_multiaddr}"
             ) from None
         except P2PError as exc:

@@ -40,7 +40,7 @@ from typing import Awaitable, Callable
 import trio
 
 from agent import wallclock
-from agent.links.p2p import P2PError, P2PHost, P2PStream
+from agent.links.p2p import P2PError, P2PHost, P2PStream, P2PTimeout
 from agent.links.timer import COARSE_MARGIN_S, PreciseTimer
 from mesh.link import Dropped, LinkEmulator, LinkProfile
 from mesh.wire import (ISL_PROTOCOL, ChecksumError, Control, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
@@ -60,6 +60,13 @@ PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames 
 PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
 PRE_HELLO_STREAMS = 64           # all peers together
 REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
+# A dial (TCP, Noise, yamux, multistream) takes ~200 turns of both event loops: 2.3 s when each
+# loop turns every 10 ms, 11 s at 50 ms (a host of 66 busy satellites).  A timed-out dial is
+# thrown away and the next starts from scratch, so a fixed deadline shorter than the dial would
+# never connect: after each timeout the next dial gets twice as long, up to the cap.
+DIAL_TIMEOUT_S, DIAL_TIMEOUT_MAX_S = 5.0, 80.0
+DIAL_WARN_AFTER_S = 10.0         # a link failing to dial this long is warned about (start-up races are not)
+DIAL_WARN_EVERY_S = 60.0         # then once a minute, not per attempt
 # Upper bounds (seconds) of the delay-error histogram: release time − due time.
 ERROR_BUCKETS_S = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, float("inf"))
 DROP_CAUSES = ("out_of_sight", "cut", "loss", "queue_full", "corrupt", "malformed", "overflow")
@@ -83,6 +90,7 @@ class LinkStats:
     error_sum_s: float = 0.0
     error_max_s: float = 0.0
     connects: int = 0
+    dial_failures: int = 0         # failed dials of this end (0 at the accepting end)
     # Release error of recent probe frames, for exact percentiles in benchmarks.
     probe_errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50_000))
 
@@ -117,6 +125,8 @@ class Link:
     stream_changed: trio.Event = field(default_factory=trio.Event)
     retiring: bool = False
     retire_at: float = 0.0
+    dial_failing_since: float | None = None   # first failed dial since the last success
+    dial_warned_at: float = float("-inf")
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
@@ -275,18 +285,37 @@ class LinkLayer:
     # -- connection management ------------------------------------------------
 
     async def _dial_loop(self, link: Link) -> None:
-        backoff = REDIAL_MIN_S
+        backoff, timeout = REDIAL_MIN_S, DIAL_TIMEOUT_S
         while True:
             try:
-                stream = await self.host.open_stream(link.multiaddr, ISL_PROTOCOL, timeout=5.0)
+                stream = await self.host.open_stream(link.multiaddr, ISL_PROTOCOL, timeout=timeout)
             except P2PError as exc:
-                log.debug("dial %s failed: %s", link.peer, exc)
+                self._dial_failed(link, exc)
+                if isinstance(exc, P2PTimeout):
+                    timeout = min(timeout * 2, DIAL_TIMEOUT_MAX_S)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, REDIAL_MAX_S)
                 continue
-            backoff = REDIAL_MIN_S
+            backoff, timeout = REDIAL_MIN_S, DIAL_TIMEOUT_S
+            link.dial_failing_since = None
             await self._serve_stream(link, stream, hello_first=True)
             await trio.sleep(REDIAL_MIN_S)
+
+    def _dial_failed(self, link: Link, exc: P2PError) -> None:
+        """Count a failed dial.  A link that keeps failing is never silent: once it has failed
+        for ``DIAL_WARN_AFTER_S``, a warning, then at most one per ``DIAL_WARN_EVERY_S`` (a peer
+        that is down must not flood the log; a sibling still starting is not warned about)."""
+        link.stats.dial_failures += 1
+        now = wallclock.now()
+        if link.dial_failing_since is None:
+            link.dial_failing_since = now
+        if now - link.dial_failing_since >= DIAL_WARN_AFTER_S and now - link.dial_warned_at >= DIAL_WARN_EVERY_S:
+            link.dial_warned_at = now
+            log.warning("link %s–%s: no connection for %.0fs (%d failed dials; the next warning in %.0fs): %s",
+                        self.me, link.peer, now - link.dial_failing_since, link.stats.dial_failures,
+                        DIAL_WARN_EVERY_S, exc)
+        else:
+            log.debug("link %s–%s: dial failed: %s", self.me, link.peer, exc)
 
     async def _on_inbound(self, stream: P2PStream) -> None:
         pid = stream.remote_peer_id
