@@ -29,6 +29,12 @@ around here (paths relative to the installed ``libp2p`` package):
   times with 0.1/0.2/0.4 s back-off by default (``RetryConfig``).  Links are
   managed by the agent, which retries on its own schedule, so we pass
   ``RetryConfig(max_retries=0)`` and a failed dial reports at once.
+* **Step timeouts.**  ``ConnectionConfig`` bounds each step of a connection
+  (dial, outbound/inbound upgrade, stream protocol negotiation) at 10 s.
+  Under load a dial needs longer (issue 14: ~200 turns of both event loops),
+  and a step cut short is lost, so every retry would be cut again; the agent
+  bounds its own dials (growing timeouts, ``agent/links/transport.py``), so
+  the outbound steps get its cap and the inbound ones 30 s.
 * **Auto-connector.**  ``Swarm.run`` starts ``AutoConnector``
   (``network/auto_connector.py``), which dials every peerstore peer (identify
   fills the peerstore) whenever the node has fewer than ~200 connections,
@@ -106,7 +112,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
-from libp2p.network.config import RetryConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -140,6 +146,9 @@ _SEED_BYTES = 32
 # Upper bound on the shielded host shutdown: SwarmConn._cleanup sleeps 100 ms
 # per connection, and a wedged peer must not hang the daemon's exit forever.
 _HOST_CLOSE_TIMEOUT = 5.0
+# libp2p's bounds on each step of a connection (default 10 s; see "Step timeouts" above).
+_OUTBOUND_STEP_TIMEOUT = 80.0
+_INBOUND_STEP_TIMEOUT = 30.0
 # Upper bound on a shielded stream close (one yamux FIN frame).
 _STREAM_CLOSE_TIMEOUT = 1.0
 # Upper bound on one name lookup (``/dns4/NAME/...``).  Names on a compose
@@ -556,6 +565,11 @@ def _new_libp2p_host(keypair: KeyPair, listen_addr: multiaddr.Multiaddr) -> Basi
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=[listen_addr],
         retry_config=RetryConfig(max_retries=0),
+        connection_config=ConnectionConfig(
+            dial_timeout=_OUTBOUND_STEP_TIMEOUT, outbound_upgrade_timeout=_OUTBOUND_STEP_TIMEOUT,
+            outbound_stream_protocol_negotiation_timeout=_OUTBOUND_STEP_TIMEOUT,
+            inbound_upgrade_timeout=_INBOUND_STEP_TIMEOUT,
+            inbound_stream_protocol_negotiation_timeout=_INBOUND_STEP_TIMEOUT),
     )
     return BasicHost(network=swarm)
 
