@@ -34,7 +34,11 @@ around here (paths relative to the installed ``libp2p`` package):
   Under load a dial needs longer (issue 14: ~200 turns of both event loops),
   and a step cut short is lost, so every retry would be cut again; the agent
   bounds its own dials (growing timeouts, ``agent/links/transport.py``), so
-  the outbound steps get its cap and the inbound ones 30 s.
+  every step gets its cap, the inbound ones too: both ends bound the same
+  handshake (with 30 s at the listener, a 264-satellite fleet's dials were
+  all reset by the listener while negotiating yamux).  The price: an
+  unauthenticated inbound connection may hold one of a host's 250 inbound
+  slots for 80 s instead of 10 s.
 * **Auto-connector.**  ``Swarm.run`` starts ``AutoConnector``
   (``network/auto_connector.py``), which dials every peerstore peer (identify
   fills the peerstore) whenever the node has fewer than ~200 connections,
@@ -147,8 +151,7 @@ _SEED_BYTES = 32
 # per connection, and a wedged peer must not hang the daemon's exit forever.
 _HOST_CLOSE_TIMEOUT = 5.0
 # libp2p's bounds on each step of a connection (default 10 s; see "Step timeouts" above).
-_OUTBOUND_STEP_TIMEOUT = 80.0
-_INBOUND_STEP_TIMEOUT = 30.0
+_STEP_TIMEOUT = 80.0                # = agent.links.transport.DIAL_TIMEOUT_MAX_S
 # Upper bound on a shielded stream close (one yamux FIN frame).
 _STREAM_CLOSE_TIMEOUT = 1.0
 # Upper bound on one name lookup (``/dns4/NAME/...``).  Names on a compose
@@ -566,10 +569,9 @@ def _new_libp2p_host(keypair: KeyPair, listen_addr: multiaddr.Multiaddr) -> Basi
         listen_addrs=[listen_addr],
         retry_config=RetryConfig(max_retries=0),
         connection_config=ConnectionConfig(
-            dial_timeout=_OUTBOUND_STEP_TIMEOUT, outbound_upgrade_timeout=_OUTBOUND_STEP_TIMEOUT,
-            outbound_stream_protocol_negotiation_timeout=_OUTBOUND_STEP_TIMEOUT,
-            inbound_upgrade_timeout=_INBOUND_STEP_TIMEOUT,
-            inbound_stream_protocol_negotiation_timeout=_INBOUND_STEP_TIMEOUT),
+            dial_timeout=_STEP_TIMEOUT, outbound_upgrade_timeout=_STEP_TIMEOUT,
+            outbound_stream_protocol_negotiation_timeout=_STEP_TIMEOUT,
+            inbound_upgrade_timeout=_STEP_TIMEOUT, inbound_stream_protocol_negotiation_timeout=_STEP_TIMEOUT),
     )
     return BasicHost(network=swarm)
 
