@@ -9,7 +9,7 @@ import pytest
 
 from agent.links import directory
 from agent.links.directory import DirectoryError, SwarmDirectory
-from agent.links.p2p import _NameCache
+from agent.links.names import NameCache
 from tests.conftest import free_port_block
 from tests.http_stubs import http_stubs
 
@@ -30,7 +30,7 @@ async def test_replicas_are_named_by_asking_them_and_a_replacement_is_found(monk
         assert d.lookup("sat-0") == ["127.0.0.2"]
         with pytest.raises(DirectoryError, match="sat-9 is not among the 3 replicas behind tasks.sat"):
             d.lookup("sat-9")
-        cache = _NameCache(lookup=d.lookup)
+        cache = NameCache(lookup=d.lookup)
         got = await cache.resolve(multiaddr.Multiaddr("/dns4/sat-1/tcp/4001"))
         assert str(got) == "/ip4/127.0.0.3/tcp/4001"
     # sat-1's replica was replaced: its old address left the service, a new one says it is sat-1

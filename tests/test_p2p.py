@@ -374,7 +374,7 @@ async def test_unknown_name_fails_fast_and_clearly(keys):
 
 
 async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
-    from agent.links.p2p import _NameCache
+    from agent.links.names import NameCache
 
     import threading
     calls = []
@@ -386,7 +386,7 @@ async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
         finished.set()
         return ["127.0.0.1"]
 
-    names = _NameCache(timeout=0.2, lookup=hanging)
+    names = NameCache(timeout=0.2, lookup=hanging)
     start = trio.current_time()
     with pytest.raises(P2PError, match="timed out after 0.2s"):
         await names.lookup("sat-3")
@@ -400,7 +400,7 @@ async def test_slow_lookup_is_cut_short_and_not_repeated(keys):
 
 
 async def test_cached_address_is_reused_and_kept_when_lookups_fail(keys):
-    from agent.links.p2p import _NameCache
+    from agent.links.names import NameCache
 
     answers = {"sat-3": ["127.0.0.1"]}
     calls = []
@@ -411,7 +411,7 @@ async def test_cached_address_is_reused_and_kept_when_lookups_fail(keys):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return answers[name]
 
-    names = _NameCache(ttl=60.0, lookup=lookup)
+    names = NameCache(ttl=60.0, lookup=lookup)
     addr = multiaddr.Multiaddr("/dns4/sat-3/tcp/4001")
     assert str(await names.resolve(addr)) == "/ip4/127.0.0.1/tcp/4001"
     assert str(await names.resolve(addr)) == "/ip4/127.0.0.1/tcp/4001"

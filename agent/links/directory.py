@@ -7,7 +7,7 @@ task names carry random ids.  Every agent already answers ``GET /v1/health``
 with its node name, so the directory resolves ``tasks.<service>``, asks each
 address it does not know yet who it is, and keeps the map.  A replaced
 replica has a new address: its old one leaves ``tasks.<service>`` and the
-next lookup finds the new one.  Used as :class:`agent.links.p2p._NameCache`'s
+next lookup finds the new one.  Used as :class:`agent.links.names.NameCache`'s
 lookup (blocking, in a worker thread).
 """
 

@@ -70,10 +70,10 @@ around here (paths relative to the installed ``libp2p`` package):
   unresolved, so the dial fails with "IP address not found in multiaddr"
   (measured: ``/dns4/localhost/...`` cannot be dialled).  Containers dial each
   other by service name (``/dns4/sat-3/tcp/4001/p2p/...``), so
-  :class:`_NameCache` resolves ``/dns``, ``/dns4`` and ``/dns6`` addresses
+  :class:`agent.links.names.NameCache` resolves ``/dns``, ``/dns4`` and ``/dns6`` addresses
   before libp2p sees them: through the system resolver (``/etc/hosts``,
   Docker's and Kubernetes' DNS), in a worker thread bounded by
-  ``DNS_LOOKUP_TIMEOUT_S`` (an unknown name on a Docker network takes 10 s to
+  ``agent.links.names.DNS_LOOKUP_TIMEOUT_S`` (an unknown name on a Docker network takes 10 s to
   fail), one lookup per name at a time, and the answer is cached for
   ``DNS_CACHE_TTL_S``.  After a failed dial the name is looked up again on the
   next one (a restarted container may have a new address); when that lookup
@@ -101,8 +101,6 @@ import ipaddress
 import logging
 import os
 import pathlib
-import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -125,6 +123,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from agent.atomic import write_atomic
+from agent.links.names import NameCache
+from agent.links.p2p_errors import P2PError, P2PTimeout
 
 __all__ = [
     "P2PError",
@@ -154,20 +154,6 @@ _HOST_CLOSE_TIMEOUT = 5.0
 _STEP_TIMEOUT = 80.0                # = agent.links.transport.DIAL_TIMEOUT_MAX_S
 # Upper bound on a shielded stream close (one yamux FIN frame).
 _STREAM_CLOSE_TIMEOUT = 1.0
-# Upper bound on one name lookup (``/dns4/NAME/...``).  Names on a compose
-# network or in a cluster answer in about a millisecond; an unknown one takes
-# 10 s to fail, which must not eat a whole dial attempt.
-DNS_LOOKUP_TIMEOUT_S = 2.0
-# A resolved address is reused this long without asking again.
-DNS_CACHE_TTL_S = 30.0
-
-
-class P2PError(Exception):
-    """A link-level failure: dial, negotiation, timeout or broken stream."""
-
-
-class P2PTimeout(P2PError):
-    """``open_stream`` ran out of time: the peer may be slow (a busy event loop), not gone."""
 
 
 # --------------------------------------------------------------------------
@@ -287,104 +273,6 @@ class P2PStream:
         await self.aclose()
 
 
-# --------------------------------------------------------------------------
-# names
-
-
-_DNS_FAMILIES = {"dns": socket.AF_UNSPEC, "dns4": socket.AF_INET, "dns6": socket.AF_INET6}
-
-
-def _system_lookup(name: str, family: int) -> list[str]:
-    """The addresses of ``name`` from the system resolver, in its order."""
-    infos = socket.getaddrinfo(name, None, family, socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class _NameCache:
-    """Resolves ``/dns*/NAME/...`` multiaddrs to ``/ip4`` or ``/ip6`` ones.
-
-    ``getaddrinfo`` cannot be cancelled, so a lookup that outlives its timeout
-    is abandoned and keeps its worker thread until the system resolver gives
-    up; at most one lookup per name runs at a time (a later call while one is
-    still pending falls back at once), and lookups get their own thread
-    limiter instead of trio's default one, which inference work shares.
-    """
-
-    def __init__(
-        self,
-        timeout: float = DNS_LOOKUP_TIMEOUT_S,
-        ttl: float = DNS_CACHE_TTL_S,
-        lookup: Callable[[str, int], list[str]] | None = None,
-    ) -> None:
-        self.timeout = timeout
-        self.ttl = ttl
-        self._lookup = lookup or _system_lookup
-        # (name, family) -> (address, resolved at (monotonic), still trusted)
-        self._cache: dict[tuple[str, int], tuple[str, float, bool]] = {}
-        self._pending: set[tuple[str, int]] = set()
-        self._limiter = trio.CapacityLimiter(8)
-
-    async def resolve(self, addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
-        """``addr`` with its leading ``/dns*/NAME`` replaced by an IP address."""
-        parts = str(addr).split("/")
-        if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
-            return addr
-        name, family = parts[2], _DNS_FAMILIES[parts[1]]
-        ip = await self.lookup(name, family)
-        parts[1:3] = ["ip6" if ":" in ip else "ip4", ip]
-        return multiaddr.Multiaddr("/".join(parts))
-
-    def forget(self, addr: multiaddr.Multiaddr) -> None:
-        """Distrust the cached address of ``addr``'s name (a dial to it failed)."""
-        parts = str(addr).split("/")
-        if len(parts) >= 3 and parts[1] in _DNS_FAMILIES:
-            key = (parts[2], _DNS_FAMILIES[parts[1]])
-            if key in self._cache:
-                ip, when, _ = self._cache[key]
-                self._cache[key] = (ip, when, False)
-
-    async def lookup(self, name: str, family: int = socket.AF_INET) -> str:
-        key = (name, family)
-        cached = self._cache.get(key)
-        if cached and cached[2] and time.monotonic() - cached[1] < self.ttl:
-            return cached[0]
-        problem = await self._ask(key)
-        if problem is None:
-            return self._cache[key][0]
-        if cached:
-            logger.debug("%s; using its last known address %s", problem, cached[0])
-            return cached[0]
-        raise P2PError(problem)
-
-    async def _ask(self, key: tuple[str, int]) -> str | None:
-        """Look ``key`` up into the cache; a description of the failure, or None."""
-        name, family = key
-        if key in self._pending:
-            return f"lookup of {name!r} is still pending"
-        self._pending.add(key)
-
-        def run() -> list[str]:
-            try:
-                return self._lookup(name, family)
-            finally:
-                self._pending.discard(key)  # set ops are atomic under the GIL
-
-        addrs: list[str] = []
-        try:
-            with trio.move_on_after(self.timeout) as scope:
-                addrs = await trio.to_thread.run_sync(
-                    run, abandon_on_cancel=True, limiter=self._limiter
-                )
-        except (OSError, UnicodeError) as exc:
-            return f"cannot resolve {name!r}: {exc}"
-        if scope.cancelled_caught:
-            return f"lookup of {name!r} timed out after {self.timeout:g}s"
-        if not addrs:
-            return f"cannot resolve {name!r}: no addresses"
-        self._cache[key] = (addrs[0], time.monotonic(), True)
-        return None
-
-
 StreamHandler = Callable[[P2PStream], Awaitable[None]]
 
 
@@ -402,7 +290,7 @@ class P2PHost:
         # Serialises dials per peer: Swarm.dial_addr, unlike dial_peer, does
         # not merge concurrent dials to the same peer.
         self._dial_locks: dict[ID, trio.Lock] = {}
-        self._names = _NameCache(lookup=name_lookup)
+        self._names = NameCache(lookup=name_lookup)
 
     def listen_multiaddrs(self) -> list[str]:
         """Our listen addresses with the real bound port and ``/p2p/<id>``."""
