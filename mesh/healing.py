@@ -7,6 +7,8 @@ Integration API::
                       came_from=prev)             # None: unreachable now (hold it: store-and-forward)
     path = hr.path(src, dst, t, down_nodes=..., down_links=...)
     hr.reachable(src, dst, t, ...)
+    hr.warm_from(here, t, down_nodes=..., down_links=...)   # here's next hops to everyone, ahead of need
+    latency_s, hops = hr.routes_from(src, t, ...)          # to every node index at once (placement)
 
 Every node computes the same lowest-latency tree towards ``dst`` from the same
 snapshot and the same down-set, breaking ties on the lower neighbour index,
@@ -20,8 +22,8 @@ Cost: the graph is the snapshot's own edge arrays (``Snapshot.edges``);
 each (snapshot, down-set) masks it once (a change to the down-set is a new
 view, so routes are recomputed on change).  A node needs only its own next
 hops: its first-hop table (``warm_from``) is one Dijkstra from each of its
-4–6 neighbours (~2 ms and ~80 kB at 1,590 nodes, against ~480 ms and ~20 MB
-for a tree towards every destination), and picks exactly the hop the
+4–6 neighbours (~2 ms and 6 kB kept at 1,610 nodes, against ~440 ms and 20 MB
+for a tree towards every destination: bench/route_warm.py), and picks exactly the hop the
 per-destination tree would (same tie rule), so every node still agrees.
 Trees (one Dijkstra from ``dst``, ~1 ms) serve ``path``, which walks other
 nodes' hops, and routers shared by every node of a simulation
