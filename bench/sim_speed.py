@@ -4,6 +4,7 @@ or the production-node engine against the discrete-event one in this tree (``--e
     python bench/sim_speed.py --baseline main                 # demo 300 s and starlink-s1 45 s, 2 rounds
     python bench/sim_speed.py --baseline HEAD~3 --presets demo:120 --rounds 3
     python bench/sim_speed.py --engines --presets demo:60 starlink-s1:10 --clock cpu
+    python bench/sim_speed.py --nodes-baseline main --presets demo:60 --clock cpu   # nodes engine, REF vs here
 
 ``--engines``: each preset runs ``orbitmesh sim --engine des`` (``mesh/sim``) and
 ``--engine nodes`` (``agent/ops/sim_nodes.py``: a production Node per satellite) with
@@ -46,8 +47,8 @@ def worker(tree: str, preset: str, seconds: float, tasks: int, clock: str) -> No
                       else None}))
 
 
-def nodes_worker(preset: str, seconds: float, tasks: int, clock: str) -> None:
-    sys.path.insert(0, str(ROOT))
+def nodes_worker(tree: str, preset: str, seconds: float, tasks: int, clock: str) -> None:
+    sys.path.insert(0, tree)
     import time
 
     from agent.ops.sim_nodes import SimSpec, run as run_nodes
@@ -58,7 +59,7 @@ def nodes_worker(preset: str, seconds: float, tasks: int, clock: str) -> None:
                       "delivered": rep["tasks"]["succeeded"]}))
 
 
-def des_worker(preset: str, seconds: float, tasks: int, clock: str) -> None:
+def des_worker(tree: str, preset: str, seconds: float, tasks: int, clock: str) -> None:
     sys.path.insert(0, str(ROOT))
     import time
 
@@ -86,7 +87,7 @@ def main() -> int:
             worker(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         else:
             (nodes_worker if sys.argv[1] == "--nodes-worker" else des_worker)(
-                sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+                sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="main", help="git ref to compare with (default: main)")
@@ -98,9 +99,12 @@ def main() -> int:
                     help="time the simulation by wall clock or by the process's CPU time (steadier on a busy host)")
     ap.add_argument("--engines", action="store_true", help="compare the nodes engine with the des engine here")
     ap.add_argument("--nodes-max", type=int, default=400, help="largest fleet started on the nodes engine")
+    ap.add_argument("--nodes-baseline", metavar="REF", help="the nodes engine here against the nodes engine at REF")
     args = ap.parse_args()
     if args.engines:
         return compare_engines(args)
+    mode = "--nodes-worker" if args.nodes_baseline else "--worker"
+    args.baseline = args.nodes_baseline or args.baseline
     with tempfile.TemporaryDirectory(prefix="sim-speed-") as tmp:
         base = Path(tmp)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True)
@@ -113,7 +117,7 @@ def main() -> int:
             best: dict[str, dict] = {}
             for _ in range(args.rounds):
                 for label, tree in (("base", base), ("this", ROOT)):
-                    r = run(tree, preset, seconds, args.tasks, args.clock)
+                    r = run(tree, preset, seconds, args.tasks, args.clock, mode)
                     if label not in best or r["wall_s"] < best[label]["wall_s"]:
                         best[label] = r
             b, t = best["base"], best["this"]

@@ -7,6 +7,8 @@ Integration API::
                       came_from=prev)             # None: unreachable now (hold it: store-and-forward)
     path = hr.path(src, dst, t, down_nodes=..., down_links=...)
     hr.reachable(src, dst, t, ...)
+    hr.warm_from(here, t, down_nodes=..., down_links=...)   # here's next hops to everyone, ahead of need
+    latency_s, hops = hr.routes_from(src, t, ...)          # to every node index at once (placement)
 
 Every node computes the same lowest-latency tree towards ``dst`` from the same
 snapshot and the same down-set, breaking ties on the lower neighbour index,
@@ -16,12 +18,18 @@ in flight (milliseconds): a frame may then bounce, which ``came_from`` (split
 horizon: never hand a frame straight back unless there is no other way) and
 the frame's TTL bound.
 
-Cost: the graph is read once per snapshot through ``Snapshot.neighbours``;
+Cost: the graph is the snapshot's own edge arrays (``Snapshot.edges``);
 each (snapshot, down-set) masks it once (a change to the down-set is a new
-view, so routes are recomputed on change); each destination in a view is one
-Dijkstra over the reversed graph (~1 ms at 1,584 satellites) giving every
-node's next hop at once.  Ground stations never relay, as in
-``mesh.topology``.
+view, so routes are recomputed on change).  A node needs only its own next
+hops: its first-hop table (``warm_from``) is one Dijkstra from each of its
+4–6 neighbours (~2 ms and 6 kB kept at 1,610 nodes, against ~440 ms and 20 MB
+for a tree towards every destination: bench/route_warm.py), and picks exactly the hop the
+per-destination tree would (same tie rule), so every node still agrees.
+Trees (one Dijkstra from ``dst``, ~1 ms) serve ``path``, which walks other
+nodes' hops, and routers shared by every node of a simulation
+(``first_hops=False``).  ``routes_from`` gives latency and hop count to every
+destination from one Dijkstra, for placement.  Ground stations never relay,
+as in ``mesh.topology``.
 """
 
 from __future__ import annotations
@@ -52,12 +60,14 @@ class _View:
     (``warm``).  A ground destination gets its own graph (its in-edges).
     """
 
-    __slots__ = ("u", "v", "w", "n", "gs", "trees", "_sat_graph")
+    __slots__ = ("u", "v", "w", "n", "gs", "trees", "hops", "_sat_graph", "_out_graph")
 
     def __init__(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, n: int, gs: int):
         self.u, self.v, self.w, self.n, self.gs = u, v, w, n, gs
         self.trees: dict[int, np.ndarray] = {}
+        self.hops: dict[int, np.ndarray] = {}      # here -> first-hop table (next hop per destination)
         self._sat_graph: tuple | None = None
+        self._out_graph: csr_matrix | None = None
 
     def _graph_to(self, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, csr_matrix]:
         if dst < self.gs and self._sat_graph is not None:
@@ -101,11 +111,64 @@ class _View:
         return len(todo)
 
 
+    def out_graph(self, src: int | None = None) -> csr_matrix:
+        """Forward graph in which only satellites (and ``src``) have out-edges: a path
+        from a satellite may end at a ground station but never leave one."""
+        if src is None or src < self.gs:
+            if self._out_graph is None:
+                keep = self.u < self.gs
+                self._out_graph = csr_matrix((np.maximum(self.w[keep], 1e-15), (self.u[keep], self.v[keep])),
+                                             shape=(self.n, self.n))
+            return self._out_graph
+        keep = (self.u < self.gs) | (self.u == src)
+        return csr_matrix((np.maximum(self.w[keep], 1e-15), (self.u[keep], self.v[keep])), shape=(self.n, self.n))
+
+    def first_hops(self, here: int) -> np.ndarray:
+        """``here``'s next hop towards every node (-1: unreachable), from one Dijkstra per
+        neighbour: the tree rule (lowest neighbour v with w + d(v, dst) within
+        ``TIE_EPSILON_S`` of the best) applied to distances from the neighbours."""
+        tab = self.hops.get(here)
+        if tab is not None:
+            return tab
+        lo, hi = np.searchsorted(self.u, [here, here + 1])
+        nb, wn = self.v[lo:hi], self.w[lo:hi]               # sorted by neighbour index
+        dist = np.full((len(nb), self.n), np.inf)
+        sat = nb < self.gs
+        if sat.any():
+            dist[sat] = dijkstra(self.out_graph(), directed=True, indices=nb[sat])
+        dist[np.arange(len(nb)), nb] = 0.0                  # a ground neighbour is a destination only
+        best = (dist + np.maximum(wn, 1e-15)[:, None]).min(axis=0) if len(nb) else np.full(self.n, np.inf)
+        ok = (dist + wn[:, None] <= best + TIE_EPSILON_S) & np.isfinite(best)
+        tab = np.where(ok.any(axis=0), nb[ok.argmax(axis=0)] if len(nb) else -1, -1).astype(np.int32)
+        tab[here] = here
+        self.hops[here] = tab
+        return tab
+
+    def routes_from(self, src: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latency and hop count of a lowest-latency path from ``src`` to every node
+        (inf and -1 where unreachable): one Dijkstra instead of a tree per destination."""
+        dist, pred = dijkstra(self.out_graph(src), directed=True, indices=src, return_predecessors=True)
+        hops = np.where(np.isfinite(dist), 0, -1)
+        cur = pred.copy()
+        while True:
+            live = cur >= 0
+            if not live.any():
+                break
+            hops[live] += 1
+            cur[live] = pred[cur[live]]
+        return dist, hops
+
+
 class HealingRouter:
     """Next hops that avoid dead nodes and down links; memoised per view."""
 
-    def __init__(self, snapshot_fn: SnapshotFn, *, cache_views: int = 32, cache_trees: int = 512):
+    def __init__(self, snapshot_fn: SnapshotFn, *, cache_views: int = 32, cache_trees: int = 512,
+                 first_hops: bool = True):
+        """``first_hops``: answer ``next_hop`` from the asking node's own table (a node's
+        router); False for a router that every node of a simulation shares, where one
+        tree per destination serves every node."""
         self.snapshot_fn = snapshot_fn
+        self.first_hops = first_hops
         self.cache_views = cache_views
         self.cache_trees = cache_trees
         self._graphs: OrderedDict[int, tuple[Snapshot, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
@@ -116,15 +179,18 @@ class HealingRouter:
         hit = self._graphs.get(id(snap))
         if hit is not None and hit[0] is snap:
             return hit[1], hit[2], hit[3]
-        us, vs, ws = [], [], []
-        for i in range(snap.n_nodes):
-            for j, lat in snap.neighbours(i):
-                us.append(i)
-                vs.append(j)
-                ws.append(lat)
-        u, v, w = np.array(us, dtype=np.int64), np.array(vs, dtype=np.int64), np.array(ws, dtype=float)
-        order = np.lexsort((v, u))
-        u, v, w = u[order], v[order], w[order]
+        if hasattr(snap, "edges"):          # mesh.topology.Snapshot: its own arrays, shared by every node
+            u, v, w = snap.edges()
+        else:                               # anything else with neighbours() (tests' stand-ins)
+            us, vs, ws = [], [], []
+            for i in range(snap.n_nodes):
+                for j, lat in snap.neighbours(i):
+                    us.append(i)
+                    vs.append(j)
+                    ws.append(lat)
+            u, v, w = np.array(us, dtype=np.int64), np.array(vs, dtype=np.int64), np.array(ws, dtype=float)
+            order = np.lexsort((v, u))
+            u, v, w = u[order], v[order], w[order]
         self._graphs[id(snap)] = (snap, u, v, w)
         if len(self._graphs) > 4:
             self._graphs.popitem(last=False)
@@ -170,6 +236,12 @@ class HealingRouter:
         if not (0 <= dst < snap.n_nodes and 0 <= here < snap.n_nodes):
             return -1
         view = self._view(snap, dn, dl)
+        if dst not in view.trees and extra_link is None and (self.first_hops or here in view.hops):
+            if here not in view.hops:
+                self.computations += 1
+                if len(view.hops) >= self.cache_trees:
+                    view.hops.pop(next(iter(view.hops)))
+            return int(view.first_hops(here)[dst])
         if dst not in view.trees:
             self.computations += 1
             if len(view.trees) >= self.cache_trees:
@@ -184,6 +256,34 @@ class HealingRouter:
         done = view.warm(dsts)
         self.computations += done
         return done
+
+    def warm_from(self, here: int, t: float, *, down_nodes: Iterable[int] = frozenset(),
+                  down_links: Iterable[tuple[int, int]] = frozenset()) -> int:
+        """Compute ``here``'s first-hop table at ``t`` ahead of need (what ``next_hop``
+        from ``here`` reads); returns 1 if it was new, else 0."""
+        snap = self.snapshot_fn(t)
+        if not 0 <= here < snap.n_nodes:
+            return 0
+        view = self._view(snap, frozenset(down_nodes) - {here}, _norm_links(down_links))
+        if here in view.hops:
+            return 0
+        view.first_hops(here)
+        self.computations += 1
+        return 1
+
+    def routes_from(self, src: int, t: float, *, down_nodes: Iterable[int] = frozenset(),
+                    down_links: Iterable[tuple[int, int]] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """One-way latency (s) and hop count from ``src`` to every node index, as ``path``
+        would find them (inf and -1: unreachable); one Dijkstra for all destinations."""
+        snap = self.snapshot_fn(t)
+        if not 0 <= src < snap.n_nodes:
+            raise ValueError(f"node index {src} is not in the snapshot ({snap.n_nodes} nodes)")
+        dn = frozenset(down_nodes)
+        dist, hops = self._view(snap, dn - {src}, _norm_links(down_links)).routes_from(src)
+        for x in dn - {src}:
+            if 0 <= x < snap.n_nodes:
+                dist[x], hops[x] = np.inf, -1
+        return dist, hops
 
     def next_hop(self, here: int, dst: int, t: float, *, down_nodes: Iterable[int] = frozenset(),
                  down_links: Iterable[tuple[int, int]] = frozenset(), came_from: int | None = None) -> int | None:

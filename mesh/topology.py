@@ -103,6 +103,11 @@ class Snapshot:
             self._csr = (u, v, ww, indptr)
         return self._csr[0], self._csr[1], self._csr[2]
 
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(from, to, latency s) of both directions of every link up, sorted by (from, to);
+        built once per snapshot and shared by everyone who reads it (do not modify)."""
+        return self._edges()
+
     def neighbours(self, i: int) -> list[tuple[int, float]]:
         """(neighbour, latency in s) of every link of ``i`` that is up, by neighbour index."""
         self._edges()

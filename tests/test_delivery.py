@@ -237,7 +237,18 @@ def test_unreachable_destinations_have_no_next_hop(demo_router):
 
 
 def test_views_are_cached_and_recomputed_on_change(demo_router):
-    hr = HealingRouter(demo_router.snapshot)
+    hr = HealingRouter(demo_router.snapshot)              # a node's router: its own first-hop table
+    hr.next_hop(0, 15, 10.0)
+    n = hr.computations
+    for dst in range(1, 24):
+        hr.next_hop(0, dst, 10.0)
+    assert hr.computations == n                       # one table serves every destination
+    hr.next_hop(0, 15, 10.0, down_links=frozenset({(0, 1)}))
+    assert hr.computations == n + 1
+
+
+def test_shared_router_trees_are_cached_and_recomputed_on_change(demo_router):
+    hr = HealingRouter(demo_router.snapshot, first_hops=False)     # every node of a simulation asks it
     hr.next_hop(0, 15, 10.0)
     n = hr.computations
     for here in range(24):

@@ -188,3 +188,39 @@ async def test_links_lost_to_the_earth_are_not_taken_for_dead_nodes(tmp_path, ti
     shapes, suspicions, dead = await fleet_of(tmp_path, tiny_models, body, n=12, preset="telesat-t1", time_scale=600.0)
     assert shapes > 1, "no link came or went: the test would prove nothing"
     assert not suspicions and not dead, (suspicions, dead)
+
+
+async def test_placement_routes_from_one_dijkstra_equal_each_path(tmp_path, tiny_models, virtual_clock):
+    """``_paths_from_me`` (one Dijkstra for every candidate) gives placement exactly what a
+    path per candidate gave, with a cut and a dead node in the view; and the node that
+    placement picks for ``nearest`` and ``auto`` is the same with either."""
+    async def body(fleet):
+        entry = fleet["sat-0"]
+        near = entry.relay.next_hop(far_from(fleet, "sat-0"))
+        entry.apply_fault({"kind": "cut", "a": "sat-0", "b": near})
+        await fleet.kill("sat-4")
+        victim = fleet.peers["sat-4"].index
+        await fleet.until(lambda: all(victim in fleet[n].membership.dead_nodes() for n in ("sat-0", "sat-3")), 30)
+        seen = []
+        for name in ("sat-0", "sat-3"):
+            node = fleet[name]
+            assert node._cut_links(wallclock.now())
+            loaded = await node.load_model("matmul")
+            batch = node._paths_from_me()
+            each = {p: node._path_to(p) for p in fleet.peers.names() if p != name}
+            assert {p: batch(p) for p in each} == each
+            assert each["sat-4"] is None and sum(v is not None for v in each.values()) == len(each) - 1
+            picks = []
+            for target in ("nearest", "auto"):
+                picks.append(node._place("matmul", target, matmul_inputs(), loaded, 30.0)[0])
+                real = node._paths_from_me
+                node._paths_from_me = lambda: node._path_to      # the old way: a path per candidate
+                try:
+                    old = node._place("matmul", target, matmul_inputs(), loaded, 30.0)[0]
+                finally:
+                    node._paths_from_me = real
+                assert picks[-1] == old, (name, target)
+            seen.append(picks)
+        return seen
+    seen = await fleet_of(tmp_path, tiny_models, body)
+    assert len(seen) == 2 and all(len(p) == 2 for p in seen)

@@ -96,8 +96,8 @@ class NodePhysics:
         return hit
 
     async def _prewarm_routes(self) -> None:
-        """Compute the next snapshot, its routes and what membership will ask of it
-        before they are needed, so that forwarding and probing find them cached.
+        """Compute the next snapshot, this node's next hops and what membership will ask
+        of it before they are needed, so that forwarding and probing find them cached.
 
         Each agent warms at its own random point of the step: every agent needs
         the same new snapshot at the same instant, and computing it there would
@@ -118,8 +118,7 @@ class NodePhysics:
             await trio.sleep(0)
             self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
             await trio.sleep(0)
-            self.healing.warm([i for i in self.peers.by_index if i != self.me.index], t,
-                              down_nodes=dead, down_links=down)
+            self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down)   # only our own hops
 
     def _link_state(self, now: float) -> LinkState:
         """What the relay's forwarding decision reads: orbital time, dead nodes, and

@@ -325,7 +325,7 @@ class EntryTasks:
         load_s = self.store.load_s.get(model, 0.5 if big else 0.01)
         dead = self.membership.dead_nodes()
         names = [e.name for i, e in self.peers.by_index.items() if i not in dead and e.name not in exclude]
-        cands = candidates(self.me.name, model, names, self._path_to, self.membership.state_of,
+        cands = candidates(self.me.name, model, names, self._paths_from_me(), self.membership.state_of,
                            self.compute_table, self._in_flight, own, load_s, loaded.path.stat().st_size,
                            self.config.links.isl_bandwidth_bps)
         c = self.constellation
@@ -349,6 +349,18 @@ class EntryTasks:
         if replicas > 1:
             return chosen, f"{target}: {replicas} replicas, one per plane, best first ({why})"
         return chosen, f"{target}: {why}"
+
+    def _paths_from_me(self) -> Callable[[str], tuple[float, int] | None]:
+        """Latency and hop count to every node at once (one Dijkstra, ``HealingRouter.routes_from``):
+        placement asks for every live node, and a route tree per node would cost one Dijkstra each."""
+        now = wallclock.now()
+        lat, hops = self.healing.routes_from(self.me.index, self.orbit_t(now), down_nodes=self.membership.dead_nodes(),
+                                             down_links=self.membership.down_links() | self._cut_links(now))
+
+        def path_of(dst: str) -> tuple[float, int] | None:
+            i = self.peers[dst].index
+            return None if i >= len(hops) or hops[i] < 0 else (float(lat[i]), int(hops[i]))
+        return path_of
 
     def _path_to(self, dst: str) -> tuple[float, int] | None:
         """One-way latency and hop count of the route to ``dst`` as routing sees it now."""

@@ -48,7 +48,7 @@ class Simulator:
         self.net = SimNetwork(topology, t0=t0, step_s=step_s, seed=seed, nodes=self.n)
         if loss:
             self.net.set_loss(loss)
-        self.router = HealingRouter(self.net.router.snapshot)
+        self.router = HealingRouter(self.net.router.snapshot, first_hops=False)   # shared: one tree serves every node
         self.membership_config = membership or constellation_config()
         self.delivery_config = delivery or constellation_delivery()
         self.node_factory = node_factory
