@@ -91,6 +91,20 @@ class Fleet:
         except (httpx.HTTPError, ValueError):
             return False
 
+    def wait_alive_at(self, watcher: str, node: str, timeout: float) -> float | None:
+        """Until ``watcher``'s membership holds ``node`` alive (a restarted node is taken back
+        by gossip: its own "ready" does not mean every other view has heard yet); seconds, or None."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                rows = self.get(watcher, "/v1/membership", timeout=2.0)["members"]
+                if any(m.get("node") == node and m.get("status") == "alive" for m in rows):
+                    return time.monotonic() - start
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        return None
+
     def wait_ready(self, node: str, timeout: float) -> float | None:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
@@ -341,6 +355,9 @@ def host_kill(checks: Checks, fleet: Fleet, chaos: EngineChaos, services: dict[s
     checks.check(not late, f"all {len(group)} satellites of {host} rejoined with every link up",
                  f"{time.monotonic() - t0:.1f} s after start" if not late else f"not ready: {', '.join(late)}")
     metrics["host_rejoin_s"] = time.monotonic() - t0
+    seen = fleet.wait_alive_at("sat-0", group[-1], 15.0)
+    checks.check(seen is not None, f"sat-0 holds {group[-1]} alive again",
+                 f"{time.monotonic() - t0:.1f} s after start" if seen is not None else "not in 15 s")
     checks.check(all(fleet.get(n, "/v1/node")["peer_id"] == ids[n] for n in group),
                  f"every satellite of {host} kept its peer id")
     rec = fleet.run_task("sat-0", group[-1], samples[2])
@@ -498,6 +515,10 @@ def main() -> int:
         checks.check(fleet.get(victim, "/v1/node")["peer_id"] == victim_id, f"{victim} kept its peer id",
                      victim_id[:16] + "…")
         for entry in ["sat-0", "sat-15"]:
+            seen = fleet.wait_alive_at(entry, victim, 15.0)
+            checks.check(seen is not None, f"{entry} holds {victim} alive again",
+                         f"{time.monotonic() - t_start:.1f} s after start" if seen is not None else "not in 15 s")
+            metrics[f"alive_at_{entry}_s"] = time.monotonic() - t_start
             rec = fleet.run_task(entry, victim, samples[2])
             checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[2]["label"],
                          f"task {entry} → restarted {victim}: {rec.get('status')}", str(rec.get("error") or ""))
@@ -521,6 +542,7 @@ def main() -> int:
     checks.check(r.returncode == 0 and chaos.state(other) == "running",
                  f"orbitmesh chaos resume {other} --compose {args.project}", (r.stdout + r.stderr).strip())
     took = fleet.wait_ready(other, 60.0)
+    took = took if took is None else fleet.wait_alive_at("sat-0", other, 15.0)
     rec = fleet.run_task("sat-0", other, samples[3]) if took is not None else {"status": "not ready"}
     checks.check(rec.get("status") == "succeeded", f"task sat-0 → resumed {other}: {rec.get('status')}",
                  str(rec.get("error") or ""))
