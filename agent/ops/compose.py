@@ -37,13 +37,13 @@ from typing import Any
 
 from agent.ops import monitoring
 from agent.atomic import write_atomic
-from agent.ops.engine_chaos import LABEL_NODE
+from agent.ops.engine_chaos import LABEL_NODE, LABEL_SATS
 from agent.links.fleet_identity import (API_PORT, GRPC_PORT, P2P_PORT, ComposeError, ensure_identity, fleet_peers,
                                         read_secret, slot_ports)
 from agent.ops.fleet_keys import AUTHORITY_DIR, NODES_DIR
 from agent.ops.compose_spec import (DEFAULT_IMAGE, DEMO_GROUND, PUBLISH_CHOICES, ComposeSpec, _check,
                                    station_names)
-from agent.ops.compose_hosts import (CONTROL_SOCKET, LABEL_SATS, container_groups, container_slots, healthcheck,
+from agent.ops.compose_hosts import (CONTROL_SOCKET, container_groups, container_slots, healthcheck,
                                     host_command, published_ports, run_host)
 
 log = logging.getLogger("orbitmesh.compose")

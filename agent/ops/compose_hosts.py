@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.links.fleet_identity import ComposeError, slot_ports
-from agent.ops.engine_chaos import LABEL_SATS  # noqa: F401  (the compose file writes it, the engine's chaos reads it)
 
 log = logging.getLogger("orbitmesh.compose")
 
