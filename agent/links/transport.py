@@ -125,6 +125,7 @@ class Link:
     stream_changed: trio.Event = field(default_factory=trio.Event)
     retiring: bool = False
     retire_at: float = 0.0
+    retire_requested: trio.Event = field(default_factory=trio.Event)   # set by ``retire_link``
     dial_failing_since: float | None = None   # first failed dial since the last success
     dial_warned_at: float = float("-inf")
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -200,6 +201,7 @@ class LinkLayer:
         if link is not None and not link.retiring:
             link.retiring = True
             link.retire_at = wallclock.now() + grace_s
+            link.retire_requested.set()
 
     def revoke(self, name: str, peer_id: str) -> None:
         """The roster revoked ``name``: refuse its streams and close its link now."""
@@ -271,8 +273,14 @@ class LinkLayer:
         log.info("link %s–%s closed (out of view)", self.me, link.peer)
 
     async def _retire_watch(self, link: Link) -> None:
+        """Close the link once it is retired and drained.  It sleeps until ``retire_link`` asks
+        (a poll of every link twice a second was a quarter of an idle satellite's timer
+        wake-ups), then polls until the grace has passed and nothing is in flight."""
         while True:
-            await trio.sleep(0.5)
+            if not link.retiring:
+                link.retire_requested = trio.Event()
+                await link.retire_requested.wait()
+            await trio.sleep(max(0.5, link.retire_at - wallclock.now()))
             # Frames in flight are written and released before the link closes;
             # a link that is not connected has nobody to write them to, and
             # would otherwise wait for ever (and keep its node from being ready).

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 CLOSING_LOOKAHEAD_S = 1.0       # a link physics closes within this is "expected down", not a failure
 PREWARM_EVERY_S = 0.25
+PREWARM_MAX_NAP_S = 1.0         # the longest sleep between looks at the fleet's clock
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
@@ -104,12 +105,19 @@ class NodePhysics:
         stall the whole fleet's event loops together (2 cores, 24 agents)."""
         warmed = None
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
+        nap = PREWARM_EVERY_S * random.uniform(0.5, 1.5)
         while True:
-            await trio.sleep(PREWARM_EVERY_S * random.uniform(0.5, 1.5))
+            await trio.sleep(nap)
             ahead = wallclock.now() + ahead_s
             t = self.orbit_t(ahead)
             key = math.floor(t / self.router.step_s)
-            if key == warmed or self.orbit_t(ahead + 1.0) - t > PREWARM_MAX_RATE:
+            rate = self.orbit_t(ahead + 1.0) - t
+            # Sleep until the next step comes within ``ahead_s`` (not a fixed poll: four wake-ups a
+            # second per node were a sixth of an idle satellite's timers), but at most
+            # PREWARM_MAX_NAP_S, so that a change of the fleet's clock is followed soon.
+            to_next = ((key + 1) * self.router.step_s - t) / rate if rate > 0 else PREWARM_MAX_NAP_S
+            nap = min(PREWARM_MAX_NAP_S, max(PREWARM_EVERY_S / 4, to_next))
+            if key == warmed or rate > PREWARM_MAX_RATE:
                 continue      # done already, or the clock runs so fast that steps outpace warming
             warmed = key
             down = self.membership.down_links() | self._cut_links(wallclock.now())
