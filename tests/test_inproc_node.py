@@ -224,3 +224,47 @@ async def test_placement_routes_from_one_dijkstra_equal_each_path(tmp_path, tiny
         return seen
     seen = await fleet_of(tmp_path, tiny_models, body)
     assert len(seen) == 2 and all(len(p) == 2 for p in seen)
+
+
+async def test_a_submission_that_waited_for_its_model_gets_the_first_task_even_once_it_is_cached(
+        tmp_path, tiny_models, virtual_clock):
+    """Two submissions with one idempotency key: the second is still loading its model while the
+    first is accepted, run and answered into the edge cache.  It must get the first task (200),
+    not a second task answered from the cache (a second 202: seen once in a fresh-clone CI run)."""
+    inputs = {k: v.tolist() for k, v in matmul_inputs(1).items()}
+
+    async def body(fleet):
+        node = fleet["sat-0"]
+        load, first_done = node.load_model, trio.Event()
+
+        calls = []
+
+        async def slow_load(model):
+            """Both submissions pass the key check, then wait here: the first for 10 ms, the
+            second until the first task is answered and cached."""
+            calls.append(model)
+            if len(calls) == 1:
+                await trio.sleep(0.01)
+            else:
+                await first_done.wait()
+            return await load(model)
+        node.load_model = slow_load
+        answers = []
+
+        async def submit():
+            answers.append(await node.submit("matmul", inputs, None, idem_key="one-key"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit)
+            nursery.start_soon(submit)
+            with trio.fail_after(20):
+                while not answers:
+                    await trio.sleep(0.01)
+                await answers[0][0].done.wait()
+            cached = len(node.edge_cache)
+            first_done.set()
+        return answers, cached
+    answers, cached = await fleet_of(tmp_path, tiny_models, body)
+    assert cached == 1                     # the first answer was in the edge cache when the second resumed
+    assert [new for _, new in answers] == [True, False]
+    assert answers[0][0].task_id == answers[1][0].task_id

@@ -148,6 +148,13 @@ class EntryTasks:
             if not placed:
                 raise SubmitError(400, "replicas are placed by the fleet (one per plane): leave 'target' out or "
                                        f"use one of {', '.join(TARGETS)}")
+        if idem_key is not None:
+            # A concurrent submission with the same key may have been accepted, or even answered
+            # into the edge cache, while this one awaited the model load: answer its task.  From
+            # here to the _idem entry (the cache's answer or _accept) nothing awaits.
+            done = self._by_idem_key(idem_key)
+            if done is not None:
+                return done, False
         answer_key = None
         if cache and placed and replicas == 1:   # a named target asks for execution there (agent/runtime/edge_cache.py)
             answer_key = cache_key(loaded.sha256 or self.store.sha256(model), arrays)
@@ -165,12 +172,6 @@ class EntryTasks:
         if executor == self.me.name and self.executor.full:
             raise SubmitError(429, f"executor at {self.me.name} is full ({self.executor.queued} tasks queued); "
                                    f"retry in {self.executor.retry_after_s()}s")
-        if idem_key is not None:
-            # A concurrent submission with the same key may have been accepted while this one
-            # awaited the model load: answer its task (no await from here to the _idem entry).
-            done = self._by_idem_key(idem_key)
-            if done is not None:
-                return done, False
         if replicas > 1:
             return self._submit_replicas(model, loaded, arrays, executors, why, agreement, timeout_s, idem_key,
                                          journaled), True
