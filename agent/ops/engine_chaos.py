@@ -71,12 +71,11 @@ class EngineChaos:
 
     def _hosted(self, node: str, action: str) -> str | None:
         """``action`` done to one satellite of a host container, through the host's control
-        socket inside it (``docker exec``); None when ``node`` has a container of its own.
-        Its state comes back as the engine's words: running, paused, exited."""
+        socket inside it (``docker exec``); None when no container hosts ``node``.  Asked only
+        once ``node`` has no container of its own.  Its state comes back as the engine's words:
+        running, paused, exited."""
         if action not in self.ACTIONS:
             raise ChaosError(f"unknown action {action!r}; one of {', '.join(self.ACTIONS)}")
-        if self.client.containers.list(all=True, filters=self._filters(node)):
-            return None
         host = self.hosting(node)
         if host is None:
             return None
@@ -108,19 +107,27 @@ class EngineChaos:
             raise ChaosError(f"{node} runs in more than one compose project; name one (--project)")
         return found[0]
 
+    def _own_or_hosted(self, node: str, action: str) -> tuple[Any, str | None]:
+        """(``node``'s own container, None), or (None, ``action``'s outcome in the container that
+        hosts it); no container for it at all is the engine's own error."""
+        try:
+            return self.container(node), None
+        except ChaosError:
+            hosted = self._hosted(node, action)
+            if hosted is None:
+                raise
+            return None, hosted
+
     def state(self, node: str) -> str:
-        hosted = self._hosted(node, "state")
-        if hosted is not None:
+        c, hosted = self._own_or_hosted(node, "state")
+        if c is None:
             return hosted
-        c = self.container(node)
         c.reload()
         return c.status            # running, paused, exited, created, restarting
 
     def _do(self, node: str, what: str, fn) -> str:
-        hosted = self._hosted(node, what)
-        if hosted is not None:
-            return hosted
-        return self._do_on(self.container(node), node, what, fn)
+        c, hosted = self._own_or_hosted(node, what)
+        return hosted if c is None else self._do_on(c, node, what, fn)
 
     def _do_on(self, c: Any, node: str, what: str, fn) -> str:
         try:
