@@ -95,16 +95,24 @@ class PreciseTimer:
             while time.time() < due:
                 await trio.lowlevel.checkpoint()
             return
+        self.arm(due)
+        await self.fired()
+        while time.time() < due:
+            await trio.lowlevel.checkpoint()
+
+    def arm(self, due: float) -> None:
+        """Make :meth:`fired` return at ``due`` less the wake-up lead; re-arming moves it (earlier or later)."""
         frac, whole = math.modf(due - WAKEUP_LEAD_S)
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(int(whole), int(frac * 1e9)))
         if _libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    async def fired(self) -> None:
+        """Wait until the armed instant (only on a ``precise`` timer)."""
         while True:
             await trio.lowlevel.wait_readable(self._fd)
             try:
                 os.read(self._fd, 8)
-                break
+                return
             except BlockingIOError:  # spurious wake-up
                 continue
-        while time.time() < due:
-            await trio.lowlevel.checkpoint()

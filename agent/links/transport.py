@@ -8,11 +8,13 @@ jitter, injected delay), possibly corrupted.  A writer task then carries the
 bytes over libp2p.
 
 Receiving: each frame's CRC is checked, its due time computed as
-``sent_at + distance(t_sent)/c + extra``, and a releaser hands frames to the
-node in due-time order, each exactly when due.  Releasing at the receiver
-cancels the real transport's latency out, as long as that latency is below
-the emulated one (loopback: ~0.3–1 ms; a laser hop: ≥ 2 ms).  A frame that
-arrives after its due time is released at once and counted as late.
+``sent_at + distance(t_sent)/c + extra``, and the process's one releaser
+(``agent/links/release.py``: one heap, one timer for every link of every node
+in the process) hands frames to the node in due-time order, each exactly when
+due.  Releasing at the receiver cancels the real transport's latency out, as
+long as that latency is below the emulated one (loopback: ~0.3–1 ms; a laser
+hop: ≥ 2 ms).  A frame that arrives after its due time is released at once and
+counted as late.
 
 The lower-named end of a link dials; the other accepts.  The first frame each
 way is ``Hello``, and the claimed node name must match the Noise-authenticated
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-import heapq
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import trio
 
 from agent import wallclock
 from agent.links.p2p import P2PError, P2PHost, P2PStream, P2PTimeout
-from agent.links.timer import COARSE_MARGIN_S, PreciseTimer
+from agent.links.release import FrameReleaser, process_releaser
 from mesh.link import Dropped, LinkEmulator, LinkProfile
 from mesh.wire import (ISL_PROTOCOL, ChecksumError, Control, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
                        encode_frame, encode_message, frame_from_message, frame_size)
@@ -117,8 +119,6 @@ class Link:
     emulator: LinkEmulator
     outbound_send: trio.MemorySendChannel
     outbound_recv: trio.MemoryReceiveChannel
-    release_send: trio.MemorySendChannel
-    release_recv: trio.MemoryReceiveChannel
     stats: LinkStats = field(default_factory=LinkStats)
     stream: P2PStream | None = None
     up_since: float | None = None
@@ -129,6 +129,9 @@ class Link:
     dial_failing_since: float | None = None   # first failed dial since the last success
     dial_warned_at: float = float("-inf")
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    releasing: int = 0             # received frames waiting in the process's release heap
+    release_space: trio.Event = field(default_factory=trio.Event)   # set when a full link's heap share drains
+    closed: bool = False
 
     @property
     def up(self) -> bool:
@@ -166,6 +169,8 @@ class LinkLayer:
         self._peer_ids = {name: pid for name, (_, pid) in neighbours.items()}
         self._seq = itertools.count()
         self._nursery: trio.Nursery | None = None
+        self._releaser: FrameReleaser | None = None   # the process's (agent/links/release.py), from ``run``
+        self._running = True
         self.links: dict[str, Link] = {}
         for name, (addr, pid) in sorted(neighbours.items()):
             self._new_link(name, addr, pid, seeds[name])
@@ -174,9 +179,8 @@ class LinkLayer:
         # The real transport's buffers are bounded too: the emulated queue
         # drops first, these only hold what the emulator let through.
         out_s, out_r = trio.open_memory_channel(self.queue_frames * 2)
-        rel_s, rel_r = trio.open_memory_channel(self.queue_frames)
         link = Link(name, addr, dialer=self.me < name, emulator=LinkEmulator(self.profile(name, wallclock.now()), seed),
-                    outbound_send=out_s, outbound_recv=out_r, release_send=rel_s, release_recv=rel_r)
+                    outbound_send=out_s, outbound_recv=out_r)
         self._peer_ids[name] = peer_id
         self.links[name] = link
         return link
@@ -248,23 +252,28 @@ class LinkLayer:
     async def run(self) -> None:
         """Keep every link up until cancelled."""
         self.host.set_stream_handler(ISL_PROTOCOL, self._on_inbound)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for link in list(self.links.values()):
-                nursery.start_soon(self._run_link, link)
-            # Stay open: links are added later as partners come into view (a
-            # ground station may start with none).
-            await trio.sleep_forever()
+        self._releaser = process_releaser()
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for link in list(self.links.values()):
+                    nursery.start_soon(self._run_link, link)
+                # Stay open: links are added later as partners come into view (a
+                # ground station may start with none).
+                await trio.sleep_forever()
+        finally:
+            self._running = False   # frames still in the process's heap are a dead node's: dropped
 
     async def _run_link(self, link: Link) -> None:
         """All of one link's tasks, under its own cancel scope (closed on retirement)."""
         with link.scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._release_loop, link)
                 nursery.start_soon(self._write_loop, link)
                 nursery.start_soon(self._retire_watch, link)
                 if link.dialer:
                     nursery.start_soon(self._dial_loop, link)
+        link.closed = True          # its frames still in the heap are dropped
         if link.stream is not None:
             with trio.CancelScope(shield=True):
                 await link.stream.aclose()
@@ -286,7 +295,7 @@ class LinkLayer:
             # would otherwise wait for ever (and keep its node from being ready).
             if (link.retiring and wallclock.now() >= link.retire_at
                     and (not link.up or (link.outbound_recv.statistics().current_buffer_used == 0
-                                         and link.release_recv.statistics().current_buffer_used == 0))):
+                                         and link.releasing == 0))):
                 link.scope.cancel()
                 return
 
@@ -456,7 +465,15 @@ class LinkLayer:
             expected = self.propagation(link.peer, self.me, item.sent_at) + item.extra_s
             link.stats.frames_received += 1
             link.stats.bytes_received += item.wire_size
-            await link.release_send.send((item.sent_at + expected, next(self._seq), expected, item))
+            due, now = item.sent_at + expected, wallclock.now()
+            if due < now:             # the real transport was slower than the emulated link
+                link.stats.late_frames += 1
+                link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
+            while link.releasing >= self.queue_frames:   # bounded: the reader waits, as on a full socket
+                link.release_space = trio.Event()
+                await link.release_space.wait()
+            link.releasing += 1
+            self._releaser.push(due, functools.partial(self._release, link, expected, item))
 
     # -- data path ------------------------------------------------------------
 
@@ -483,43 +500,15 @@ class LinkLayer:
             link.stats.bytes_sent += len(pending)
             pending = None
 
-    async def _release_loop(self, link: Link) -> None:
-        """Hand frames to the node in due-time order, each exactly when due.
-
-        A heap, not a FIFO: a frame held back (reordering) or a duplicate may
-        be due after frames that arrived behind it.
-        """
-        timer = PreciseTimer()
-        heap: list[tuple[float, int, float, LinkFrame]] = []
-        try:
-            while True:
-                if not heap:
-                    heapq.heappush(heap, await link.release_recv.receive())
-                while len(heap) < self.queue_frames:
-                    try:
-                        heapq.heappush(heap, link.release_recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                due = heap[0][0]
-                now = wallclock.now()
-                if due - now > COARSE_MARGIN_S and len(heap) < self.queue_frames:
-                    # Sleep, but wake for a newly arrived frame that may be due sooner.
-                    with trio.move_on_after(due - now - COARSE_MARGIN_S):
-                        heapq.heappush(heap, await link.release_recv.receive())
-                    continue
-                if due > now:
-                    await timer.sleep_until(due)
-                else:
-                    link.stats.late_frames += 1
-                    link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
-                due, _, expected, frame = heapq.heappop(heap)
-                released = wallclock.now()
-                link.stats.record_error(released - due)
-                if isinstance(frame.msg, Probe):
-                    link.stats.probe_errors.append(released - due)
-                try:
-                    await self.deliver(frame.msg, link.peer, released, expected)
-                except Exception:  # a bug in one handler must not take the link down
-                    log.exception("handler failed for a frame from %s", link.peer)
-        finally:
-            timer.close()
+    def _release(self, link: Link, expected: float, frame: LinkFrame, due: float, released: float):
+        """The process's releaser calls this when ``frame`` is due: hand it to the node
+        (the awaitable it returns), unless its link closed or its node stopped meanwhile."""
+        link.releasing -= 1
+        if link.releasing < self.queue_frames:
+            link.release_space.set()
+        if link.closed or not self._running:
+            return None
+        link.stats.record_error(released - due)
+        if isinstance(frame.msg, Probe):
+            link.stats.probe_errors.append(released - due)
+        return self.deliver(frame.msg, link.peer, released, expected)
