@@ -41,6 +41,9 @@ Why it is shaped this way (docs/deploy.md has the user's side):
   target any other.  By default through a gateway per machine (agent/serve/gateway.py:
   swarm's routing mesh needs IPVS, which some kernels lack); ``--publish mesh``
   uses the routing mesh itself.
+* **Several satellites per replica** (``--sats-per-container K``): services
+  ``host-0`` … of one replica each, a key secret per satellite named only by its
+  host, satellites reachable by their own names; :mod:`agent.ops.stack_hosts`.
 """
 
 from __future__ import annotations
