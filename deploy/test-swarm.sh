@@ -49,15 +49,15 @@ step "$("$DOCKER" --version)"
 # again), then its journal volumes (orbitmesh-<service id>-<slot>, one set per service).
 remove_stack() {
   local name=$1 ids id
-  ids=$("$DOCKER" service ls -q --no-trunc --filter "label=com.docker.stack.namespace=$name" 2>/dev/null)
-  "$DOCKER" stack rm "$name" >/dev/null 2>&1
+  ids=$("$DOCKER" service ls -q --no-trunc --filter "label=com.docker.stack.namespace=$name" 2>/dev/null || true)
+  "$DOCKER" stack rm "$name" >/dev/null 2>&1 || true
   for _ in $(seq 1 60); do
     [ -z "$("$DOCKER" ps -aq --filter "label=com.docker.stack.namespace=$name")" ] \
       && ! "$DOCKER" network inspect "${name}_constellation" >/dev/null 2>&1 && break
     sleep 1
   done
   for id in $ids; do
-    "$DOCKER" volume ls -q | grep "^orbitmesh-${id}-" | xargs -r "$DOCKER" volume rm >/dev/null 2>&1
+    "$DOCKER" volume ls -q | grep "^orbitmesh-${id}-" | xargs -r "$DOCKER" volume rm >/dev/null 2>&1 || true
   done
   return 0
 }

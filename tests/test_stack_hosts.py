@@ -336,3 +336,23 @@ def test_swarm_chaos_on_one_hosted_satellite_and_on_a_whole_host(tmp_path):
         chaos.kill("host-0")
     with pytest.raises(ChaosError, match="no swarm service nope_sat"):
         SwarmChaos("nope", client=swarm)
+
+
+def test_control_command_in_a_swarm_host_finds_the_token_secret(tmp_path, monkeypatch, capsys):
+    """The engine's chaos runs ``python -m agent.ops.compose_hosts`` in the host replica with no
+    options: the token is the stack's secret there, not compose's fleet volume."""
+    from agent.ops import compose_hosts, sat_host_control
+    monkeypatch.delenv("ORBITMESH_TOKEN", raising=False)
+    (tmp_path / "api-token").write_text("tok\n")
+    monkeypatch.setattr(compose_hosts, "TOKEN_FILES", (str(tmp_path / "no-fleet-token"), str(tmp_path / "api-token")))
+    seen = []
+    monkeypatch.setattr(sat_host_control, "request",
+                        lambda path, action, node, token: seen.append((str(path), action, node, token)) or {"state": "down"})
+    assert compose_hosts.control_main(["kill", "sat-9", "--control", str(tmp_path / "c.sock")]) == 0
+    assert seen == [(str(tmp_path / "c.sock"), "kill", "sat-9", "tok")] and capsys.readouterr().out == "down\n"
+
+
+def test_the_swarm_token_secret_is_among_the_control_commands_token_files():
+    from agent.ops.compose_hosts import TOKEN_FILES
+    from agent.ops.stack import TOKEN_TARGET
+    assert TOKEN_TARGET in TOKEN_FILES and "/fleet/api-token" in TOKEN_FILES

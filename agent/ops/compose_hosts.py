@@ -34,6 +34,8 @@ from agent.links.fleet_identity import ComposeError, slot_ports
 log = logging.getLogger("orbitmesh.compose")
 
 CONTROL_SOCKET = "/run/orbitmesh/control.sock"     # inside a host container; the fleet volume is read-only
+# the fleet's API token in a host container: compose's fleet volume, or a swarm stack's secret
+TOKEN_FILES = ("/fleet/api-token", "/run/secrets/api-token")
 KEY_SECRET_PREFIX = "node-key-"     # swarm: /run/secrets/node-key-<name>, one per hosted satellite (stack_hosts.py)
 MAX_SATS_PER_CONTAINER = 256
 
@@ -129,11 +131,13 @@ def control_main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=ACTIONS)
     ap.add_argument("node")
     ap.add_argument("--control", default=CONTROL_SOCKET)
-    ap.add_argument("--token-file", type=Path, default=Path("/fleet/api-token"))
+    ap.add_argument("--token-file", type=Path, action="append",
+                    help=f"the fleet's API token (default: the first of {', '.join(TOKEN_FILES)} that exists)")
     args = ap.parse_args(argv)
     token = os.environ.get("ORBITMESH_TOKEN") or None
-    if token is None and args.token_file.exists():
-        token = args.token_file.read_text().strip() or None
+    for path in args.token_file or [Path(p) for p in TOKEN_FILES]:
+        if token is None and path.exists():
+            token = path.read_text().strip() or None
     try:
         reply = request(Path(args.control), args.action, args.node, token)
     except ControlError as exc:
