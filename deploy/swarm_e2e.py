@@ -255,7 +255,8 @@ def main() -> int:
     for t in threads:
         t.join(timeout=120)
     bad = [(t, r) for t, r in flow if r.get("status") != "succeeded" or label_of(r) != r["expected_label"]]
-    checks.check(bool(flow) and not bad, f"{len(flow)} tasks through :8080 all succeeded while {victim} was replaced",
+    checks.check(bool(flow) and not bad, f"{len(flow)} tasks through :8080 all succeeded while {victim} was "
+                 + ("killed and restarted" if hosts else "replaced"),
                  "; ".join(f"→{t}: {r.get('status')} {r.get('error') or ''}" for t, r in bad[:3]))
     if journaled and replaced is not None:
         rec: dict[str, Any] = {}
@@ -267,7 +268,8 @@ def main() -> int:
             if rec.get("status") in ("succeeded", "failed"):
                 break
         checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[4]["label"],
-                     f"the task {victim} had accepted finished after its replacement recovered the journal",
+                     f"the task {victim} had accepted finished after its "
+                     + ("restart" if hosts else "replacement") + " recovered the journal",
                      f"{rec.get('status')} {rec.get('error') or ''}")
 
     # -- 3b. a stack of hosts: a host's replica killed, all its satellites at once ------------
