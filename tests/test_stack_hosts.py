@@ -175,6 +175,20 @@ def test_stack_command_k_and_bad_k(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --publish mesh")
 
 
+@pytest.mark.engine  # needs Debian's docker-compose (its schema), which `make test-docker` installs
+def test_compose_spec_schema_accepts_the_stack_of_hosts(tmp_path):
+    import jsonschema
+    import yaml
+    schema = json.loads(Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    write_stack(StackSpec(sats_per_container=12), tmp_path / "s.yml")
+    validator.validate(yaml.safe_load((tmp_path / "s.yml").read_text()))
+    bad = stack_document(StackSpec(sats_per_container=12))
+    bad["services"]["host-0"]["deploy"]["endpoint_mode"] = 5
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(bad)
+
+
 # -- the gateway by peers file ------------------------------------------------------------------
 
 
