@@ -91,6 +91,12 @@ def test_bad_k_and_what_k_over_1_cannot_do():
         stack_document(StackSpec(sats_per_container=6, publish="mesh"))
     with pytest.raises(ComposeError, match="--max-per-machine caps one service"):
         stack_document(StackSpec(sats_per_container=6, max_per_machine=2))
+    from agent.ops.stack import _fleet
+    from agent.ops.stack_hosts import hosts_header_line
+    spec = StackSpec(n=40, ground=(), sats_per_container=8)
+    assert hosts_header_line(spec, _fleet(spec)).startswith("# 40 satellites in 5 services host-0 … host-4 of up to 8")
+    spec = StackSpec(n=4, ground=(), sats_per_container=8)
+    assert hosts_header_line(spec, _fleet(spec)).startswith("# 4 satellites in 1 service host-0 of up to 8")
     doc = stack_document(StackSpec(n=7, ground=(), sats_per_container=3, realtime=False))
     assert list(doc["services"]) == ["host-0", "host-1", "host-2", "api"]
     h2 = doc["services"]["host-2"]                 # the last host holds what is left: one satellite
@@ -102,7 +108,7 @@ def test_write_issues_keys_with_slot_ports_and_prometheus_targets(tmp_path):
     written = write_stack(StackSpec(n=12, ground=("london",), sats_per_container=6), tmp_path / "s.yml")
     assert [p.name for p in written] == ["s.yml", "s-fleet.toml"]
     text = (tmp_path / "s.yml").read_text()
-    assert "--sats-per-container 6" in text.splitlines()[0] and "host-0 … host-1 of 6 each" in text
+    assert "--sats-per-container 6" in text.splitlines()[0] and "2 services host-0, host-1 of up to 6 each" in text
     keys = tmp_path / "s-keys"
     assert oct(keys.stat().st_mode & 0o777) == "0o700"
     assert not (keys / "node-keys.tmpl").exists()       # no slot template: a secret per satellite

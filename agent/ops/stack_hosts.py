@@ -125,6 +125,7 @@ def hosts_header_line(spec: StackSpec, cfg) -> str:
     groups = node_groups(cfg, spec.sats_per_container)
     hosts = [h for h, g in groups.items() if h != g[0]]
     gs = [h for h, g in groups.items() if h == g[0]]
-    return (f"# {cfg.size} satellites in {len(hosts)} services {hosts[0]} … {hosts[-1]} of "
+    which = ", ".join(hosts) if len(hosts) <= 3 else f"{hosts[0]} … {hosts[-1]}"
+    return (f"# {cfg.size} satellites in {len(hosts)} service{'s' * (len(hosts) > 1)} {which} of up to "
             f"{spec.sats_per_container} each (one replica each; every satellite reachable by its own name)"
             + (f", ground stations {', '.join(gs)}" if gs else "") + ".\n")
