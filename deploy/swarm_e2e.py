@@ -1,6 +1,9 @@
 """Drive a running swarm stack: identities from task slots, per-node keys, tasks through the routing mesh, a replica killed.
 
-Run by deploy/test-swarm.sh after ``docker stack deploy``.  Tasks go where a
+Run by deploy/test-swarm.sh after ``docker stack deploy``; a stack of hosts
+(``orbitmesh stack --sats-per-container K``, found by its ``host-0`` service) gets
+the same checks, with the victim killed and started alone inside its host, then
+a host's replica killed (deploy/swarm_nodes.py).  Tasks go where a
 user's go: port 8080 of the machine, which the routing mesh hands to some
 replica.  Per-node views (health, identity, membership) are read inside each
 replica through the engine (``docker exec``: the overlay network is not
@@ -35,28 +38,8 @@ from agent.ops.engine_chaos import ChaosError, SwarmChaos  # noqa: E402
 from compose_e2e import Checks, api_token, label_of, path_of, reference_labels  # noqa: E402
 from agent.serve.auth import bearer  # noqa: E402
 from agent.links.roster import holds_key  # noqa: E402
-
-# GET inside a replica with bash alone (no interpreter start per call).
-_GET = ("exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 "
-        "&& cat <&3")
-
-
-def node_get(container: Any, path: str) -> dict[str, Any] | None:
-    """``GET path`` on the replica's own API; None if it does not answer."""
-    try:
-        code, out = container.exec_run(["bash", "-c", _GET.format(path=path)], demux=False)
-    except Exception:        # the container is gone or not running
-        return None
-    if code != 0 or not out:
-        return None
-    head, _, body = out.decode(errors="replace").partition("\r\n\r\n")
-    if " 200 " not in head.split("\r\n", 1)[0]:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
+from agent.links.fleet_identity import slot_ports  # noqa: E402
+from swarm_nodes import check_host_keys, host_kill, node_get, restart_hosted  # noqa: E402
 
 class Mesh:
     """The stack's API as a user sees it: one address, any replica behind it."""
@@ -132,8 +115,8 @@ def check_keys(nodes: dict[str, Any], ids: dict[str, str | None], keys_dir: Path
 def wait_all_ready(chaos: SwarmChaos, names: list[str], timeout: float, checks: Checks) -> float | None:
     start, last = time.monotonic(), -1
     while time.monotonic() - start < timeout:
-        nodes = chaos.nodes()
-        ready = sum(1 for n in names if n in nodes and (node_get(nodes[n], "/v1/health") or {}).get("ready"))
+        where = chaos.placements()
+        ready = sum(1 for n in names if n in where and (node_get(where[n][0], "/v1/health", where[n][1]) or {}).get("ready"))
         if ready != last:
             checks.note(f"replicas ready: {ready}/{len(names)}")
             last = ready
@@ -168,6 +151,9 @@ def main() -> int:
         return 1
     names = chaos.names
     sats = [n for n in names if n.startswith("sat-")]
+    hosts = bool(chaos.groups)          # a stack of hosts (--sats-per-container): K satellites per replica
+    if hosts:
+        checks.note(f"a stack of hosts: {', '.join(f'{h} ({len(g)})' for h, g in chaos.groups.items())}")
 
     # -- 1. every slot up and ready, each replica the node its slot names -------------------
     took = wait_all_ready(chaos, names, args.ready_timeout, checks)
@@ -178,13 +164,19 @@ def main() -> int:
         return 1
     metrics["deploy_to_ready_s"] = time.monotonic() - t_deploy
     nodes = chaos.nodes()
-    info = {n: node_get(c, "/v1/node") or {} for n, c in nodes.items()}
-    wrong = [f"slot {names.index(n) + 1} runs {info[n].get('node')!r}" for n in names if info[n].get("node") != n]
-    checks.check(not wrong, f"replica slot k runs node k - 1 ({names[0]} … {names[-1]})", "; ".join(wrong))
-    ids = {n: info[n].get("peer_id") for n in names}
+    where = chaos.placements()
+    info = {n: node_get(c, "/v1/node", slot) or {} for n, (c, slot) in where.items()}
+    wrong = [f"{'its slot port' if hosts else f'slot {names.index(n) + 1}'} answers {info.get(n, {}).get('node')!r}"
+             f" for {n}" for n in names if info.get(n, {}).get("node") != n]
+    checks.check(not wrong, f"each host's satellites answer on their slots' ports ({names[0]} … {names[-1]})" if hosts
+                 else f"replica slot k runs node k - 1 ({names[0]} … {names[-1]})", "; ".join(wrong))
+    ids = {n: info.get(n, {}).get("peer_id") for n in names}
     checks.check(len(set(ids.values())) == len(names) and None not in ids.values(),
-                 f"every replica has its own peer id ({len(names)})")
-    check_keys(nodes, ids, args.keys, checks)
+                 f"every node has its own peer id ({len(names)})")
+    if hosts:
+        check_host_keys(chaos, ids, args.keys, checks)
+    else:
+        check_keys(nodes, ids, args.keys, checks)
 
     # -- 2. tasks through the routing mesh to far targets ------------------------------------
     mesh = Mesh(args.url)
@@ -204,13 +196,15 @@ def main() -> int:
             r["latency"]["overhead_ms"] for r in results if r.get("status") == "succeeded")
 
     # -- 3. kill a replica while tasks flow; swarm replaces it in its slot ------------------
+    # (a stack of hosts: the hosted satellite alone, through its host's control socket, then
+    # started again in its host)
     victim = args.victim
-    old = nodes[victim]
+    old, victim_slot = where[victim]
     old_id = ids[victim]
     # a task accepted by the victim itself (entry = victim), in its journal when it dies
     code, out = old.exec_run(["python", "-c", (
         "import json,sys,urllib.request;"
-        "r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8080/v1/tasks',"
+        f"r=urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:{slot_ports(victim_slot)[1]}/v1/tasks',"
         "data=sys.argv[1].encode(),headers={'content-type':'application/json','authorization':'Bearer '+"
         "open('/run/secrets/api-token').read().strip()}));print(r.read().decode())"),
         json.dumps({"model": "digits", "inputs": samples[4]["inputs"], "target": sats[(sats.index(victim) + 12) % len(sats)],
@@ -236,28 +230,33 @@ def main() -> int:
     time.sleep(2.0)
     t_kill = time.monotonic()
     state = chaos.kill(victim)
-    checks.check(state in ("exited", "dead"), f"docker kill {victim}'s container", f"state {state}")
+    checks.check(state in ("exited", "dead"), f"kill {victim} alone (in {chaos.host_of[victim]})" if hosts
+                 else f"docker kill {victim}'s container", f"state {state}")
     replaced = None
-    while time.monotonic() - t_kill < 300:
-        c = chaos.nodes().get(victim)
-        if c is not None and c.id != old.id:
-            c.reload()
-            if c.status == "running" and (node_get(c, "/v1/health") or {}).get("ready"):
-                replaced = c
-                break
-        time.sleep(2.0)
-    checks.check(replaced is not None, f"swarm replaced {victim} in its slot and it is ready again",
-                 f"{time.monotonic() - t_kill:.1f} s after the kill")
-    if replaced is not None:
-        metrics["replace_to_ready_s"] = time.monotonic() - t_kill
-        checks.check((node_get(replaced, "/v1/node") or {}).get("peer_id") == old_id,
-                     f"the new {victim} has the same peer id (slot identity)", old_id[:16] + "…")
+    if hosts:
+        replaced = old if restart_hosted(chaos, victim, old_id, 300.0, checks, metrics) else None
+    else:
+        while time.monotonic() - t_kill < 300:
+            c = chaos.nodes().get(victim)
+            if c is not None and c.id != old.id:
+                c.reload()
+                if c.status == "running" and (node_get(c, "/v1/health") or {}).get("ready"):
+                    replaced = c
+                    break
+            time.sleep(2.0)
+        checks.check(replaced is not None, f"swarm replaced {victim} in its slot and it is ready again",
+                     f"{time.monotonic() - t_kill:.1f} s after the kill")
+        if replaced is not None:
+            metrics["replace_to_ready_s"] = time.monotonic() - t_kill
+            checks.check((node_get(replaced, "/v1/node") or {}).get("peer_id") == old_id,
+                         f"the new {victim} has the same peer id (slot identity)", old_id[:16] + "…")
     time.sleep(3.0)
     stop.set()
     for t in threads:
         t.join(timeout=120)
     bad = [(t, r) for t, r in flow if r.get("status") != "succeeded" or label_of(r) != r["expected_label"]]
-    checks.check(bool(flow) and not bad, f"{len(flow)} tasks through :8080 all succeeded while {victim} was replaced",
+    checks.check(bool(flow) and not bad, f"{len(flow)} tasks through :8080 all succeeded while {victim} was "
+                 + ("killed and restarted" if hosts else "replaced"),
                  "; ".join(f"→{t}: {r.get('status')} {r.get('error') or ''}" for t, r in bad[:3]))
     if journaled and replaced is not None:
         rec: dict[str, Any] = {}
@@ -269,19 +268,26 @@ def main() -> int:
             if rec.get("status") in ("succeeded", "failed"):
                 break
         checks.check(rec.get("status") == "succeeded" and label_of(rec) == samples[4]["label"],
-                     f"the task {victim} had accepted finished after its replacement recovered the journal",
+                     f"the task {victim} had accepted finished after its "
+                     + ("restart" if hosts else "replacement") + " recovered the journal",
                      f"{rec.get('status')} {rec.get('error') or ''}")
 
-    # -- 4. the whole run: no dead verdict about any node but the victim ---------------------
+    # -- 3b. a stack of hosts: a host's replica killed, all its satellites at once ------------
+    faulted = {victim}
+    if hosts:
+        faulted |= host_kill(chaos, mesh, ids, samples, label_of, 300.0, checks, metrics)
+
+    # -- 4. the whole run: no dead verdict about any node but the faulted ones ----------------
     false_dead, suspicions = {}, 0
-    for n, c in chaos.nodes().items():
-        view = node_get(c, "/v1/membership") or {}
+    for n, (c, slot) in chaos.placements().items():
+        view = node_get(c, "/v1/membership", slot) or {}
         v = view.get("verdicts", {})
-        suspicions += sum(k for s, k in v.get("suspect", {}).items() if s != victim)
-        bad_dead = {s: k for s, k in v.get("dead", {}).items() if s != victim}
+        suspicions += sum(k for s, k in v.get("suspect", {}).items() if s not in faulted)
+        bad_dead = {s: k for s, k in v.get("dead", {}).items() if s not in faulted}
         if bad_dead:
             false_dead[n] = bad_dead
-    checks.check(not false_dead, f"no node but {victim} declared dead in any replica's view",
+    what = victim if len(faulted) == 1 else f"{victim} and the killed host's satellites"
+    checks.check(not false_dead, f"no node but {what} declared dead in any node's view",
                  "; ".join(f"{n} saw dead {d}" for n, d in false_dead.items()) + f" ({suspicions} suspicions refuted)")
     metrics["false_deaths"] = sum(sum(d.values()) for d in false_dead.values())
 

@@ -10,13 +10,25 @@
 #   port 8080 (the routing mesh) to far satellites, a replica's container killed
 #   while tasks flow (swarm replaces it; same identity, journal recovered), no
 #   false death anywhere; the stack removed, whatever happens.
-# Environment: STACK (orbitmesh-ci), KEEP_UP=1 (leave the stack running),
-# METRICS (JSON file for the measurements), STRESS=1 (a CPU hog on one core),
-# BUILD=0 (reuse an orbitmesh:latest image that is already there).
+#   Then the same fleet as a stack of hosts (`orbitmesh stack --sats-per-container 12`,
+#   stack orbitmesh-ci-hosts: host-0, host-1 and the ground stations, a service each):
+#   the same checks, each host holding only its satellites' keys, sat-9 killed and
+#   started alone inside its host, then host-1's replica killed (all 12 at once;
+#   swarm replaces it, every satellite keeps its peer id).
+# Environment: STACK (orbitmesh-ci), STACK_HOSTS (orbitmesh-ci-hosts), ONLY=hosts
+# (only the stack of hosts), HOSTS=0 (without it), KEEP_UP=1 (leave the last
+# stack running), METRICS (JSON file for the measurements), STRESS=1 (a CPU hog
+# on one core), BUILD=0 (reuse an orbitmesh:latest image that is already there).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 STACK=${STACK:-orbitmesh-ci}
+STACK_HOSTS=${STACK_HOSTS:-orbitmesh-ci-hosts}
+ONLY=${ONLY:-}
+HOSTS=${HOSTS:-1}
+case "$ONLY" in ""|hosts) ;; *) echo "error: ONLY must be empty or hosts, not '$ONLY'" >&2; exit 2 ;; esac
+[ "$ONLY" = hosts ] && [ "$HOSTS" = 0 ] && { echo "error: ONLY=hosts and HOSTS=0 leave nothing to run" >&2; exit 2; }
+CURRENT=$STACK          # the stack under test (its tasks and logs are printed on failure)
 PY=${PY:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d /tmp/orbitmesh-swarm.XXXXXX)
 METRICS=${METRICS:-$WORK/metrics.json}
@@ -33,28 +45,43 @@ die() { echo "error: $*" >&2; exit 1; }
 engine_install
 step "$("$DOCKER" --version)"
 
+# Remove stack $1, wait until its containers and network are gone (a host-mode port is free
+# again), then its journal volumes (orbitmesh-<service id>-<slot>, one set per service).
+remove_stack() {
+  local name=$1 ids id
+  ids=$("$DOCKER" service ls -q --no-trunc --filter "label=com.docker.stack.namespace=$name" 2>/dev/null || true)
+  "$DOCKER" stack rm "$name" >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do
+    [ -z "$("$DOCKER" ps -aq --filter "label=com.docker.stack.namespace=$name")" ] \
+      && ! "$DOCKER" network inspect "${name}_constellation" >/dev/null 2>&1 && break
+    sleep 1
+  done
+  for id in $ids; do
+    "$DOCKER" volume ls -q | grep "^orbitmesh-${id}-" | xargs -r "$DOCKER" volume rm >/dev/null 2>&1 || true
+  done
+  return 0
+}
+
 teardown() {
   local rc=$?
   set +e
   [ -n "$HOG_PID" ] && kill "$HOG_PID" 2>/dev/null
   if [ $rc -ne 0 ] && "$DOCKER" info >/dev/null 2>&1; then
-    echo "---- FAILED — tasks of ${STACK}_sat and their last logs ----" >&2
-    "$DOCKER" service ps --no-trunc "${STACK}_sat" 2>&1 | head -40 >&2
-    "$DOCKER" service logs --tail 5 --no-task-ids "${STACK}_sat" 2>&1 | tail -60 >&2
+    echo "---- FAILED — tasks of stack $CURRENT and their last logs ----" >&2
+    "$DOCKER" stack ps --no-trunc "$CURRENT" 2>&1 | head -40 >&2
+    for svc in $("$DOCKER" service ls -q --filter "label=com.docker.stack.namespace=$CURRENT" 2>/dev/null); do
+      "$DOCKER" service logs --tail 5 --no-task-ids "$svc" 2>&1 | tail -30 >&2
+    done
   fi
   if [ "${KEEP_UP:-0}" = 1 ] && [ $rc -eq 0 ]; then
-    step "KEEP_UP=1: leaving stack $STACK running (docker stack rm $STACK to stop)"
+    step "KEEP_UP=1: leaving stack $CURRENT running (docker stack rm $CURRENT to stop)"
   elif "$DOCKER" info >/dev/null 2>&1; then
-    step "removing stack $STACK"
-    svc_id=$("$DOCKER" service inspect -f '{{.ID}}' "${STACK}_sat" 2>/dev/null)
-    "$DOCKER" stack rm "$STACK" >/dev/null 2>&1
-    for _ in $(seq 1 60); do
-      [ -z "$("$DOCKER" ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] \
-        && ! "$DOCKER" network inspect "${STACK}_constellation" >/dev/null 2>&1 && break
-      sleep 1
+    for name in "$STACK" "$STACK_HOSTS"; do
+      if "$DOCKER" service ls -q --filter "label=com.docker.stack.namespace=$name" 2>/dev/null | grep -q .; then
+        step "removing stack $name"
+        remove_stack "$name"
+      fi
     done
-    # the per-slot journal volumes of this deployment (orbitmesh-<service id>-<slot>)
-    [ -n "$svc_id" ] && "$DOCKER" volume ls -q | grep "^orbitmesh-${svc_id}-" | xargs -r "$DOCKER" volume rm >/dev/null 2>&1
     "$DOCKER" secret rm orbitmesh-api-token >/dev/null 2>&1
     if [ "$SWARM_INITED" = 1 ]; then
       step "leaving the swarm this script created"
@@ -62,7 +89,7 @@ teardown() {
     fi
   fi
   # the node keys and the authority key `orbitmesh stack` issued for this run
-  [ "${KEEP_UP:-0}" = 1 ] || rm -rf "$WORK/stack-keys"
+  [ "${KEEP_UP:-0}" = 1 ] || rm -rf "$WORK/stack-keys" "$WORK/hosts/stack-keys"
   [ "${KEEP_UP:-0}" = 1 ] || engine_stop
   [ $rc -eq 0 ] && step "docker swarm test passed" || step "docker swarm test FAILED (exit $rc)"
 }
@@ -95,10 +122,8 @@ if [ "$("$DOCKER" info -f '{{.Swarm.LocalNodeState}}')" != active ]; then
   fi
   SWARM_INITED=1
 fi
-"$DOCKER" stack rm "$STACK" >/dev/null 2>&1 || true    # a previous run that was cut short
-for _ in $(seq 1 60); do
-  "$DOCKER" network inspect "${STACK}_constellation" >/dev/null 2>&1 || break
-  sleep 1
+for name in "$STACK" "$STACK_HOSTS"; do    # a previous run that was cut short
+  remove_stack "$name"
 done
 
 # the API token: a swarm secret the stack names (docs/security.md); swarm_e2e.py sends it
@@ -108,6 +133,7 @@ printf '%s' "$ORBITMESH_TOKEN" | "$DOCKER" secret create orbitmesh-api-token - >
   || die "docker secret create orbitmesh-api-token failed"
 
 start_hog
+if [ "$ONLY" != hosts ]; then
 # the stack as a user deploys it: deploy/stack.yml (identical, checked above) beside the keys `orbitmesh stack` issued
 step "docker stack deploy -c stack.yml $STACK (in $WORK, beside stack-keys/)"
 td=$(date +%s)
@@ -139,3 +165,35 @@ print(f"measured: deploy→ready {m.get('deploy_to_ready_s', 0):.1f} s, replace�
       f"task median {m.get('task_total_ms_median', 0):.0f} ms (overhead {m.get('task_overhead_ms_median', 0):.1f} ms), "
       f"memory per replica {m['mem_mib_median'] or 0:.0f} MiB, fleet CPU {m['fleet_cpu_cores_after_tasks']:.2f} cores")
 EOF
+fi
+
+# -- satellites sharing replicas (orbitmesh stack --sats-per-container 12) -------------------
+# The same constellation as services host-0, host-1 of 12 satellites each beside the two ground
+# stations: the same end-to-end checks (sat-9 killed and started alone, through its host's control
+# socket), then host-1's replica killed: all its satellites at once, and swarm replaces it.
+if [ "$HOSTS" = 1 ]; then
+  if [ "$ONLY" != hosts ]; then
+    step "removing stack $STACK; the same fleet in replicas of 12 (--sats-per-container 12)"
+    remove_stack "$STACK"
+  fi
+  CURRENT=$STACK_HOSTS
+  mkdir -p "$WORK/hosts"
+  "$PY" -m agent stack --preset demo --sats-per-container 12 --out "$WORK/hosts/stack.yml" 2>/dev/null \
+    || die "orbitmesh stack --sats-per-container 12 failed"
+  step "docker stack deploy -c stack.yml $STACK_HOSTS (in $WORK/hosts, beside stack-keys/)"
+  (cd "$WORK/hosts" && "$DOCKER" stack deploy -c stack.yml "$STACK_HOSTS") >"$WORK/deploy-hosts.log" 2>&1 \
+    || { cat "$WORK/deploy-hosts.log"; die "docker stack deploy (hosts) failed"; }
+  grep -i "ignoring\|unsupported" "$WORK/deploy-hosts.log" >&2 && die "docker stack deploy ignored part of the stack of hosts"
+  step "tasks through :8080, sat-9 killed and started in its host, host-1's replica killed (deploy/swarm_e2e.py)"
+  "$PY" deploy/swarm_e2e.py --stack "$STACK_HOSTS" --models models --keys "$WORK/hosts/stack-keys" \
+    --metrics "$WORK/e2e-hosts.json" || die "swarm end-to-end checks with a stack of hosts failed"
+  "$DOCKER" stats --no-stream --format '{{.Name}} {{.CPUPerc}} {{.MemUsage}}' \
+    $("$DOCKER" ps -q --filter "label=com.docker.stack.namespace=$STACK_HOSTS" --filter "label=org.orbitmesh.sats")
+  "$PY" - "$WORK/e2e-hosts.json" <<'EOF'
+import json, sys
+m = json.loads(open(sys.argv[1]).read())
+print(f"measured (hosts of 12): deploy→ready {m.get('deploy_to_ready_s', 0):.1f} s, hosted restart→ready "
+      f"{m.get('hosted_restart_to_ready_s', 0):.1f} s, host replica replaced→ready "
+      f"{m.get('host_replace_to_ready_s', 0):.1f} s, task median {m.get('task_total_ms_median', 0):.0f} ms")
+EOF
+fi

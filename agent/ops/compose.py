@@ -480,6 +480,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--names", required=True, help="the satellites of this container, comma-separated")
     p.add_argument("--fleet", type=Path, default=Path(FLEET_DIR))
     p.add_argument("--data-root", type=Path, default=Path(DATA_DIR), help="every satellite's volume, by name")
+    p.add_argument("--config", type=Path, help="fleet config (default: FLEET/config.toml)")
+    p.add_argument("--key-dir", type=Path, help="(swarm) each satellite's key secret, KEY_DIR/node-key-<name>")
     p.add_argument("--control", default=CONTROL_SOCKET, help="the host's control socket (per-satellite chaos)")
     p.add_argument("--models", default=MODELS_DIR)
     p.add_argument("--no-realtime", action="store_true")

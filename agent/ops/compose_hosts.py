@@ -34,6 +34,9 @@ from agent.links.fleet_identity import ComposeError, slot_ports
 log = logging.getLogger("orbitmesh.compose")
 
 CONTROL_SOCKET = "/run/orbitmesh/control.sock"     # inside a host container; the fleet volume is read-only
+# the fleet's API token in a host container: compose's fleet volume, or a swarm stack's secret
+TOKEN_FILES = ("/fleet/api-token", "/run/secrets/api-token")
+KEY_SECRET_PREFIX = "node-key-"     # swarm: /run/secrets/node-key-<name>, one per hosted satellite (stack_hosts.py)
 MAX_SATS_PER_CONTAINER = 256
 
 
@@ -56,14 +59,15 @@ def container_slots(names: list[str], k: int) -> dict[str, int]:
     return {n: s for group in container_groups(names, k).values() for s, n in enumerate(group)}
 
 
-def healthcheck(group: list[str]) -> list[str]:
+def healthcheck(group: list[str], want: str = '"ready":true') -> list[str]:
     """Healthy once every satellite of the container answers ready (bash's /dev/tcp: no
-    interpreter started per check, see ``agent.ops.compose.HEALTHCHECK``)."""
+    interpreter started per check, see ``agent.ops.compose.HEALTHCHECK``); ``want``: what each
+    health answer must hold (a swarm stack asks only ``"status":"ok"``, agent/ops/stack_hosts.py)."""
     ports = " ".join(str(slot_ports(s)[1]) for s in range(len(group)))
     return ["CMD", "bash", "-c",
             f"for p in {ports}; do exec 3<>/dev/tcp/127.0.0.1/$p && "
             "printf 'GET /v1/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
-            "grep -q '\"ready\":true' <&3 || exit 1; exec 3<&-; done"]
+            f"grep -q '{want}' <&3 || exit 1; exec 3<&-; done"]
 
 
 def published_ports(spec: Any, index_of: dict[str, int], group: list[str]) -> list[str]:
@@ -91,18 +95,24 @@ def host_command(host: str, group: list[str], fleet_dir: str, data_dir: str, rea
 
 def run_host(args: argparse.Namespace, token_args: list[str]) -> int:
     """``python -m agent.ops.compose host``: check every satellite's issued key against the
-    roster, then run them all in this process (PID 1, so SIGTERM reaches the host)."""
-    from agent.ops.fleet_keys import roster_node
+    roster, then run them all in this process (PID 1, so SIGTERM reaches the host).  ``--key-dir``
+    (swarm): each satellite's key is the secret ``KEY_DIR/node-key-<name>``, installed into its
+    directory first; ``--config``: the fleet config, if not ``FLEET/config.toml``."""
+    from agent.ops.fleet_keys import install_node_key, roster_node
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     if not names:
         raise ComposeError("--names lists no satellite")
     fleet, data_root = Path(args.fleet), Path(args.data_root)
+    config = Path(args.config) if getattr(args, "config", None) else fleet / "config.toml"
+    key_dir = getattr(args, "key_dir", None)
     extra: list[str] = []
     for name in names:
+        if key_dir is not None:
+            install_node_key(Path(key_dir) / f"{KEY_SECRET_PREFIX}{name}", data_root / name)
         _, extra, pid = roster_node(fleet, data_root / name, name)
         log.info("%s: peer %s", name, pid)
     argv = ["--models", args.models, "sat-host", "--names", ",".join(names), "--host-name", args.host_name,
-            "--data-root", str(data_root), "--config", str(fleet / "config.toml"),
+            "--data-root", str(data_root), "--config", str(config),
             "--peers", str(fleet / "peers.json"), "--control", args.control, "--bind", "0.0.0.0", *extra,
             *token_args]
     if args.no_realtime:
@@ -121,11 +131,13 @@ def control_main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=ACTIONS)
     ap.add_argument("node")
     ap.add_argument("--control", default=CONTROL_SOCKET)
-    ap.add_argument("--token-file", type=Path, default=Path("/fleet/api-token"))
+    ap.add_argument("--token-file", type=Path, action="append",
+                    help=f"the fleet's API token (default: the first of {', '.join(TOKEN_FILES)} that exists)")
     args = ap.parse_args(argv)
     token = os.environ.get("ORBITMESH_TOKEN") or None
-    if token is None and args.token_file.exists():
-        token = args.token_file.read_text().strip() or None
+    for path in args.token_file or [Path(p) for p in TOKEN_FILES]:
+        if token is None and path.exists():
+            token = path.read_text().strip() or None
     try:
         reply = request(Path(args.control), args.action, args.node, token)
     except ControlError as exc:

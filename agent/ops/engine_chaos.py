@@ -173,32 +173,62 @@ class SwarmChaos(EngineChaos):
     restart policy brings a killed replica back in its slot (a new container:
     same name, key and journal volume), so ``kill`` here is a crash followed by
     the engine's recovery; ``start`` only waits for that.
+
+    A stack of hosts (``orbitmesh stack --sats-per-container K``, agent/ops/stack_hosts.py)
+    has services ``host-0`` … of one replica each, K satellites in each: the host's
+    name acts on its container (all its satellites at once, and swarm replaces it),
+    a hosted satellite's name on that satellite alone, through the host's control
+    socket inside the container (``docker exec``, as :class:`EngineChaos` does for
+    compose hosts); ``start`` then restarts a killed hosted satellite in its host.
     """
 
-    ACTIONS = ("kill", "pause", "resume", "restart", "state")
+    ACTIONS = ("kill", "pause", "resume", "restart", "start", "state")
 
     def __init__(self, stack: str, client: Any = None, service: str = "sat"):
         super().__init__(None, client)
         self.stack = stack
         self.service = f"{stack}_{service}"
-        self.names = self._node_names()
+        #: service (short name) → the nodes it runs; a stack of K = 1 runs every node in ``service``
+        self.groups: dict[str, list[str]] = {}
+        try:
+            spec = self._container_spec(self.service)
+        except ChaosError as first:
+            try:                                  # a stack of hosts has no `sat` service, but a host-0
+                spec = self._container_spec(f"{stack}_host-0")
+            except ChaosError:
+                raise first from None
+            self.names = self._node_names(spec, self.service)
+            from agent.ops.compose_hosts import container_groups
+            k = len([s for s in (spec.get("Labels") or {}).get(LABEL_SATS, "").split(",") if s])
+            self.groups = container_groups(self.names, max(1, k))
+        else:
+            self.names = self._node_names(spec, self.service)
+        self.host_of = {n: svc for svc, group in self.groups.items() for n in group}
 
-    def _node_names(self) -> list[str]:
+    def _container_spec(self, service: str) -> dict[str, Any]:
+        try:
+            return self.client.services.get(service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+        except KeyError as exc:
+            raise ChaosError(f"service {service} has no container spec: {exc}") from None
+        except Exception as exc:   # docker.errors.NotFound, APIError
+            raise ChaosError(f"no swarm service {service} (is the stack {self.stack!r} deployed?): "
+                             f"{getattr(exc, 'explanation', None) or exc}") from None
+
+    def _node_names(self, spec: dict[str, Any], service: str) -> list[str]:
         import base64
 
         from mesh.config import ConfigError, parse_config
         from mesh.nodes import NodeNames
         try:
-            svc = self.client.services.get(self.service)
-            refs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []
+            refs = spec.get("Configs") or []
             # the fleet config (.toml) among the roster, peers and authority configs
             ref = next((r for r in refs if str(r.get("File", {}).get("Name", "")).endswith(".toml")), refs[0])
             data = self.client.configs.get(ref["ConfigID"]).attrs["Spec"]["Data"]
             cfg = parse_config(base64.b64decode(data).decode())
         except (IndexError, KeyError, ConfigError, UnicodeDecodeError) as exc:
-            raise ChaosError(f"service {self.service} carries no readable fleet config: {exc}") from None
+            raise ChaosError(f"service {service} carries no readable fleet config: {exc}") from None
         except Exception as exc:   # docker.errors.NotFound, APIError
-            raise ChaosError(f"no swarm service {self.service} (is the stack {self.stack!r} deployed?): "
+            raise ChaosError(f"cannot read the fleet config of {service}: "
                              f"{getattr(exc, 'explanation', None) or exc}") from None
         names = NodeNames(cfg.size, tuple(st.name for st in cfg.ground.stations))
         return [names.name(i) for i in range(len(names))]
@@ -209,8 +239,17 @@ class SwarmChaos(EngineChaos):
         return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
     def nodes(self) -> dict[str, Any]:
-        """node name → its newest container on this machine."""
+        """node name → its newest container on this machine; in a stack of hosts, service name
+        (``host-0``, ``gs-london``) → its newest container."""
         out: dict[str, Any] = {}
+        if self.groups:
+            found = self.client.containers.list(all=True, filters={"label": f"com.docker.stack.namespace={self.stack}"})
+            prefix = f"{self.stack}_"
+            for c in sorted(found, key=lambda c: c.attrs.get("Created", "")):
+                svc = c.labels.get("com.docker.swarm.service.name", "").removeprefix(prefix)
+                if svc in self.groups:
+                    out[svc] = c                       # a replacement replica supersedes the dead one
+            return out
         found = self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"})
         for c in sorted(found, key=lambda c: c.attrs.get("Created", "")):
             slot = self._slot(c)
@@ -218,19 +257,52 @@ class SwarmChaos(EngineChaos):
                 out[self.names[slot - 1]] = c          # a replacement replica supersedes the dead one
         return out
 
+    def placements(self) -> dict[str, tuple[Any, int]]:
+        """Every node whose replica runs on this machine → (that container, the node's slot in it,
+        which gives its ports: :func:`agent.links.fleet_identity.slot_ports`)."""
+        if not self.groups:
+            return {n: (c, 0) for n, c in self.nodes().items()}
+        return {n: (c, slot) for svc, c in self.nodes().items() for slot, n in enumerate(self.groups[svc])}
+
     def container(self, node: str) -> Any:
-        if node not in self.names:
-            raise ChaosError(f"{node} is not in stack {self.stack} ({self.names[0]} … {self.names[-1]})")
+        host = self.host_of.get(node, node)
+        if node not in self.names and node not in self.groups:
+            raise ChaosError(f"{node} is not in stack {self.stack} ({self.names[0]} … {self.names[-1]}"
+                             + (f"; hosts {', '.join(h for h, g in self.groups.items() if h != g[0])}"
+                                if self.groups else "") + ")")
+        if host != node:           # hosted: no container of its own (EngineChaos asks its host next)
+            raise ChaosError(f"{node} runs in {host}, and no replica of {host} runs on this machine "
+                             f"(`docker service ps {self.stack}_{host}` shows where it runs)")
         c = self.nodes().get(node)
         if c is None:
-            raise ChaosError(f"no replica of {node} runs on this machine (slot {self.names.index(node) + 1}; "
-                             f"`docker service ps {self.service}` shows where it runs)")
+            where = f"{self.stack}_{node}" if self.groups else self.service
+            slot = "" if self.groups else f"slot {self.names.index(node) + 1}; "
+            raise ChaosError(f"no replica of {node} runs on this machine ({slot}"
+                             f"`docker service ps {where}` shows where it runs)")
         return c
 
+    def hosting(self, node: str) -> Any | None:
+        """The newest container on this machine of the host that runs satellite ``node``, if any."""
+        host = self.host_of.get(node, node)
+        return None if host == node else self.nodes().get(host)
+
     def _hosted(self, node: str, action: str) -> str | None:
-        return None           # a stack runs one satellite per replica
+        if not self.groups:
+            return None           # a stack of K = 1 runs one satellite per replica
+        if action == "start":
+            host = self.hosting(node)
+            if host is not None:
+                host.reload()
+                if host.status != "running":       # swarm, not we, starts a new host replica
+                    raise ChaosError(f"cannot start {node}: its host replica {host.name} is {host.status}; "
+                                     f"swarm starts a new one itself (restart policy)")
+        return super()._hosted(node, action)
 
     def start(self, node: str) -> str:
+        """A killed hosted satellite: started again in its host.  A replica: swarm's to start."""
+        if self.host_of.get(node, node) != node:
+            return self._do(node, "start", lambda c: c.start())
         raise ChaosError("swarm starts killed replicas itself (restart policy); wait for the new one")
 
-    stop = start
+    def stop(self, node: str, timeout: int = 5) -> str:
+        raise ChaosError("swarm starts killed replicas itself (restart policy); wait for the new one")

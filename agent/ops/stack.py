@@ -41,6 +41,9 @@ Why it is shaped this way (docs/deploy.md has the user's side):
   target any other.  By default through a gateway per machine (agent/serve/gateway.py:
   swarm's routing mesh needs IPVS, which some kernels lack); ``--publish mesh``
   uses the routing mesh itself.
+* **Several satellites per replica** (``--sats-per-container K``): services
+  ``host-0`` … of one replica each, a key secret per satellite named only by its
+  host, satellites reachable by their own names; :mod:`agent.ops.stack_hosts`.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class StackSpec:
     max_per_machine: int | None = None       # placement: at most this many replicas on one machine
     token_secret: str = TOKEN_SECRET         # the swarm secret holding the API token
     realtime: bool = True
+    sats_per_container: int = 1              # K > 1: services host-0 … of K satellites (agent/ops/stack_hosts.py)
 
 
 PUBLISH_CHOICES = ("gateway", "mesh")
@@ -97,9 +101,61 @@ def _fleet(spec: StackSpec):
     if spec.max_per_machine is not None and spec.max_per_machine < 1:
         raise ComposeError("--max-per-machine must be ≥ 1")
     cfg = _check(ComposeSpec(preset=spec.preset, n=spec.n, time_scale=spec.time_scale, image=spec.image,
-                             ground=spec.ground, publish="none"))
+                             ground=spec.ground, publish="none", sats_per_container=spec.sats_per_container))
+    if spec.sats_per_container > 1:
+        from agent.ops.stack_hosts import check_hosts
+        check_hosts(spec)
     # the clock at the element sets' epoch: replicas on different machines agree with no coordinator
     return cfg.with_start(preset_config_at_epoch(spec.preset, spec.n, spec.time_scale).clock.start_unix)
+
+
+def swarm_service(spec: StackSpec, *, hostname: str, command: list[str], networks: Any,
+                  secrets: list[dict[str, Any]], health: list[str], deploy: dict[str, Any],
+                  environment: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A service that runs nodes: keys from secrets, config and roster from swarm configs, a journal volume."""
+    svc: dict[str, Any] = {"image": spec.image, "hostname": hostname, "command": command}
+    if environment:
+        svc["environment"] = environment
+    svc.update({
+        "networks": networks,
+        "secrets": secrets,
+        "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}]
+        + [{"source": src, "target": f"{FLEET_TARGET}/{name}", "mode": 0o444} for src, name in FLEET_FILES.items()],
+        "volumes": [{"type": "volume", "source": "journal", "target": DATA_DIR}],
+        "cap_drop": ["ALL"],
+    })
+    if labels:
+        svc["labels"] = labels
+    svc.update({
+        # Alive, not ready: swarm resolves only healthy tasks, which is how
+        # replicas find each other, so "every link up" here would never come.
+        "healthcheck": {"test": health, "interval": "10s", "timeout": "5s", "retries": 3,
+                        "start_period": "120s"},
+        "stop_grace_period": "5s",
+        "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+        "deploy": deploy,
+    })
+    if spec.realtime:
+        svc["cap_add"] = ["SYS_NICE"]      # SCHED_RR for the event loop (agent/links/priority.py), nothing else
+    return svc
+
+
+def gateway_service(spec: StackSpec, command: list[str], configs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One gateway per machine on the machine's own port: IPVS-free (agent/serve/gateway.py)."""
+    svc: dict[str, Any] = {"image": spec.image, "command": command}
+    if configs:
+        svc["configs"] = configs
+    svc.update({
+        # names clients use for the machines (DNS-rebinding check): set at `docker stack deploy`
+        "environment": {"ORBITMESH_ALLOWED_HOSTS": "${ORBITMESH_ALLOWED_HOSTS:-}"},
+        "networks": [NETWORK],
+        "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "host"}],
+        "cap_drop": ["ALL"],
+        "stop_grace_period": "5s",
+        "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
+        "deploy": {"mode": "global", "restart_policy": {"condition": "any", "delay": "2s"}},
+    })
+    return svc
 
 
 def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml",
@@ -107,6 +163,9 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     """The stack file for ``spec`` as plain data (compose file format 3.8, ``docker stack deploy``);
     ``keys_dir``: where :func:`issue_stack_keys` writes the secret template and the public configs."""
     cfg = _fleet(spec)
+    if spec.sats_per_container > 1:
+        from agent.ops.stack_hosts import hosts_document
+        return hosts_document(spec, cfg, config_file, keys_dir)
     replicas = cfg.size + len(station_names(cfg))
     cmd = ["python", "-m", "agent.ops.compose", "node", "--node-from-slot", "--fleet", FLEET_TARGET,
            "--node-key", KEY_TARGET, "--config", CONFIG_TARGET, "--address", "{name}",
@@ -123,46 +182,17 @@ def stack_document(spec: StackSpec = StackSpec(), config_file: str = "fleet.toml
     }
     if spec.max_per_machine is not None:
         deploy["placement"] = {"max_replicas_per_node": spec.max_per_machine}
-    svc: dict[str, Any] = {
-        "image": spec.image,
-        "hostname": HOSTNAME,
-        "command": cmd,
-        "environment": {"ORBITMESH_SLOT": "{{.Task.Slot}}"},
-        "networks": [NETWORK],
-        "secrets": [{"source": "node-key", "target": "node-key", "mode": 0o400},
-                    {"source": "api-token", "target": "api-token", "mode": 0o400}],
-        "configs": [{"source": "fleet-config", "target": CONFIG_TARGET, "mode": 0o444}]
-        + [{"source": src, "target": f"{FLEET_TARGET}/{name}", "mode": 0o444} for src, name in FLEET_FILES.items()],
-        "volumes": [{"type": "volume", "source": "journal", "target": DATA_DIR}],
-        "cap_drop": ["ALL"],
-        # Alive, not ready: swarm lists only healthy tasks under tasks.sat, which is
-        # how replicas find each other, so "every link up" here would never come.
-        "healthcheck": {"test": LIVE_CHECK, "interval": "10s", "timeout": "5s", "retries": 3,
-                        "start_period": "120s"},
-        "stop_grace_period": "5s",
-        "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
-        "deploy": deploy,
-    }
-    if spec.realtime:
-        svc["cap_add"] = ["SYS_NICE"]      # SCHED_RR for the event loop (agent/links/priority.py), nothing else
+    svc = swarm_service(spec, hostname=HOSTNAME, command=cmd, environment={"ORBITMESH_SLOT": "{{.Task.Slot}}"},
+                        networks=[NETWORK],
+                        secrets=[{"source": "node-key", "target": "node-key", "mode": 0o400},
+                                 {"source": "api-token", "target": "api-token", "mode": 0o400}],
+                        health=LIVE_CHECK, deploy=deploy)
     services: dict[str, Any] = {SERVICE: svc}
     if spec.publish == "mesh":
         svc["ports"] = [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "ingress"}]
     else:
-        # One gateway per machine on the machine's own port: IPVS-free (agent/serve/gateway.py).
-        services["api"] = {
-            "image": spec.image,
-            "command": ["python", "-m", "agent.serve.gateway", "--service", f"tasks.{SERVICE}",
-                        "--port", str(API_PORT), "--upstream-port", str(API_PORT)],
-            # names clients use for the machines (DNS-rebinding check): set at `docker stack deploy`
-            "environment": {"ORBITMESH_ALLOWED_HOSTS": "${ORBITMESH_ALLOWED_HOSTS:-}"},
-            "networks": [NETWORK],
-            "ports": [{"target": API_PORT, "published": spec.api_port, "protocol": "tcp", "mode": "host"}],
-            "cap_drop": ["ALL"],
-            "stop_grace_period": "5s",
-            "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}},
-            "deploy": {"mode": "global", "restart_policy": {"condition": "any", "delay": "2s"}},
-        }
+        services["api"] = gateway_service(spec, ["python", "-m", "agent.serve.gateway", "--service", f"tasks.{SERVICE}",
+                                                 "--port", str(API_PORT), "--upstream-port", str(API_PORT)])
     return {
         "version": "3.8",
         "services": services,
@@ -190,6 +220,9 @@ def stack_header(spec: StackSpec, cfg) -> str:
     how += [f"--max-per-machine {spec.max_per_machine}"] if spec.max_per_machine else []
     how += [f"--token-secret {spec.token_secret}"] if spec.token_secret != d.token_secret else []
     how += ["--no-realtime"] if not spec.realtime else []
+    how += [f"--sats-per-container {spec.sats_per_container}"] if spec.sats_per_container > 1 else []
+    if spec.sats_per_container > 1:
+        from agent.ops.stack_hosts import hosts_header_line
     gs = station_names(cfg)
     nodes = f"{cfg.size} satellites (slots 1–{cfg.size})" + (
         f" and ground stations {', '.join(f'gs-{g} (slot {cfg.size + 1 + k})' for k, g in enumerate(gs))}"
@@ -201,8 +234,9 @@ def stack_header(spec: StackSpec, cfg) -> str:
             f"#   python -c 'import secrets; print(secrets.token_urlsafe(32))' | docker secret create {spec.token_secret} -\n"
             "#   docker stack deploy -c <this file> orbitmesh\n"
             f"# Control calls need that token (Authorization: Bearer; docs/security.md).\n"
-            f"# One replicated service, {nodes}; replica slot k runs node k - 1.\n"
-            f"# The API answers on port {spec.api_port} of every machine ("
+            + (f"# One replicated service, {nodes}; replica slot k runs node k - 1.\n"
+               if spec.sats_per_container == 1 else hosts_header_line(spec, cfg))
+            + f"# The API answers on port {spec.api_port} of every machine ("
             + ("a gateway per machine" if spec.publish == "gateway" else "routing mesh") + ").  See docs/deploy.md.\n")
 
 
@@ -216,10 +250,13 @@ def slot_key_template(seeds: list[bytes]) -> str:
     return chain + "{{ end }}\n"
 
 
-def issue_stack_keys(keys_dir: Path, names: list[str], fleet: str) -> list[str]:
+def issue_stack_keys(keys_dir: Path, names: list[str], fleet: str, slots: dict[str, int] | None = None) -> list[str]:
     """Issue (or keep) every node's key and the authority's in ``keys_dir`` (mode 0700); write the
     signed roster, peers file and authority's public key under ``keys_dir/fleet`` and the slot
-    template ``keys_dir/node-keys.tmpl`` (0600).  What it did, as lines."""
+    template ``keys_dir/node-keys.tmpl`` (0600).  What it did, as lines.  ``slots`` (a stack of
+    hosts, agent/ops/stack_hosts.py): every node's slot in its replica, which gives it its ports in
+    ``peers.json`` and in the Prometheus targets ``keys_dir/fleet/prometheus.yml``; no template
+    then (each host's service names its satellites' key files as secrets of their own)."""
     import os
 
     from agent.ops.fleet_keys import issue_keys
@@ -227,7 +264,13 @@ def issue_stack_keys(keys_dir: Path, names: list[str], fleet: str) -> list[str]:
     keys_dir = Path(keys_dir)
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
-    done = issue_keys(keys_dir / "fleet", keys_dir / "authority", keys_dir / "nodes", names, fleet)
+    done = issue_keys(keys_dir / "fleet", keys_dir / "authority", keys_dir / "nodes", names, fleet, slots=slots)
+    if slots is not None:
+        from agent.links.fleet_identity import slot_ports
+        from agent.ops import monitoring
+        write_atomic(keys_dir / "fleet" / monitoring.CONFIG_NAME,
+                     monitoring.prometheus_config(names, {n: slot_ports(slots.get(n, 0))[1] for n in names}))
+        return done + [f"wrote {keys_dir / 'fleet' / monitoring.CONFIG_NAME} ({len(names)} scrape targets)"]
     seeds = [read_seed(keys_dir / "nodes" / name / "identity.key") for name in names]
     write_atomic(keys_dir / KEYS_TEMPLATE, slot_key_template(seeds), 0o600)
     return done + [f"wrote {keys_dir / KEYS_TEMPLATE} (each task slot renders only its own key)"]
@@ -245,7 +288,11 @@ def write_stack(spec: StackSpec, out: Path) -> list[Path]:
     keys_dir = out.with_name(out.stem + "-keys")
     doc = stack_document(spec, config_file=f"./{config_path.name}", keys_dir=f"./{keys_dir.name}")
     names = NodeNames(cfg.size, station_names(cfg))
-    issue_stack_keys(keys_dir, [names.name(i) for i in range(len(names))], cfg.name)
+    slots = None
+    if spec.sats_per_container > 1:
+        from agent.ops.stack_hosts import node_slots
+        slots = node_slots(cfg, spec.sats_per_container)
+    issue_stack_keys(keys_dir, [names.name(i) for i in range(len(names))], cfg.name, slots=slots)
     out.write_text(to_yaml(doc, stack_header(spec, cfg)))
     config_path.write_text(config_to_toml(cfg))
     return [out, config_path]
@@ -256,7 +303,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
                      ground=() if args.no_ground else tuple(args.ground) if args.ground else DEMO_GROUND,
                      api_port=args.api_port, publish=args.publish,
                      max_per_machine=args.max_per_machine, realtime=not args.no_realtime,
-                     token_secret=args.token_secret)
+                     token_secret=args.token_secret, sats_per_container=args.sats_per_container)
     try:
         written = write_stack(spec, Path(args.out))
     except (ComposeError, OSError) as exc:
@@ -290,6 +337,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--token-secret", default=TOKEN_SECRET, metavar="NAME",
                    help=f"the swarm secret with the API token, created before deploying (default: {TOKEN_SECRET})")
     p.add_argument("--no-realtime", action="store_true", help="do not grant CAP_SYS_NICE (no SCHED_RR)")
+    p.add_argument("--sats-per-container", type=int, default=1, metavar="K",
+                   help="run K satellites per replica: services host-0 … of one replica each "
+                        "(docs/deploy.md, docs/sat-hosts.md); default 1")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--ground", action="append", default=None, metavar="NAME",
                    help=f"a ground station (repeatable; default: {' and '.join(DEMO_GROUND)})")

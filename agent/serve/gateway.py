@@ -7,7 +7,10 @@ its port published in ``host`` mode) forwards each request to a replica found
 behind ``tasks.<service>``, round-robin, and tries the next replica when one
 refuses the connection (a replica being replaced), which IPVS does not.  Any
 replica accepts tasks for the whole fleet and answers for any task, so any
-replica will do.  Bounded: body size, one request's time, connections.
+replica will do.  A stack of hosts (``--sats-per-container K``) has no
+``tasks.<service>`` of satellites: there ``--peers`` names every satellite by
+its own name and slot port, which the swarm's DNS resolves (network aliases).
+Bounded: body size, one request's time, connections.
 The agents check the API token (``Authorization`` passes through); the gateway
 checks Host and Origin itself, since it replaces Host with the replica's
 address (docs/security.md).
@@ -58,6 +61,7 @@ class Replicas:
 
     def __init__(self, service_name: str, upstream_port: int):
         self.service_name = service_name
+        self.upstream_port = upstream_port
         self.directory = SwarmDirectory(service_name, upstream_port)
         self.by_name: dict[str, str] = {}
         self.sats: list[str] = []
@@ -76,22 +80,46 @@ class Replicas:
         self.by_name = {name: ip for ip, name in known.items()}
         self.sats = sorted(ip for ip, name in known.items() if name.startswith("sat-"))
 
-    async def pick(self, n: int, prefer: str | None = None) -> list[str]:
+    async def pick(self, n: int, prefer: str | None = None) -> list[tuple[str, str]]:
+        """Up to ``n`` (+ ``prefer``'s) replicas to try, as (what to call it, base URL)."""
         await self._refresh()
         first = [self.by_name[prefer]] if prefer in self.by_name else []
-        if not self.sats:
-            return first
-        start = next(self._turn)
-        rest = [self.sats[(start + k) % len(self.sats)] for k in range(min(n, len(self.sats)))]
-        return first + [a for a in rest if a not in first]
+        if self.sats:
+            start = next(self._turn)
+            rest = [self.sats[(start + k) % len(self.sats)] for k in range(min(n, len(self.sats)))]
+            first += [a for a in rest if a not in first]
+        return [(a, f"http://{f'[{a}]' if ':' in a else a}:{self.upstream_port}") for a in first]
+
+
+class PeerReplicas:
+    """The satellites a peers file lists, each by its own name and API port: a stack of hosts
+    (``orbitmesh stack --sats-per-container K``, agent/ops/stack_hosts.py), where every satellite's
+    name resolves to its replica (network aliases) and its slot has a port of its own."""
+
+    def __init__(self, peers_path: str):
+        from agent.links.peers import Peers
+        peers = Peers.load(peers_path)
+        self.service_name = str(peers_path)
+        self.urls = {n: peers[n].api.rstrip("/") for n in peers.names()}
+        self.sats = [n for n in peers.names() if n.startswith("sat-")]
+        self._turn = itertools.count()
+
+    async def pick(self, n: int, prefer: str | None = None) -> list[tuple[str, str]]:
+        first = [prefer] if prefer in self.urls else []
+        if self.sats:
+            start = next(self._turn)
+            rest = [self.sats[(start + k) % len(self.sats)] for k in range(min(n, len(self.sats)))]
+            first += [a for a in rest if a not in first]
+        return [(a, self.urls[a]) for a in first]
 
 
 def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BYTES,
-              access: AccessPolicy | None = None) -> Starlette:
+              access: AccessPolicy | None = None, peers: str | None = None) -> Starlette:
     """``access``: Host and Origin checks (the token is the agents' to check); default: loopback, IPs and
-    ``service_name``."""
+    ``service_name``.  ``peers``: a peers file naming every satellite's API (a stack of hosts), instead of
+    the replicas behind ``service_name``."""
     access = access or AccessPolicy(None, HostPolicy.of([service_name]))
-    replicas = Replicas(service_name, upstream_port)
+    replicas: Replicas | PeerReplicas = PeerReplicas(peers) if peers else Replicas(service_name, upstream_port)
     client = httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=2.0),
                                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -104,9 +132,8 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
         tried = []
         task = _TASK_PATH.fullmatch(request.url.path)
         entry = task.group(1).rsplit("-", 1)[0] if task and "-" in task.group(1) else None
-        for addr in await replicas.pick(TRIES, prefer=entry):
-            host = f"[{addr}]" if ":" in addr else addr
-            url = f"http://{host}:{upstream_port}{request.url.path}"
+        for addr, base in await replicas.pick(TRIES, prefer=entry):
+            url = f"{base}{request.url.path}"
             try:
                 r = await client.request(request.method, url, params=request.query_params, content=body,
                                          headers=headers)
@@ -119,7 +146,7 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
             out = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
             out["x-orbitmesh-replica"] = addr
             return Response(r.content, r.status_code, headers=out)
-        return JSONResponse({"error": f"no replica behind {service_name} answers"
+        return JSONResponse({"error": f"no replica behind {replicas.service_name} answers"
                                       + (f" (tried {'; '.join(tried)})" if tried else "")}, 503)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -127,15 +154,20 @@ def build_app(service_name: str, upstream_port: int, max_body: int = MAX_BODY_BY
                      middleware=[Middleware(AccessControl, policy=access)])
 
 
-async def run(service_name: str, port: int, upstream_port: int, allow_hosts: tuple[str, ...] = ()) -> None:
+async def run(service_name: str, port: int, upstream_port: int, allow_hosts: tuple[str, ...] = (),
+              peers: str | None = None) -> None:
     cfg = HypercornConfig()
     cfg.bind = [f"0.0.0.0:{port}"]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.graceful_timeout = 1.0
-    log.info("gateway on :%d → replicas behind %s:%d", port, service_name, upstream_port)
+    if peers:
+        log.info("gateway on :%d → the satellites %s lists", port, peers)
+    else:
+        log.info("gateway on :%d → replicas behind %s:%d", port, service_name, upstream_port)
     access = AccessPolicy(None, HostPolicy.of([service_name], allow_hosts, env_hosts()))
-    await serve(build_app(service_name, upstream_port, access=access), cfg, shutdown_trigger=trio.sleep_forever)
+    await serve(build_app(service_name, upstream_port, access=access, peers=peers), cfg,
+                shutdown_trigger=trio.sleep_forever)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,14 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service", default="tasks.sat", help="DNS name listing every replica (default: tasks.sat)")
     ap.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
     ap.add_argument("--upstream-port", type=int, default=8080, help="the replicas' API port (default: 8080)")
+    ap.add_argument("--peers", metavar="FILE",
+                    help="forward to the satellites this peers file lists, by name and API port (a stack of "
+                         "hosts: orbitmesh stack --sats-per-container), instead of the replicas behind --service")
     ap.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                     help="a Host name clients use for this machine (besides loopback and IP addresses; "
                          "also $ORBITMESH_ALLOWED_HOSTS); docs/security.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)       # not a line per forwarded request
+    if args.peers:
+        from agent.links.peers import Peers
+        try:
+            Peers.load(args.peers)
+        except (OSError, ValueError) as exc:
+            print(f"error: --peers {args.peers}: {exc}", file=sys.stderr)
+            return 2
     try:
-        trio.run(run, args.service, args.port, args.upstream_port, tuple(args.allow_host))
+        trio.run(run, args.service, args.port, args.upstream_port, tuple(args.allow_host), args.peers)
     except KeyboardInterrupt:
         return 0
     return 0
