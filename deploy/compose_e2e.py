@@ -365,6 +365,24 @@ def host_kill(checks: Checks, fleet: Fleet, chaos: EngineChaos, services: dict[s
                  f"task sat-0 → {group[-1]} after the restart: {rec.get('status')}", str(rec.get("error") or ""))
 
 
+def engine_health(checks: Checks, containers: dict[str, Any], timeout_s: float = 75.0) -> None:
+    """What Docker itself reports: every container's health check passes (a host container's
+    asks each of its satellites).  The first check runs one interval (30 s) after start."""
+    t0 = time.monotonic()
+    status: dict[str, str] = {}
+    while time.monotonic() - t0 < timeout_s:
+        for c in containers.values():
+            c.reload()
+        status = {n: ((c.attrs.get("State") or {}).get("Health") or {}).get("Status", "none")
+                  for n, c in containers.items()}
+        if all(v == "healthy" for v in status.values()):
+            break
+        time.sleep(2.0)
+    bad = {n: v for n, v in status.items() if v != "healthy"}
+    checks.check(not bad, f"Docker reports all {len(containers)} containers healthy",
+                 f"after {time.monotonic() - t0:.0f} s" + (f"; not: {bad}" if bad else ""))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--project", required=True, help="compose project name")
@@ -399,6 +417,7 @@ def main() -> int:
                  ", ".join(sorted(set(services) - set(nodes))) or "")
     ids = {n: fleet.get(n, "/v1/node")["peer_id"] for n in names + gs_names}
     checks.check(len(set(ids.values())) == len(ids), f"every node has its own peer id ({len(ids)} nodes)")
+    engine_health(checks, nodes)
     route = routes(fleet, chaos)
     verdict_checks(checks, fleet, names + gs_names, set(), "after start-up")
 

@@ -5,6 +5,7 @@ real satellite host.  The containers themselves run in ``make test-docker``
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,77 @@ def test_control_command_kills_and_restarts_one_satellite_of_a_real_host(tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- what the engine hands the shell: compose and stack files interpolate ``$`` -----------------
+
+
+def strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+def test_no_string_in_the_compose_or_stack_files_is_interpolated_by_the_engine():
+    """``docker compose`` and ``docker stack deploy`` replace ``$name`` with the variable of
+    their own environment (unset: ""), so a shell variable must be written ``$$name``; the
+    files' own ``${VAR:-default}`` are meant for the engine.  The hosts' health check once
+    went out as ``/dev/tcp/127.0.0.1/$p``: every check failed."""
+    from agent.ops.stack import StackSpec, stack_document
+    docs = {"compose K=1": compose_document(ComposeSpec()), "compose K=6": compose_document(ComposeSpec(sats_per_container=6)),
+            "stack K=1": stack_document(StackSpec()), "stack K=12": stack_document(StackSpec(sats_per_container=12))}
+    for what, doc in docs.items():
+        for s in strings(doc):
+            assert not re.search(r"\$(?!\{)", s.replace("$$", "")), f"{what}: an unescaped $ in {s!r}"
+    check = compose_document(ComposeSpec(sats_per_container=6))["services"]["host-0"]["healthcheck"]["test"]
+    assert "/dev/tcp/127.0.0.1/$$p" in check[-1]
+
+
+def engine_interpolates(s: str) -> str:
+    """What compose does to a string of the file, with none of its variables set."""
+    return re.sub(r"\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", "", s.replace("$$", "\0")).replace("\0", "$")
+
+
+def test_the_hosts_health_check_as_the_engine_runs_it_needs_every_satellite(tmp_path):
+    """The check, interpolated as the engine does (``$$`` → ``$``), run by bash against stub
+    APIs: healthy only when every slot's API answers ready."""
+    import http.server
+    import threading
+
+    check = compose_document(ComposeSpec(sats_per_container=3))["services"]["host-0"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "bash", "-c"]
+    answers = {}
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):      # noqa: N802  (http.server's name)
+            body = answers[self.server.server_address[1]].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api) for _ in range(3)]
+    ports = [s.server_address[1] for s in servers]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    # the container's slot ports (8080, 8082, 8084) are this test's stubs' ports
+    script = engine_interpolates(check[3])
+    for slot, port in enumerate(ports):
+        script = script.replace(f" {slot_ports(slot)[1]}", f" {port}", 1)
+    try:
+        for p in ports:
+            answers[p] = '{"status":"ok","ready":true}'
+        assert subprocess.run(["bash", "-c", script], timeout=10).returncode == 0
+        answers[ports[2]] = '{"status":"ok","ready":false}'
+        assert subprocess.run(["bash", "-c", script], timeout=10).returncode != 0
+    finally:
+        for s in servers:
+            s.shutdown()

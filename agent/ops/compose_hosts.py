@@ -64,8 +64,10 @@ def healthcheck(group: list[str], want: str = '"ready":true') -> list[str]:
     interpreter started per check, see ``agent.ops.compose.HEALTHCHECK``); ``want``: what each
     health answer must hold (a swarm stack asks only ``"status":"ok"``, agent/ops/stack_hosts.py)."""
     ports = " ".join(str(slot_ports(s)[1]) for s in range(len(group)))
+    # ``$$``: compose and stack files interpolate ``$p`` themselves (to "", the variable being
+    # unset there), so the shell must be handed an escaped one.
     return ["CMD", "bash", "-c",
-            f"for p in {ports}; do exec 3<>/dev/tcp/127.0.0.1/$p && "
+            f"for p in {ports}; do exec 3<>/dev/tcp/127.0.0.1/$$p && "
             "printf 'GET /v1/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && "
             f"grep -q '{want}' <&3 || exit 1; exec 3<&-; done"]
 
