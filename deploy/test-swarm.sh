@@ -94,6 +94,7 @@ teardown() {
   [ $rc -eq 0 ] && step "docker swarm test passed" || step "docker swarm test FAILED (exit $rc)"
 }
 trap teardown EXIT
+trap 'exit 130' INT TERM
 
 engine_start
 host_tools
