@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.links.fleet_identity import ComposeError, slot_ports
+from agent.ops.fleet import MAX_SATS_PER_CONTAINER, container_groups, container_slots  # noqa: F401 (re-exported)
 
 log = logging.getLogger("orbitmesh.compose")
 
@@ -37,28 +38,6 @@ CONTROL_SOCKET = "/run/orbitmesh/control.sock"     # inside a host container; th
 # the fleet's API token in a host container: compose's fleet volume, or a swarm stack's secret
 TOKEN_FILES = ("/fleet/api-token", "/run/secrets/api-token")
 KEY_SECRET_PREFIX = "node-key-"     # swarm: /run/secrets/node-key-<name>, one per hosted satellite (stack_hosts.py)
-MAX_SATS_PER_CONTAINER = 256
-
-
-def container_groups(names: list[str], k: int) -> dict[str, list[str]]:
-    """Service name → the nodes it runs: hosts of K consecutive satellites, one service per
-    ground station (K = 1: one service per node, named after it)."""
-    from agent.ops.fleet import FleetError, host_groups
-    if not 1 <= k <= MAX_SATS_PER_CONTAINER:
-        raise ComposeError(f"--sats-per-container must be 1 to {MAX_SATS_PER_CONTAINER}, not {k}")
-    if k == 1:
-        return {n: [n] for n in names}
-    try:
-        return host_groups(names, k)
-    except FleetError as exc:
-        raise ComposeError(str(exc)) from None
-
-
-def container_slots(names: list[str], k: int) -> dict[str, int]:
-    """Every node's slot in its container (0 when it has a container of its own)."""
-    return {n: s for group in container_groups(names, k).values() for s, n in enumerate(group)}
-
-
 def healthcheck(group: list[str], want: str = '"ready":true') -> list[str]:
     """Healthy once every satellite of the container answers ready (bash's /dev/tcp: no
     interpreter started per check, see ``agent.ops.compose.HEALTHCHECK``); ``want``: what each

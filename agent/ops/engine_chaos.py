@@ -198,7 +198,7 @@ class SwarmChaos(EngineChaos):
             except ChaosError:
                 raise first from None
             self.names = self._node_names(spec, self.service)
-            from agent.ops.compose_hosts import container_groups
+            from agent.ops.fleet import container_groups
             k = len([s for s in (spec.get("Labels") or {}).get(LABEL_SATS, "").split(",") if s])
             self.groups = container_groups(self.names, max(1, k))
         else:

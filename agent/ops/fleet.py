@@ -24,6 +24,7 @@ import anyio
 from agent.atomic import write_atomic
 from agent.serve.auth import TOKEN_FILE, TokenError, ensure_token
 from agent.client import ApiError, Client
+from agent.links.fleet_identity import ComposeError
 from agent.links.p2p import load_or_create_identity, peer_id_of
 from agent.links.peers import PeerEntry, Peers
 from agent.links.roster import ensure_authority, sign_roster, write_roster
@@ -356,3 +357,26 @@ def load_peers(directory: Path) -> Peers:
     if not path.exists():
         raise FleetError(f"no fleet at {directory}/ (no peers.json); start one with `orbitmesh up`")
     return Peers.load(path)
+
+
+# -- containers of K satellites (orbitmesh compose/stack --sats-per-container) --------------------
+
+MAX_SATS_PER_CONTAINER = 256
+
+
+def container_groups(names: list[str], k: int) -> dict[str, list[str]]:
+    """Service name → the nodes it runs: hosts of K consecutive satellites, one service per
+    ground station (K = 1: one service per node, named after it)."""
+    if not 1 <= k <= MAX_SATS_PER_CONTAINER:
+        raise ComposeError(f"--sats-per-container must be 1 to {MAX_SATS_PER_CONTAINER}, not {k}")
+    if k == 1:
+        return {n: [n] for n in names}
+    try:
+        return host_groups(names, k)
+    except FleetError as exc:
+        raise ComposeError(str(exc)) from None
+
+
+def container_slots(names: list[str], k: int) -> dict[str, int]:
+    """Every node's slot in its container (0 when it has a container of its own)."""
+    return {n: s for group in container_groups(names, k).values() for s, n in enumerate(group)}

@@ -36,8 +36,8 @@ from agent.links.fleet_identity import API_PORT, ComposeError
 from agent.ops.compose import DATA_DIR, LABEL_ROLE, NETWORK, station_names
 from agent.ops.compose_hosts import KEY_SECRET_PREFIX, container_groups, healthcheck
 from agent.ops.engine_chaos import LABEL_NODE, LABEL_SATS
-from agent.ops.stack import (CONFIG_TARGET, FLEET_FILES, FLEET_TARGET, LIVE_CHECK, TOKEN_TARGET, StackSpec,
-                             gateway_service, swarm_service)
+from agent.ops.stack_spec import (CONFIG_TARGET, FLEET_FILES, FLEET_TARGET, LIVE_CHECK, TOKEN_TARGET, StackSpec,
+                                  gateway_service, swarm_service)
 
 KEY_DIR = "/run/secrets"
 
