@@ -7,6 +7,7 @@ import time
 import pytest
 import trio
 
+from agent.runtime.periodic import process_periodic
 from agent.serve.console_api import NodeConsoleView
 from agent.ops.fleet import FleetSpec, fleet_config
 from agent.runtime.metrics import render
@@ -88,19 +89,20 @@ def test_a_restarted_node_learns_the_fleet_clock_when_its_link_comes_up():
     assert line.keepers["sat-2"].describe(2100.0)["paused"]
 
 
-async def test_the_newest_record_is_refreshed_to_every_neighbour_now_and_then(autojump_clock):
-    """On a mock clock that jumps ahead: no real 45 s wait."""
+async def test_the_newest_record_is_refreshed_to_every_neighbour_now_and_then(virtual_clock):
+    """On the process's chore heap, as a node runs it; a virtual clock: no real 45 s wait."""
     line = Line(3)
     k = line.keepers["sat-1"]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(k.run)
-        await trio.sleep(REFRESH_EVERY_S * 2.5)
-        assert line.sent == 0                               # nothing to refresh before any switch
-        k.control({"speed": 3})
-        line.queue.clear()
-        await trio.sleep(REFRESH_EVERY_S * 2)
-        nursery.cancel_scope.cancel()
+    chore = process_periodic().every(REFRESH_EVERY_S, k.refresh)
+    await trio.sleep(REFRESH_EVERY_S * 2.5)
+    assert line.sent == 0                               # nothing to refresh before any switch
+    k.control({"speed": 3})
+    line.queue.clear()
+    await trio.sleep(REFRESH_EVERY_S * 2)
+    chore.cancel()
     assert sorted(dst for _, dst, _ in line.queue) == ["sat-0", "sat-0", "sat-2", "sat-2"]
+    await trio.sleep(REFRESH_EVERY_S * 2)
+    assert len(line.queue) == 4                         # cancelled: no more
 
 
 def _host(peer_id: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import collections
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,13 @@ from agent.runtime.node_recovery import TaskRecovery
 from agent.runtime.node_replicas import ReplicatedTasks
 from agent.runtime.node_tasks import DEFAULT_TASK_TIMEOUT_S, EntryTasks  # noqa: F401 (DEFAULT_TASK_TIMEOUT_S re-exported)
 from agent.runtime.node_views import NodeViews
+from agent.runtime.periodic import process_periodic
 from agent.links.p2p import P2PHost
 from agent.links.peers import NodeIdentity, Peers
 from agent.runtime.placement import ComputeTable, compute_to_state, state_changed_enough
 from agent.runtime.relay import Relay
 from agent.runtime.tasks import DeadlineTimers, SubmitError, TaskTable  # noqa: F401 (SubmitError re-exported)
-from agent.runtime.timekeeper import Timekeeper
+from agent.runtime.timekeeper import REFRESH_EVERY_S, Timekeeper
 from agent.links.transport import LinkLayer
 from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
@@ -157,6 +159,9 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
+        self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, when
+        self._purged_at = wallclock.now()               # the journal's last purge
+        self._power_from = (wallclock.now(), 0.0)       # (wall, compute s run) at the battery's last step
         self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
         self.started = wallclock.now()
         self.handovers = 0                             # ground station: satellite-to-satellite handovers so far
@@ -192,16 +197,12 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             self._resume_votes()
             await nursery.start(self.executor.serve)
             nursery.start_soon(self.links.run)
-            nursery.start_soon(self._expire_faults)
-            nursery.start_soon(self._follow_the_sky)
+            nursery.start_soon(self._chores)
             nursery.start_soon(self.membership.run)
             nursery.start_soon(self._delivery_loop)
             nursery.start_soon(self._enforce_deadlines)
             nursery.start_soon(self._end_inline_runs)
-            nursery.start_soon(self._publish_state)
-            nursery.start_soon(self._power)
             nursery.start_soon(self._prewarm_routes)
-            nursery.start_soon(self.timekeeper.run)
             await nursery.start(self.jobs.serve)
             await nursery.start(self.job_copies.serve)
             task_status.started()
@@ -236,25 +237,40 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
                 self._handover_t = t
         return self.handovers
 
-    async def _follow_the_sky(self) -> None:
+    async def _chores(self) -> None:
+        """This node's periodic chores, on the process's one chore heap (agent/runtime/periodic.py)
+        rather than a task and a timer each; they stop with the node."""
+        periodic = process_periodic()
+        chores = [periodic.every(period, fn, first_in=random.uniform(0, period)) for period, fn in (
+            (self.REWIRE_EVERY_S, self._follow_the_sky), (1.0, self._expire_faults),
+            (STATE_EVERY_S, self._publish_state), (REFRESH_EVERY_S, self.timekeeper.refresh))]
+        if self.battery is not None:
+            self._power_from = (wallclock.now(), self._busy_s)
+            self._power()
+            chores.append(periodic.every(POWER_STEP_S, self._power))
+        try:
+            await trio.sleep_forever()
+        finally:
+            for chore in chores:
+                chore.cancel()
+
+    def _follow_the_sky(self) -> None:
         """Open and close ground links as satellites rise, set and hand over."""
-        while True:
-            await trio.sleep(self.REWIRE_EVERY_S)
-            now = wallclock.now()
-            self.count_handovers(now)
-            wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
-            for name in wanted - set(self.links.links):
-                if name < self.me.name:
-                    continue  # the other end dials; _accept_ground takes it
-                entry = self.peers[name]
-                log.info("%s: %s came into view", self.me.name, name)
-                self.links.add_link(name, entry.multiaddr, entry.peer_id, link_seed(self.config.name, self.me.name, name))
-            for name, link in list(self.links.links.items()):
-                if name not in wanted and not link.retiring:
-                    log.info("%s: %s out of view; closing the link in %.0fs", self.me.name, name, self.LINK_GRACE_S)
-                    self.links.retire_link(name, self.LINK_GRACE_S)
-                elif name in wanted and link.retiring:
-                    self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
+        now = wallclock.now()
+        self.count_handovers(now)
+        wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
+        for name in wanted - set(self.links.links):
+            if name < self.me.name:
+                continue  # the other end dials; _accept_ground takes it
+            entry = self.peers[name]
+            log.info("%s: %s came into view", self.me.name, name)
+            self.links.add_link(name, entry.multiaddr, entry.peer_id, link_seed(self.config.name, self.me.name, name))
+        for name, link in list(self.links.links.items()):
+            if name not in wanted and not link.retiring:
+                log.info("%s: %s out of view; closing the link in %.0fs", self.me.name, name, self.LINK_GRACE_S)
+                self.links.retire_link(name, self.LINK_GRACE_S)
+            elif name in wanted and link.retiring:
+                self.links.add_link(name, link.multiaddr, self.peers[name].peer_id, 0)
 
     def revoke(self, names: frozenset[str]) -> None:
         """The roster now revokes ``names``: close their links, refuse them, ignore their records."""
@@ -293,49 +309,41 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
                          low=self.battery.low())
         return state
 
-    async def _power(self) -> None:
+    def _power(self) -> None:
         """Step the battery with orbital time: sunlight from the shared ephemeris,
-        load from the compute seconds actually run here."""
-        if self.battery is None:
-            return
-        wall, busy_s = wallclock.now(), self._busy_s
-        while True:
-            t = self.orbit_t()
-            pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
-            lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
-            now = wallclock.now()
-            busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
-            self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
-            wall, busy_s = now, self._busy_s
-            await trio.sleep(POWER_STEP_S)
+        load from the compute seconds actually run here (every POWER_STEP_S)."""
+        assert self.battery is not None
+        wall, busy_s = self._power_from
+        t = self.orbit_t()
+        pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
+        lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
+        now = wallclock.now()
+        busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
+        self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
+        self._power_from = (now, self._busy_s)
 
-    async def _publish_state(self) -> None:
+    def _publish_state(self) -> None:
         """Gossip this node's state when it changed enough to matter to placement
         (checked every STATE_EVERY_S), and small drifts at most every STATE_REFRESH_S."""
-        last: dict[str, Any] | None = None
-        published = 0.0
-        while True:
-            state = self._own_state()
-            now = wallclock.now()
-            if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
-                try:
-                    self.membership.set_state(state)
-                    last, published = state, now
-                except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
-                    log.error("state not published: %s", exc)
-            await trio.sleep(STATE_EVERY_S)
+        last, published = self._published
+        state = self._own_state()
+        now = wallclock.now()
+        if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
+            try:
+                self.membership.set_state(state)
+                self._published = (state, now)
+            except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
+                log.error("state not published: %s", exc)
 
-    async def _expire_faults(self) -> None:
-        purged_at = wallclock.now()
-        while True:
-            await trio.sleep(1.0)
-            self.chaos.expire(wallclock.now())
-            if self.journal is not None and wallclock.now() - purged_at > JOURNAL_PURGE_EVERY_S:
-                purged_at = wallclock.now()
-                try:
-                    self.journal.purge(purged_at)
-                except JournalError as exc:
-                    log.error("%s", exc)
+    def _expire_faults(self) -> None:
+        now = wallclock.now()
+        self.chaos.expire(now)
+        if self.journal is not None and now - self._purged_at > JOURNAL_PURGE_EVERY_S:
+            self._purged_at = now
+            try:
+                self.journal.purge(now)
+            except JournalError as exc:
+                log.error("%s", exc)
 
 
 def data_paths(data_dir: Path) -> dict[str, Path]:

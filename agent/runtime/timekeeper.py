@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable
 
-import trio
 
 from mesh.clock import OrbitalClock
 from mesh.timeline import ClockError, ClockRecord, Timeline, parse_request
@@ -86,10 +85,9 @@ class Timekeeper:
         if records:
             self._send(peer, ClockUpdate(tuple(r.to_wire() for r in records)))
 
-    async def run(self) -> None:
-        """Re-send the newest record to every neighbour now and then (anti-entropy)."""
-        while True:
-            await trio.sleep(REFRESH_EVERY_S)
-            new = self.timeline.newest
-            if new is not None:
-                self._flood([new], exclude=None)
+    def refresh(self) -> None:
+        """Re-send the newest record to every neighbour (anti-entropy; the node does this every
+        REFRESH_EVERY_S)."""
+        new = self.timeline.newest
+        if new is not None:
+            self._flood([new], exclude=None)

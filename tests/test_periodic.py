@@ -1,0 +1,108 @@
+"""agent.runtime.periodic: one heap runs every node's periodic chores in a process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from agent import wallclock
+from agent.runtime.periodic import COALESCE_S, Periodic, process_periodic
+
+
+async def test_chores_keep_their_period_and_phase(virtual_clock):
+    periodic = process_periodic()
+    assert process_periodic() is periodic
+    t0 = wallclock.now()
+    runs: dict[str, list[float]] = {"half": [], "one": []}
+    periodic.every(0.5, lambda: runs["half"].append(wallclock.now() - t0), first_in=0.1)
+    periodic.every(1.0, lambda: runs["one"].append(wallclock.now() - t0))
+    await trio.sleep(3.05)
+    assert runs["half"] == pytest.approx([0.1, 0.6, 1.1, 1.6, 2.1, 2.6], abs=1e-6)
+    assert runs["one"] == pytest.approx([1.0, 2.0, 3.0], abs=1e-6)
+
+
+async def test_chores_due_together_share_one_wake_up(virtual_clock):
+    periodic = process_periodic()
+    t0 = wallclock.now()
+    seen: list[tuple[int, float]] = []
+    for k in range(50):                  # fifty nodes' chores, due within the coalescing window
+        periodic.every(1.0, lambda k=k: seen.append((k, wallclock.now() - t0)), first_in=1.0 + k * COALESCE_S / 100)
+    before = periodic.wakeups
+    await trio.sleep(1.5)
+    assert sorted(k for k, _ in seen) == list(range(50))
+    assert periodic.wakeups - before == 1
+    assert all(at == pytest.approx(1.0, abs=1e-6) for _, at in seen)
+
+
+async def test_a_cancelled_chore_stops_and_a_failing_one_keeps_its_schedule(virtual_clock, caplog):
+    periodic = process_periodic()
+    runs = {"a": 0, "b": 0}
+
+    def a():
+        runs["a"] += 1
+
+    def b():
+        runs["b"] += 1
+        raise RuntimeError("a node's bug")
+
+    chore_a = periodic.every(1.0, a)
+    chore_b = periodic.every(1.0, b)
+    await trio.sleep(2.5)
+    chore_a.cancel()
+    await trio.sleep(2.0)
+    assert runs == {"a": 2, "b": 4}
+    assert chore_b.errors == 4 and "periodic chore" in caplog.text
+    assert len(periodic) == 1
+
+
+async def test_a_stalled_loop_skips_ahead_instead_of_catching_up(virtual_clock):
+    periodic = process_periodic()
+    at: list[float] = []
+    t0 = wallclock.now()
+    periodic.every(1.0, lambda: at.append(wallclock.now() - t0))
+
+    def stall():
+        virtual_clock.jump(5.0)          # the whole loop stood still for 5 s (e.g. a stopped process)
+
+    periodic.every(100.0, stall, first_in=1.5)
+    await trio.sleep(8.2)
+    # 1.0, then the stall at 1.5 moves time to 6.5: the chore due at 2.0 runs once at 6.5, not 5 times
+    assert at == pytest.approx([1.0, 6.5, 7.5], abs=1e-6)
+
+
+async def test_a_long_batch_lets_the_loop_run_between_chores():
+    """Many slow chores due together: another task gets turns before the batch ends."""
+    periodic = Periodic()
+    done: list[int] = []
+    ticks: list[int] = []
+
+    def slow(k):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.0006:
+            pass
+        done.append(k)
+
+    async def other():
+        while len(done) < 20:
+            ticks.append(len(done))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(periodic.run)
+        for k in range(20):
+            periodic.every(10.0, lambda k=k: slow(k), first_in=0.0)
+        nursery.start_soon(other)
+        with trio.fail_after(5):
+            while len(done) < 20:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert len({t for t in ticks if 0 < t < 20}) >= 5     # it ran while the batch was half done
+
+
+def test_bad_periods_are_refused():
+    async def main():
+        with pytest.raises(ValueError, match="period must be > 0"):
+            process_periodic().every(0.0, lambda: None)
+    trio.run(main)
