@@ -51,13 +51,21 @@ class LoopLag:
     A timer due at t that runs at t + lag means every frame, ack and verdict
     of this agent was that late too: the failure detector feeds on it
     (Lifeguard's local health, ``Membership.note_lag``) and operators read it
-    in ``GET /v1/membership`` (``loop_lag``).
+    in ``GET /v1/membership`` (``loop_lag``).  The lag is the event loop's, so a
+    process samples it once for all the satellites it hosts (:func:`process_lag`):
+    a sampler per satellite was 10 wake-ups per satellite per second.
     """
 
     def __init__(self) -> None:
         self.samples: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self.max_s = 0.0
         self.over_100ms = 0
+        self._listeners: set[Callable[[float], None]] = set()
+
+    def listen(self, on_lag: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``on_lag(lag_s)`` after each sample, until the returned function is called."""
+        self._listeners.add(on_lag)
+        return lambda: self._listeners.discard(on_lag)
 
     def record(self, lag_s: float) -> None:
         lag_s = max(0.0, lag_s)
@@ -71,11 +79,29 @@ class LoopLag:
         return {"p50_ms": pick(0.5) * 1e3, "p99_ms": pick(0.99) * 1e3, "recent_max_ms": pick(1.0) * 1e3,
                 "max_ms": self.max_s * 1e3, "over_100ms": self.over_100ms, "samples": len(recent)}
 
-    async def watch(self, on_lag: Callable[[float], None]) -> None:
-        """Sample forever; ``on_lag(lag_s)`` after each sample."""
+    async def watch(self) -> None:
+        """Sample forever; every listener hears each sample."""
         while True:
             t0 = trio.current_time()
             await trio.sleep(LAG_SAMPLE_S)
             lag = trio.current_time() - t0 - LAG_SAMPLE_S
             self.record(lag)
-            on_lag(lag)
+            for on_lag in list(self._listeners):
+                try:
+                    on_lag(lag)
+                except Exception:     # one node's bug must not stop the others' lag
+                    log.exception("a loop-lag listener failed")
+
+
+_PROCESS_LAG: trio.lowlevel.RunVar = trio.lowlevel.RunVar("orbitmesh_loop_lag")
+
+
+def process_lag() -> LoopLag:
+    """This ``trio.run``'s lag sampler, started on first use (a system task)."""
+    try:
+        return _PROCESS_LAG.get()
+    except LookupError:
+        lag = LoopLag()
+        _PROCESS_LAG.set(lag)
+        trio.lowlevel.spawn_system_task(lag.watch, name="orbitmesh loop lag")
+        return lag

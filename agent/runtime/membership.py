@@ -16,7 +16,7 @@ from typing import Any, Callable
 import trio
 
 from agent import entropy, wallclock
-from agent.runtime.loopwatch import LoopLag
+from agent.runtime.loopwatch import LoopLag, process_lag
 from agent.links.peers import Peers
 from agent.links.transport import LinkLayer
 from mesh.gossip_msgs import HopAck
@@ -65,7 +65,7 @@ class MembershipService:
         self._view = self.m.view_version
         self.on_event: Callable[[Any], None] | None = None   # every protocol event as it happens (the simulator)
         self._wake = trio.Event()
-        self.lag = LoopLag()
+        self.lag = LoopLag()       # the process's sampler once run() starts (agent/runtime/loopwatch.py)
         self._adj_key: float | None = None
         self._adj: dict[int, list[tuple[int, float]]] = {}
 
@@ -155,9 +155,12 @@ class MembershipService:
             # 10 Hz lag sampler would measure 0 for ever (a fifth of a simulated node's wake-ups).
             await self._run_protocol()
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.lag.watch, self._on_lag)
+        self.lag = process_lag()
+        stop_listening = self.lag.listen(self._on_lag)
+        try:
             await self._run_protocol()
+        finally:
+            stop_listening()
 
     def link_opened(self, peer: str) -> None:
         """The transport connected ``peer``: it may be starting (see Membership.link_opened)."""
