@@ -241,6 +241,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         """This node's periodic chores, on the process's one chore heap (agent/runtime/periodic.py)
         rather than a task and a timer each; they stop with the node."""
         periodic = process_periodic()
+        self._publish_state()            # at once: placement elsewhere needs it before the first period
         chores = [periodic.every(period, fn, first_in=random.uniform(0, period)) for period, fn in (
             (self.REWIRE_EVERY_S, self._follow_the_sky), (1.0, self._expire_faults),
             (STATE_EVERY_S, self._publish_state), (REFRESH_EVERY_S, self.timekeeper.refresh))]
