@@ -117,7 +117,10 @@ def local_fleet(directory: Path, models: Path, n: int, *, ground: tuple[str, ...
     import trio
 
     from agent.ops import fleet
-    nodes = n + len(ground)
+    from mesh.world import World
+    # every node of the config, the preset's own ground stations included (starlink-s1 has six)
+    nodes = len(World.from_config(fleet.fleet_config(fleet.FleetSpec(n=n, ground=tuple(ground), **{
+        k: v for k, v in spec_fields.items() if k in ("preset", "time_scale")}))).names)
     base = free_port_block(3 * nodes)
     spec = fleet.FleetSpec(directory=directory, n=n, p2p_base_port=base, api_base_port=base + nodes,
                            grpc_base_port=base + 2 * nodes, models=models, ground=tuple(ground), **spec_fields)
