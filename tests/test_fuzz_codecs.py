@@ -24,9 +24,9 @@ from agent.serve.oip_codec import OipError, decode_task_body, encode_infer_reque
 from agent.compute.tensors import InputError, TensorSpec, inputs_from_arrays, inputs_from_json, to_json
 from mesh.gossip_msgs import Ack, Alive, Dead, GossipWireError, HopAck, LinkState, NodeState, Ping, Suspect, \
     message_from_wire, message_to_wire
-from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hello, Hop, LinkFrame, ModelChunk, ModelFetch, Probe, TaskQuery,
-                       TaskRequest, TaskResult, TaskStatus, Tensor, WireError, decode_body, decode_message,
-                       encode_frame, encode_message)
+from mesh.frames import LinkFrame, decode_body, encode_frame
+from mesh.wire import (ChaosUpdate, ClockUpdate, Control, Hello, Hop, ModelChunk, ModelFetch, Probe, TaskQuery,
+                       TaskRequest, TaskResult, TaskStatus, Tensor, WireError, decode_message, encode_message)
 
 EXAMPLES = int(os.environ.get("ORBITMESH_FUZZ_EXAMPLES", "300"))   # more for a long hunt
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,8 @@ from agent.links.transport import PRE_HELLO_MAX_BYTES, PRE_HELLO_STREAMS_PER_PEE
 from mesh.chaos import Entry
 from mesh.gossip_msgs import Dead, Gossip, NodeState, check_state_values, signed_bytes
 from mesh.timeline import ClockRecord
-from mesh.wire import ISL_PROTOCOL, ChaosUpdate, ClockUpdate, Control, FrameDecoder, Hello, LinkFrame, encode_frame
+from mesh.frames import FrameDecoder, LinkFrame, encode_frame
+from mesh.wire import ISL_PROTOCOL, ChaosUpdate, ClockUpdate, Control, Hello
 from tests.conftest import free_port_block, member, membership_views
 
 N = 5

@@ -14,7 +14,8 @@ from mesh.clock import OrbitalClock
 from mesh.timeline import (MAX_FUTURE_S, MAX_HISTORY, MAX_PENDING, MAX_RECORD_SCALE, MAX_SCALE, SETTLE_S, ClockError, ClockRecord,
                            Timeline, parse_request)
 from mesh.trust import Trust
-from mesh.wire import ClockUpdate, FrameDecoder, LinkFrame, encode_frame
+from mesh.frames import FrameDecoder, LinkFrame, encode_frame
+from mesh.wire import ClockUpdate
 
 BASE = OrbitalClock(start_unix=1000.0, time_scale=1.0, offset_s=50.0)   # orbit_t(wall) = wall − 950
 NAMES = {"sat-0": 0, "sat-1": 1, "sat-2": 2, "sat-3": 3}

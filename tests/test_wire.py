@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.gossip_msgs import Alive, HopAck, Ping
-from mesh.wire import (JobCopy, ChaosUpdate, ClockUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus, ChecksumError, FrameDecoder, Hello, Hop, LinkFrame, Probe, TaskRequest, TaskResult,
-                       Tensor, WireError, corrupt_frame, decode_body, encode_frame)
+from mesh.frames import FrameDecoder, LinkFrame, corrupt_frame, decode_body, encode_frame
+from mesh.wire import (JobCopy, ChaosUpdate, ClockUpdate, Control, ModelChunk, ModelFetch, TaskQuery, TaskStatus,
+                       ChecksumError, Hello, Hop, Probe, TaskRequest, TaskResult, Tensor, WireError)
 
 LIMIT = 1 << 20
 

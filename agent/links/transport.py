@@ -45,8 +45,8 @@ from agent import wallclock
 from agent.links.p2p import P2PError, P2PHost, P2PStream, P2PTimeout
 from agent.links.release import FrameReleaser, process_releaser
 from mesh.link import Dropped, LinkEmulator, LinkProfile
-from mesh.wire import (ISL_PROTOCOL, ChecksumError, Control, FrameDecoder, Hello, LinkFrame, Message, Probe, WireError, corrupt_frame,
-                       encode_frame, encode_message, frame_from_message, frame_size)
+from mesh.frames import FrameDecoder, LinkFrame, corrupt_frame, encode_frame, frame_from_message, frame_size
+from mesh.wire import ISL_PROTOCOL, ChecksumError, Control, Hello, Message, Probe, WireError, encode_message
 
 log = logging.getLogger(__name__)
 

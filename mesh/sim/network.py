@@ -18,7 +18,7 @@ from mesh.link import Dropped, LinkEmulator, LinkProfile, LossModel, link_seed
 from mesh.routing import Router
 from mesh.topology import Snapshot, Topology
 
-# u32 length + u32 CRC + msgpack [1, sent_at, extra_s, message] around the message (mesh.wire.frame_size)
+# u32 length + u32 CRC + msgpack [1, sent_at, extra_s, message] around the message (mesh.frames.frame_size)
 FRAME_OVERHEAD = 28
 
 
