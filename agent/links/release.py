@@ -34,6 +34,7 @@ from typing import Any, Callable
 import trio
 
 from agent import wallclock
+from agent.per_run import per_run
 from agent.links.timer import COARSE_MARGIN_S, PreciseTimer
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,4 @@ _RELEASER: trio.lowlevel.RunVar = trio.lowlevel.RunVar("orbitmesh_frame_releaser
 
 def process_releaser() -> FrameReleaser:
     """This ``trio.run``'s releaser, started on first use."""
-    try:
-        return _RELEASER.get()
-    except LookupError:
-        releaser = FrameReleaser()
-        _RELEASER.set(releaser)
-        trio.lowlevel.spawn_system_task(releaser.run, name="orbitmesh frame releaser")
-        return releaser
+    return per_run(_RELEASER, FrameReleaser, FrameReleaser.run, "orbitmesh frame releaser")

@@ -16,6 +16,8 @@ from typing import Callable
 
 import trio
 
+from agent.per_run import per_run
+
 log = logging.getLogger(__name__)
 
 
@@ -97,11 +99,5 @@ _PROCESS_LAG: trio.lowlevel.RunVar = trio.lowlevel.RunVar("orbitmesh_loop_lag")
 
 
 def process_lag() -> LoopLag:
-    """This ``trio.run``'s lag sampler, started on first use (a system task)."""
-    try:
-        return _PROCESS_LAG.get()
-    except LookupError:
-        lag = LoopLag()
-        _PROCESS_LAG.set(lag)
-        trio.lowlevel.spawn_system_task(lag.watch, name="orbitmesh loop lag")
-        return lag
+    """This ``trio.run``'s lag sampler, started on first use."""
+    return per_run(_PROCESS_LAG, LoopLag, LoopLag.watch, "orbitmesh loop lag")

@@ -31,6 +31,7 @@ from typing import Callable
 import trio
 
 from agent import wallclock
+from agent.per_run import per_run
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,4 @@ _PERIODIC: trio.lowlevel.RunVar = trio.lowlevel.RunVar("orbitmesh_periodic")
 
 def process_periodic() -> Periodic:
     """This ``trio.run``'s chore heap, started on first use."""
-    try:
-        return _PERIODIC.get()
-    except LookupError:
-        periodic = Periodic()
-        _PERIODIC.set(periodic)
-        trio.lowlevel.spawn_system_task(periodic.run, name="orbitmesh periodic chores")
-        return periodic
+    return per_run(_PERIODIC, Periodic, Periodic.run, "orbitmesh periodic chores")
