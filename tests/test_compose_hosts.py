@@ -102,6 +102,18 @@ def test_a_hosted_satellite_binds_every_interface_on_its_own_ports(tmp_path):
 # -- the engine's chaos on a hosted satellite (faked engine) ----------------------------------
 
 
+def answer_control(container, cmd):
+    """What the control command run in a host container answers (``docker exec``), on a fake."""
+    container.execs.append(cmd)
+    assert cmd[:3] == ["python", "-m", "agent.ops.compose_hosts"]
+    verb, node = cmd[3], cmd[4]
+    if node not in container.sats:
+        return 2, f"error: {node!r} is not hosted here".encode()
+    container.sats[node] = {"kill": "down", "restart": "running", "pause": "paused", "resume": "running"}.get(
+        verb, container.sats[node])
+    return 0, (container.sats[node] + "\n").encode()
+
+
 class FakeHost:
     """A host container: its satellites answer the control command run in it."""
 
@@ -124,14 +136,7 @@ class FakeHost:
         self.status = "exited"
 
     def exec_run(self, cmd):
-        self.execs.append(cmd)
-        assert cmd[:3] == ["python", "-m", "agent.ops.compose_hosts"]
-        verb, node = cmd[3], cmd[4]
-        if node not in self.sats:
-            return 2, f"error: {node!r} is not hosted here".encode()
-        self.sats[node] = {"kill": "down", "restart": "running", "pause": "paused", "resume": "running"}.get(
-            verb, self.sats[node])
-        return 0, (self.sats[node] + "\n").encode()
+        return answer_control(self, cmd)
 
 
 class FakeEngine:

@@ -27,6 +27,7 @@ from agent.ops.engine_chaos import ChaosError, SwarmChaos
 from agent.ops.stack import StackSpec, stack_document, write_stack
 from agent.serve import gateway
 from tests.conftest import free_port_block
+from tests.test_compose_hosts import answer_control
 from tests.http_stubs import http_stubs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,14 +269,7 @@ class Replica:
         self.status = "running"
 
     def exec_run(self, cmd):
-        self.execs.append(cmd)
-        assert cmd[:3] == ["python", "-m", "agent.ops.compose_hosts"]
-        verb, node = cmd[3], cmd[4]
-        if node not in self.sats:
-            return 2, f"error: {node!r} is not hosted here".encode()
-        self.sats[node] = {"kill": "down", "restart": "running", "pause": "paused", "resume": "running"}.get(
-            verb, self.sats[node])
-        return 0, (self.sats[node] + "\n").encode()
+        return answer_control(self, cmd)
 
 
 class FakeHostsSwarm:
