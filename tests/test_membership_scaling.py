@@ -171,3 +171,74 @@ async def test_scaled_rates_still_find_a_crash_everywhere_within_the_bound_and_n
     assert out["took"] <= bound, (out["took"], expected, bound)
     wrong = {m: v for m, v in out["verdicts"].items() if set(v["dead"]) - {victim} or set(v["suspect"]) - {victim}}
     assert not wrong
+
+
+# -- the protocol at scaled rates, on the pure twin of tests/test_membership.py ----------------------
+
+def twin_config(period_s: float):
+    """The rule's config for the twin's 16 nodes with a budget that gives ``period_s``."""
+    from tests.test_membership import N, cfg
+    c = scaled_config(N, 1, base=cfg(), machine_frames_s=2 * N / period_s)
+    assert c.probe_interval_s == pytest.approx(period_s)
+    return c
+
+
+@pytest.mark.parametrize("period_s", [2.0, MAX_PROBE_INTERVAL_S])
+def test_at_scaled_rates_a_death_is_known_everywhere_within_the_bound(period_s):
+    from mesh.membership import NodeDead
+    from tests.test_membership import N, Twin
+    c = twin_config(period_s)
+    tw = Twin(c)
+    tw.run(c.join_grace_s + 2 * period_s)
+    killed = tw.now
+    tw.kill(5)
+    _, bound = detection_s(c, N)
+    while not all(tw.nodes[i].status(5) == "dead" for i in tw.live()):
+        assert tw.now - killed <= bound, (tw.now - killed, bound)
+        tw.run(tw.now + 0.1)
+    assert {e.node for _, e in tw.events if isinstance(e, NodeDead)} == {5}
+
+
+@pytest.mark.parametrize("period_s", [2.0, MAX_PROBE_INTERVAL_S])
+def test_at_scaled_rates_no_false_death_under_ten_percent_loss(period_s):
+    from mesh.membership import NodeDead
+    from tests.test_membership import Twin
+    c = twin_config(period_s)
+    tw = Twin(c, loss=0.1, seed=4)
+    tw.run(80 * period_s)          # as many periods as test_membership's 40 s at 0.5 s
+    assert not any(isinstance(e, NodeDead) for _, e in tw.events)
+    assert all(tw.nodes[i].dead_nodes() == frozenset() for i in tw.live())
+
+
+@pytest.mark.parametrize("period_s", [2.0, MAX_PROBE_INTERVAL_S])
+def test_at_scaled_rates_a_busy_host_that_reports_its_lag_declares_no_false_death(period_s):
+    import random
+
+    from mesh.membership import NodeDead
+    from tests.test_membership import N, Twin
+    tw = Twin(twin_config(period_s))
+    tw.run(3.0)
+    rng = random.Random(1)
+    t = 3.0
+    while t < 60.0:                # loops stall with p = 0.3 every 0.2 s, for up to 3 s
+        for i in range(N):
+            if i not in tw.stalled and rng.random() < 0.3:
+                tw.stall(i, rng.uniform(0.1, 3.0))
+        t += 0.2
+        tw.run(t)
+    tw.run(90.0)
+    assert not any(isinstance(e, NodeDead) for _, e in tw.events)
+    assert sum(m.stats["verdicts_held"] for m in tw.nodes.values()) > 0     # the hold was needed
+
+
+@pytest.mark.parametrize("period_s", [2.0, MAX_PROBE_INTERVAL_S])
+def test_at_scaled_rates_a_cut_link_is_reported_down_and_no_node_dies(period_s):
+    from mesh.membership import NodeDead
+    from tests.test_membership import Twin
+    c = twin_config(period_s)
+    tw = Twin(c)
+    tw.run(c.join_grace_s)
+    tw.cut |= {(0, 1), (1, 0)}
+    tw.run(tw.now + 20 * period_s)
+    assert not any(isinstance(e, NodeDead) for _, e in tw.events)
+    assert all(tw.nodes[i].down_links() == {(0, 1)} for i in tw.live())
