@@ -122,6 +122,7 @@ async def test_a_node_takes_its_rates_from_the_peers_file_and_its_process(tmp_pa
     async with trio.open_nursery() as nursery:
         await fleet.start(nursery)
         assert all(fleet[m].membership.m.config == scaled_config(6, 6) == fleet_config() for m in fleet.members)
+        assert fleet["sat-0"].membership.describe()["rates"]["probe_interval_s"] == 0.5
         nursery.cancel_scope.cancel()
     over = InProcFleet(tmp_path / "b", tiny_models, 6, models=("matmul",), sats_per_process=7)
     async with trio.open_nursery() as nursery:
@@ -149,6 +150,8 @@ async def test_scaled_rates_still_find_a_crash_everywhere_within_the_bound_and_n
         await fleet.start(nursery)
         await fleet.ready()
         assert all(fleet[m].membership.m.config is cfg for m in fleet.members)
+        shown = fleet[victim].membership.describe()["rates"]     # GET /v1/membership
+        assert shown["probe_interval_s"] == cfg.probe_interval_s and shown["sync_interval_s"] == cfg.sync_interval_s
         # Past start-up and the join grace of every link: the steady state the bound is about.
         await trio.sleep(cfg.join_grace_s + cfg.start_grace_s)
         before = sum(fleet[m].membership.m.stats["probes"] for m in fleet.members)
