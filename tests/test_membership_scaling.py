@@ -245,3 +245,11 @@ def test_at_scaled_rates_a_cut_link_is_reported_down_and_no_node_dies(period_s):
     tw.run(tw.now + 20 * period_s)
     assert not any(isinstance(e, NodeDead) for _, e in tw.events)
     assert all(tw.nodes[i].down_links() == {(0, 1)} for i in tw.live())
+
+
+def test_the_simulator_plans_time_for_the_detection_its_rates_allow():
+    from agent.ops.sim_nodes import SimSpec, needed_seconds
+    assert needed_seconds(SimSpec(), 24) == needed_seconds(SimSpec(), 198) == needed_seconds(SimSpec()) == 20.0
+    _, bound = detection_s(scaled_config(1590), 1590)
+    assert needed_seconds(SimSpec(), 1590) == pytest.approx(8.0 + 1.0 + 4.0 + bound)
+    assert needed_seconds(SimSpec(kills=0), 1590) == 20.0          # no kill: nothing to wait for
