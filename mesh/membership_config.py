@@ -115,12 +115,12 @@ def small_config() -> MembershipConfig:
 # Probes go to laser neighbours only, so each satellite sends PROBE_FRAMES (a ping and, for its
 # neighbours' pings, an ack) per period whatever the fleet's size: the cost per satellite is
 # flat, but the satellites that share a machine or a process add up.  Each membership frame
-# costs ~0.37 ms of CPU end to end in Python (send, link model, receive, protocol; measured on
-# the in-process twin, docs/benchmarks.md), more over libp2p.
+# costs 0.4–1 ms of CPU end to end in Python (send, link model, receive, protocol: the marginal
+# cost on the in-process twin, bench/membership_rates.py), more over libp2p.
 PROBE_FRAMES = 2                  # frames a satellite sends per period (its ping, one ack)
-MACHINE_FRAMES_S = 1000.0         # a fleet's probe frames per second, all of it on one machine: ~0.37
-#                                   core, a quarter of issue 14's 1.5-core idle target at starlink-s1
-PROCESS_FRAMES_S = 250.0          # one process's (one event loop): ~10% of its loop, so frame releases
+MACHINE_FRAMES_S = 1000.0         # a fleet's probe frames per second, all of it on one machine: ~0.4
+#                                   core or more, a quarter of issue 14's 1.5-core idle target (s1)
+PROCESS_FRAMES_S = 250.0          # one process's (one event loop): ≥ 10% of its loop, so frame releases
 #                                   stay punctual behind it (per-hop delay error targets)
 MAX_PROBE_INTERVAL_S = 5.0        # beyond: slower detection than the rates are worth; budgets give way
 MAX_SYNC_INTERVAL_S = 120.0       # anti-entropy is a backstop, but must still run a few times an hour

@@ -253,3 +253,28 @@ def test_the_simulator_plans_time_for_the_detection_its_rates_allow():
     _, bound = detection_s(scaled_config(1590), 1590)
     assert needed_seconds(SimSpec(), 1590) == pytest.approx(8.0 + 1.0 + 4.0 + bound)
     assert needed_seconds(SimSpec(kills=0), 1590) == 20.0          # no kill: nothing to wait for
+
+
+async def test_a_satellite_host_runs_each_satellite_with_its_k(tmp_path, monkeypatch):
+    """``orbitmesh sat-host`` passes K (its satellites) to each satellite's daemon code, which
+    builds its Node with it; the daemon alone runs K = 1 (run_satellite's default)."""
+    import inspect
+
+    import agent.sat_host as sat_host
+    from agent.daemon import run_satellite
+    from agent.serve.auth import AgentAuth
+    from tests.test_sat_host import _Peers
+    assert inspect.signature(run_satellite).parameters["sats_per_process"].default == 1
+    seen: dict[str, int] = {}
+
+    async def fake_run_satellite(name, *args, sats_per_process, task_status, **kw):
+        seen[name] = sats_per_process
+        task_status.started()
+        await trio.sleep_forever()
+    monkeypatch.setattr(sat_host, "run_satellite", fake_run_satellite)
+    names = ["sat-0", "sat-1", "sat-2"]
+    host = sat_host.SatHost("host-0", names, None, _Peers(names), tmp_path, tmp_path, auth=AgentAuth(None))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        nursery.cancel_scope.cancel()
+    assert seen == {n: 3 for n in names}
