@@ -201,7 +201,7 @@ def detection_s(c: MembershipConfig, n: int) -> tuple[float, float]:
     indirect pings) takes ~0.4 s, its other neighbours confirm within a period so the
     suspicion ends near its minimum, and Dead floods across ~√n hops, each at most an
     eager gap plus a link.  Bound: 3 periods to the first probe, the maximum suspicion
-    (no confirmation at all), and the flood at twice that pace.
+    (no confirmation at all), two rounds, and the flood at half that pace, plus 1 s.
     """
     lo, hi = suspicion_bounds(c, n)
     hops = math.sqrt(n)
