@@ -28,6 +28,8 @@ class MembershipConfig:
     gossip_interval_s: float = 0.2         # re-send pending updates this often
     state_gossip_s: float = 0.5            # repeat copies of state records (placement hints) go this often
     eager_gap_s: float = 0.005             # news is pushed at once, at most this often per node
+    eager_state: bool = True               # ... a neighbour's state record too (False: it waits for the next
+    #                                        state_gossip_s flush, sharing frames: large fleets, scaled_config)
     gossip_bytes: int = 2048               # update bytes per gossip frame
     piggyback_bytes: int = 512             # update bytes riding on each probe/ack
     retransmit_mult: float = 2.0           # λ of memberlist: λ·log10(n+1) sends per update (≥ 2 per neighbour)
@@ -182,7 +184,7 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
     alpha = max(b.suspicion_mult / s, MIN_SUSPICION_PERIODS / log_n)
     return replace(b, probe_interval_s=t, suspicion_mult=alpha,
                    gossip_interval_s=b.gossip_interval_s * s, state_gossip_s=b.state_gossip_s * s,
-                   eager_gap_s=b.eager_gap_s * s,
+                   eager_gap_s=b.eager_gap_s * s, eager_state=False,
                    sync_interval_s=min(max(b.sync_interval_s, MAX_SYNC_INTERVAL_S), b.sync_interval_s * s),
                    dead_probe_every=max(1, round(b.dead_probe_every / s)),
                    join_grace_s=max(b.join_grace_s, 3 * t))

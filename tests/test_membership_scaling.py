@@ -278,3 +278,32 @@ async def test_a_satellite_host_runs_each_satellite_with_its_k(tmp_path, monkeyp
         await nursery.start(host.run)
         nursery.cancel_scope.cancel()
     assert seen == {n: 3 for n in names}
+
+
+def state_flood(c) -> tuple[int, object]:
+    """Every node of the twin publishes a new state each second for 20 s (a large fleet's steady
+    trickle of records, compressed); returns the Gossip frames sent and the twin after 5 periods more."""
+    from mesh.gossip_msgs import Gossip
+    from tests.test_membership import N, Twin
+    tw = Twin(c)
+    tw.run(3.0)
+    for step in range(20):
+        for i in range(N):
+            tw.out(i, tw.nodes[i].set_state(tw.now, {"load": step, "me": i}))
+        tw.run(tw.now + 1.0)
+    tw.run(tw.now + 5 * c.state_gossip_s)
+    return sum(isinstance(msg, Gossip) for _, _, msg in tw.sent), tw
+
+
+def test_at_scaled_rates_state_records_share_batched_frames_and_still_reach_everyone():
+    from dataclasses import replace
+
+    from tests.test_membership import N
+    c = twin_config(2.0)
+    assert c.eager_state is False and fleet_config().eager_state is True
+    batched, tw = state_flood(c)
+    eager, _ = state_flood(replace(c, eager_state=True))
+    assert batched * 2 < eager, (batched, eager)
+    for i in tw.live():
+        for j in range(N):
+            assert tw.nodes[i].node_state(j) == {"load": 19, "me": j}, (i, j)
