@@ -80,7 +80,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                         auth: AgentAuth, revoked: frozenset[str] = frozenset(),
                         roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None,
                         memory: MemoryNetwork | None = None, gate: Gate | None = None,
-                        task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        sats_per_process: int = 1, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one satellite (host, node, gRPC, API) until cancelled; started once its API answers.
 
     The daemon runs one per process, the satellite host (``agent/sat_host.py``)
@@ -89,6 +89,8 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
     ``memory``: the process's twin network when satellites share the process:
     peers with a twin there are reached over memory (``agent/links/hybrid_host.py``);
     ``gate``: closed, it pauses this satellite's links (with ``memory`` only).
+    ``sats_per_process``: satellites in this process (with the peers file's size it sets the
+    membership's probe and gossip rates, ``mesh.membership_config.scaled_config``).
     ``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
     ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
     ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
@@ -135,7 +137,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                     host = HybridHost(p2p, twin, gate)
                 node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
                             journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal,
-                            gate=gate)
+                            gate=gate, sats_per_process=sats_per_process)
                 await nursery.start(node.run)
                 if roster is not None:
                     nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)

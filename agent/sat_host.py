@@ -128,7 +128,8 @@ class SatHost:
                 await run_satellite(sat.name, self.config, self.peers, self.data_root / sat.name, self.models,
                                     listen=listen, api=api, grpc=grpc, journaled=self.journaled, workers=self.workers, auth=self.auth,
                                     revoked=self.revoked, roster=self.roster, fleet_dir=self.fleet_dir,
-                                    memory=self.net, gate=sat.gate, task_status=status)
+                                    memory=self.net, gate=sat.gate, sats_per_process=len(self.names),
+                                    task_status=status)
         except Exception as exc:
             if not status.done:
                 raise                       # to start()'s caller

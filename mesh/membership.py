@@ -8,7 +8,7 @@ messages and sends what it returns.
 Integration API::
 
     m = Membership(me, nodes, neighbours_fn, config, rng,       # nodes: every node index of the fleet
-                   incarnation=0, link_down_expected=None)     # config: fleet_config() for agents
+                   incarnation=0, link_down_expected=None)     # config: scaled_config(n, K) for agents
     sends = m.start(now)                      # join: Alive + push-pull sync with one neighbour
     sends = m.tick(now)                       # call when now >= m.next_deadline() (or every ~10 ms)
     sends = m.on_message(now, from_node, msg) # msg: a mesh.gossip_msgs message from neighbour from_node

@@ -1,9 +1,11 @@
 """Every knob of :class:`mesh.membership.Membership`, and the presets that say why each
-has its value (real agent processes, thousands of simulated satellites, unit tests)."""
+has its value (real agent processes, thousands of simulated satellites, unit tests);
+``scaled_config`` picks the agents' rates from the fleet's size (docs/membership.md)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable
 
 
@@ -26,6 +28,8 @@ class MembershipConfig:
     gossip_interval_s: float = 0.2         # re-send pending updates this often
     state_gossip_s: float = 0.5            # repeat copies of state records (placement hints) go this often
     eager_gap_s: float = 0.005             # news is pushed at once, at most this often per node
+    eager_state: bool = True               # ... a neighbour's state record too (False: it waits for the next
+    #                                        state_gossip_s flush, sharing frames: large fleets, scaled_config)
     gossip_bytes: int = 2048               # update bytes per gossip frame
     piggyback_bytes: int = 512             # update bytes riding on each probe/ack
     retransmit_mult: float = 2.0           # λ of memberlist: λ·log10(n+1) sends per update (≥ 2 per neighbour)
@@ -105,8 +109,113 @@ def constellation_config() -> MembershipConfig:
 
 def small_config() -> MembershipConfig:
     """Small simulated fleets (unit tests): the fleet preset with a short start-up grace."""
-    from dataclasses import replace
     return replace(fleet_config(), start_grace_s=0.5)
+
+
+# -- rates scaled with the fleet (issue 14, item 3) --------------------------------------------
+#
+# Probes go to laser neighbours only, so each satellite sends PROBE_FRAMES (a ping and, for its
+# neighbours' pings, an ack) per period whatever the fleet's size: the cost per satellite is
+# flat, but the satellites that share a machine or a process add up.  Each membership frame
+# costs 0.4–1 ms of CPU end to end in Python (send, link model, receive, protocol: the marginal
+# cost on the in-process twin, bench/membership_rates.py), more over libp2p.
+PROBE_FRAMES = 2                  # frames a satellite sends per period (its ping, one ack)
+MACHINE_FRAMES_S = 1000.0         # a fleet's probe frames per second, all of it on one machine: ~0.4
+#                                   core or more, a quarter of issue 14's 1.5-core idle target (s1)
+PROCESS_FRAMES_S = 250.0          # one process's (one event loop): ≥ 10% of its loop, so frame releases
+#                                   stay punctual behind it (per-hop delay error targets)
+MAX_PROBE_INTERVAL_S = 5.0        # beyond: slower detection than the rates are worth; budgets give way
+MAX_SYNC_INTERVAL_S = 120.0       # anti-entropy is a backstop, but must still run a few times an hour
+MIN_SUSPICION_PERIODS = 2.0       # a suspect hears of it (buddy ping) and its other neighbours confirm
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"membership scaling: {name} must be a whole number, not {value!r}")
+    if value < 1:
+        raise ValueError(f"membership scaling: {name} must be ≥ 1, not {value}")
+    return value
+
+
+def rate_scale(n: int, per_process: int = 1, *, machine_frames_s: float = MACHINE_FRAMES_S,
+               process_frames_s: float = PROCESS_FRAMES_S) -> float:
+    """How many times slower than ``fleet_config()`` the fleet's membership runs (≥ 1).
+
+    ``n``: the fleet's members (satellites and stations, the peers file);
+    ``per_process``: how many of them share this process (a satellite host's K;
+    1 for the daemon).  A local fleet (``orbitmesh up``, compose) runs all of its
+    ``n`` on one machine, so the machine's budget counts all of them.  The budgets
+    (probe frames per second) are arguments for tests and what-ifs.
+    """
+    n, k = _count("fleet size n", n), _count("satellites per process", per_process)
+    if k > n:
+        raise ValueError(f"membership scaling: {k} satellites per process but the fleet has only {n}")
+    for name, budget in (("machine_frames_s", machine_frames_s), ("process_frames_s", process_frames_s)):
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0 \
+                or math.isinf(budget):
+            raise ValueError(f"membership scaling: {name} must be a finite number > 0, not {budget!r}")
+    t0 = fleet_config().probe_interval_s
+    need = max(PROBE_FRAMES * n / machine_frames_s, PROBE_FRAMES * k / process_frames_s)
+    return min(max(1.0, need / t0), MAX_PROBE_INTERVAL_S / t0)
+
+
+def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = None, *,
+                  machine_frames_s: float = MACHINE_FRAMES_S,
+                  process_frames_s: float = PROCESS_FRAMES_S) -> MembershipConfig:
+    """The agents' membership for a fleet of ``n`` with ``per_process`` per process.
+
+    Up to the budgets (``MACHINE_FRAMES_S``, ``PROCESS_FRAMES_S``) this is ``base``
+    (``fleet_config()``) itself: the demo, 24 satellites, any K, runs exactly as before.
+    Beyond, every rate slows by the same factor s (``rate_scale``), so the fleet's
+    membership frames stay within the budget: the period T, the gossip re-sends, the
+    eager gap and anti-entropy (capped).  What is counted in rounds (pings per round,
+    link_fail_rounds) stays; what is a time follows so detection stays correct:
+    the minimum suspicion keeps at least the seconds it had at T0 (a refutation
+    crosses a loaded host in seconds, not periods) and at least
+    ``MIN_SUSPICION_PERIODS`` periods; a node held dead is re-probed as often in
+    seconds as before; a fresh link is not judged for at least 3 periods.
+    """
+    s = rate_scale(n, per_process, machine_frames_s=machine_frames_s, process_frames_s=process_frames_s)
+    b = base or fleet_config()
+    if s == 1.0:
+        return b
+    t = b.probe_interval_s * s
+    log_n = max(1.0, math.log10(n))
+    alpha = max(b.suspicion_mult / s, MIN_SUSPICION_PERIODS / log_n)
+    return replace(b, probe_interval_s=t, suspicion_mult=alpha,
+                   gossip_interval_s=b.gossip_interval_s * s, state_gossip_s=b.state_gossip_s * s,
+                   eager_gap_s=b.eager_gap_s * s, eager_state=False,
+                   sync_interval_s=min(max(b.sync_interval_s, MAX_SYNC_INTERVAL_S), b.sync_interval_s * s),
+                   dead_probe_every=max(1, round(b.dead_probe_every / s)),
+                   join_grace_s=max(b.join_grace_s, 3 * t))
+
+
+def suspicion_bounds(c: MembershipConfig, n: int) -> tuple[float, float]:
+    """(min, max) suspicion timeout in seconds at a healthy node (Lifeguard, ``_set_suspect``)."""
+    lo = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval_s
+    return lo, lo * c.suspicion_max_mult
+
+
+def detection_s(c: MembershipConfig, n: int) -> tuple[float, float]:
+    """(expected, bound) seconds from a crash to every live node holding it dead, on a quiet fleet.
+
+    Expected: the first of its ~4 neighbours probes it within ~T, a round (direct and
+    indirect pings) takes ~0.4 s, its other neighbours confirm within a period so the
+    suspicion ends near its minimum, and Dead floods across ~√n hops, each at most an
+    eager gap plus a link.  Bound: 3 periods to the first probe, the maximum suspicion
+    (no confirmation at all), two rounds, and the flood at half that pace, plus 1 s.
+    """
+    lo, hi = suspicion_bounds(c, n)
+    hops = math.sqrt(n)
+    round_s = 0.4
+    expected = c.probe_interval_s + round_s + lo + c.probe_interval_s * 0.5 + hops * (c.eager_gap_s + 0.01)
+    bound = 3 * c.probe_interval_s + 2 * round_s + hi + 2 * hops * (c.eager_gap_s + 0.02) + 1.0
+    return expected, bound
+
+
+def probe_frames_s(c: MembershipConfig, sats: int) -> float:
+    """Probe frames per second that ``sats`` satellites send at ``c``'s period (pings and acks)."""
+    return PROBE_FRAMES * sats / c.probe_interval_s
 
 
 PRESETS: dict[str, Callable[[], MembershipConfig]] = {

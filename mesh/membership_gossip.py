@@ -173,7 +173,13 @@ class Dissemination:
             else:
                 changed = self._apply_member(now, u)
             if changed:
-                news = True
+                if k != "n" or self.config.eager_state:
+                    news = True
+                elif self._next_gossip > now + self.config.state_gossip_s:
+                    # Another node's state is not urgent: it rides the next batched flush, so
+                    # a large fleet's steady flood of state records costs frames per period,
+                    # not per record (liveness news still goes at once).
+                    self._next_gossip = now + self.config.state_gossip_s
                 if self.trust is not None and k in ("a", "s", "d"):
                     self._signed[u.node] = u
                 self.queue.push(u, () if frm is None else (frm,))

@@ -29,6 +29,7 @@ from agent.links.memory_host import MemoryHost, MemoryNetwork
 from agent.compute.models import ModelStore
 from agent.runtime.node import Node
 from agent.links.peers import PeerEntry, Peers
+from mesh.membership_config import MembershipConfig
 from mesh.world import World
 
 
@@ -46,9 +47,13 @@ class Member:
 class InProcFleet:
     def __init__(self, directory: Path, models_dir: Path, n: int, *, models: tuple[str, ...] = ("digits",),
                  preset: str = "demo", time_scale: float | None = None, start: float | None = None,
-                 on_node=None, share_world: bool = True):
+                 on_node=None, share_world: bool = True, sats_per_process: int = 1,
+                 membership: MembershipConfig | None = None):
         """``start``: the fleet's wall start (default now); ``on_node(node)``: called with each Node built,
-        before it runs (the simulator hooks its probes there); ``share_world``: one World for all nodes."""
+        before it runs (the simulator hooks its probes there); ``share_world``: one World for all nodes;
+        ``sats_per_process``: the deployment the fleet stands for (1: the daemon's, as ``orbitmesh up``
+        ships; K: satellite hosts of K), which with its size sets every node's membership rates
+        (``mesh.membership_config.scaled_config``), or ``membership``: one config for all nodes."""
         self.directory = directory
         self.models = directory / "models"
         self.models.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,8 @@ class InProcFleet:
             wallclock.now() if start is None else start)
         self.world = World.from_config(self.config)
         self.share_world = share_world
+        self.sats_per_process = sats_per_process
+        self.membership = membership
         self.on_node = on_node
         names = self.world.names
         self.peers = Peers([PeerEntry(names.name(i), i, f"mem-{names.name(i)}",
@@ -90,7 +97,8 @@ class InProcFleet:
         m.journals = [journal, jobs]
         m.node = Node(name, self.config, self.peers, m.host, ModelStore(self.models), workers=1, journal=journal,
                       incarnation=m.incarnation, job_journal=jobs, world=self.world if self.share_world else None,
-                      gate=getattr(m.host, "gate", None))      # a hybrid host's pause gate, as a satellite host's
+                      gate=getattr(m.host, "gate", None),      # a hybrid host's pause gate, as a satellite host's
+                      sats_per_process=self.sats_per_process, membership=self.membership)
         if self.on_node is not None:
             self.on_node(m.node)
         if self._nursery is None:

@@ -40,6 +40,7 @@ from agent.ops.inproc import InProcFleet
 from agent.ops.sim_trace import Trace
 from mesh.link import LossModel
 from mesh.membership import LinkDown, LinkUp, NodeAlive, NodeDead, NodeSuspect, SelfRefuted, fleet_config
+from mesh.membership_config import detection_s, rate_scale, scaled_config
 
 ORIGIN = 1_767_225_600.0     # 2026-01-01T00:00:00Z: every run's virtual wall clock starts here
 KILL_EVERY_S = 4.0
@@ -75,8 +76,13 @@ def warmup_s() -> float:
     return fleet_config().start_grace_s + 3.0
 
 
-def needed_seconds(spec: SimSpec) -> float:
-    need = warmup_s() + 1.0 + KILL_EVERY_S * max(spec.kills, spec.cuts, 1) + (14.0 if spec.restarts else 7.0)
+def needed_seconds(spec: SimSpec, members: int | None = None) -> float:
+    """``members``: the fleet's size once known; its membership rates (``scaled_config``, what
+    ``orbitmesh up`` ships) may need longer than 7 s after the last kill to declare it dead."""
+    tail = 7.0
+    if members is not None and spec.kills and rate_scale(members) > 1.0:
+        tail = max(tail, detection_s(scaled_config(members), members)[1])
+    need = warmup_s() + 1.0 + KILL_EVERY_S * max(spec.kills, spec.cuts, 1) + (tail + 7.0 if spec.restarts else tail)
     if spec.tasks:
         need = max(need, warmup_s() + 4.0 + spec.deadline_s)
     return need
@@ -159,6 +165,10 @@ class Run:
         self.index = {n: self.fleet.peers[n].index for n in self.names}
         if len(self.names) > MAX_NODES:
             raise SimRunError(f"{len(self.names)} nodes: this engine runs at most {MAX_NODES}")
+        need = needed_seconds(spec, len(self.names))
+        if spec.seconds < need:
+            raise SimRunError(f"{spec.seconds:g} simulated seconds are too few for this plan on {len(self.names)} "
+                              f"nodes: their membership rates (docs/membership.md) need at least {math.ceil(need):g}")
         self.kills: list[dict[str, Any]] = []
         self.cuts: list[dict[str, Any]] = []
         self.tasks: list[dict[str, Any]] = []

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and arriving frames wake the loop
 RECENT_EVENTS = 256
+# The knobs mesh.membership_config.scaled_config sets from the fleet's size, shown in the view.
+RATE_KNOBS = ("probe_interval_s", "gossip_interval_s", "state_gossip_s", "eager_gap_s", "sync_interval_s",
+              "suspicion_mult", "dead_probe_every", "join_grace_s")
 
 
 class MembershipService:
@@ -220,6 +223,7 @@ class MembershipService:
             "alive": self.alive_count(), "members": members,
             "down_links": sorted([self.names.get(a, str(a)), self.names.get(b, str(b))]
                                  for a, b in self.m.down_links()),
+            "rates": {k: getattr(self.m.config, k) for k in RATE_KNOBS},
             "local_health": self.m.lhm, "loop_lag": self.lag.describe(),
             "holding_verdicts": self.m.holding_verdicts(wallclock.now()), "protocol": dict(self.m.stats), "counts": dict(self.counts),
             "verdicts": {kind: dict(c) for kind, c in self.verdicts.items()},

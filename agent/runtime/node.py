@@ -55,6 +55,7 @@ from agent.links.transport import LinkLayer
 from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
 from mesh.energy import Battery
+from mesh.membership_config import MembershipConfig, scaled_config
 from mesh.sun import sunlit
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
@@ -78,12 +79,16 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
     def __init__(self, name: str, config: FleetConfig, peers: Peers, host: P2PHost, store: ModelStore,
                  *, workers: int | None = None, incarnation: int = 0, journal: Journal | None = None,
                  trust: Trust | None = None, revoked: frozenset[str] = frozenset(),
-                 job_journal: JobJournal | None = None, world: World | None = None, gate: Any = None):
+                 job_journal: JobJournal | None = None, world: World | None = None, gate: Any = None,
+                 sats_per_process: int = 1, membership: MembershipConfig | None = None):
         """``trust``: sign this node's gossip and faults and check others' (agent.links.roster.mesh_trust);
         ``revoked``: members the signed roster revoked (refused at Hello, their records ignored);
         ``world``: one built from ``config`` to share (nodes in one process need one copy of the
         constellation and its snapshot cache, not one each); ``gate``: a satellite host's pause gate
-        for this node, which stops its membership protocol while closed (``MembershipService``)."""
+        for this node, which stops its membership protocol while closed (``MembershipService``);
+        ``sats_per_process``: how many satellites share this process (a satellite host's K): with
+        the peers file's size it sets the membership's rates (``mesh.membership_config.scaled_config``);
+        ``membership``: a config to use instead (benchmarks, tests)."""
         if name not in peers:
             raise ValueError(f"node {name!r} is not in the peers file")
         self.config = config
@@ -134,7 +139,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
             incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust,
-            gate=gate)
+            gate=gate, config=membership or scaled_config(len(peers.by_name), sats_per_process))
         self.delivery_config = fleet_delivery()
         self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
