@@ -132,16 +132,25 @@ def twin_layers(deliveries: dict, *, queue_frames: int = 64, delay: float = 0.01
     return hosts, layers
 
 
+async def start_all(nursery, hosts, layers) -> None:
+    """Every twin host serving and every layer running, all links up."""
+    for n in hosts:
+        await nursery.start(hosts[n].serve)
+        nursery.start_soon(layers[n].run)
+    await all_up(layers)
+
+
+async def all_up(layers) -> None:
+    with trio.fail_after(10):
+        while not all(layer.all_up() for layer in layers.values()):
+            await trio.sleep(0.01)
+
+
 async def test_the_links_of_every_node_in_the_process_share_one_heap(virtual_clock):
     got: dict = {}
     hosts, layers = twin_layers(got)
     async with trio.open_nursery() as nursery:
-        for n in hosts:
-            await nursery.start(hosts[n].serve)
-            nursery.start_soon(layers[n].run)
-        with trio.fail_after(10):
-            while not all(layer.all_up() for layer in layers.values()):
-                await trio.sleep(0.01)
+        await start_all(nursery, hosts, layers)
         releaser = process_releaser()
         assert all(layer._releaser is releaser for layer in layers.values())
         before = releaser.released
@@ -171,9 +180,7 @@ async def test_frames_of_a_stopped_node_are_dropped_not_delivered(virtual_clock)
                 with scopes[n]:
                     await layers[n].run()
             nursery.start_soon(run)
-        with trio.fail_after(10):
-            while not all(layer.all_up() for layer in layers.values()):
-                await trio.sleep(0.01)
+        await all_up(layers)
         layers["a"].send("b", Probe(1, b""))
         layers["a"].send("c", Probe(2, b""))
         await trio.sleep(0.1)                 # in the heap, due in 0.4 s
@@ -189,12 +196,7 @@ async def test_a_links_share_of_the_heap_is_bounded_the_reader_waits(virtual_clo
     got: dict = {}
     hosts, layers = twin_layers(got, queue_frames=4, delay=1.0)
     async with trio.open_nursery() as nursery:
-        for n in hosts:
-            await nursery.start(hosts[n].serve)
-            nursery.start_soon(layers[n].run)
-        with trio.fail_after(10):
-            while not all(layer.all_up() for layer in layers.values()):
-                await trio.sleep(0.01)
+        await start_all(nursery, hosts, layers)
         sent = sum(layers["a"].send("b", Probe(k, b"")) for k in range(6))
         await trio.sleep(0.5)
         link = layers["b"].links["a"]
