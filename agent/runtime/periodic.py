@@ -15,7 +15,10 @@ thousand nodes' chores do not all land in one instant), then keeps its
 period; a chore that fell more than a period behind (a stalled loop) skips
 ahead instead of running the missed ones back to back.  A long batch
 yields to the event loop every ``YIELD_AFTER_S`` of work, so that a frame
-due meanwhile is not held back by other nodes' chores.  A chore that raises
+due meanwhile is not held back by other nodes' chores; under a virtual
+clock it yields every ``YIELD_EVERY_CHORES`` chores instead, because a
+yield timed by the CPU would make a seeded simulation's schedule depend on
+the machine's load.  A chore that raises
 is logged and keeps its schedule.  Per ``trio.run`` (a ``RunVar``), started on
 first use as a system task, as :mod:`agent.links.release` is.
 """
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COALESCE_S = 0.005      # chores due this soon run with the one due now (one wake-up, not several)
 YIELD_AFTER_S = 0.001   # of chores' CPU before the batch lets the loop run other tasks
+YIELD_EVERY_CHORES = 16  # the same, counted in chores, where the clock is virtual (deterministic)
 
 
 class Chore:
@@ -108,8 +112,9 @@ class Periodic:
             _, _, chore = heapq.heappop(self._heap)
             if not chore.cancelled:
                 batch.append(chore)
+        virtual = wallclock.is_virtual()
         worked_since = time.perf_counter()
-        for chore in batch:
+        for ran, chore in enumerate(batch, 1):
             if chore.cancelled:        # an earlier chore of the batch stopped it
                 continue
             try:
@@ -122,7 +127,10 @@ class Periodic:
             if chore.due <= now:       # fell a period or more behind: skip ahead, do not catch up
                 chore.due = now + chore.period_s
             self._push(chore)
-            if time.perf_counter() - worked_since > YIELD_AFTER_S:
+            if virtual:
+                if ran % YIELD_EVERY_CHORES == 0:
+                    await trio.lowlevel.checkpoint()
+            elif time.perf_counter() - worked_since > YIELD_AFTER_S:
                 await trio.lowlevel.checkpoint()
                 worked_since = time.perf_counter()
 
