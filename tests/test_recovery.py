@@ -101,6 +101,27 @@ async def test_every_recovered_task_ends_by_its_deadline_when_its_target_never_a
     assert node.storage()["deadline_timer_failed"] == 4 and not node._requests
 
 
+async def test_the_backstop_sleeps_while_idle_and_wakes_for_a_sooner_deadline(tmp_path, models_dir):
+    """An idle node's backstop sleeps for ever (it polled once a second); a new task wakes it."""
+    journal = Journal(tmp_path / "tasks.sqlite")
+    node = _entry(tmp_path, models_dir, journal)
+    node.deadlines.grace_s = 0.1
+    node._recover()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node._enforce_deadlines)
+            await trio.sleep(0.3)                    # asleep with no deadline at all
+            journal.accept(_request("sat-0-soon", time.time() + 0.2), "sat-5", "", time.time())
+            rec = node.find_task("sat-0-soon")       # its timer starts here and wakes the backstop
+            node.ledger._tasks.clear()               # only the backstop can end it
+            while rec.status == "accepted":
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert rec.status == "failed" and "no result by the task's deadline" in rec.error
+    # due at deadline + 0.1 s of grace; a once-a-second poll would have ended it up to 1 s later
+    assert rec.finished <= rec.deadline + 0.35, rec.finished - rec.deadline
+
+
 def test_a_task_open_in_the_journal_but_unknown_in_memory_gets_a_timer_when_asked_for(tmp_path, models_dir):
     journal = Journal(tmp_path / "tasks.sqlite")
     node = _entry(tmp_path, models_dir, journal)

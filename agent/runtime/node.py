@@ -164,6 +164,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.metrics = TaskMetrics(self.me.name)       # latency and inference histograms for /metrics
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
+        self._deadline_wake = trio.Event()    # set when a task's deadline is earlier than the backstop's sleep
         self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, when
         self._purged_at = wallclock.now()               # the journal's last purge
         self._power_from = (wallclock.now(), 0.0)       # (wall, compute s run) at the battery's last step

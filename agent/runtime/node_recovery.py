@@ -41,6 +41,7 @@ class TaskRecovery:
     _in_flight: collections.Counter[str]
     _wake: trio.Event
     _finalize: Callable[..., bool]                                  # EntryTasks
+    _watch_deadline: Callable[[TaskRecord], None]                   # EntryTasks
     _nursery: trio.Nursery | None
     _votes_to_resume: list[ReplicatedRow]
     _resume_votes: Callable[[], None]                               # ReplicatedTasks
@@ -130,7 +131,7 @@ class TaskRecovery:
         if row.deadline <= now:
             self._finalize(rec, ok=False, when=now, error=f"{self.me.name} was down until after the deadline")
             return rec
-        self.deadlines.watch(rec)
+        self._watch_deadline(rec)
         self._requests[row.task_id] = row.request
         executor = row.executor if row.executor in self.peers else self.me.name
         self._in_flight[executor] += 1

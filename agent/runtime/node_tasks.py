@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.runtime.node")      # the node's one logger, whichever part of it logs
 
 DEFAULT_TASK_TIMEOUT_S = 30.0
+DEADLINE_BATCH_S = 0.05        # the deadline backstop sleeps at least this long (tasks ending together: one pass)
 DELIVERY_TICK_MAX_S = 0.5       # the delivery loop looks at its deadlines at least this often
 
 
@@ -79,6 +80,7 @@ class EntryTasks:
     _nursery: trio.Nursery | None
     _inline_runs: set[trio.CancelScope]
     _wake: trio.Event
+    _deadline_wake: trio.Event
     _tick_at: float
     orbit_t: Callable[..., float]                                   # NodePhysics
     _cut_links: Callable[[float], frozenset[tuple[int, int]]]       # NodePhysics
@@ -231,7 +233,7 @@ class EntryTasks:
         if answer_key is not None:
             self._answer_keys[rec.task_id] = answer_key
         self.tasks.add(rec)
-        self.deadlines.watch(rec)
+        self._watch_deadline(rec)
         # A local task is not retried end to end (nothing can lose it); a remote one
         # is re-sent under the same id if no result came back in time.
         self.ledger.submit(now, rec.task_id, self.peers[executor].index, req.deadline,
@@ -282,12 +284,22 @@ class EntryTasks:
     async def _enforce_deadlines(self) -> None:
         """The backstop behind the ledger: a task still pending after its deadline ends
         now, failed with the reason, whatever happened to its target or its frames.
-        A task of its own, so nothing that delays delivery can delay this."""
+        A task of its own, so nothing that delays delivery can delay this.  It sleeps
+        until the earliest deadline (for ever on an idle node: no wake-up per second),
+        and :meth:`_watch_deadline` wakes it for an earlier one."""
         while True:
             wait = self.deadlines.next_at() - wallclock.now()
-            await trio.sleep(max(0.05, min(wait, 1.0)))
+            if wait > 0:
+                self._deadline_wake = trio.Event()
+                with trio.move_on_after(max(DEADLINE_BATCH_S, wait)):
+                    await self._deadline_wake.wait()
+                continue
             for rec in self.deadlines.due(wallclock.now(), self.tasks):
                 self._deadline_passed(rec)
+
+    def _watch_deadline(self, rec: TaskRecord) -> None:
+        if self.deadlines.watch(rec):
+            self._deadline_wake.set()
 
     def _deadline_passed(self, rec: TaskRecord) -> None:
         reason = (f"{self.me.name}: no result by the task's deadline ({rec.deadline - rec.created:.1f} s after it "

@@ -153,9 +153,14 @@ class DeadlineTimers:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def watch(self, rec: TaskRecord) -> None:
-        if math.isfinite(rec.deadline):
-            heapq.heappush(self._heap, (rec.deadline + self.grace_s, rec.task_id))
+    def watch(self, rec: TaskRecord) -> bool:
+        """Start ``rec``'s timer; True when it is now the earliest (a sleeping timer must wake sooner)."""
+        if not math.isfinite(rec.deadline):
+            return False
+        at = rec.deadline + self.grace_s
+        earliest = at < self.next_at()
+        heapq.heappush(self._heap, (at, rec.task_id))
+        return earliest
 
     def next_at(self) -> float:
         return self._heap[0][0] if self._heap else math.inf
