@@ -14,6 +14,9 @@ node's key) and ``verify(node, payload, sig) -> bool`` (the roster's key of
 ``cryptography`` package's Ed25519; tests may use the same or a stub).
 Checks of identical records are cached (a rumour reaches a node once per
 neighbour that forwards it), so each distinct record costs one verification.
+Nodes that check against the same keys may share one :class:`CheckCache`:
+the satellites of one host process then verify each record once between
+them, not once each, and keep one cache, not one each.
 """
 
 from __future__ import annotations
@@ -29,17 +32,43 @@ VerifyFn = Callable[[int, bytes, bytes], bool]
 CACHE_ENTRIES = 8192      # distinct (signer, record, signature) checks remembered
 
 
+class CheckCache:
+    """The outcome of each distinct (signer, record, signature) check, least recently used first out.
+
+    Only nodes that check against the same keys may share one: the key is the
+    signer's index, not its public key."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES):
+        if entries < 1:
+            raise ValueError(f"a check cache holds at least 1 entry, not {entries}")
+        self.entries = entries
+        self._ok: OrderedDict[tuple[int, bytes, bytes], bool] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ok)
+
+    def get(self, key: tuple[int, bytes, bytes]) -> bool | None:
+        ok = self._ok.get(key)
+        if ok is not None:
+            self._ok.move_to_end(key)
+        return ok
+
+    def put(self, key: tuple[int, bytes, bytes], ok: bool) -> None:
+        self._ok[key] = ok
+        if len(self._ok) > self.entries:
+            self._ok.popitem(last=False)
+
+
 class Trust:
     """One node's signer and its checks of others' records."""
 
     def __init__(self, me: int, sign: SignFn, verify: VerifyFn, *, revoked: Iterable[int] = (),
-                 cache_entries: int = CACHE_ENTRIES):
+                 cache: CheckCache | None = None):
         self.me = me
         self._sign = sign
         self._verify = verify
         self.revoked: set[int] = set(revoked)
-        self._cache: OrderedDict[tuple[int, bytes, bytes], bool] = OrderedDict()
-        self._cache_entries = cache_entries
+        self._cache = CheckCache() if cache is None else cache
         self.stats: Counter[str] = Counter()
 
     # -- our own records ------------------------------------------------------------
@@ -72,14 +101,11 @@ class Trust:
         key = (signer, payload, sig)
         ok = self._cache.get(key)
         if ok is not None:
-            self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
         else:
             ok = bool(self._verify(signer, payload, sig))
             self.stats["verified"] += 1
-            self._cache[key] = ok
-            if len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
+            self._cache.put(key, ok)
         return None if ok else self._reject("bad signature")
 
     def revoke(self, node: int) -> None:

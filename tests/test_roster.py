@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.links.p2p import load_or_create_identity, peer_id_of
-from agent.links.roster import (RosterError, ensure_authority, load_roster, mesh_trust, public_key_of, raw_public, revoke,
-                          sign_roster, verify_roster, write_roster)
+from agent.links.roster import (RosterError, ensure_authority, keyring, load_roster, mesh_trust, public_key_of,
+                                raw_public, revoke, sign_roster, verify_roster, write_roster)
 from mesh.gossip_msgs import Alive
 
 
@@ -54,3 +54,19 @@ def test_mesh_trust_signs_with_the_nodes_key_and_checks_others(tmp_path):
     assert t1.check(Alive(0, 4).signed(u.sig)) == "bad signature"
     with pytest.raises(RosterError):
         mesh_trust(1, (tmp_path / "k0").read_bytes(), keys)      # a key that is not node 1's
+
+
+def test_nodes_of_one_process_verify_a_record_once_but_never_across_other_keys(tmp_path):
+    """Satellites sharing a host share one keyring and one check cache; another fleet whose node 0
+    has another key must still refuse node 0's record of this fleet (the cache key is the index)."""
+    kps = [load_or_create_identity(tmp_path / f"k{i}") for i in range(4)]
+    keys = {i: peer_id_of(kp) for i, kp in enumerate(kps[:3])}
+    t0, t1, t2 = (mesh_trust(i, (tmp_path / f"k{i}").read_bytes(), keys) for i in range(3))
+    u = t0.sign(Alive(0, 7))
+    assert t1.check(u) is None and t2.check(u) is None
+    assert t1.stats["verified"] == 1 and t2.stats["verified"] == 0 and t2.stats["cache_hits"] == 1
+    assert keyring(dict(keys)) is keyring(keys) and t1._cache is t2._cache
+    other = {0: peer_id_of(kps[3]), 1: keys[1]}          # node 0 is someone else there
+    t1_elsewhere = mesh_trust(1, (tmp_path / "k1").read_bytes(), other)
+    assert t1_elsewhere._cache is not t1._cache
+    assert t1_elsewhere.check(u) == "bad signature"

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -43,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.atomic import write_atomic
-from mesh.trust import Trust
+from mesh.trust import CheckCache, Trust
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +199,20 @@ def write_roster(path: Path, doc: dict) -> None:
 
 # -- what the mesh gets --------------------------------------------------------------------
 
-def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int] = ()) -> Trust:
-    """A :class:`mesh.trust.Trust` for node ``me``: it signs with ``seed``, checks
-    node i's records against the key in peer id ``keys[i]``."""
-    priv = Ed25519PrivateKey.from_private_bytes(seed)
-    pubs = {i: public_key_of(pid) for i, pid in keys.items()}
-    if raw_public(priv.public_key()) != raw_public(pubs[me]):
-        raise RosterError(f"this node's key is not the one the roster lists for node {me}")
+class Keyring:
+    """Every member's public key, parsed once, and one cache of checks made against them.
 
-    def verify(node: int, payload: bytes, sig: bytes) -> bool:
-        key = pubs.get(node)
+    The satellites of one host process share one (:func:`keyring`): a rumour
+    that reaches all of them is verified once, and the process keeps one key
+    object per member and one cache, not one per satellite (at starlink-s1:
+    1,584 keys and up to 8,192 cached checks per satellite)."""
+
+    def __init__(self, keys: dict[int, str]):
+        self.pubs = {i: public_key_of(pid) for i, pid in keys.items()}
+        self.cache = CheckCache(SHARED_CHECKS)
+
+    def verify(self, node: int, payload: bytes, sig: bytes) -> bool:
+        key = self.pubs.get(node)
         if key is None:
             return False
         try:
@@ -216,7 +221,33 @@ def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int
         except InvalidSignature:
             return False
 
-    return Trust(me, priv.sign, verify, revoked=revoked)
+
+SHARED_CHECKS = 32768     # checks one process's keyring remembers (each ~0.3 KB)
+KEYRINGS = 4              # distinct member lists a process keeps keyrings for (tests run several fleets)
+_keyrings: OrderedDict[frozenset, Keyring] = OrderedDict()
+
+
+def keyring(keys: dict[int, str]) -> Keyring:
+    """This process's keyring for exactly these members and keys (made on first use)."""
+    ident = frozenset(keys.items())
+    ring = _keyrings.get(ident)
+    if ring is None:
+        ring = _keyrings[ident] = Keyring(keys)
+        if len(_keyrings) > KEYRINGS:
+            _keyrings.popitem(last=False)
+    _keyrings.move_to_end(ident)
+    return ring
+
+
+def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int] = ()) -> Trust:
+    """A :class:`mesh.trust.Trust` for node ``me``: it signs with ``seed``, checks
+    node i's records against the key in peer id ``keys[i]``, through the process's
+    keyring for ``keys``."""
+    priv = Ed25519PrivateKey.from_private_bytes(seed)
+    ring = keyring(keys)
+    if me not in ring.pubs or raw_public(priv.public_key()) != raw_public(ring.pubs[me]):
+        raise RosterError(f"this node's key is not the one the roster lists for node {me}")
+    return Trust(me, priv.sign, ring.verify, revoked=revoked, cache=ring.cache)
 
 
 # -- a running agent follows its roster ----------------------------------------------------
