@@ -276,13 +276,16 @@ async def test_nodes_that_share_a_world_share_its_fault_topology_and_healing_rou
     """What is the same for every node of a world (the fleet's laser links and planes for fault
     validation; route views and first-hop tables) is built once per process, not once per node
     (bench/sat_memory.py: ~2 MB per hosted satellite at starlink-s1's size); with a world of its
-    own, a node has its own."""
+    own, a node has its own.  Received membership records are pooled per process either way."""
     async def body(fleet):
         a, b = fleet["sat-0"], fleet["sat-5"]
         assert (a.chaos.topo is b.chaos.topo) is share_world
         assert (a.healing is b.healing) is share_world
         assert a.chaos.topo == b.chaos.topo
         assert a.chaos.topo.nodes == frozenset(fleet.peers.names()) and a.chaos.topo.links
+        # the process's one pool of membership records: one copy of a third node's state for both
+        await fleet.until(lambda: a.membership.m.states.get(3) and b.membership.m.states.get(3), 30.0)
+        assert a.membership.m.states.get(3) is b.membership.m.states.get(3)
         # shared or not, each node answers its own next hops, which lead to the destination
         assert fleet.world.router.path(0, 5, a.orbit_t())[0][1] == fleet.peers[a.relay.next_hop("sat-5")].index
     await fleet_of(tmp_path, tiny_models, body, n=8, share_world=share_world)
