@@ -54,3 +54,11 @@ def test_mesh_trust_signs_with_the_nodes_key_and_checks_others(tmp_path):
     assert t1.check(Alive(0, 4).signed(u.sig)) == "bad signature"
     with pytest.raises(RosterError):
         mesh_trust(1, (tmp_path / "k0").read_bytes(), keys)      # a key that is not node 1's
+
+
+def test_a_peer_ids_public_key_is_one_object_per_process(tmp_path):
+    """Every satellite of a host checks every member's records: they share the keys (not 1,590 each)."""
+    pid = peer_id_of(load_or_create_identity(tmp_path / "k"))
+    assert public_key_of(pid) is public_key_of(str(pid))
+    with pytest.raises(RosterError):
+        public_key_of("not-a-peer-id")

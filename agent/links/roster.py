@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -60,8 +61,11 @@ class RosterError(ValueError):
 
 # -- keys ----------------------------------------------------------------------------------
 
+@lru_cache(maxsize=1 << 14)
 def public_key_of(peer_id: str) -> Ed25519PublicKey:
-    """The Ed25519 public key a libp2p peer id (``12D3KooW…``) spells out."""
+    """The Ed25519 public key a libp2p peer id (``12D3KooW…``) spells out.  One object per peer
+    id per process: every satellite of a host checks every member's records (~0.2 KB of native
+    memory a key, 1,590 keys at starlink-s1's size, per satellite otherwise)."""
     from libp2p.peer.id import ID
     try:
         raw = ID.from_base58(peer_id).to_bytes()
