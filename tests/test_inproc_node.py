@@ -283,6 +283,12 @@ async def test_nodes_that_share_a_world_share_its_fault_topology_and_healing_rou
         assert (a.healing is b.healing) is share_world
         assert a.chaos.topo == b.chaos.topo
         assert a.chaos.topo.nodes == frozenset(fleet.peers.names()) and a.chaos.topo.links
+        # the peers file's index → name and member ids: one of each for every node of the process
+        assert a.relay.names is b.relay.names is b.membership.names is fleet.peers.name_of
+        assert a.links.members is b.links.members
+        a.revoke(frozenset({"sat-7"}))                      # copy on write: the sibling's set is untouched
+        assert fleet.peers["sat-7"].peer_id not in a.links.members
+        assert fleet.peers["sat-7"].peer_id in b.links.members
         # the process's one pool of membership records: one copy of a third node's state for both
         await fleet.until(lambda: a.membership.m.states.get(3) and b.membership.m.states.get(3), 30.0)
         assert a.membership.m.states.get(3) is b.membership.m.states.get(3)

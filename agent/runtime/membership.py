@@ -57,7 +57,7 @@ class MembershipService:
         self.snapshot_at = snapshot_at
         self.on_hop_ack = on_hop_ack
         self.on_view_change = on_view_change
-        self.names = {i: e.name for i, e in peers.by_index.items()}
+        self.names = peers.name_of                   # shared, read only
         self.me = peers[me].index
         self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
                             entropy.rng(f"membership:{me}:{incarnation}"), incarnation=incarnation, link_down_expected=link_down_expected,

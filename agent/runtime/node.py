@@ -130,7 +130,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
             on_link_up=self._link_up, accept_unknown=self._accept_ground,
-            members={e.peer_id for e in peers.by_name.values() if e.name not in revoked}, revoked=revoked,
+            members=peers.member_ids(revoked), revoked=revoked,     # one set per process, replaced on a revoke
         )
         self.healing = self.world.healing                # shared with the nodes that share the world
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
