@@ -62,3 +62,18 @@ def test_a_peer_ids_public_key_is_one_object_per_process(tmp_path):
     assert public_key_of(pid) is public_key_of(str(pid))
     with pytest.raises(RosterError):
         public_key_of("not-a-peer-id")
+
+
+def test_the_nodes_of_one_roster_share_their_signature_checks(tmp_path):
+    """The satellites of a host check records against the same keys: one cache of checks (~3.6 MB
+    full) for all of them; a node of another roster has its own."""
+    kps = [load_or_create_identity(tmp_path / f"k{i}") for i in range(3)]
+    keys = {i: peer_id_of(kp) for i, kp in enumerate(kps)}
+    t0, t1 = (mesh_trust(i, (tmp_path / f"k{i}").read_bytes(), dict(keys)) for i in (0, 1))
+    assert t0.cache is t1.cache
+    u = t0.sign(Alive(0, 3))
+    assert mesh_trust(2, (tmp_path / "k2").read_bytes(), keys).check(u) is None
+    assert t1.check(u) is None
+    assert t1.stats["verified"] == 0 and t1.stats["cache_hits"] == 1     # node 2 verified it for both
+    other = mesh_trust(0, (tmp_path / "k0").read_bytes(), {0: keys[0], 1: keys[1]})
+    assert other.cache is not t0.cache

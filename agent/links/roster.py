@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.atomic import write_atomic
-from mesh.trust import Trust
+from mesh.trust import CheckCache, Trust
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int
     """A :class:`mesh.trust.Trust` for node ``me``: it signs with ``seed``, checks
     node i's records against the key in peer id ``keys[i]``."""
     priv = Ed25519PrivateKey.from_private_bytes(seed)
-    pubs = {i: public_key_of(pid) for i, pid in keys.items()}
+    pubs, checks = _fleet_keys(tuple(sorted(keys.items())))
     if raw_public(priv.public_key()) != raw_public(pubs[me]):
         raise RosterError(f"this node's key is not the one the roster lists for node {me}")
 
@@ -220,7 +220,16 @@ def mesh_trust(me: int, seed: bytes, keys: dict[int, str], revoked: Iterable[int
         except InvalidSignature:
             return False
 
-    return Trust(me, priv.sign, verify, revoked=revoked)
+    return Trust(me, priv.sign, verify, revoked=revoked, cache=checks)
+
+
+@lru_cache(maxsize=4)
+def _fleet_keys(keys: tuple[tuple[int, str], ...]) -> tuple[dict[int, Ed25519PublicKey], CheckCache]:
+    """Every member's public key and one cache of signature checks against them, for all the
+    nodes of this process that have the same roster (the satellites of a host): the same keys
+    give the same answers, so a record reaching K satellites is checked once, and the cache
+    (~3.6 MB full) is held once, not K times.  Read only."""
+    return {i: public_key_of(pid) for i, pid in keys}, CheckCache()
 
 
 # -- a running agent follows its roster ----------------------------------------------------
