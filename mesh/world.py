@@ -47,8 +47,9 @@ class World:
         ``first_hops``).  Its views (a snapshot minus a down-set) and each node's first-hop
         table are functions of their keys alone, so the nodes that share a world (a satellite
         host, a simulation) share them: one view per down-set per process instead of one per
-        node (~1 MB per node at starlink-s1's size, bench/sat_memory.py)."""
-        return HealingRouter(self.router.snapshot)
+        node (~1 MB per node at starlink-s1's size, bench/sat_memory.py).  Twice a node's view
+        cache: while a death or cut floods, the nodes' down-sets differ for a moment, one view each."""
+        return HealingRouter(self.router.snapshot, cache_views=64)
 
     @property
     def names(self) -> NodeNames:
