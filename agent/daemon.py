@@ -28,6 +28,7 @@ from agent.links.peers import Peers
 from agent.links.priority import raise_event_loop_priority
 from agent.links.roster import load_roster, mesh_trust, read_seed, watch_roster
 from mesh.config import FleetConfig, parse_config
+from mesh.world import World
 
 log = logging.getLogger("orbitmesh.agent")
 
@@ -80,7 +81,8 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                         auth: AgentAuth, revoked: frozenset[str] = frozenset(),
                         roster: tuple[Path, Path] | None = None, fleet_dir: Path | None = None,
                         memory: MemoryNetwork | None = None, gate: Gate | None = None,
-                        sats_per_process: int = 1, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        sats_per_process: int = 1, world: World | None = None,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one satellite (host, node, gRPC, API) until cancelled; started once its API answers.
 
     The daemon runs one per process, the satellite host (``agent/sat_host.py``)
@@ -91,6 +93,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
     ``gate``: closed, it pauses this satellite's links (with ``memory`` only).
     ``sats_per_process``: satellites in this process (with the peers file's size it sets the
     membership's probe and gossip rates, ``mesh.membership_config.scaled_config``).
+    ``world``: the process's one World of ``config``, shared by the satellites of a host (built here if None).
     ``fleet_dir``: where the peers file lives (a local fleet's directory lets the console signal agents).
     ``auth``: the token (None only for an explicit open lab), extra hosts and origins, TLS.
     ``revoked``, ``roster``: members the signed roster revokes, and the roster to follow."""
@@ -137,7 +140,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                     host = HybridHost(p2p, twin, gate)
                 node = Node(name, config, peers, host, store, incarnation=next_incarnation(Path(data_dir)),
                             journal=journal, workers=workers, trust=trust, revoked=revoked, job_journal=job_journal,
-                            gate=gate, sats_per_process=sats_per_process)
+                            gate=gate, sats_per_process=sats_per_process, world=world)
                 await nursery.start(node.run)
                 if roster is not None:
                     nursery.start_soon(watch_roster, roster[0], roster[1], peers, node.revoke)

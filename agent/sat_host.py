@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import trio
@@ -39,6 +39,7 @@ from agent.links.memory_host import MemoryNetwork
 from agent.links.priority import raise_event_loop_priority
 from agent.ops.sat_host_control import MAX_LINE, ControlError, socket_path
 from mesh.config import FleetConfig
+from mesh.world import World
 
 log = logging.getLogger("orbitmesh.sathost")
 
@@ -82,6 +83,13 @@ class SatHost:
         self.sats = {n: Satellite(n) for n in names}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()            # one lifecycle change at a time
+
+    @cached_property
+    def world(self) -> World:
+        """One constellation, topology and router (with its snapshot and route-tree caches) for every
+        satellite here: each built its own, ~14 MB of Python heap per satellite at starlink-s1's
+        1,584 (bench/sat_memory.py), the same numbers K times over."""
+        return World.from_config(self.config)
 
     def state(self, name: str) -> str:
         sat = self.sats[name]
@@ -128,7 +136,7 @@ class SatHost:
                 await run_satellite(sat.name, self.config, self.peers, self.data_root / sat.name, self.models,
                                     listen=listen, api=api, grpc=grpc, journaled=self.journaled, workers=self.workers, auth=self.auth,
                                     revoked=self.revoked, roster=self.roster, fleet_dir=self.fleet_dir,
-                                    memory=self.net, gate=sat.gate, sats_per_process=len(self.names),
+                                    memory=self.net, gate=sat.gate, sats_per_process=len(self.names), world=self.world,
                                     task_status=status)
         except Exception as exc:
             if not status.done:

@@ -29,9 +29,47 @@ concurrent reports err on the side of routing around a link.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any, Callable, Iterable
+from weakref import WeakValueDictionary
 
 from mesh.gossip_msgs import SIG_OVERHEAD, GossipWireError, LinkState, NodeState, Update, check_state_values
+
+
+class RecordPool:
+    """One instance of each record for every membership that holds it.
+
+    The nodes of one process (a satellite host's K satellites) each decode their own copy of
+    every record that reaches them, and each holds one state record and, with trust, one signed
+    liveness record per member: O(n) per node, O(K·n) per process, ~1–2 KB a record.  Records
+    are immutable, so the copies equal to one already held (same fields, same signature) are
+    swapped for it; held weakly, a record no one holds any more leaves the pool."""
+
+    __slots__ = ("_held", "_fields", "__weakref__")
+
+    def __init__(self) -> None:
+        self._held: WeakValueDictionary[tuple, Update] = WeakValueDictionary()
+        self._fields: dict[type, tuple[str, ...]] = {}
+
+    def __call__(self, u: Update) -> Update:
+        # The key is the record's class and fields, signature included, never the record
+        # itself: a key that held it would keep it in the pool for ever.
+        names = self._fields.get(type(u))
+        if names is None:
+            names = self._fields[type(u)] = tuple(f.name for f in fields(u))
+        key = (type(u), *[getattr(u, n) for n in names])
+        if isinstance(u, NodeState):
+            # Equal is not the same here: True == 1 == 1.0 and 0.0 == -0.0 would swap one
+            # value for another (list items are ints or strings, which cannot be confused).
+            key += (tuple(repr(v) if isinstance(v, float) else type(v) for _, v in u.values),)
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = u
+            return u
+        return held
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 def per_neighbour_limit(retransmit_mult: float, n_nodes: int, degree: int, floor: int = 2) -> int:

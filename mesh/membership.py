@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mesh.dissemination import BroadcastQueue, LinkStateTable, StateTable, per_neighbour_limit
 from mesh.gossip_msgs import (ALIVE, DEAD, Ack, Alive, Gossip, HopAck, Message, Nack, Ping, SyncReply, SyncRequest,
@@ -107,22 +107,30 @@ from mesh.trust import Trust
 _INF = math.inf
 
 
+def _own_copy(u: Update) -> Update:
+    return u
+
+
 class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, ViewChanges, AntiEntropy):
     """One node's view of the fleet, and the protocol that keeps it current."""
 
     def __init__(self, me: int, nodes: Iterable[int], neighbours_fn: NeighboursFn, config: MembershipConfig,
                  rng: random.Random, *, incarnation: int = 0, link_down_expected: LinkDownExpectedFn | None = None,
-                 reports_links: bool = False, trust: Trust | None = None):
+                 reports_links: bool = False, trust: Trust | None = None,
+                 records: Callable[[Update], Update] | None = None):
         """``reports_links``: the driver calls :meth:`link_opened` whenever its link to a
         neighbour connects, so a neighbour whose link never opened has not joined yet.
         ``trust``: sign our records and apply others' only when their origin signed
-        them (see :mod:`mesh.trust`); None (the simulator) believes every member."""
+        them (see :mod:`mesh.trust`); None (the simulator) believes every member.
+        ``records``: a :class:`mesh.dissemination.RecordPool` shared by the nodes of one process,
+        so they hold one copy of each record received (None: this node keeps its own)."""
         self.me = me
         self.trust = trust
         self._signed: dict[int, Update] = {}    # with trust: the signed record behind each node's status
         self.reports_links = reports_links
         self.config = config
         self.rng = rng
+        self.records = records if records is not None else _own_copy
         self.neighbours_fn = neighbours_fn
         self.link_down_expected = link_down_expected
         # One key order for every per-node dict: digests are their values, in C.

@@ -38,6 +38,7 @@ class Dissemination:
     _last_flush: float
     _limit_key: tuple[int, int]
     _limit_val: int
+    records: Callable[[Update], Update]
     stats: dict[str, int]
     _nbr_lat: Callable[[float], dict[int, float]]                   # NeighboursAndPhysics
     _apply_state: Callable[[float, NodeState], bool]                # ViewChanges
@@ -165,6 +166,7 @@ class Dissemination:
         for u in updates:
             if not self._admissible(u):
                 continue
+            u = self.records(u)           # the instance the process's other nodes hold, if any
             k = u.kind
             if k == "n":
                 changed = self._apply_state(now, u)

@@ -7,9 +7,11 @@ the same mesh everywhere (same node numbering, same link rules).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from mesh.config import FleetConfig
 from mesh.ground import GroundStation
+from mesh.healing import HealingRouter
 from mesh.nodes import NodeNames
 from mesh.orbit import Constellation
 from mesh.routing import Router
@@ -38,6 +40,16 @@ class World:
             inter_shell_links=cfg.links.inter_shell_links,
             inter_shell_interval_s=cfg.links.inter_shell_interval_s)
         return cls(cfg, constellation, topology, Router(topology, step_s=router_step_s, cache_size=8))
+
+    @cached_property
+    def healing(self) -> HealingRouter:
+        """Next hops around what is down, for every node of this world (a node's router:
+        ``first_hops``).  Its views (a snapshot minus a down-set) and each node's first-hop
+        table are functions of their keys alone, so the nodes that share a world (a satellite
+        host, a simulation) share them: one view per down-set per process instead of one per
+        node (~1 MB per node at starlink-s1's size, bench/sat_memory.py).  Twice a node's view
+        cache: while a death or cut floods, the nodes' down-sets differ for a moment, one view each."""
+        return HealingRouter(self.router.snapshot, cache_views=64)
 
     @property
     def names(self) -> NodeNames:

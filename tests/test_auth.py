@@ -365,3 +365,11 @@ def test_an_open_lab_fleet_says_so_and_takes_control_calls_without_a_token(tmp_p
         assert r.status_code == 403
     log = (tmp_path / "lab" / "logs" / "sat-0.log").read_text()
     assert "authentication is OFF" in log and "OPEN: no token needed" in log
+
+
+def test_the_satellites_of_a_host_share_one_host_policy():
+    """Each satellite names the whole fleet's hosts: one set of names per process, not one each."""
+    fleet = [f"sat-{i}" for i in range(50)]
+    one, other = AgentAuth(None).policy(fleet), AgentAuth("t" * 32).policy(list(fleet))
+    assert one.hosts is other.hosts and "sat-7" in one.hosts.names
+    assert AgentAuth(None).policy(fleet[:3]).hosts is not one.hosts

@@ -268,3 +268,30 @@ async def test_a_submission_that_waited_for_its_model_gets_the_first_task_even_o
     assert cached == 1                     # the first answer was in the edge cache when the second resumed
     assert [new for _, new in answers] == [True, False]
     assert answers[0][0].task_id == answers[1][0].task_id
+
+
+@pytest.mark.parametrize("share_world", [True, False])
+async def test_nodes_that_share_a_world_share_its_fault_topology_and_healing_router(
+        tmp_path, tiny_models, virtual_clock, share_world):
+    """What is the same for every node of a world (the fleet's laser links and planes for fault
+    validation; route views and first-hop tables) is built once per process, not once per node
+    (bench/sat_memory.py: ~2 MB per hosted satellite at starlink-s1's size); with a world of its
+    own, a node has its own.  Received membership records are pooled per process either way."""
+    async def body(fleet):
+        a, b = fleet["sat-0"], fleet["sat-5"]
+        assert (a.chaos.topo is b.chaos.topo) is share_world
+        assert (a.healing is b.healing) is share_world
+        assert a.chaos.topo == b.chaos.topo
+        assert a.chaos.topo.nodes == frozenset(fleet.peers.names()) and a.chaos.topo.links
+        # the peers file's index → name and member ids: one of each for every node of the process
+        assert a.relay.names is b.relay.names is b.membership.names is fleet.peers.name_of
+        assert a.links.members is b.links.members
+        a.revoke(frozenset({"sat-7"}))                      # copy on write: the sibling's set is untouched
+        assert fleet.peers["sat-7"].peer_id not in a.links.members
+        assert fleet.peers["sat-7"].peer_id in b.links.members
+        # the process's one pool of membership records: one copy of a third node's state for both
+        await fleet.until(lambda: a.membership.m.states.get(3) and b.membership.m.states.get(3), 30.0)
+        assert a.membership.m.states.get(3) is b.membership.m.states.get(3)
+        # shared or not, each node answers its own next hops, which lead to the destination
+        assert fleet.world.router.path(0, 5, a.orbit_t())[0][1] == fleet.peers[a.relay.next_hop("sat-5")].index
+    await fleet_of(tmp_path, tiny_models, body, n=8, share_world=share_world)

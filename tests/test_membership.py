@@ -299,10 +299,10 @@ def test_presets_are_valid_and_explain_their_scale():
 
 # -- incarnation rules (one node, messages fed by hand) ----------------------------------------------
 
-def lone(me: int = 0, incarnation: int = 0) -> Membership:
+def lone(me: int = 0, incarnation: int = 0, records=None) -> Membership:
     nb = {0: [1, 2], 1: [0, 2], 2: [0, 1]}
     m = Membership(me, range(3), lambda n, t: [(x, 0.005) for x in nb[n]], cfg(), random.Random(1),
-                   incarnation=incarnation)
+                   incarnation=incarnation, records=records)
     m.start(0.0)
     return m
 
@@ -550,3 +550,31 @@ def test_state_changes_reach_every_node():
     tw.run(2.0)
     for i in tw.live():
         assert tw.nodes[i].node_state(3) == {"load": 0.9}, i
+
+
+def test_members_that_share_a_record_pool_hold_one_copy_of_each_record_received():
+    """The satellites of a host each decode every record that reaches them; with the process's
+    pool they keep one instance of each (O(n) per process, not O(K·n)); without, their own."""
+    import gc
+
+    from mesh.dissemination import RecordPool
+    from mesh.gossip_msgs import decode, encode
+    pool = RecordPool()
+    state = NodeState(2, 3, (("battery", 0.8), ("models", ("digits", "matmul")), ("sunlit", True)))
+    wire = encode(Gossip((state, Alive(2, 1))))
+    a, b, own = lone(0, records=pool), lone(1, records=pool), lone(0)
+    for m, frm in ((a, 1), (b, 0), (own, 1)):
+        m.on_message(1.0, frm, decode(wire))               # each decodes its own copy, as over a link
+    assert a.states.get(2) == b.states.get(2) == own.states.get(2) == state
+    assert a.states.get(2) is b.states.get(2)
+    assert own.states.get(2) is not a.states.get(2)
+    newer = NodeState(2, 4, (("battery", 0.7),))
+    a.on_message(2.0, 1, decode(encode(Gossip((newer,)))))
+    b.on_message(2.0, 0, decode(encode(Gossip((newer,)))))
+    assert a.states.get(2) is b.states.get(2) and a.states.get(2).version == 4
+    for x, y in ((True, 1), (1, 1.0), (0.0, -0.0)):        # equal, but not the same record
+        assert repr(pool(NodeState(7, 1, (("v", x),))).values[0][1]) == repr(x)
+        assert repr(pool(NodeState(7, 1, (("v", y),))).values[0][1]) == repr(y)
+    del a, b
+    gc.collect()
+    assert len(pool) == 0                                   # held weakly: gone with their holders

@@ -273,7 +273,8 @@ async def test_a_satellite_host_runs_each_satellite_with_its_k(tmp_path, monkeyp
         await trio.sleep_forever()
     monkeypatch.setattr(sat_host, "run_satellite", fake_run_satellite)
     names = ["sat-0", "sat-1", "sat-2"]
-    host = sat_host.SatHost("host-0", names, None, _Peers(names), tmp_path, tmp_path, auth=AgentAuth(None))
+    from mesh.presets import preset      # the host builds its satellites' one World from it
+    host = sat_host.SatHost("host-0", names, preset("demo"), _Peers(names), tmp_path, tmp_path, auth=AgentAuth(None))
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         nursery.cancel_scope.cancel()

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.links.p2p import load_or_create_identity, peer_id_of
-from agent.links.roster import (RosterError, ensure_authority, keyring, load_roster, mesh_trust, public_key_of,
+from agent.links.roster import (RosterError, ensure_authority, load_roster, mesh_trust, public_key_of,
                                 raw_public, revoke, sign_roster, verify_roster, write_roster)
 from mesh.gossip_msgs import Alive
 
@@ -56,17 +56,28 @@ def test_mesh_trust_signs_with_the_nodes_key_and_checks_others(tmp_path):
         mesh_trust(1, (tmp_path / "k0").read_bytes(), keys)      # a key that is not node 1's
 
 
-def test_nodes_of_one_process_verify_a_record_once_but_never_across_other_keys(tmp_path):
-    """Satellites sharing a host share one keyring and one check cache; another fleet whose node 0
-    has another key must still refuse node 0's record of this fleet (the cache key is the index)."""
-    kps = [load_or_create_identity(tmp_path / f"k{i}") for i in range(4)]
-    keys = {i: peer_id_of(kp) for i, kp in enumerate(kps[:3])}
-    t0, t1, t2 = (mesh_trust(i, (tmp_path / f"k{i}").read_bytes(), keys) for i in range(3))
-    u = t0.sign(Alive(0, 7))
-    assert t1.check(u) is None and t2.check(u) is None
-    assert t1.stats["verified"] == 1 and t2.stats["verified"] == 0 and t2.stats["cache_hits"] == 1
-    assert keyring(dict(keys)) is keyring(keys) and t1._cache is t2._cache
-    other = {0: peer_id_of(kps[3]), 1: keys[1]}          # node 0 is someone else there
-    t1_elsewhere = mesh_trust(1, (tmp_path / "k1").read_bytes(), other)
-    assert t1_elsewhere._cache is not t1._cache
-    assert t1_elsewhere.check(u) == "bad signature"
+def test_a_peer_ids_public_key_is_one_object_per_process(tmp_path):
+    """Every satellite of a host checks every member's records: they share the keys (not 1,590 each)."""
+    pid = peer_id_of(load_or_create_identity(tmp_path / "k"))
+    assert public_key_of(pid) is public_key_of(str(pid))
+    with pytest.raises(RosterError):
+        public_key_of("not-a-peer-id")
+
+
+def test_the_nodes_of_one_roster_share_their_signature_checks(tmp_path):
+    """The satellites of a host check records against the same keys: one cache of checks (~3.6 MB
+    full) for all of them; a node of another roster has its own."""
+    kps = [load_or_create_identity(tmp_path / f"k{i}") for i in range(3)]
+    keys = {i: peer_id_of(kp) for i, kp in enumerate(kps)}
+    t0, t1 = (mesh_trust(i, (tmp_path / f"k{i}").read_bytes(), dict(keys)) for i in (0, 1))
+    assert t0.cache is t1.cache
+    u = t0.sign(Alive(0, 3))
+    assert mesh_trust(2, (tmp_path / "k2").read_bytes(), keys).check(u) is None
+    assert t1.check(u) is None
+    assert t1.stats["verified"] == 0 and t1.stats["cache_hits"] == 1     # node 2 verified it for both
+    other = mesh_trust(0, (tmp_path / "k0").read_bytes(), {0: keys[0], 1: keys[1]})
+    assert other.cache is not t0.cache
+    # where node 0 is someone else, this fleet's record of node 0 is refused, not served from a cache
+    stranger = peer_id_of(load_or_create_identity(tmp_path / "k3"))
+    elsewhere = mesh_trust(1, (tmp_path / "k1").read_bytes(), {0: stranger, 1: keys[1]})
+    assert elsewhere.cache is not t1.cache and elsewhere.check(u) == "bad signature"

@@ -211,3 +211,27 @@ async def test_the_control_socket_needs_the_token_and_refuses_bad_requests(tmp_p
         SatHost("h", ["sat-7"], None, _Peers(["sat-0"]), tmp_path, tmp_path, auth=AgentAuth(None))
     with pytest.raises(ValueError, match="twice"):
         SatHost("h", ["sat-0", "sat-0"], None, _Peers(["sat-0"]), tmp_path, tmp_path, auth=AgentAuth(None))
+
+
+async def test_the_satellites_of_a_host_share_one_world(tmp_path, monkeypatch):
+    """One constellation, topology and router (and their caches) per process, not one per satellite
+    (bench/sat_memory.py: ~14 MB of heap per satellite at starlink-s1's size)."""
+    from agent import sat_host
+    from mesh.presets import preset
+    worlds = {}
+
+    async def fake_run_satellite(name, config, *args, world=None, task_status=trio.TASK_STATUS_IGNORED, **kw):
+        worlds[name] = world
+        task_status.started()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(sat_host, "run_satellite", fake_run_satellite)
+    names = ["sat-0", "sat-1", "sat-2"]
+    host = SatHost("host-0", names, preset("demo"), _Peers(names), tmp_path, tmp_path, auth=AgentAuth(None))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        await host.restart("sat-1")
+        nursery.cancel_scope.cancel()
+    assert set(worlds) == set(names)
+    assert all(w is host.world for w in worlds.values())
+    assert host.world.config is host.config

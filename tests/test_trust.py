@@ -212,3 +212,24 @@ def test_faults_are_signed_by_their_origin_and_checked():
 def test_a_revoked_member_cannot_issue_faults():
     e, _ = table(1).issue({"kind": "cut", "a": "sat-0", "b": "sat-1"}, 100.0, "sat-1")
     assert not table(0, revoked={1}).merge(e, now=100.0)
+
+
+def test_nodes_that_share_a_check_cache_verify_each_record_once_and_still_refuse_for_themselves():
+    """The satellites of a host share one cache of signature checks (same roster keys): a record
+    reaching all K of them is verified once and held once; revocation stays each node's own."""
+    from mesh.trust import CheckCache
+    calls = []
+
+    def counting(node, payload, sig):
+        calls.append(node)
+        return verify(node, payload, sig)
+    shared = CheckCache(entries=2)
+    a, b = (Trust(me, KEYS[me].sign, counting, cache=shared) for me in (0, 1))
+    good, forged = sign(Alive(2, 1), 2), sign(Alive(3, 1), 2)
+    assert a.check(good) is None and b.check(good) is None
+    assert a.check(forged) == b.check(forged) == "bad signature"
+    assert calls == [2, 3] and len(shared) == 2
+    b.revoke(2)
+    assert b.check(good) == "origin revoked" and a.check(good) is None
+    a.check(sign(Alive(4, 1), 4))                      # bounded: the least recently used goes
+    assert len(shared) == 2 and b.stats["cache_hits"] == 2 and a.stats["verified"] == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -37,6 +38,20 @@ class Peers:
 
     def __contains__(self, name: str) -> bool:
         return name in self.by_name
+
+    @cached_property
+    def name_of(self) -> dict[int, str]:
+        """Index → name, one dict for every reader (do not modify): the satellites of a host
+        share the peers file, and each node's relay and membership read it (O(n) each otherwise)."""
+        return {i: e.name for i, e in self.by_index.items()}
+
+    def member_ids(self, revoked: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The peer ids of every member but ``revoked``, one set per ``revoked`` for every reader."""
+        cache = self.__dict__.setdefault("_member_ids", {})
+        ids = cache.get(revoked)
+        if ids is None:
+            ids = cache[revoked] = frozenset(e.peer_id for e in self.by_name.values() if e.name not in revoked)
+        return ids
 
     def __getitem__(self, name: str) -> PeerEntry:
         return self.by_name[name]

@@ -144,7 +144,7 @@ class LinkLayer:
                  *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
                  on_link_up: Callable[[str], None] | None = None,
                  accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None,
-                 members: set[str] | None = None, revoked: frozenset[str] = frozenset()):
+                 members: frozenset[str] | None = None, revoked: frozenset[str] = frozenset()):
         """``neighbours`` maps node name → (multiaddr with /p2p/, peer id).
 
         ``accept_unknown(name, peer_id)`` decides about an inbound stream from a
@@ -211,7 +211,7 @@ class LinkLayer:
         """The roster revoked ``name``: refuse its streams and close its link now."""
         self.revoked = self.revoked | {name}
         if self.members is not None:
-            self.members.discard(peer_id)
+            self.members = self.members - {peer_id}      # a new set: the old one may be shared
         self.retire_link(name, 0.0)
 
     # -- public -------------------------------------------------------------

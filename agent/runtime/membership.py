@@ -19,6 +19,7 @@ from agent import entropy, wallclock
 from agent.runtime.loopwatch import LoopLag, process_lag
 from agent.links.peers import Peers
 from agent.links.transport import LinkLayer
+from mesh.dissemination import RecordPool
 from mesh.gossip_msgs import HopAck
 from mesh.membership import (LinkDown, LinkUp, Membership, MembershipConfig, NodeAlive, NodeDead, NodeSuspect,
                              SelfRefuted, Send, StateChanged, fleet_config)
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and arriving frames wake the loop
 RECENT_EVENTS = 256
+# The process's one pool of received membership records: the satellites of a host (and the nodes
+# of an in-process fleet) hold one copy of each member's state and signed liveness record, not
+# one each (O(K·n) per process otherwise; ~1.7 KB a state record; bench/sat_memory.py).
+RECORDS = RecordPool()
 # The knobs mesh.membership_config.scaled_config sets from the fleet's size, shown in the view.
 RATE_KNOBS = ("probe_interval_s", "gossip_interval_s", "state_gossip_s", "eager_gap_s", "sync_interval_s",
               "suspicion_mult", "dead_probe_every", "join_grace_s")
@@ -52,11 +57,11 @@ class MembershipService:
         self.snapshot_at = snapshot_at
         self.on_hop_ack = on_hop_ack
         self.on_view_change = on_view_change
-        self.names = {i: e.name for i, e in peers.by_index.items()}
+        self.names = peers.name_of                   # shared, read only
         self.me = peers[me].index
         self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
                             entropy.rng(f"membership:{me}:{incarnation}"), incarnation=incarnation, link_down_expected=link_down_expected,
-                            reports_links=True, trust=trust)
+                            reports_links=True, trust=trust, records=RECORDS)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
         # Every suspect / dead verdict this view has held, by subject, for the

@@ -60,7 +60,6 @@ from mesh.sun import sunlit
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
 from mesh.forwarding import Forwarder
-from mesh.healing import HealingRouter
 from mesh.link import LinkProfile, link_seed
 from mesh.world import World
 from mesh.wire import TaskRequest
@@ -131,9 +130,9 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             seeds={p: link_seed(config.name, name, p) for p in partners},
             queue_frames=config.limits.link_queue_frames, max_frame_bytes=config.limits.max_frame_bytes,
             on_link_up=self._link_up, accept_unknown=self._accept_ground,
-            members={e.peer_id for e in peers.by_name.values() if e.name not in revoked}, revoked=revoked,
+            members=peers.member_ids(revoked), revoked=revoked,     # one set per process, replaced on a revoke
         )
-        self.healing = HealingRouter(self.router.snapshot)
+        self.healing = self.world.healing                # shared with the nodes that share the world
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(

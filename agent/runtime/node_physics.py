@@ -9,6 +9,7 @@ import math
 import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import trio
 
@@ -34,6 +35,25 @@ PREWARM_MAX_NAP_S = 1.0         # the longest sleep between looks at the fleet's
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
+
+
+_TOPOS: WeakKeyDictionary = WeakKeyDictionary()     # topology -> {peers -> Topo}
+
+
+def chaos_topo(topology: "Topology", constellation: "Constellation", peers: "Peers") -> Topo:
+    """The fleet as fault validation sees it: names, laser links, planes.  Built once per
+    (topology, peers) and shared by the nodes of a process that share both (a satellite host,
+    a simulation): ~1 MB per node at starlink-s1's size (bench/sat_memory.py)."""
+    per_peers = _TOPOS.setdefault(topology, WeakKeyDictionary())
+    topo = per_peers.get(peers)
+    if topo is None:
+        names = {i: e.name for i, e in peers.by_index.items()}
+        links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in topology.candidates.tolist()
+                          if int(a) in names and int(b) in names)
+        planes = {n: (constellation.shell_of[i], constellation.plane_of[i]) for i, n in names.items()
+                  if i < len(constellation)}
+        topo = per_peers[peers] = Topo(frozenset(names.values()), links, planes)
+    return topo
 
 
 class NodePhysics:
@@ -160,12 +180,7 @@ class NodePhysics:
         return any(n == idx for n, _ in snap.neighbours(self.me.index))
 
     def _chaos_topo(self) -> Topo:
-        names = {i: e.name for i, e in self.peers.by_index.items()}
-        links = frozenset(frozenset((names[int(a)], names[int(b)])) for a, b in self.topology.candidates.tolist()
-                          if int(a) in names and int(b) in names)
-        planes = {n: (self.constellation.shell_of[i], self.constellation.plane_of[i]) for i, n in names.items()
-                  if i < len(self.constellation)}
-        return Topo(frozenset(names.values()), links, planes)
+        return chaos_topo(self.topology, self.constellation, self.peers)
 
     def position(self) -> dict[str, float]:
         x, y, z = (float(v) for v in self.topology.node_position(self.me.index, self.orbit_t()))

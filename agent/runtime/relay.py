@@ -75,7 +75,7 @@ class Relay:
         self.send_ack = send_ack
         self.on_expired = on_expired
         self.config = config
-        self.names = {i: e.name for i, e in peers.by_index.items()}
+        self.names = peers.name_of                   # shared, read only
         self.hops = HopSender(config, lambda to, now: rtt(self.names[to], now))
         self.dedup = DedupWindow(config.dedup_capacity, config.dedup_ttl_s)
         self.store = StoreAndForward(config.store_capacity, config.store_recheck_s)

@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -190,6 +191,13 @@ class HostPolicy:
         return any(p.startswith("*.") and host.endswith(p[1:]) for p in self.names)
 
 
+@lru_cache(maxsize=8)
+def _host_policy(groups: tuple[tuple[str, ...], ...]) -> HostPolicy:
+    """One policy per set of names: the satellites of a host each name the whole fleet's hosts
+    (two per member, ~150 KB per satellite at starlink-s1's size otherwise)."""
+    return HostPolicy.of(*groups)
+
+
 def env_hosts() -> list[str]:
     return [h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
 
@@ -274,6 +282,6 @@ class AgentAuth:
         """The policy for a node of a fleet whose members answer at ``fleet_hosts`` (compose service names,
         pod DNS names), besides loopback, this machine's hostname and the allowed extras."""
         import socket
-        hosts = HostPolicy.of(fleet_hosts, [socket.gethostname()], self.allow_hosts, env_hosts())
+        hosts = _host_policy((tuple(fleet_hosts), (socket.gethostname(),), tuple(self.allow_hosts), tuple(env_hosts())))
         origins = frozenset(o.strip().rstrip("/").lower() for o in self.allow_origins if o.strip())
         return AccessPolicy(self.token, hosts, origins)
