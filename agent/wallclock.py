@@ -22,6 +22,7 @@ in trio's thread cache otherwise.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -75,6 +76,33 @@ def virtual(clock: trio.abc.Clock, origin: float | None = None) -> Iterator[floa
         yield _origin
     finally:
         _clock, _origin = None, 0.0
+
+
+class Alarm:
+    """One task's sleep until a wall-clock due time, cut short when work due sooner arrives.
+
+    The process's heaps (:mod:`agent.links.release`, :mod:`agent.runtime.periodic`) sleep
+    until their earliest item; a push of an earlier one calls :meth:`sooner`."""
+
+    def __init__(self) -> None:
+        self._wake = trio.Event()
+        self.until = math.inf          # the due time slept for (-inf: awake)
+
+    def sooner(self, due: float) -> bool:
+        """Wake the sleeper if ``due`` comes before the time it sleeps for; whether it did."""
+        if due < self.until:
+            self.until = -math.inf
+            self._wake.set()
+            return True
+        return False
+
+    async def sleep(self, due: float, wake_at: float | None = None) -> None:
+        """Until ``wake_at`` (default ``due``; inf: for ever) or :meth:`sooner` of a time before ``due``."""
+        self.until = due
+        self._wake = trio.Event()
+        with trio.move_on_at(to_trio(due if wake_at is None else wake_at)):
+            await self._wake.wait()
+        self.until = -math.inf
 
 
 async def off_loop(fn: Callable[..., T], *args) -> T:

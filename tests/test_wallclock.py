@@ -126,3 +126,26 @@ async def test_inference_takes_no_virtual_time_and_no_thread_on_a_virtual_clock(
         assert trio.current_time() == t0 and threading.active_count() == threads
         nursery.cancel_scope.cancel()
     assert np.array_equal(out.outputs["c"], a @ b) and out.compute_s > 0 and executor.expired == 0
+
+
+async def test_an_alarm_sleeps_until_due_and_only_something_sooner_wakes_it(virtual_clock):
+    alarm = wallclock.Alarm()
+    start = wallclock.now()
+    woke: list[float] = []
+
+    async def sleeper(due: float) -> None:
+        await alarm.sleep(due)
+        woke.append(wallclock.now() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper, start + 10.0)
+        await trio.sleep(1.0)
+        assert not alarm.sooner(start + 12.0)          # later than the sleep: no wake-up
+        await trio.sleep(1.0)
+        assert woke == [] and alarm.sooner(start + 5.0)
+    assert woke == [2.0] and alarm.until == float("-inf")
+    async with trio.open_nursery() as nursery:         # for ever, until something comes
+        nursery.start_soon(sleeper, float("inf"))
+        await trio.sleep(100.0)
+        assert len(woke) == 1 and alarm.sooner(start + 200.0)
+    assert woke[1] == 102.0

@@ -45,8 +45,7 @@ class FrameReleaser:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Callable[[float, float], Any]]] = []
         self._seq = itertools.count()
-        self._wake = trio.Event()
-        self._sleeping_until = float("inf")   # the coarse sleep ends this long before this due time
+        self._alarm = wallclock.Alarm()       # the coarse sleep (it ends a margin before the due time)
         self._armed: float | None = None     # the timerfd is armed for this due time
         self._timer = PreciseTimer()
         self.released = 0
@@ -58,10 +57,7 @@ class FrameReleaser:
     def push(self, due: float, release: Callable[[float, float], Any]) -> None:
         """``release(due, released_at)`` runs (and is awaited, if it returns an awaitable) at ``due``."""
         heapq.heappush(self._heap, (due, next(self._seq), release))
-        if due < self._sleeping_until:
-            self._sleeping_until = float("-inf")
-            self._wake.set()
-        elif self._armed is not None and due < self._armed:
+        if not self._alarm.sooner(due) and self._armed is not None and due < self._armed:
             self._armed = due
             self._timer.arm(due)
 
@@ -85,20 +81,11 @@ class FrameReleaser:
         margin = 0.0 if virtual else COARSE_MARGIN_S
         try:
             while True:
-                if not self._heap:
-                    self._sleeping_until = float("inf")
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                    continue
-                due = self._heap[0][0]
+                due = self._heap[0][0] if self._heap else float("inf")
                 now = wallclock.now()
                 if due - now > margin:
                     # Sleep; a frame pushed meanwhile that is due sooner wakes us.
-                    self._sleeping_until = due
-                    self._wake = trio.Event()
-                    with trio.move_on_at(wallclock.to_trio(due - margin)):
-                        await self._wake.wait()
-                    self._sleeping_until = float("-inf")
+                    await self._alarm.sleep(due, wake_at=due - margin)
                     continue
                 if due > now:
                     await self._sleep_precisely(due)

@@ -64,8 +64,7 @@ class Periodic:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Chore]] = []
         self._seq = itertools.count()
-        self._wake = trio.Event()
-        self._sleeping_until = float("inf")
+        self._alarm = wallclock.Alarm()
         self.wakeups = 0
 
     def __len__(self) -> int:
@@ -81,26 +80,15 @@ class Periodic:
 
     def _push(self, chore: Chore) -> None:
         heapq.heappush(self._heap, (chore.due, next(self._seq), chore))
-        if chore.due < self._sleeping_until:
-            self._sleeping_until = float("-inf")
-            self._wake.set()
+        self._alarm.sooner(chore.due)
 
     async def run(self) -> None:
         while True:
             while self._heap and self._heap[0][2].cancelled:
                 heapq.heappop(self._heap)
-            if not self._heap:
-                self._sleeping_until = float("inf")
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            due = self._heap[0][0]
+            due = self._heap[0][0] if self._heap else float("inf")
             if due > wallclock.now():
-                self._sleeping_until = due
-                self._wake = trio.Event()
-                with trio.move_on_at(wallclock.to_trio(due)):
-                    await self._wake.wait()
-                self._sleeping_until = float("-inf")
+                await self._alarm.sleep(due)
                 continue
             self.wakeups += 1
             await self._run_due()
