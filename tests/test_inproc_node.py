@@ -295,3 +295,33 @@ async def test_nodes_that_share_a_world_share_its_fault_topology_and_healing_rou
         # shared or not, each node answers its own next hops, which lead to the destination
         assert fleet.world.router.path(0, 5, a.orbit_t())[0][1] == fleet.peers[a.relay.next_hop("sat-5")].index
     await fleet_of(tmp_path, tiny_models, body, n=8, share_world=share_world)
+
+
+async def test_membership_ticks_on_its_deadlines_not_on_every_frame(tmp_path, tiny_models, virtual_clock):
+    """The protocol's deadlines are one-shot timers on the process's heap: a frame that does not
+    bring a deadline nearer costs no tick (it used to wake the node's membership task, which
+    ticked after every frame), and nobody is suspected for it."""
+    async def body(fleet):
+        counts = {"ticks": 0, "frames": 0}
+        for name in fleet.peers.names():
+            m = fleet[name].membership.m
+            tick, on_message = m.tick, m.on_message
+
+            def counted_tick(now, _tick=tick):
+                counts["ticks"] += 1
+                return _tick(now)
+
+            def counted_message(now, frm, msg, _on=on_message):
+                counts["frames"] += 1
+                return _on(now, frm, msg)
+            m.tick, m.on_message = counted_tick, counted_message
+        await trio.sleep(20)
+        suspected = {n: dict(fleet[n].membership.verdicts["suspect"]) for n in fleet.peers.names()}
+        return counts, suspected
+
+    counts, suspected = await fleet_of(tmp_path, tiny_models, body)
+    assert counts["frames"] > 100
+    # Here (fleet rates, 6 nodes) the deadlines alone come about once per frame received; waking
+    # on every frame as well made it ~1.5 ticks per frame.
+    assert 0 < counts["ticks"] < 1.2 * counts["frames"]
+    assert all(not s for s in suspected.values()), suspected

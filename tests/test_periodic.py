@@ -106,3 +106,21 @@ def test_bad_periods_are_refused():
         with pytest.raises(ValueError, match="period must be > 0"):
             process_periodic().every(0.0, lambda: None)
     trio.run(main)
+
+
+async def test_a_one_shot_runs_once_when_due_not_early_and_not_if_cancelled(virtual_clock):
+    periodic = process_periodic()
+    t0 = wallclock.now()
+    runs: list[tuple[str, float]] = []
+    periodic.every(1.0, lambda: runs.append(("chore", wallclock.now() - t0)))
+    # Due within the coalescing window after the chore: a chore may run that early, a one-shot not.
+    periodic.at(t0 + 1.0 + COALESCE_S / 2, lambda: runs.append(("once", wallclock.now() - t0)))
+    dropped = periodic.at(t0 + 1.5, lambda: runs.append(("cancelled", wallclock.now() - t0)))
+    periodic.at(t0 - 5.0, lambda: runs.append(("past", wallclock.now() - t0)))
+    dropped.cancel()
+    await trio.sleep(2.2)
+    assert [k for k, _ in runs] == ["past", "chore", "once", "chore"]
+    at = dict(runs[:3])
+    assert at["past"] == pytest.approx(0.0, abs=1e-6)
+    assert at["once"] == pytest.approx(1.0 + COALESCE_S / 2, abs=1e-6)
+    assert len(periodic) == 1             # the chore; the one-shots are done or cancelled

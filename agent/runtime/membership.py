@@ -17,6 +17,7 @@ import trio
 
 from agent import entropy, wallclock
 from agent.runtime.loopwatch import LoopLag, process_lag
+from agent.runtime.periodic import Chore, Periodic, process_periodic
 from agent.links.peers import Peers
 from agent.links.transport import LinkLayer
 from mesh.dissemination import RecordPool
@@ -29,7 +30,7 @@ from mesh.wire import Control
 
 log = logging.getLogger(__name__)
 
-MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and arriving frames wake the loop
+MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and every input re-arms the timer
 RECENT_EVENTS = 256
 # The process's one pool of received membership records: the satellites of a host (and the nodes
 # of an in-process fleet) hold one copy of each member's state and signed liveness record, not
@@ -72,7 +73,9 @@ class MembershipService:
         self.state_at: dict[int, tuple[int, float]] = {}   # node -> (state version, wall time it arrived here)
         self._view = self.m.view_version
         self.on_event: Callable[[Any], None] | None = None   # every protocol event as it happens (the simulator)
-        self._wake = trio.Event()
+        self._heap: Periodic | None = None      # the process's timer heap while run() runs
+        self._timer: Chore | None = None        # the one-shot due at the protocol's next deadline
+        self._stalled = trio.Event()            # a deadline came while the satellite was paused
         self.lag = LoopLag()       # the process's sampler once run() starts (agent/runtime/loopwatch.py)
         self._adj_key: float | None = None
         self._adj: dict[int, list[tuple[int, float]]] = {}
@@ -119,10 +122,11 @@ class MembershipService:
         if idx is None:
             return
         self._send_all(self.m.on_message(wallclock.now(), idx, inner))
-        self._wake.set()
+        self._rearm()
 
     def set_state(self, values: dict[str, Any]) -> None:
         self._send_all(self.m.set_state(wallclock.now(), values))
+        self._rearm()
 
     def _after(self) -> None:
         for ev in self.m.take_events():
@@ -174,30 +178,63 @@ class MembershipService:
         """The transport connected ``peer``: it may be starting (see Membership.link_opened)."""
         if peer in self.peers:
             self.m.link_opened(wallclock.now(), self.peers[peer].index)
+            self._rearm()
 
     def _on_lag(self, lag_s: float) -> None:
         self.m.note_lag(wallclock.now(), lag_s)
+        self._rearm()
 
     async def _run_protocol(self) -> None:
+        """Start the protocol, then let its deadlines run as one-shot timers on the process's heap
+        (agent/runtime/periodic.py): an idle node's protocol costs a call when a deadline is due, not a
+        task woken through a cancel scope.  This task only waits out a pause of the satellite."""
+        self._heap = process_periodic()
         self._send_all(self.m.start(wallclock.now()))
-        while True:
-            now = wallclock.now()
-            wait = min(self.m.next_deadline() - now, MAX_TICK_S)
-            if wait > 0:
-                with trio.move_on_after(wait) as scope:
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                if scope.cancelled_caught:
-                    # Woken by the clock: how late?  A stalled loop must not judge
-                    # silence before it has read what arrived meanwhile.
-                    late = wallclock.now() - (now + wait)
-                    if late > 0:
-                        self.m.note_lag(wallclock.now(), late)
-            if self.gate is not None and self.gate.paused:
+        self._rearm()
+        try:
+            while True:
+                await self._stalled.wait()
+                self._stalled = trio.Event()
                 stopped = wallclock.now()
                 await self.gate.wait()
                 self.m.note_lag(wallclock.now(), wallclock.now() - stopped)
+                self._tick()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._heap = None
+
+    def _rearm(self) -> None:
+        """Make the timer fire by the protocol's next deadline (at most MAX_TICK_S away).  A timer
+        due sooner stays: ticking before anything is due is harmless."""
+        if self._heap is None:
+            return
+        due = min(self.m.next_deadline(), wallclock.now() + MAX_TICK_S)
+        timer = self._timer
+        if timer is not None and not timer.cancelled and timer.due <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._heap.at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        due = self._timer.due if self._timer is not None else wallclock.now()
+        self._timer = None
+        if self.gate is not None and self.gate.paused:
+            self._stalled.set()          # the task above waits for the gate, then ticks
+            return
+        # How late?  A stalled loop must not judge silence before it has read what arrived meanwhile.
+        late = wallclock.now() - due
+        if late > 0:
+            self.m.note_lag(wallclock.now(), late)
+        self._tick()
+
+    def _tick(self) -> None:
+        try:
             self._send_all(self.m.tick(wallclock.now()))
+        finally:
+            self._rearm()           # even after a bug (logged by the heap), the protocol keeps its clock
 
     # -- views ----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""One timer heap per process for the nodes' periodic chores.
+"""One timer heap per process for the nodes' periodic chores and one-shot timers.
 
 Every node has chores that run on a fixed period: re-wire ground links as
 satellites rise and set (0.5 s), step the battery (1 s), look whether its
@@ -19,7 +19,13 @@ due meanwhile is not held back by other nodes' chores; under a virtual
 clock it yields every ``YIELD_EVERY_CHORES`` chores instead, because a
 yield timed by the CPU would make a seeded simulation's schedule depend on
 the machine's load.  A chore that raises
-is logged and keeps its schedule.  Per ``trio.run`` (a ``RunVar``), started on
+is logged and keeps its schedule.
+
+``at(due, fn)`` puts a one-shot timer on the same heap: a node's protocol
+deadlines (membership's next probe or suspicion timeout) then cost a
+call on this task when due, not a task of their own that sleeps in a cancel
+scope and is woken by a ``Cancelled``.  One-shots are not coalesced: they
+run when due, not early.  Per ``trio.run`` (a ``RunVar``), started on
 first use as a system task, as :mod:`agent.links.release` is.
 """
 
@@ -44,11 +50,12 @@ YIELD_EVERY_CHORES = 16  # the same, counted in chores, where the clock is virtu
 
 
 class Chore:
-    """A registered periodic function; ``cancel()`` it when its node stops."""
+    """A registered periodic function (``period_s`` None: a one-shot timer); ``cancel()`` it when
+    its node stops."""
 
     __slots__ = ("fn", "period_s", "due", "cancelled", "runs", "errors")
 
-    def __init__(self, fn: Callable[[], object], period_s: float, due: float):
+    def __init__(self, fn: Callable[[], object], period_s: float | None, due: float):
         self.fn, self.period_s, self.due = fn, period_s, due
         self.cancelled = False
         self.runs = 0
@@ -78,6 +85,12 @@ class Periodic:
         self._push(chore)
         return chore
 
+    def at(self, due: float, fn: Callable[[], object]) -> Chore:
+        """Run ``fn()`` once at wall time ``due`` (at once if it has passed), unless cancelled first."""
+        chore = Chore(fn, None, due)
+        self._push(chore)
+        return chore
+
     def _push(self, chore: Chore) -> None:
         heapq.heappush(self._heap, (chore.due, next(self._seq), chore))
         self._alarm.sooner(chore.due)
@@ -96,8 +109,9 @@ class Periodic:
     async def _run_due(self) -> None:
         now = wallclock.now()
         batch: list[Chore] = []
-        while self._heap and self._heap[0][0] <= now + COALESCE_S:
-            _, _, chore = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and (heap[0][0] <= now or (heap[0][0] <= now + COALESCE_S and heap[0][2].period_s is not None)):
+            _, _, chore = heapq.heappop(heap)
             if not chore.cancelled:
                 batch.append(chore)
         virtual = wallclock.is_virtual()
@@ -111,10 +125,13 @@ class Periodic:
                 chore.errors += 1
                 log.exception("periodic chore %s failed", getattr(chore.fn, "__qualname__", chore.fn))
             chore.runs += 1
-            chore.due += chore.period_s
-            if chore.due <= now:       # fell a period or more behind: skip ahead, do not catch up
-                chore.due = now + chore.period_s
-            self._push(chore)
+            if chore.period_s is None:
+                chore.cancelled = True     # done: a one-shot runs once
+            else:
+                chore.due += chore.period_s
+                if chore.due <= now:       # fell a period or more behind: skip ahead, do not catch up
+                    chore.due = now + chore.period_s
+                self._push(chore)
             if virtual:
                 if ran % YIELD_EVERY_CHORES == 0:
                     await trio.lowlevel.checkpoint()
