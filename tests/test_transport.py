@@ -120,3 +120,42 @@ async def test_a_link_that_cannot_connect_is_warned_about_once_a_minute(virtual_
     down_s = [int(t.split("no connection for ")[1].split("s ")[0]) for t in texts]
     assert 10 <= down_s[0] < 16 and all(60 <= b - a < 66 for a, b in zip(down_s, down_s[1:])), down_s
     assert sum(r.levelno == logging.DEBUG and "dial failed" in r.getMessage() for r in caplog.records) == failures - 3
+
+
+async def test_frames_queued_together_go_out_in_one_write_and_arrive_each_in_order(virtual_clock, monkeypatch):
+    from agent.links import memory_host
+    writes: list[int] = []
+    real_send_all = memory_host.MemoryStream.send_all
+
+    async def counted(self, data):
+        writes.append(len(data))
+        await real_send_all(self, data)
+    monkeypatch.setattr(memory_host.MemoryStream, "send_all", counted)
+    net = MemoryNetwork()
+    a, b = net.host("peer-a"), net.host("peer-b")
+    got: list[int] = []
+
+    async def deliver(msg, *_):
+        got.append(msg.seq)
+
+    def layer(me, host, peer, pid):
+        return LinkLayer(me, host, {peer: (f"/memory/{pid}/p2p/{pid}", pid)}, lambda x, y, t: 0.002,
+                         lambda p, t: LinkProfile(), deliver, seeds={peer: 1}, queue_frames=64,
+                         max_frame_bytes=1 << 20)
+
+    sender, receiver = layer("sat-0", a, "sat-1", "peer-b"), layer("sat-1", b, "sat-0", "peer-a")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        nursery.start_soon(sender.run)
+        nursery.start_soon(receiver.run)
+        while not (sender.all_up() and receiver.all_up()):
+            await trio.sleep(0.1)
+        await trio.sleep(0.1)
+        writes.clear()
+        assert all(sender.send("sat-1", Probe(k, b"x" * 100)) for k in range(20))   # one burst, no yield
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert got == list(range(20))
+    assert len(writes) == 1 and writes[0] > 20 * 100
+    assert sender.links["sat-1"].stats.frames_sent == 20

@@ -67,6 +67,7 @@ REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
 # thrown away and the next starts from scratch, so a fixed deadline shorter than the dial would
 # never connect: after each timeout the next dial gets twice as long, up to the cap.
 DIAL_TIMEOUT_S, DIAL_TIMEOUT_MAX_S = 5.0, 80.0
+WRITE_BATCH_BYTES = 64 * 1024   # frames queued together are written as one (bounded) write
 DIAL_WARN_AFTER_S = 10.0         # a link failing to dial this long is warned about (start-up races are not)
 DIAL_WARN_EVERY_S = 60.0         # then once a minute, not per attempt
 # Upper bounds (seconds) of the delay-error histogram: release time − due time.
@@ -478,10 +479,26 @@ class LinkLayer:
     # -- data path ------------------------------------------------------------
 
     async def _write_loop(self, link: Link) -> None:
+        """Write the link's frames in order.  Frames queued together go out in one write (up to
+        WRITE_BATCH_BYTES): one wake-up of this task, and over libp2p one yamux frame and one Noise
+        message, for a burst instead of one each; the receiver's decoder splits them again."""
         pending: bytes | None = None
+        count = 0
         while True:
             if pending is None:
-                pending = await link.outbound_recv.receive()
+                pending, count = await link.outbound_recv.receive(), 1
+                if len(pending) < WRITE_BATCH_BYTES:
+                    parts = [pending]
+                    size = len(pending)
+                    while size < WRITE_BATCH_BYTES:
+                        try:
+                            more = link.outbound_recv.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        parts.append(more)
+                        size += len(more)
+                    if len(parts) > 1:
+                        pending, count = b"".join(parts), len(parts)
             stream = link.stream
             if stream is None:
                 await link.stream_changed.wait()
@@ -496,7 +513,7 @@ class LinkLayer:
                     with trio.CancelScope(shield=True):
                         await stream.aclose()
                 continue
-            link.stats.frames_sent += 1
+            link.stats.frames_sent += count
             link.stats.bytes_sent += len(pending)
             pending = None
 
