@@ -325,3 +325,45 @@ async def test_membership_ticks_on_its_deadlines_not_on_every_frame(tmp_path, ti
     # on every frame as well made it ~1.5 ticks per frame.
     assert 0 < counts["ticks"] < 1.2 * counts["frames"]
     assert all(not s for s in suspected.values()), suspected
+
+
+async def test_the_delivery_loop_sleeps_until_a_hop_timer_and_not_twice_a_second(tmp_path, tiny_models, virtual_clock):
+    """A frame the relay forwards starts a hop timer that wakes the node's delivery loop when due
+    (the relay tells it), even on a path that does not wake the loop itself; an idle node's loop
+    otherwise sleeps (it used to look at its deadlines twice a second)."""
+    from mesh.wire import TaskQuery
+
+    async def body(fleet):
+        ticks = {name: 0 for name in fleet.peers.names()}
+        for name in ticks:
+            relay = fleet[name].relay
+            tick = relay.tick
+
+            def counted(_tick=tick, _name=name):
+                ticks[_name] += 1
+                _tick()
+            relay.tick = counted
+        await trio.sleep(20)
+        idle_ticks = dict(ticks)
+        node = fleet["sat-0"]
+        target = far_from(fleet, "sat-0")
+        hop = node.relay.next_hop(target)
+        node.apply_fault({"kind": "loss", "a": "sat-0", "b": hop, "loss": "100%"})
+        sent: list[float] = []
+        send = node.links.send
+
+        def recorded(peer, msg, _send=send):
+            if peer == hop and isinstance(getattr(msg, "msg", msg), TaskQuery):
+                sent.append(wallclock.now())
+            return _send(peer, msg)
+        node.links.send = recorded
+        query = TaskQuery("q-1", "sat-0", target, "t-1", deadline=wallclock.now() + 30)
+        assert node.relay.send(query, target) == ""          # as a forwarded query is: no wake-up of its own
+        rto = node.relay.hops._out[query.hop_id].rto
+        await trio.sleep(1.5)
+        return idle_ticks, sent, rto
+
+    idle_ticks, sent, rto = await fleet_of(tmp_path, tiny_models, body)
+    assert max(idle_ticks.values()) <= 5, idle_ticks
+    assert len(sent) >= 3, sent
+    assert sent[1] - sent[0] == pytest.approx(rto, abs=1e-6)     # on its timer, not on the next poll

@@ -143,6 +143,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
                            self.membership.send_hop_ack, self._undeliverable, self.delivery_config)
+        self.relay.on_deadline = self._deadline_sooner
         self.ledger = TaskLedger(self.delivery_config, name_of=self.topology.names.name)
         self.fetcher = ModelFetcher(name, store, self._send_routed, config.limits.ttl)
         self.exec_cache = ExecutionCache(EXEC_CACHE_RESULTS)

@@ -50,7 +50,9 @@ log = logging.getLogger("agent.runtime.node")      # the node's one logger, whic
 
 DEFAULT_TASK_TIMEOUT_S = 30.0
 DEADLINE_BATCH_S = 0.05        # the deadline backstop sleeps at least this long (tasks ending together: one pass)
-DELIVERY_TICK_MAX_S = 0.5       # the delivery loop looks at its deadlines at least this often
+# A safety net only: the relay and the ledger's callers wake the loop for any deadline sooner than
+# its sleep (``_deadline_sooner``); an idle node used to look twice a second for nothing.
+DELIVERY_TICK_MAX_S = 5.0
 
 
 class EntryTasks:
@@ -247,8 +249,7 @@ class EntryTasks:
             # time for it is its deadline, usually long after the loop's next look.
             if not inline:
                 self._nursery.start_soon(self._execute, req, now, 0.0, "entry")
-            if req.deadline < self._tick_at:
-                self._wake.set()
+            self._deadline_sooner(req.deadline)
         else:
             self._nursery.start_soon(self._on_request, req, now, 0.0, None, "entry")
             self._wake.set()
@@ -386,8 +387,13 @@ class EntryTasks:
         snap = self.router.snapshot(t)
         return sum(snap.latency(a, b) for a, b in zip(path, path[1:])), len(path) - 1
 
+    def _deadline_sooner(self, t: float) -> None:
+        """A hop timer, held frame or task deadline at ``t``: wake the loop if it sleeps past it."""
+        if t < self._tick_at:
+            self._wake.set()
+
     async def _delivery_loop(self) -> None:
-        """Hop retransmissions, held frames, end-to-end retries and task deadlines."""
+        """Hop retransmissions, held frames, end-to-end retries and task deadlines, each when due."""
         while True:
             now = wallclock.now()
             wait = min(self.relay.next_deadline(), self.ledger.next_deadline()) - now
