@@ -17,12 +17,21 @@ import numpy as np
 import pytest
 import trio
 
+from agent import wallclock
 from agent.runtime.job_copies import TAKEOVER_GRACE_S, JobCopies
 from agent.runtime.job_copy_store import CopyError, CopyStore
 from agent.runtime.job_journal import JobJournal
 from agent.runtime.jobs import JobBoard
 from mesh.wire import JobCopy
 from tests.test_job_board import Sky, clock, spec, until
+
+
+def run_virtual(*args):
+    """``trio.run`` on a virtual clock that the process's wall clock follows too: the copies'
+    look runs as a chore on the process's heap, which keeps wall time."""
+    c = clock()
+    with wallclock.virtual(c):
+        return trio.run(*args, clock=c)
 
 
 class Wire:
@@ -131,7 +140,7 @@ def test_the_keeper_holds_every_record_of_a_job_that_ends_at_home(tmp_path):
         await job.done.wait()
         await until(lambda: st["home"].copies.describe(job.job_id) is None)     # every record acknowledged
         return job, st["keeper"].copies.store
-    job, store = trio.run(fleet, tmp_path, body, clock=clock())
+    job, store = run_virtual(fleet, tmp_path, body)
     row = store.row(job.job_id)
     assert row.home == "home" and row.status == "succeeded" and row.inputs == 40
     assert store.progress(job.job_id) == (40, 40)
@@ -155,8 +164,7 @@ def test_a_dead_homes_job_is_taken_over_by_its_keeper_and_every_input_is_kept_on
         await taken.done.wait()
         return job, taken, copied, sky, whole
     # slow satellites (2 s an input): the copy, resent through 30 % loss, completes long before the job
-    job, taken, copied, sky, whole = trio.run(fleet, tmp_path, body, loss, ("home", "keeper", "spare"), 2.0,
-                                              clock=clock())
+    job, taken, copied, sky, whole = run_virtual(fleet, tmp_path, body, loss, ("home", "keeper", "spare"), 2.0)
     assert taken.status == "succeeded" and taken.taken_from == "home"
     assert np.array_equal(taken.outputs()["y"], job.spec.inputs["x"] * 3)
     assert set(sky.executions) == set(range(80))
@@ -182,7 +190,7 @@ def test_a_home_that_comes_back_after_the_take_over_hands_its_job_over(tmp_path)
         taken = st["keeper"].board.jobs[job.job_id]
         await taken.done.wait()
         return again, taken, st["keeper"].copies.store.row(job.job_id)
-    again, taken, row = trio.run(fleet, tmp_path, body, clock=clock())
+    again, taken, row = run_virtual(fleet, tmp_path, body)
     assert again.status == "handed_over" and again.handed_to == "keeper"
     assert "taken over by keeper" in again.error
     assert taken.status == "succeeded" and row.told
@@ -200,7 +208,7 @@ def test_a_home_restarted_within_the_grace_resumes_its_own_job_and_its_keeper_le
         await again.done.wait()
         await trio.sleep(TAKEOVER_GRACE_S)
         return again, st["keeper"]
-    again, keeper = trio.run(fleet, tmp_path, body, clock=clock())
+    again, keeper = run_virtual(fleet, tmp_path, body)
     assert again.status == "succeeded" and again.handed_to is None
     assert np.array_equal(again.outputs()["y"], again.spec.inputs["x"] * 3)
     assert again.job_id not in keeper.board.jobs and keeper.copies.takeovers == 0
@@ -215,7 +223,7 @@ def test_a_keeper_that_dies_is_replaced_and_the_new_one_gets_the_whole_copy(tmp_
         await job.done.wait()
         await until(lambda: st["home"].copies.describe(job.job_id) is None)
         return job, st["spare"].copies.store
-    job, store = trio.run(fleet, tmp_path, body, clock=clock())
+    job, store = run_virtual(fleet, tmp_path, body)
     assert store.row(job.job_id).status == "succeeded"
     assert store.progress(job.job_id) == (60, 60)
 
@@ -229,7 +237,7 @@ def test_a_copy_missing_inputs_is_not_taken_over(tmp_path):
         wire.dead.add("ghost")
         await trio.sleep(TAKEOVER_GRACE_S + 3.0)
         return keeper
-    keeper = trio.run(fleet, tmp_path, body, clock=clock())
+    keeper = run_virtual(fleet, tmp_path, body)
     assert "ghost-job-1" not in keeper.board.jobs and "ghost-job-1" in keeper._unassemblable
     with pytest.raises(CopyError, match="inputs 0–9 never reached"):
         keeper.store.assemble("ghost-job-1")
@@ -248,7 +256,7 @@ def test_bad_records_are_refused_and_nothing_is_acknowledged(tmp_path):
         keeper.on_message(JobCopy("z", "intruder", "keeper", job.job_id, "end",
                                   msgpack.packb({"key": "end", "status": "cancelled", "finished": 1.0, "error": ""})))
         return keeper, answered, job
-    keeper, answered, job = trio.run(fleet, tmp_path, body, clock=clock())
+    keeper, answered, job = run_virtual(fleet, tmp_path, body)
     assert answered == []       # neither acknowledged nor answered at all
     assert keeper.store.row("home-job-1") is None
     assert keeper.store.row(job.job_id).status != "cancelled"     # only the job's home may end its copy
@@ -282,7 +290,7 @@ def test_an_old_keeper_is_told_to_forget_until_it_does_so_only_the_new_one_takes
         await until(lambda: job.job_id in st["spare"].board.jobs)
         await st["spare"].board.jobs[job.job_id].done.wait()
         return st, job, forgets
-    st, job, forgets = trio.run(fleet, tmp_path, body, 0.0, ("home", "keeper", "spare"), 0.5, clock=clock())
+    st, job, forgets = run_virtual(fleet, tmp_path, body, 0.0, ("home", "keeper", "spare"), 0.5)
     assert st["spare"].copies.takeovers == 1 and st["keeper"].copies.takeovers == 0
     assert st["spare"].board.jobs[job.job_id].status == "succeeded"
     assert forgets == 3         # two lost, the third kept and acknowledged
@@ -303,6 +311,6 @@ def test_two_nodes_driving_one_job_end_with_one_when_the_first_keeps_the_others_
         await until(lambda: other.status != "running")
         await st["keeper"].board.jobs[job.job_id].done.wait()
         return other, st["keeper"].board.jobs[job.job_id]
-    other, driver = trio.run(fleet, tmp_path, body, 0.0, ("home", "keeper", "spare"), 0.5, clock=clock())
+    other, driver = run_virtual(fleet, tmp_path, body, 0.0, ("home", "keeper", "spare"), 0.5)
     assert other.status == "handed_over" and other.handed_to == "keeper"
     assert driver.status == "succeeded"

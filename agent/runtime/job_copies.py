@@ -37,6 +37,7 @@ import trio
 
 from agent import wallclock
 from agent.runtime.job_copy_store import CopyError, CopyRow, CopyStore
+from agent.runtime.periodic import process_periodic
 from agent.runtime.job_journal import JobJournalError, arrays_to_wire
 from mesh.wire import JobCopy
 
@@ -356,15 +357,22 @@ class JobCopies:
     # -- the loop -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Look every LOOK_EVERY_S, as a chore on the process's heap (agent/runtime/periodic.py), not a
+        task and a timer per node: an idle satellite's look costs a call, not a wake-up."""
+        self._last_purge = self.clock()
+        chore = process_periodic().every(LOOK_EVERY_S, self._look)
         task_status.started()
-        last_purge = self.clock()
-        while True:
-            await trio.sleep(LOOK_EVERY_S)
-            try:
-                self._check_keepers()
-                self._take_over_dead_homes()
-                if self.store is not None and self.clock() - last_purge > 300.0:
-                    last_purge = self.clock()
-                    self.store.purge(self.retention_s, self.clock())
-            except (JobJournalError, sqlite3.Error) as exc:
-                log.error("job copies: %s", exc)
+        try:
+            await trio.sleep_forever()
+        finally:
+            chore.cancel()
+
+    def _look(self) -> None:
+        try:
+            self._check_keepers()
+            self._take_over_dead_homes()
+            if self.store is not None and self.clock() - self._last_purge > 300.0:
+                self._last_purge = self.clock()
+                self.store.purge(self.retention_s, self.clock())
+        except (JobJournalError, sqlite3.Error) as exc:
+            log.error("job copies: %s", exc)
