@@ -321,9 +321,10 @@ async def test_membership_ticks_on_its_deadlines_not_on_every_frame(tmp_path, ti
 
     counts, suspected = await fleet_of(tmp_path, tiny_models, body)
     assert counts["frames"] > 100
-    # Here (fleet rates, 6 nodes) the deadlines alone come about once per frame received; waking
-    # on every frame as well made it ~1.5 ticks per frame.
-    assert 0 < counts["ticks"] < 1.2 * counts["frames"]
+    # Here (fleet rates, 6 nodes) the deadlines alone come about once per two frames received
+    # (0.5); waking on every frame as well made it ~1.5 ticks per frame, and a timer left at a
+    # deadline that an ack had moved later ~1.0.
+    assert 0 < counts["ticks"] < 0.75 * counts["frames"]
     assert all(not s for s in suspected.values()), suspected
 
 

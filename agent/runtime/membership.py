@@ -10,6 +10,7 @@ same on every agent, so everyone's physics (``neighbours_fn``) agrees.
 from __future__ import annotations
 
 import collections
+import math
 import logging
 from typing import Any, Callable
 
@@ -30,7 +31,6 @@ from mesh.wire import Control
 
 log = logging.getLogger(__name__)
 
-MAX_TICK_S = 1.0           # a safety net: deadlines are exact, and every input re-arms the timer
 RECENT_EVENTS = 256
 # The process's one pool of received membership records: the satellites of a host (and the nodes
 # of an in-process fleet) hold one copy of each member's state and signed liveness record, not
@@ -206,17 +206,18 @@ class MembershipService:
             self._heap = None
 
     def _rearm(self) -> None:
-        """Make the timer fire by the protocol's next deadline (at most MAX_TICK_S away).  A timer
-        due sooner stays: ticking before anything is due is harmless."""
+        """Keep the timer at the protocol's next deadline, which every input may move (an ack that
+        ends a probe moves it later: a timer left early would tick for nothing).  The deadline is
+        exact (mesh/sim drives the same machine by it alone), so there is no periodic safety tick."""
         if self._heap is None:
             return
-        due = min(self.m.next_deadline(), wallclock.now() + MAX_TICK_S)
+        due = self.m.next_deadline()
         timer = self._timer
-        if timer is not None and not timer.cancelled and timer.due <= due:
-            return
-        if timer is not None:
+        if timer is not None and not timer.cancelled:
+            if timer.due == due:
+                return
             timer.cancel()
-        self._timer = self._heap.at(due, self._on_timer)
+        self._timer = self._heap.at(due, self._on_timer) if due < math.inf else None
 
     def _on_timer(self) -> None:
         due = self._timer.due if self._timer is not None else wallclock.now()
