@@ -82,27 +82,44 @@ class Alarm:
     """One task's sleep until a wall-clock due time, cut short when work due sooner arrives.
 
     The process's heaps (:mod:`agent.links.release`, :mod:`agent.runtime.periodic`) sleep
-    until their earliest item; a push of an earlier one calls :meth:`sooner`."""
+    until their earliest item; a push of an earlier one calls :meth:`sooner`.  They wake
+    hundreds of times a second in a satellite host, so the sleep is a parked task, not
+    ``trio.sleep``: trio ends a timed sleep by raising ``Cancelled`` into the task, and
+    creating, raising and catching that exception was a tenth of an idle node's CPU.  Here
+    the deadline's abort reschedules the task instead (trio's documented ``Abort.FAILED``
+    path); a cancellation from outside still arrives as ``Cancelled``."""
 
     def __init__(self) -> None:
-        self._wake = trio.Event()
+        self._task: trio.lowlevel.Task | None = None     # the parked sleeper
         self.until = math.inf          # the due time slept for (-inf: awake)
 
     def sooner(self, due: float) -> bool:
         """Wake the sleeper if ``due`` comes before the time it sleeps for; whether it did."""
         if due < self.until:
             self.until = -math.inf
-            self._wake.set()
+            task, self._task = self._task, None
+            if task is not None:
+                trio.lowlevel.reschedule(task)
             return True
         return False
 
     async def sleep(self, due: float, wake_at: float | None = None) -> None:
         """Until ``wake_at`` (default ``due``; inf: for ever) or :meth:`sooner` of a time before ``due``."""
         self.until = due
-        self._wake = trio.Event()
-        with trio.move_on_at(to_trio(due if wake_at is None else wake_at)):
-            await self._wake.wait()
-        self.until = -math.inf
+        task = trio.lowlevel.current_task()
+        with trio.CancelScope(deadline=to_trio(due if wake_at is None else wake_at)) as scope:
+            def abort(raise_cancel: object) -> trio.lowlevel.Abort:
+                self._task = None
+                if scope.cancel_called:          # our own deadline: wake up normally
+                    trio.lowlevel.reschedule(task)
+                    return trio.lowlevel.Abort.FAILED
+                return trio.lowlevel.Abort.SUCCEEDED    # cancelled from outside: Cancelled, as usual
+
+            self._task = task
+            try:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            finally:
+                self.until = -math.inf
 
 
 async def off_loop(fn: Callable[..., T], *args) -> T:

@@ -149,3 +149,26 @@ async def test_an_alarm_sleeps_until_due_and_only_something_sooner_wakes_it(virt
         await trio.sleep(100.0)
         assert len(woke) == 1 and alarm.sooner(start + 200.0)
     assert woke[1] == 102.0
+
+
+async def test_an_alarm_wakes_at_its_deadline_without_a_cancelled_and_outside_cancellation_still_works(
+        virtual_clock, monkeypatch):
+    made: list[object] = []
+    create = trio.Cancelled._create
+
+    def counted(*args, **kw):
+        made.append(args)
+        return create(*args, **kw)
+    monkeypatch.setattr(trio.Cancelled, "_create", counted)
+    alarm = wallclock.Alarm()
+    start = wallclock.now()
+    for k in range(1, 4):
+        await alarm.sleep(start + k)
+        assert wallclock.now() == start + k
+    assert made == []                        # trio.sleep would have raised three
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(alarm.sleep, start + 100.0)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()        # the parked sleeper ends with Cancelled, as any task
+    assert len(made) >= 1 and wallclock.now() == start + 4.0
+    assert alarm.until == float("-inf") and not alarm.sooner(start + 5.0)
