@@ -6,7 +6,8 @@ demo preset's 24) is started with ``--sats-per-process K`` and measured:
 * start-up: ``fleet.start`` until every agent is ready (all links up, all
   members alive), the time ``orbitmesh up`` reports;
 * idle CPU: the fleet's processes' user+system time over ``--idle-seconds``
-  after a settling pause, in cores, and per satellite;
+  after a settling pause, in cores; the ground stations' share (a process
+  each) apart; per satellite (mcore/sat) without the stations;
 * memory: RSS summed over the processes (counts shared pages once per
   process) and PSS (shares them out), per satellite;
 * link fidelity: probes on every laser link (1 KB, ``--rate`` Hz, for
@@ -103,16 +104,19 @@ def measure(models: Path, n: int, k: int, idle_s: float, rate: float, probe_s: f
                          preset=preset) as (spec, cfg, peers, procs):
             ready_s = time.monotonic() - t0
             pids = {p.pid for p in procs.values()}
+            stations = {p.pid for name, p in procs.items() if name.startswith("gs-")}   # a process each
             time.sleep(5.0)                       # let start-up work (warm-ups, first gossip rounds) settle
-            c0, w0 = cpu_seconds(pids), time.monotonic()
+            c0, s0, w0 = cpu_seconds(pids), cpu_seconds(stations), time.monotonic()
             time.sleep(idle_s)
             cores = (cpu_seconds(pids) - c0) / (time.monotonic() - w0)
+            station_cores = (cpu_seconds(stations) - s0) / (time.monotonic() - w0)
             rss, pss = memory_mb(pids)
             errors = trio.run(probe_errors, peers, rate, probe_s)
     group = {name: h for h, names in host_groups(peers.names(), k).items() for name in names}
     inner = [e for (a, b), xs in errors.items() if group[a] == group[b] for e in xs]
     outer = [e for (a, b), xs in errors.items() if group[a] != group[b] for e in xs]
-    return {"k": k, "processes": len(pids), "ready_s": ready_s, "idle_cores": cores, "rss_mb": rss, "pss_mb": pss,
+    return {"k": k, "processes": len(pids), "ready_s": ready_s, "idle_cores": cores,
+            "idle_cores_stations": station_cores, "rss_mb": rss, "pss_mb": pss,
             "in_process": {"frames": len(inner), "p50_ms": pct(inner, 50), "p99_ms": pct(inner, 99)},
             "cross_process": {"frames": len(outer), "p50_ms": pct(outer, 50), "p99_ms": pct(outer, 99)}}
 
@@ -136,13 +140,13 @@ def main() -> int:
         rows.append(measure(args.models, args.n, k, args.idle_seconds, args.rate, args.probe_seconds, args.preset))
         print(f"  K={k}: {json.dumps(rows[-1])}", flush=True)
     base = rows[0]
-    print(f"\n{'K':>3} {'procs':>5} {'ready s':>8} {'idle cores':>10} {'mcore/sat':>9} {'RSS MB/sat':>10} "
+    print(f"\n{'K':>3} {'procs':>5} {'ready s':>8} {'idle cores':>10} {'stations':>8} {'mcore/sat':>9} {'RSS MB/sat':>10} "
           f"{'PSS MB/sat':>10} {'in-proc p50/p99 ms':>19} {'cross p50/p99 ms':>17}   ratios vs K={base['k']} "
           f"(ready, CPU, RSS, PSS)")
     for r in rows:
         n = args.n
         print(f"{r['k']:>3} {r['processes']:>5} {r['ready_s']:>8.1f} {r['idle_cores']:>10.3f} "
-              f"{1e3 * r['idle_cores'] / n:>9.1f} {r['rss_mb'] / n:>10.1f} {r['pss_mb'] / n:>10.1f} "
+              f"{r['idle_cores_stations']:>8.3f} {1e3 * (r['idle_cores'] - r['idle_cores_stations']) / n:>9.1f} {r['rss_mb'] / n:>10.1f} {r['pss_mb'] / n:>10.1f} "
               f"{r['in_process']['p50_ms']:>8.3f}/{r['in_process']['p99_ms']:<8.3f} "
               f"{r['cross_process']['p50_ms']:>7.3f}/{r['cross_process']['p99_ms']:<8.3f}  "
               f"{r['ready_s'] / base['ready_s']:.2f} {r['idle_cores'] / base['idle_cores']:.2f} "
