@@ -78,6 +78,19 @@ class GatedStream:
     async def reset(self) -> None:
         await self._s.reset()
 
+    # The twin's direct handover (agent/links/memory_host.py), shut while the satellite is paused:
+    # neither end of a paused satellite's stream moves a frame then.
+
+    def try_send(self, data: bytes) -> bool:
+        try_send = getattr(self._s, "try_send", None)       # libp2p streams have none
+        return try_send is not None and not self._gate.paused and try_send(data)
+
+    def set_sink(self, sink) -> None:
+        set_sink = getattr(self._s, "set_sink", None)
+        if set_sink is not None:
+            gate = self._gate
+            set_sink(None if sink is None else (lambda data: not gate.paused and sink(data)))
+
 
 def peer_of(multiaddr: str) -> str:
     """The peer id at the end of ``.../p2p/<id>``."""

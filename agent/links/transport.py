@@ -133,6 +133,7 @@ class Link:
     releasing: int = 0             # received frames waiting in the process's release heap
     release_space: trio.Event = field(default_factory=trio.Event)   # set when a full link's heap share drains
     closed: bool = False
+    writing: bool = False          # the writer task holds frames it has not written yet
 
     @property
     def up(self) -> bool:
@@ -238,13 +239,29 @@ class LinkLayer:
             frame = frame_from_message(emission.sent_at, emission.extra_s, message, self.max_frame_bytes)
             if emission.corrupt:
                 frame = corrupt_frame(frame, next(self._seq))
-            try:
-                link.outbound_send.send_nowait(frame)
-            except trio.WouldBlock:  # the real transport is stalled (e.g. peer restarting)
-                link.stats.dropped["overflow"] += 1
-                return False
+            if not self._hand_over(link, frame):
+                try:
+                    link.outbound_send.send_nowait(frame)
+                except trio.WouldBlock:  # the real transport is stalled (e.g. peer restarting)
+                    link.stats.dropped["overflow"] += 1
+                    return False
             if i:
                 link.stats.duplicates_sent += 1
+        return True
+
+    @staticmethod
+    def _hand_over(link: Link, frame: bytes) -> bool:
+        """Over the in-memory twin, give ``frame`` straight to the receiving link's reader when
+        nothing of this link is queued or being written ahead of it (the order stays); the writer
+        and reader tasks then take no turn for it.  False: the writer task writes it."""
+        stream = link.stream
+        try_send = getattr(stream, "try_send", None)
+        if try_send is None or link.writing or link.outbound_recv.statistics().current_buffer_used:
+            return False
+        if not try_send(frame):
+            return False
+        link.stats.frames_sent += 1
+        link.stats.bytes_sent += len(frame)
         return True
 
     def all_up(self) -> bool:
@@ -441,7 +458,16 @@ class LinkLayer:
 
     async def _read_loop(self, link: Link, stream: P2PStream, decoder: FrameDecoder, *, expect_hello: bool) -> None:
         while link.stream is stream:
-            data = await stream.receive_some()
+            # Once past Hello, a twin stream may hand frames to this loop while it waits
+            # (``_take_now``); never while it works on what it read, so the order stays.
+            set_sink = None if expect_hello else getattr(stream, "set_sink", None)
+            if set_sink is not None:
+                set_sink(functools.partial(self._take_now, link, stream, decoder))
+            try:
+                data = await stream.receive_some()
+            finally:
+                if set_sink is not None:
+                    set_sink(None)
             if not data:
                 return
             items = decoder.feed(data)
@@ -453,28 +479,43 @@ class LinkLayer:
                 expect_hello = False
             await self._accept_frames(link, items)
 
+    def _take_now(self, link: Link, stream: P2PStream, decoder: FrameDecoder, data: bytes) -> bool:
+        """A twin stream's direct handover: decode and queue ``data`` for release now, unless this
+        stream was replaced or the link's share of the release heap is full (then it is written
+        and read the usual way, and waits there as on a full socket)."""
+        if link.stream is not stream or link.releasing >= self.queue_frames:
+            return False
+        for item in decoder.feed(data):
+            self._accept(link, item)
+        return True
+
     async def _accept_frames(self, link: Link, items: list) -> None:
         for item in items:
-            if isinstance(item, WireError):
-                cause = "corrupt" if isinstance(item, ChecksumError) else "malformed"
-                link.stats.dropped[cause] += 1
-                (log.debug if cause == "corrupt" else log.warning)("link %s→%s: dropped a frame: %s",
-                                                                    link.peer, self.me, item)
-                continue
-            if isinstance(item.msg, Hello):
-                continue
-            expected = self.propagation(link.peer, self.me, item.sent_at) + item.extra_s
-            link.stats.frames_received += 1
-            link.stats.bytes_received += item.wire_size
-            due, now = item.sent_at + expected, wallclock.now()
-            if due < now:             # the real transport was slower than the emulated link
-                link.stats.late_frames += 1
-                link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
-            while link.releasing >= self.queue_frames:   # bounded: the reader waits, as on a full socket
-                link.release_space = trio.Event()
-                await link.release_space.wait()
-            link.releasing += 1
-            self._releaser.push(due, functools.partial(self._release, link, expected, item))
+            if isinstance(item, LinkFrame):
+                while link.releasing >= self.queue_frames:   # bounded: the reader waits, as on a full socket
+                    link.release_space = trio.Event()
+                    await link.release_space.wait()
+            self._accept(link, item)
+
+    def _accept(self, link: Link, item: LinkFrame | WireError) -> None:
+        """Count one decoded frame and put it in the process's release heap at its due time."""
+        if isinstance(item, WireError):
+            cause = "corrupt" if isinstance(item, ChecksumError) else "malformed"
+            link.stats.dropped[cause] += 1
+            (log.debug if cause == "corrupt" else log.warning)("link %s→%s: dropped a frame: %s",
+                                                                link.peer, self.me, item)
+            return
+        if isinstance(item.msg, Hello):
+            return
+        expected = self.propagation(link.peer, self.me, item.sent_at) + item.extra_s
+        link.stats.frames_received += 1
+        link.stats.bytes_received += item.wire_size
+        due, now = item.sent_at + expected, wallclock.now()
+        if due < now:             # the real transport was slower than the emulated link
+            link.stats.late_frames += 1
+            link.stats.max_lateness_s = max(link.stats.max_lateness_s, now - due)
+        link.releasing += 1
+        self._releaser.push(due, functools.partial(self._release, link, expected, item))
 
     # -- data path ------------------------------------------------------------
 
@@ -486,7 +527,9 @@ class LinkLayer:
         count = 0
         while True:
             if pending is None:
+                link.writing = False
                 pending, count = await link.outbound_recv.receive(), 1
+                link.writing = True
                 if len(pending) < WRITE_BATCH_BYTES:
                     parts = [pending]
                     size = len(pending)
