@@ -318,8 +318,39 @@ def update_from_wire(raw: Any) -> Update:
         sig = args.pop()
         if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
             raise GossipWireError(f"update signature: expected {SIG_BYTES} bytes")
+    if kind == "n" and len(args) == 3:
+        return _node_state(args, sig)
     u = _update_body(kind, args)
     return replace(u, sig=sig) if sig else u
+
+
+# Node-state records decoded lately in this process, by (node, version): (the values as msgpack
+# bytes, signature, the record).  A state record floods the whole fleet, so a process hosting K
+# satellites (or a simulation of every node) decodes the same record K times, and validating its
+# values was a third of a starlink-s1 start-up.  A record whose values pack to the same bytes, with
+# the same signature, is that record again (msgpack keeps True, 1, 1.0 and -0.0 apart, as the
+# record pool does); anything else is validated afresh.  Bounded, oldest dropped first.
+_STATE_CACHE: dict[tuple[int, int], tuple[bytes, bytes, "NodeState"]] = {}
+STATE_CACHE_MAX = 4096
+
+
+def _node_state(args: list, sig: bytes) -> "NodeState":
+    node, version, raw = _node(args[0], "state.node"), _int(args[1], "state.version"), args[2]
+    try:
+        packed = msgpack.packb(raw, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        packed = None                   # not a state's values at all: check_state_values says why
+    hit = _STATE_CACHE.get((node, version))
+    if hit is not None and packed is not None and hit[0] == packed and hit[1] == sig:
+        return hit[2]
+    u = NodeState(node, version, check_state_values(raw))
+    if sig:
+        u = replace(u, sig=sig)
+    if packed is not None:
+        if len(_STATE_CACHE) >= STATE_CACHE_MAX:
+            del _STATE_CACHE[next(iter(_STATE_CACHE))]
+        _STATE_CACHE[(node, version)] = (packed, sig, u)
+    return u
 
 
 def _update_body(kind: str, args: list) -> Update:

@@ -563,13 +563,16 @@ def test_members_that_share_a_record_pool_hold_one_copy_of_each_record_received(
     state = NodeState(2, 3, (("battery", 0.8), ("models", ("digits", "matmul")), ("sunlit", True)))
     wire = encode(Gossip((state, Alive(2, 1))))
     a, b, own = lone(0, records=pool), lone(1, records=pool), lone(0)
+    from mesh import gossip_msgs
     for m, frm in ((a, 1), (b, 0), (own, 1)):
+        gossip_msgs._STATE_CACHE.clear()                    # (the decoder's cache would share it too)
         m.on_message(1.0, frm, decode(wire))               # each decodes its own copy, as over a link
     assert a.states.get(2) == b.states.get(2) == own.states.get(2) == state
     assert a.states.get(2) is b.states.get(2)
     assert own.states.get(2) is not a.states.get(2)
     newer = NodeState(2, 4, (("battery", 0.7),))
     a.on_message(2.0, 1, decode(encode(Gossip((newer,)))))
+    gossip_msgs._STATE_CACHE.clear()
     b.on_message(2.0, 0, decode(encode(Gossip((newer,)))))
     assert a.states.get(2) is b.states.get(2) and a.states.get(2).version == 4
     for x, y in ((True, 1), (1, 1.0), (0.0, -0.0)):        # equal, but not the same record
@@ -578,3 +581,29 @@ def test_members_that_share_a_record_pool_hold_one_copy_of_each_record_received(
     del a, b
     gc.collect()
     assert len(pool) == 0                                   # held weakly: gone with their holders
+
+
+def test_a_state_record_decoded_again_in_a_process_is_the_same_record_and_not_validated_again(monkeypatch):
+    """A state record floods the fleet: K satellites of a host decode it K times.  The decoder
+    keeps recent ones: the same values and signature give the same record without validating them
+    again; values that differ in any way (even True for 1) or another signature are decoded anew."""
+    from mesh import gossip_msgs
+    from mesh.gossip_msgs import decode, encode
+    gossip_msgs._STATE_CACHE.clear()
+    checks = []
+    check = gossip_msgs.check_state_values
+    monkeypatch.setattr(gossip_msgs, "check_state_values", lambda v: checks.append(1) or check(v))
+    sig = bytes(range(64))
+    state = NodeState(5, 9, (("battery", 0.5), ("low", True), ("models", ("digits",)))).signed(sig)
+    first = decode(encode(Gossip((state,)))).updates[0]
+    again = decode(encode(Gossip((state,)))).updates[0]
+    assert first is again and first == state and first.sig == sig and len(checks) == 1
+    other_values = decode(encode(Gossip((NodeState(5, 9, (("battery", 0.5), ("low", 1), ("models", ("digits",))))
+                                         .signed(sig),)))).updates[0]
+    other_sig = decode(encode(Gossip((state.signed(bytes(64)),)))).updates[0]
+    assert other_values is not first and other_values.values[1] == ("low", 1) and type(other_values.values[1][1]) is int
+    assert other_sig is not first and other_sig.sig == bytes(64) and len(checks) == 3
+    monkeypatch.setattr(gossip_msgs, "STATE_CACHE_MAX", 4)
+    for v in range(10):
+        decode(encode(Gossip((NodeState(6, v, (("battery", 0.1),)),))))
+    assert len(gossip_msgs._STATE_CACHE) <= 4
