@@ -137,13 +137,29 @@ class BroadcastQueue:
         out: list[Update] = []
         left = budget
         key = -1 if to is None else to
-        # newest first, then (stable) fewest transmissions to this neighbour first
-        cand = [(item.sent.get(key, 0), item) for item in reversed(self._items.values())
-                if to is None or to not in item.have]
-        cand.sort(key=lambda x: x[0])
-        for n, item in cand:
-            if n >= limit:
-                break
+        # Newest first, then (stable) fewest transmissions to this neighbour first.  Items never
+        # sent to it come first in that order, so they are taken during the scan itself, which
+        # stops once the budget is spent: a frame holds a few records, the queue may hold a
+        # thousand (a large fleet's start-up), and sorting all of them for each frame was the
+        # cost.  The others are sorted only if the budget is not spent by then.
+        later: list[tuple[int, _Item]] = []
+        for item in reversed(self._items.values()):
+            if to is not None and to in item.have:
+                continue
+            n = item.sent.get(key, 0)
+            if n:
+                if n < limit:
+                    later.append((n, item))
+                continue
+            if limit <= 0 or item.size > left:
+                continue
+            out.append(item.update)
+            item.sent[key] = 1
+            left -= item.size
+            if left < 8:
+                return out
+        later.sort(key=lambda x: x[0])
+        for n, item in later:
             if item.size > left:
                 continue
             out.append(item.update)
