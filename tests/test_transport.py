@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import trio
@@ -122,51 +123,9 @@ async def test_a_link_that_cannot_connect_is_warned_about_once_a_minute(virtual_
     assert sum(r.levelno == logging.DEBUG and "dial failed" in r.getMessage() for r in caplog.records) == failures - 3
 
 
-async def test_frames_queued_together_go_out_in_one_write_and_arrive_each_in_order(virtual_clock, monkeypatch):
-    from agent.links import memory_host
-    writes: list[int] = []
-    real_send_all = memory_host.MemoryStream.send_all
-
-    async def counted(self, data):
-        writes.append(len(data))
-        await real_send_all(self, data)
-    monkeypatch.setattr(memory_host.MemoryStream, "send_all", counted)
-    monkeypatch.setattr(memory_host.MemoryStream, "try_send", lambda self, data: False)   # as over libp2p
-    net = MemoryNetwork()
-    a, b = net.host("peer-a"), net.host("peer-b")
-    got: list[int] = []
-
-    async def deliver(msg, *_):
-        got.append(msg.seq)
-
-    def layer(me, host, peer, pid):
-        return LinkLayer(me, host, {peer: (f"/memory/{pid}/p2p/{pid}", pid)}, lambda x, y, t: 0.002,
-                         lambda p, t: LinkProfile(), deliver, seeds={peer: 1}, queue_frames=64,
-                         max_frame_bytes=1 << 20)
-
-    sender, receiver = layer("sat-0", a, "sat-1", "peer-b"), layer("sat-1", b, "sat-0", "peer-a")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.serve)
-        await nursery.start(b.serve)
-        nursery.start_soon(sender.run)
-        nursery.start_soon(receiver.run)
-        while not (sender.all_up() and receiver.all_up()):
-            await trio.sleep(0.1)
-        await trio.sleep(0.1)
-        writes.clear()
-        assert all(sender.send("sat-1", Probe(k, b"x" * 100)) for k in range(20))   # one burst, no yield
-        await trio.sleep(0.5)
-        nursery.cancel_scope.cancel()
-    assert got == list(range(20))
-    assert len(writes) == 1 and writes[0] > 20 * 100
-    assert sender.links["sat-1"].stats.frames_sent == 20
-
-
-async def test_over_the_twin_a_frame_goes_straight_to_the_reader_in_order_and_a_full_share_falls_back(
-        virtual_clock, monkeypatch):
-    """A twin stream hands each frame to the receiving link's reader (no write, no turn of either
-    task); when the link's share of the release heap is full it is written and read the usual
-    way, and frames still arrive in the order sent."""
+@contextlib.asynccontextmanager
+async def twin_link(monkeypatch, receiver_queue: int = 64):
+    """sat-0 → sat-1 over the twin, up: (sender, receiver, the seqs delivered, the writes' sizes)."""
     from agent.links import memory_host
     writes: list[int] = []
     real_send_all = memory_host.MemoryStream.send_all
@@ -187,7 +146,7 @@ async def test_over_the_twin_a_frame_goes_straight_to_the_reader_in_order_and_a_
                          lambda p, t: LinkProfile(), deliver, seeds={peer: 1}, queue_frames=queue,
                          max_frame_bytes=1 << 20)
 
-    sender, receiver = layer("sat-0", a, "sat-1", "peer-b", 64), layer("sat-1", b, "sat-0", "peer-a", 8)
+    sender, receiver = layer("sat-0", a, "sat-1", "peer-b", 64), layer("sat-1", b, "sat-0", "peer-a", receiver_queue)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.serve)
         await nursery.start(b.serve)
@@ -197,12 +156,32 @@ async def test_over_the_twin_a_frame_goes_straight_to_the_reader_in_order_and_a_
             await trio.sleep(0.1)
         await trio.sleep(0.1)
         writes.clear()
+        yield sender, receiver, got, writes
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_queued_together_go_out_in_one_write_and_arrive_each_in_order(virtual_clock, monkeypatch):
+    from agent.links import memory_host
+    monkeypatch.setattr(memory_host.MemoryStream, "try_send", lambda self, data: False)   # as over libp2p
+    async with twin_link(monkeypatch) as (sender, receiver, got, writes):
+        assert all(sender.send("sat-1", Probe(k, b"x" * 100)) for k in range(20))   # one burst, no yield
+        await trio.sleep(0.5)
+    assert got == list(range(20))
+    assert len(writes) == 1 and writes[0] > 20 * 100
+    assert sender.links["sat-1"].stats.frames_sent == 20
+
+
+async def test_over_the_twin_a_frame_goes_straight_to_the_reader_in_order_and_a_full_share_falls_back(
+        virtual_clock, monkeypatch):
+    """A twin stream hands each frame to the receiving link's reader (no write, no turn of either
+    task); when the link's share of the release heap is full it is written and read the usual
+    way, and frames still arrive in the order sent."""
+    async with twin_link(monkeypatch, receiver_queue=8) as (sender, receiver, got, writes):
         assert all(sender.send("sat-1", Probe(k, b"x")) for k in range(5))
         assert receiver.links["sat-0"].releasing == 5 and writes == []       # taken at once, nothing written
         await trio.sleep(0.5)
         assert got == list(range(5))
         assert all(sender.send("sat-1", Probe(k, b"x")) for k in range(5, 30))   # 8 fit; the rest queue
         await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
     assert got == list(range(30)) and len(writes) >= 1
     assert sender.links["sat-1"].stats.frames_sent == 30 and receiver.links["sat-0"].stats.frames_received == 30
