@@ -220,11 +220,11 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
 
     def _wanted_partners(self, wall: float) -> set[int]:
         """Laser partners always (their streams stay up; physics drops frames
-        while out of sight), plus the ground links physics gives at t."""
+        while out of sight), plus the ground (and inter-shell) links physics gives at t."""
         i = self.me.index
-        wanted = set(self.topology.partners_of(i, self.orbit_t(wall)))
+        wanted = set(self.topology.contacts_of(i, self.orbit_t(wall)))
         if not self.is_ground:
-            wanted |= set(self.topology.neighbours_of(i))
+            wanted.update(self.topology.neighbours_of(i))
         return wanted
 
     # A longer gap (a stopped process, a clock step) is skipped, not replayed: it would
