@@ -135,6 +135,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.healing = self.world.healing                # shared with the nodes that share the world
         self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
         self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
+        self._down_memo: tuple = (None, frozenset(), frozenset())   # _link_down_expected's sets at one now
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
             incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust,

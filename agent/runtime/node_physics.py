@@ -42,6 +42,8 @@ PREWARM_MAX_WORK = 50_000
 
 # healing router -> indices of the nodes warming routes on it: the nodes of one process
 _WARMING: WeakKeyDictionary = WeakKeyDictionary()
+# router -> the last step whose snapshots a node of this process warmed
+_STEPPED: WeakKeyDictionary = WeakKeyDictionary()
 
 
 _TOPOS: WeakKeyDictionary = WeakKeyDictionary()     # topology -> {peers -> Topo}
@@ -78,6 +80,7 @@ class NodePhysics:
     relay: Relay
     _cut_cache: tuple[float, frozenset[tuple[int, int]]]
     _pairs_cache: dict[float, frozenset[tuple[int, int]]]
+    _down_memo: tuple[tuple[float, float] | None, frozenset[tuple[int, int]], frozenset[tuple[int, int]]]
     _wake: trio.Event
 
     # -- physics ---------------------------------------------------------------
@@ -102,14 +105,19 @@ class NodePhysics:
 
     def _link_down_expected(self, a: int, b: int, now: float) -> bool:
         """A link that is down for a known reason is not a failure: a chaos cut, a
-        contact physics closes within a second, or a ground contact still opening."""
-        if (min(a, b), max(a, b)) in self._cut_links(now):
-            return True
-        if (min(a, b), max(a, b)) not in self._pairs_up(now + CLOSING_LOOKAHEAD_S):
+        contact physics closes within a second, or a ground contact still opening.
+
+        Membership asks it for every neighbour at one ``now``: the sets are looked up once per ``now``."""
+        at = (now, self.orbit_t(now + CLOSING_LOOKAHEAD_S))   # a clock switch in force at now: another key
+        memo = self._down_memo
+        if memo[0] != at:
+            memo = self._down_memo = (at, self._cut_links(now), self._pairs_up(now + CLOSING_LOOKAHEAD_S))
+        pair = (a, b) if a < b else (b, a)
+        if pair in memo[1] or pair not in memo[2]:
             return True
         names = self.topology.names
         if names.is_ground(a) or names.is_ground(b):
-            return (min(a, b), max(a, b)) not in self._pairs_up(now - OPENING_SETTLE_S)
+            return pair not in self._pairs_up(now - OPENING_SETTLE_S)
         return False
 
     def _pairs_up(self, wall: float) -> frozenset[tuple[int, int]]:
@@ -157,10 +165,16 @@ class NodePhysics:
             warmed = key
             down = self.membership.down_links() | self._cut_links(wallclock.now())
             dead = self.membership.dead_nodes()
+            # The first node of the process to reach a step builds its snapshots: a pause between
+            # the pieces then; the others find them built, and pausing would only cost wake-ups.
+            first = _STEPPED.get(self.router) != key
+            _STEPPED[self.router] = key
             self._pairs_up(ahead)
-            await trio.sleep(0)
+            if first:
+                await trio.sleep(0)
             self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
-            await trio.sleep(0)
+            if first:
+                await trio.sleep(0)
             # Our own hops, and those of this process's nodes nearest us that have none for this
             # view yet (neighbours share Dijkstra sources): each finds its own there.
             self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
