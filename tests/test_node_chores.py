@@ -104,3 +104,17 @@ def test_the_links_a_node_wants_are_physics_at_its_instant(tmp_path, name):
         t = node.orbit_t(start + dt)
         want = set(topo.partners_of(me, t)) | set(topo.neighbours_of(me))
         assert node._wanted_partners(start + dt) == want
+
+
+def test_one_satellites_sunlight_in_plain_floats_is_the_vectorised_answer():
+    from mesh.orbit import Constellation, WalkerShell
+    from mesh.sun import constellation_sunlit, sunlit_xyz
+    c = Constellation([WalkerShell(planes=24, sats_per_plane=16, altitude_km=550, inclination_deg=53, phasing=1)],
+                      2461041.5)
+    lit = dark = 0
+    for t in (0.0, 1234.5, 40000.0, 3e6):
+        want = constellation_sunlit(c, t).tolist()
+        got = [sunlit_xyz(*c.position_xyz(i, t), c.epoch_jd + t / 86400.0) for i in range(len(c))]
+        assert got == want
+        lit, dark = lit + sum(got), dark + got.count(False)
+    assert lit > 100 and dark > 100

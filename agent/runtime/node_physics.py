@@ -206,10 +206,9 @@ class NodePhysics:
         return profile
 
     def _in_sight(self, peer: str, now: float) -> bool:
-        """Whether physics has this link up now (line of sight, range)."""
-        snap = self.router.snapshot(self.orbit_t(now))
-        idx = self.peers[peer].index
-        return any(n == idx for n, _ in snap.neighbours(self.me.index))
+        """Whether physics has this link up now (line of sight, range): asked per frame sent."""
+        a, b = self.me.index, self.peers[peer].index
+        return ((a, b) if a < b else (b, a)) in self._pairs_up(now)
 
     def _chaos_topo(self) -> Topo:
         return chaos_topo(self.topology, self.constellation, self.peers)
