@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generator
 from weakref import WeakKeyDictionary
 
 import trio
 
 from agent import wallclock
+from agent.runtime.periodic import process_periodic
 from agent.runtime.relay import LinkState
 from mesh.chaos import Topo
 from mesh.link import LinkProfile
@@ -137,48 +138,68 @@ class NodePhysics:
 
         Each agent warms at its own random point of the step: every agent needs
         the same new snapshot at the same instant, and computing it there would
-        stall the whole fleet's event loops together (2 cores, 24 agents)."""
-        warmed = None
+        stall the whole fleet's event loops together (2 cores, 24 agents).  The looks
+        are one-shot timers on the process's chore heap (``agent.runtime.periodic``), not a
+        task that sleeps: a task's wake-up per node per second was most of the warm's cost
+        once the warm itself was shared."""
+        periodic = process_periodic()
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
-        nap = PREWARM_EVERY_S * random.uniform(0.5, 1.5)
         local = _WARMING.setdefault(self.healing, set())
         local.add(self.me.index)
+        state: dict = {"warmed": None}
+
+        def look() -> None:
+            steps = self._prewarm_steps(state, ahead_s, local)
+            go_on(steps)
+
+        def go_on(steps) -> None:
+            try:
+                next(steps)          # a piece done: the rest after what else is due (a frame)
+                state["timer"] = periodic.at(wallclock.now(), lambda: go_on(steps))
+            except StopIteration as done:
+                state["timer"] = periodic.at(wallclock.now() + done.value, look)
+            except Exception:
+                state["timer"] = periodic.at(wallclock.now() + PREWARM_MAX_NAP_S, look)
+                raise         # the heap logs it; warming goes on
+
+        state["timer"] = periodic.at(wallclock.now() + PREWARM_EVERY_S * random.uniform(0.5, 1.5), look)
         try:
-            await self._prewarm_loop(local, warmed, ahead_s, nap)
+            await trio.sleep_forever()
         finally:
+            state["timer"].cancel()
             local.discard(self.me.index)
 
-    async def _prewarm_loop(self, local: set[int], warmed: int | None, ahead_s: float, nap: float) -> None:
-        while True:
-            await trio.sleep(nap)
-            ahead = wallclock.now() + ahead_s
-            t = self.orbit_t(ahead)
-            key = math.floor(t / self.router.step_s)
-            rate = self.orbit_t(ahead + 1.0) - t
-            # Sleep until the next step comes within ``ahead_s`` (not a fixed poll: four wake-ups a
-            # second per node were a sixth of an idle satellite's timers), but at most
-            # PREWARM_MAX_NAP_S, so that a change of the fleet's clock is followed soon.
-            to_next = ((key + 1) * self.router.step_s - t) / rate if rate > 0 else PREWARM_MAX_NAP_S
-            nap = min(PREWARM_MAX_NAP_S, max(PREWARM_EVERY_S / 4, to_next))
-            if key == warmed or rate > PREWARM_MAX_RATE:
-                continue      # done already, or the clock runs so fast that steps outpace warming
-            warmed = key
-            down = self.membership.down_links() | self._cut_links(wallclock.now())
-            dead = self.membership.dead_nodes()
-            # The first node of the process to reach a step builds its snapshots: a pause between
-            # the pieces then; the others find them built, and pausing would only cost wake-ups.
-            first = _STEPPED.get(self.router) != key
-            _STEPPED[self.router] = key
-            self._pairs_up(ahead)
-            if first:
-                await trio.sleep(0)
-            self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
-            if first:
-                await trio.sleep(0)
-            # Our own hops, and those of this process's nodes nearest us that have none for this
-            # view yet (neighbours share Dijkstra sources): each finds its own there.
-            self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
-                                   max_sources=max(4, PREWARM_MAX_WORK // self.topology.n_nodes))
+    def _prewarm_steps(self, state: dict, ahead_s: float, local: set[int]) -> Generator[None, None, float]:
+        """One look (a generator: it pauses between pieces); returns how long until the next."""
+        ahead = wallclock.now() + ahead_s
+        t = self.orbit_t(ahead)
+        key = math.floor(t / self.router.step_s)
+        rate = self.orbit_t(ahead + 1.0) - t
+        # Look again when the next step comes within ``ahead_s`` (not a fixed poll: four wake-ups a
+        # second per node were a sixth of an idle satellite's timers), but at most
+        # PREWARM_MAX_NAP_S, so that a change of the fleet's clock is followed soon.
+        to_next = ((key + 1) * self.router.step_s - t) / rate if rate > 0 else PREWARM_MAX_NAP_S
+        nap = min(PREWARM_MAX_NAP_S, max(PREWARM_EVERY_S / 4, to_next))
+        if key == state["warmed"] or rate > PREWARM_MAX_RATE:
+            return nap        # done already, or the clock runs so fast that steps outpace warming
+        state["warmed"] = key
+        down = self.membership.down_links() | self._cut_links(wallclock.now())
+        dead = self.membership.dead_nodes()
+        # The first node of the process to reach a step builds its snapshots: a pause between
+        # the pieces then; the others find them built, and pausing would only cost wake-ups.
+        first = _STEPPED.get(self.router) != key
+        _STEPPED[self.router] = key
+        self._pairs_up(ahead)
+        if first:
+            yield
+        self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
+        if first:
+            yield
+        # Our own hops, and those of this process's nodes nearest us that have none for this
+        # view yet (neighbours share Dijkstra sources): each finds its own there.
+        self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
+                               max_sources=max(4, PREWARM_MAX_WORK // self.topology.n_nodes))
+        return nap
 
     def _link_state(self, now: float) -> LinkState:
         """What the relay's forwarding decision reads: orbital time, dead nodes, and
