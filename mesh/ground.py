@@ -133,6 +133,28 @@ class StationSet:
             keep &= rng <= max_range_km
         return k[keep], i[keep], height[keep] / rng[keep], rng[keep]
 
+    def near(self, sat_pos: np.ndarray, slack_km: np.ndarray, mask_deg: float,
+             max_range_km: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every (station k, satellite i) pair that could be above the mask (and within
+        ``max_range_km``) with satellite i anywhere within ``slack_km[i]`` of ``sat_pos[i]``:
+        a superset of :meth:`visible` for those positions, ordered by (k, i).
+
+        ``height − sin(mask)·range`` changes by at most (1 + sin(mask)) per km the
+        satellite moves (heights by 1, ranges by 1), so a pair whose margin is below
+        −(1 + sin(mask))·slack cannot be in view anywhere in that ball."""
+        if len(self) == 0 or len(sat_pos) == 0:
+            e = np.empty(0, dtype=np.int64)
+            return e, e
+        sin_m = max(math.sin(math.radians(mask_deg)), 0.0)
+        d = sat_pos[None, :, :] - self.pos[:, None, :]                  # (K, N, 3)
+        rng = np.sqrt(np.einsum("knj,knj->kn", d, d))
+        height = self.up @ sat_pos.T - self._pos_up[:, None]
+        ok = height - sin_m * rng >= -(1.0 + sin_m) * slack_km[None, :]
+        if max_range_km is not None:
+            ok &= rng <= max_range_km + slack_km[None, :]
+        k, i = np.nonzero(ok)
+        return k, i
+
     def look(self, k: int, sat_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Elevation (deg), azimuth (deg from north, clockwise) and range (km) from station k."""
         d = np.atleast_2d(sat_pos) - self.pos[k]

@@ -36,10 +36,23 @@ def sun_position_teme(jd: float) -> np.ndarray:
 
 def sun_position_ecef(jd: float) -> np.ndarray:
     """The Sun in the same Earth-fixed frame as ``Constellation.positions``."""
-    x, y, z = sun_position_teme(jd)
+    return np.array(_sun_ecef_xyz(jd))
+
+
+def _sun_ecef_xyz(jd: float) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in sun_position_teme(jd))
     g = gmst_rad(jd)
     c, s = math.cos(g), math.sin(g)
-    return np.array([c * x + s * y, -s * x + c * y, z])
+    return c * x + s * y, -s * x + c * y, z
+
+
+def sunlit_xyz(x: float, y: float, z: float, jd: float) -> bool:
+    """:func:`sunlit` (cylindrical) of one Earth-fixed position, in plain floats: every
+    satellite asks it every second, and numpy's per-call cost was most of that."""
+    sx, sy, sz = _sun_ecef_xyz(jd)
+    r = math.sqrt(sx * sx + sy * sy + sz * sz)
+    along = (x * sx + y * sy + z * sz) / r
+    return not (along < 0 and x * x + y * y + z * z - along * along < EARTH_RADIUS_KM ** 2)
 
 
 def illumination(positions: np.ndarray, sun: np.ndarray, model: str = "cylindrical") -> np.ndarray:

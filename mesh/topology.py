@@ -32,6 +32,7 @@ from mesh.isl import (GRAZING_ALTITUDE_KM, LASER_TERMINALS, adjacent_shells, gri
                       inter_shell_pairs, nearest_pairs, segment_clearance_km)
 from mesh.nodes import NodeNames
 from mesh.orbit import EARTH_RADIUS_KM, SPEED_OF_LIGHT_KM_S, Constellation
+from mesh.sky import SkyBuckets
 
 # Two paths whose latencies differ by less than this are a tie (broken on
 # the lower node index); it only absorbs float rounding of equal sums.
@@ -296,6 +297,13 @@ class Topology:
         self.inter_shell_interval_s = inter_shell_interval_s
         self._adjacent = adjacent_shells(constellation) if inter_shell_links else []
         self._inter: OrderedDict[int, tuple[np.ndarray, set[int]]] = OrderedDict()
+        grid: list[list[int]] = [[] for _ in range(self.n_sats)]
+        for a, b in self.candidates.tolist():
+            grid[a].append(b)
+            grid[b].append(a)
+        self._grid = [tuple(sorted(g)) for g in grid]
+        # Shared by every node of a process: see mesh.sky (positions per second, the sky's candidates).
+        self.sky = SkyBuckets(constellation, self.stations, elevation_mask_deg, ground_max_range_km)
 
     @property
     def n_nodes(self) -> int:
@@ -373,7 +381,7 @@ class Topology:
 
     def snapshot(self, t: float) -> Snapshot:
         """Positions and every link up at ``t`` (laser, then ground under the handover policy)."""
-        pos = self.constellation.positions(t)
+        pos = self.sky.positions(t)
         pairs, los = self.laser_pairs_at(t)
         up, dist = self._isl_up(pos, pairs, los)
         if len(self.stations):
@@ -389,8 +397,7 @@ class Topology:
         Inter-shell and ground links come and go with the sky: see :meth:`ground_view`,
         :meth:`partners_of` and :meth:`contact_plan`.  Empty for a ground node.
         """
-        mask = (self.candidates[:, 0] == i) | (self.candidates[:, 1] == i)
-        return sorted(int(x) for x in self.candidates[mask].ravel() if x != i)
+        return list(self._grid[i]) if 0 <= i < self.n_sats else []
 
     def node_position(self, i: int, t: float) -> np.ndarray:
         """Earth-fixed position (km) of any node at ``t``."""
@@ -398,9 +405,16 @@ class Topology:
             return self.constellation.position(i, t)
         return self.stations.pos[self.names.station_index(i)]
 
+    def _xyz(self, i: int, t: float) -> tuple[float, float, float]:
+        if i < self.n_sats:
+            return self.constellation.position_xyz(i, t)
+        return self._gs_xyz[self.names.station_index(i)][0]
+
     def link_latency(self, a: int, b: int, t: float) -> float:
-        """Exact one-way propagation delay a→b at ``t`` (continuous in t); any two nodes."""
-        return latency_s(float(np.linalg.norm(self.node_position(a, t) - self.node_position(b, t))))
+        """Exact one-way propagation delay a→b at ``t`` (continuous in t); any two nodes.
+        Plain floats: asked per frame sent."""
+        (ax, ay, az), (bx, by, bz) = self._xyz(a, t), self._xyz(b, t)
+        return latency_s(math.sqrt((ax - bx) ** 2 + (ay - by) ** 2 + (az - bz) ** 2))
 
     def link_up(self, a: int, b: int, t: float) -> bool:
         """Whether the link a–b exists at ``t``, by the same rules as :meth:`snapshot`.
@@ -463,14 +477,23 @@ class Topology:
     def partners_of(self, i: int, t: float) -> list[int]:
         """Nodes ``i`` has a link to at ``t`` (laser and ground), by index."""
         if i >= self.n_sats:
-            return self.ground_view(i, t).linked
-        inter = self.inter_shell_at(t)
-        mine = inter[(inter[:, 0] == i) | (inter[:, 1] == i)].ravel().tolist() if len(inter) else []
-        out = [j for j in self.neighbours_of(i) + [j for j in mine if j != i] if self.link_up(i, j, t)]
+            return self.contacts_of(i, t)
+        return sorted([j for j in self.neighbours_of(i) if self.link_up(i, j, t)] + self.contacts_of(i, t))
+
+    def contacts_of(self, i: int, t: float) -> list[int]:
+        """The links of ``i`` at ``t`` that come and go with the sky: ground links (under the
+        handover policy) and inter-shell laser links, by index; every link of a station.
+
+        Exact at ``t``: only the pairs ``mesh.sky`` finds possible in ``t``'s second are
+        checked (plain floats), so a node asks this often without a K×N product each time."""
+        if i >= self.n_sats:
+            k = self.names.station_index(i)
+            return [s for s in self.sky.sats_near(k, t) if self._ground_up(k, s, t)]
+        out = []
+        if self._adjacent:
+            inter = self.inter_shell_at(t)
+            mine = inter[(inter[:, 0] == i) | (inter[:, 1] == i)].ravel().tolist() if len(inter) else []
+            out = [j for j in mine if j != i and self.link_up(i, j, t)]
         if len(self.stations):
-            pos = self.constellation.position(i, t)[None, :]
-            k, _, _, _ = self._visible(pos)
-            if self.handover != "all" and len(k):
-                k = k[self.serving(t)[k] == i]
-            out += [int(x) + self.n_sats for x in k]
+            out += [k + self.n_sats for k in self.sky.stations_near(i, t) if self._ground_up(k, i, t)]
         return sorted(out)

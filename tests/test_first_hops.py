@@ -176,3 +176,36 @@ def test_routes_from_match_path(name, t):
                 assert lat[dst] == sum(snap.latency(a, b) for a, b in zip(path, path[1:])), (src, dst)
     with pytest.raises(ValueError, match="not in the snapshot"):
         hr.routes_from(snap.n_nodes, t)
+
+
+def test_tables_warmed_together_are_each_nodes_own():
+    """A node of a process warms its neighbours' tables with its own (one Dijkstra call over their
+    sources): each must be exactly the table that node computes alone, the call must stay within its
+    source bound, and a node others think down (another view) is left to itself."""
+    w = _world("starlink-s1", 10)
+    snap = w.router.snapshot(42.0)
+    rng = np.random.default_rng(11)
+    dn, dl = _down(rng, snap, 6, 20)
+    here = next(i for i in range(200, 300) if i not in dn)
+    dead_nb = next(v for v, _ in snap.neighbours(here) if v not in dn)
+    dn = dn | {dead_nb}                                       # a neighbour others think down
+    also = set(range(snap.n_nodes)) - {here}                  # every node is in this process
+    together = HealingRouter(w.router.snapshot)
+    done = together.warm_from(here, 42.0, down_nodes=dn, down_links=dl, also=also, max_sources=40)
+    view = together._view(snap, dn - {here}, frozenset(dl))
+    computed = list(view.hops)
+    assert computed[0] == here and done == len(computed) > 10 and dead_nb not in view.hops
+    sources = {v for x in computed for v, _ in view_neighbours(view, x) if v < snap.n_sats}
+    assert len(sources) <= 40 and len(sources) < 2.5 * len(computed)      # shared: far fewer than 4 each
+    alone = HealingRouter(w.router.snapshot)
+    for x in computed:
+        tab = alone._view(snap, dn - {x}, frozenset(dl)).first_hops(x)
+        assert np.array_equal(view.hops[x], tab), x
+    assert together.warm_from(computed[3], 42.0, down_nodes=dn, down_links=dl) == 0   # already there
+    assert together.warm_from(here, 42.0, also=also) == 1                  # no bound given: here alone
+    assert together.warm_from(here, 42.0, down_nodes={here, 5}, also=also, max_sources=40) == 1   # here thought down
+
+
+def view_neighbours(view, x):
+    lo, hi = np.searchsorted(view.u, [x, x + 1])
+    return list(zip(view.v[lo:hi].tolist(), view.w[lo:hi].tolist()))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,38 @@ def bad_name(name: object) -> str | None:
     return (f"model name {name!r}: use 1–64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
 
 
+class _Listing:
+    """The stems of a directory's files matching ``pattern``, listed again only when the directory
+    changed: a node's state chore asks for its models every second (a glob each time was ~0.1 ms,
+    ~2% of an idle satellite). Adding, removing or renaming a file moves the directory's mtime;
+    a listing is kept only once that mtime is ``SETTLE_S`` old, so two changes within one tick
+    of the file system's clock cannot hide behind one mtime."""
+
+    SETTLE_S = 1.0
+
+    def __init__(self, directory: Path, pattern: str):
+        self.directory, self.pattern = directory, pattern
+        self._key: tuple[int, int, int] | None = None
+        self._names: tuple[str, ...] = ()
+        self.listed = 0                      # globs run (tests)
+
+    def names(self) -> list[str]:
+        try:
+            st = os.stat(self.directory)
+        except OSError:
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        key = (st.st_mtime_ns, st.st_ino, st.st_dev)
+        if key == self._key:
+            return list(self._names)
+        names = sorted(p.stem for p in self.directory.glob(self.pattern))
+        self.listed += 1
+        settled = time.time() - st.st_mtime_ns / 1e9 > self.SETTLE_S
+        self._key, self._names = (key, tuple(names)) if settled else (None, ())
+        return names
+
+
 class UploadError(ValueError):
     """A model upload refused; ``status`` is the HTTP status to answer with."""
 
@@ -135,14 +168,15 @@ class ModelStore:
         self.load_s: dict[str, float] = {}      # how long each session took to create here
         self.damaged: dict[str, str] = {}       # model key -> why its bytes were refused at load (digest mismatch)
         self._lock = threading.Lock()  # sessions are created from worker threads
+        self._zoo = _Listing(self.directory, "*.onnx")
+        self._uploaded = _Listing(self.blobs.names_dir, "*.json") if self.blobs is not None else None
 
     def zoo_names(self) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p.stem for p in self.directory.glob("*.onnx"))
+        return self._zoo.names()
 
     def uploaded_names(self) -> list[str]:
-        return self.blobs.names() if self.blobs is not None else []
+        """Names uploaded here (``BlobStore.names``, without a glob while nothing changed)."""
+        return self._uploaded.names() if self._uploaded is not None else []
 
     def names(self) -> list[str]:
         return sorted(set(self.zoo_names()) | set(self.uploaded_names()))

@@ -20,7 +20,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import trio
 
 from agent import wallclock
@@ -56,7 +55,7 @@ from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
 from mesh.energy import Battery
 from mesh.membership_config import MembershipConfig, scaled_config
-from mesh.sun import sunlit
+from mesh.sun import sunlit_xyz
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
 from mesh.forwarding import Forwarder
@@ -103,6 +102,9 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.constellation = self.world.constellation
         self.topology = self.world.topology
         self.router = self.world.router
+        self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
+        self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
+        self._down_memo: tuple = (None, frozenset(), frozenset())   # _link_down_expected's sets at one now
         if self.topology.names.index(name) != self.me.index:
             raise ValueError(f"peers file numbers {name} as {self.me.index}, the config as "
                              f"{self.topology.names.index(name)}")
@@ -133,8 +135,6 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             members=peers.member_ids(revoked), revoked=revoked,     # one set per process, replaced on a revoke
         )
         self.healing = self.world.healing                # shared with the nodes that share the world
-        self._cut_cache: tuple[float, frozenset[tuple[int, int]]] = (-1.0, frozenset())
-        self._pairs_cache: dict[float, frozenset[tuple[int, int]]] = {}
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
             incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust,
@@ -220,11 +220,11 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
 
     def _wanted_partners(self, wall: float) -> set[int]:
         """Laser partners always (their streams stay up; physics drops frames
-        while out of sight), plus the ground links physics gives at t."""
+        while out of sight), plus the ground (and inter-shell) links physics gives at t."""
         i = self.me.index
-        wanted = set(self.topology.partners_of(i, self.orbit_t(wall)))
+        wanted = set(self.topology.contacts_of(i, self.orbit_t(wall)))
         if not self.is_ground:
-            wanted |= set(self.topology.neighbours_of(i))
+            wanted.update(self.topology.neighbours_of(i))
         return wanted
 
     # A longer gap (a stopped process, a clock step) is skipped, not replayed: it would
@@ -322,8 +322,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         assert self.battery is not None
         wall, busy_s = self._power_from
         t = self.orbit_t()
-        pos = np.asarray(self.topology.node_position(self.me.index, t), dtype=float)[None, :]
-        lit = bool(sunlit(pos, self.config.epoch_jd + t / 86400.0)[0])
+        lit = sunlit_xyz(*self.constellation.position_xyz(self.me.index, t), self.config.epoch_jd + t / 86400.0)
         now = wallclock.now()
         busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
         self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)

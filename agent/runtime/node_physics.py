@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generator
 from weakref import WeakKeyDictionary
 
 import trio
 
 from agent import wallclock
+from agent.runtime.periodic import process_periodic
 from agent.runtime.relay import LinkState
 from mesh.chaos import Topo
 from mesh.link import LinkProfile
@@ -35,6 +36,15 @@ PREWARM_MAX_NAP_S = 1.0         # the longest sleep between looks at the fleet's
 PREWARM_AHEAD_S = 0.6           # warm routes for the snapshot this far ahead
 PREWARM_MAX_RATE = 4.0          # orbital seconds per wall second beyond which warming cannot keep up
 OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not probed yet (the link is being opened)
+# A warm computes this process's neighbours' tables with ours while its Dijkstra sources × nodes
+# stay within this: ~30 sources, ~5 ms, at 1,584 satellites; every node of a 198-node process.
+PREWARM_MAX_WORK = 50_000
+
+
+# healing router -> indices of the nodes warming routes on it: the nodes of one process
+_WARMING: WeakKeyDictionary = WeakKeyDictionary()
+# router -> the last step whose snapshots a node of this process warmed
+_STEPPED: WeakKeyDictionary = WeakKeyDictionary()
 
 
 _TOPOS: WeakKeyDictionary = WeakKeyDictionary()     # topology -> {peers -> Topo}
@@ -71,6 +81,7 @@ class NodePhysics:
     relay: Relay
     _cut_cache: tuple[float, frozenset[tuple[int, int]]]
     _pairs_cache: dict[float, frozenset[tuple[int, int]]]
+    _down_memo: tuple[tuple[float, float] | None, frozenset[tuple[int, int]], frozenset[tuple[int, int]]]
     _wake: trio.Event
 
     # -- physics ---------------------------------------------------------------
@@ -95,14 +106,19 @@ class NodePhysics:
 
     def _link_down_expected(self, a: int, b: int, now: float) -> bool:
         """A link that is down for a known reason is not a failure: a chaos cut, a
-        contact physics closes within a second, or a ground contact still opening."""
-        if (min(a, b), max(a, b)) in self._cut_links(now):
-            return True
-        if (min(a, b), max(a, b)) not in self._pairs_up(now + CLOSING_LOOKAHEAD_S):
+        contact physics closes within a second, or a ground contact still opening.
+
+        Membership asks it for every neighbour at one ``now``: the sets are looked up once per ``now``."""
+        at = (now, self.orbit_t(now + CLOSING_LOOKAHEAD_S))   # a clock switch in force at now: another key
+        memo = self._down_memo
+        if memo[0] != at:
+            memo = self._down_memo = (at, self._cut_links(now), self._pairs_up(now + CLOSING_LOOKAHEAD_S))
+        pair = (a, b) if a < b else (b, a)
+        if pair in memo[1] or pair not in memo[2]:
             return True
         names = self.topology.names
         if names.is_ground(a) or names.is_ground(b):
-            return (min(a, b), max(a, b)) not in self._pairs_up(now - OPENING_SETTLE_S)
+            return pair not in self._pairs_up(now - OPENING_SETTLE_S)
         return False
 
     def _pairs_up(self, wall: float) -> frozenset[tuple[int, int]]:
@@ -122,31 +138,68 @@ class NodePhysics:
 
         Each agent warms at its own random point of the step: every agent needs
         the same new snapshot at the same instant, and computing it there would
-        stall the whole fleet's event loops together (2 cores, 24 agents)."""
-        warmed = None
+        stall the whole fleet's event loops together (2 cores, 24 agents).  The looks
+        are one-shot timers on the process's chore heap (``agent.runtime.periodic``), not a
+        task that sleeps: a task's wake-up per node per second was most of the warm's cost
+        once the warm itself was shared."""
+        periodic = process_periodic()
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
-        nap = PREWARM_EVERY_S * random.uniform(0.5, 1.5)
-        while True:
-            await trio.sleep(nap)
-            ahead = wallclock.now() + ahead_s
-            t = self.orbit_t(ahead)
-            key = math.floor(t / self.router.step_s)
-            rate = self.orbit_t(ahead + 1.0) - t
-            # Sleep until the next step comes within ``ahead_s`` (not a fixed poll: four wake-ups a
-            # second per node were a sixth of an idle satellite's timers), but at most
-            # PREWARM_MAX_NAP_S, so that a change of the fleet's clock is followed soon.
-            to_next = ((key + 1) * self.router.step_s - t) / rate if rate > 0 else PREWARM_MAX_NAP_S
-            nap = min(PREWARM_MAX_NAP_S, max(PREWARM_EVERY_S / 4, to_next))
-            if key == warmed or rate > PREWARM_MAX_RATE:
-                continue      # done already, or the clock runs so fast that steps outpace warming
-            warmed = key
-            down = self.membership.down_links() | self._cut_links(wallclock.now())
-            dead = self.membership.dead_nodes()
-            self._pairs_up(ahead)
-            await trio.sleep(0)
-            self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
-            await trio.sleep(0)
-            self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down)   # only our own hops
+        local = _WARMING.setdefault(self.healing, set())
+        local.add(self.me.index)
+        state: dict = {"warmed": None}
+
+        def look() -> None:
+            steps = self._prewarm_steps(state, ahead_s, local)
+            go_on(steps)
+
+        def go_on(steps) -> None:
+            try:
+                next(steps)          # a piece done: the rest after what else is due (a frame)
+                state["timer"] = periodic.at(wallclock.now(), lambda: go_on(steps))
+            except StopIteration as done:
+                state["timer"] = periodic.at(wallclock.now() + done.value, look)
+            except Exception:
+                state["timer"] = periodic.at(wallclock.now() + PREWARM_MAX_NAP_S, look)
+                raise         # the heap logs it; warming goes on
+
+        state["timer"] = periodic.at(wallclock.now() + PREWARM_EVERY_S * random.uniform(0.5, 1.5), look)
+        try:
+            await trio.sleep_forever()
+        finally:
+            state["timer"].cancel()
+            local.discard(self.me.index)
+
+    def _prewarm_steps(self, state: dict, ahead_s: float, local: set[int]) -> Generator[None, None, float]:
+        """One look (a generator: it pauses between pieces); returns how long until the next."""
+        ahead = wallclock.now() + ahead_s
+        t = self.orbit_t(ahead)
+        key = math.floor(t / self.router.step_s)
+        rate = self.orbit_t(ahead + 1.0) - t
+        # Look again when the next step comes within ``ahead_s`` (not a fixed poll: four wake-ups a
+        # second per node were a sixth of an idle satellite's timers), but at most
+        # PREWARM_MAX_NAP_S, so that a change of the fleet's clock is followed soon.
+        to_next = ((key + 1) * self.router.step_s - t) / rate if rate > 0 else PREWARM_MAX_NAP_S
+        nap = min(PREWARM_MAX_NAP_S, max(PREWARM_EVERY_S / 4, to_next))
+        if key == state["warmed"] or rate > PREWARM_MAX_RATE:
+            return nap        # done already, or the clock runs so fast that steps outpace warming
+        state["warmed"] = key
+        down = self.membership.down_links() | self._cut_links(wallclock.now())
+        dead = self.membership.dead_nodes()
+        # The first node of the process to reach a step builds its snapshots: a pause between
+        # the pieces then; the others find them built, and pausing would only cost wake-ups.
+        first = _STEPPED.get(self.router) != key
+        _STEPPED[self.router] = key
+        self._pairs_up(ahead)
+        if first:
+            yield
+        self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
+        if first:
+            yield
+        # Our own hops, and those of this process's nodes nearest us that have none for this
+        # view yet (neighbours share Dijkstra sources): each finds its own there.
+        self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
+                               max_sources=max(4, PREWARM_MAX_WORK // self.topology.n_nodes))
+        return nap
 
     def _link_state(self, now: float) -> LinkState:
         """What the relay's forwarding decision reads: orbital time, dead nodes, and
@@ -174,10 +227,9 @@ class NodePhysics:
         return profile
 
     def _in_sight(self, peer: str, now: float) -> bool:
-        """Whether physics has this link up now (line of sight, range)."""
-        snap = self.router.snapshot(self.orbit_t(now))
-        idx = self.peers[peer].index
-        return any(n == idx for n, _ in snap.neighbours(self.me.index))
+        """Whether physics has this link up now (line of sight, range): asked per frame sent."""
+        a, b = self.me.index, self.peers[peer].index
+        return ((a, b) if a < b else (b, a)) in self._pairs_up(now)
 
     def _chaos_topo(self) -> Topo:
         return chaos_topo(self.topology, self.constellation, self.peers)
