@@ -140,6 +140,10 @@ class HopSender:
         self._out[msg_id] = _Out(msg_id, to, item, size, self._rto(to, now, size), now)
         return Transmit(msg_id, to, item, 1)
 
+    def next_at(self, msg_id: str) -> float:
+        """When the outstanding transfer ``msg_id`` next needs a look (its retransmission)."""
+        return self._out[msg_id].next_at
+
     def on_ack(self, now: float, msg_id: str, from_node: int) -> Any:
         """The item acknowledged, or None (unknown id, or an ack from elsewhere)."""
         o = self._out.get(msg_id)

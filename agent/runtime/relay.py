@@ -80,8 +80,9 @@ class Relay:
         self.dedup = DedupWindow(config.dedup_capacity, config.dedup_ttl_s)
         self.store = StoreAndForward(config.store_capacity, config.store_recheck_s)
         self.counts: collections.Counter[str] = collections.Counter()
-        # Told the new next_deadline() whenever this relay starts a hop timer or holds a frame, so that
-        # the node's delivery loop can sleep until its deadlines instead of polling them.
+        # Told the deadline of each hop timer it starts and frame it holds (what that adds to
+        # next_deadline(), without recomputing it), so that the node's delivery loop can sleep
+        # until its deadlines instead of polling them.
         self.on_deadline: Callable[[float], None] = lambda t: None
 
     # -- receiving ------------------------------------------------------------------------
@@ -151,11 +152,10 @@ class Relay:
             self._transmit(nh, out)    # first: the RTO's physics below is not link time
             self.hops.cancel(msg.hop_id)
             self.hops.send(now, msg.hop_id, d.to, (msg, dst, came_from, hop, out), frame_bytes(msg))
-            self.on_deadline(self.next_deadline())
+            self.on_deadline(self.hops.next_at(msg.hop_id))
             return ""
         if type(d) is Hold:
             self._hold(now, msg, dst, came_from, hop, d)
-            self.on_deadline(self.next_deadline())
             return ""
         reason = f"{self.me}: {self._named(d.reason)}"
         if d.cause == DEADLINE:
@@ -177,6 +177,7 @@ class Relay:
             self.on_expired(msg, f"{self.me}: {self._named(expired.reason)}")
         else:
             self.counts["held"] += 1
+            self.on_deadline(min(d.until, now + self.store.recheck_s))   # its deadline, or the store's next look
 
     # -- timers -----------------------------------------------------------------------------------
 
