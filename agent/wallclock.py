@@ -79,7 +79,7 @@ def virtual(clock: trio.abc.Clock, origin: float | None = None) -> Iterator[floa
 
 
 class Alarm:
-    """One task's sleep until a wall-clock due time, cut short when work due sooner arrives.
+    """One task's sleep until a wall-clock due time, brought forward when work due sooner arrives.
 
     The process's heaps (:mod:`agent.links.release`, :mod:`agent.runtime.periodic`) sleep
     until their earliest item; a push of an earlier one calls :meth:`sooner`.  They wake
@@ -87,38 +87,46 @@ class Alarm:
     ``trio.sleep``: trio ends a timed sleep by raising ``Cancelled`` into the task, and
     creating, raising and catching that exception was a tenth of an idle node's CPU.  Here
     the deadline's abort reschedules the task instead (trio's documented ``Abort.FAILED``
-    path); a cancellation from outside still arrives as ``Cancelled``."""
+    path); a cancellation from outside still arrives as ``Cancelled``.  ``sooner`` moves the
+    sleep's deadline earlier rather than waking the sleeper to sleep again: half of a
+    heap's wake-ups were such re-sleeps, one trip through the event loop each."""
 
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None     # the parked sleeper
+        self._scope: trio.CancelScope | None = None      # its deadline
+        self._lead = 0.0               # how long before the due time the sleeper wants to wake
         self.until = math.inf          # the due time slept for (-inf: awake)
 
     def sooner(self, due: float) -> bool:
-        """Wake the sleeper if ``due`` comes before the time it sleeps for; whether it did."""
+        """Bring the sleeper's wake-up forward if ``due`` comes before the time it sleeps for;
+        whether it will be awake by ``due`` (less the lead it asked for)."""
         if due < self.until:
-            self.until = -math.inf
-            task, self._task = self._task, None
-            if task is not None:
-                trio.lowlevel.reschedule(task)
+            if self._task is not None and self._scope is not None:
+                self.until = due
+                self._scope.deadline = to_trio(due - self._lead)
+            else:
+                self.until = -math.inf
             return True
         return False
 
-    async def sleep(self, due: float, wake_at: float | None = None) -> None:
-        """Until ``wake_at`` (default ``due``; inf: for ever) or :meth:`sooner` of a time before ``due``."""
-        self.until = due
+    async def sleep(self, due: float, lead: float = 0.0) -> None:
+        """Until ``lead`` seconds before ``due`` (inf: for ever), or before an earlier time that
+        :meth:`sooner` names."""
+        self.until, self._lead = due, lead
         task = trio.lowlevel.current_task()
-        with trio.CancelScope(deadline=to_trio(due if wake_at is None else wake_at)) as scope:
+        with trio.CancelScope(deadline=to_trio(due - lead)) as scope:
             def abort(raise_cancel: object) -> trio.lowlevel.Abort:
-                self._task = None
+                self._task = self._scope = None
                 if scope.cancel_called:          # our own deadline: wake up normally
                     trio.lowlevel.reschedule(task)
                     return trio.lowlevel.Abort.FAILED
                 return trio.lowlevel.Abort.SUCCEEDED    # cancelled from outside: Cancelled, as usual
 
-            self._task = task
+            self._task, self._scope = task, scope
             try:
                 await trio.lowlevel.wait_task_rescheduled(abort)
             finally:
+                self._task = self._scope = None
                 self.until = -math.inf
 
 

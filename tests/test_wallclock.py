@@ -128,27 +128,34 @@ async def test_inference_takes_no_virtual_time_and_no_thread_on_a_virtual_clock(
     assert np.array_equal(out.outputs["c"], a @ b) and out.compute_s > 0 and executor.expired == 0
 
 
-async def test_an_alarm_sleeps_until_due_and_only_something_sooner_wakes_it(virtual_clock):
+async def test_an_alarm_sleeps_until_due_and_only_something_sooner_brings_it_forward(virtual_clock):
     alarm = wallclock.Alarm()
     start = wallclock.now()
     woke: list[float] = []
 
-    async def sleeper(due: float) -> None:
-        await alarm.sleep(due)
+    async def sleeper(due: float, lead: float = 0.0) -> None:
+        await alarm.sleep(due, lead)
         woke.append(wallclock.now() - start)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sleeper, start + 10.0)
         await trio.sleep(1.0)
-        assert not alarm.sooner(start + 12.0)          # later than the sleep: no wake-up
+        assert not alarm.sooner(start + 12.0)          # later than the sleep: no change
         await trio.sleep(1.0)
         assert woke == [] and alarm.sooner(start + 5.0)
-    assert woke == [2.0] and alarm.until == float("-inf")
+        await trio.sleep(1.0)
+        assert woke == [] and alarm.sooner(start + 4.0) and not alarm.sooner(start + 4.5)
+    assert woke == [4.0] and alarm.until == float("-inf")   # at the sooner time, not at once
     async with trio.open_nursery() as nursery:         # for ever, until something comes
-        nursery.start_soon(sleeper, float("inf"))
+        nursery.start_soon(sleeper, float("inf"), 0.5)
         await trio.sleep(100.0)
         assert len(woke) == 1 and alarm.sooner(start + 200.0)
-    assert woke[1] == 102.0
+    assert woke[1] == 199.5                             # with the lead it asked for
+    async with trio.open_nursery() as nursery:         # a time already past: at once
+        nursery.start_soon(sleeper, start + 300.0)
+        await trio.sleep(1.0)
+        assert alarm.sooner(start + 100.0)
+    assert woke[2] == 200.5                             # started at 199.5, one second later
 
 
 async def test_an_alarm_wakes_at_its_deadline_without_a_cancelled_and_outside_cancellation_still_works(

@@ -12,8 +12,8 @@ everything that is due, in due-time order.
 
 It sleeps coarsely (trio) until ``COARSE_MARGIN_S`` before the earliest due,
 then on the precise timer (a timerfd at the absolute instant).  A frame pushed
-while it sleeps that is due sooner wakes the coarse sleep, or re-arms the
-timerfd to the earlier instant, so no frame waits behind a later one.
+while it sleeps that is due sooner brings the coarse sleep's end forward, or
+re-arms the timerfd to the earlier instant, so no frame waits behind a later one.
 
 Handlers run on the releaser's task: ``deliver`` must not block (the node's
 handlers hand long work to their own tasks).  A frame whose link closed, or
@@ -84,8 +84,8 @@ class FrameReleaser:
                 due = self._heap[0][0] if self._heap else float("inf")
                 now = wallclock.now()
                 if due - now > margin:
-                    # Sleep; a frame pushed meanwhile that is due sooner wakes us.
-                    await self._alarm.sleep(due, wake_at=due - margin)
+                    # Sleep; a frame pushed meanwhile that is due sooner brings the wake-up forward.
+                    await self._alarm.sleep(due, lead=margin)
                     continue
                 if due > now:
                     await self._sleep_precisely(due)
