@@ -368,3 +368,30 @@ async def test_the_delivery_loop_sleeps_until_a_hop_timer_and_not_twice_a_second
     assert max(idle_ticks.values()) <= 5, idle_ticks
     assert len(sent) >= 3, sent
     assert sent[1] - sent[0] == pytest.approx(rto, abs=1e-6)     # on its timer, not on the next poll
+
+
+@pytest.mark.parametrize("warm", [False, True])
+async def test_routes_are_warmed_ahead_only_on_a_real_clock_and_tasks_find_their_way_either_way(
+        tmp_path, tiny_models, virtual_clock, monkeypatch, warm):
+    """Warming buys latency, which a virtual clock does not charge: the simulator computes a route
+    when a frame needs it (``WARM_WHEN_VIRTUAL`` puts the warming back, as a real clock runs it)."""
+    from agent.runtime import node_physics
+    monkeypatch.setattr(node_physics, "WARM_WHEN_VIRTUAL", warm)
+    inputs = {k: v.tolist() for k, v in matmul_inputs(3).items()}
+
+    async def body(fleet):
+        healing = {id(fleet[n].healing): fleet[n].healing for n in fleet.peers.names()}.values()
+        ready = sum(h.computations for h in healing)
+        await trio.sleep(3.0)       # three routing steps (snapshots) later
+        idle = sum(h.computations for h in healing) - ready
+        target = far_from(fleet, "sat-0")
+        rec, _ = await fleet["sat-0"].submit("matmul", inputs, target)
+        with trio.fail_after(20):
+            await rec.done.wait()
+        return idle, sum(h.computations for h in healing), rec, target
+    idle, after, rec, target = await fleet_of(tmp_path, tiny_models, body)
+    assert rec.status == "succeeded" and rec.executor == target, rec.error
+    if warm:
+        assert idle >= 2 * N      # every node's first-hop table for each new step, before any task
+    else:
+        assert idle == 0 and after > 0      # none while idle; the task's hops computed theirs

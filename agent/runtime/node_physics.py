@@ -39,6 +39,7 @@ OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not prob
 # A warm computes this process's neighbours' tables with ours while its Dijkstra sources × nodes
 # stay within this: ~30 sources, ~5 ms, at 1,584 satellites; every node of a 198-node process.
 PREWARM_MAX_WORK = 50_000
+WARM_WHEN_VIRTUAL = False       # warm routes under a virtual clock too (tests of the warming)
 
 
 # healing router -> indices of the nodes warming routes on it: the nodes of one process
@@ -141,7 +142,15 @@ class NodePhysics:
         stall the whole fleet's event loops together (2 cores, 24 agents).  The looks
         are one-shot timers on the process's chore heap (``agent.runtime.periodic``), not a
         task that sleeps: a task's wake-up per node per second was most of the warm's cost
-        once the warm itself was shared."""
+        once the warm itself was shared.
+
+        Under a virtual clock (the simulator, in-process tests) nothing is warmed: computing takes
+        no simulated time there (``wallclock.off_loop``), so warming ahead buys no latency, and a
+        frame that needs a route computes it at once, the same route from the same snapshot and
+        view (caches are keyed by both).  At starlink-s1's size warming was most of an idle
+        simulated node's CPU.  ``WARM_WHEN_VIRTUAL`` turns it on (the warming's own tests)."""
+        if wallclock.is_virtual() and not WARM_WHEN_VIRTUAL:
+            await trio.sleep_forever()
         periodic = process_periodic()
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
         local = _WARMING.setdefault(self.healing, set())
