@@ -190,6 +190,24 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
                    join_grace_s=max(b.join_grace_s, 3 * t))
 
 
+# -- state drifts scaled with the fleet ------------------------------------------------------------
+#
+# Every node's state record (load, battery, models: placement's inputs) floods the whole fleet, so
+# each publication costs n deliveries and the fleet's publications cost n² / R a second if each
+# node re-publishes its small drifts every R.  Real news (a model, sunlight, a 5% battery step)
+# goes at once whatever n; only the re-publication of drifts below those thresholds stretches.
+STATE_REFRESH_S = 30.0            # a node's small drifts go out at most this often (small fleets)
+STATE_DRIFT_RECORDS_S = 2.0       # drift records a node receives a second, all the fleet's together
+
+
+def state_refresh_s(n: int) -> float:
+    """How often a node re-publishes small state drifts in a fleet of ``n`` members: 30 s up to
+    60 members, then n / ``STATE_DRIFT_RECORDS_S`` (~13 min at starlink-s1's 1,590), so that the
+    drifts each node hears stay ~2 records a second, not n / 30 (53 a second at s1, 84,000
+    deliveries a second across the fleet)."""
+    return max(STATE_REFRESH_S, _count("fleet size n", n) / STATE_DRIFT_RECORDS_S)
+
+
 def suspicion_bounds(c: MembershipConfig, n: int) -> tuple[float, float]:
     """(min, max) suspicion timeout in seconds at a healthy node (Lifeguard, ``_set_suspect``)."""
     lo = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval_s

@@ -118,3 +118,40 @@ def test_one_satellites_sunlight_in_plain_floats_is_the_vectorised_answer():
         assert got == want
         lit, dark = lit + sum(got), dark + got.count(False)
     assert lit > 100 and dark > 100
+
+
+def test_state_drifts_go_out_less_often_in_a_large_fleet_and_not_in_one_wave(tmp_path, monkeypatch):
+    """News (sunlight here) goes at once; drifts below placement's thresholds go once a refresh
+    period on average (0.5–1.5 of it, drawn), which grows with the fleet (98 members: 49 s, not
+    30 s as before; starlink-s1: ~13 min)."""
+    from agent import entropy, wallclock
+    from mesh.membership_config import state_refresh_s
+    assert state_refresh_s(24) == 30.0 and state_refresh_s(98) == 49.0 and state_refresh_s(1590) == 795.0
+    with pytest.raises(ValueError):
+        state_refresh_s(0)
+    clock = [START]
+    monkeypatch.setattr(wallclock, "now", lambda: clock[0])
+    gaps: list[float] = []
+    firsts: set[float] = set()
+    with entropy.seeded(5):
+        for name in ("sat-0", "sat-1", "sat-2", "sat-3"):
+            node = _node(tmp_path / name, name)
+            published: list[tuple[float, dict]] = []
+            monkeypatch.setattr(node.membership, "set_state", lambda st, out=published: out.append((clock[0], st)))
+            state = {"battery": 0.80, "sunlit": True}
+            monkeypatch.setattr(node, "_own_state", lambda: dict(state))
+            for step in range(0, 400):                 # a 2% drift each second
+                clock[0] = START + step
+                state["battery"] = 0.80 - 0.02 * (step % 2)
+                node._publish_state()
+            clock[0], state["sunlit"] = START + 400.5, False      # eclipse: news, at once
+            node._publish_state()
+            times = [t - START for t, _ in published]
+            assert times[0] == 0 and times[-1] == 400.5 and published[-1][1]["sunlit"] is False
+            drifts = times[:-1]
+            steps = [b - a for a, b in zip(drifts, drifts[1:])]
+            assert all(49 * 0.5 <= g <= 49 * 1.5 + 2 for g in steps), drifts   # + a step equal to the last
+            gaps += steps
+            firsts.add(drifts[1])
+    assert 40 <= sum(gaps) / len(gaps) <= 60 and len(gaps) >= 16    # ~49 s on average (30 s before)
+    assert len(firsts) == 4                              # drawn: four nodes, four moments

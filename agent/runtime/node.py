@@ -54,7 +54,7 @@ from agent.links.transport import LinkLayer
 from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
 from mesh.energy import Battery
-from mesh.membership_config import MembershipConfig, scaled_config
+from mesh.membership_config import MembershipConfig, scaled_config, state_refresh_s
 from mesh.sun import sunlit_xyz
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried task without running it again
 STATE_EVERY_S = 1.0             # how often this node's state is looked at for news worth gossiping
-STATE_REFRESH_S = 30.0          # small drifts (battery, compute times, backlog) are gossiped at most this often
 POWER_STEP_S = 1.0
 JOURNAL_PURGE_EVERY_S = 60.0
 
@@ -165,7 +164,8 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self._requests: dict[str, TaskRequest] = {}   # entry side: what to resend on an end-to-end retry
         self._wake = trio.Event()
         self._deadline_wake = trio.Event()    # set when a task's deadline is earlier than the backstop's sleep
-        self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, when
+        self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, drifts due
+        self._refresh_s = state_refresh_s(len(peers.by_name))    # small drifts: at most this often
         self._purged_at = wallclock.now()               # the journal's last purge
         self._power_from = (wallclock.now(), 0.0)       # (wall, compute s run) at the battery's last step
         self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
@@ -330,14 +330,16 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
 
     def _publish_state(self) -> None:
         """Gossip this node's state when it changed enough to matter to placement
-        (checked every STATE_EVERY_S), and small drifts at most every STATE_REFRESH_S."""
-        last, published = self._published
+        (checked every STATE_EVERY_S), and small drifts once a refresh period on average
+        (``mesh.membership_config.state_refresh_s``: longer in large fleets), 0.5 to 1.5 of it
+        drawn each time, so that a fleet started together does not re-publish in waves."""
+        last, drifts_due = self._published
         state = self._own_state()
         now = wallclock.now()
-        if state_changed_enough(last, state) or (state != last and now - published >= STATE_REFRESH_S):
+        if state_changed_enough(last, state) or (state != last and now >= drifts_due):
             try:
                 self.membership.set_state(state)
-                self._published = (state, now)
+                self._published = (state, now + self._refresh_s * random.uniform(0.5, 1.5))
             except ValueError as exc:   # over the state size limit: a bug, not a reason to stop
                 log.error("state not published: %s", exc)
 
