@@ -29,6 +29,7 @@ concurrent reports err on the side of routing around a link.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import fields
 from typing import Any, Callable, Iterable
 from weakref import WeakValueDictionary
@@ -43,15 +44,24 @@ class RecordPool:
     every record that reaches them, and each holds one state record and, with trust, one signed
     liveness record per member: O(n) per node, O(K·n) per process, ~1–2 KB a record.  Records
     are immutable, so the copies equal to one already held (same fields, same signature) are
-    swapped for it; held weakly, a record no one holds any more leaves the pool."""
+    swapped for it; held weakly, a record no one holds any more leaves the pool.
 
-    __slots__ = ("_held", "_fields", "__weakref__")
+    A record that is itself the pooled instance (the process's decoder hands out the instance it
+    decoded before: ``mesh.gossip_msgs``) is recognised by identity, without building its key:
+    at starlink-s1's start-up every node absorbs every node's state record, and the key was
+    ~a fifth of that."""
+
+    __slots__ = ("_held", "_fields", "_ids", "__weakref__")
 
     def __init__(self) -> None:
         self._held: WeakValueDictionary[tuple, Update] = WeakValueDictionary()
         self._fields: dict[type, tuple[str, ...]] = {}
+        self._ids: dict[int, weakref.ref] = {}       # id(pooled record) -> a reference to it
 
     def __call__(self, u: Update) -> Update:
+        ref = self._ids.get(id(u))
+        if ref is not None and ref() is u:
+            return u
         # The key is the record's class and fields, signature included, never the record
         # itself: a key that held it would keep it in the pool for ever.
         names = self._fields.get(type(u))
@@ -65,6 +75,9 @@ class RecordPool:
         held = self._held.get(key)
         if held is None:
             self._held[key] = u
+            ident = id(u)
+            ids = self._ids
+            self._ids[ident] = weakref.ref(u, lambda _r, ident=ident: ids.pop(ident, None))
             return u
         return held
 

@@ -170,6 +170,12 @@ class _Update:
         raise NotImplementedError
 
     def to_wire(self) -> list:
+        """Built once per record and shared (do not mutate): a state record floods the fleet,
+        so one instance is encoded into a frame for each neighbour of each node that holds it."""
+        return self._wire
+
+    @cached_property
+    def _wire(self) -> list:
         b = self.body()
         return b + [self.sig] if self.sig else b
 

@@ -33,6 +33,34 @@ def test_a_state_record_decoded_again_in_a_process_is_the_same_record_and_not_va
     assert len(gossip_msgs._STATE_CACHE) <= 4
 
 
+def test_the_pool_knows_its_own_records_by_identity_and_forgets_them_when_they_die(monkeypatch):
+    """The decoder hands out the instance it decoded before, so the pool is mostly asked about its
+    own records: those are answered without building a key (here building one would fail)."""
+    import gc
+    from mesh import dissemination
+    pool = dissemination.RecordPool()
+    state = NodeState(5, 9, (("battery", 0.5), ("models", ("digits",))))
+    twin = NodeState(5, 9, (("battery", 0.5), ("models", ("digits",))))
+    assert pool(state) is state and pool(twin) is state and len(pool) == 1
+    real_fields = dissemination.fields
+    monkeypatch.setattr(dissemination, "fields", lambda u: 1 / 0)
+    pool._fields.clear()
+    assert pool(state) is state                          # by identity: no key built
+    monkeypatch.setattr(dissemination, "fields", real_fields)
+    del state
+    gc.collect()
+    assert len(pool) == 0 and pool._ids == {}            # gone from both maps
+    assert pool(twin) is twin and len(pool) == 1
+
+
+def test_a_records_wire_form_is_built_once_and_encodes_as_before():
+    from mesh.gossip_msgs import decode, encode
+    state = NodeState(5, 9, (("battery", 0.5), ("models", ("digits", "resnet")))).signed(bytes(range(64)))
+    assert state.to_wire() is state.to_wire()
+    assert state.to_wire() == ["n", 5, 9, {"battery": 0.5, "models": ["digits", "resnet"]}, bytes(range(64))]
+    assert decode(encode(Gossip((state, Alive(3, 2))))).updates == (state, Alive(3, 2))
+
+
 def test_the_broadcast_queue_takes_what_a_full_sort_would_in_the_same_order():
     """``take`` scans for never-sent items and sorts only the rest: the same updates, in the same
     order, with the same counts as sorting every candidate (newest first, fewest sends first)."""
