@@ -3,6 +3,7 @@ without sorting the queue per frame (mesh/gossip_msgs.py, mesh/dissemination.py)
 
 from __future__ import annotations
 
+from mesh import dissemination
 from mesh.dissemination import BroadcastQueue
 from mesh.gossip_msgs import Alive, Gossip, NodeState
 
@@ -61,39 +62,108 @@ def test_a_records_wire_form_is_built_once_and_encodes_as_before():
     assert decode(encode(Gossip((state, Alive(3, 2))))).updates == (state, Alive(3, 2))
 
 
-def test_the_broadcast_queue_takes_what_a_full_sort_would_in_the_same_order():
-    """``take`` scans for never-sent items and sorts only the rest: the same updates, in the same
-    order, with the same counts as sorting every candidate (newest first, fewest sends first)."""
-    import random
+class _Model:
+    """The broadcast queue's rules stated plainly, with a scan and a sort per call."""
 
-    def reference(q, to, budget, limit):
-        out, left, key = [], budget, -1 if to is None else to
-        cand = [(item.sent.get(key, 0), item) for item in reversed(q._items.values())
-                if to is None or to not in item.have]
-        cand.sort(key=lambda x: x[0])
-        for n, item in cand:
-            if n >= limit:
-                break
-            if item.size > left:
+    def __init__(self, max_items):
+        self.max_items, self.items, self.sends = max_items, [], 0
+
+    def push(self, u, have):
+        self.items = [it for it in self.items if it["u"].key != u.key]
+        self.items.append({"u": u, "size": u.wire_size, "sent": {}, "last": {}, "have": set(have)})
+        if len(self.items) > self.max_items:
+            self.items.pop(0)
+
+    def mark_have(self, u, nb):
+        for it in self.items:
+            if it["u"].key == u.key and it["u"] == u:
+                it["have"].add(nb)
+
+    def eligible(self, to, limit):
+        t = -1 if to is None else to
+        return [it for it in self.items if (to is None or to not in it["have"]) and it["sent"].get(t, 0) < limit], t
+
+    def take(self, to, budget, limit):
+        if budget <= 0 or limit <= 0 or not self.items:
+            return []
+        cand, t = self.eligible(to, limit)
+        fresh = [it for it in reversed(cand) if it["sent"].get(t, 0) == 0]
+        again = sorted((it for it in cand if it["sent"].get(t, 0) > 0), key=lambda it: (it["sent"][t], it["last"][t]))
+        out, left, misfits = [], budget, 0
+        for it in fresh + again:
+            if it["size"] > left:
+                misfits += 1
+                if misfits > dissemination.MAX_MISFITS:
+                    break
                 continue
-            out.append(item.update)
-            item.sent[key] = n + 1
-            left -= item.size
+            out.append(it)
+            left -= it["size"]
             if left < 8:
                 break
-        return out
+        for it in out:
+            it["sent"][t] = it["sent"].get(t, 0) + 1
+            self.sends += 1
+            it["last"][t] = self.sends
+        return [it["u"] for it in out]
 
+    def pending_for(self, to, limit):
+        return bool(self.eligible(to, limit)[0])
+
+    def prune(self, nbrs, limit, total_limit):
+        self.items = [it for it in self.items if it["sent"].get(-1, 0) < total_limit
+                      and any(nb not in it["have"] and it["sent"].get(nb, 0) < limit for nb in nbrs)]
+
+
+def test_the_broadcast_queue_follows_its_rules_stated_plainly():
+    """``take`` reads per-target indexes instead of scanning the queue: against a model that scans
+    and sorts (never-sent first, newest first; then fewest sends, longest ago first; at most
+    MAX_MISFITS records passed over for room), under random pushes, replacements, overflow,
+    copies heard from neighbours, prunes and more targets than the indexes keep."""
+    import random
     rng = random.Random(7)
-    for _ in range(200):
-        queues = BroadcastQueue(), BroadcastQueue()
-        for node in range(rng.randrange(1, 40)):
-            u = (Alive(node, rng.randrange(3)) if rng.random() < 0.5
-                 else NodeState(node, 1, (("battery", rng.random()), ("models", ("digits",) * rng.randrange(4)))))
-            have = {rng.randrange(5) for _ in range(rng.randrange(3))}
-            for q in queues:
+    for _ in range(150):
+        max_items = rng.choice([4, 16, 1024])
+        q, model = BroadcastQueue(max_items), _Model(max_items)
+        for _step in range(60):
+            op = rng.random()
+            node = rng.randrange(30)
+            if op < 0.4:
+                u = (Alive(node, rng.randrange(3)) if rng.random() < 0.5
+                     else NodeState(node, rng.randrange(1, 3),
+                                    (("battery", rng.random()), ("models", ("digits",) * rng.randrange(6)))))
+                have = {rng.randrange(20) for _ in range(rng.randrange(3))}
                 q.push(u, have)
-        for _ in range(6):
-            to = rng.choice([None, 0, 1, 2, 3, 4])
-            budget, limit = rng.randrange(0, 600), rng.randrange(0, 4)
-            assert queues[0].take(to, budget, limit) == reference(queues[1], to, budget, limit)
-        assert [dict(i.sent) for i in queues[0]._items.values()] == [dict(i.sent) for i in queues[1]._items.values()]
+                model.push(u, have)
+            elif op < 0.5 and model.items:
+                it = rng.choice(model.items)
+                nb = rng.randrange(20)
+                q.mark_have(it["u"], nb)
+                model.mark_have(it["u"], nb)
+            elif op < 0.9:
+                to = rng.choice([None] + list(range(20)))
+                budget, limit = rng.randrange(0, 700), rng.randrange(0, 4)
+                assert q.take(to, budget, limit) == model.take(to, budget, limit)
+                if to is not None:
+                    assert q.pending_for(to, limit) == model.pending_for(to, limit)
+            else:
+                nbrs = rng.sample(range(20), rng.randrange(0, 5))
+                limit, total = rng.randrange(1, 4), rng.choice([0, 2, 10**9])
+                q.prune(nbrs, limit, total)
+                model.prune(nbrs, limit, total)
+            assert [i.update for i in q._items.values()] == [it["u"] for it in model.items]
+            assert q.holds_other_than("n") == any(it["u"].kind != "n" for it in model.items)
+        assert [dict(i.sent) for i in q._items.values()] == [it["sent"] for it in model.items]
+
+
+def test_a_take_costs_what_it_takes_not_the_queue():
+    """A thousand queued state records (a large fleet's start-up), each sent to the neighbour as
+    often as allowed: a take for it looks at none of them (before, every take scanned all)."""
+    q = BroadcastQueue()
+    for node in range(1000):
+        q.push(NodeState(node, 1, (("battery", 0.5),)))
+    assert len(q.take(1, 10**9, 1)) == 1000
+    looked = []
+    real = dict.get
+    q._items = type("Spy", (dict,), {"__getitem__": lambda d, k: looked.append(k) or real(d, k)})(q._items)
+    q.push(Alive(5000, 1))
+    assert q.take(1, 512, 1) == [Alive(5000, 1)] and set(looked) == {("m", 5000)}
