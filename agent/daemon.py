@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from functools import partial
@@ -11,6 +10,7 @@ from urllib.parse import urlparse
 
 import trio
 
+from agent import collector
 from agent.serve.api import serve_api
 from agent.atomic import write_atomic
 from agent.serve.auth import AgentAuth, warn_open
@@ -149,8 +149,7 @@ async def run_satellite(name: str, config: FleetConfig, peers: Peers, data_dir: 
                 # in that window.  Freezing the start-up heap makes later passes
                 # scan only what the agent allocates while running (~0.01 ms).
                 # Done before the API answers, so "ready" means ready.
-                gc.collect()
-                gc.freeze()
+                collector.freeze_start_up()
                 if grpc is not None:     # before the API: a node that answers /v1/health serves gRPC too
                     await nursery.start(partial(serve_grpc, InferenceService(node), grpc[0], grpc[1],
                                                 max_message_bytes=config.limits.max_body_bytes, token=auth.token))

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker(tree: str, preset: str, n: int, seconds: float, warmup: float = 8.0) -> None:
     sys.path.insert(0, tree)
+    import contextlib
     import resource
     import tempfile
     import time
@@ -43,11 +44,18 @@ def worker(tree: str, preset: str, n: int, seconds: float, warmup: float = 8.0) 
     matmul.build(tmp / "m")
     out: dict = {}
 
+    stack = contextlib.ExitStack()
+
     async def main() -> None:
         fleet = InProcFleet(tmp / "f", tmp / "m", n, models=("matmul",), preset=preset)
         t0 = time.process_time()
         async with trio.open_nursery() as nursery:
             await fleet.start(nursery)
+            try:            # as `orbitmesh sim` runs it (agent/ops/sim_nodes.py), where the tree has it
+                from agent.collector import throughput
+                stack.enter_context(throughput())
+            except ImportError:
+                pass
             out["nodes"], out["start_cpu_s"] = len(fleet.members), time.process_time() - t0
             t_warm = time.process_time()
             await trio.sleep(warmup)
@@ -57,7 +65,7 @@ def worker(tree: str, preset: str, n: int, seconds: float, warmup: float = 8.0) 
             out["sim_per_cpu_s"] = seconds / (time.process_time() - t1)
             nursery.cancel_scope.cancel()
     clock = MockClock(autojump_threshold=0)
-    with entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
+    with stack, entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
         trio.run(main, clock=clock)
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))

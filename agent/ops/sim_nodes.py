@@ -22,6 +22,7 @@ CLI adds them only to what it prints to stderr, and to ``--json`` if asked).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import random
@@ -35,7 +36,7 @@ import numpy as np
 import trio
 from trio.testing import MockClock
 
-from agent import entropy, wallclock
+from agent import collector, entropy, wallclock
 from agent.ops.inproc import InProcFleet
 from agent.ops.sim_trace import Trace
 from mesh.link import LossModel
@@ -192,8 +193,10 @@ class Run:
 
     async def main(self) -> None:
         spec = self.spec
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await self.fleet.start(nursery)
+            stack.enter_context(collector.throughput())   # virtual time: no one waits on a collection's pause
             if self.trace is not None:
                 nursery.start_soon(self._frames_loop)
             warm = warmup_s()
