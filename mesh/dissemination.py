@@ -9,7 +9,8 @@ memberlist sends each update λ·log(n) times to random members of a full
 mesh: that is what an epidemic needs to reach everyone w.h.p.  Satellites only
 talk to their ≤ 4 laser neighbours, so the same total budget is spread over
 neighbours: each update goes to each neighbour at most
-``ceil(λ·log10(n+1) / degree)`` times, never to a neighbour it came from or
+``ceil(λ·log10(n+1) / degree)`` times (a kind may be capped lower: state
+records go once, ``MembershipConfig.state_copies``), never to a neighbour it came from or
 that already sent it to us (it has it).  Within a frame's byte budget, updates
 never sent to that neighbour go first, newest first, as in memberlist; then
 re-sends, fewest copies first and of those the one sent longest ago first (each
@@ -99,11 +100,12 @@ def per_neighbour_limit(retransmit_mult: float, n_nodes: int, degree: int, floor
 
 
 class _Item:
-    __slots__ = ("update", "size", "sent", "last", "have")
+    __slots__ = ("update", "size", "cap", "sent", "last", "have")
 
-    def __init__(self, update: Update, size: int, have: Iterable[int]):
+    def __init__(self, update: Update, size: int, have: Iterable[int], cap: int):
         self.update = update
         self.size = size
+        self.cap = cap                       # copies at most to one neighbour (its kind's)
         self.sent: dict[int, int] = {}       # target -> copies sent to it (-1: in total)
         self.last: dict[int, int] = {}       # target -> the queue's send count at its last copy to it
         self.have: set[int] = set(have)     # neighbours that sent it to us
@@ -144,10 +146,15 @@ class BroadcastQueue:
     thousand state records and a frame a few, and scanning (and sorting) the queue per frame
     was a fifth of a starlink-s1 simulation."""
 
-    def __init__(self, max_items: int = 1024):
+    def __init__(self, max_items: int = 1024, caps: dict[str, int] | None = None):
+        """``caps``: copies at most to one neighbour, by kind of update (e.g. ``{"n": 1}``: state
+        records once per neighbour); below the ``limit`` a take is given, never above it."""
         if max_items < 1:
             raise ValueError("a broadcast queue holds at least one item")
+        if caps and any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in caps.values()):
+            raise ValueError(f"a broadcast queue's copy caps must be whole numbers ≥ 1, not {caps!r}")
         self.max_items = max_items
+        self.caps = dict(caps or {})
         self._items: dict[tuple, _Item] = {}   # insertion order = age; newest last
         self._targets: dict[int, _Target] = {}  # least recently used first
         self._kinds: dict[str, int] = {}
@@ -169,7 +176,7 @@ class BroadcastQueue:
                 n = item.sent.get(t, 0)
                 if n == 0:
                     tg.fresh[key] = None
-                else:
+                elif t == ALL or n < item.cap:
                     sent.append((item.last[t], n, key))
             for _, n, key in sorted(sent):
                 tg.bucket(n)[key] = None
@@ -190,7 +197,7 @@ class BroadcastQueue:
         key = update.key
         if key in self._items:
             self._remove(key)
-        item = self._items[key] = _Item(update, update.wire_size, have)
+        item = self._items[key] = _Item(update, update.wire_size, have, self.caps.get(update.kind, 1 << 30))
         for t, tg in self._targets.items():
             if t == ALL or t not in item.have:
                 tg.fresh[key] = None
@@ -258,7 +265,8 @@ class BroadcastQueue:
             item = items[key]
             item.sent[t] = n
             item.last[t] = next(self._sends)
-            tg.bucket(n)[key] = None
+            if t == ALL or n < item.cap:      # else: done for this neighbour
+                tg.bucket(n)[key] = None
         return out
 
     def prune(self, neighbours: Iterable[int], limit: int, total_limit: int) -> None:

@@ -157,7 +157,7 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
         self._next_lag_bump = -_INF
         self._resend_alive_at = -_INF
         self._opened: dict[int, float] = {}   # neighbour -> when our link to it last (re)opened
-        self.queue = BroadcastQueue(config.queue_items)
+        self.queue = BroadcastQueue(config.queue_items, caps={"n": config.state_copies})
         self.states = StateTable(me, config.state_max_bytes, sign=self._own)
         self.links = LinkStateTable(sign=self._own)
         self._events: list[Event] = []

@@ -33,6 +33,8 @@ class MembershipConfig:
     gossip_bytes: int = 2048               # update bytes per gossip frame
     piggyback_bytes: int = 512             # update bytes riding on each probe/ack
     retransmit_mult: float = 2.0           # λ of memberlist: λ·log10(n+1) sends per update (≥ 2 per neighbour)
+    state_copies: int = 1                  # ... but a state record goes once to each neighbour: the flood's
+    #                                        other paths carry it too, and anti-entropy repairs a miss
     sync_interval_s: float = 30.0          # push-pull anti-entropy with one neighbour
     sync_max_bytes: int = 256 * 1024       # updates in one sync answer
     start_grace_s: float = 2.0             # no verdicts while the fleet comes up
@@ -51,7 +53,7 @@ class MembershipConfig:
         for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"membership {name} must be > 0")
-        for name in ("direct_attempts", "indirect_attempts", "link_fail_rounds", "dead_probe_every"):
+        for name in ("direct_attempts", "indirect_attempts", "link_fail_rounds", "dead_probe_every", "state_copies"):
             if getattr(self, name) < 1:
                 raise ValueError(f"membership {name} must be ≥ 1")
         if self.indirect_paths < 0 or self.suspicion_k < 0 or self.max_lhm < 0:

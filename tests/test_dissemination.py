@@ -65,8 +65,11 @@ def test_a_records_wire_form_is_built_once_and_encodes_as_before():
 class _Model:
     """The broadcast queue's rules stated plainly, with a scan and a sort per call."""
 
-    def __init__(self, max_items):
-        self.max_items, self.items, self.sends = max_items, [], 0
+    def __init__(self, max_items, caps):
+        self.max_items, self.caps, self.items, self.sends = max_items, caps, [], 0
+
+    def cap(self, it, t):
+        return self.caps.get(it["u"].kind, 1 << 30) if t != -1 else 1 << 30
 
     def push(self, u, have):
         self.items = [it for it in self.items if it["u"].key != u.key]
@@ -81,7 +84,8 @@ class _Model:
 
     def eligible(self, to, limit):
         t = -1 if to is None else to
-        return [it for it in self.items if (to is None or to not in it["have"]) and it["sent"].get(t, 0) < limit], t
+        return [it for it in self.items if (to is None or to not in it["have"])
+                and it["sent"].get(t, 0) < min(limit, self.cap(it, t))], t
 
     def take(self, to, budget, limit):
         if budget <= 0 or limit <= 0 or not self.items:
@@ -111,19 +115,22 @@ class _Model:
 
     def prune(self, nbrs, limit, total_limit):
         self.items = [it for it in self.items if it["sent"].get(-1, 0) < total_limit
-                      and any(nb not in it["have"] and it["sent"].get(nb, 0) < limit for nb in nbrs)]
+                      and any(nb not in it["have"] and it["sent"].get(nb, 0) < min(limit, self.cap(it, nb))
+                              for nb in nbrs)]
 
 
 def test_the_broadcast_queue_follows_its_rules_stated_plainly():
     """``take`` reads per-target indexes instead of scanning the queue: against a model that scans
     and sorts (never-sent first, newest first; then fewest sends, longest ago first; at most
-    MAX_MISFITS records passed over for room), under random pushes, replacements, overflow,
-    copies heard from neighbours, prunes and more targets than the indexes keep."""
+    MAX_MISFITS records passed over for room; at most a kind's cap of copies to one neighbour),
+    under random pushes, replacements, overflow, copies heard from neighbours, prunes and more
+    targets than the indexes keep."""
     import random
     rng = random.Random(7)
     for _ in range(150):
         max_items = rng.choice([4, 16, 1024])
-        q, model = BroadcastQueue(max_items), _Model(max_items)
+        caps = rng.choice([{}, {"n": 1}, {"n": 2, "a": 1}])
+        q, model = BroadcastQueue(max_items, caps), _Model(max_items, caps)
         for _step in range(60):
             op = rng.random()
             node = rng.randrange(30)
@@ -153,6 +160,22 @@ def test_the_broadcast_queue_follows_its_rules_stated_plainly():
             assert [i.update for i in q._items.values()] == [it["u"] for it in model.items]
             assert q.holds_other_than("n") == any(it["u"].kind != "n" for it in model.items)
         assert [dict(i.sent) for i in q._items.values()] == [it["sent"] for it in model.items]
+
+
+def test_state_records_go_once_to_each_neighbour_and_liveness_news_up_to_the_limit():
+    import pytest
+    q = BroadcastQueue(caps={"n": 1})
+    state, alive = NodeState(1, 1, (("battery", 0.5),)), Alive(2, 1)
+    q.push(state)
+    q.push(alive)
+    assert q.take(7, 2048, 3) == [alive, state]
+    assert q.take(7, 2048, 3) == [alive] and q.take(7, 2048, 3) == [alive] and q.take(7, 2048, 3) == []
+    assert q.take(8, 2048, 3) == [alive, state]          # another neighbour: its own copy
+    q.prune([7, 8], 3, 10**9)
+    assert q.updates() == [alive] and q.pending_for(8, 3) and not q.pending_for(7, 3)
+    for bad in ({"n": 0}, {"n": True}, {"n": 1.5}):
+        with pytest.raises(ValueError):
+            BroadcastQueue(caps=bad)
 
 
 def test_a_take_costs_what_it_takes_not_the_queue():
