@@ -85,3 +85,23 @@ def test_an_agent_that_dies_at_start_is_reported_with_its_log(tmp_path):
     peers = Peers([PeerEntry("sat-0", 0, "id", "/ip4/127.0.0.1/tcp/1/p2p/id", "http://127.0.0.1:1")])
     with pytest.raises(FleetError, match=r"(?s)sat-0 exited with code 1.*address already in use"):
         trio.run(wait_ready, peers, 5.0, None, {"sat-0": Exited()}, tmp_path)
+
+
+def test_a_large_fleets_default_ports_are_laid_out_apart_and_chosen_ports_that_clash_are_refused():
+    """The default base ports (libp2p 4100, gRPC 7100, API 8100) meet beyond 1,000 members:
+    starlink-s1's 1,590 agents bound each other's ports and `orbitmesh up` failed."""
+    from agent.ops.fleet import DEFAULT_BASE_PORTS, FleetError, FleetSpec, with_ports_for
+    small = FleetSpec()
+    assert with_ports_for(small, 1000) == small                     # the demo's ports, as ever
+    big = with_ports_for(small, 1590)
+    bases = sorted((big.p2p_base_port, big.api_base_port, big.grpc_base_port))
+    assert big.api_base_port == DEFAULT_BASE_PORTS[1]               # sat-0's API stays at 8100
+    assert all(a + 1590 <= b for a, b in zip(bases, bases[1:])) and bases[-1] + 1590 <= 32768
+    gen1 = with_ports_for(small, 4414)
+    assert max(gen1.p2p_base_port, gen1.grpc_base_port) + 4414 <= 32768
+    chosen = FleetSpec(p2p_base_port=20000, api_base_port=21000, grpc_base_port=30000)
+    assert with_ports_for(chosen, 1000) == chosen
+    with pytest.raises(FleetError, match=r"--p2p-port 20000 and --api-port 21000: 1590 agents"):
+        with_ports_for(chosen, 1590)
+    with pytest.raises(FleetError, match="must fit in 1–65535"):
+        with_ports_for(FleetSpec(p2p_base_port=1, api_base_port=2000, grpc_base_port=65000), 1000)

@@ -112,6 +112,34 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
+DEFAULT_BASE_PORTS = (4100, 8100, 7100)       # libp2p, API, gRPC: FleetSpec's defaults
+EPHEMERAL_PORTS_FROM = 32768                    # Linux's outgoing ports start here: stay below
+
+
+def with_ports_for(spec: FleetSpec, members: int) -> FleetSpec:
+    """``spec`` with base ports whose ranges (one port per member each) do not meet.
+
+    The defaults put libp2p at 4100, gRPC at 7100 and the API at 8100: they meet beyond 1,000
+    members (starlink-s1 has 1,590), so for larger fleets the defaults are laid out anew: the API
+    keeps 8100 (sat-0's address stays the same) and libp2p and gRPC follow its range, rounded up
+    to the thousand.  Ports a user chose are kept, and a clash among them is an error."""
+    bases = (spec.p2p_base_port, spec.api_base_port, spec.grpc_base_port)
+    if bases == DEFAULT_BASE_PORTS and members > 1000:
+        step = -(-members // 1000) * 1000
+        spec = replace(spec, p2p_base_port=8100 + step, grpc_base_port=8100 + 2 * step)
+        bases = (spec.p2p_base_port, spec.api_base_port, spec.grpc_base_port)
+    ranges = sorted(zip(bases, ("--p2p-port", "--api-port", "--grpc-port")))
+    for (a, name_a), (b, name_b) in zip(ranges, ranges[1:]):
+        if a + members > b:
+            raise FleetError(f"{name_a} {a} and {name_b} {b}: {members} agents need {members} ports each, "
+                             f"so these ranges overlap; choose base ports at least {members} apart")
+    (low, low_name), (top, top_name) = ranges[0], ranges[-1]
+    if low < 1 or top + members > 65536:
+        raise FleetError(f"{low_name if low < 1 else top_name} {low if low < 1 else top}: "
+                         f"the {members} ports from there must fit in 1–65535")
+    return spec
+
+
 def prepare(spec: FleetSpec) -> tuple[FleetConfig, Peers]:
     cfg = fleet_config(spec).with_start(time.time())
     d = spec.directory
@@ -240,6 +268,7 @@ def start(spec: FleetSpec) -> tuple[FleetConfig, Peers, dict[str, subprocess.Pop
         raise FleetError(f"no models in {spec.models}/: build them with `python -m agent.zoo build --out {spec.models}`")
     if (spec.directory / "fleet.json").exists() and any(_alive(p) for p in _pids(spec.directory).values()):
         raise FleetError(f"a fleet is already running from {spec.directory}; `orbitmesh down` first")
+    spec = with_ports_for(spec, len(World.from_config(fleet_config(spec)).names))
     cfg, peers = prepare(spec)
     write_atomic(spec.directory / "fleet.json", json.dumps(
         {"pids": {}, "started": time.time(), "spec": {
