@@ -8,7 +8,7 @@ import logging
 import trio
 
 from agent.links.memory_host import MemoryNetwork
-from agent.links.p2p import P2PTimeout, load_or_create_identity, open_host, peer_id_of
+from agent.links.p2p import P2PError, P2PTimeout, load_or_create_identity, open_host, peer_id_of
 from agent.links.transport import DIAL_TIMEOUT_MAX_S, LinkLayer
 from mesh.link import LinkProfile
 from mesh.wire import Probe
@@ -63,12 +63,31 @@ class SlowDialHost:
         raise P2PTimeout(f"timed out after {timeout:g}s opening {protocol} to {addr}")
 
 
-async def _two_ends(dial_s: float, run_s: float, b_up: bool = True):
+class ResetOnceHost(SlowDialHost):
+    """A dialler whose first stream is reset by the peer before our Hello goes out (a peer that
+    replaced the stream or restarted): libp2p raises from ``send_all``."""
+
+    def __init__(self, twin):
+        super().__init__(twin, 0.0)
+        self.resets = 0
+
+    async def open_stream(self, addr, protocol, *, timeout: float = 5.0):
+        stream = await self.twin.open_stream(addr, protocol, timeout=timeout)
+        if self.resets == 0:
+            self.resets += 1
+
+            async def reset(data):
+                raise P2PError("send to peer-b failed: StreamReset()")
+            stream.send_all = reset
+        return stream
+
+
+async def _two_ends(dial_s: float, run_s: float, b_up: bool = True, dialer_cls=None):
     """sat-0 (the dialer: "sat-0" < "sat-263") and sat-263 for up to ``run_s`` or until their
     link is up: (both ends up then, their link layers, the dialer's host)."""
     net = MemoryNetwork()
     a, b = net.host("peer-a"), net.host("peer-b")
-    dialer = SlowDialHost(a, dial_s)
+    dialer = SlowDialHost(a, dial_s) if dialer_cls is None else dialer_cls(a)
 
     async def deliver(*_):
         pass
@@ -100,6 +119,14 @@ async def test_a_dial_slower_than_its_first_timeout_still_connects(virtual_clock
     assert up, f"still down after 120 s; dials timed out after {dialer.timeouts}"
     assert a.links["sat-263"].stats.connects == 1 and b.links["sat-0"].stats.connects == 1
     assert dialer.timeouts == [5.0, 10.0]           # each timeout doubled the next dial's time
+
+
+async def test_a_stream_reset_before_our_hello_breaks_that_attempt_not_the_node(virtual_clock):
+    # starlink-s1 live: a peer reset a fresh stream while the dialler sent its Hello; the
+    # P2PError left the link's tasks and crashed the whole satellite.
+    up, (a, b), dialer = await _two_ends(dial_s=0.0, run_s=30.0, dialer_cls=ResetOnceHost)
+    assert dialer.resets == 1 and up
+    assert a.links["sat-263"].stats.hello_failures == 1 and a.links["sat-263"].stats.connects == 1
 
 
 async def test_a_peer_that_never_answers_gets_ever_longer_dials_up_to_the_cap(virtual_clock):

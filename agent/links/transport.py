@@ -94,6 +94,7 @@ class LinkStats:
     error_max_s: float = 0.0
     connects: int = 0
     dial_failures: int = 0         # failed dials of this end (0 at the accepting end)
+    hello_failures: int = 0        # streams that broke before our Hello went out on them
     # Release error of recent probe frames, for exact percentiles in benchmarks.
     probe_errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50_000))
 
@@ -428,8 +429,17 @@ class LinkLayer:
             old = link.stream
             link.stream = None
             await old.aclose()
-        # Hello is the real transport's handshake, not an emulated frame.
-        await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
+        # Hello is the real transport's handshake, not an emulated frame.  A stream the peer
+        # resets meanwhile (it replaced it, or restarted) breaks this link's attempt only: the
+        # dialler tries again, as after any broken stream; it must not end the node.
+        try:
+            await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
+        except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("link %s–%s broke before its Hello: %s", self.me, link.peer, exc)
+            link.stats.hello_failures += 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         link.stream = stream
         link.up_since = wallclock.now()
         link.stats.connects += 1
