@@ -154,3 +154,26 @@ async def test_trickled_headers_are_cut_by_the_keep_alive_timer():
         assert status is None and time.monotonic() - started < 2.5
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_api_starts_on_a_loop_too_busy_for_hypercorns_default_start_up_time(virtual_clock):
+    """A host starting 99 satellites at once (starlink-s1 live) kept each API's start-up waiting
+    past hypercorn's default 60 s, and the satellite failed to start."""
+    inner = build_app(stub_node())
+
+    async def slow_start(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await inner(scope, receive, send)
+        assert (await receive())["type"] == "lifespan.startup"
+        await trio.sleep(120.0)
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+
+    port = free_port_block(1)
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve(slow_start, server_config("127.0.0.1", port),
+                                                      shutdown_trigger=trio.sleep_forever, task_status=task_status))
+        assert trio.current_time() - t0 >= 120.0
+        nursery.cancel_scope.cancel()

@@ -259,6 +259,9 @@ def build_app(node: Node, access: AccessPolicy | None = None, fleet_dir: Path | 
                      exception_handlers={404: not_found, 405: not_found, Exception: crashed})
 
 
+STARTUP_TIMEOUT_S = 900.0
+
+
 def server_config(host: str, port: int, tls: tuple[str, str] | None = None) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [f"{host}:{port}"]
@@ -274,6 +277,10 @@ def server_config(host: str, port: int, tls: tuple[str, str] | None = None) -> H
     # long-poll or a task's result rightly sends nothing for minutes.
     cfg.keep_alive_timeout = 5.0
     cfg.h11_max_incomplete_size = 16 * 1024
+    # hypercorn gives the app's start-up 60 s; a host starting 99 satellites at once on a loaded
+    # machine (starlink-s1 live) took longer, and the satellite, then its host, failed to start.
+    # The fleet's own ready timeout bounds start-up; this only must not cut it short.
+    cfg.startup_timeout = STARTUP_TIMEOUT_S
     return cfg
 
 
