@@ -161,7 +161,8 @@ def _packed_size(wire: Any) -> int:
 
 class _Update:
     """What every piggybacked update has: its encoded size, computed once (budgets
-    are checked for every outbound frame)."""
+    are checked for every outbound frame), and its wire form, built once and shared
+    (do not mutate it): a state record is encoded into a frame per neighbour of every node."""
 
     sig: bytes
 
@@ -170,8 +171,6 @@ class _Update:
         raise NotImplementedError
 
     def to_wire(self) -> list:
-        """Built once per record and shared (do not mutate): a state record floods the fleet,
-        so one instance is encoded into a frame for each neighbour of each node that holds it."""
         return self._wire
 
     @cached_property
