@@ -198,7 +198,7 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
 # each publication costs n deliveries and the fleet's publications cost n² / R a second if each
 # node re-publishes its small drifts every R.  Real news (a model, sunlight, a 5% battery step)
 # goes at once whatever n; only the re-publication of drifts below those thresholds stretches.
-STATE_REFRESH_S = 30.0            # a node's small drifts go out at most this often (small fleets)
+STATE_REFRESH_S = 30.0            # a node's small drifts go out this often on average (small fleets)
 STATE_DRIFT_RECORDS_S = 2.0       # drift records a node receives a second, all the fleet's together
 
 

@@ -113,7 +113,6 @@ def _port_free(host: str, port: int) -> bool:
 
 
 DEFAULT_BASE_PORTS = (4100, 8100, 7100)       # libp2p, API, gRPC: FleetSpec's defaults
-EPHEMERAL_PORTS_FROM = 32768                    # Linux's outgoing ports start here: stay below
 
 
 def with_ports_for(spec: FleetSpec, members: int) -> FleetSpec:
@@ -122,7 +121,8 @@ def with_ports_for(spec: FleetSpec, members: int) -> FleetSpec:
     The defaults put libp2p at 4100, gRPC at 7100 and the API at 8100: they meet beyond 1,000
     members (starlink-s1 has 1,590), so for larger fleets the defaults are laid out anew: the API
     keeps 8100 (sat-0's address stays the same) and libp2p and gRPC follow its range, rounded up
-    to the thousand.  Ports a user chose are kept, and a clash among them is an error."""
+    to the thousand (below Linux's outgoing ports, 32768, up to starlink-gen1's 4,414).  Ports a
+    user chose are kept, and a clash among them is an error."""
     bases = (spec.p2p_base_port, spec.api_base_port, spec.grpc_base_port)
     if bases == DEFAULT_BASE_PORTS and members > 1000:
         step = -(-members // 1000) * 1000

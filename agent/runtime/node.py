@@ -165,7 +165,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self._wake = trio.Event()
         self._deadline_wake = trio.Event()    # set when a task's deadline is earlier than the backstop's sleep
         self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, drifts due
-        self._refresh_s = state_refresh_s(len(peers.by_name))    # small drifts: at most this often
+        self._refresh_s = state_refresh_s(len(peers.by_name))    # small drifts: this often on average
         self._purged_at = wallclock.now()               # the journal's last purge
         self._power_from = (wallclock.now(), 0.0)       # (wall, compute s run) at the battery's last step
         self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself

@@ -147,8 +147,8 @@ class NodePhysics:
         Under a virtual clock (the simulator, in-process tests) nothing is warmed: computing takes
         no simulated time there (``wallclock.off_loop``), so warming ahead buys no latency, and a
         frame that needs a route computes it at once, the same route from the same snapshot and
-        view (caches are keyed by both).  At starlink-s1's size warming was most of an idle
-        simulated node's CPU.  ``WARM_WHEN_VIRTUAL`` turns it on (the warming's own tests)."""
+        view (caches are keyed by both).  At starlink-s1's size warming was ~11% of the
+        simulation's CPU.  ``WARM_WHEN_VIRTUAL`` turns it on (the warming's own tests)."""
         if wallclock.is_virtual() and not WARM_WHEN_VIRTUAL:
             await trio.sleep_forever()
         periodic = process_periodic()
