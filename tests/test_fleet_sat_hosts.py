@@ -85,7 +85,7 @@ async def test_one_satellite_of_a_host_killed_another_paused_spare_their_sibling
     async def all_alive_again() -> bool:
         views = await membership_views(peers, peers.names())
         return all(member(v, n)["status"] == "alive" for v in views.values() for n in peers.names()) \
-            and all(member(v, "sat-2")["incarnation"] >= 2 for v in views.values())
+            and all(member(v, "sat-2")["incarnation"] >= 1 for v in views.values())   # its second life
     await until(all_alive_again, 30)
     async with Client(peers["sat-2"].api) as c:
         rec = await c.wait((await c.submit("digits", sample["inputs"], "sat-5"))["task_id"], timeout=30)

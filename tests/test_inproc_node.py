@@ -108,6 +108,38 @@ async def test_a_crashed_node_is_declared_dead_by_all_others_and_no_one_else_is_
     assert back.links.links
 
 
+async def test_a_first_life_floods_no_alive_and_a_second_life_reaches_everyone(
+        tmp_path, tiny_models, virtual_clock, monkeypatch):
+    """Every member holds every first life (incarnation 0) from the start, so a fleet's start-up
+    floods no ``Alive`` (at starlink-s1 that flood was n² records); a restart's does reach all."""
+    from mesh.membership_changes import ViewChanges
+    news: list[tuple[int, int, int]] = []      # (receiver, node, incarnation) of each Alive applied as news
+    apply_member = ViewChanges._apply_member
+
+    def counting(self, now, u):
+        changed = apply_member(self, now, u)
+        if changed and u.kind == "a":
+            news.append((self.me, u.node, u.incarnation))
+        return changed
+    monkeypatch.setattr(ViewChanges, "_apply_member", counting)
+
+    async def body(fleet):
+        await trio.sleep(10)
+        at_start = list(news)
+        victim = fleet.peers["sat-4"].index
+        await fleet.kill("sat-4")
+        others = [n for n in fleet.peers.names() if n != "sat-4"]
+        await fleet.until(lambda: all(victim in fleet[n].membership.dead_nodes() for n in others), 30)
+        back = await fleet.start_node("sat-4")
+        await fleet.until(lambda: all(victim not in fleet[n].membership.dead_nodes() for n in others), 30)
+        return at_start, back, others
+    at_start, back, others = await fleet_of(tmp_path, tiny_models, body)
+    assert at_start == [], at_start
+    assert back.membership.m.incarnation == 1
+    assert sorted(r for r, node, inc in news if (node, inc) == (back.me.index, 1)) == \
+        sorted(back.peers[n].index for n in others)
+
+
 async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, tiny_models, virtual_clock):
     inputs = {k: v.tolist() for k, v in matmul_inputs(4).items()}
 

@@ -40,7 +40,7 @@ class Member:
     node: Node | None = None
     scope: trio.CancelScope | None = None
     journals: list = field(default_factory=list)
-    incarnation: int = 0
+    incarnation: int = -1         # its last life's (0 is the first, as the daemon's)
     stopped: trio.Event | None = None
 
 
