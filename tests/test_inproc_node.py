@@ -140,6 +140,33 @@ async def test_a_first_life_floods_no_alive_and_a_second_life_reaches_everyone(
         sorted(back.peers[n].index for n in others)
 
 
+async def test_a_satellite_in_eclipse_says_so_in_its_first_state_and_publishes_once(
+        tmp_path, tiny_models, virtual_clock, monkeypatch):
+    """Sunlight is computed before the first state record goes out: a first record that said
+    "sunlit" in eclipse was corrected by a second fleet-wide flood a moment later."""
+    from agent.runtime.membership import MembershipService
+    from mesh.sun import sunlit_xyz
+    published: dict[str, list[tuple[bool, bool]]] = {}     # name -> (said sunlit, physics: sunlit)
+    set_state = MembershipService.set_state
+
+    def recording(self, values):
+        node = fleet_nodes[self.names[self.me]]
+        t = node.orbit_t()
+        lit = sunlit_xyz(*node.constellation.position_xyz(node.me.index, t), node.config.epoch_jd + t / 86400.0)
+        published.setdefault(node.me.name, []).append((values["sunlit"], lit))
+        return set_state(self, values)
+    monkeypatch.setattr(MembershipService, "set_state", recording)
+    fleet_nodes: dict = {}
+    fleet = InProcFleet(tmp_path, tiny_models, 24, models=("matmul",), on_node=lambda n: fleet_nodes.update({n.me.name: n}))
+    async with trio.open_nursery() as nursery:
+        await fleet.start(nursery)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    sats = {n for n, node in fleet_nodes.items() if node.battery is not None}
+    assert set(published) == sats and any(not lit for [(_, lit)] in published.values()), published
+    assert all(said == lit for [(said, lit)] in published.values()), published
+
+
 async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, tiny_models, virtual_clock):
     inputs = {k: v.tolist() for k, v in matmul_inputs(4).items()}
 

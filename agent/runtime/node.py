@@ -247,13 +247,14 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         """This node's periodic chores, on the process's one chore heap (agent/runtime/periodic.py)
         rather than a task and a timer each; they stop with the node."""
         periodic = process_periodic()
+        if self.battery is not None:     # sunlight first: a first state that said "sunlit" in eclipse
+            self._power_from = (wallclock.now(), self._busy_s)     # was corrected by a second flood
+            self._power()
         self._publish_state()            # at once: placement elsewhere needs it before the first period
         chores = [periodic.every(period, fn, first_in=random.uniform(0, period)) for period, fn in (
             (self.REWIRE_EVERY_S, self._follow_the_sky), (1.0, self._expire_faults),
             (STATE_EVERY_S, self._publish_state), (REFRESH_EVERY_S, self.timekeeper.refresh))]
         if self.battery is not None:
-            self._power_from = (wallclock.now(), self._busy_s)
-            self._power()
             chores.append(periodic.every(POWER_STEP_S, self._power))
         try:
             await trio.sleep_forever()
