@@ -186,6 +186,7 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
     alpha = max(b.suspicion_mult / s, MIN_SUSPICION_PERIODS / log_n)
     return replace(b, probe_interval_s=t, suspicion_mult=alpha,
                    gossip_interval_s=b.gossip_interval_s * s, state_gossip_s=b.state_gossip_s * s,
+                   gossip_bytes=round(b.gossip_bytes * s),
                    eager_gap_s=b.eager_gap_s * s, eager_state=False,
                    sync_interval_s=min(max(b.sync_interval_s, MAX_SYNC_INTERVAL_S), b.sync_interval_s * s),
                    dead_probe_every=max(1, round(b.dead_probe_every / s)),

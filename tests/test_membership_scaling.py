@@ -68,6 +68,9 @@ def test_every_rate_stays_within_its_bounds_and_budget(n):
         assert 0.5 <= t <= MAX_PROBE_INTERVAL_S
         s = t / 0.5
         assert c.gossip_interval_s == pytest.approx(0.1 * s) and c.state_gossip_s == pytest.approx(0.5 * s)
+        # Fewer gossip frames, each as much larger: the fleet's records still flow as fast.
+        assert c.gossip_bytes == round(2048 * s)
+        assert c.gossip_bytes / c.state_gossip_s == pytest.approx(2048 / 0.5, rel=1e-3)
         assert c.eager_gap_s == pytest.approx(0.01 * s)
         assert 20.0 <= c.sync_interval_s <= MAX_SYNC_INTERVAL_S
         if t < MAX_PROBE_INTERVAL_S:          # not capped: the budgets hold
