@@ -197,10 +197,11 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
 #
 # Every node's state record (load, battery, models: placement's inputs) floods the whole fleet, so
 # each publication costs n deliveries and the fleet's publications cost n² / R a second if each
-# node re-publishes its small drifts every R.  Real news (a model, sunlight, a 5% battery step)
+# node re-publishes its small drifts every R.  Real news (a model, sunlight, the low-battery flag)
 # goes at once whatever n; only the re-publication of drifts below those thresholds stretches.
 STATE_REFRESH_S = 30.0            # a node's small drifts go out this often on average (small fleets)
 STATE_DRIFT_RECORDS_S = 2.0       # drift records a node receives a second, all the fleet's together
+BATTERY_NEWS_STEP = 0.05          # a battery move that is news at once in a small fleet
 
 
 def state_refresh_s(n: int) -> float:
@@ -209,6 +210,19 @@ def state_refresh_s(n: int) -> float:
     drifts each node hears stay ~2 records a second, not n / 30 (53 a second at s1, 84,000
     deliveries a second across the fleet)."""
     return max(STATE_REFRESH_S, _count("fleet size n", n) / STATE_DRIFT_RECORDS_S)
+
+
+def battery_news_step(n: int) -> float:
+    """How far a satellite's battery must move for its state to be news at once in a fleet of
+    ``n``: 5% up to 60 members, then as much more as drifts are re-published more rarely
+    (``state_refresh_s(n)`` / 30 s; > 100% at starlink-s1: the charge then goes out as a drift).
+
+    A sunlit satellite charges ~3.5% a minute (``mesh.energy``'s defaults), so at 5% every
+    satellite's charge floods the fleet every ~86 s, n² deliveries each time, and a fleet that
+    started together does it in waves: at starlink-s1 a wave cost ~120 CPU s of a 1,590-node
+    simulation.  Scaled, a fleet's battery news stays under ~1 record a second per node.
+    Placement reads ``sunlit`` and ``low`` (always news), not the charge itself."""
+    return BATTERY_NEWS_STEP * state_refresh_s(n) / STATE_REFRESH_S
 
 
 def suspicion_bounds(c: MembershipConfig, n: int) -> tuple[float, float]:

@@ -155,3 +155,28 @@ def test_state_drifts_go_out_less_often_in_a_large_fleet_and_not_in_one_wave(tmp
             firsts.add(drifts[1])
     assert 40 <= sum(gaps) / len(gaps) <= 60 and len(gaps) >= 16    # ~49 s on average (30 s before)
     assert len(firsts) == 4                              # drawn: four nodes, four moments
+
+
+def test_a_battery_step_is_news_in_a_small_fleet_and_a_drift_in_a_large_one(tmp_path, monkeypatch):
+    """Placement reads sunlight and the low flag, not the charge: a charge move floods the fleet at
+    once only if it is large for the fleet's size (5% up to 60 members, > 100% at starlink-s1)."""
+    from agent import wallclock
+    from agent.runtime.placement import state_changed_enough
+    from mesh.membership_config import battery_news_step
+    assert battery_news_step(24) == 0.05 and battery_news_step(98) == pytest.approx(0.05 * 49 / 30)
+    assert battery_news_step(1590) > 1.0
+    old = {"battery": 0.60, "sunlit": True, "low": False}
+    assert state_changed_enough(old, {**old, "battery": 0.65})                      # 5% at the default
+    assert not state_changed_enough(old, {**old, "battery": 0.66}, battery_step=0.082)
+    assert state_changed_enough(old, {**old, "battery": 0.70}, battery_step=0.082)
+    assert state_changed_enough(old, {**old, "sunlit": False}, battery_step=2.0)     # sunlight: always
+    node = _node(tmp_path, "sat-0")                      # 96 satellites and 2 stations: a step of ~8.2%
+    monkeypatch.setattr(wallclock, "now", lambda: START)
+    published: list[dict] = []
+    monkeypatch.setattr(node.membership, "set_state", published.append)
+    state = {"battery": 0.60, "sunlit": True, "low": False}
+    monkeypatch.setattr(node, "_own_state", lambda: dict(state))
+    for charge in (0.60, 0.66, 0.68, 0.70):
+        state["battery"] = charge
+        node._publish_state()
+    assert [p["battery"] for p in published] == [0.60, 0.70]

@@ -54,7 +54,7 @@ from agent.links.transport import LinkLayer
 from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
 from mesh.energy import Battery
-from mesh.membership_config import MembershipConfig, scaled_config, state_refresh_s
+from mesh.membership_config import MembershipConfig, battery_news_step, scaled_config, state_refresh_s
 from mesh.sun import sunlit_xyz
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
@@ -166,6 +166,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self._deadline_wake = trio.Event()    # set when a task's deadline is earlier than the backstop's sleep
         self._published: tuple[dict[str, Any] | None, float] = (None, 0.0)   # last state gossiped, drifts due
         self._refresh_s = state_refresh_s(len(peers.by_name))    # small drifts: this often on average
+        self._battery_step = battery_news_step(len(peers.by_name))   # a charge move that is news at once
         self._purged_at = wallclock.now()               # the journal's last purge
         self._power_from = (wallclock.now(), 0.0)       # (wall, compute s run) at the battery's last step
         self._tick_at = -math.inf      # when the delivery loop next looks at deadlines by itself
@@ -337,7 +338,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         last, drifts_due = self._published
         state = self._own_state()
         now = wallclock.now()
-        if state_changed_enough(last, state) or (state != last and now >= drifts_due):
+        if state_changed_enough(last, state, self._battery_step) or (state != last and now >= drifts_due):
             try:
                 self.membership.set_state(state)
                 self._published = (state, now + self._refresh_s * random.uniform(0.5, 1.5))

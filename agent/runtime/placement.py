@@ -96,12 +96,13 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
     return out
 
 
-def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any], battery_step: float = 0.05) -> bool:
     """Whether a node's new state is news for placement elsewhere.
 
     Each published change costs a fleet-wide dissemination, so small drifts
     wait: the backlog must move by half a task per worker, the battery by
-    5%, a compute time by a quarter; a model, a session, sunlight or the
+    ``battery_step`` (``mesh.membership_config.battery_news_step``: 5% in a small
+    fleet), a compute time by a quarter; a model, a session, sunlight or the
     low-battery flag changing is always news.
     """
     if old is None:
@@ -111,7 +112,7 @@ def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any]) -> boo
             return True
     if abs(float(new.get("backlog") or 0) - float(old.get("backlog") or 0)) >= 0.5:
         return True
-    if abs(float(new.get("battery") or 0) - float(old.get("battery") or 0)) >= 0.05:
+    if abs(float(new.get("battery") or 0) - float(old.get("battery") or 0)) >= battery_step - 1e-9:
         return True
     before, after = _cm_dict(old.get("cm")), _cm_dict(new.get("cm"))
     if before.keys() != after.keys():
