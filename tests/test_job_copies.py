@@ -275,6 +275,20 @@ def test_copies_are_purged_after_their_end_or_their_deadline(tmp_path):
         store.store("a-job-3", "a", "ack", {})
 
 
+def test_an_empty_store_answers_its_looks_without_a_query_until_a_copy_is_accepted(tmp_path):
+    store = CopyStore(JobJournal(tmp_path / "k.sqlite"))
+    queries: list[str] = []
+    store.db.set_trace_callback(queries.append)
+    assert store.kept() == [] and store.kept() == [] and store.kept() == []
+    assert len(queries) == 1                         # the first look asks; the next two know
+    meta = spec(4).to_wire(with_inputs=False) | {"timeout_s": 100.0}
+    store.store("a-job-1", "a", "accept", {"idem_key": None, "created": 0.0, "spec": meta})
+    assert [r.job_id for r in store.kept()] == ["a-job-1"]
+    store.forget("a-job-1")
+    assert store.kept() == [] and store.kept() == []
+    assert CopyStore(store.journal).kept() == []     # a store opened on the same file asks again
+
+
 def test_an_old_keeper_is_told_to_forget_until_it_does_so_only_the_new_one_takes_over(tmp_path):
     async def body(sky, wire, st, nursery):
         job, _ = st["home"].board.submit(spec(200, shards=2, chunk=4, window=1), None)
