@@ -82,6 +82,29 @@ class ResetOnceHost(SlowDialHost):
         return stream
 
 
+class SilentOnceHost(SlowDialHost):
+    """A dialler whose first stream is dead without either end hearing of it: what it writes is
+    lost and nothing ever arrives (the peer dropped it, our Hello late on a loaded host, and its
+    reset never got here)."""
+
+    def __init__(self, twin):
+        super().__init__(twin, 0.0)
+        self.silent = 0
+
+    async def open_stream(self, addr, protocol, *, timeout: float = 5.0):
+        stream = await self.twin.open_stream(addr, protocol, timeout=timeout)
+        if self.silent == 0:
+            self.silent += 1
+
+            async def lost(data):
+                pass
+
+            async def nothing(max_bytes=None):
+                await trio.sleep_forever()
+            stream.send_all, stream.receive_some = lost, nothing
+        return stream
+
+
 async def _two_ends(dial_s: float, run_s: float, b_up: bool = True, dialer_cls=None):
     """sat-0 (the dialer: "sat-0" < "sat-263") and sat-263 for up to ``run_s`` or until their
     link is up: (both ends up then, their link layers, the dialer's host)."""
@@ -127,6 +150,16 @@ async def test_a_stream_reset_before_our_hello_breaks_that_attempt_not_the_node(
     up, (a, b), dialer = await _two_ends(dial_s=0.0, run_s=30.0, dialer_cls=ResetOnceHost)
     assert dialer.resets == 1 and up
     assert a.links["sat-263"].stats.hello_failures == 1 and a.links["sat-263"].stats.connects == 1
+
+
+async def test_a_dialled_stream_with_no_hello_back_is_dropped_and_dialled_again(virtual_clock):
+    # starlink-s1 live: the dialler called its link up as soon as its own Hello went out; the peer
+    # had dropped that stream (our Hello came after its 5 s on a loaded host), the reset never
+    # arrived, and the link stayed up at one end and down at the other for good.
+    up, (a, b), dialer = await _two_ends(dial_s=0.0, run_s=60.0, dialer_cls=SilentOnceHost)
+    assert dialer.silent == 1 and up
+    assert a.links["sat-263"].stats.hello_failures == 1 and a.links["sat-263"].stats.connects == 1
+    assert b.links["sat-0"].stats.connects == 1
 
 
 async def test_a_peer_that_never_answers_gets_ever_longer_dials_up_to_the_cap(virtual_clock):

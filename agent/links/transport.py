@@ -58,6 +58,7 @@ PropagationFn = Callable[[str, str, float], float]
 ProfileFn = Callable[[str, float], LinkProfile]
 
 HELLO_TIMEOUT_S = 5.0
+HELLO_REPLY_TIMEOUT_S = 3 * HELLO_TIMEOUT_S   # a dialler's wait for the peer's Hello before it dials again
 PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames after it wait in the decoder
 PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
 PRE_HELLO_STREAMS = 64           # all peers together
@@ -432,10 +433,20 @@ class LinkLayer:
         # Hello is the real transport's handshake, not an emulated frame.  A stream the peer
         # resets meanwhile (it replaced it, or restarted) breaks this link's attempt only: the
         # dialler tries again, as after any broken stream; it must not end the node.
+        decoder = decoder or FrameDecoder(self.max_frame_bytes)
+        got: list | None = leftover or []
         try:
             await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
+            if hello_first:
+                # The dialler's link is up once the peer's Hello answers ours.  Up at once, a
+                # stream the peer had dropped (our Hello came later than its HELLO_TIMEOUT_S on a
+                # loaded host) and whose reset never reached us stayed "up" here for ever, while
+                # the peer waited for a dial (starlink-s1 live: 12 agents never ready).
+                got = await self._hello_reply(link, stream, decoder)
         except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("link %s–%s broke before its Hello: %s", self.me, link.peer, exc)
+            got = None
+        if got is None:
             link.stats.hello_failures += 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -447,11 +458,10 @@ class LinkLayer:
         log.info("link %s–%s up (%s)", self.me, link.peer, "dialled" if hello_first else "accepted")
         if self.on_link_up:
             self.on_link_up(link.peer)
-        decoder = decoder or FrameDecoder(self.max_frame_bytes)
         try:
-            if not hello_first and leftover:
-                await self._accept_frames(link, leftover)
-            await self._read_loop(link, stream, decoder, expect_hello=hello_first)
+            if got:
+                await self._accept_frames(link, got)
+            await self._read_loop(link, stream, decoder)
         except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("link %s–%s broke: %s", self.me, link.peer, exc)
         finally:
@@ -462,15 +472,34 @@ class LinkLayer:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    async def _hello_reply(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> list | None:
+        """The frames after the peer's Hello on a stream we dialled, or None: no Hello back within
+        ``HELLO_REPLY_TIMEOUT_S``, the stream ended, or its first frame was something else."""
+        with trio.move_on_after(HELLO_REPLY_TIMEOUT_S):
+            while True:
+                data = await stream.receive_some(PRE_HELLO_MAX_BYTES)
+                if not data:
+                    return None
+                items = decoder.feed(data)
+                if not items:
+                    continue
+                first = items[0]
+                if isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer:
+                    return items[1:]
+                log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
+                return None
+        log.info("link %s–%s: no Hello back within %.0fs; dialling again", self.me, link.peer, HELLO_REPLY_TIMEOUT_S)
+        return None
+
     def _signal(self, link: Link) -> None:
         link.stream_changed.set()
         link.stream_changed = trio.Event()
 
-    async def _read_loop(self, link: Link, stream: P2PStream, decoder: FrameDecoder, *, expect_hello: bool) -> None:
+    async def _read_loop(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> None:
         while link.stream is stream:
-            # Once past Hello, a twin stream may hand frames to this loop while it waits
+            # Past Hello, a twin stream may hand frames to this loop while it waits
             # (``_take_now``); never while it works on what it read, so the order stays.
-            set_sink = None if expect_hello else getattr(stream, "set_sink", None)
+            set_sink = getattr(stream, "set_sink", None)
             if set_sink is not None:
                 set_sink(functools.partial(self._take_now, link, stream, decoder))
             try:
@@ -480,14 +509,7 @@ class LinkLayer:
                     set_sink(None)
             if not data:
                 return
-            items = decoder.feed(data)
-            if expect_hello and items:
-                first = items.pop(0)
-                if not (isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer):
-                    log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
-                    return
-                expect_hello = False
-            await self._accept_frames(link, items)
+            await self._accept_frames(link, decoder.feed(data))
 
     def _take_now(self, link: Link, stream: P2PStream, decoder: FrameDecoder, data: bytes) -> bool:
         """A twin stream's direct handover: decode and queue ``data`` for release now, unless this
