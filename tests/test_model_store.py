@@ -227,3 +227,32 @@ def test_a_task_never_replaces_another_nodes_model_of_the_same_name(tmp_path, mo
         b.put_version("double", doubler(4.0), theirs)
     with pytest.raises(ModelError, match="unknown model"):
         b.get("double@" + "0" * 64)
+
+
+def test_stores_of_one_process_share_a_session_per_model_version(tmp_path, tiny_models):
+    """Satellites hosted together load each model version once; the session goes with its last holder."""
+    import gc
+    import shutil
+
+    from agent.compute import models as models_module
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        for f in ("matmul.onnx", "matmul.json"):
+            shutil.copy(tiny_models / f, tmp_path / d / f)
+    a, b = ModelStore(tmp_path / "a"), ModelStore(tmp_path / "b", uploads=tmp_path / "b-up")
+    ma, mb = a.get("matmul"), b.get("matmul")
+    assert ma.session is mb.session and ma.sha256 == mb.sha256
+    x = {"a": np.ones((4, 8), np.float32), "b": np.ones((8, 3), np.float32)}
+    assert np.array_equal(ma.session.run(None, x)[0], np.full((4, 3), 8.0, np.float32))
+    up = b.put("mine", (tmp_path / "a" / "matmul.onnx").read_bytes())   # the same bytes, uploaded: capped
+    assert up["sha256"] == ma.sha256 and b.get("mine").session is not ma.session
+    key = (ma.sha256, False)
+    assert models_module._SHARED_SESSIONS.get(key) is ma.session
+    del ma, mb
+    assert a.unload("matmul") and b.unload("matmul")
+    gc.collect()
+    assert models_module._SHARED_SESSIONS.get(key) is None        # no store holds it: gone
+    (tmp_path / "b" / "matmul.onnx").write_bytes(b"damaged")
+    with pytest.raises(ModelError, match="do not match its sha256"):  # each store still checks its own bytes
+        b.get("matmul")
+    assert a.get("matmul").session is not None

@@ -16,6 +16,7 @@ import re
 import stat
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,7 +364,7 @@ class ModelStore:
                     raise ModelError(f"model {name!r} cannot be loaded: {exc}") from None
                 opts = cap_session(opts)
             try:
-                session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+                session = _session(data, sha, opts, capped=path.parent != self.directory)
             except Exception as exc:  # onnxruntime raises its own exception hierarchy
                 raise ModelError(f"model {name!r} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
             del data
@@ -413,6 +414,27 @@ class ModelStore:
 
     def loaded_names(self) -> list[str]:
         return sorted(self._loaded)
+
+
+# One onnxruntime session per model version per process: the satellites a host runs share it
+# (``InferenceSession.run`` is thread-safe; each satellite keeps its own executor, slots and
+# energy).  Keyed by the verified sha256 and whether the session is capped (an upload), and
+# held weakly: it goes when no satellite's store holds it any more.
+_SHARED_SESSIONS: weakref.WeakValueDictionary[tuple[str, bool], ort.InferenceSession] = \
+    weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _session(data: bytes, sha: str | None, opts: ort.SessionOptions, capped: bool) -> ort.InferenceSession:
+    """The process's session of these (verified) bytes, made once; a model without a digest gets its own."""
+    if not sha:
+        return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    with _SHARED_LOCK:
+        session = _SHARED_SESSIONS.get((sha, capped))
+        if session is None:
+            session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+            _SHARED_SESSIONS[(sha, capped)] = session
+        return session
 
 
 def _rss_bytes() -> int:
