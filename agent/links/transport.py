@@ -58,7 +58,8 @@ PropagationFn = Callable[[str, str, float], float]
 ProfileFn = Callable[[str, float], LinkProfile]
 
 HELLO_TIMEOUT_S = 5.0
-HELLO_REPLY_TIMEOUT_S = 3 * HELLO_TIMEOUT_S   # a dialler's wait for the peer's Hello before it dials again
+HELLO_REPLY_TIMEOUT_S = 60.0     # a dialler's wait for the peer's Hello before it dials again: a
+#                                  loaded host answers late (15 s: 1,800 re-dials at starlink-s1)
 PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames after it wait in the decoder
 PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
 PRE_HELLO_STREAMS = 64           # all peers together
