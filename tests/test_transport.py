@@ -105,6 +105,28 @@ class SilentOnceHost(SlowDialHost):
         return stream
 
 
+class ResetUnheardOnceHost(SlowDialHost):
+    """A dialler whose first stream the peer resets without our reads hearing of it: our Hello goes
+    out, then every write fails (libp2p raises on a reset stream) and a read waits for ever."""
+
+    def __init__(self, twin):
+        super().__init__(twin, 0.0)
+        self.writes = 0
+
+    async def open_stream(self, addr, protocol, *, timeout: float = 5.0):
+        stream = await self.twin.open_stream(addr, protocol, timeout=timeout)
+        if self.writes == 0:
+            async def write(data):
+                self.writes += 1
+                if self.writes > 1:
+                    raise P2PError("send to peer-b failed: StreamReset()")
+
+            async def nothing(max_bytes=None):
+                await trio.sleep_forever()
+            stream.send_all, stream.receive_some = write, nothing
+        return stream
+
+
 async def _two_ends(dial_s: float, run_s: float, b_up: bool = True, dialer_cls=None):
     """sat-0 (the dialer: "sat-0" < "sat-263") and sat-263 for up to ``run_s`` or until their
     link is up: (both ends up then, their link layers, the dialer's host)."""
@@ -160,6 +182,12 @@ async def test_a_dialled_stream_with_no_hello_back_is_dropped_and_dialled_again(
     assert dialer.silent == 1 and up
     assert a.links["sat-263"].stats.hello_failures == 1 and a.links["sat-263"].stats.connects == 1
     assert b.links["sat-0"].stats.connects == 1
+
+
+async def test_a_dialled_stream_the_peer_reset_unheard_is_known_at_the_next_hello(virtual_clock):
+    up, (a, b), dialer = await _two_ends(dial_s=0.0, run_s=20.0, dialer_cls=ResetUnheardOnceHost)
+    assert dialer.writes == 2 and up          # our Hello, then its repeat 5 s later failed: dialled again
+    assert a.links["sat-263"].stats.hello_failures == 1 and a.links["sat-263"].stats.connects == 1
 
 
 async def test_a_peer_that_never_answers_gets_ever_longer_dials_up_to_the_cap(virtual_clock):

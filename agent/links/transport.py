@@ -475,22 +475,47 @@ class LinkLayer:
 
     async def _hello_reply(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> list | None:
         """The frames after the peer's Hello on a stream we dialled, or None: no Hello back within
-        ``HELLO_REPLY_TIMEOUT_S``, the stream ended, or its first frame was something else."""
-        with trio.move_on_after(HELLO_REPLY_TIMEOUT_S):
-            while True:
-                data = await stream.receive_some(PRE_HELLO_MAX_BYTES)
-                if not data:
-                    return None
-                items = decoder.feed(data)
-                if not items:
-                    continue
-                first = items[0]
-                if isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer:
-                    return items[1:]
-                log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
+        ``HELLO_REPLY_TIMEOUT_S``, the stream failed or ended, or its first frame was something else.
+
+        Meanwhile our Hello goes again every ``HELLO_TIMEOUT_S`` (the peer ignores a repeat): a
+        libp2p stream the peer has reset fails the next write while a read may never notice, so
+        a dropped stream is known in seconds, not at the end of the wait."""
+        hello = encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes)
+        got: list | None = None
+        with trio.move_on_after(HELLO_REPLY_TIMEOUT_S) as waited:
+            async with trio.open_nursery() as nursery:
+                async def knock() -> None:
+                    try:
+                        while True:
+                            await trio.sleep(HELLO_TIMEOUT_S)
+                            await stream.send_all(hello)
+                    except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        log.info("link %s–%s: dropped before the peer's Hello: %s", self.me, link.peer, exc)
+                        nursery.cancel_scope.cancel()
+                nursery.start_soon(knock)
+                try:
+                    got = await self._read_reply(link, stream, decoder)
+                except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    log.info("link %s–%s broke before the peer's Hello: %s", self.me, link.peer, exc)
+                nursery.cancel_scope.cancel()
+        if waited.cancelled_caught:
+            log.info("link %s–%s: no Hello back within %.0fs; dialling again", self.me, link.peer,
+                     HELLO_REPLY_TIMEOUT_S)
+        return got
+
+    async def _read_reply(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> list | None:
+        while True:
+            data = await stream.receive_some(PRE_HELLO_MAX_BYTES)
+            if not data:
                 return None
-        log.info("link %s–%s: no Hello back within %.0fs; dialling again", self.me, link.peer, HELLO_REPLY_TIMEOUT_S)
-        return None
+            items = decoder.feed(data)
+            if not items:
+                continue
+            first = items[0]
+            if isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer:
+                return items[1:]
+            log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
+            return None
 
     def _signal(self, link: Link) -> None:
         link.stream_changed.set()
