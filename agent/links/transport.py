@@ -42,6 +42,7 @@ from typing import Awaitable, Callable
 import trio
 
 from agent import wallclock
+from agent.links.hello import HELLO_TIMEOUT_S, PRE_HELLO_MAX_BYTES, hello_reply
 from agent.links.p2p import P2PError, P2PHost, P2PStream, P2PTimeout
 from agent.links.release import FrameReleaser, process_releaser
 from mesh.link import Dropped, LinkEmulator, LinkProfile
@@ -57,10 +58,6 @@ PropagationFn = Callable[[str, str, float], float]
 # (to_node, now) -> the profile of the link direction me→to_node, faults included
 ProfileFn = Callable[[str, float], LinkProfile]
 
-HELLO_TIMEOUT_S = 5.0
-HELLO_REPLY_TIMEOUT_S = 60.0     # a dialler's wait for the peer's Hello before it dials again: a
-#                                  loaded host answers late (15 s: 1,800 re-dials at starlink-s1)
-PRE_HELLO_MAX_BYTES = 4096       # a Hello frame is ~40 bytes; pipelined frames after it wait in the decoder
 PRE_HELLO_STREAMS_PER_PEER = 4   # a restarting peer may race a couple of streams; more is a flood
 PRE_HELLO_STREAMS = 64           # all peers together
 REDIAL_MIN_S, REDIAL_MAX_S = 0.2, 5.0
@@ -443,7 +440,7 @@ class LinkLayer:
                 # stream the peer had dropped (our Hello came later than its HELLO_TIMEOUT_S on a
                 # loaded host) and whose reset never reached us stayed "up" here for ever, while
                 # the peer waited for a dial (starlink-s1 live: 12 agents never ready).
-                got = await self._hello_reply(link, stream, decoder)
+                got = await hello_reply(self.me, link.peer, stream, decoder, self.max_frame_bytes)
         except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("link %s–%s broke before its Hello: %s", self.me, link.peer, exc)
             got = None
@@ -472,50 +469,6 @@ class LinkLayer:
                 self._signal(link)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-
-    async def _hello_reply(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> list | None:
-        """The frames after the peer's Hello on a stream we dialled, or None: no Hello back within
-        ``HELLO_REPLY_TIMEOUT_S``, the stream failed or ended, or its first frame was something else.
-
-        Meanwhile our Hello goes again every ``HELLO_TIMEOUT_S`` (the peer ignores a repeat): a
-        libp2p stream the peer has reset fails the next write while a read may never notice, so
-        a dropped stream is known in seconds, not at the end of the wait."""
-        hello = encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes)
-        got: list | None = None
-        with trio.move_on_after(HELLO_REPLY_TIMEOUT_S) as waited:
-            async with trio.open_nursery() as nursery:
-                async def knock() -> None:
-                    try:
-                        while True:
-                            await trio.sleep(HELLO_TIMEOUT_S)
-                            await stream.send_all(hello)
-                    except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        log.info("link %s–%s: dropped before the peer's Hello: %s", self.me, link.peer, exc)
-                        nursery.cancel_scope.cancel()
-                nursery.start_soon(knock)
-                try:
-                    got = await self._read_reply(link, stream, decoder)
-                except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    log.info("link %s–%s broke before the peer's Hello: %s", self.me, link.peer, exc)
-                nursery.cancel_scope.cancel()
-        if waited.cancelled_caught:
-            log.info("link %s–%s: no Hello back within %.0fs; dialling again", self.me, link.peer,
-                     HELLO_REPLY_TIMEOUT_S)
-        return got
-
-    async def _read_reply(self, link: Link, stream: P2PStream, decoder: FrameDecoder) -> list | None:
-        while True:
-            data = await stream.receive_some(PRE_HELLO_MAX_BYTES)
-            if not data:
-                return None
-            items = decoder.feed(data)
-            if not items:
-                continue
-            first = items[0]
-            if isinstance(first, LinkFrame) and isinstance(first.msg, Hello) and first.msg.node == link.peer:
-                return items[1:]
-            log.warning("link to %s: unexpected first frame %r; closing", link.peer, first)
-            return None
 
     def _signal(self, link: Link) -> None:
         link.stream_changed.set()
