@@ -435,11 +435,7 @@ class LinkLayer:
         got: list | None = leftover or []
         try:
             await stream.send_all(encode_frame(LinkFrame(wallclock.now(), Hello(self.me)), self.max_frame_bytes))
-            if hello_first:
-                # The dialler's link is up once the peer's Hello answers ours.  Up at once, a
-                # stream the peer had dropped (our Hello came later than its HELLO_TIMEOUT_S on a
-                # loaded host) and whose reset never reached us stayed "up" here for ever, while
-                # the peer waited for a dial (starlink-s1 live: 12 agents never ready).
+            if hello_first:     # the dialler's link is up once the peer's Hello answers ours
                 got = await hello_reply(self.me, link.peer, stream, decoder, self.max_frame_bytes)
         except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("link %s–%s broke before its Hello: %s", self.me, link.peer, exc)
