@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Iterable
 
+from mesh.membership_config import BATTERY_NEWS_STEP
 from mesh.placement import Candidate
 
 EWMA = 0.2
@@ -96,7 +97,8 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
     return out
 
 
-def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any], battery_step: float = 0.05) -> bool:
+def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any],
+                         battery_step: float = BATTERY_NEWS_STEP) -> bool:
     """Whether a node's new state is news for placement elsewhere.
 
     Each published change costs a fleet-wide dissemination, so small drifts
