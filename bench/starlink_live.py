@@ -2,6 +2,7 @@
 
     python bench/starlink_live.py [--preset starlink-s1] [-n N] [--k 99] [--ready-timeout 900]
                                   [--idle-seconds 60] [--watch-minutes 10] [--tasks 200] [--entries 20]
+                                  [--keep DIR]
 
 Starts the fleet as ``orbitmesh up --sats-per-process K`` does (``agent/ops/fleet.py``: ⌈N/K⌉
 satellite hosts and a process per ground station), with orbital motion and re-wiring, then:
@@ -23,6 +24,7 @@ SIGTERM / Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -167,11 +169,13 @@ def main() -> int:
     ap.add_argument("--min-hops", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
+    ap.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                    help="run the fleet in DIR and keep it (logs, journals) after the run; default: a temporary one")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
     report: dict = {"machine": f"{platform.node()} {platform.machine()}", "date": time.strftime("%Y-%m-%d"),
                     "preset": args.preset, "k": args.k}
-    with tempfile.TemporaryDirectory(prefix="starlink-live-") as d:
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="starlink-live-")) as d:
         spec = fleet.FleetSpec(directory=Path(d) / "f", preset=args.preset, models=args.models,
                                sats_per_process=args.k, **({"n": args.n} if args.n else {}))
         t0 = time.monotonic()
