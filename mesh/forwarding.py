@@ -79,7 +79,7 @@ def link_key(a: int, b: int) -> tuple[int, int]:
 class Forwarder:
     """One node's forwarding decision and the links it avoids after failed hops."""
 
-    __slots__ = ("me", "router", "avoid_s", "default_hold_s", "avoid")
+    __slots__ = ("me", "router", "avoid_s", "default_hold_s", "avoid", "decided_at")
 
     def __init__(self, me: int, router: HealingRouter, *, avoid_s: float = AVOID_S,
                  default_hold_s: float = DEFAULT_HOLD_S):
@@ -90,6 +90,9 @@ class Forwarder:
         self.avoid_s = avoid_s
         self.default_hold_s = default_hold_s
         self.avoid: dict[tuple[int, int], float] = {}    # link -> avoided until
+        # When this node last routed a frame: a node that routes nothing needs no routes warmed
+        # ahead for it (the agent's warming reads this; an idle starlink-s1 spent half its CPU there).
+        self.decided_at = float("-inf")
 
     # -- the avoid set ---------------------------------------------------------------
 
@@ -137,6 +140,7 @@ class Forwarder:
         and ``deadline`` (absolute; <= 0: none), arrived from ``came_from`` (None: ours)."""
         if dst == self.me:
             raise ValueError(f"node {dst}: a frame for this node is delivered, not forwarded")
+        self.decided_at = now
         if ttl <= 0:
             return Drop(f"hop limit reached at node {self.me} on the way to node {dst}", HOP_LIMIT)
         nh = self.next_hop(now, orbit_t, dst, dead_nodes=dead_nodes, down_links=down_links, came_from=came_from,

@@ -39,6 +39,8 @@ OPENING_SETTLE_S = 3.0          # a ground contact younger than this is not prob
 # A warm computes this process's neighbours' tables with ours while its Dijkstra sources × nodes
 # stay within this: ~30 sources, ~5 ms, at 1,584 satellites; every node of a 198-node process.
 PREWARM_MAX_WORK = 50_000
+# A node warms its routes ahead only while it routes frames: within this long of its last one.
+PREWARM_WHILE_ROUTING_S = 30.0
 WARM_WHEN_VIRTUAL = False       # warm routes under a virtual clock too (tests of the warming)
 
 
@@ -134,8 +136,9 @@ class NodePhysics:
         return hit
 
     async def _prewarm_routes(self) -> None:
-        """Compute the next snapshot, this node's next hops and what membership will ask
-        of it before they are needed, so that forwarding and probing find them cached.
+        """Compute the next snapshot, this node's next hops (while it routes frames:
+        ``PREWARM_WHILE_ROUTING_S``) and what membership will ask of it before they are needed,
+        so that forwarding and probing find them cached.
 
         Each agent warms at its own random point of the step: every agent needs
         the same new snapshot at the same instant, and computing it there would
@@ -154,7 +157,6 @@ class NodePhysics:
         periodic = process_periodic()
         ahead_s = random.uniform(PREWARM_AHEAD_S / 2, PREWARM_AHEAD_S * 1.5)
         local = _WARMING.setdefault(self.healing, set())
-        local.add(self.me.index)
         state: dict = {"warmed": None}
 
         def look() -> None:
@@ -204,6 +206,13 @@ class NodePhysics:
         self._pairs_up(ahead + CLOSING_LOOKAHEAD_S)      # membership's "closing soon" check
         if first:
             yield
+        # Only a node that routes frames has its routes warmed: an idle satellite's table was
+        # recomputed every step (1 s) for nobody (at starlink-s1 half of an idle host's CPU).
+        # The first frame after a quiet spell computes the table then, as the simulator does.
+        if wallclock.now() - self.relay.fwd.decided_at > PREWARM_WHILE_ROUTING_S:
+            local.discard(self.me.index)
+            return nap
+        local.add(self.me.index)
         # Our own hops, and those of this process's nodes nearest us that have none for this
         # view yet (neighbours share Dijkstra sources): each finds its own there.
         self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
