@@ -209,3 +209,15 @@ def test_tables_warmed_together_are_each_nodes_own():
 def view_neighbours(view, x):
     lo, hi = np.searchsorted(view.u, [x, x + 1])
     return list(zip(view.v[lo:hi].tolist(), view.w[lo:hi].tolist()))
+
+
+def test_pair_set_is_every_link_up_once_lower_index_first():
+    """What membership's "expected down" check reads: laser and ground links of the snapshot,
+    each as (lower, higher) node index, whichever way round the snapshot holds it."""
+    snap = _walker_topology().snapshot(600.0)
+    want = {(int(a), int(b)) for a, b in snap.pairs.tolist()}
+    want |= {(min(int(g), int(s)), max(int(g), int(s))) for g, s in snap.ground_pairs.tolist()}
+    assert len(snap.ground_pairs) > 0 and snap.ground_pairs[0, 0] > snap.ground_pairs[0, 1]   # (ground, sat)
+    got = snap.pair_set()
+    assert got == want and all(type(a) is int and a < b for a, b in got)
+    assert snap.pair_set() is got                  # built once per snapshot
