@@ -5,9 +5,15 @@ layers, each a small state machine that is fed time and returns what to do:
 
 * :class:`HopSender` — per-hop reliability.  Every routed frame gets a hop
   message id; the receiver answers ``HopAck`` (``mesh.gossip_msgs``); the
-  sender retransmits after an RTO computed from the link's *physics* RTT
-  (exact, no estimation needed), with backoff, and gives up after a bounded
-  number of attempts (``HopFailed``: route around that link, or hold).
+  sender retransmits after an RTO computed from the link's *physics* RTT,
+  with backoff, and gives up after a bounded number of attempts (``HopFailed``:
+  route around that link, or hold).  Where acks come back later than physics
+  allows (an emulator whose processes are loaded: starlink-s1 on 2 cores took
+  2–9 s between processes), the RTO a neighbour gets is raised to what its acks
+  show, as TCP does (RFC 6298: smoothed RTT + 4 × its variation from acks of
+  frames sent once; a backed-off RTO kept until such a sample), so a slow hop
+  is not mistaken for a dead one; never below physics, at most
+  ``hop_rto_learned_max_s``.
 * :class:`DedupWindow` — receivers act on a hop message id once (a lost ack
   makes the sender repeat a frame the receiver already has), bounded in size
   and age.
@@ -56,6 +62,7 @@ class DeliveryConfig:
     hop_backoff: float = 1.5           # RTO growth per retransmission
     hop_rto_max_s: float = 1.0
     hop_max_attempts: int = 8          # 10% loss each way: a hop fails all 8 with p = 0.19^8 ≈ 2e-6
+    hop_rto_learned_max_s: float = 10.0  # the most a neighbour's slow acks may raise its RTO to
     bandwidth_bps: float = 10e9        # serialization term of the RTO
     dedup_capacity: int = 100_000      # hop ids remembered per node
     dedup_ttl_s: float = 600.0         # longer than any task deadline
@@ -105,14 +112,28 @@ class HopFailed:
 
 
 class _Out:
-    __slots__ = ("msg_id", "to", "item", "size", "attempts", "rto", "next_at", "first_at")
+    __slots__ = ("msg_id", "to", "item", "size", "attempts", "rto", "cap", "next_at", "first_at")
 
-    def __init__(self, msg_id: str, to: int, item: Any, size: int, rto: float, now: float):
+    def __init__(self, msg_id: str, to: int, item: Any, size: int, rto: float, cap: float, now: float):
         self.msg_id, self.to, self.item, self.size = msg_id, to, item, size
         self.attempts = 1
         self.rto = rto
+        self.cap = cap              # backoff stops here: the physics cap, or the learned RTO if larger
         self.first_at = now
         self.next_at = now + rto
+
+
+class _Learned:
+    """What one neighbour's acks say of its round trip (RFC 6298's estimator)."""
+
+    __slots__ = ("srtt", "rttvar", "rto")
+
+    def __init__(self) -> None:
+        self.srtt = -1.0            # no frame sent once acknowledged yet
+        self.rttvar = self.rto = 0.0
+
+
+LATE_ACKS_REMEMBERED = 256     # transfers given up on whose late ack would still teach the RTO
 
 
 class HopSender:
@@ -122,8 +143,11 @@ class HopSender:
         self.config = config
         self.rtt_fn = rtt_fn
         self._out: dict[str, _Out] = {}
+        self._learned: dict[int, _Learned] = {}
+        self._given_up: OrderedDict[str, tuple[int, float]] = OrderedDict()   # msg id -> (to, last rto)
         self.retransmissions = 0
         self.failures = 0
+        self.late_acks = 0
 
     def __len__(self) -> int:
         return len(self._out)
@@ -131,13 +155,37 @@ class HopSender:
     def _rto(self, to: int, now: float, size: int) -> float:
         c = self.config
         rtt = self.rtt_fn(to, now)
-        return min(c.hop_rto_max_s, c.hop_rtt_mult * rtt + c.hop_rto_margin_s + size * 8.0 / c.bandwidth_bps)
+        physics = min(c.hop_rto_max_s, c.hop_rtt_mult * rtt + c.hop_rto_margin_s + size * 8.0 / c.bandwidth_bps)
+        learned = self._learned.get(to)
+        return physics if learned is None else max(physics, learned.rto)
+
+    def learned_rto(self, to: int) -> float:
+        """The RTO ``to``'s acks have taught (0: none yet, physics alone)."""
+        learned = self._learned.get(to)
+        return 0.0 if learned is None else learned.rto
+
+    def _sample(self, to: int, rtt: float) -> None:
+        """An unambiguous round trip (a frame sent once): RFC 6298's smoothing."""
+        learned = self._learned.setdefault(to, _Learned())
+        if learned.srtt < 0:
+            learned.srtt, learned.rttvar = rtt, rtt / 2
+        else:
+            learned.rttvar = 0.75 * learned.rttvar + 0.25 * abs(learned.srtt - rtt)
+            learned.srtt = 0.875 * learned.srtt + 0.125 * rtt
+        learned.rto = min(self.config.hop_rto_learned_max_s, learned.srtt + 4 * learned.rttvar)
+
+    def _keep_backed_off(self, to: int, rto: float) -> None:
+        """An ambiguous ack (after retransmissions) or none: keep the backed-off RTO for the
+        next frames to ``to`` until a frame sent once is acknowledged."""
+        learned = self._learned.setdefault(to, _Learned())
+        learned.rto = min(self.config.hop_rto_learned_max_s, max(learned.rto, rto))
 
     def send(self, now: float, msg_id: str, to: int, item: Any, size: int = 0) -> Transmit:
         """Start a transfer; the caller sends ``item`` to ``to`` now."""
         if msg_id in self._out:
             raise ValueError(f"hop message {msg_id!r} is already outstanding")
-        self._out[msg_id] = _Out(msg_id, to, item, size, self._rto(to, now, size), now)
+        rto = self._rto(to, now, size)
+        self._out[msg_id] = _Out(msg_id, to, item, size, rto, max(self.config.hop_rto_max_s, rto), now)
         return Transmit(msg_id, to, item, 1)
 
     def next_at(self, msg_id: str) -> float:
@@ -148,8 +196,16 @@ class HopSender:
         """The item acknowledged, or None (unknown id, or an ack from elsewhere)."""
         o = self._out.get(msg_id)
         if o is None or o.to != from_node:
+            late = self._given_up.pop(msg_id, None)
+            if late is not None and late[0] == from_node:      # slow, not dead: wait longer next time
+                self.late_acks += 1
+                self._keep_backed_off(from_node, late[1])
             return None
         del self._out[msg_id]
+        if o.attempts == 1:
+            self._sample(from_node, now - o.first_at)
+        else:
+            self._keep_backed_off(from_node, o.rto)
         return o.item
 
     def cancel(self, msg_id: str) -> None:
@@ -173,12 +229,15 @@ class HopSender:
             if o.attempts >= c.hop_max_attempts:
                 del self._out[o.msg_id]
                 self.failures += 1
+                self._given_up[o.msg_id] = (o.to, o.rto * c.hop_backoff)
+                if len(self._given_up) > LATE_ACKS_REMEMBERED:
+                    self._given_up.popitem(last=False)
                 out.append(HopFailed(o.msg_id, o.to, o.item, o.attempts,
                                      f"no hop ack from node {o.to} after {o.attempts} attempts over "
                                      f"{now - o.first_at:.2f} s"))
                 continue
             o.attempts += 1
-            o.rto = min(c.hop_rto_max_s, o.rto * c.hop_backoff)
+            o.rto = min(o.cap, o.rto * c.hop_backoff)
             o.next_at = now + o.rto
             self.retransmissions += 1
             out.append(Transmit(o.msg_id, o.to, o.item, o.attempts))

@@ -54,6 +54,69 @@ def test_an_ack_ends_a_transfer_and_only_from_the_right_neighbour():
         hs.send(0.0, "b", 3, None)
 
 
+
+def slow_link(hs: HopSender, msg: str, to: int, now: float, ack_after: float) -> tuple[list, float]:
+    """Send ``msg`` at ``now`` over a link whose acks come ``ack_after`` s after each copy; returns
+    (what the sender did: Transmit/HopFailed per tick, and "acked"), the time it ended."""
+    did: list = [hs.send(now, msg, to, msg)]
+    copies = [now]
+    t = now
+    while True:
+        ack_at = copies[0] + ack_after                 # the first copy's ack comes first
+        nxt = hs.next_deadline()
+        if ack_at <= nxt:
+            t = ack_at
+            did.append("acked" if hs.on_ack(t, msg, to) is not None else "late ack")
+            return did, t
+        t = nxt
+        for x in hs.tick(t):
+            did.append(x)
+            if isinstance(x, Transmit):
+                copies.append(t)
+            else:
+                t = ack_at                              # the ack still arrives, after the give-up
+                did.append("acked" if hs.on_ack(t, msg, to) is not None else "late ack")
+                return did, t
+
+
+def test_a_fast_hop_keeps_the_physics_rto():
+    hs = sender()
+    for k in range(20):
+        did, _ = slow_link(hs, f"m{k}", 5, float(k), ack_after=0.004)
+        assert did[-1] == "acked" and len(did) == 2     # sent once
+    hs.send(30.0, "x", 5, None)
+    assert hs.next_deadline() == pytest.approx(30.03)   # 2 × 10 ms + 10 ms, as physics says
+
+
+def test_a_slow_hop_raises_its_rto_from_late_acks_and_then_sends_once():
+    """A loaded emulator: acks take 3 s where physics says 10 ms.  The first frames give up (as
+    before), but their late acks teach the sender; soon each frame goes once and is acked."""
+    hs = sender()                                   # 4 attempts, 30 ms doubling: gives up after ~0.45 s
+    first, t = slow_link(hs, "m0", 5, 0.0, ack_after=3.0)
+    assert isinstance(first[-2], HopFailed) and first[-1] == "late ack" and hs.late_acks == 1
+    assert hs.learned_rto(5) > 0.2
+    outcomes = []
+    for k in range(1, 12):
+        did, t = slow_link(hs, f"m{k}", 5, t + 1.0, ack_after=3.0)
+        outcomes.append(did)
+    assert not any(isinstance(x, HopFailed) for did in outcomes[3:] for x in did), outcomes
+    assert all(len(did) == 2 and did[-1] == "acked" for did in outcomes[-4:]), outcomes[-4:]
+    assert 3.0 < hs.learned_rto(5) <= hs.config.hop_rto_learned_max_s
+    assert hs.learned_rto(6) == 0.0                  # another neighbour keeps physics
+
+
+def test_a_learned_rto_shrinks_back_once_the_hop_is_fast_again_and_never_passes_its_cap():
+    hs = sender(hop_rto_learned_max_s=2.0)
+    t = 0.0
+    for k in range(12):
+        _, t = slow_link(hs, f"s{k}", 5, t + 1.0, ack_after=6.0)
+    assert hs.learned_rto(5) == pytest.approx(2.0)       # capped: slower still is a failure
+    for k in range(40):
+        _, t = slow_link(hs, f"f{k}", 5, t + 1.0, ack_after=0.004)
+    hs.send(t + 1.0, "x", 5, None)
+    assert hs.learned_rto(5) < 0.03 and hs.next_deadline() == pytest.approx(t + 1.03)
+
+
 def test_a_hop_gives_up_after_bounded_attempts_with_a_reason():
     hs = sender()
     hs.send(0.0, "m", 5, "M")
