@@ -91,7 +91,7 @@ class Forwarder:
         self.default_hold_s = default_hold_s
         self.avoid: dict[tuple[int, int], float] = {}    # link -> avoided until
         # When this node last routed a frame: a node that routes nothing needs no routes warmed
-        # ahead for it (the agent's warming reads this; an idle starlink-s1 spent half its CPU there).
+        # ahead for it (the agent's warming reads this: half of an idle starlink-s1 host's busy samples).
         self.decided_at = float("-inf")
 
     # -- the avoid set ---------------------------------------------------------------

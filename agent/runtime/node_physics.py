@@ -207,7 +207,7 @@ class NodePhysics:
         if first:
             yield
         # Only a node that routes frames has its routes warmed: an idle satellite's table was
-        # recomputed every step (1 s) for nobody (at starlink-s1 half of an idle host's CPU).
+        # recomputed every step (1 s) for nobody (at starlink-s1 half of an idle host's busy samples).
         # The first frame after a quiet spell computes the table then, as the simulator does.
         if wallclock.now() - self.relay.fwd.decided_at > PREWARM_WHILE_ROUTING_S:
             local.discard(self.me.index)
