@@ -125,3 +125,32 @@ def test_a_retiring_link_is_not_used(retiring):
     h.links.links["sat-1"].retiring = retiring
     h.relay.send(fetch(), "sat-3")
     assert (len(h.links.sent), len(h.relay.store)) == ((0, 1) if retiring else (1, 0))
+
+
+def test_an_ack_after_the_hop_was_given_up_is_counted_and_the_next_frame_waits_longer():
+    """A hop whose ack comes after the sender gave up was slow, not dead (loaded processes):
+    it counts as a late ack, and the next frame to that neighbour gets the longer timeout."""
+    from trio.testing import MockClock
+
+    from agent import wallclock
+    clock = MockClock()
+    with wallclock.virtual(clock, origin=1_800_000_000.0):
+        h = make()
+        msg = fetch("slow", deadline=wallclock.now() + 300)
+        h.relay.send(msg, "sat-3")
+        assert h.links.sent[0][0] == "sat-1"
+        while not h.relay.fwd.avoid:                      # retransmit until the hop is given up
+            clock.jump(max(0.0, h.relay.hops.next_deadline() - wallclock.now()))
+            h.relay.tick()
+        assert h.relay.counts["hops_failed"] == 1 and h.links.sent[-1][0] == "sat-4"   # around it
+        physics_rto = h.relay.hops.next_at(msg.hop_id) - wallclock.now()
+        h.relay.on_ack(msg.hop_id, "sat-1")                # the first copy's ack, at last
+        assert h.relay.counts["late_acks"] == 1 and h.relay.counts["acked"] == 0
+        learned = h.relay.hops.learned_rto(1)
+        assert learned > 20 * physics_rto                  # the backed-off wait, kept for sat-1
+        clock.jump(10.0)                                   # sat-1 is no longer avoided
+        h.relay.tick()
+        nxt = fetch("next", deadline=wallclock.now() + 300)
+        h.relay.send(nxt, "sat-3")
+        assert h.links.sent[-1][0] == "sat-1"
+        assert h.relay.hops.next_at(nxt.hop_id) - wallclock.now() == pytest.approx(learned)

@@ -100,8 +100,13 @@ class Relay:
         self.dedup.first(wallclock.now(), msg.hop_id)
 
     def on_ack(self, hop_id: str, from_node: str) -> None:
-        if from_node in self.peers and self.hops.on_ack(wallclock.now(), hop_id, self.peers[from_node].index) is not None:
+        if from_node not in self.peers:
+            return
+        late = self.hops.late_acks
+        if self.hops.on_ack(wallclock.now(), hop_id, self.peers[from_node].index) is not None:
             self.counts["acked"] += 1
+        elif self.hops.late_acks > late:    # after the hop was given up: it was slow, not dead
+            self.counts["late_acks"] += 1
 
     # -- sending ------------------------------------------------------------------------------
 
