@@ -25,13 +25,18 @@ SHADOW_MODELS = ("cylindrical", "conical")
 
 def sun_position_teme(jd: float) -> np.ndarray:
     """Sun position (km) in the mean equator and equinox of date (≈ TEME to < 0.01°)."""
+    return np.array(_sun_teme_xyz(jd))
+
+
+def _sun_teme_xyz(jd: float) -> tuple[float, float, float]:
+    """:func:`sun_position_teme` in plain floats (every satellite's battery asks it each second)."""
     n = jd - 2451545.0
     L = math.radians((280.460 + 0.9856474 * n) % 360.0)
     g = math.radians((357.528 + 0.9856003 * n) % 360.0)
     lam = L + math.radians(1.915) * math.sin(g) + math.radians(0.020) * math.sin(2 * g)
     eps = math.radians(23.439 - 0.0000004 * n)
     r = (1.00014 - 0.01671 * math.cos(g) - 0.00014 * math.cos(2 * g)) * AU_KM
-    return np.array([r * math.cos(lam), r * math.cos(eps) * math.sin(lam), r * math.sin(eps) * math.sin(lam)])
+    return r * math.cos(lam), r * math.cos(eps) * math.sin(lam), r * math.sin(eps) * math.sin(lam)
 
 
 def sun_position_ecef(jd: float) -> np.ndarray:
@@ -40,7 +45,7 @@ def sun_position_ecef(jd: float) -> np.ndarray:
 
 
 def _sun_ecef_xyz(jd: float) -> tuple[float, float, float]:
-    x, y, z = (float(v) for v in sun_position_teme(jd))
+    x, y, z = _sun_teme_xyz(jd)
     g = gmst_rad(jd)
     c, s = math.cos(g), math.sin(g)
     return c * x + s * y, -s * x + c * y, z

@@ -460,3 +460,31 @@ async def test_routes_are_warmed_ahead_only_on_a_real_clock_for_nodes_that_route
         assert later >= 2 * len(routed)     # each node that routed warms each new step's table
     else:
         assert later == 0
+
+
+async def test_ground_links_open_and_close_with_the_sky(tmp_path, tiny_models, virtual_clock):
+    """Telesat's polar shell with its stations at 60x: stations dial the satellites that rise and
+    satellites retire the links of those that set.  At each look a satellite keeps only the ground
+    links physics has now, and a station has a link to every satellite it sees; over the run links
+    both open and close (most satellites, most of the time, see no station: the quick path)."""
+    async def body(fleet):
+        topo = fleet[fleet.peers.names()[0]].topology
+        opened, closed, checked = set(), set(), 0
+        for _ in range(60):       # 30 s at 60x: half an orbit
+            await trio.sleep(0.5)
+            for name in fleet.peers.names():
+                node = fleet[name]
+                node._follow_the_sky()
+                me, t = node.me.index, node.orbit_t(wallclock.now())
+                sky = {fleet.peers.by_index[i].name for i in topo.contacts_of(me, t)}
+                held = {p for p, link in node.links.links.items() if not link.retiring} - node._laser_partners
+                if node.is_ground:
+                    assert sky <= held, (name, sky - held)
+                else:
+                    assert held <= sky, (name, held - sky)
+                    opened |= {(name, p) for p in held}
+                    closed |= {(name, p) for p, link in node.links.links.items() if link.retiring}
+                checked += 1
+        return opened, closed, checked
+    opened, closed, checked = await fleet_of(tmp_path, tiny_models, body, n=12, preset="telesat-t1", time_scale=60.0)
+    assert opened and closed and checked > 1000, (len(opened), len(closed), checked)
