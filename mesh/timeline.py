@@ -166,6 +166,7 @@ class Timeline:
         self.last_refusal: str | None = None
         self._records: list[ClockRecord] = []      # newest (by key) first
         self._pruned = False                        # some record fell off the end: extrapolate the oldest kept
+        self.merged = 0                             # records taken: what orbital time says may have changed
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class Timeline:
             return False                               # older than the record in force: it lost
         self._records.append(rec)
         self._records.sort(key=ClockRecord.key, reverse=True)
+        self.merged += 1
         self._prune(now)
         return any(r is rec for r in self._records)
 

@@ -84,7 +84,7 @@ class NodePhysics:
     relay: Relay
     _cut_cache: tuple[float, frozenset[tuple[int, int]]]
     _pairs_cache: dict[float, frozenset[tuple[int, int]]]
-    _down_memo: tuple[tuple[float, float] | None, frozenset[tuple[int, int]], frozenset[tuple[int, int]]]
+    _down_memo: tuple[tuple[float, int] | None, frozenset[tuple[int, int]], frozenset[tuple[int, int]]]
     _wake: trio.Event
 
     # -- physics ---------------------------------------------------------------
@@ -111,8 +111,9 @@ class NodePhysics:
         """A link that is down for a known reason is not a failure: a chaos cut, a
         contact physics closes within a second, or a ground contact still opening.
 
-        Membership asks it for every neighbour at one ``now``: the sets are looked up once per ``now``."""
-        at = (now, self.orbit_t(now + CLOSING_LOOKAHEAD_S))   # a clock switch in force at now: another key
+        Membership asks it for every neighbour at one ``now``: the sets are looked up once per ``now``
+        (and once more if a clock switch arrived meanwhile: orbital time at ``now`` may differ)."""
+        at = (now, self.timekeeper.timeline.merged)
         memo = self._down_memo
         if memo[0] != at:
             memo = self._down_memo = (at, self._cut_links(now), self._pairs_up(now + CLOSING_LOOKAHEAD_S))
@@ -194,8 +195,6 @@ class NodePhysics:
         if key == state["warmed"] or rate > PREWARM_MAX_RATE:
             return nap        # done already, or the clock runs so fast that steps outpace warming
         state["warmed"] = key
-        down = self.membership.down_links() | self._cut_links(wallclock.now())
-        dead = self.membership.dead_nodes()
         # The first node of the process to reach a step builds its snapshots: a pause between
         # the pieces then; the others find them built, and pausing would only cost wake-ups.
         first = _STEPPED.get(self.router) != key
@@ -213,6 +212,8 @@ class NodePhysics:
             local.discard(self.me.index)
             return nap
         local.add(self.me.index)
+        down = self.membership.down_links() | self._cut_links(wallclock.now())
+        dead = self.membership.dead_nodes()
         # Our own hops, and those of this process's nodes nearest us that have none for this
         # view yet (neighbours share Dijkstra sources): each finds its own there.
         self.healing.warm_from(self.me.index, t, down_nodes=dead, down_links=down, also=local,
