@@ -273,3 +273,37 @@ async def test_over_the_twin_a_frame_goes_straight_to_the_reader_in_order_and_a_
         await trio.sleep(1.0)
     assert got == list(range(30)) and len(writes) >= 1
     assert sender.links["sat-1"].stats.frames_sent == 30 and receiver.links["sat-0"].stats.frames_received == 30
+
+
+async def test_a_member_out_of_view_is_refused_quietly_and_an_impostor_with_a_warning(virtual_clock, caplog):
+    # A station dials a satellite that has just set in the satellite's own look at the sky:
+    # routine at every handover, so it is counted and logged at INFO, not warned about as
+    # an impostor would be (the same name with another peer id).
+    net = MemoryNetwork()
+    sat, station, impostor = net.host("peer-sat"), net.host("peer-gs"), net.host("peer-x")
+
+    async def deliver(*_):
+        pass
+
+    def accept(name, peer_id):
+        return "not in view" if peer_id == "peer-gs" else None
+
+    sat_links = LinkLayer("sat-5", sat, {}, lambda x, y, t: 0.002, lambda p, t: LinkProfile(), deliver,
+                          seeds={}, queue_frames=16, max_frame_bytes=1 << 20, accept_unknown=accept)
+    dialers = [LinkLayer("gs-a", host, {}, lambda x, y, t: 0.002, lambda p, t: LinkProfile(), deliver,
+                         seeds={}, queue_frames=16, max_frame_bytes=1 << 20) for host in (station, impostor)]
+    caplog.set_level(logging.INFO, logger="agent.links.transport")
+    async with trio.open_nursery() as nursery:
+        for host in (sat, station, impostor):
+            await nursery.start(host.serve)
+        for layer in (sat_links, *dialers):
+            nursery.start_soon(layer.run)
+        for layer in dialers:
+            layer.add_link("sat-5", "/memory/peer-sat/p2p/peer-sat", "peer-sat", 1)
+        await trio.sleep(3.0)
+        nursery.cancel_scope.cancel()
+    assert sat_links.refused["not in view"] >= 1 and not sat_links.links
+    quiet = [r for r in caplog.records if "not in view" in r.getMessage()]
+    warned = [r for r in caplog.records if "claims to be" in r.getMessage()]
+    assert quiet and all(r.levelno == logging.INFO for r in quiet)
+    assert warned and all("peer-x" in r.getMessage() and r.levelno == logging.WARNING for r in warned)

@@ -145,12 +145,13 @@ class LinkLayer:
                  propagation: PropagationFn, profile: ProfileFn, deliver: DeliverFn,
                  *, seeds: dict[str, int], queue_frames: int, max_frame_bytes: int,
                  on_link_up: Callable[[str], None] | None = None,
-                 accept_unknown: Callable[[str, str], tuple[str, int] | None] | None = None,
+                 accept_unknown: Callable[[str, str], tuple[str, int] | str | None] | None = None,
                  members: frozenset[str] | None = None, revoked: frozenset[str] = frozenset()):
         """``neighbours`` maps node name → (multiaddr with /p2p/, peer id).
 
         ``accept_unknown(name, peer_id)`` decides about an inbound stream from a
-        node that is not (yet) a partner: (its multiaddr, link seed) to add it.
+        node that is not (yet) a partner: (its multiaddr, link seed) to add it, a reason to
+        refuse a known member quietly (counted, logged at INFO), or None (a warning).
         ``members``: the roster's peer ids (revoked ones left out); a stream from
         any other peer is refused unread (None: no such check).  ``revoked``:
         node names refused at Hello.
@@ -408,6 +409,12 @@ class LinkLayer:
                         return None, []
                     if name not in self.links and self.accept_unknown is not None:
                         found = self.accept_unknown(name, stream.remote_peer_id)
+                        if isinstance(found, str):
+                            # A member whose view of the sky differs from ours by a moment (a station
+                            # dialling a satellite that has just set): routine, not an intrusion.
+                            self.refused[found] += 1
+                            log.info("refusing a stream from %s: %s", name, found)
+                            return None, []
                         if found is not None:
                             self.add_link(name, found[0], stream.remote_peer_id, found[1])
                     if name not in self.links or self._peer_ids.get(name) != stream.remote_peer_id:

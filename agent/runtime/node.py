@@ -304,13 +304,15 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
                 self.trust.revoke(self.peers[name].index)
             self.links.revoke(name, self.peers[name].peer_id)
 
-    def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | None:
+    def _accept_ground(self, name: str, peer_id: str) -> tuple[str, int] | str | None:
         """An inbound stream from a node we don't link to yet: accept it if
-        physics says the link exists now (a station that just saw us rise)."""
+        physics says the link exists now (a station that just saw us rise).  A member
+        that physics has out of view is refused quietly: its look at the sky came a
+        moment before ours (a satellite that has just set), routine at every handover."""
         if name not in self.peers or self.peers[name].peer_id != peer_id:
             return None
         if self.peers[name].index not in self._wanted_partners(wallclock.now()):
-            return None
+            return "not in view"
         return self.peers[name].multiaddr, link_seed(self.config.name, self.me.name, name)
 
     def _own_state(self) -> dict[str, Any]:
