@@ -1,15 +1,16 @@
 """Starlink's first shell live on this machine: issue 14's targets, measured in one run.
 
     python bench/starlink_live.py [--preset starlink-s1] [-n N] [--k 99] [--ready-timeout 900]
-                                  [--idle-seconds 60] [--watch-minutes 10] [--tasks 200] [--entries 20]
-                                  [--keep DIR]
+                                  [--settle-seconds 30] [--idle-seconds 60] [--watch-minutes 10]
+                                  [--tasks 200] [--entries 20] [--keep DIR]
 
 Starts the fleet as ``orbitmesh up --sats-per-process K`` does (``agent/ops/fleet.py``: ⌈N/K⌉
 satellite hosts and a process per ground station), with orbital motion and re-wiring, then:
 
 * **ready**: seconds until every agent answers ready (all its links up, every member alive),
   and how many were ready along the way;
-* **idle**: the fleet's processes' CPU over ``--idle-seconds`` in cores, and RSS / PSS;
+* **idle**: the fleet's processes' CPU over ``--idle-seconds`` in cores (in all, and in 30 s
+  windows), from ``--settle-seconds`` after ready, and RSS / PSS;
 * **false deaths**: every minute for ``--watch-minutes``, every agent's ``/v1/health``; no agent
   is stopped, so any member an agent does not hold alive is a false suspicion or death;
 * **tasks**: ``--tasks`` digit tasks from ``--entries`` random satellites to targets at least
@@ -83,6 +84,9 @@ async def watch(peers, minutes: float) -> list[dict]:
         if time.monotonic() + 60 > end:
             return rounds
         await trio.sleep(60)
+
+
+IDLE_WINDOW_S = 30.0
 
 
 def hops_from(topo: Topology, src: int) -> dict[int, int]:
@@ -163,6 +167,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=99, help="satellites per process")
     ap.add_argument("--ready-timeout", type=float, default=900.0)
     ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument("--settle-seconds", type=float, default=30.0,
+                    help="after ready, before the idle measurement starts")
     ap.add_argument("--watch-minutes", type=float, default=10.0)
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--entries", type=int, default=20)
@@ -200,10 +206,18 @@ def main() -> int:
             print(f"ready: {report['ready_s']} s (target < 300 s)", flush=True)
             if report["ready_s"] is None:
                 return 1
-            time.sleep(30.0)              # start-up work settles (first gossip rounds, warm-ups)
+            time.sleep(args.settle_seconds)   # start-up work settles (first gossip rounds, warm-ups)
             c0, w0 = cpu_seconds(pids), time.monotonic()
-            time.sleep(args.idle_seconds)
-            report["idle_cores"] = round((cpu_seconds(pids) - c0) / (time.monotonic() - w0), 3)
+            windows, ci, wi = [], c0, w0      # the idle period in windows: does it still fall (start-up's tail)?
+            while time.monotonic() - w0 < args.idle_seconds - 1e-3:
+                time.sleep(min(IDLE_WINDOW_S, args.idle_seconds - (time.monotonic() - w0)))
+                c, w = cpu_seconds(pids), time.monotonic()
+                windows.append(round((c - ci) / (w - wi), 3))
+                ci, wi = c, w
+            report["idle_cores"] = round((ci - c0) / (wi - w0), 3)
+            report["idle_windows"] = windows
+            print(f"idle, each {IDLE_WINDOW_S:.0f} s from {args.settle_seconds:.0f} s after ready: {windows} cores",
+                  flush=True)
             rss, pss = memory_mb(pids)
             report["rss_gb"], report["pss_gb"] = round(rss / 1024, 2), round(pss / 1024, 2)
             print(f"idle: {report['idle_cores']} cores (target < 1.5), RSS {report['rss_gb']} GB (target < 12), "
