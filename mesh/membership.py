@@ -152,6 +152,8 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
         self._order: list[int] = []
         self._cycle = 0
         self._known_nbrs: set[int] = set()
+        self._heard: dict[int, float] = {}       # neighbour -> when its own direct ping last reached us
+        self._rounds_at: dict[int, float] = {}   # neighbour -> when our last round for it began (or was spared)
         self.lhm = 0
         self._hold_until = -_INF           # no verdicts before this (start-up, own loop lag)
         self._next_lag_bump = -_INF
@@ -174,7 +176,7 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
                       "suspicions": 0, "deaths_declared": 0, "refutations": 0, "links_reported_down": 0,
                       "links_reported_up": 0, "nacks_sent": 0, "syncs": 0, "gossip_frames": 0,
                       "lag_events": 0, "verdicts_held": 0, "refutations_resent": 0, "rejected_unsigned": 0,
-                      "rejected_window": 0}
+                      "rejected_window": 0, "rounds_spared": 0}
 
     # -- driving ------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class Probing:
     _order: list[int]
     _cycle: int
     _known_nbrs: set[int]
+    _heard: dict[int, float]
+    _rounds_at: dict[int, float]
     lhm: int
     _hold_until: float
     queue: BroadcastQueue
@@ -73,6 +75,7 @@ class Probing:
             if t in nbrs and t not in self._probes:
                 target = t
                 break
+        rechecking = target is not None
         tries = 0
         while target is None and nbrs and tries < 2 * len(nbrs) + 2:
             tries += 1
@@ -88,6 +91,11 @@ class Probing:
             target = t
         if target is None:
             return
+        if not rechecking and self._spare(now, target, len(nbrs)):
+            self._rounds_at[target] = now
+            self.stats["rounds_spared"] += 1
+            return
+        self._rounds_at[target] = now
         # Quiet rounds (direct pings only, no verdict on silence): a neighbour we hold
         # dead (does it answer again?) or whose link is known down (has it healed?).
         # Its liveness is for its neighbours with working links to judge.
@@ -100,6 +108,24 @@ class Probing:
         self._by_seq[p.seq] = target
         self.stats["probes"] += 1
         self._send_ping(now, p, (self.me, target), out)
+
+    def _spare(self, now: float, target: int, n_nbrs: int) -> bool:
+        """Whether this round may be spared (``spare_heard``): ``target``'s own direct ping reached
+        us since our last round for it, within one cycle of our neighbours, so it was alive and its
+        link to us worked as recently as our round would show.  Only for a neighbour with nothing
+        against it (alive, no failed round, link not down; never a re-check): any doubt is probed.
+
+        Each link carried a round from each end per cycle; one now does, at most a cycle later
+        for a neighbour that dies (detection: docs/membership.md)."""
+        if not self.config.spare_heard:
+            return False
+        heard = self._heard.get(target)
+        if heard is None or heard <= self._rounds_at.get(target, -1e300):
+            return False
+        if now - heard > n_nbrs * self.config.probe_interval_s * (1 + self.lhm):
+            return False
+        return self._status[target] == ALIVE and not self._link_fails.get(target) \
+            and not self.links.is_down(self.me, target)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -248,6 +274,8 @@ class Probing:
             return
         lat = self._nbr_lat(now)
         if i == len(route) - 1:
+            if len(route) == 2 and msg.origin == frm and msg.target == self.me:
+                self._heard[frm] = now      # its own round for us, straight over the link
             back = tuple(reversed(route))
             if back[1] in lat:
                 out.append(Send(back[1], Ack(msg.seq, msg.origin, self.me, back, tuple(self._piggy(back[1])))))
