@@ -203,15 +203,21 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
 # goes at once whatever n; only the re-publication of drifts below those thresholds stretches.
 STATE_REFRESH_S = 30.0            # a node's small drifts go out this often on average (small fleets)
 STATE_DRIFT_RECORDS_S = 2.0       # drift records a node receives a second, all the fleet's together
+MACHINE_DRIFT_DELIVERIES_S = 1000.0   # ... and at most this many drift deliveries a second on the machine
+#                                       (every one reaches all n: n² / R), as MACHINE_FRAMES_S for probes
 BATTERY_NEWS_STEP = 0.05          # a battery move that is news at once in a small fleet
 
 
 def state_refresh_s(n: int) -> float:
     """How often a node re-publishes small state drifts in a fleet of ``n`` members: 30 s up to
-    60 members, then n / ``STATE_DRIFT_RECORDS_S`` (~13 min at starlink-s1's 1,590), so that the
-    drifts each node hears stay ~2 records a second, not n / 30 (53 a second at s1, 84,000
-    deliveries a second across the fleet)."""
-    return max(STATE_REFRESH_S, _count("fleet size n", n) / STATE_DRIFT_RECORDS_S)
+    60 members, then n / ``STATE_DRIFT_RECORDS_S``, so that the drifts each node hears stay ~2
+    records a second, not n / 30 (53 a second at s1, 84,000 deliveries a second across the
+    fleet); and beyond 500 members at least n² / ``MACHINE_DRIFT_DELIVERIES_S``, so that the
+    fleet's drift deliveries stay within the machine's budget (starlink-s1's 1,590: ~42 min,
+    each node hearing 0.6 drift records a second).  Live at s1, 2 drift records a second per node cost ~0.3 core of the idle fleet's
+    1.6 (docs/benchmarks.md)."""
+    n = _count("fleet size n", n)
+    return max(STATE_REFRESH_S, n / STATE_DRIFT_RECORDS_S, n * n / MACHINE_DRIFT_DELIVERIES_S)
 
 
 def battery_news_step(n: int) -> float:

@@ -1,9 +1,9 @@
 """One timer heap per process for the nodes' periodic chores and one-shot timers.
 
 Every node has chores that run on a fixed period: re-wire ground links as
-satellites rise and set (0.5 s), step the battery (1 s), look whether its
-state is worth gossiping (1 s), expire chaos faults (1 s), re-send the clock
-(10 s).  As one trio task each, they cost a timer, a cancel scope and a
+satellites rise and set (0.5 s), once a second step the battery, look whether
+its state is worth gossiping and expire chaos faults (one chore), re-send the
+clock (10 s).  As one trio task each, they cost a timer, a cancel scope and a
 ``Cancelled`` per wake-up and node: ~5 wake-ups per node per second, which a
 process of 66 satellites (or a simulation of 1,584) pays 330 (or 7,900) times a
 second.  Here the process keeps one heap of chores and one task that sleeps
