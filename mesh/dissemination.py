@@ -20,7 +20,7 @@ node's state, a link) replaces the queued one.  The queue is bounded: when
 full, the oldest update is dropped (anti-entropy sync repairs what gossip
 dropped).
 
-**Node state**: a small dict (load, queue depth, models, battery, sunlit, ...)
+**Node state**: a small dict (load, queue depth, models, battery, low, ...)
 per node with a version only its owner increments; last writer wins by
 version.  Bounded: at most 16 keys and ``max_bytes`` encoded.
 

@@ -243,7 +243,7 @@ class Dead(_MemberUpdate):
 
 @dataclass(frozen=True)
 class NodeState(_Update):
-    """A node's small self-description (load, queue depth, models, battery, sunlit, ...).
+    """A node's small self-description (load, queue depth, models, battery, low, ...).
 
     Last writer wins by ``version``, which only the node itself increments.
     ``values`` are sorted (key, value) pairs so the record is immutable.

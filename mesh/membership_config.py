@@ -229,7 +229,7 @@ def battery_news_step(n: int) -> float:
     satellite's charge floods the fleet every ~86 s, n² deliveries each time, and a fleet that
     started together does it in waves: at starlink-s1 a wave cost ~120 CPU s of a 1,590-node
     simulation.  Scaled, a fleet's battery news stays under ~1 record a second per node.
-    Placement reads ``sunlit`` and ``low`` (always news), not the charge itself."""
+    Placement reads ``low`` (always news) and sunlight from physics, not the charge itself."""
     return BATTERY_NEWS_STEP * state_refresh_s(n) / STATE_REFRESH_S
 
 

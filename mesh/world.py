@@ -6,7 +6,8 @@ the same mesh everywhere (same node numbering, same link rules).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from mesh.config import FleetConfig
@@ -15,6 +16,7 @@ from mesh.healing import HealingRouter
 from mesh.nodes import NodeNames
 from mesh.orbit import Constellation
 from mesh.routing import Router
+from mesh.sun import constellation_sunlit
 from mesh.topology import Topology
 
 
@@ -24,6 +26,7 @@ class World:
     constellation: Constellation
     topology: Topology
     router: Router
+    _sunlit: tuple[int, list[bool]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, cfg: FleetConfig, *, extra_stations: tuple[GroundStation, ...] = (),
@@ -50,6 +53,15 @@ class World:
         node (~1 MB per node at starlink-s1's size, bench/sat_memory.py).  Twice a node's view
         cache: while a death or cut floods, the nodes' down-sets differ for a moment, one view each."""
         return HealingRouter(self.router.snapshot, cache_views=64)
+
+    def sunlit(self, t: float) -> list[bool]:
+        """Which satellites are in sunlight at orbital time ``t``, by index, to the second (a
+        shadow's edge moves ~7 km a second along an orbit).  Physics every node has, so nobody
+        needs it gossiped: placement reads it here, for every node of the process at once."""
+        second = math.floor(t)
+        if self._sunlit is None or self._sunlit[0] != second:
+            self._sunlit = (second, constellation_sunlit(self.constellation, float(second)).tolist())
+        return self._sunlit[1]
 
     @property
     def names(self) -> NodeNames:

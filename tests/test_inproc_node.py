@@ -140,20 +140,21 @@ async def test_a_first_life_floods_no_alive_and_a_second_life_reaches_everyone(
         sorted(back.peers[n].index for n in others)
 
 
-async def test_a_satellite_in_eclipse_says_so_in_its_first_state_and_publishes_once(
+async def test_sunlight_comes_from_physics_and_a_satellite_publishes_its_state_once(
         tmp_path, tiny_models, virtual_clock, monkeypatch):
-    """Sunlight is computed before the first state record goes out: a first record that said
-    "sunlit" in eclipse was corrected by a second fleet-wide flood a moment later."""
+    """An eclipse's edge floods nothing: a state record carries no sunlight, because every node
+    reads it from the ephemeris they share (``sunlit_of``, what placement and jobs read), so
+    each satellite publishes its state once at start.  (A first record that said "sunlit" in
+    eclipse used to be corrected by a second fleet-wide flood; at starlink-s1 eclipse edges were
+    ~0.56 state records a second per node.)"""
+    import math
     from agent.runtime.membership import MembershipService
     from mesh.sun import sunlit_xyz
-    published: dict[str, list[tuple[bool, bool]]] = {}     # name -> (said sunlit, physics: sunlit)
+    published: dict[str, list[dict]] = {}
     set_state = MembershipService.set_state
 
     def recording(self, values):
-        node = fleet_nodes[self.names[self.me]]
-        t = node.orbit_t()
-        lit = sunlit_xyz(*node.constellation.position_xyz(node.me.index, t), node.config.epoch_jd + t / 86400.0)
-        published.setdefault(node.me.name, []).append((values["sunlit"], lit))
+        published.setdefault(self.names[self.me], []).append(dict(values))
         return set_state(self, values)
     monkeypatch.setattr(MembershipService, "set_state", recording)
     fleet_nodes: dict = {}
@@ -161,10 +162,16 @@ async def test_a_satellite_in_eclipse_says_so_in_its_first_state_and_publishes_o
     async with trio.open_nursery() as nursery:
         await fleet.start(nursery)
         await trio.sleep(5)
+        entry = fleet_nodes["sat-3"]
+        t = math.floor(entry.orbit_t())        # World.sunlit is exact to the second
+        said = {name: entry.sunlit_of(name) for name in fleet.peers.names()}
+        physics = {name: sunlit_xyz(*node.constellation.position_xyz(node.me.index, t), node.config.epoch_jd + t / 86400.0)
+                   if node.battery is not None else None for name, node in fleet_nodes.items()}
         nursery.cancel_scope.cancel()
     sats = {n for n, node in fleet_nodes.items() if node.battery is not None}
-    assert set(published) == sats and any(not lit for [(_, lit)] in published.values()), published
-    assert all(said == lit for [(said, lit)] in published.values()), published
+    assert set(published) == sats and all(len(v) == 1 and "sunlit" not in v[0] for v in published.values()), published
+    assert said == physics and True in said.values() and False in said.values(), said
+    assert all(said[n] is None for n in fleet_nodes if n not in sats)
 
 
 async def test_a_task_outlives_a_crash_of_its_entry_and_its_key_names_it_after(tmp_path, tiny_models, virtual_clock):

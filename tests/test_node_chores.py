@@ -121,7 +121,7 @@ def test_one_satellites_sunlight_in_plain_floats_is_the_vectorised_answer():
 
 
 def test_state_drifts_go_out_less_often_in_a_large_fleet_and_not_in_one_wave(tmp_path, monkeypatch):
-    """News (sunlight here) goes at once; drifts below placement's thresholds go once a refresh
+    """News (the low-battery flag here) goes at once; drifts below placement's thresholds go once a refresh
     period on average (0.5–1.5 of it, drawn), which grows with the fleet (98 members: 49 s, not
     30 s as before; starlink-s1: ~42 min)."""
     from agent import entropy, wallclock
@@ -140,16 +140,16 @@ def test_state_drifts_go_out_less_often_in_a_large_fleet_and_not_in_one_wave(tmp
             node = _node(tmp_path / name, name)
             published: list[tuple[float, dict]] = []
             monkeypatch.setattr(node.membership, "set_state", lambda st, out=published: out.append((clock[0], st)))
-            state = {"battery": 0.80, "sunlit": True}
+            state = {"battery": 0.80, "low": False}
             monkeypatch.setattr(node, "_own_state", lambda: dict(state))
             for step in range(0, 400):                 # a 2% drift each second
                 clock[0] = START + step
                 state["battery"] = 0.80 - 0.02 * (step % 2)
                 node._publish_state()
-            clock[0], state["sunlit"] = START + 400.5, False      # eclipse: news, at once
+            clock[0], state["low"] = START + 400.5, True      # below the reserve in eclipse: news, at once
             node._publish_state()
             times = [t - START for t, _ in published]
-            assert times[0] == 0 and times[-1] == 400.5 and published[-1][1]["sunlit"] is False
+            assert times[0] == 0 and times[-1] == 400.5 and published[-1][1]["low"] is True
             drifts = times[:-1]
             steps = [b - a for a, b in zip(drifts, drifts[1:])]
             assert all(49 * 0.5 <= g <= 49 * 1.5 + 2 for g in steps), drifts   # + a step equal to the last
@@ -160,7 +160,7 @@ def test_state_drifts_go_out_less_often_in_a_large_fleet_and_not_in_one_wave(tmp
 
 
 def test_a_battery_step_is_news_in_a_small_fleet_and_a_drift_in_a_large_one(tmp_path, monkeypatch):
-    """Placement reads sunlight and the low flag, not the charge: a charge move floods the fleet at
+    """Placement reads the low flag (and sunlight from physics), not the charge: a charge move floods the fleet at
     once only if it is large for the fleet's size (5% up to 60 members, > 100% at starlink-s1)."""
     from agent import wallclock
     from agent.runtime.placement import state_changed_enough
@@ -171,7 +171,8 @@ def test_a_battery_step_is_news_in_a_small_fleet_and_a_drift_in_a_large_one(tmp_
     assert state_changed_enough(old, {**old, "battery": 0.65})                      # 5% at the default
     assert not state_changed_enough(old, {**old, "battery": 0.66}, battery_step=0.082)
     assert state_changed_enough(old, {**old, "battery": 0.70}, battery_step=0.082)
-    assert state_changed_enough(old, {**old, "sunlit": False}, battery_step=2.0)     # sunlight: always
+    assert state_changed_enough(old, {**old, "low": True}, battery_step=2.0)         # the low flag: always
+    assert not state_changed_enough(old, {**old, "sunlit": False}, battery_step=2.0)  # sunlight: physics, not news
     node = _node(tmp_path, "sat-0")                      # 96 satellites and 2 stations: a step of ~8.2%
     monkeypatch.setattr(wallclock, "now", lambda: START)
     published: list[dict] = []

@@ -88,7 +88,7 @@ class NodeJobHost:
             # would cost the whole suspicion timeout.
             return f"{node} suspected by the fleet's membership (it missed its probes)"
         state = n._own_state() if node == self.name else n.membership.state_of(node)
-        if state and state.get("low") and not state.get("sunlit", True):
+        if state and state.get("low") and n.sunlit_of(node) is False:
             return f"{node} in eclipse with its battery below the reserve"
         return None
 

@@ -250,7 +250,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         """This node's periodic chores, on the process's one chore heap (agent/runtime/periodic.py)
         rather than a task and a timer each; they stop with the node."""
         periodic = process_periodic()
-        if self.battery is not None:     # sunlight first: a first state that said "sunlit" in eclipse
+        if self.battery is not None:     # the battery first: a first state that did not say "low" in eclipse
             self._power_from = (wallclock.now(), self._busy_s)     # was corrected by a second flood
             self._power()
         self._publish_state()            # at once: placement elsewhere needs it before the first period
@@ -328,8 +328,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             "models": sorted(self.store.names())[:12], "loaded": self.store.loaded_names()[:8],
             "cm": compute_to_state(self.compute_table.of_node(self.me.name), limit=6)}
         if self.battery is not None:
-            state.update(battery=round(self.battery.fraction * 50) / 50, sunlit=self.battery.sunlit,
-                         low=self.battery.low())
+            state.update(battery=round(self.battery.fraction * 50) / 50, low=self.battery.low())
         return state
 
     def _power(self) -> None:

@@ -86,6 +86,7 @@ class EntryTasks:
     _tick_at: float
     orbit_t: Callable[..., float]                                   # NodePhysics
     _cut_links: Callable[[float], frozenset[tuple[int, int]]]       # NodePhysics
+    sunlit_of: Callable[[str], bool | None]                         # NodePhysics
     _own_state: Callable[[], dict[str, Any]]                        # Node
     find_task: Callable[[str], TaskRecord | None]                   # TaskRecovery
     _on_request: Callable[..., Any]                                 # Execution
@@ -341,7 +342,7 @@ class EntryTasks:
         names = [e.name for i, e in self.peers.by_index.items() if i not in dead and e.name not in exclude]
         cands = candidates(self.me.name, model, names, self._paths_from_me(), self.membership.state_of,
                            self.compute_table, self._in_flight, own, load_s, loaded.path.stat().st_size,
-                           self.config.links.isl_bandwidth_bps)
+                           self.config.links.isl_bandwidth_bps, self.sunlit_of)
         c = self.constellation
         plane = {n: (c.shell_of[self.peers[n].index], c.plane_of[self.peers[n].index]) for n in names
                  if self.peers[n].index < len(c)}

@@ -3,7 +3,7 @@
 The decision is pure (``mesh.placement.choose``); this module gathers its
 inputs: path latency and hop count from the healing router (physics minus
 what is known down), each node's gossiped state (backlog, models, battery,
-sunlight, learned compute times), and what this entry node itself has
+learned compute times), sunlight from physics, and what this entry node itself has
 learned from results and has in flight (gossip lags by up to a second, so a
 burst of submissions would otherwise all pick the same idle node).
 """
@@ -64,11 +64,12 @@ def compute_to_state(times: dict[str, float], limit: int = 8) -> list:
 def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str], tuple[float, int] | None],
                state_of: Callable[[str], dict[str, Any] | None], learned: ComputeTable,
                in_flight: collections.Counter, own: dict[str, Any], load_s: float, model_bytes: int,
-               bandwidth_bps: float) -> list[Candidate]:
+               bandwidth_bps: float, sunlit_of: Callable[[str], bool | None]) -> list[Candidate]:
     """Every live node with a route, as ``mesh.placement`` sees it; ``own`` is this node's
     current state (fresher than what it gossiped); ``load_s`` is what creating the
     model's session costs where it is not loaded yet.  A node without the model
-    fetches it from the entry node over the mesh: its transfer is added too."""
+    fetches it from the entry node over the mesh: its transfer is added too.
+    ``sunlit_of(name)``: sunlight now, from physics (None: a station), not from gossip."""
     out = []
     for name in names:
         if name == me:
@@ -90,7 +91,7 @@ def candidates(me: str, model: str, names: Iterable[str], path_of: Callable[[str
         battery = state.get("battery")
         out.append(Candidate(
             node=name, latency_s=latency, hops=hops, backlog=backlog,
-            compute_s=compute, sunlit=state.get("sunlit") if battery is not None else None,
+            compute_s=compute, sunlit=sunlit_of(name) if battery is not None else None,
             low_battery=bool(state.get("low")),
             load_s=(0.0 if model in (state.get("loaded") or ()) else load_s)
             + (0.0 if model in models else 2 * latency + model_bytes * 8.0 / bandwidth_bps * hops)))
@@ -105,11 +106,12 @@ def state_changed_enough(old: dict[str, Any] | None, new: dict[str, Any],
     wait: the backlog must move by half a task per worker, the battery by
     ``battery_step`` (``mesh.membership_config.battery_news_step``: 5% in a small
     fleet), a compute time by a quarter; a model, a session, sunlight or the
-    low-battery flag changing is always news.
+    low-battery flag changing is always news.  Sunlight is not gossiped: every node computes
+    it from physics (``mesh.world.World.sunlit``), so an eclipse's edge floods nothing.
     """
     if old is None:
         return True
-    for key in ("models", "loaded", "sunlit", "low", "workers"):
+    for key in ("models", "loaded", "low", "workers"):
         if old.get(key) != new.get(key):
             return True
     if abs(float(new.get("backlog") or 0) - float(old.get("backlog") or 0)) >= 0.5:
