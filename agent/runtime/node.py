@@ -265,7 +265,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
 
     def _each_second(self) -> None:
         """The once-a-second chores as one: step the battery first (the state then says whether
-        we are sunlit now), look at the state for news, expire faults.  One heap entry per node
+        it is low now), look at the state for news, expire faults.  One heap entry per node
         rather than three: at starlink-s1 the heap's own pops and pushes were 5% of a simulation."""
         if self.battery is not None:
             self._power()
