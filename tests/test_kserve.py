@@ -359,6 +359,8 @@ async def test_grpc_pushes_back_beyond_its_limit_instead_of_queueing():
 def test_repository_index_takes_no_body_or_json_and_refuses_other_bytes(fleet):
     url = f"{fleet[2]['sat-0'].api}/v2/repository/index"
     assert httpx.post(url, headers=AUTH, timeout=10).status_code == 200
-    assert httpx.post(url, headers=AUTH, content=b" \n", timeout=10).status_code == 200   # JSON whitespace
+    assert httpx.post(url, headers=AUTH, content=b"{}", timeout=10).status_code == 200
+    blank = httpx.post(url, headers={**AUTH, "Content-Type": "application/json"}, content=b" \t\r\n", timeout=10)
+    assert blank.status_code == 400 and "error" in blank.json()      # whitespace alone is no JSON document (RFC 8259)
     bad = httpx.post(url, headers={**AUTH, "Content-Type": "application/json"}, content=b"\x0c", timeout=10)
     assert bad.status_code == 400 and "error" in bad.json()          # a form feed is not JSON (schemathesis found it)

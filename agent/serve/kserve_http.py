@@ -90,7 +90,7 @@ def kserve_routes(service: InferenceService, max_body_bytes: int) -> list[Route]
 
     async def _json_body(request: Request) -> dict[str, Any]:
         body = await read_limited(request, 1 << 16)
-        if not body.strip(b" \t\r\n"):       # JSON's whitespace only: anything else must parse
+        if not body:        # no body at all; anything else, whitespace alone too, must be a JSON document
             return {}
         return json_object(body, "body")
 
