@@ -214,8 +214,8 @@ def state_refresh_s(n: int) -> float:
     records a second, not n / 30 (53 a second at s1, 84,000 deliveries a second across the
     fleet); and beyond 500 members at least n² / ``MACHINE_DRIFT_DELIVERIES_S``, so that the
     fleet's drift deliveries stay within the machine's budget (starlink-s1's 1,590: ~42 min,
-    each node hearing 0.6 drift records a second).  Live at s1, 2 drift records a second per node cost ~0.3 core of the idle fleet's
-    1.6 (docs/benchmarks.md)."""
+    each node hearing 0.6 drift records a second).  Live at s1, 2 drift records a second per
+    node cost ~0.3 core of the idle fleet's 1.6 (docs/benchmarks.md)."""
     n = _count("fleet size n", n)
     return max(STATE_REFRESH_S, n / STATE_DRIFT_RECORDS_S, n * n / MACHINE_DRIFT_DELIVERIES_S)
 
