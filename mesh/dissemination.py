@@ -296,6 +296,10 @@ class BroadcastQueue:
         item = self._items.get(update.key)
         return item is not None and item.update == update
 
+    def queued(self, key: tuple) -> bool:
+        """Whether an update about ``key``'s subject (``Update.key``) waits in the queue."""
+        return key in self._items
+
     def holds_other_than(self, kind: str) -> bool:
         """Whether any queued update is of another kind than ``kind`` (e.g. membership news among states)."""
         return any(c for k, c in self._kinds.items() if k != kind)

@@ -117,13 +117,16 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
     def __init__(self, me: int, nodes: Iterable[int], neighbours_fn: NeighboursFn, config: MembershipConfig,
                  rng: random.Random, *, incarnation: int = 0, link_down_expected: LinkDownExpectedFn | None = None,
                  reports_links: bool = False, trust: Trust | None = None,
-                 records: Callable[[Update], Update] | None = None):
+                 records: Callable[[Update], Update] | None = None,
+                 state_news: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None):
         """``reports_links``: the driver calls :meth:`link_opened` whenever its link to a
         neighbour connects, so a neighbour whose link never opened has not joined yet.
         ``trust``: sign our records and apply others' only when their origin signed
         them (see :mod:`mesh.trust`); None (the simulator) believes every member.
         ``records``: a :class:`mesh.dissemination.RecordPool` shared by the nodes of one process,
-        so they hold one copy of each record received (None: this node keeps its own)."""
+        so they hold one copy of each record received (None: this node keeps its own).
+        ``state_news(old, new)``: whether a member's new state matters to placement; when it
+        does not (a drift), its copies wait ``config.drift_gossip_s`` at each hop (None: all news)."""
         self.me = me
         self.trust = trust
         self._signed: dict[int, Update] = {}    # with trust: the signed record behind each node's status
@@ -131,6 +134,8 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
         self.config = config
         self.rng = rng
         self.records = records if records is not None else _own_copy
+        self.state_news = state_news
+        self._news_queued: set[int] = set()    # members whose queued state record is news, not a drift
         self.neighbours_fn = neighbours_fn
         self.link_down_expected = link_down_expected
         # One key order for every per-node dict: digests are their values, in C.
@@ -302,7 +307,10 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
 
     def set_state(self, now: float, values: dict[str, Any]) -> list[Send]:
         """Publish a new version of this node's state (ValueError if too large)."""
+        before = self.states.get(self.me)
         rec = self.states.set_own(values)      # signed by the table (sign=self._own)
+        if self.state_news is None or before is None or self.state_news(before.as_dict(), rec.as_dict()):
+            self._news_queued.add(self.me)
         self._sver[self.me] = rec.version
         self.queue.push(rec)
         self._events.append(StateChanged(self.me, rec.version, now))

@@ -29,6 +29,8 @@ class MembershipConfig:
     #                                        last round for it (large fleets, scaled_config: frames are the cost)
     gossip_interval_s: float = 0.2         # re-send pending updates this often
     state_gossip_s: float = 0.5            # repeat copies of state records (placement hints) go this often
+    drift_gossip_s: float = 0.5            # ... and of a drift (a state change below placement's thresholds,
+    #                                        as the driver's state_news judges): large fleets wait longer
     eager_gap_s: float = 0.005             # news is pushed at once, at most this often per node
     eager_state: bool = True               # ... a neighbour's state record too (False: it waits for the next
     #                                        state_gossip_s flush, sharing frames: large fleets, scaled_config)
@@ -52,7 +54,8 @@ class MembershipConfig:
     version_window: int = 1 << 32          # ... a state version or link report sequence by at most this
 
     def __post_init__(self) -> None:
-        for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s"):
+        for name in ("probe_interval_s", "gossip_interval_s", "sync_interval_s", "rtt_mult", "state_gossip_s",
+                     "drift_gossip_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"membership {name} must be > 0")
         for name in ("direct_attempts", "indirect_attempts", "link_fail_rounds", "dead_probe_every", "state_copies"):
@@ -178,6 +181,11 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
     crosses a loaded host in seconds, not periods) and at least
     ``MIN_SUSPICION_PERIODS`` periods; a node held dead is re-probed as often in
     seconds as before; a fresh link is not judged for at least 3 periods.
+    A drift (a state change below placement's thresholds) waits at each hop for the
+    slower of that pace and ``state_refresh_s(n) / DRIFT_FLUSHES_PER_REFRESH``: it rides
+    pings and shares frames with the others, instead of costing frames every
+    ``state_gossip_s`` to every neighbour (starlink-s1: 25 s a hop, a drift ~5 min late
+    at 23 hops, against a refresh period of ~42 min).
     """
     s = rate_scale(n, per_process, machine_frames_s=machine_frames_s, process_frames_s=process_frames_s)
     b = base or fleet_config()
@@ -188,6 +196,7 @@ def scaled_config(n: int, per_process: int = 1, base: MembershipConfig | None = 
     alpha = max(b.suspicion_mult / s, MIN_SUSPICION_PERIODS / log_n)
     return replace(b, probe_interval_s=t, suspicion_mult=alpha,
                    gossip_interval_s=b.gossip_interval_s * s, state_gossip_s=b.state_gossip_s * s,
+                   drift_gossip_s=max(b.drift_gossip_s * s, state_refresh_s(n) / DRIFT_FLUSHES_PER_REFRESH),
                    gossip_bytes=round(b.gossip_bytes * s),
                    eager_gap_s=b.eager_gap_s * s, eager_state=False,
                    sync_interval_s=min(max(b.sync_interval_s, MAX_SYNC_INTERVAL_S), b.sync_interval_s * s),
@@ -206,6 +215,7 @@ STATE_DRIFT_RECORDS_S = 2.0       # drift records a node receives a second, all 
 MACHINE_DRIFT_DELIVERIES_S = 1000.0   # ... and at most this many drift deliveries a second on the machine
 #                                       (every one reaches all n: n² / R), as MACHINE_FRAMES_S for probes
 BATTERY_NEWS_STEP = 0.05          # a battery move that is news at once in a small fleet
+DRIFT_FLUSHES_PER_REFRESH = 100.0  # a large fleet's drifts wait R / this at each hop (starlink-s1: 25 s)
 
 
 def state_refresh_s(n: int) -> float:

@@ -5,14 +5,14 @@ the gate every received record passes (windows, signatures) before it is applied
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mesh.dissemination import per_neighbour_limit
 from mesh.gossip_msgs import ALIVE, DEAD, SUSPECT, Alive, Dead, Gossip, Suspect, Update, signer_of
 from mesh.membership_events import Send
 
 if TYPE_CHECKING:
-    from mesh.dissemination import BroadcastQueue, LinkStateTable
+    from mesh.dissemination import BroadcastQueue, LinkStateTable, StateTable
     from mesh.gossip_msgs import LinkState, NodeState
     from mesh.membership_config import MembershipConfig
     from mesh.trust import Trust
@@ -39,6 +39,9 @@ class Dissemination:
     _limit_key: tuple[int, int]
     _limit_val: int
     records: Callable[[Update], Update]
+    state_news: Callable[[dict[str, Any], dict[str, Any]], bool] | None
+    _news_queued: set[int]
+    states: StateTable
     stats: dict[str, int]
     _nbr_lat: Callable[[float], dict[int, float]]                   # NeighboursAndPhysics
     _apply_state: Callable[[float, NodeState], bool]                # ViewChanges
@@ -156,10 +159,13 @@ class Dissemination:
         elif self.queue.holds_other_than("n"):
             self._next_gossip = now + self.config.gossip_interval_s
         else:
-            # Only state records left, each already pushed at once: their
-            # further copies (against loss) wait and share frames, so a fleet's
-            # steady trickle of battery and load drifts costs fewer frames.
-            self._next_gossip = now + self.config.state_gossip_s
+            # Only state records left: they wait and share frames, so a fleet's
+            # steady trickle of battery and load drifts costs fewer frames; a
+            # drift waits longest (it rides pings meanwhile).
+            if self._news_queued:
+                self._news_queued = {n for n in self._news_queued if self.queue.queued(("n", n))}
+            wait = self.config.state_gossip_s if self._news_queued else self.config.drift_gossip_s
+            self._next_gossip = now + wait
 
     def _absorb(self, now: float, updates: tuple[Update, ...], frm: int | None) -> bool:
         news = False
@@ -169,6 +175,7 @@ class Dissemination:
             u = self.records(u)           # the instance the process's other nodes hold, if any
             k = u.kind
             if k == "n":
+                before = self.states.get(u.node) if self.state_news is not None else None
                 changed = self._apply_state(now, u)
             elif k == "l":
                 changed = self._apply_link(now, u)
@@ -177,11 +184,17 @@ class Dissemination:
             if changed:
                 if k != "n" or self.config.eager_state:
                     news = True
-                elif self._next_gossip > now + self.config.state_gossip_s:
+                else:
                     # Another node's state is not urgent: it rides the next batched flush, so
                     # a large fleet's steady flood of state records costs frames per period,
-                    # not per record (liveness news still goes at once).
-                    self._next_gossip = now + self.config.state_gossip_s
+                    # not per record (liveness news still goes at once); a drift, later still.
+                    wait = self.config.state_gossip_s
+                    if before is not None and not self.state_news(before.as_dict(), u.as_dict()):
+                        wait = self.config.drift_gossip_s
+                    else:
+                        self._news_queued.add(u.node)
+                    if self._next_gossip > now + wait:
+                        self._next_gossip = now + wait
                 if self.trust is not None and k in ("a", "s", "d"):
                     self._signed[u.node] = u
                 self.queue.push(u, () if frm is None else (frm,))

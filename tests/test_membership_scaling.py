@@ -93,6 +93,8 @@ def test_starlink_s1_numbers_are_the_documented_ones():
     assert probe_frames_s(c, 1584) == pytest.approx(1000.0)
     expected, bound = detection_s(c, 1584)
     assert 14 < expected < 17 and 30 < bound < 35      # rounds spared (spare_heard): ~T/2 later, at most T
+    assert c.drift_gossip_s == pytest.approx(1584 ** 2 / 1000 / 100)   # a drift waits ~25 s a hop
+    assert c.state_gossip_s == pytest.approx(3.168)      # news among states: as before
     # One process of all of them is capped: over budget, but detection is still bounded.
     c = scaled_config(1584, 1584)
     assert c.probe_interval_s == MAX_PROBE_INTERVAL_S

@@ -37,8 +37,8 @@ RECENT_EVENTS = 256
 # one each (O(K·n) per process otherwise; ~1.7 KB a state record; bench/sat_memory.py).
 RECORDS = RecordPool()
 # The knobs mesh.membership_config.scaled_config sets from the fleet's size, shown in the view.
-RATE_KNOBS = ("probe_interval_s", "gossip_interval_s", "state_gossip_s", "eager_gap_s", "sync_interval_s",
-              "suspicion_mult", "dead_probe_every", "join_grace_s")
+RATE_KNOBS = ("probe_interval_s", "gossip_interval_s", "state_gossip_s", "drift_gossip_s", "eager_gap_s",
+              "sync_interval_s", "suspicion_mult", "dead_probe_every", "join_grace_s")
 
 
 class MembershipService:
@@ -48,10 +48,11 @@ class MembershipService:
                  link_down_expected: Callable[[int, int, float], bool], *, incarnation: int = 0,
                  config: MembershipConfig | None = None, on_hop_ack: Callable[[HopAck, str], None] | None = None,
                  on_view_change: Callable[[], None] | None = None, trust: Trust | None = None,
-                 gate: Any = None):
+                 gate: Any = None, state_news: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None):
         """``gate``: a paused satellite's (``agent.links.hybrid_host.Gate``): while it is closed the
         protocol stops like a process under SIGSTOP, and on resume holds its verdicts as after
-        any stall, instead of judging neighbours it could not hear."""
+        any stall, instead of judging neighbours it could not hear.  ``state_news``: whether a
+        member's new state matters to placement (``mesh.membership.Membership``'s)."""
         self.peers = peers
         self.gate = gate
         self.links = links
@@ -62,7 +63,7 @@ class MembershipService:
         self.me = peers[me].index
         self.m = Membership(self.me, sorted(self.names), self._neighbours, config or fleet_config(),
                             entropy.rng(f"membership:{me}:{incarnation}"), incarnation=incarnation, link_down_expected=link_down_expected,
-                            reports_links=True, trust=trust, records=RECORDS)
+                            reports_links=True, trust=trust, records=RECORDS, state_news=state_news)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.counts = collections.Counter()
         # Every suspect / dead verdict this view has held, by subject, for the

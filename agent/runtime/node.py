@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import collections
+import functools
 import math
 import random
 from pathlib import Path
@@ -139,7 +140,8 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         self.membership = MembershipService(
             name, peers, self.links, lambda wall: self.router.snapshot(self.orbit_t(wall)), self._link_down_expected,
             incarnation=incarnation, on_hop_ack=self._on_hop_ack, on_view_change=self._view_changed, trust=trust,
-            gate=gate, config=membership or scaled_config(len(peers.by_name), sats_per_process))
+            gate=gate, config=membership or scaled_config(len(peers.by_name), sats_per_process),
+            state_news=functools.partial(state_changed_enough, battery_step=battery_news_step(len(peers.by_name))))
         self.delivery_config = fleet_delivery()
         self.relay = Relay(name, peers, self.links, Forwarder(self.me.index, self.healing), self._link_state,
                            lambda peer, now: 2.0 * self._propagation(self.me.name, peer, now),
