@@ -213,6 +213,7 @@ def main() -> int:
                 time.sleep(min(IDLE_WINDOW_S, args.idle_seconds - (time.monotonic() - w0)))
                 c, w = cpu_seconds(pids), time.monotonic()
                 windows.append(round((c - ci) / (w - wi), 3))
+                print(f"  idle {w - t0:6.0f} s after start: {windows[-1]} cores", flush=True)
                 ci, wi = c, w
             report["idle_cores"] = round((ci - c0) / (wi - w0), 3)
             report["idle_windows"] = windows
