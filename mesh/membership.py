@@ -309,7 +309,7 @@ class Membership(MembershipViews, NeighboursAndPhysics, Probing, Dissemination, 
         """Publish a new version of this node's state (ValueError if too large)."""
         before = self.states.get(self.me)
         rec = self.states.set_own(values)      # signed by the table (sign=self._own)
-        if self.state_news is None or before is None or self.state_news(before.as_dict(), rec.as_dict()):
+        if not self._is_drift(before, rec):
             self._news_queued.add(self.me)
         self._sver[self.me] = rec.version
         self.queue.push(rec)

@@ -167,6 +167,16 @@ class Dissemination:
             wait = self.config.state_gossip_s if self._news_queued else self.config.drift_gossip_s
             self._next_gossip = now + wait
 
+    def _is_drift(self, before: NodeState | None, u: NodeState) -> bool:
+        """Whether ``u`` only drifts from ``before`` (the driver's ``state_news`` says it is no
+        news); a state its judge cannot read (a peer's odd values) counts as news."""
+        if before is None or self.state_news is None:
+            return False
+        try:
+            return not self.state_news(before.as_dict(), u.as_dict())
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            return False
+
     def _absorb(self, now: float, updates: tuple[Update, ...], frm: int | None) -> bool:
         news = False
         for u in updates:
@@ -189,7 +199,7 @@ class Dissemination:
                     # a large fleet's steady flood of state records costs frames per period,
                     # not per record (liveness news still goes at once); a drift, later still.
                     wait = self.config.state_gossip_s
-                    if before is not None and not self.state_news(before.as_dict(), u.as_dict()):
+                    if self._is_drift(before, u):
                         wait = self.config.drift_gossip_s
                     else:
                         self._news_queued.add(u.node)

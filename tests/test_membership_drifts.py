@@ -87,3 +87,15 @@ def test_news_among_drifts_still_goes_at_the_state_pace_and_a_drift_waits():
     # sooner), but within a drift pace a hop; news waits at most a state pace a hop.
     assert 1.5 * as_news < drift < hops * tw.cfg.drift_gossip_s, (drift, as_news)
     assert news < hops * pace + 1.0, (news, pace)
+
+
+def test_a_state_the_judge_cannot_read_counts_as_news_and_breaks_nothing():
+    tw = drift_twin(news_if_load_moves_by_ten)
+    for i in range(N):
+        publish(tw, i, 0)
+    tw.run(10.0)
+    # A peer's odd value: the judge raises on it (a str minus an int), so it goes as news.
+    version = publish(tw, 3, "not a number")
+    took = arrival_s(tw, 3, version, tw.now + 6 * tw.cfg.drift_gossip_s)
+    assert took < 4 * tw.cfg.state_gossip_s + 1.0, took
+    assert all(tw.nodes[i].node_state(3)["load"] == "not a number" for i in tw.live())
