@@ -50,6 +50,40 @@ def monotonic() -> float:
     return clock.current_time()
 
 
+class JumpClock(trio.abc.Clock):
+    """Virtual time for the simulator: whenever the event loop has no task to run, time jumps
+    straight to the next deadline, and the tasks due then run in that same turn of the loop.
+
+    trio's ``MockClock(autojump_threshold=0)`` keeps the same time but spends two turns on
+    each instant (an idle turn that jumps, then a turn that expires the deadline) and reads
+    the real clock inside every ``current_time``.  A starlink-s1 simulation wakes at tens of
+    thousands of distinct instants a simulated minute, so those turns were a visible share
+    of its CPU.  What it lacks: ``jump`` only forwards (no rate), and
+    ``trio.testing.wait_all_tasks_blocked`` wakes only when no deadline is left at all."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        # trio asks only when no task is runnable: nothing can happen before ``deadline``.
+        if deadline == math.inf:
+            return math.inf      # nothing due at all: wait for I/O (a signal), as MockClock does
+        if deadline > self._now:
+            self._now = deadline
+        return 0.0
+
+    def jump(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"virtual time only moves forward, not by {seconds!r} s")
+        self._now += seconds
+
+
 def is_virtual() -> bool:
     return _clock is not None
 

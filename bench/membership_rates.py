@@ -35,7 +35,6 @@ def worker(n: int, seconds: float, per_process: int | None, scaled: bool) -> Non
     import time
 
     import trio
-    from trio.testing import MockClock
 
     from agent import entropy, wallclock
     from agent.ops.inproc import InProcFleet
@@ -72,7 +71,7 @@ def worker(n: int, seconds: float, per_process: int | None, scaled: bool) -> Non
                        probes_per_node_s=(p1 - p0) / sim / nodes, cpu_ms_per_node_s=1000 * cpu / sim / nodes,
                        verdicts=verdicts)
             nursery.cancel_scope.cancel()
-    clock = MockClock(autojump_threshold=0)
+    clock = wallclock.JumpClock()
     with entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
         trio.run(main, clock=clock)
     print(json.dumps(out))

@@ -72,7 +72,6 @@ def steady(n: int, seconds: float, unshared: bool) -> dict:
     import shutil
 
     import trio
-    from trio.testing import MockClock
 
     from agent import entropy, wallclock
     from agent.ops.inproc import InProcFleet
@@ -97,7 +96,7 @@ def steady(n: int, seconds: float, unshared: bool) -> dict:
             out.update(n=n, nodes=nodes, heap_mb_per_node=(tracemalloc.get_traced_memory()[0] - before) / 2**20 / nodes,
                        state_records_per_node=sum(len(m.node.membership.m.states) for m in fleet.members.values()) / nodes)
             nursery.cancel_scope.cancel()
-    clock = MockClock(autojump_threshold=0)
+    clock = wallclock.JumpClock()
     try:
         with entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
             trio.run(main, clock=clock)

@@ -64,7 +64,8 @@ def worker(tree: str, preset: str, n: int, seconds: float, warmup: float = 8.0) 
             await trio.sleep(seconds)
             out["sim_per_cpu_s"] = seconds / (time.process_time() - t1)
             nursery.cancel_scope.cancel()
-    clock = MockClock(autojump_threshold=0)
+    # The tree's simulator clock (trees before wallclock.JumpClock ran on trio's MockClock).
+    clock = wallclock.JumpClock() if hasattr(wallclock, "JumpClock") else MockClock(autojump_threshold=0)
     with stack, entropy.seeded(1), wallclock.virtual(clock, origin=1_767_225_600.0):
         trio.run(main, clock=clock)
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

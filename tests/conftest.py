@@ -79,13 +79,11 @@ def tiny_models(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def virtual_clock():
-    """The process on a virtual wall clock (``agent.wallclock``) driven by trio's
-    ``MockClock(autojump_threshold=0)``; a test that takes it as an argument runs on it
-    (pytest-trio passes a Clock fixture to ``trio.run``)."""
-    from trio.testing import MockClock
-
+    """The process on a virtual wall clock (``agent.wallclock``) driven by the simulator's
+    ``JumpClock``; a test that takes it as an argument runs on it (pytest-trio passes a
+    Clock fixture to ``trio.run``)."""
     from agent import wallclock
-    clock = MockClock(autojump_threshold=0)
+    clock = wallclock.JumpClock()
     with wallclock.virtual(clock):
         yield clock
 

@@ -35,6 +35,45 @@ def test_the_real_clock_is_the_default_and_comes_back_after_a_virtual_one():
     assert not wallclock.is_virtual() and abs(wallclock.now() - time.time()) < 0.05
 
 
+def run_sleepers(clock: trio.abc.Clock, n: int = 20) -> tuple[list[tuple[float, float]], int]:
+    """``n`` tasks that sleep until distinct instants; returns (due, woke) pairs and the turns of
+    the event loop that waited (trio's ``before_io_wait``)."""
+    woke: list[tuple[float, float]] = []
+    turns = [0]
+
+    class Turns(trio.abc.Instrument):
+        def before_io_wait(self, timeout: float) -> None:
+            turns[0] += 1
+
+    async def sleeper(due: float) -> None:
+        await trio.sleep_until(due)
+        woke.append((due, trio.current_time()))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(sleeper, 0.5 + 0.37 * ((i * 7) % n))
+    trio.run(main, clock=clock, instruments=[Turns()])
+    return woke, turns[0]
+
+
+def test_the_simulators_clock_jumps_to_each_deadline_in_one_turn_of_the_loop():
+    jumped, turns = run_sleepers(wallclock.JumpClock())
+    mocked, mock_turns = run_sleepers(MockClock(autojump_threshold=0))
+    # Turns per instant: the slope from 20 to 40 sleepers (start and end take a few turns).
+    per_instant = (run_sleepers(wallclock.JumpClock(), 40)[1] - turns) / 20
+    mock_per_instant = (run_sleepers(MockClock(autojump_threshold=0), 40)[1] - mock_turns) / 20
+    assert [d for d, _ in jumped] == sorted(d for d, _ in jumped)        # woken in time order,
+    assert all(woke == due for due, woke in jumped)                        # exactly on time,
+    assert [d for d, _ in mocked] == [d for d, _ in jumped]                # as MockClock wakes them,
+    assert (per_instant, mock_per_instant) == (1, 2)                       # in one turn, not two
+    clock = wallclock.JumpClock(start=5.0)
+    clock.jump(1.5)
+    assert clock.current_time() == 6.5
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.jump(-1.0)
+
+
 async def test_wall_time_and_trio_time_move_together_and_threads_read_the_same(virtual_clock):
     t0, trio0 = wallclock.now(), trio.current_time()
     await trio.sleep(3600)                       # an hour of virtual time, no real time

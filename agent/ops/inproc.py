@@ -7,7 +7,7 @@ cancelled and its host down, as a crash: volatile state gone, journal kept)
 and started again from its journal.
 
 Run it on a virtual clock (the ``virtual_clock`` fixture of ``tests/conftest.py``:
-a trio ``MockClock(autojump_threshold=0)`` that ``agent.wallclock`` turns into the
+``agent.wallclock.JumpClock``, virtual time that ``agent.wallclock`` turns into the
 process's wall time): every node reads that clock, timers sleep in trio time,
 inference runs inline in zero virtual time, so a test takes as long as its
 CPU work, not as long as the mesh's timeouts.  It also runs on the real clock.

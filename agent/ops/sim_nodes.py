@@ -2,7 +2,7 @@
 
 Every satellite is an ``agent.runtime.node.Node`` (the daemon's class: membership,
 relay, delivery, journal, onnxruntime executor) on the in-memory twin host
-(``agent/links/memory_host.py``), in one trio run on ``MockClock(autojump_threshold=0)``
+(``agent/links/memory_host.py``), in one trio run on ``agent.wallclock.JumpClock``
 through ``agent.wallclock.virtual``: virtual time passes only when every node
 waits, so a run takes as long as its CPU work.  The scenario's faults are fleet
 operations: a kill crashes a node (``InProcFleet.kill``), a restart starts it
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import trio
-from trio.testing import MockClock
 
 from agent import collector, entropy, wallclock
 from agent.ops.inproc import InProcFleet
@@ -435,7 +434,7 @@ def run(spec: SimSpec, trace: Trace | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="orbitmesh-sim-") as tmp, entropy.seeded(spec.seed):
             models = Path(tmp) / "models-src"
             matmul.build(models)
-            clock = MockClock(autojump_threshold=0)
+            clock = wallclock.JumpClock()
             with wallclock.virtual(clock, origin=ORIGIN):
                 box: dict[str, Run] = {}
 
