@@ -56,7 +56,6 @@ from mesh.chaos import FaultTable
 from mesh.config import FleetConfig
 from mesh.energy import Battery
 from mesh.membership_config import MembershipConfig, battery_news_step, scaled_config, state_refresh_s
-from mesh.sun import sunlit_xyz
 from mesh.trust import Trust
 from mesh.delivery import ExecutionCache, TaskLedger, fleet_delivery
 from mesh.forwarding import Forwarder
@@ -334,12 +333,12 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         return state
 
     def _power(self) -> None:
-        """Step the battery with orbital time: sunlight from the shared ephemeris,
-        load from the compute seconds actually run here (every EACH_SECOND_S)."""
+        """Step the battery with orbital time: sunlight from the shared ephemeris (``World.sunlit``,
+        every satellite of the process at once, to the second), load from the compute seconds
+        actually run here (every EACH_SECOND_S)."""
         assert self.battery is not None
         wall, busy_s = self._power_from
-        t = self.orbit_t()
-        lit = sunlit_xyz(*self.constellation.position_xyz(self.me.index, t), self.config.epoch_jd + t / 86400.0)
+        lit = self.world.sunlit(self.orbit_t())[self.me.index]
         now = wallclock.now()
         busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
         self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
