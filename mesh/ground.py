@@ -83,6 +83,11 @@ def ecef_to_latlon(p: np.ndarray) -> tuple[float, float, float]:
     return math.degrees(lat), math.degrees(lon), h
 
 
+# No satellite moves faster than this in the Earth-fixed frame: escape speed at the surface is
+# 11.2 km/s, and the frame's rotation adds 0.47 km/s per Earth radius out (LEO ~8.3 km/s, GEO ~6.1).
+MAX_SAT_SPEED_KM_S = 12.0
+
+
 class StationSet:
     """Stations as arrays, for vectorised visibility against a whole constellation."""
 
@@ -105,6 +110,24 @@ class StationSet:
 
     def __len__(self) -> int:
         return len(self.stations)
+
+    def quiet_s(self, sat_xyz: tuple[float, float, float], mask_deg: float,
+                speed_km_s: float = MAX_SAT_SPEED_KM_S) -> float:
+        """Seconds from now during which no station can have the satellite at ``sat_xyz``
+        (Earth-fixed, km) above its mask; 0.0 if one may now.
+
+        In view needs height − sin(mask)·range ≥ 0 (as :meth:`visible`); that margin grows by
+        at most (1 + sin(mask)) per km the satellite moves, and it moves at most
+        ``speed_km_s``, so a satellite far below every station's mask stays there a while: a
+        satellite's look at the sky can wait that long (minutes, for most of an orbit)."""
+        if len(self) == 0:
+            return math.inf
+        sin_m = max(math.sin(math.radians(mask_deg)), 0.0)
+        sat = np.asarray(sat_xyz, dtype=float)
+        d = sat - self.pos
+        margin = self.up @ sat - self._pos_up - sin_m * np.sqrt(np.einsum("ij,ij->i", d, d))
+        best = float(margin.max())
+        return 0.0 if best >= 0.0 else -best / ((1.0 + sin_m) * speed_km_s)
 
     def visible(self, sat_pos: np.ndarray, mask_deg: float,
                 max_range_km: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

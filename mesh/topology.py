@@ -481,6 +481,14 @@ class Topology:
             return self.contacts_of(i, t)
         return sorted([j for j in self.neighbours_of(i) if self.link_up(i, j, t)] + self.contacts_of(i, t))
 
+    def ground_quiet_s(self, i: int, t: float) -> float:
+        """Seconds from ``t`` during which satellite ``i`` can gain no contact (``contacts_of``
+        stays empty); 0.0 for a station, and where inter-shell links come and go (those
+        need a look each time)."""
+        if i >= self.n_sats or self._adjacent:
+            return 0.0
+        return self.stations.quiet_s(self.constellation.position_xyz(i, t), self.elevation_mask_deg)
+
     def contacts_of(self, i: int, t: float) -> list[int]:
         """The links of ``i`` at ``t`` that come and go with the sky: ground links (under the
         handover policy) and inter-shell laser links, by index; every link of a station.

@@ -230,3 +230,24 @@ def test_two_agents_compute_the_same_mesh():
     assert sa.shortest_path(src, dst) == sb.shortest_path(src, dst)
     assert a.topology.link_latency(src, sa.shortest_path(src, dst)[0][1], 4321.0) == \
         b.topology.link_latency(src, sb.shortest_path(src, dst)[0][1], 4321.0)
+
+
+def test_a_satellite_is_out_of_every_stations_view_for_as_long_as_its_quiet_bound_says():
+    # Topology.ground_quiet_s is what lets a satellite skip its look at the sky: within the
+    # bound no station may see it; one in view now has a bound of 0.
+    import statistics
+
+    from mesh.presets import preset
+    from mesh.world import World
+    topo = World.from_config(preset("starlink-s1")).topology
+    quiet = []
+    for i in range(0, topo.n_sats, 53):
+        q = topo.ground_quiet_s(i, 1234.5)
+        quiet.append(q)
+        if q > 0.0:       # the first contact, searched every 2 s, comes after the bound
+            first = next((s for s in range(0, int(q) + 2, 2) if topo.contacts_of(i, 1234.5 + s)), None)
+            assert first is None or first > q, (i, q, first)
+    assert statistics.median(quiet) > 60.0, quiet       # minutes of most orbits: worth skipping
+    in_view = [i for i in range(topo.n_sats) if topo.contacts_of(i, 0.0)]
+    assert in_view and all(topo.ground_quiet_s(i, 0.0) == 0.0 for i in in_view)
+    assert topo.ground_quiet_s(topo.n_sats, 0.0) == 0.0    # a station always looks

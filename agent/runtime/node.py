@@ -122,6 +122,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         # Links that never come and go with the sky (a satellite's laser neighbours in its shell).
         self._laser_partners = frozenset(peers.by_index[i].name for i in self.topology.neighbours_of(self.me.index)
                                          if i in peers.by_index) if not self.is_ground else frozenset()
+        self._sky_quiet = (math.inf, -math.inf)   # orbital times in which no station can see us
         self.trust = trust
         self.chaos = FaultTable(self._chaos_topo(), trust=trust,
                                 node_index=lambda n: peers[n].index if n in peers else None)
@@ -276,9 +277,17 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
     def _follow_the_sky(self) -> None:
         """Open and close ground links as satellites rise, set and hand over."""
         now = wallclock.now()
-        if not self.is_ground and self.links.links.keys() <= self._laser_partners \
-                and not self.topology.contacts_of(self.me.index, self.orbit_t(now)):
-            return      # most satellites most of the time: nothing in view, no ground link to close
+        if not self.is_ground and self.links.links.keys() <= self._laser_partners:
+            # Most satellites most of the time: nothing in view, no ground link to close.  Below
+            # every station's mask by a margin, a satellite stays out of view for a while
+            # (``Topology.ground_quiet_s``): no look at the sky until then.
+            t = self.orbit_t(now)
+            since, until = self._sky_quiet
+            if since <= t < until:
+                return
+            if not self.topology.contacts_of(self.me.index, t):
+                self._sky_quiet = (t, t + self.topology.ground_quiet_s(self.me.index, t))
+                return
         self.count_handovers(now)
         wanted = {self.peers.by_index[i].name for i in self._wanted_partners(now) if i in self.peers.by_index}
         for name in wanted - set(self.links.links):
@@ -338,10 +347,11 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
         actually run here (every EACH_SECOND_S)."""
         assert self.battery is not None
         wall, busy_s = self._power_from
-        lit = self.world.sunlit(self.orbit_t())[self.me.index]
         now = wallclock.now()
+        t = self.orbit_t(now)
+        lit = self.world.sunlit(t)[self.me.index]
         busy = (self._busy_s - busy_s) / max(1e-9, (now - wall) * max(1, self.executor.workers))
-        self.battery.step(self.orbit_t(now) - self.orbit_t(wall), lit, busy)
+        self.battery.step(t - self.orbit_t(wall), lit, busy)
         self._power_from = (now, self._busy_s)
 
     def _publish_state(self) -> None:
