@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from agent import wallclock
-from agent.runtime.periodic import COALESCE_S, Periodic, process_periodic
+from agent.runtime.periodic import COALESCE_S, ROUNDS_PER_PERIOD, Periodic, process_periodic
 
 
 async def test_chores_keep_their_period_and_phase(virtual_clock):
@@ -34,6 +34,34 @@ async def test_chores_due_together_share_one_wake_up(virtual_clock):
     assert sorted(k for k, _ in seen) == list(range(50))
     assert periodic.wakeups - before == 1
     assert all(at == pytest.approx(1.0, abs=1e-6) for _, at in seen)
+
+
+async def test_spread_chores_share_a_few_rounds_spread_over_the_period_and_keep_it(virtual_clock):
+    periodic = process_periodic()
+    t0 = wallclock.now()
+    runs: dict[int, list[float]] = {k: [] for k in range(100)}
+    chores = [periodic.spread(1.0, lambda k=k: runs[k].append(wallclock.now() - t0)) for k in range(100)]
+    assert len(periodic._heap) == ROUNDS_PER_PERIOD          # a hundred chores, a heap entry per round
+    await trio.sleep(3.01)
+    phases = sorted({round(at[0], 6) for at in runs.values()})
+    assert phases == pytest.approx([(k + 1) / ROUNDS_PER_PERIOD for k in range(ROUNDS_PER_PERIOD)])
+    assert all(at == pytest.approx([at[0], at[0] + 1.0, at[0] + 2.0]) for at in runs.values())   # period kept
+    per_round = [sum(1 for at in runs.values() if at[0] == pytest.approx(p)) for p in phases]
+    assert max(per_round) - min(per_round) <= 1                                   # balanced
+    for c in chores[:60]:
+        c.cancel()
+    await trio.sleep(1.0)
+    assert sum(len(at) for at in runs.values()) == 300 + 40 and len(periodic) == 40
+    for c in chores[60:]:
+        c.cancel()
+    await trio.sleep(1.0)
+    assert len(periodic._heap) == 0                           # empty rounds leave the heap
+    late: list[float] = []
+    periodic.spread(1.0, lambda: late.append(wallclock.now() - t0))      # and come back at their phase
+    await trio.sleep(1.0)
+    assert len(late) == 1 and round(late[0] % 1.0, 6) in {round(p % 1.0, 6) for p in phases}
+    with pytest.raises(ValueError, match="period must be > 0"):
+        periodic.spread(0.0, lambda: None)
 
 
 async def test_a_cancelled_chore_stops_and_a_failing_one_keeps_its_schedule(virtual_clock, caplog):

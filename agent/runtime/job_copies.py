@@ -94,6 +94,7 @@ class JobCopies:
     def __init__(self, host: CopyHost, board: "JobBoard", store: CopyStore | None,
                  clock: Callable[[], float] = wallclock.now, retention_s: float = 3600.0):
         self.host, self.board, self.store, self.clock = host, board, store, clock
+        self._last_purge = clock()            # the copy store's last purge (again when serve starts)
         self.retention_s = retention_s
         self.out: dict[str, Outbox] = {}
         self.records_sent = 0
@@ -356,18 +357,21 @@ class JobCopies:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, own_chore: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Look every LOOK_EVERY_S, as a chore on the process's heap (agent/runtime/periodic.py), not a
-        task and a timer per node: an idle satellite's look costs a call, not a wake-up."""
+        task and a timer per node: an idle satellite's look costs a call, not a wake-up.
+        ``own_chore=False``: the caller calls :meth:`look` from a chore of its own as often (a
+        node's once-a-second chore: one heap entry per node, not two)."""
         self._last_purge = self.clock()
-        chore = process_periodic().every(LOOK_EVERY_S, self._look)
+        chore = process_periodic().every(LOOK_EVERY_S, self.look) if own_chore else None
         task_status.started()
         try:
             await trio.sleep_forever()
         finally:
-            chore.cancel()
+            if chore is not None:
+                chore.cancel()
 
-    def _look(self) -> None:
+    def look(self) -> None:
         try:
             self._check_keepers()
             self._take_over_dead_homes()

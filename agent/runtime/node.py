@@ -66,7 +66,8 @@ from mesh.wire import TaskRequest
 log = logging.getLogger(__name__)
 
 EXEC_CACHE_RESULTS = 256        # results an executor keeps to answer a retried task without running it again
-EACH_SECOND_S = 1.0             # the battery's step, the look at the state for news worth gossiping, faults' expiry
+EACH_SECOND_S = 1.0             # the battery's step, the look at the state for news worth gossiping, faults' expiry,
+#                                 job copies (as job_copies.LOOK_EVERY_S)
 JOURNAL_PURGE_EVERY_S = 60.0
 
 
@@ -215,7 +216,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             nursery.start_soon(self._end_inline_runs)
             nursery.start_soon(self._prewarm_routes)
             await nursery.start(self.jobs.serve)
-            await nursery.start(self.job_copies.serve)
+            await nursery.start(functools.partial(self.job_copies.serve, own_chore=False))   # _each_second looks
             task_status.started()
 
     # -- live topology ---------------------------------------------------------------
@@ -256,7 +257,7 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
             self._power_from = (wallclock.now(), self._busy_s)     # was corrected by a second flood
             self._power()
         self._publish_state()            # at once: placement elsewhere needs it before the first period
-        chores = [periodic.every(period, fn, first_in=random.uniform(0, period)) for period, fn in (
+        chores = [periodic.spread(period, fn) for period, fn in (     # one heap entry per round of nodes
             (self.REWIRE_EVERY_S, self._follow_the_sky), (EACH_SECOND_S, self._each_second),
             (REFRESH_EVERY_S, self.timekeeper.refresh))]
         try:
@@ -267,12 +268,14 @@ class Node(NodePhysics, EntryTasks, ReplicatedTasks, TaskRecovery, Execution, Ro
 
     def _each_second(self) -> None:
         """The once-a-second chores as one: step the battery first (the state then says whether
-        it is low now), look at the state for news, expire faults.  One heap entry per node
-        rather than three: at starlink-s1 the heap's own pops and pushes were 5% of a simulation."""
+        it is low now), look at the state for news, expire faults, look after job copies
+        (``JobCopies.look``, LOOK_EVERY_S).  One heap entry per node rather than four: at
+        starlink-s1 the heap's own pops and pushes were 5% of a simulation."""
         if self.battery is not None:
             self._power()
         self._publish_state()
         self._expire_faults()
+        self.job_copies.look()
 
     def _follow_the_sky(self) -> None:
         """Open and close ground links as satellites rise, set and hand over."""
