@@ -138,3 +138,25 @@ def test_a_replicated_tasks_parent_is_kept_open_then_final_and_its_key_names_it(
     assert j.open_replicated() == [] and j.replicated("nope") is None
     j.purge(now=131.0)
     assert j.replicated("sat-0-abc") is None and j.by_key("k1") is None
+
+
+def test_a_journal_never_written_holds_no_file_and_reads_as_empty(tmp_path):
+    """Most nodes of a big fleet are never a task's entry nor a job's home: their journals open no
+    file (three each in WAL mode; 4,414 nodes of one process would need 26,000), until the first write."""
+    from agent.runtime.job_copy_store import CopyStore
+    from agent.runtime.job_journal import JobJournal
+    tasks, jobs = Journal(tmp_path / "tasks.sqlite"), JobJournal(tmp_path / "jobs.sqlite")
+    copies = CopyStore(jobs)
+    assert tasks.open_tasks() == [] and tasks.open_replicated() == [] and tasks.get("sat-0-aa") is None
+    assert tasks.by_key("k") is None and tasks.counts() == {} and tasks.quarantined() == 0 and tasks.purge() == 0
+    assert jobs.open_jobs() == [] and jobs.job("j") is None and jobs.purge() == 0
+    assert copies.kept() == [] and copies.row("j") is None and copies.purge(60.0) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    tasks.accept(request(), "sat-5", "", 100.0)
+    copies.store("j1", "sat-3", "accept", {"created": 1.0, "idem_key": None, "spec": {"n": 4, "timeout_s": 60.0}})
+    assert {"tasks.sqlite", "jobs.sqlite"} <= {p.name for p in tmp_path.iterdir()}
+    assert [r.task_id for r in tasks.open_tasks()] == ["sat-0-aa"] and [r.job_id for r in copies.kept()] == ["j1"]
+    tasks.close(), jobs.close()
+    again = JobJournal(tmp_path / "jobs.sqlite")      # a past life's file: the copies' tables are there
+    assert [r.job_id for r in CopyStore(again).kept()] == ["j1"]
+

@@ -100,12 +100,13 @@ class CopyStore:
     """The keeper's side: one connection shared with the node's own job journal (one file, one WAL)."""
 
     def __init__(self, journal: JobJournal):
-        self.journal, self.db = journal, journal.db
+        self.journal = journal
         self._none_kept = False      # the last look found no copy and none was accepted since
-        try:
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise JobJournalError(f"job journal {journal.path}: {exc}") from None
+        journal.add_schema(SCHEMA)   # created with the file, at the first write of either
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.journal.db
 
     def _write(self, sql: str, args: tuple) -> None:
         try:
@@ -156,13 +157,15 @@ class CopyStore:
     _ROW = "SELECT job_id, home, status, taken, told, created, n FROM copies"
 
     def row(self, job_id: str) -> CopyRow | None:
+        if not self.journal.written:
+            return None
         r = self.db.execute(f"{self._ROW} WHERE job_id = ?", (job_id,)).fetchone()
         return CopyRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) if r else None
 
     def kept(self) -> list[CopyRow]:
         """Every copy kept, oldest first.  Looked at every second by every node, and almost always
         empty: a store known to hold none answers without a query."""
-        if self._none_kept:
+        if self._none_kept or not self.journal.written:
             return []
         rows = self.db.execute(f"{self._ROW} ORDER BY created").fetchall()
         self._none_kept = not rows
@@ -210,6 +213,8 @@ class CopyStore:
     def purge(self, retention_s: float, now: float | None = None) -> int:
         """Forget copies of jobs that ended, were taken over, or passed their deadline (a home that never
         came back, a copy that never completed) longer ago than the retention."""
+        if not self.journal.written:
+            return 0
         cutoff = (wallclock.now() if now is None else now) - retention_s
         old = [r[0] for r in self.db.execute(
             "SELECT job_id FROM copies WHERE (finished IS NOT NULL AND finished < ?) OR (taken IS NOT NULL AND told = 1 "

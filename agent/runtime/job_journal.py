@@ -8,7 +8,8 @@ plan counts it, so after a restart the job resumes from exactly the
 checkpoints it had, and no input's output is kept twice (the chunk rows are
 keyed by the shard and the first input they cover).  Moves are kept too, so
 ``status`` still tells the story after a restart.  Finished jobs are purged
-after the same retention as tasks.
+after the same retention as tasks.  The file is created by the first write
+(``agent/runtime/sqlite_file.py``): most nodes are never a job's home or keeper.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgpack
 import numpy as np
 
 from agent import wallclock
+from agent.runtime.sqlite_file import LazyFile
 from mesh.jobs import Move
 from mesh.wire import Tensor, WireError
 
@@ -114,12 +116,30 @@ class JobJournal:
     def __init__(self, path: Path, retention_s: float = 3600.0):
         self.path = Path(path)
         self.retention_s = retention_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self._file = LazyFile(self.path)
+            self._file.add_schema(SCHEMA)
+            if self.path.exists():      # a past life's jobs: opened now; a new file at the first write
+                self._file.connection()
+        except sqlite3.Error as exc:
+            raise JobJournalError(f"job journal {self.path}: {exc}") from None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; the file is created by the first use (``agent/runtime/sqlite_file.py``)."""
+        try:
+            return self._file.connection()
+        except sqlite3.Error as exc:
+            raise JobJournalError(f"job journal {self.path}: {exc}") from None
+
+    @property
+    def written(self) -> bool:
+        return self._file.written
+
+    def add_schema(self, schema: str) -> None:
+        """Another part's tables in this file (the copies a keeper holds: ``agent/runtime/job_copy_store.py``)."""
+        try:
+            self._file.add_schema(schema)
         except sqlite3.Error as exc:
             raise JobJournalError(f"job journal {self.path}: {exc}") from None
 
@@ -169,32 +189,44 @@ class JobJournal:
                     (status, finished, error, job_id))
 
     def by_key(self, idem_key: str) -> str | None:
+        if not self.written:
+            return None
         row = self.db.execute("SELECT job_id FROM jobs WHERE idem_key = ?", (idem_key,)).fetchone()
         return row[0] if row else None
 
     def job(self, job_id: str) -> JobRow | None:
+        if not self.written:
+            return None
         row = self.db.execute("SELECT job_id, idem_key, created, spec, status, finished, error FROM jobs "
                               "WHERE job_id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
     def open_jobs(self) -> list[JobRow]:
+        if not self.written:
+            return []
         rows = self.db.execute("SELECT job_id, idem_key, created, spec, status, finished, error FROM jobs "
                                "WHERE finished IS NULL ORDER BY created").fetchall()
         return [self._job(r) for r in rows]
 
     def chunks(self, job_id: str) -> list[ChunkRow]:
+        if not self.written:
+            return []
         rows = self.db.execute("SELECT shard, lo, hi, node, outputs FROM chunks WHERE job_id = ? "
                                "ORDER BY lo", (job_id,)).fetchall()
         return [ChunkRow(s, lo, hi, node, unpack_arrays(o)) for s, lo, hi, node, o in rows]
 
     def moves(self, job_id: str) -> list[tuple[int, Move, int]]:
         """(shard, move, the shard's resent count then), in order."""
+        if not self.written:
+            return []
         rows = self.db.execute("SELECT shard, at, src, dst, why, resume_at, resent FROM moves WHERE job_id = ? "
                                "ORDER BY rowid", (job_id,)).fetchall()
         return [(s, Move(at, src, dst, why, r), n) for s, at, src, dst, why, r, n in rows]
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished jobs (and their checkpoints and moves) older than the retention."""
+        if not self.written:
+            return 0
         cutoff = (wallclock.now() if now is None else now) - self.retention_s
         old = [r[0] for r in self.db.execute("SELECT job_id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
                                              (cutoff,)).fetchall()]
@@ -204,7 +236,7 @@ class JobJournal:
         return len(old)
 
     def close(self) -> None:
-        self.db.close()
+        self._file.close()
 
     @staticmethod
     def _job(r: tuple) -> JobRow:

@@ -18,6 +18,8 @@ table with the reason and counted; the other rows recover as usual, and the
 task it was answers as failed with that reason (:meth:`Journal.quarantined_task`).
 A file SQLite cannot read at all is moved aside (``tasks.sqlite.damaged-<time>``)
 and an empty journal started, so the node comes back; that is logged and shown.
+A node that has never journaled a task has no file (``agent/runtime/sqlite_file.py``):
+it is created by the first write, and reads before that answer empty.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import wallclock
+from agent.runtime.sqlite_file import LazyFile
 from mesh.wire import TaskRequest, TaskResult, WireError, decode_message, encode_message
 
 SCHEMA = """
@@ -133,10 +136,12 @@ class Journal:
     def __init__(self, path: Path, retention_s: float = 3600.0):
         self.path = Path(path)
         self.retention_s = retention_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.set_aside: Path | None = None     # a file SQLite could not read at all, moved here at start
         try:
-            self._open()
+            self._file = LazyFile(self.path)
+            self._file.add_schema(SCHEMA)
+            if self.path.exists():      # a past life's file: read (or set aside) now; a new one at the first write
+                self._file.connection()
         except sqlite3.DatabaseError as exc:
             # Not a database any more (its header is gone): keep it for inspection and
             # start an empty journal, so that the node comes back.  Anything else (a
@@ -146,14 +151,13 @@ class Journal:
             self.set_aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
             log.error("task journal %s is unreadable (%s): moved to %s, starting an empty journal; the tasks it "
                       "held are lost", self.path, exc, self.set_aside)
-            if getattr(self, "db", None) is not None:
-                self.db.close()
+            self._file.close()
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
                     src.replace(Path(f"{self.set_aside}{suffix}"))
             try:
-                self._open()
+                self._file.connection()
             except sqlite3.Error as exc2:
                 raise JournalError(f"task journal {self.path}: {exc2}") from None
         except sqlite3.Error as exc:
@@ -161,11 +165,17 @@ class Journal:
         self.writes = 0
         self.quarantined_now = 0       # rows this process moved to the quarantine
 
-    def _open(self) -> None:
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; the file is created by the first use (``agent/runtime/sqlite_file.py``)."""
+        try:
+            return self._file.connection()
+        except sqlite3.Error as exc:
+            raise JournalError(f"task journal {self.path}: {exc}") from None
+
+    @property
+    def written(self) -> bool:
+        return self._file.written
 
     def _write(self, sql: str, args: tuple) -> None:
         try:
@@ -215,6 +225,8 @@ class Journal:
                    "finished, winner, error FROM replicated")
 
     def replicated(self, task_id: str) -> ReplicatedRow | None:
+        if not self.written:
+            return None
         try:
             r = self.db.execute(f"{self._REPLICATED} WHERE task_id = ?", (task_id,)).fetchone()
         except sqlite3.DatabaseError as exc:
@@ -222,6 +234,8 @@ class Journal:
         return _replicated_row(r) if r else None
 
     def open_replicated(self) -> list[ReplicatedRow]:
+        if not self.written:
+            return []
         try:
             rows = self.db.execute(f"{self._REPLICATED} WHERE finished IS NULL ORDER BY created").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -231,6 +245,8 @@ class Journal:
     def by_key(self, idem_key: str) -> str | None:
         """The task an idempotency key names (a replicated task's parent, or a quarantined one included:
         a retry with the key gets that task's failure, not a second task)."""
+        if not self.written:
+            return None
         try:
             row = self.db.execute("SELECT task_id FROM tasks WHERE idem_key = ?", (idem_key,)).fetchone() or \
                 self.db.execute("SELECT task_id FROM replicated WHERE idem_key = ?", (idem_key,)).fetchone() or \
@@ -242,6 +258,8 @@ class Journal:
 
     def get(self, task_id: str) -> Row | None:
         """The task's row; None if unknown, or if it was damaged (then quarantined here)."""
+        if not self.written:
+            return None
         try:
             row = self.db.execute(f"SELECT rowid, {COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         except sqlite3.DatabaseError as exc:
@@ -259,6 +277,8 @@ class Journal:
 
         Row by row: a damaged one is quarantined (:meth:`quarantined`) and the
         others come back; only a journal SQLite cannot read at all is an error."""
+        if not self.written:
+            return []
         try:
             ids = [r[0] for r in self.db.execute("SELECT rowid FROM tasks WHERE finished IS NULL ORDER BY created")]
         except sqlite3.DatabaseError:
@@ -314,6 +334,8 @@ class Journal:
 
     def quarantined(self) -> int:
         """Rows in the quarantine (kept across restarts, the newest QUARANTINE_KEEP)."""
+        if not self.written:
+            return 0
         try:
             return self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         except sqlite3.DatabaseError:
@@ -321,6 +343,8 @@ class Journal:
 
     def quarantined_task(self, task_id: str) -> tuple[str, float | None] | None:
         """(reason, created) if ``task_id``'s row was quarantined, else None."""
+        if not self.written:
+            return None
         try:
             row = self.db.execute("SELECT reason, created FROM quarantine WHERE task_id = ? ORDER BY rowid DESC",
                                   (task_id,)).fetchone()
@@ -329,6 +353,8 @@ class Journal:
         return (row[0], row[1]) if row else None
 
     def quarantine_listing(self, limit: int = 20) -> list[dict]:
+        if not self.written:
+            return []
         try:
             rows = self.db.execute("SELECT task_id, quarantined, reason FROM quarantine ORDER BY rowid DESC LIMIT ?",
                                    (limit,)).fetchall()
@@ -338,16 +364,20 @@ class Journal:
 
     def purge(self, now: float | None = None) -> int:
         """Forget finished tasks older than the retention."""
+        if not self.written:
+            return 0
         cutoff = (wallclock.now() if now is None else now) - self.retention_s
         cur = self.db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
         self.db.execute("DELETE FROM replicated WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
         return cur.rowcount
 
     def counts(self) -> dict[str, int]:
+        if not self.written:
+            return {}
         return dict(self.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
 
     def close(self) -> None:
-        self.db.close()
+        self._file.close()
 
 
 def _replicated_row(r: tuple) -> ReplicatedRow:
