@@ -336,7 +336,7 @@ def update_from_wire(raw: Any) -> Update:
 # the same signature, is that record again (msgpack keeps True, 1, 1.0 and -0.0 apart, as the
 # record pool does); anything else is validated afresh.  Bounded, oldest dropped first.
 _STATE_CACHE: dict[tuple[int, int], tuple[bytes, bytes, "NodeState"]] = {}
-STATE_CACHE_MAX = 4096
+STATE_CACHE_MAX = 16_384      # gen1 floods 4,414 first states at once: a FIFO smaller than that misses every one
 
 
 def _node_state(args: list, sig: bytes) -> "NodeState":
