@@ -50,8 +50,13 @@ def worker(tree: str, preset: str, n: int, seconds: float, warmup: float = 8.0) 
         fleet = InProcFleet(tmp / "f", tmp / "m", n, models=("matmul",), preset=preset)
         t0 = time.process_time()
         async with trio.open_nursery() as nursery:
-            await fleet.start(nursery)
             try:            # as `orbitmesh sim` runs it (agent/ops/sim_nodes.py), where the tree has it
+                from agent.collector import rarely
+            except ImportError:
+                rarely = contextlib.nullcontext
+            with rarely():
+                await fleet.start(nursery)
+            try:
                 from agent.collector import throughput
                 stack.enter_context(throughput())
             except ImportError:

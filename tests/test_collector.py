@@ -29,3 +29,13 @@ def test_freezing_keeps_objects_alive_and_freed_by_reference_counting():
         assert ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_the_simulators_start_collects_rarely_without_freezing_and_a_throughput_run_inside_puts_it_back():
+    before = gc.get_threshold()
+    with collector.rarely():
+        assert gc.get_threshold() == collector.THROUGHPUT_THRESHOLDS and gc.get_freeze_count() == 0
+        with collector.throughput():
+            assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == collector.THROUGHPUT_THRESHOLDS and gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
