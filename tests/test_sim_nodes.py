@@ -151,3 +151,14 @@ def test_the_cli_is_byte_identical_across_processes_and_its_trace_replays(tmp_pa
     got = subprocess.run([sys.executable, "-m", "agent", "sim", "--replay", str(tmp_path / "a.jsonl")],
                          capture_output=True, env=env, timeout=600, cwd=tmp_path, text=True)
     assert got.returncode == 0 and "identical" in got.stdout, got.stdout + got.stderr
+
+
+def test_progress_reports_simulated_time_without_changing_the_run():
+    """The CLI's progress lines come from an instrument on the loop's idle turns: a run with it is
+    the run without it, line for line."""
+    from agent.ops.sim_nodes import Progress, SimSpec, run
+    seen = []
+    spec = SimSpec(preset="demo", seconds=20.0, seed=3, kills=1, cuts=1)
+    with_it = run(spec, progress=Progress(seen.append, every_s=0.0))
+    assert run(spec) == with_it
+    assert seen and seen == sorted(seen) and 0 <= seen[0] and seen[-1] <= 20.0 + 1e-9

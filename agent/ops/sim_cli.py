@@ -149,6 +149,7 @@ def _run_nodes(args: argparse.Namespace) -> int:
         return 2
     _fixed_hash_seed()
     t0 = time.perf_counter()
+    progress = _progress(spec.seconds)
     try:
         if args.trace:
             try:
@@ -156,9 +157,9 @@ def _run_nodes(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise SimError(f"cannot write {args.trace}: {exc.strerror or exc}") from None
             with out:
-                rep = run(spec, Trace(out, spec.args(), max_lines))
+                rep = run(spec, Trace(out, spec.args(), max_lines), progress)
         else:
-            rep = run(spec)
+            rep = run(spec, progress=progress)
     except (SimError, SimRunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -167,6 +168,17 @@ def _run_nodes(args: argparse.Namespace) -> int:
     print(f"{rep['seconds']:g} simulated s in {wall:.1f} wall s ({rep['seconds'] / wall:.2f}× real time)",
           file=sys.stderr)
     return 0
+
+
+def _progress(seconds: float):
+    """A line on stderr every 15 wall seconds of a run (wall times go there only)."""
+    from agent.ops.sim_nodes import Progress
+    t0 = time.perf_counter()
+
+    def say(simulated: float) -> None:
+        print(f"… {simulated:.0f} of {seconds:g} simulated s after {time.perf_counter() - t0:.0f} wall s",
+              file=sys.stderr, flush=True)
+    return Progress(say)
 
 
 def _replay(path: Path) -> int:
@@ -183,7 +195,7 @@ def _replay(path: Path) -> int:
             raise SimError(f"{path}: its header's args are incomplete or wrong ({exc})") from None
         _fixed_hash_seed()
         trace = Trace(None, spec.args(), int(head.get("max_lines") or 1))
-        run(spec, trace)
+        run(spec, trace, _progress(spec.seconds))
         diff = first_divergence(path, trace.lines)
     except (SimError, SimRunError, TraceError) as exc:
         print(f"error: {exc}", file=sys.stderr)

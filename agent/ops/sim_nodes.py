@@ -28,6 +28,7 @@ import math
 import random
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -424,8 +425,25 @@ def check(spec: SimSpec) -> None:
                           f"{math.ceil(needed_seconds(spec)):g}")
 
 
-def run(spec: SimSpec, trace: Trace | None = None) -> dict[str, Any]:
-    """Run one scenario (seeded, virtual clock) and return its figures: the same for the same spec."""
+class Progress(trio.abc.Instrument):
+    """Calls ``say(simulated seconds so far)`` at most every ``every_s`` wall seconds, from the
+    event loop's idle turns: an instrument adds no task and no wake-up, so the run is the same
+    with it or without (a starlink-gen1 run's start-up alone takes tens of minutes here)."""
+
+    def __init__(self, say, every_s: float = 15.0):
+        self.say, self.every_s = say, every_s
+        self._next = time.monotonic() + every_s
+
+    def before_io_wait(self, timeout: float) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every_s
+            self.say(trio.current_time())
+
+
+def run(spec: SimSpec, trace: Trace | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one scenario (seeded, virtual clock) and return its figures: the same for the same spec
+    (``progress`` only reports; the CLI passes one that writes to stderr)."""
     check(spec)
     from agent.zoo import matmul
     quiet = logging.getLogger("agent")
@@ -442,7 +460,7 @@ def run(spec: SimSpec, trace: Trace | None = None) -> dict[str, Any]:
                 async def main() -> None:
                     box["run"] = r = Run(spec, Path(tmp) / "fleet", models, trace)
                     await r.main()
-                trio.run(main, clock=clock)
+                trio.run(main, clock=clock, instruments=[progress] if progress is not None else [])
                 return box["run"].report()
     finally:
         quiet.setLevel(level)
