@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 
 from agent import wallclock
-from agent.runtime.sqlite_file import LazyFile
+from agent.runtime.sqlite_file import LazyFile, OnLazyFile
 from mesh.jobs import Move
 from mesh.wire import Tensor, WireError
 
@@ -112,29 +112,17 @@ class ChunkRow:
     outputs: dict[str, np.ndarray]
 
 
-class JobJournal:
+class JobJournal(OnLazyFile):
     def __init__(self, path: Path, retention_s: float = 3600.0):
         self.path = Path(path)
         self.retention_s = retention_s
         try:
-            self._file = LazyFile(self.path)
+            self._file = LazyFile(self.path, lambda msg: JobJournalError(f"job journal {msg}"))
             self._file.add_schema(SCHEMA)
             if self.path.exists():      # a past life's jobs: opened now; a new file at the first write
                 self._file.connection()
         except sqlite3.Error as exc:
             raise JobJournalError(f"job journal {self.path}: {exc}") from None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The connection; the file is created by the first use (``agent/runtime/sqlite_file.py``)."""
-        try:
-            return self._file.connection()
-        except sqlite3.Error as exc:
-            raise JobJournalError(f"job journal {self.path}: {exc}") from None
-
-    @property
-    def written(self) -> bool:
-        return self._file.written
 
     def add_schema(self, schema: str) -> None:
         """Another part's tables in this file (the copies a keeper holds: ``agent/runtime/job_copy_store.py``)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import wallclock
-from agent.runtime.sqlite_file import LazyFile
+from agent.runtime.sqlite_file import LazyFile, OnLazyFile
 from mesh.wire import TaskRequest, TaskResult, WireError, decode_message, encode_message
 
 SCHEMA = """
@@ -132,13 +132,13 @@ class Row:
     error: str
 
 
-class Journal:
+class Journal(OnLazyFile):
     def __init__(self, path: Path, retention_s: float = 3600.0):
         self.path = Path(path)
         self.retention_s = retention_s
         self.set_aside: Path | None = None     # a file SQLite could not read at all, moved here at start
         try:
-            self._file = LazyFile(self.path)
+            self._file = LazyFile(self.path, lambda msg: JournalError(f"task journal {msg}"))
             self._file.add_schema(SCHEMA)
             if self.path.exists():      # a past life's file: read (or set aside) now; a new one at the first write
                 self._file.connection()
@@ -164,18 +164,6 @@ class Journal:
             raise JournalError(f"task journal {self.path}: {exc}") from None
         self.writes = 0
         self.quarantined_now = 0       # rows this process moved to the quarantine
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The connection; the file is created by the first use (``agent/runtime/sqlite_file.py``)."""
-        try:
-            return self._file.connection()
-        except sqlite3.Error as exc:
-            raise JournalError(f"task journal {self.path}: {exc}") from None
-
-    @property
-    def written(self) -> bool:
-        return self._file.written
 
     def _write(self, sql: str, args: tuple) -> None:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 
 def connect(path: Path, schemas: list[str]) -> sqlite3.Connection:
@@ -34,8 +35,10 @@ def connect(path: Path, schemas: list[str]) -> sqlite3.Connection:
 class LazyFile:
     """One journal's connection: made when first needed, or at once if its file is there already."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, error: Callable[[str], Exception]):
+        """``error``: the journal's own error, made from a message (what ``open`` raises)."""
         self.path = Path(path)
+        self.error = error
         self.schemas: list[str] = []
         self.db: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,13 @@ class LazyFile:
             self.db = connect(self.path, self.schemas)
         return self.db
 
+    def open(self) -> sqlite3.Connection:
+        """``connection()``, with SQLite's errors as the journal's own."""
+        try:
+            return self.connection()
+        except sqlite3.Error as exc:
+            raise self.error(f"{self.path}: {exc}") from None
+
     def add_schema(self, schema: str) -> None:
         """Tables another part keeps in this file (created now if it is open, else when it opens)."""
         self.schemas.append(schema)
@@ -64,3 +74,18 @@ class LazyFile:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+class OnLazyFile:
+    """A journal kept in a ``LazyFile`` (its ``_file``): the connection and whether it has a file."""
+
+    _file: LazyFile
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; the file is created by the first use."""
+        return self._file.open()
+
+    @property
+    def written(self) -> bool:
+        return self._file.written
