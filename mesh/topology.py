@@ -297,7 +297,9 @@ class Topology:
         self.inter_shell_links = inter_shell_links
         self.inter_shell_interval_s = inter_shell_interval_s
         self._adjacent = adjacent_shells(constellation) if inter_shell_links else []
-        self._inter: OrderedDict[int, tuple[np.ndarray, set[int]]] = OrderedDict()
+        # slot -> (pairs, their codes a·n + b, each node's partners): the last for contacts_of, which
+        # every satellite of a multi-shell fleet asks twice a second (a scan of every pair was O(n) a call)
+        self._inter: OrderedDict[int, tuple[np.ndarray, set[int], dict[int, tuple[int, ...]]]] = OrderedDict()
         grid: list[list[int]] = [[] for _ in range(self.n_sats)]
         for a, b in self.candidates.tolist():
             grid[a].append(b)
@@ -327,7 +329,7 @@ class Topology:
         """Inter-shell laser pairs (a < b) chosen for the slot holding ``t``; (0, 2) when off."""
         return self._inter_slot(math.floor(t / self.inter_shell_interval_s))[0]
 
-    def _inter_slot(self, n: int) -> tuple[np.ndarray, set[int]]:
+    def _inter_slot(self, n: int) -> tuple[np.ndarray, set[int], dict[int, tuple[int, ...]]]:
         hit = self._inter.get(n)
         if hit is None:
             if not self._adjacent:
@@ -338,7 +340,12 @@ class Topology:
                 pairs = inter_shell_pairs(pos, c.shell_offset, [s.size for s in c.shells], self._adjacent,
                                           self.inter_shell_links, max_range_km=self.max_range_km,
                                           grazing_km=self.grazing_km)
-            hit = (pairs, set((pairs[:, 0] * self.n_sats + pairs[:, 1]).tolist()))
+            partners: dict[int, list[int]] = {}
+            for a, b in pairs.tolist():
+                partners.setdefault(a, []).append(b)
+                partners.setdefault(b, []).append(a)
+            hit = (pairs, set((pairs[:, 0] * self.n_sats + pairs[:, 1]).tolist()),
+                   {k: tuple(v) for k, v in partners.items()})
             self._inter[n] = hit
             while len(self._inter) > 8:
                 self._inter.popitem(last=False)
@@ -500,9 +507,8 @@ class Topology:
             return [s for s in self.sky.sats_near(k, t) if self._ground_up(k, s, t)]
         out = []
         if self._adjacent:
-            inter = self.inter_shell_at(t)
-            mine = inter[(inter[:, 0] == i) | (inter[:, 1] == i)].ravel().tolist() if len(inter) else []
-            out = [j for j in mine if j != i and self.link_up(i, j, t)]
+            mine = self._inter_slot(math.floor(t / self.inter_shell_interval_s))[2].get(i, ())
+            out = [j for j in mine if self.link_up(i, j, t)]
         if len(self.stations):
             out += [k + self.n_sats for k in self.sky.stations_near(i, t) if self._ground_up(k, i, t)]
         return sorted(out)

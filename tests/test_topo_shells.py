@@ -85,3 +85,21 @@ def test_hypatia_scenario_from_the_command_line(capsys, tmp_path):
 def test_new_flags_reject_bad_values(capsys, argv, msg):
     rc, _, err = run(capsys, "show", "--preset", "kuiper", *argv)
     assert rc == 2 and msg in err
+
+
+def test_a_satellites_inter_shell_contacts_are_exactly_its_pairs_of_the_slot_that_are_up():
+    """contacts_of reads each node's partners from the slot's index (a scan of every pair per call
+    was O(n), asked twice a second by every satellite of gen1): the same set as the scan."""
+    low = WalkerShell(planes=7, sats_per_plane=8, altitude_km=550, inclination_deg=53, name="low")
+    high = WalkerShell(planes=6, sats_per_plane=7, altitude_km=600, inclination_deg=70, name="high")
+    topo = Topology(Constellation([low, high], iso_to_jd("2026-01-01T00:00:00Z")), inter_shell_links=2,
+                    inter_shell_interval_s=10.0)
+    seen = 0
+    for t in np.arange(0.3, 60.0, 3.7):
+        pairs = topo.inter_shell_at(float(t))
+        for i in range(topo.n_sats):
+            mine = pairs[(pairs[:, 0] == i) | (pairs[:, 1] == i)].ravel().tolist()
+            want = sorted(j for j in mine if j != i and topo.link_up(i, j, float(t)))
+            assert topo.contacts_of(i, float(t)) == want, (i, t)
+            seen += len(want)
+    assert seen > 0
