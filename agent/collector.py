@@ -14,8 +14,11 @@ and one full collection took 0.4 s.
   meanwhile would wait for.
 * ``throughput()``: the simulator also collects young objects every 10,000 allocations
   instead of 700, and the older generations as rarely: no frame waits on a pause under a
-  virtual clock, and collections then cost ~3% of its CPU, not ~15%.  ``rarely()`` is
-  that alone, without the freeze: the simulator builds its nodes inside it.
+  virtual clock, and collections then cost ~3% of its CPU, not ~15%.  A full collection
+  waits for 100 middle ones, not 10: starlink-gen1's start-up flood grows the heap to 11 GB,
+  and CPython starts a full walk of it whenever the old generation has grown by a quarter
+  (11 of them in its first 30 simulated seconds, a fifth of the CPU; 1 with 100).
+  ``rarely()`` is that alone, without the freeze: the simulator builds its nodes inside it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import gc
 from typing import Iterator
 
-THROUGHPUT_THRESHOLDS = (10_000, 20, 10)     # gen0 allocations, gen0 runs per gen1, gen1 runs per gen2
+THROUGHPUT_THRESHOLDS = (10_000, 20, 100)    # gen0 allocations, gen0 runs per gen1, gen1 runs per gen2
 
 
 def freeze_start_up() -> None:
