@@ -48,8 +48,10 @@ class LazyFile:
 
     @property
     def written(self) -> bool:
-        """Whether the journal has a file to read (one never written holds nothing)."""
-        return self.db is not None or self.path.exists()
+        """Whether the journal has a file to read (one never written holds nothing).  Its owner
+        opens a file that is there at start, and only this object creates one, so an open
+        connection says it; no look at the disk (the copies' look asks every second per node)."""
+        return self.db is not None
 
     def connection(self) -> sqlite3.Connection:
         """The open connection, made (and the file created) on the first call."""
